@@ -1,0 +1,299 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/nats-io/nats.go"
+
+	"github.com/ldlm-io/ldlm/embeddednats"
+	"github.com/ldlm-io/ldlm/service"
+)
+
+// serverConfig is every setting of `ldlm server`. Each comes from its LDLM_*
+// variable, then from the flag of the same name, which wins.
+type serverConfig struct {
+	NATSURL string `env:"LDLM_NATS_URL"`
+
+	EmbeddedListen       string        `env:"LDLM_EMBEDDED_LISTEN" envDefault:"127.0.0.1:4222"`
+	EmbeddedServerName   string        `env:"LDLM_EMBEDDED_SERVER_NAME" envDefault:"ldlm"`
+	EmbeddedPingInterval time.Duration `env:"LDLM_EMBEDDED_PING_INTERVAL" envDefault:"2m"`
+	EmbeddedMaxPingsOut  int           `env:"LDLM_EMBEDDED_MAX_PINGS_OUT" envDefault:"2"`
+
+	Prefix               string        `env:"LDLM_SUBJECT_PREFIX" envDefault:"ldlm"`
+	MaxNameLength        int           `env:"LDLM_MAX_NAME_LENGTH" envDefault:"1024"`
+	AnonymousLockTimeout time.Duration `env:"LDLM_ANONYMOUS_LOCK_TIMEOUT" envDefault:"60s"`
+	NoClearOnDisconnect  bool          `env:"LDLM_NO_CLEAR_ON_DISCONNECT" envDefault:"false"`
+	SweepInterval        time.Duration `env:"LDLM_SWEEP_INTERVAL" envDefault:"30s"`
+
+	LogLevel  string `env:"LDLM_LOG_LEVEL" envDefault:"info"`
+	LogFormat string `env:"LDLM_LOG_FORMAT" envDefault:"text"`
+
+	App    natsCredentials `envPrefix:"LDLM_NATS_"`
+	System natsCredentials `envPrefix:"LDLM_SYSTEM_"`
+	// SystemURL is where the system account connection goes; empty: NATSURL.
+	SystemURL string `env:"LDLM_SYSTEM_URL"`
+}
+
+// natsCredentials are the ways to authenticate one connection to an
+// external NATS server.
+type natsCredentials struct {
+	User      string `env:"USER"`
+	Password  string `env:"PASSWORD"`
+	Token     string `env:"TOKEN"`
+	CredsFile string `env:"CREDS"`
+	NKeyFile  string `env:"NKEY"`
+	TLSCA     string `env:"TLS_CA"`
+	TLSCert   string `env:"TLS_CERT"`
+	TLSKey    string `env:"TLS_KEY"`
+}
+
+func (c natsCredentials) isZero() bool { return c == natsCredentials{} }
+
+func (c natsCredentials) options() ([]nats.Option, error) {
+	var opts []nats.Option
+	if c.User != "" || c.Password != "" {
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
+	}
+	if c.Token != "" {
+		opts = append(opts, nats.Token(c.Token))
+	}
+	if c.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	}
+	if c.NKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(c.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nkey seed file %q: %w", c.NKeyFile, err)
+		}
+		opts = append(opts, opt)
+	}
+	if c.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(c.TLSCA))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return nil, errors.New("TLS client certificate and key must be given together")
+	}
+	if c.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
+	}
+	return opts, nil
+}
+
+func (c *natsCredentials) flags(fs *flag.FlagSet, flagPrefix, envPrefix, what string) {
+	fs.StringVar(&c.User, flagPrefix+"user", c.User, what+" user (env "+envPrefix+"USER)")
+	fs.StringVar(&c.Password, flagPrefix+"password", c.Password, what+" password (env "+envPrefix+"PASSWORD)")
+	fs.StringVar(&c.Token, flagPrefix+"token", c.Token, what+" token (env "+envPrefix+"TOKEN)")
+	fs.StringVar(&c.CredsFile, flagPrefix+"creds", c.CredsFile, what+" credentials file (env "+envPrefix+"CREDS)")
+	fs.StringVar(&c.NKeyFile, flagPrefix+"nkey", c.NKeyFile, what+" nkey seed file (env "+envPrefix+"NKEY)")
+	fs.StringVar(&c.TLSCA, flagPrefix+"tls-ca", c.TLSCA, what+" TLS CA file to verify the server (env "+envPrefix+"TLS_CA)")
+	fs.StringVar(&c.TLSCert, flagPrefix+"tls-cert", c.TLSCert, what+" TLS client certificate file (env "+envPrefix+"TLS_CERT)")
+	fs.StringVar(&c.TLSKey, flagPrefix+"tls-key", c.TLSKey, what+" TLS client key file (env "+envPrefix+"TLS_KEY)")
+}
+
+// parseServerConfig reads the environment, then the flags.
+func parseServerConfig(args []string, stderr io.Writer) (serverConfig, error) {
+	var cfg serverConfig
+	if err := env.Parse(&cfg); err != nil {
+		return cfg, err
+	}
+	fs := flag.NewFlagSet("ldlm server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL(s), comma separated; empty runs an embedded NATS server (env LDLM_NATS_URL)")
+	fs.StringVar(&cfg.EmbeddedListen, "embedded-listen", cfg.EmbeddedListen, "host:port of the embedded NATS server's client port (env LDLM_EMBEDDED_LISTEN)")
+	fs.StringVar(&cfg.EmbeddedServerName, "embedded-server-name", cfg.EmbeddedServerName, "name of the embedded NATS server (env LDLM_EMBEDDED_SERVER_NAME)")
+	fs.DurationVar(&cfg.EmbeddedPingInterval, "embedded-ping-interval", cfg.EmbeddedPingInterval, "embedded NATS ping interval; with max pings out it bounds how long a silently vanished client keeps its locks (env LDLM_EMBEDDED_PING_INTERVAL)")
+	fs.IntVar(&cfg.EmbeddedMaxPingsOut, "embedded-max-pings-out", cfg.EmbeddedMaxPingsOut, "embedded NATS unanswered pings before a client is dropped (env LDLM_EMBEDDED_MAX_PINGS_OUT)")
+	fs.StringVar(&cfg.Prefix, "subject-prefix", cfg.Prefix, "first token of every lock subject (env LDLM_SUBJECT_PREFIX)")
+	fs.IntVar(&cfg.MaxNameLength, "max-name-length", cfg.MaxNameLength, "longest lock name in bytes (env LDLM_MAX_NAME_LENGTH)")
+	fs.DurationVar(&cfg.AnonymousLockTimeout, "anonymous-lock-timeout", cfg.AnonymousLockTimeout, "lock timeout of locks that name none and belong to no connection (env LDLM_ANONYMOUS_LOCK_TIMEOUT)")
+	fs.BoolVar(&cfg.NoClearOnDisconnect, "no-clear-on-disconnect", cfg.NoClearOnDisconnect, "keep locks when their connection closes; they then rely on timeouts (env LDLM_NO_CLEAR_ON_DISCONNECT)")
+	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often to compare lock owners with live connections; negative: only at start and after reconnects (env LDLM_SWEEP_INTERVAL)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (env LDLM_LOG_LEVEL)")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (env LDLM_LOG_FORMAT)")
+	cfg.App.flags(fs, "nats-", "LDLM_NATS_", "external NATS:")
+	fs.StringVar(&cfg.SystemURL, "system-url", cfg.SystemURL, "NATS URL for the system account connection; empty: --nats-url (env LDLM_SYSTEM_URL)")
+	cfg.System.flags(fs, "system-", "LDLM_SYSTEM_", "system account:")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return cfg, cfg.validate()
+}
+
+func (c serverConfig) validate() error {
+	switch {
+	case c.Prefix == "" || strings.ContainsAny(c.Prefix, " \t*>") || strings.HasPrefix(c.Prefix, ".") || strings.HasSuffix(c.Prefix, ".") || strings.Contains(c.Prefix, ".."):
+		return fmt.Errorf("subject prefix %q is not a valid NATS subject prefix", c.Prefix)
+	case c.MaxNameLength < 1:
+		return fmt.Errorf("max name length must be at least 1, got %d", c.MaxNameLength)
+	case c.AnonymousLockTimeout <= 0:
+		return fmt.Errorf("anonymous lock timeout must be positive, got %s", c.AnonymousLockTimeout)
+	case c.SweepInterval == 0:
+		return errors.New("sweep interval must not be 0 (use a negative value to sweep only at start and after reconnects)")
+	case c.EmbeddedPingInterval <= 0 || c.EmbeddedMaxPingsOut < 1:
+		return errors.New("embedded ping interval must be positive and max pings out at least 1")
+	case c.NATSURL == "" && (!c.App.isZero() || !c.System.isZero() || c.SystemURL != ""):
+		return errors.New("NATS credentials are set but no NATS URL: set LDLM_NATS_URL, or unset the credentials to run the embedded server")
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("log format must be text or json, got %q", c.LogFormat)
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("log level must be debug, info, warn or error, got %q", s)
+	}
+	return l, nil
+}
+
+func newLogger(cfg serverConfig, w io.Writer) *slog.Logger {
+	level, _ := parseLevel(cfg.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func runServer(args []string, _, stderr io.Writer) int {
+	cfg, err := parseServerConfig(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ldlm: configuration: %v\n", err)
+		return exitUsage
+	}
+	log := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("ldlm stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs the lock server until ctx ends.
+func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
+	conns, err := connect(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer conns.close()
+
+	svc, err := service.Start(service.Config{
+		Prefix:               cfg.Prefix,
+		MaxNameLength:        cfg.MaxNameLength,
+		AnonymousLockTimeout: cfg.AnonymousLockTimeout,
+		NoClearOnDisconnect:  cfg.NoClearOnDisconnect,
+		SweepInterval:        cfg.SweepInterval,
+		Version:              version(),
+	}, conns.app, conns.system, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("stopping: draining requests")
+	svc.Stop()
+	return nil
+}
+
+// connections are the service's NATS connections and, in embedded mode,
+// the server they go to.
+type connections struct {
+	embedded *embeddednats.Server
+	app      *nats.Conn
+	system   *nats.Conn
+}
+
+func (c *connections) close() {
+	if c.app != nil {
+		_ = c.app.Drain()
+	}
+	if c.system != nil {
+		c.system.Close()
+	}
+	if c.embedded != nil {
+		c.embedded.Shutdown()
+	}
+}
+
+func connect(cfg serverConfig, log *slog.Logger) (*connections, error) {
+	c := &connections{}
+	if cfg.NATSURL == "" {
+		srv, err := embeddednats.Start(embeddednats.Config{
+			Listen:       cfg.EmbeddedListen,
+			ServerName:   cfg.EmbeddedServerName,
+			PingInterval: cfg.EmbeddedPingInterval,
+			MaxPingsOut:  cfg.EmbeddedMaxPingsOut,
+			Logger:       log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		c.embedded = srv
+		if c.app, err = srv.ConnectApp(); err == nil {
+			c.system, err = srv.ConnectSystem()
+		}
+		if err != nil {
+			c.close()
+			return nil, fmt.Errorf("connecting to the embedded NATS server: %w", err)
+		}
+		log.Info("embedded NATS server ready", "url", srv.ClientURL(), "server_name", srv.Name())
+		return c, nil
+	}
+
+	base := []nats.Option{
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("disconnected from NATS", "err", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", nc.ConnectedUrl()) }),
+	}
+	appOpts, err := cfg.App.options()
+	if err != nil {
+		return nil, err
+	}
+	c.app, err = nats.Connect(cfg.NATSURL, append(append(base, nats.Name("ldlm")), appOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", cfg.NATSURL, err)
+	}
+	if cfg.System.isZero() {
+		log.Warn("no LDLM_SYSTEM_* credentials: not following disconnect advisories")
+		return c, nil
+	}
+	sysOpts, err := cfg.System.options()
+	if err != nil {
+		c.close()
+		return nil, err
+	}
+	sysURL := cfg.SystemURL
+	if sysURL == "" {
+		sysURL = cfg.NATSURL
+	}
+	c.system, err = nats.Connect(sysURL, append(append(base, nats.Name("ldlm-system")), sysOpts...)...)
+	if err != nil {
+		c.close()
+		return nil, fmt.Errorf("connecting to NATS system account at %s: %w", sysURL, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,208 @@
+// Package embeddednats runs a NATS server inside the ldlm process, for the
+// single-binary mode: one command gives a working lock server.
+//
+// The server is set up the way the lock service needs it:
+//   - a system account, so that the service can follow the server's client
+//     CONNECT/DISCONNECT advisories and ask it for the list of connections;
+//   - an application account in which every client that sends no
+//     credentials lands (NoAuthUser), and in which the service answers;
+//   - the service's own connections are in-process: no TCP, no credentials
+//     on the wire. The system user's password is random for each start, so
+//     no outside client can log in to the system account.
+package embeddednats
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Account and user names of the embedded server.
+const (
+	AppAccount    = "APP"
+	SystemAccount = "SYS"
+	appUser       = "app"
+	systemUser    = "ldlm-system"
+)
+
+// Config says how to run the embedded server. The zero value listens on no
+// TCP port at all (in-process clients only).
+type Config struct {
+	// Listen is the host:port for NATS clients, e.g. "127.0.0.1:4222".
+	// Port 0 picks a free port (see Server.ClientURL). Empty: no listener.
+	Listen string
+	// ServerName is the server's name as clients and advisories see it.
+	// Empty: "ldlm".
+	ServerName string
+	// PingInterval and MaxPingsOut bound how long a silently vanished
+	// client (no FIN, e.g. a cut cable) keeps its connection, and so its
+	// locks: about PingInterval x MaxPingsOut. Zero: the NATS defaults
+	// (2 minutes x 2).
+	PingInterval time.Duration
+	MaxPingsOut  int
+	// Logger receives the NATS server's log lines. Nil: discarded.
+	Logger *slog.Logger
+	// Debug also passes on the server's debug lines.
+	Debug bool
+}
+
+// Server is a running embedded NATS server.
+type Server struct {
+	ns         *server.Server
+	systemPass string
+}
+
+// Start starts the server and waits until it accepts connections.
+func Start(cfg Config) (*Server, error) {
+	opts, systemPass, err := serverOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS server: %w", err)
+	}
+	if cfg.Logger != nil {
+		ns.SetLoggerV2(slogAdapter{cfg.Logger.With("component", "nats-server")}, cfg.Debug, false, false)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10*time.Second) || (!opts.DontListen && ns.Addr() == nil) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded NATS server cannot listen on %q (is the port in use? set LDLM_EMBEDDED_LISTEN)", cfg.Listen)
+	}
+	return &Server{ns: ns, systemPass: systemPass}, nil
+}
+
+func serverOptions(cfg Config) (*server.Options, string, error) {
+	systemPass, err := randomSecret()
+	if err != nil {
+		return nil, "", err
+	}
+	// The server keeps only a hash. The lowest bcrypt cost is enough for a
+	// random 128-bit secret and keeps in-process connects fast.
+	systemHash, err := bcrypt.GenerateFromPassword([]byte(systemPass), bcrypt.MinCost)
+	if err != nil {
+		return nil, "", err
+	}
+
+	app := server.NewAccount(AppAccount)
+	sys := server.NewAccount(SystemAccount)
+
+	opts := &server.Options{
+		ServerName:    cfg.ServerName,
+		Accounts:      []*server.Account{app, sys},
+		SystemAccount: SystemAccount,
+		Users: []*server.User{
+			// Clients without credentials become this user (NoAuthUser).
+			// It has no password: it is the anonymous account anyway.
+			{Username: appUser, Account: app},
+			{Username: systemUser, Password: string(systemHash), Account: sys},
+		},
+		NoAuthUser:   appUser,
+		PingInterval: cfg.PingInterval,
+		MaxPingsOut:  cfg.MaxPingsOut,
+		NoSigs:       true, // the ldlm process handles signals itself
+	}
+	if opts.ServerName == "" {
+		opts.ServerName = "ldlm"
+	}
+	if cfg.Listen == "" {
+		opts.DontListen = true
+	} else {
+		host, portText, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, "", fmt.Errorf("embedded NATS listen address %q: want host:port, e.g. 127.0.0.1:4222", cfg.Listen)
+		}
+		port, err := strconv.Atoi(portText)
+		if err != nil || port < 0 || port > 65535 {
+			return nil, "", fmt.Errorf("embedded NATS listen address %q: port must be 0-65535", cfg.Listen)
+		}
+		if port == 0 {
+			port = server.RANDOM_PORT
+		} else if err := checkFree(cfg.Listen); err != nil {
+			// The server would only log this and wait in vain: say it now.
+			return nil, "", err
+		}
+		opts.Host, opts.Port = host, port
+	}
+	return opts, systemPass, nil
+}
+
+func checkFree(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("embedded NATS server cannot listen on %q: %w (set LDLM_EMBEDDED_LISTEN to a free host:port)", addr, err)
+	}
+	return l.Close()
+}
+
+// ClientURL is the nats:// URL on which TCP clients reach the server, or ""
+// when it does not listen.
+func (s *Server) ClientURL() string {
+	if s.ns.Addr() == nil {
+		return ""
+	}
+	return s.ns.ClientURL()
+}
+
+// Name is the server's name, as advisories and Nats-Request-Info carry it.
+func (s *Server) Name() string { return s.ns.Name() }
+
+// NATSServer exposes the underlying server, for tests and diagnostics.
+func (s *Server) NATSServer() *server.Server { return s.ns }
+
+// ConnectApp opens an in-process connection in the application account,
+// where the lock service answers.
+func (s *Server) ConnectApp(opts ...nats.Option) (*nats.Conn, error) {
+	return nats.Connect("", append([]nats.Option{nats.InProcessServer(s.ns), nats.Name("ldlm")}, opts...)...)
+}
+
+// ConnectSystem opens an in-process connection in the system account, for
+// advisories and connection listings.
+func (s *Server) ConnectSystem(opts ...nats.Option) (*nats.Conn, error) {
+	base := []nats.Option{nats.InProcessServer(s.ns), nats.UserInfo(systemUser, s.systemPass), nats.Name("ldlm-system")}
+	return nats.Connect("", append(base, opts...)...)
+}
+
+// Shutdown stops the server and waits until it has stopped.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
+
+func randomSecret() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", errors.New("embedded NATS: no randomness for credentials: " + err.Error())
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// slogAdapter passes the NATS server's log lines to slog.
+type slogAdapter struct{ log *slog.Logger }
+
+func (a slogAdapter) Noticef(format string, v ...any) { a.log.Info(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Warnf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if strings.HasPrefix(msg, "Plaintext passwords detected") {
+		// Our only plain password is the application user's empty one,
+		// which is the anonymous account by design: not worth a warning.
+		a.log.Debug(msg)
+		return
+	}
+	a.log.Warn(msg)
+}
+func (a slogAdapter) Fatalf(format string, v ...any) { a.log.Error(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Errorf(format string, v ...any) { a.log.Error(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Debugf(format string, v ...any) { a.log.Debug(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Tracef(format string, v ...any) { a.log.Debug(fmt.Sprintf(format, v...)) }

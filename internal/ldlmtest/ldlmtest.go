@@ -1,0 +1,136 @@
+// Package ldlmtest starts a real LDLM server for tests: an embedded NATS
+// server (system account, application account, TCP on a free loopback port)
+// and the lock service connected to it in-process, as `ldlm` runs it.
+package ldlmtest
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ldlm-io/ldlm/embeddednats"
+	"github.com/ldlm-io/ldlm/service"
+)
+
+// Server is a running NATS server with the lock service on it.
+type Server struct {
+	NATS    *embeddednats.Server
+	Service *service.Service
+	app     *nats.Conn
+	sys     *nats.Conn
+}
+
+type options struct {
+	cfg        service.Config
+	noSystem   bool
+	natsConfig embeddednats.Config
+}
+
+// Option changes how Start sets the server up.
+type Option func(*options)
+
+// WithConfig runs the service with cfg.
+func WithConfig(cfg service.Config) Option { return func(o *options) { o.cfg = cfg } }
+
+// WithoutSystemAccount runs the service without a system account
+// connection, as with an external NATS server and no system credentials.
+func WithoutSystemAccount() Option { return func(o *options) { o.noSystem = true } }
+
+// Start starts a server and stops it when the test ends.
+func Start(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	s, err := StartServer(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// StartServer starts a server; Close stops it. For TestMain and examples,
+// which have no testing.TB.
+func StartServer(opts ...Option) (*Server, error) {
+	o := options{natsConfig: embeddednats.Config{Listen: "127.0.0.1:0", ServerName: "ldlmtest"}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	log := logger()
+	o.natsConfig.Logger = log
+	ns, err := embeddednats.Start(o.natsConfig)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{NATS: ns}
+	if s.app, err = ns.ConnectApp(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if !o.noSystem {
+		if s.sys, err = ns.ConnectSystem(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	if s.Service, err = service.Start(o.cfg, s.app, s.sys, log); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("starting the lock service: %w", err)
+	}
+	return s, nil
+}
+
+// logger discards logs unless LDLM_TEST_LOG is set (to "debug" for more).
+func logger() *slog.Logger {
+	switch os.Getenv("LDLM_TEST_LOG") {
+	case "":
+		return slog.New(slog.DiscardHandler)
+	case "debug":
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	default:
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+}
+
+// URL is the nats:// URL for client connections.
+func (s *Server) URL() string { return s.NATS.ClientURL() }
+
+// Connect opens a TCP client connection in the application account; it is
+// closed when the test ends.
+func (s *Server) Connect(t testing.TB, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.URL(), opts...)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", s.URL(), err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Kick closes a client's connection from the server side, as an operator
+// or a network fault would. The client may reconnect with a new client id.
+func (s *Server) Kick(t testing.TB, nc *nats.Conn) {
+	t.Helper()
+	cid, err := nc.GetClientID()
+	if err != nil {
+		t.Fatalf("client id: %v", err)
+	}
+	if err := s.NATS.NATSServer().DisconnectClientByID(cid); err != nil {
+		t.Fatalf("kicking client %d: %v", cid, err)
+	}
+}
+
+// Close stops the service, its connections and the NATS server.
+func (s *Server) Close() {
+	if s.Service != nil {
+		s.Service.Stop()
+	}
+	if s.app != nil {
+		s.app.Close()
+	}
+	if s.sys != nil {
+		s.sys.Close()
+	}
+	s.NATS.Shutdown()
+}

@@ -1,0 +1,193 @@
+package service
+
+import (
+	"encoding/json"
+	"errors"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+// handler answers one operation. It runs on the endpoint's subscription
+// goroutine, so it never blocks: a lock that must wait is parked in the
+// engine and answered later from whichever goroutine frees the slot.
+func (s *Service) handler(op string) micro.HandlerFunc {
+	return func(req micro.Request) {
+		name, err := subjects.NameFromSubject(s.cfg.Prefix, op, req.Subject(), s.cfg.MaxNameLength)
+		if err != nil {
+			s.fail(req, op, "", err)
+			return
+		}
+		r, err := subjects.DecodeRequest(req.Data())
+		if err == nil {
+			err = r.CheckFor(op)
+		}
+		if err != nil {
+			s.fail(req, op, name, err)
+			return
+		}
+		switch op {
+		case subjects.OpLock, subjects.OpTryLock:
+			s.lock(req, op, name, r)
+		case subjects.OpUnlock:
+			s.unlock(req, name, r)
+		case subjects.OpRenew:
+			s.renew(req, name, r)
+		}
+	}
+}
+
+func (s *Service) lock(req micro.Request, op, name string, r subjects.Request) {
+	owner, err := ownerOf(req.Headers())
+	if err != nil {
+		s.fail(req, op, name, err)
+		return
+	}
+	lockTimeout := r.LockTimeout()
+	if lockTimeout == 0 && (owner == "" || s.cfg.NoClearOnDisconnect) {
+		// Nothing would ever free this lock but an unlock: bound it.
+		lockTimeout = s.cfg.AnonymousLockTimeout
+	}
+	er := engine.Request{Name: name, Key: r.Key, Size: r.Size, Owner: owner, LockTimeout: lockTimeout}
+
+	var (
+		g  engine.Grant
+		ok bool
+	)
+	if op == subjects.OpTryLock {
+		g, ok, err = s.engine.TryLock(er)
+	} else {
+		reply := req.Reply()
+		g, ok, err = s.engine.Lock(er, r.WaitTimeout(), func(g engine.Grant, err error) {
+			s.answerParked(reply, name, g, err)
+		})
+		if err == nil && !ok {
+			return // parked: answerParked replies when the wait ends
+		}
+	}
+	if err != nil {
+		s.fail(req, op, name, err)
+		return
+	}
+	if !ok {
+		s.respond(req, subjects.LockResponse{Locked: false, Name: name})
+		return
+	}
+	s.respond(req, grantResponse(name, g))
+}
+
+func (s *Service) unlock(req micro.Request, name string, r subjects.Request) {
+	if _, err := s.engine.Unlock(name, r.Key); err != nil {
+		s.fail(req, subjects.OpUnlock, name, err)
+		return
+	}
+	s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: name})
+}
+
+func (s *Service) renew(req micro.Request, name string, r subjects.Request) {
+	g, err := s.engine.Renew(name, r.Key, r.LockTimeout())
+	if err != nil {
+		s.fail(req, subjects.OpRenew, name, err)
+		return
+	}
+	s.respond(req, grantResponse(name, g))
+}
+
+// answerParked replies to a lock request that waited. The requester may
+// have stopped listening: then the reply is lost, which is why a client that
+// gives up unlocks with its own key (see docs/protocol.md).
+func (s *Service) answerParked(reply, name string, g engine.Grant, err error) {
+	if reply == "" {
+		return
+	}
+	msg := nats.NewMsg(reply)
+	if err != nil {
+		e := toWireError(err)
+		msg.Header.Set(subjects.HeaderErrorCode, string(e.Code))
+		msg.Header.Set(subjects.HeaderError, e.Message)
+		msg.Data = mustJSON(subjects.LockResponse{Locked: false, Name: name, Error: e})
+	} else {
+		msg.Data = mustJSON(grantResponse(name, g))
+	}
+	if perr := s.nc.PublishMsg(msg); perr != nil {
+		s.log.Warn("replying to a parked lock request", "lock", name, "err", perr)
+	}
+}
+
+func grantResponse(name string, g engine.Grant) subjects.LockResponse {
+	return subjects.LockResponse{
+		Locked:    true,
+		Name:      name,
+		Key:       g.Key,
+		Token:     g.Token,
+		Size:      g.Size,
+		ExpiresAt: g.ExpiresAt.UTC(),
+	}
+}
+
+func (s *Service) respond(req micro.Request, body any) {
+	if err := req.Respond(mustJSON(body)); err != nil {
+		s.log.Debug("reply not sent", "subject", req.Subject(), "err", err)
+	}
+}
+
+// fail replies with the error in the body and in the micro error headers.
+func (s *Service) fail(req micro.Request, op, name string, err error) {
+	e := toWireError(err)
+	var body any
+	if op == subjects.OpUnlock {
+		body = subjects.UnlockResponse{Unlocked: false, Name: name, Error: e}
+	} else {
+		body = subjects.LockResponse{Locked: false, Name: name, Error: e}
+	}
+	if e.Code == subjects.CodeInternal {
+		s.log.Error("request failed", "op", op, "lock", name, "err", err)
+	}
+	if rerr := req.Error(string(e.Code), e.Message, mustJSON(body)); rerr != nil {
+		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
+	}
+}
+
+// engineCodes maps the engine's errors to wire codes.
+var engineCodes = []struct {
+	err  error
+	code subjects.ErrorCode
+}{
+	{engine.ErrInvalidLockName, subjects.CodeInvalidLockName},
+	{engine.ErrInvalidLockSize, subjects.CodeInvalidLockSize},
+	{engine.ErrLockSizeMismatch, subjects.CodeLockSizeMismatch},
+	{engine.ErrInvalidLockKey, subjects.CodeInvalidLockKey},
+	{engine.ErrKeyInUse, subjects.CodeLockKeyInUse},
+	{engine.ErrLockDoesNotExist, subjects.CodeLockDoesNotExist},
+	{engine.ErrNotLocked, subjects.CodeNotLocked},
+	{engine.ErrInvalidTimeout, subjects.CodeInvalidTimeout},
+	{engine.ErrWaitTimeout, subjects.CodeLockWaitTimeout},
+	{engine.ErrWaitCancelled, subjects.CodeLockWaitCancelled},
+	{engine.ErrOwnerGone, subjects.CodeOwnerGone},
+	{engine.ErrEngineClosed, subjects.CodeUnavailable},
+}
+
+func toWireError(err error) *subjects.Error {
+	var we *subjects.Error
+	if errors.As(err, &we) {
+		return we
+	}
+	for _, m := range engineCodes {
+		if errors.Is(err, m.err) {
+			return &subjects.Error{Code: m.code, Message: err.Error()}
+		}
+	}
+	return &subjects.Error{Code: subjects.CodeInternal, Message: err.Error()}
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only our own plain structs are marshalled; failing here is a bug.
+		panic("service: marshalling a reply: " + err.Error())
+	}
+	return b
+}

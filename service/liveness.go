@@ -1,0 +1,308 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+// Subjects of the NATS server's system API that liveness uses.
+const (
+	// disconnectAdvisories carries one event per closed client connection,
+	// of any account; only a system account connection receives it.
+	disconnectAdvisories = "$SYS.ACCOUNT.*.DISCONNECT"
+	// serverConnz asks every server for all its connections (system account).
+	serverConnz = "$SYS.REQ.SERVER.PING.CONNZ"
+	// accountConnz asks every server for the connections of the requester's
+	// own account; any account may send it while a system account exists.
+	accountConnz = "$SYS.REQ.ACCOUNT.PING.CONNZ"
+)
+
+const (
+	connzPageSize = 4096
+	// connzQuiet is how long the sweep waits after the last server's answer
+	// for another server to answer: there is no way to know how many will.
+	connzQuiet        = 250 * time.Millisecond
+	connzFirstAnswer  = 3 * time.Second
+	sweepTimeout      = 30 * time.Second
+	missingSweepLimit = 2 // a server unanswering this many sweeps in a row is gone
+)
+
+// liveness releases the locks of connections that closed: at once on the
+// server's DISCONNECT advisory, and by a sweep that compares lock owners with
+// the servers' connection lists, for advisories that were missed (while the
+// service reconnected, or without system account access).
+type liveness struct {
+	s       *Service
+	sub     *nats.Subscription // advisories; nil without a system connection
+	kick    chan struct{}      // asks the sweeper goroutine to sweep now
+	status  chan nats.Status   // reconnects of the service's connection
+	sysStat chan nats.Status   // reconnects of the system connection
+
+	mu        sync.Mutex     // guards the fields below and serializes sweeps
+	missing   map[string]int // server name → sweeps in a row it did not answer
+	lastSweep time.Time
+}
+
+func newLiveness(s *Service) *liveness {
+	return &liveness{s: s, kick: make(chan struct{}, 1), missing: map[string]int{}}
+}
+
+// source says how liveness is followed, for logs and status.
+func (l *liveness) source() string {
+	if l.sub != nil {
+		return "advisories+sweep"
+	}
+	return "sweep"
+}
+
+func (l *liveness) start() error {
+	s := l.s
+	if s.sys != nil {
+		sub, err := s.sys.Subscribe(disconnectAdvisories, l.onDisconnect)
+		if err != nil {
+			return fmt.Errorf("subscribing to disconnect advisories: %w", err)
+		}
+		if err := s.sys.Flush(); err != nil {
+			return fmt.Errorf("subscribing to disconnect advisories: %w", err)
+		}
+		l.sub = sub
+	} else {
+		s.log.Warn("no system account connection: disconnects are seen only by the periodic sweep, " +
+			"so a dead client's locks are freed within the sweep interval instead of at once; " +
+			"give the service system account credentials to follow advisories")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+	defer cancel()
+	if err := l.sweep(ctx); err != nil {
+		s.log.Warn("cannot list connections; locks of clients whose disconnect advisory is missed will not be freed", "err", err)
+	}
+
+	l.status = s.nc.StatusChanged(nats.CONNECTED)
+	if s.sys != nil {
+		l.sysStat = s.sys.StatusChanged(nats.CONNECTED)
+	}
+	s.wg.Add(1)
+	go l.run()
+	return nil
+}
+
+// run is the sweeper goroutine.
+func (l *liveness) run() {
+	defer l.s.wg.Done()
+	var tick <-chan time.Time
+	if l.s.cfg.SweepInterval > 0 {
+		t := time.NewTicker(l.s.cfg.SweepInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-l.s.stop:
+			return
+		case <-tick:
+		case <-l.status:
+			l.s.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
+		case <-l.sysStat: // a nil channel (no system connection) never fires
+			l.s.log.Info("system connection reconnected; sweeping for disconnects missed meanwhile")
+		case <-l.kick:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+		if err := l.sweep(ctx); err != nil {
+			l.s.log.Warn("liveness sweep failed", "err", err)
+		}
+		cancel()
+	}
+}
+
+func (l *liveness) close() {
+	if l.sub != nil {
+		_ = l.sub.Unsubscribe()
+	}
+	if l.status != nil {
+		l.s.nc.RemoveStatusListener(l.status)
+	}
+	if l.sysStat != nil {
+		l.s.sys.RemoveStatusListener(l.sysStat)
+	}
+}
+
+// disconnectEvent is the part of io.nats.server.advisory.v1.client_disconnect
+// that names the connection.
+type disconnectEvent struct {
+	Server struct {
+		Name string `json:"name"`
+	} `json:"server"`
+	Client struct {
+		ID      uint64 `json:"id"`
+		Account string `json:"acc"`
+	} `json:"client"`
+	Reason string `json:"reason"`
+}
+
+func (l *liveness) onDisconnect(msg *nats.Msg) {
+	if l.s.cfg.NoClearOnDisconnect {
+		return
+	}
+	var ev disconnectEvent
+	if err := json.Unmarshal(msg.Data, &ev); err != nil || ev.Client.ID == 0 {
+		l.s.log.Warn("unreadable disconnect advisory", "subject", msg.Subject)
+		return
+	}
+	owner := subjects.FormatOwner(ev.Server.Name, ev.Client.ID)
+	grants, waits := l.s.engine.ReleaseOwner(owner)
+	if grants+waits > 0 {
+		l.s.log.Info("connection closed; released its locks", "owner", owner, "account", ev.Client.Account,
+			"reason", ev.Reason, "grants", grants, "waits", waits)
+	}
+}
+
+// sweep releases the locks of every owner that registered before the sweep
+// began and whose connection no server lists any more.
+func (l *liveness) sweep(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+
+	// Owners that appear after this mark may be missing from the lists we
+	// are about to fetch only because they are new: leave them alone.
+	mark := l.s.engine.OwnerMark()
+	live, err := l.listConnections(ctx)
+	if err != nil {
+		return err
+	}
+	l.lastSweep = time.Now()
+	if l.s.cfg.NoClearOnDisconnect {
+		return nil
+	}
+	unanswered := map[string]bool{}
+	released := l.s.engine.ReleaseStaleOwners(mark, func(owner string) bool {
+		server, cid, err := subjects.ParseOwner(owner)
+		if err != nil {
+			return true // not ours to judge
+		}
+		conns, answered := live[server]
+		if !answered {
+			// A server may miss one sweep's quiet window; one that misses
+			// several in a row is gone, and so are its connections.
+			unanswered[server] = true
+			return l.missing[server]+1 < missingSweepLimit
+		}
+		_, ok := conns[cid]
+		return ok
+	})
+	for server := range live {
+		delete(l.missing, server)
+	}
+	for server := range unanswered {
+		l.missing[server]++
+	}
+	if len(released) > 0 {
+		l.s.log.Info("sweep released the locks of closed connections", "owners", len(released))
+	}
+	return nil
+}
+
+// LastSweep is when the last successful sweep listed the connections.
+func (l *liveness) LastSweep() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastSweep
+}
+
+type connzReply struct {
+	Server struct {
+		Name string `json:"name"`
+	} `json:"server"`
+	Data struct {
+		Total  int `json:"total"`
+		Offset int `json:"offset"`
+		Conns  []struct {
+			CID uint64 `json:"cid"`
+		} `json:"connections"`
+	} `json:"data"`
+	Error *struct {
+		Code        int    `json:"code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+// listConnections asks every NATS server for its open connections, page by
+// page, and returns server name → set of client ids.
+func (l *liveness) listConnections(ctx context.Context) (map[string]map[uint64]struct{}, error) {
+	conn, subject := l.s.nc, accountConnz
+	if l.s.sys != nil {
+		conn, subject = l.s.sys, serverConnz
+	}
+	live := map[string]map[uint64]struct{}{}
+	for offset := 0; ; offset += connzPageSize {
+		body := fmt.Appendf(nil, `{"offset":%d,"limit":%d}`, offset, connzPageSize)
+		replies, err := gather(ctx, conn, subject, body)
+		if err != nil {
+			return nil, err
+		}
+		more := false
+		for _, r := range replies {
+			if r.Error != nil {
+				return nil, fmt.Errorf("%s: server %q answered %d %s", subject, r.Server.Name, r.Error.Code, r.Error.Description)
+			}
+			set := live[r.Server.Name]
+			if set == nil {
+				set = map[uint64]struct{}{}
+				live[r.Server.Name] = set
+			}
+			for _, c := range r.Data.Conns {
+				set[c.CID] = struct{}{}
+			}
+			if r.Data.Offset+len(r.Data.Conns) < r.Data.Total {
+				more = true
+			}
+		}
+		if !more {
+			return live, nil
+		}
+	}
+}
+
+// gather sends one request and collects answers until none came for
+// connzQuiet.
+func gather(ctx context.Context, nc *nats.Conn, subject string, body []byte) ([]connzReply, error) {
+	inbox := nc.NewRespInbox()
+	ch := make(chan *nats.Msg, 64)
+	sub, err := nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(subject, inbox, body); err != nil {
+		return nil, err
+	}
+	var replies []connzReply
+	wait := time.NewTimer(connzFirstAnswer)
+	defer wait.Stop()
+	for {
+		select {
+		case msg := <-ch:
+			var r connzReply
+			if err := json.Unmarshal(msg.Data, &r); err != nil {
+				return nil, fmt.Errorf("%s: unreadable answer: %w", subject, err)
+			}
+			replies = append(replies, r)
+			wait.Reset(connzQuiet)
+		case <-wait.C:
+			if len(replies) == 0 {
+				return nil, errors.New(subject + ": no NATS server answered (is there a system account?)")
+			}
+			return replies, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,172 @@
+// Package service is the NATS side of LDLM: it answers the lock subjects of
+// the subjects package from an in-process lock engine, ties each lock to the
+// connection that asked for it, and releases a connection's locks when the
+// NATS server reports that the connection closed.
+//
+// Data flows one way: NATS message → subjects (decode) → service → engine →
+// reply. The engine knows nothing of NATS; this package knows nothing of how
+// the connections it is given were made (embedded server or external).
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+// ServiceName is the NATS micro service name: `nats micro info ldlm`.
+const ServiceName = "ldlm"
+
+// Config is what the service needs to know beyond its connections. The zero
+// value is usable: every zero field takes the default named in its comment.
+type Config struct {
+	// Prefix is the first token of every subject. Default subjects.DefaultPrefix.
+	Prefix string
+	// MaxNameLength is the longest lock name in bytes. Default 1024.
+	MaxNameLength int
+	// AnonymousLockTimeout is the lock timeout given to a lock that names no
+	// timeout and belongs to no connection (a `nats req` without the
+	// Ldlm-Owner header), so that it cannot live forever. Default 60s.
+	AnonymousLockTimeout time.Duration
+	// NoClearOnDisconnect keeps locks when their connection closes; they are
+	// freed only by unlock or their timeout, and every lock without a
+	// timeout gets AnonymousLockTimeout.
+	NoClearOnDisconnect bool
+	// SweepInterval is how often the service compares the locks it holds
+	// with the connections the NATS servers report, to catch disconnects
+	// whose advisory it missed. Default 30s; negative disables the
+	// periodic sweep (it still runs at start and after reconnects).
+	SweepInterval time.Duration
+	// Version is reported by `nats micro info`; it must be SemVer.
+	// Default "0.0.0-dev".
+	Version string
+}
+
+func (c Config) withDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = subjects.DefaultPrefix
+	}
+	if c.MaxNameLength <= 0 {
+		c.MaxNameLength = subjects.DefaultMaxNameLength
+	}
+	if c.AnonymousLockTimeout <= 0 {
+		c.AnonymousLockTimeout = 60 * time.Second
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = 30 * time.Second
+	}
+	if c.Version == "" {
+		c.Version = "0.0.0-dev"
+	}
+	return c
+}
+
+// Service is a running lock service.
+type Service struct {
+	cfg    Config
+	nc     *nats.Conn // answers lock requests; in the applications' account
+	sys    *nats.Conn // system account: advisories and connection lists; may be nil
+	log    *slog.Logger
+	engine *engine.Engine
+	micro  micro.Service
+	live   *liveness
+
+	stopOnce sync.Once
+	stop     chan struct{}
+	wg       sync.WaitGroup // the liveness goroutines
+}
+
+// Start registers the service on nc and starts following connection
+// liveness. sys is a connection in the system account; with nil, the service
+// cannot see advisories and relies on the account-scoped connection listing
+// alone (logged as a warning), so a dead client's locks are freed at the
+// next sweep rather than at once.
+func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
+	if nc == nil {
+		return nil, errors.New("service: a NATS connection is required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg = cfg.withDefaults()
+	s := &Service{
+		cfg:    cfg,
+		nc:     nc,
+		sys:    sys,
+		log:    log,
+		engine: engine.New(),
+		stop:   make(chan struct{}),
+	}
+	s.live = newLiveness(s)
+
+	// Follow liveness before answering, so no lock is granted to a
+	// connection whose disconnect we could not see.
+	if err := s.live.start(); err != nil {
+		s.engine.Close()
+		return nil, err
+	}
+	if err := s.register(); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	log.Info("lock service ready", "prefix", cfg.Prefix, "liveness", s.live.source(),
+		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval)
+	return s, nil
+}
+
+func (s *Service) register() error {
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name:        ServiceName,
+		Version:     s.cfg.Version,
+		Description: "LDLM: a light-weight distributed lock manager",
+		Metadata:    map[string]string{"prefix": s.cfg.Prefix},
+		// Every instance must see every request of its locks: a queue
+		// group would split one lock's requests between instances.
+		QueueGroupDisabled: true,
+	})
+	if err != nil {
+		return fmt.Errorf("registering micro service %q: %w", ServiceName, err)
+	}
+	s.micro = svc
+	for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
+		h := s.handler(op)
+		subject := s.cfg.Prefix + "." + op + ".>"
+		if err := svc.AddEndpoint(op, h, micro.WithEndpointSubject(subject)); err != nil {
+			return fmt.Errorf("adding endpoint %s: %w", subject, err)
+		}
+	}
+	return nil
+}
+
+// Engine is the lock engine behind the service, for tests and operators.
+func (s *Service) Engine() *engine.Engine { return s.engine }
+
+// Sweep compares the locks' owners with the live connections now, and
+// releases those of closed connections. It runs by itself at start, after
+// reconnects and every SweepInterval; calling it is for tests and operators.
+func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
+
+// Stop stops answering, fails every parked waiter with Unavailable and stops
+// following liveness. It does not close the connections it was given.
+func (s *Service) Stop() {
+	s.stopOnce.Do(func() {
+		close(s.stop)
+		if s.micro != nil {
+			if err := s.micro.Stop(); err != nil {
+				s.log.Warn("stopping micro service", "err", err)
+			}
+		}
+		s.wg.Wait()
+		s.live.close()
+		s.engine.Close()
+	})
+}

@@ -1,0 +1,235 @@
+package subjects
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Limits on request fields that hold for every service.
+const (
+	// MaxTimeoutSeconds is the longest wait or lock timeout: one year.
+	// Longer values are almost certainly a unit mistake.
+	MaxTimeoutSeconds = 365 * 24 * 60 * 60
+	// MaxKeyLength is the longest client-chosen key, in bytes.
+	MaxKeyLength = 256
+)
+
+// Request is the JSON body of every operation. All fields are optional and
+// an empty body means all defaults, so `nats req ldlm.trylock.job ”` works.
+// Which fields an operation takes is checked by CheckFor.
+type Request struct {
+	// Size is the number of slots of the lock (a semaphore); 0 means 1.
+	Size int `json:"size,omitempty"`
+	// WaitTimeoutSeconds bounds how long a blocking lock waits; 0 waits
+	// until granted. Only for lock.
+	WaitTimeoutSeconds float64 `json:"wait_timeout_seconds,omitempty"`
+	// LockTimeoutSeconds releases the grant unless it is renewed in time;
+	// 0 means no timeout. Required for renew.
+	LockTimeoutSeconds float64 `json:"lock_timeout_seconds,omitempty"`
+	// Key is the holder's secret. On lock and trylock the client may choose
+	// it (then it can cancel a wait race-free, see docs/protocol.md);
+	// otherwise the service makes one. Required for unlock and renew.
+	Key string `json:"key,omitempty"`
+}
+
+// wireRequest is what DecodeRequest reads: pointers tell an explicit zero
+// from an absent field.
+type wireRequest struct {
+	Size               *int     `json:"size"`
+	WaitTimeoutSeconds *float64 `json:"wait_timeout_seconds"`
+	LockTimeoutSeconds *float64 `json:"lock_timeout_seconds"`
+	Key                *string  `json:"key"`
+}
+
+// DecodeRequest parses a request body. An empty (or all white space) body
+// is the zero Request. Anything else must be one JSON object of the
+// documented fields: an unknown field is an error rather than silently
+// ignored, so a typo such as "lock_timeout" is caught. The error is an
+// *Error with code BadRequest, InvalidLockSize, InvalidTimeout or
+// InvalidLockKey.
+func DecodeRequest(body []byte) (Request, error) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return Request{}, nil
+	}
+	if trimmed[0] != '{' {
+		return Request{}, Errorf(CodeBadRequest, "body must be a JSON object (or empty for all defaults), got %s", preview(trimmed))
+	}
+	var w wireRequest
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return Request{}, Errorf(CodeBadRequest, "body is not a valid request: %s", describeJSONError(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Request{}, Errorf(CodeBadRequest, "body has data after the JSON object")
+	}
+
+	var r Request
+	if w.Size != nil {
+		if *w.Size < 1 {
+			return Request{}, Errorf(CodeInvalidLockSize, "size must be at least 1, got %d", *w.Size)
+		}
+		r.Size = *w.Size
+	}
+	var err error
+	if r.WaitTimeoutSeconds, err = checkSeconds("wait_timeout_seconds", w.WaitTimeoutSeconds); err != nil {
+		return Request{}, err
+	}
+	if r.LockTimeoutSeconds, err = checkSeconds("lock_timeout_seconds", w.LockTimeoutSeconds); err != nil {
+		return Request{}, err
+	}
+	if w.Key != nil {
+		if err := CheckKey(*w.Key); err != nil {
+			return Request{}, err
+		}
+		r.Key = *w.Key
+	}
+	return r, nil
+}
+
+// CheckFor reports whether the request's fields fit operation op.
+func (r Request) CheckFor(op string) error {
+	notFor := func(field string) error {
+		return Errorf(CodeBadRequest, "%s does not take %s", op, field)
+	}
+	switch op {
+	case OpLock:
+	case OpTryLock:
+		if r.WaitTimeoutSeconds != 0 {
+			return notFor("wait_timeout_seconds (trylock never waits; use lock)")
+		}
+	case OpUnlock:
+		switch {
+		case r.Key == "":
+			return Errorf(CodeInvalidLockKey, "unlock needs the key that the lock reply gave")
+		case r.Size != 0:
+			return notFor("size")
+		case r.WaitTimeoutSeconds != 0:
+			return notFor("wait_timeout_seconds")
+		case r.LockTimeoutSeconds != 0:
+			return notFor("lock_timeout_seconds")
+		}
+	case OpRenew:
+		switch {
+		case r.Key == "":
+			return Errorf(CodeInvalidLockKey, "renew needs the key that the lock reply gave")
+		case r.LockTimeoutSeconds == 0:
+			return Errorf(CodeInvalidTimeout, "renew needs lock_timeout_seconds, the new timeout counted from now")
+		case r.Size != 0:
+			return notFor("size")
+		case r.WaitTimeoutSeconds != 0:
+			return notFor("wait_timeout_seconds")
+		}
+	default:
+		return Errorf(CodeBadRequest, "unknown operation %q", op)
+	}
+	return nil
+}
+
+// WaitTimeout is WaitTimeoutSeconds as a Duration (0: no limit).
+func (r Request) WaitTimeout() time.Duration { return seconds(r.WaitTimeoutSeconds) }
+
+// LockTimeout is LockTimeoutSeconds as a Duration (0: no timeout).
+func (r Request) LockTimeout() time.Duration { return seconds(r.LockTimeoutSeconds) }
+
+// Seconds converts a Duration to the seconds of a request field.
+func Seconds(d time.Duration) float64 { return d.Seconds() }
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// CheckKey reports whether k can be a client-chosen key: 1 to MaxKeyLength
+// bytes of printable ASCII.
+func CheckKey(k string) error {
+	if k == "" || len(k) > MaxKeyLength {
+		return Errorf(CodeInvalidLockKey, "key must be 1 to %d bytes long, got %d", MaxKeyLength, len(k))
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < '!' || k[i] > '~' {
+			return Errorf(CodeInvalidLockKey, "key must be printable ASCII without spaces")
+		}
+	}
+	return nil
+}
+
+func checkSeconds(field string, v *float64) (float64, error) {
+	if v == nil {
+		return 0, nil
+	}
+	s := *v
+	if math.IsNaN(s) || s < 0 || s > MaxTimeoutSeconds {
+		return 0, Errorf(CodeInvalidTimeout, "%s must be between 0 and %d seconds, got %v", field, MaxTimeoutSeconds, s)
+	}
+	if s > 0 && s < 0.001 {
+		return 0, Errorf(CodeInvalidTimeout, "%s must be 0 (none) or at least 0.001 seconds, got %v", field, s)
+	}
+	return s, nil
+}
+
+func describeJSONError(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		return "field " + strconv.Quote(typeErr.Field) + " must be a " + typeErr.Type.String() + ", got a JSON " + typeErr.Value
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+func preview(b []byte) string {
+	const max = 40
+	if len(b) > max {
+		return strconv.Quote(string(b[:max])) + "..."
+	}
+	return strconv.Quote(string(b))
+}
+
+// LockResponse is the reply to lock, trylock and renew.
+type LockResponse struct {
+	// Locked is true when the lock is held with Key; false when trylock
+	// found it taken, the wait timed out, or the request failed.
+	Locked bool   `json:"locked"`
+	Name   string `json:"name"`
+	// Key unlocks and renews this grant. Keep it secret.
+	Key string `json:"key,omitempty"`
+	// Token is the fencing token: larger for every later grant of any lock.
+	// Pass it to the resource you protect so it can refuse a stale holder.
+	Token uint64 `json:"token,omitempty"`
+	// Size is the number of slots of the lock.
+	Size int `json:"size,omitempty"`
+	// ExpiresAt is when the grant is released unless renewed (absent: no
+	// lock timeout).
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Error     *Error    `json:"error,omitempty"`
+}
+
+// UnlockResponse is the reply to unlock.
+type UnlockResponse struct {
+	Unlocked bool   `json:"unlocked"`
+	Name     string `json:"name"`
+	Error    *Error `json:"error,omitempty"`
+}
+
+// FormatOwner is the value of HeaderOwner for a connection: the name of the
+// NATS server it is connected to and its client id there, as the server's
+// connect and disconnect advisories name them.
+func FormatOwner(serverName string, clientID uint64) string {
+	return serverName + ":" + strconv.FormatUint(clientID, 10)
+}
+
+// ParseOwner splits a HeaderOwner value made by FormatOwner.
+func ParseOwner(v string) (serverName string, clientID uint64, err error) {
+	i := strings.LastIndexByte(v, ':')
+	if i <= 0 {
+		return "", 0, Errorf(CodeBadRequest, "%s header must be SERVER_NAME:CLIENT_ID, got %q", HeaderOwner, v)
+	}
+	cid, perr := strconv.ParseUint(v[i+1:], 10, 64)
+	if perr != nil || cid == 0 {
+		return "", 0, Errorf(CodeBadRequest, "%s header must end in a client id above 0, got %q", HeaderOwner, v)
+	}
+	return v[:i], cid, nil
+}
