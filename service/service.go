@@ -144,6 +144,11 @@ func (s *Service) register() error {
 			return fmt.Errorf("adding endpoint %s: %w", subject, err)
 		}
 	}
+	// Ready means subscribed: make sure the server has our subscriptions
+	// before anyone is told the service is up.
+	if err := s.nc.Flush(); err != nil {
+		return fmt.Errorf("subscribing the endpoints: %w", err)
+	}
 	return nil
 }
 
