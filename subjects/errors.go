@@ -28,7 +28,8 @@ const (
 	CodeLockKeyInUse ErrorCode = "LockKeyInUse"
 	// CodeLockDoesNotExist: no one holds or waits for the lock.
 	CodeLockDoesNotExist ErrorCode = "LockDoesNotExist"
-	// CodeNotLocked: the lock has waiters but the key holds no slot of it.
+	// CodeNotLocked: the lock has waiters but no holders, or (renew) the
+	// key is still waiting.
 	CodeNotLocked ErrorCode = "NotLocked"
 	// CodeLockWaitTimeout: a blocking lock was not granted within
 	// wait_timeout_seconds. The reply also says "locked": false.

@@ -1,0 +1,622 @@
+package engine
+
+import (
+	crand "crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Request asks for one slot of a lock.
+type Request struct {
+	Name string
+	// Key is the holder's secret. Empty: the engine generates one. Choose it
+	// yourself for a blocking Lock, so that you can cancel with Unlock.
+	Key string
+	// Size is the number of slots of the lock; 0 means 1.
+	Size int
+	// Owner is who the grant or wait belongs to, for ReleaseOwner; "" means
+	// nobody.
+	Owner string
+	// LockTimeout releases the grant unless it is renewed in time; 0 means
+	// never.
+	LockTimeout time.Duration
+}
+
+// Grant is a slot of a lock, held until Unlock, expiry or ReleaseOwner.
+type Grant struct {
+	Name  string
+	Key   string
+	Token uint64 // fencing token, larger than every earlier grant's
+	Size  int
+	// ExpiresAt is when the grant is released unless renewed; zero when it
+	// has no lock timeout.
+	ExpiresAt time.Time
+}
+
+// UnlockResult says what an Unlock did, since an Unlock with a waiter's key
+// is a cancellation.
+type UnlockResult uint8
+
+const (
+	// Released: the key held a slot, which is now free.
+	Released UnlockResult = iota + 1
+	// Cancelled: the key was waiting; its wait was cancelled and its done
+	// callback called with ErrWaitCancelled.
+	Cancelled
+)
+
+// String returns "released", "cancelled", or "none" for the zero value
+// that comes with an error.
+func (r UnlockResult) String() string {
+	switch r {
+	case Released:
+		return "released"
+	case Cancelled:
+		return "cancelled"
+	}
+	return "none"
+}
+
+// Option configures an Engine in New.
+type Option func(*Engine)
+
+// WithClock makes the engine read time and run timeouts on c instead of the
+// time package; tests pass a FakeClock.
+func WithClock(c Clock) Option {
+	return func(e *Engine) { e.clock = c }
+}
+
+// Engine is the lock table. It is safe for concurrent use.
+type Engine struct {
+	clock Clock
+
+	// mu guards all the fields below and every lock, entry and owner record
+	// reachable from them; nothing else in the engine is mutable. Done
+	// callbacks and the alive function of ReleaseStaleOwners are always
+	// called with mu released. Clock.Now, Clock.AfterFunc and Timer.Stop are
+	// called with mu held; the timer functions take mu themselves.
+	mu        sync.Mutex
+	closed    bool
+	locks     map[string]*lock
+	owners    map[string]*owner
+	lastToken uint64 // fencing token of the latest grant
+	lastWait  uint64 // id of the latest waiter
+	lastOwner uint64 // registration number of the latest new owner
+	holders   int    // holders of all locks
+	waiters   int    // waiters of all locks
+	keys      *rand.ChaCha8
+
+	// Free lists of records, so that a lock and unlock cycle allocates
+	// nothing. Bounded so that a burst does not pin memory.
+	freeLocks   []*lock
+	freeEntries []*entry
+	freeOwners  []*owner
+}
+
+// maxFree bounds each free list.
+const maxFree = 256
+
+// New returns an empty engine on the real clock unless an option says
+// otherwise.
+func New(opts ...Option) *Engine {
+	var seed [32]byte
+	crand.Read(seed[:]) // never fails (it crashes the program instead)
+	e := &Engine{
+		clock:  realClock{},
+		locks:  make(map[string]*lock),
+		owners: make(map[string]*owner),
+		keys:   rand.NewChaCha8(seed),
+	}
+	for _, opt := range opts {
+		opt(e)
+	}
+	return e
+}
+
+// notification is a done call to make once the mutex is released.
+type notification struct {
+	done  func(Grant, error)
+	grant Grant
+	err   error
+}
+
+func notify(ns []notification) {
+	for _, n := range ns {
+		n.done(n.grant, n.err)
+	}
+}
+
+// TryLock takes a slot of the lock if one is free. ok is false, without
+// error, when all slots are taken.
+func (e *Engine) TryLock(r Request) (g Grant, ok bool, err error) {
+	size, err := r.check()
+	if err != nil {
+		return Grant{}, false, err
+	}
+	e.mu.Lock()
+	g, ok, err = e.acquire(r, size, false, 0, nil)
+	e.mu.Unlock()
+	return g, ok, err
+}
+
+// Lock takes a slot of the lock, or joins the end of its queue of waiters
+// when all slots are taken. It never blocks:
+//
+//   - granted now: it returns (g, true, nil) and never calls done;
+//   - parked: it returns (Grant{}, false, nil) and calls done exactly once
+//     later, with the grant, or with ErrWaitTimeout after waitTimeout (0:
+//     wait forever), ErrWaitCancelled, ErrOwnerGone or ErrEngineClosed;
+//   - invalid request: it returns the error and never calls done.
+//
+// done may run before Lock returns, on another goroutine. It runs outside
+// the engine's mutex and may call the engine, but it delays whoever freed
+// the slot (an Unlock, a timer), so it should be quick and must not panic.
+func (e *Engine) Lock(r Request, waitTimeout time.Duration, done func(Grant, error)) (g Grant, ok bool, err error) {
+	if done == nil {
+		panic("engine: Lock needs a done callback")
+	}
+	size, err := r.check()
+	if err != nil {
+		return Grant{}, false, err
+	}
+	if waitTimeout < 0 {
+		return Grant{}, false, fmt.Errorf("%w: wait timeout %v", ErrInvalidTimeout, waitTimeout)
+	}
+	e.mu.Lock()
+	g, ok, err = e.acquire(r, size, true, waitTimeout, done)
+	e.mu.Unlock()
+	return g, ok, err
+}
+
+// check validates r and returns its effective size.
+func (r *Request) check() (int, error) {
+	if r.Name == "" {
+		return 0, ErrInvalidLockName
+	}
+	size := r.Size
+	if size == 0 {
+		size = 1
+	}
+	if size < 1 {
+		return 0, fmt.Errorf("%w: lock %q, size %d", ErrInvalidLockSize, r.Name, r.Size)
+	}
+	if r.LockTimeout < 0 {
+		return 0, fmt.Errorf("%w: lock timeout %v", ErrInvalidTimeout, r.LockTimeout)
+	}
+	return size, nil
+}
+
+// acquire is TryLock (park false) and Lock (park true) under mu.
+func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Duration, done func(Grant, error)) (Grant, bool, error) {
+	if e.closed {
+		return Grant{}, false, ErrEngineClosed
+	}
+	l := e.locks[r.Name]
+	if l != nil {
+		if l.size != size {
+			return Grant{}, false, fmt.Errorf("%w: lock %q has size %d, the request size %d", ErrLockSizeMismatch, r.Name, l.size, size)
+		}
+		if r.Key != "" && l.find(r.Key) != nil {
+			return Grant{}, false, fmt.Errorf("%w: lock %q", ErrKeyInUse, r.Name)
+		}
+		if l.held >= l.size && !park {
+			return Grant{}, false, nil
+		}
+	} else {
+		l = e.newLock(r.Name, size)
+	}
+	key := r.Key
+	if key == "" {
+		// 128 random bits: a collision with another key of this lock is
+		// not a practical possibility, so it is not checked.
+		key = e.newKey()
+	}
+	en := e.newEntry(l, key, r.Owner)
+	now := e.clock.Now()
+	if l.held < l.size {
+		return e.grant(en, now, r.LockTimeout), true, nil
+	}
+	e.lastWait++
+	id := e.lastWait
+	en.wait = &waitState{id: id, done: done, lockTimeout: r.LockTimeout}
+	en.start = now.UnixNano()
+	l.pushWaiter(en)
+	l.indexAdd(en)
+	e.waiters++
+	if waitTimeout > 0 {
+		en.deadline = now.Add(waitTimeout).UnixNano()
+		en.timer = e.clock.AfterFunc(waitTimeout, func() { e.waitExpired(en, id) })
+	}
+	return Grant{}, false, nil
+}
+
+// grant makes en, new or a waiter just taken off the queue, a holder of
+// its lock, with a new fencing token.
+func (e *Engine) grant(en *entry, now time.Time, lockTimeout time.Duration) Grant {
+	l := en.lock
+	e.lastToken++
+	en.token = e.lastToken
+	en.start = now.UnixNano()
+	en.deadline = 0
+	en.wait = nil
+	l.linkHolder(en)
+	e.holders++
+	g := Grant{Name: l.name, Key: en.key, Token: en.token, Size: l.size}
+	if lockTimeout > 0 {
+		g.ExpiresAt = e.armExpiry(en, now, lockTimeout)
+	}
+	return g
+}
+
+// armExpiry starts the lock timeout of holder en and returns the expiry.
+func (e *Engine) armExpiry(en *entry, now time.Time, d time.Duration) time.Time {
+	expiry := now.Add(d)
+	en.deadline = expiry.UnixNano()
+	token, deadline := en.token, en.deadline
+	en.timer = e.clock.AfterFunc(d, func() { e.expire(en, token, deadline) })
+	return expiry
+}
+
+// expire is the lock timeout of a grant. The grant is identified by its
+// token, unique for the engine's life, and by the deadline, which a Renew
+// changes: if either differs, the entry was released, recycled or renewed
+// since this timer was started, and there is nothing to do.
+func (e *Engine) expire(en *entry, token uint64, deadline int64) {
+	e.mu.Lock()
+	var notes []notification
+	if !e.closed && en.token == token && en.deadline == deadline {
+		en.timer = nil // it is this timer that fired
+		notes = e.release(en, nil)
+	}
+	e.mu.Unlock()
+	notify(notes)
+}
+
+// waitExpired is the wait timeout of a waiter, identified by its wait id.
+func (e *Engine) waitExpired(en *entry, id uint64) {
+	e.mu.Lock()
+	var notes []notification
+	if !e.closed && en.wait != nil && en.wait.id == id {
+		en.timer = nil
+		notes = e.dropWaiter(en, ErrWaitTimeout, nil)
+	}
+	e.mu.Unlock()
+	notify(notes)
+}
+
+// Unlock releases the slot that key holds, or, if key is waiting for the
+// lock, cancels that wait. Both succeed, so a client that gave up waiting
+// can clean up with one call whether or not the grant raced in.
+func (e *Engine) Unlock(name, key string) (UnlockResult, error) {
+	if name == "" {
+		return 0, ErrInvalidLockName
+	}
+	e.mu.Lock()
+	res, notes, err := e.unlock(name, key)
+	e.mu.Unlock()
+	notify(notes)
+	return res, err
+}
+
+func (e *Engine) unlock(name, key string) (UnlockResult, []notification, error) {
+	if e.closed {
+		return 0, nil, ErrEngineClosed
+	}
+	l := e.locks[name]
+	if l == nil {
+		return 0, nil, fmt.Errorf("%w: lock %q", ErrLockDoesNotExist, name)
+	}
+	en := l.find(key)
+	switch {
+	case en != nil && en.wait == nil:
+		return Released, e.release(en, nil), nil
+	case en != nil:
+		return Cancelled, e.dropWaiter(en, ErrWaitCancelled, nil), nil
+	case l.held == 0:
+		return 0, nil, fmt.Errorf("%w: lock %q", ErrNotLocked, name)
+	default:
+		return 0, nil, fmt.Errorf("%w: lock %q", ErrInvalidLockKey, name)
+	}
+}
+
+// Renew sets the expiry of the grant that key holds to now + lockTimeout,
+// giving a grant without a lock timeout one.
+func (e *Engine) Renew(name, key string, lockTimeout time.Duration) (Grant, error) {
+	if name == "" {
+		return Grant{}, ErrInvalidLockName
+	}
+	if lockTimeout <= 0 {
+		return Grant{}, fmt.Errorf("%w: renew of lock %q needs a positive lock timeout, not %v", ErrInvalidTimeout, name, lockTimeout)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return Grant{}, ErrEngineClosed
+	}
+	l := e.locks[name]
+	if l == nil {
+		return Grant{}, fmt.Errorf("%w: lock %q", ErrLockDoesNotExist, name)
+	}
+	en := l.find(key)
+	switch {
+	case en != nil && en.wait != nil:
+		return Grant{}, fmt.Errorf("%w: lock %q: the key is still waiting", ErrNotLocked, name)
+	case en == nil && l.held == 0:
+		return Grant{}, fmt.Errorf("%w: lock %q", ErrNotLocked, name)
+	case en == nil:
+		return Grant{}, fmt.Errorf("%w: lock %q", ErrInvalidLockKey, name)
+	}
+	en.stopTimer()
+	expiry := e.armExpiry(en, e.clock.Now(), lockTimeout)
+	return Grant{Name: l.name, Key: en.key, Token: en.token, Size: l.size, ExpiresAt: expiry}, nil
+}
+
+// release frees the slot of holder en, hands free slots to waiters, and
+// forgets the lock if it is left empty. It appends the resulting done calls
+// to notes.
+func (e *Engine) release(en *entry, notes []notification) []notification {
+	l := en.lock
+	en.stopTimer()
+	l.unlinkHolder(en)
+	l.indexRemove(en)
+	e.holders--
+	e.disown(en)
+	e.freeEntry(en)
+	notes = e.promote(l, notes)
+	e.forgetIfIdle(l)
+	return notes
+}
+
+// dropWaiter removes waiter en from its lock and appends its done call with
+// err to notes.
+func (e *Engine) dropWaiter(en *entry, err error, notes []notification) []notification {
+	l := en.lock
+	notes = append(notes, notification{done: en.wait.done, err: err})
+	en.stopTimer()
+	l.unlinkWaiter(en)
+	l.indexRemove(en)
+	e.waiters--
+	e.disown(en)
+	e.freeEntry(en)
+	e.forgetIfIdle(l)
+	return notes
+}
+
+// promote grants free slots of l to its oldest waiters.
+func (e *Engine) promote(l *lock, notes []notification) []notification {
+	if l.waitHead == nil || l.held >= l.size {
+		return notes
+	}
+	now := e.clock.Now()
+	for l.waitHead != nil && l.held < l.size {
+		en := l.waitHead
+		ws := en.wait
+		en.stopTimer()
+		l.unlinkWaiter(en)
+		e.waiters--
+		g := e.grant(en, now, ws.lockTimeout)
+		notes = append(notes, notification{done: ws.done, grant: g})
+	}
+	return notes
+}
+
+// ReleaseOwner releases every grant and drops every wait of owner (whose
+// done callbacks get ErrOwnerGone), and forgets the owner. It returns how
+// many of each it ended.
+func (e *Engine) ReleaseOwner(owner string) (grants, waits int) {
+	e.mu.Lock()
+	var notes []notification
+	if o := e.owners[owner]; o != nil && !e.closed {
+		grants, waits, notes = e.releaseOwner(o, nil)
+	}
+	e.mu.Unlock()
+	notify(notes)
+	return grants, waits
+}
+
+func (e *Engine) releaseOwner(o *owner, notes []notification) (grants, waits int, _ []notification) {
+	// Drop the waits first, so that the slots released below go to other
+	// owners' waiters and never to this owner's.
+	for en := o.entries; en != nil; {
+		next := en.ownerNext
+		if en.wait != nil {
+			notes = e.dropWaiter(en, ErrOwnerGone, notes)
+			waits++
+		}
+		en = next
+	}
+	// When its last entry goes, o is cleared for reuse, which ends the loop.
+	for o.entries != nil {
+		notes = e.release(o.entries, notes)
+		grants++
+	}
+	return grants, waits, notes
+}
+
+// OwnerMark returns the registration number of the latest owner to appear.
+// Owners appearing later get larger numbers; pass the mark to
+// ReleaseStaleOwners.
+func (e *Engine) OwnerMark() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.lastOwner
+}
+
+// ReleaseStaleOwners releases, as ReleaseOwner does, every owner that
+// appeared at or before mark and for which alive returns false, and
+// returns their names, sorted.
+//
+// The intended sweep: take mark := OwnerMark(), then list the live
+// connections, then call ReleaseStaleOwners(mark, isInThatList). An owner
+// that appeared after the mark may be missing from the list only because the
+// list was taken before it connected, so it is spared. An owner that is
+// released and appears again while alive runs gets a new number and is
+// spared too.
+//
+// alive is called without the engine's mutex held, once per owner that
+// appeared at or before mark, on the calling goroutine. It may call the
+// engine but has no need to.
+func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) []string {
+	e.mu.Lock()
+	var candidates []string
+	for name, o := range e.owners {
+		if o.seq <= mark {
+			candidates = append(candidates, name)
+		}
+	}
+	e.mu.Unlock()
+
+	var dead []string
+	for _, name := range candidates {
+		if !alive(name) {
+			dead = append(dead, name)
+		}
+	}
+	if len(dead) == 0 {
+		return nil
+	}
+
+	e.mu.Lock()
+	var released []string
+	var notes []notification
+	for _, name := range dead {
+		o := e.owners[name]
+		if o == nil || o.seq > mark || e.closed {
+			continue // gone meanwhile, or new since the mark
+		}
+		_, _, notes = e.releaseOwner(o, notes)
+		released = append(released, name)
+	}
+	e.mu.Unlock()
+	notify(notes)
+	slices.Sort(released)
+	return released
+}
+
+// Close stops all timers, calls the done callback of every waiter with
+// ErrEngineClosed, and drops all state. Afterwards every call fails with
+// ErrEngineClosed or returns nothing. Close is idempotent.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.closed = true
+	var notes []notification
+	for _, l := range e.locks {
+		for en := l.holders; en != nil; en = en.next {
+			en.stopTimer()
+		}
+		for en := l.waitHead; en != nil; en = en.next {
+			en.stopTimer()
+			notes = append(notes, notification{done: en.wait.done, err: ErrEngineClosed})
+		}
+	}
+	clear(e.locks)
+	clear(e.owners)
+	e.holders, e.waiters = 0, 0
+	e.freeLocks, e.freeEntries, e.freeOwners = nil, nil, nil
+	e.mu.Unlock()
+	notify(notes)
+}
+
+// newLock creates lock name and adds it to the table.
+func (e *Engine) newLock(name string, size int) *lock {
+	var l *lock
+	if n := len(e.freeLocks); n > 0 {
+		l = e.freeLocks[n-1]
+		e.freeLocks[n-1] = nil
+		e.freeLocks = e.freeLocks[:n-1]
+	} else {
+		l = new(lock)
+	}
+	l.name, l.size = name, size
+	e.locks[name] = l
+	return l
+}
+
+// forgetIfIdle removes l from the table when it has neither holders nor
+// waiters.
+func (e *Engine) forgetIfIdle(l *lock) {
+	if l.held > 0 || l.waiting > 0 {
+		return
+	}
+	delete(e.locks, l.name)
+	*l = lock{}
+	if len(e.freeLocks) < maxFree {
+		e.freeLocks = append(e.freeLocks, l)
+	}
+}
+
+// newEntry returns an entry of key on l, registered with its owner but not
+// yet linked into l: grant or the queue does that.
+func (e *Engine) newEntry(l *lock, key, ownerName string) *entry {
+	var en *entry
+	if n := len(e.freeEntries); n > 0 {
+		en = e.freeEntries[n-1]
+		e.freeEntries[n-1] = nil
+		e.freeEntries = e.freeEntries[:n-1]
+	} else {
+		en = new(entry)
+	}
+	en.lock, en.key = l, key
+	if ownerName != "" {
+		o := e.owners[ownerName]
+		if o == nil {
+			if n := len(e.freeOwners); n > 0 {
+				o = e.freeOwners[n-1]
+				e.freeOwners[n-1] = nil
+				e.freeOwners = e.freeOwners[:n-1]
+			} else {
+				o = new(owner)
+			}
+			e.lastOwner++
+			o.name, o.seq = ownerName, e.lastOwner
+			e.owners[ownerName] = o
+		}
+		o.link(en)
+	}
+	return en
+}
+
+// disown removes en from its owner, forgetting an owner left with nothing
+// and clearing its record for reuse.
+func (e *Engine) disown(en *entry) {
+	o := en.owner
+	if o == nil {
+		return
+	}
+	o.unlink(en)
+	if o.n == 0 {
+		delete(e.owners, o.name)
+		*o = owner{}
+		if len(e.freeOwners) < maxFree {
+			e.freeOwners = append(e.freeOwners, o)
+		}
+	}
+}
+
+// freeEntry clears en, which is in no list any more, for reuse. Clearing
+// token and wait is what makes stale timers of en do nothing.
+func (e *Engine) freeEntry(en *entry) {
+	*en = entry{}
+	if len(e.freeEntries) < maxFree {
+		e.freeEntries = append(e.freeEntries, en)
+	}
+}
+
+// newKey returns 128 random bits as 32 lowercase hex characters.
+func (e *Engine) newKey() string {
+	var raw [16]byte
+	binary.LittleEndian.PutUint64(raw[:8], e.keys.Uint64())
+	binary.LittleEndian.PutUint64(raw[8:], e.keys.Uint64())
+	var buf [32]byte
+	hex.Encode(buf[:], raw[:])
+	return string(buf[:])
+}
