@@ -71,9 +71,31 @@ func WithClock(c Clock) Option {
 	return func(e *Engine) { e.clock = c }
 }
 
+// WithEvents makes the engine call f for every grant, release and end of a
+// wait (see Event). f runs outside the engine's mutex, on the goroutine
+// that caused the event, in the order the events happened for any one lock;
+// like a done callback it must be quick. Without it, the engine builds no
+// events at all.
+func WithEvents(f func(Event)) Option {
+	return func(e *Engine) { e.onEvent = f }
+}
+
+// WithFirstToken makes the first grant's fencing token t instead of 1. A
+// server that starts it from the clock (in microseconds) keeps tokens
+// growing across its restarts, as long as the clock does not go back and it
+// made fewer than a million grants a second on average.
+func WithFirstToken(t uint64) Option {
+	return func(e *Engine) {
+		if t > 0 {
+			e.lastToken = t - 1
+		}
+	}
+}
+
 // Engine is the lock table. It is safe for concurrent use.
 type Engine struct {
-	clock Clock
+	clock   Clock
+	onEvent func(Event) // nil: no events
 
 	// mu guards all the fields below and every lock, entry and owner record
 	// reachable from them; nothing else in the engine is mutable. Done
@@ -118,16 +140,39 @@ func New(opts ...Option) *Engine {
 	return e
 }
 
-// notification is a done call to make once the mutex is released.
+// notification is a done call and/or an event to deliver once the mutex
+// is released.
 type notification struct {
-	done  func(Grant, error)
+	done  func(Grant, error) // nil: only an event
 	grant Grant
 	err   error
+	event Event // Kind 0: no event
 }
 
-func notify(ns []notification) {
+func (e *Engine) notify(ns []notification) {
 	for _, n := range ns {
-		n.done(n.grant, n.err)
+		if n.event.Kind != 0 && e.onEvent != nil {
+			e.onEvent(n.event)
+		}
+		if n.done != nil {
+			n.done(n.grant, n.err)
+		}
+	}
+}
+
+// event appends ev to notes when someone listens for events; the check
+// keeps the lock path free of the work when nobody does.
+func (e *Engine) event(notes []notification, ev Event) []notification {
+	if e.onEvent == nil {
+		return notes
+	}
+	return append(notes, notification{event: ev})
+}
+
+// grantEvent reports a grant made at once, outside the mutex.
+func (e *Engine) grantEvent(r Request, g Grant) {
+	if e.onEvent != nil {
+		e.onEvent(Event{Kind: EventGranted, Name: g.Name, Token: g.Token, Owner: r.Owner})
 	}
 }
 
@@ -141,6 +186,9 @@ func (e *Engine) TryLock(r Request) (g Grant, ok bool, err error) {
 	e.mu.Lock()
 	g, ok, err = e.acquire(r, size, false, 0, nil)
 	e.mu.Unlock()
+	if ok {
+		e.grantEvent(r, g)
+	}
 	return g, ok, err
 }
 
@@ -170,6 +218,9 @@ func (e *Engine) Lock(r Request, waitTimeout time.Duration, done func(Grant, err
 	e.mu.Lock()
 	g, ok, err = e.acquire(r, size, true, waitTimeout, done)
 	e.mu.Unlock()
+	if ok {
+		e.grantEvent(r, g)
+	}
 	return g, ok, err
 }
 
@@ -271,10 +322,10 @@ func (e *Engine) expire(en *entry, token uint64, deadline int64) {
 	var notes []notification
 	if !e.closed && en.token == token && en.deadline == deadline {
 		en.timer = nil // it is this timer that fired
-		notes = e.release(en, nil)
+		notes = e.release(en, EventExpired, nil)
 	}
 	e.mu.Unlock()
-	notify(notes)
+	e.notify(notes)
 }
 
 // waitExpired is the wait timeout of a waiter, identified by its wait id.
@@ -286,7 +337,7 @@ func (e *Engine) waitExpired(en *entry, id uint64) {
 		notes = e.dropWaiter(en, ErrWaitTimeout, nil)
 	}
 	e.mu.Unlock()
-	notify(notes)
+	e.notify(notes)
 }
 
 // Unlock releases the slot that key holds, or, if key is waiting for the
@@ -299,7 +350,7 @@ func (e *Engine) Unlock(name, key string) (UnlockResult, error) {
 	e.mu.Lock()
 	res, notes, err := e.unlock(name, key)
 	e.mu.Unlock()
-	notify(notes)
+	e.notify(notes)
 	return res, err
 }
 
@@ -314,7 +365,7 @@ func (e *Engine) unlock(name, key string) (UnlockResult, []notification, error) 
 	en := l.find(key)
 	switch {
 	case en != nil && en.wait == nil:
-		return Released, e.release(en, nil), nil
+		return Released, e.release(en, EventReleased, nil), nil
 	case en != nil:
 		return Cancelled, e.dropWaiter(en, ErrWaitCancelled, nil), nil
 	case l.held == 0:
@@ -358,9 +409,13 @@ func (e *Engine) Renew(name, key string, lockTimeout time.Duration) (Grant, erro
 
 // release frees the slot of holder en, hands free slots to waiters, and
 // forgets the lock if it is left empty. It appends the resulting done calls
-// to notes.
-func (e *Engine) release(en *entry, notes []notification) []notification {
+// and events, the release being of kind why, to notes.
+func (e *Engine) release(en *entry, why EventKind, notes []notification) []notification {
 	l := en.lock
+	if e.onEvent != nil {
+		notes = e.event(notes, Event{Kind: why, Name: l.name, Token: en.token, Owner: en.ownerName(),
+			Duration: e.clock.Now().Sub(unixTime(en.start))})
+	}
 	en.stopTimer()
 	l.unlinkHolder(en)
 	l.indexRemove(en)
@@ -376,7 +431,12 @@ func (e *Engine) release(en *entry, notes []notification) []notification {
 // err to notes.
 func (e *Engine) dropWaiter(en *entry, err error, notes []notification) []notification {
 	l := en.lock
-	notes = append(notes, notification{done: en.wait.done, err: err})
+	n := notification{done: en.wait.done, err: err}
+	if e.onEvent != nil {
+		n.event = Event{Kind: waitEndKind(err), Name: l.name, Owner: en.ownerName(),
+			Duration: e.clock.Now().Sub(unixTime(en.start))}
+	}
+	notes = append(notes, n)
 	en.stopTimer()
 	l.unlinkWaiter(en)
 	l.indexRemove(en)
@@ -396,11 +456,16 @@ func (e *Engine) promote(l *lock, notes []notification) []notification {
 	for l.waitHead != nil && l.held < l.size {
 		en := l.waitHead
 		ws := en.wait
+		waited := now.Sub(unixTime(en.start))
 		en.stopTimer()
 		l.unlinkWaiter(en)
 		e.waiters--
 		g := e.grant(en, now, ws.lockTimeout)
-		notes = append(notes, notification{done: ws.done, grant: g})
+		n := notification{done: ws.done, grant: g}
+		if e.onEvent != nil {
+			n.event = Event{Kind: EventGranted, Name: l.name, Token: g.Token, Owner: en.ownerName(), Duration: waited}
+		}
+		notes = append(notes, n)
 	}
 	return notes
 }
@@ -415,7 +480,7 @@ func (e *Engine) ReleaseOwner(owner string) (grants, waits int) {
 		grants, waits, notes = e.releaseOwner(o, nil)
 	}
 	e.mu.Unlock()
-	notify(notes)
+	e.notify(notes)
 	return grants, waits
 }
 
@@ -432,10 +497,49 @@ func (e *Engine) releaseOwner(o *owner, notes []notification) (grants, waits int
 	}
 	// When its last entry goes, o is cleared for reuse, which ends the loop.
 	for o.entries != nil {
-		notes = e.release(o.entries, notes)
+		notes = e.release(o.entries, EventOwnerGone, notes)
 		grants++
 	}
 	return grants, waits, notes
+}
+
+// ForceUnlock releases grants of lock name for an operator: the one with
+// key, else the one with token, else (both empty) every holder. Waiters
+// are granted the freed slots as usual. It returns the released grants'
+// tokens, which fail with ErrInvalidLockKey when neither key nor token
+// matches a holder.
+func (e *Engine) ForceUnlock(name, key string, token uint64) ([]uint64, error) {
+	e.mu.Lock()
+	var (
+		notes    []notification
+		released []uint64
+	)
+	err := func() error {
+		if e.closed {
+			return ErrEngineClosed
+		}
+		l := e.locks[name]
+		if l == nil {
+			return fmt.Errorf("%w: lock %q", ErrLockDoesNotExist, name)
+		}
+		var victims []*entry
+		for en := l.holders; en != nil; en = en.next {
+			if (key == "" && token == 0) || (key != "" && en.key == key) || (key == "" && en.token == token) {
+				victims = append(victims, en)
+			}
+		}
+		if len(victims) == 0 {
+			return fmt.Errorf("%w: lock %q has no holder with that key or token", ErrInvalidLockKey, name)
+		}
+		for _, en := range victims {
+			released = append(released, en.token)
+			notes = e.release(en, EventForced, notes)
+		}
+		return nil
+	}()
+	e.mu.Unlock()
+	e.notify(notes)
+	return released, err
 }
 
 // OwnerMark returns the registration number of the latest owner to appear.
@@ -493,7 +597,7 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) 
 		released = append(released, name)
 	}
 	e.mu.Unlock()
-	notify(notes)
+	e.notify(notes)
 	slices.Sort(released)
 	return released
 }
@@ -515,7 +619,11 @@ func (e *Engine) Close() {
 		}
 		for en := l.waitHead; en != nil; en = en.next {
 			en.stopTimer()
-			notes = append(notes, notification{done: en.wait.done, err: ErrEngineClosed})
+			n := notification{done: en.wait.done, err: ErrEngineClosed}
+			if e.onEvent != nil {
+				n.event = Event{Kind: EventWaitClosed, Name: l.name, Owner: en.ownerName()}
+			}
+			notes = append(notes, n)
 		}
 	}
 	clear(e.locks)
@@ -523,7 +631,7 @@ func (e *Engine) Close() {
 	e.holders, e.waiters = 0, 0
 	e.freeLocks, e.freeEntries, e.freeOwners = nil, nil, nil
 	e.mu.Unlock()
-	notify(notes)
+	e.notify(notes)
 }
 
 // newLock creates lock name and adds it to the table.
