@@ -46,6 +46,12 @@ type Config struct {
 	// whose advisory it missed. Default 30s; negative disables the
 	// periodic sweep (it still runs at start and after reconnects).
 	SweepInterval time.Duration
+	// Events publishes every grant, release and end of a wait on
+	// PREFIX.events.KIND.NAME (see subjects.Event).
+	Events bool
+	// Observer, when set, is called for every engine event (metrics). It
+	// runs on the goroutine that caused the event and must be quick.
+	Observer func(engine.Event)
 	// Version is reported by `nats micro info`; it must be SemVer.
 	// Default "0.0.0-dev".
 	Version string
@@ -80,6 +86,8 @@ type Service struct {
 	micro  micro.Service
 	live   *liveness
 
+	started time.Time
+
 	stopOnce sync.Once
 	stop     chan struct{}
 	wg       sync.WaitGroup // the liveness goroutines
@@ -99,13 +107,16 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	}
 	cfg = cfg.withDefaults()
 	s := &Service{
-		cfg:    cfg,
-		nc:     nc,
-		sys:    sys,
-		log:    log,
-		engine: engine.New(),
-		stop:   make(chan struct{}),
+		cfg:     cfg,
+		nc:      nc,
+		sys:     sys,
+		log:     log,
+		stop:    make(chan struct{}),
+		started: time.Now(),
 	}
+	// Fencing tokens start from the clock, so that they keep growing
+	// across restarts of the service (see engine.WithFirstToken).
+	s.engine = engine.New(engine.WithEvents(s.onEvent), engine.WithFirstToken(uint64(s.started.UnixMicro())))
 	s.live = newLiveness(s)
 
 	// Follow liveness before answering, so no lock is granted to a
@@ -143,6 +154,9 @@ func (s *Service) register() error {
 		if err := svc.AddEndpoint(op, h, micro.WithEndpointSubject(subject)); err != nil {
 			return fmt.Errorf("adding endpoint %s: %w", subject, err)
 		}
+	}
+	if err := s.registerAdmin(svc); err != nil {
+		return fmt.Errorf("adding admin endpoints: %w", err)
 	}
 	// Ready means subscribed: make sure the server has our subscriptions
 	// before anyone is told the service is up.

@@ -464,7 +464,7 @@ func TestMicroDiscovery(t *testing.T) {
 	for _, e := range info.Endpoints {
 		got = append(got, e.Subject)
 	}
-	want := "ldlm.lock.> ldlm.trylock.> ldlm.unlock.> ldlm.renew.>"
+	want := "ldlm.lock.> ldlm.trylock.> ldlm.unlock.> ldlm.renew.> ldlm.admin.list ldlm.admin.status ldlm.admin.unlock.>"
 	if info.Name != "ldlm" || strings.Join(got, " ") != want {
 		t.Fatalf("micro info: name %q endpoints %v, want %s", info.Name, got, want)
 	}

@@ -1,0 +1,127 @@
+package service
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+// registerAdmin adds the operator endpoints under PREFIX.admin.
+func (s *Service) registerAdmin(svc micro.Service) error {
+	endpoints := []struct {
+		name, subject string
+		handler       micro.HandlerFunc
+	}{
+		{"admin_list", subjects.AdminSubject(s.cfg.Prefix, subjects.OpAdminList, ""), s.adminList},
+		{"admin_status", subjects.AdminSubject(s.cfg.Prefix, subjects.OpAdminStatus, ""), s.adminStatus},
+		{"admin_unlock", s.cfg.Prefix + "." + subjects.OpAdminUnlock + ".>", s.adminUnlock},
+	}
+	for _, e := range endpoints {
+		if err := svc.AddEndpoint(e.name, e.handler, micro.WithEndpointSubject(e.subject)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Service) adminList(req micro.Request) {
+	snap := s.engine.Snapshot()
+	locks := make([]subjects.LockInfo, 0, len(snap))
+	for _, l := range snap {
+		info := subjects.LockInfo{Name: l.Name, Size: l.Size, Holders: make([]subjects.HolderInfo, 0, len(l.Holders))}
+		for _, h := range l.Holders {
+			info.Holders = append(info.Holders, subjects.HolderInfo{
+				Owner:      h.Owner,
+				KeyPrefix:  subjects.KeyPrefix(h.Key),
+				Token:      h.Token,
+				AcquiredAt: h.AcquiredAt.UTC(),
+				ExpiresAt:  h.ExpiresAt.UTC(),
+			})
+		}
+		for _, w := range l.Waiters {
+			info.Waiters = append(info.Waiters, subjects.WaiterInfo{Owner: w.Owner, Since: w.Since.UTC(), Deadline: w.Deadline.UTC()})
+		}
+		locks = append(locks, info)
+	}
+	s.respond(req, subjects.ListResponse{Locks: locks})
+}
+
+func (s *Service) adminStatus(req micro.Request) {
+	st := s.engine.Stats()
+	s.respond(req, subjects.StatusResponse{
+		Version:           s.cfg.Version,
+		Started:           s.started.UTC(),
+		Uptime:            time.Since(s.started).Seconds(),
+		Prefix:            s.cfg.Prefix,
+		Locks:             st.Locks,
+		Holders:           st.Holders,
+		Waiters:           st.Waiters,
+		Owners:            st.Owners,
+		Liveness:          s.live.source(),
+		LastSweep:         s.live.LastSweep().UTC(),
+		ClearOnDisconnect: !s.cfg.NoClearOnDisconnect,
+	})
+}
+
+func (s *Service) adminUnlock(req micro.Request) {
+	name, err := subjects.NameFromSubject(s.cfg.Prefix, subjects.OpAdminUnlock, req.Subject(), s.cfg.MaxNameLength)
+	if err != nil {
+		s.adminUnlockFailed(req, "", err)
+		return
+	}
+	var r subjects.ForceUnlockRequest
+	if len(req.Data()) > 0 {
+		if err := json.Unmarshal(req.Data(), &r); err != nil {
+			s.adminUnlockFailed(req, name, subjects.Errorf(subjects.CodeBadRequest, "body must be {\"key\":…} or {\"token\":…} or empty: %v", err))
+			return
+		}
+	}
+	released, err := s.engine.ForceUnlock(name, r.Key, r.Token)
+	if err != nil {
+		s.adminUnlockFailed(req, name, err)
+		return
+	}
+	s.log.Info("operator force-released a lock", "lock", name, "tokens", released)
+	s.respond(req, subjects.ForceUnlockResponse{Unlocked: true, Name: name, Released: released})
+}
+
+func (s *Service) adminUnlockFailed(req micro.Request, name string, err error) {
+	e := toWireError(err)
+	body := mustJSON(subjects.ForceUnlockResponse{Name: name, Error: e})
+	if rerr := req.Error(string(e.Code), e.Message, body); rerr != nil {
+		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
+	}
+}
+
+// onEvent runs for every event of the engine, outside its mutex, on the
+// goroutine that caused it. It tells holders about lost grants and, when
+// configured, publishes the event.
+func (s *Service) onEvent(ev engine.Event) {
+	if ev.Kind.Lost() && ev.Owner != "" {
+		notice := subjects.LostNotice{Name: ev.Name, Token: ev.Token, Reason: ev.Kind.String()}
+		if err := s.nc.Publish(subjects.LostSubject(s.cfg.Prefix, ev.Owner), mustJSON(notice)); err != nil {
+			s.log.Debug("lost notice not sent", "owner", ev.Owner, "err", err)
+		}
+	}
+	if s.cfg.Events {
+		msg := subjects.Event{
+			Kind:            ev.Kind.String(),
+			Name:            ev.Name,
+			Token:           ev.Token,
+			Owner:           ev.Owner,
+			Time:            time.Now().UTC(),
+			DurationSeconds: ev.Duration.Seconds(),
+		}
+		subject := s.cfg.Prefix + "." + subjects.EventsToken + "." + msg.Kind + "." + subjects.EncodeName(ev.Name)
+		if err := s.nc.Publish(subject, mustJSON(msg)); err != nil {
+			s.log.Debug("event not published", "subject", subject, "err", err)
+		}
+	}
+	if s.cfg.Observer != nil {
+		s.cfg.Observer(ev)
+	}
+}

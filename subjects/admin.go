@@ -1,0 +1,139 @@
+package subjects
+
+import "time"
+
+// Operations under PREFIX.admin., for operators. They live under their own
+// subjects so that NATS permissions can allow applications to lock while
+// denying them administration (deny PREFIX.admin.>).
+const (
+	OpAdminList   = "admin.list"   // every lock with holders and waiters
+	OpAdminUnlock = "admin.unlock" // PREFIX.admin.unlock.NAME: force release
+	OpAdminStatus = "admin.status" // version, uptime, counts, liveness
+)
+
+// LostToken is the second token of the subject on which the service tells a
+// connection that it lost a grant without unlocking it:
+// PREFIX.lost.OWNER (OWNER encoded as EncodeName does), body LostNotice.
+const LostToken = "lost"
+
+// EventsToken is the second token of published events:
+// PREFIX.events.KIND.NAME (NAME encoded), body Event. Only published when
+// the service runs with events on.
+const EventsToken = "events"
+
+// LostSubject is where the service tells the connection owner (a
+// FormatOwner value) about grants it lost. Clients subscribe to it for
+// their own connection.
+func LostSubject(prefix, owner string) string {
+	return prefix + "." + LostToken + "." + EncodeName(owner)
+}
+
+// Reasons in LostNotice and Event.
+const (
+	ReasonExpired    = "expired"                // lock timeout passed without renew
+	ReasonDisconnect = "released-on-disconnect" // the owner's connection closed
+	ReasonForced     = "force-released"         // an operator released it
+)
+
+// LostNotice tells a holder that its grant is gone.
+type LostNotice struct {
+	Name   string `json:"name"`
+	Token  uint64 `json:"token"`
+	Reason string `json:"reason"`
+}
+
+// Event is a published event: PREFIX.events.KIND.NAME.
+type Event struct {
+	Kind  string    `json:"kind"` // granted, released, expired, released-on-disconnect, force-released, wait-timed-out, …
+	Name  string    `json:"name"`
+	Token uint64    `json:"token,omitempty"`
+	Owner string    `json:"owner,omitempty"`
+	Time  time.Time `json:"time"`
+	// DurationSeconds is how long the request waited (granted, wait
+	// events) or how long the grant was held (releases).
+	DurationSeconds float64 `json:"duration_seconds"`
+}
+
+// AdminSubject is PREFIX.admin.OP, or PREFIX.admin.unlock.NAME.
+func AdminSubject(prefix, op, name string) string {
+	if op == OpAdminUnlock {
+		return prefix + "." + op + "." + EncodeName(name)
+	}
+	return prefix + "." + op
+}
+
+// ForceUnlockRequest selects which grants of a lock an operator releases:
+// the one with Key, else the one with Token, else every holder.
+type ForceUnlockRequest struct {
+	Key   string `json:"key,omitempty"`
+	Token uint64 `json:"token,omitempty"`
+}
+
+// ForceUnlockResponse lists the tokens of the released grants.
+type ForceUnlockResponse struct {
+	Unlocked bool     `json:"unlocked"`
+	Name     string   `json:"name"`
+	Released []uint64 `json:"released,omitempty"`
+	Error    *Error   `json:"error,omitempty"`
+}
+
+// ListResponse is every lock the service holds, sorted by name.
+type ListResponse struct {
+	Locks []LockInfo `json:"locks"`
+	Error *Error     `json:"error,omitempty"`
+}
+
+// LockInfo describes one lock for operators.
+type LockInfo struct {
+	Name    string       `json:"name"`
+	Size    int          `json:"size"`
+	Holders []HolderInfo `json:"holders"`
+	Waiters []WaiterInfo `json:"waiters,omitempty"`
+}
+
+// HolderInfo describes a grant. Only a prefix of the key is shown: enough
+// to tell grants apart, not enough to unlock.
+type HolderInfo struct {
+	Owner      string    `json:"owner,omitempty"`
+	KeyPrefix  string    `json:"key_prefix"`
+	Token      uint64    `json:"token"`
+	AcquiredAt time.Time `json:"acquired_at"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+}
+
+// WaiterInfo describes a parked lock request.
+type WaiterInfo struct {
+	Owner    string    `json:"owner,omitempty"`
+	Since    time.Time `json:"since"`
+	Deadline time.Time `json:"deadline,omitzero"`
+}
+
+// KeyPrefixLength is how much of a key HolderInfo shows: 24 of the 128
+// bits of a key the service made.
+const KeyPrefixLength = 6
+
+// KeyPrefix returns the shown part of key. A short key, which a client may
+// have chosen, is not shown at all: its prefix would be most of it.
+func KeyPrefix(key string) string {
+	if len(key) < 4*KeyPrefixLength {
+		return "******"
+	}
+	return key[:KeyPrefixLength] + "…"
+}
+
+// StatusResponse describes the running service.
+type StatusResponse struct {
+	Version   string    `json:"version"`
+	Started   time.Time `json:"started"`
+	Uptime    float64   `json:"uptime_seconds"`
+	Prefix    string    `json:"prefix"`
+	Locks     int       `json:"locks"`
+	Holders   int       `json:"holders"`
+	Waiters   int       `json:"waiters"`
+	Owners    int       `json:"owners"` // connections that hold or wait for a lock
+	Liveness  string    `json:"liveness"`
+	LastSweep time.Time `json:"last_sweep,omitzero"`
+	// ClearOnDisconnect is false when locks survive their connection.
+	ClearOnDisconnect bool   `json:"clear_on_disconnect"`
+	Error             *Error `json:"error,omitempty"`
+}
