@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 )
 
 // exitUsage is the exit status for bad configuration or usage.
@@ -47,11 +48,12 @@ const usage = `Usage:
   ldlm version            print the version
 `
 
-// version is the module version when built with `go install`, else
-// "0.0.0-dev" (the micro service protocol wants SemVer).
+// version is the module version when built with `go install` or with VCS
+// stamping, without Go's leading "v", else "0.0.0-dev" (the micro service
+// protocol wants SemVer, which has no "v").
 func version() string {
 	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
-		return info.Main.Version
+		return strings.TrimPrefix(info.Main.Version, "v")
 	}
 	return "0.0.0-dev"
 }

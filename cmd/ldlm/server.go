@@ -35,6 +35,7 @@ type serverConfig struct {
 	AnonymousLockTimeout time.Duration `env:"LDLM_ANONYMOUS_LOCK_TIMEOUT" envDefault:"60s"`
 	NoClearOnDisconnect  bool          `env:"LDLM_NO_CLEAR_ON_DISCONNECT" envDefault:"false"`
 	SweepInterval        time.Duration `env:"LDLM_SWEEP_INTERVAL" envDefault:"30s"`
+	Events               bool          `env:"LDLM_EVENTS" envDefault:"false"`
 
 	LogLevel  string `env:"LDLM_LOG_LEVEL" envDefault:"info"`
 	LogFormat string `env:"LDLM_LOG_FORMAT" envDefault:"text"`
@@ -119,6 +120,7 @@ func parseServerConfig(args []string, stderr io.Writer) (serverConfig, error) {
 	fs.DurationVar(&cfg.AnonymousLockTimeout, "anonymous-lock-timeout", cfg.AnonymousLockTimeout, "lock timeout of locks that name none and belong to no connection (env LDLM_ANONYMOUS_LOCK_TIMEOUT)")
 	fs.BoolVar(&cfg.NoClearOnDisconnect, "no-clear-on-disconnect", cfg.NoClearOnDisconnect, "keep locks when their connection closes; they then rely on timeouts (env LDLM_NO_CLEAR_ON_DISCONNECT)")
 	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often to compare lock owners with live connections; negative: only at start and after reconnects (env LDLM_SWEEP_INTERVAL)")
+	fs.BoolVar(&cfg.Events, "events", cfg.Events, "publish every grant, release and end of a wait on PREFIX.events.KIND.NAME (env LDLM_EVENTS)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (env LDLM_LOG_LEVEL)")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (env LDLM_LOG_FORMAT)")
 	cfg.App.flags(fs, "nats-", "LDLM_NATS_", "external NATS:")
@@ -207,6 +209,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		AnonymousLockTimeout: cfg.AnonymousLockTimeout,
 		NoClearOnDisconnect:  cfg.NoClearOnDisconnect,
 		SweepInterval:        cfg.SweepInterval,
+		Events:               cfg.Events,
 		Version:              version(),
 	}, conns.app, conns.system, log)
 	if err != nil {
