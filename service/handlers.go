@@ -76,7 +76,7 @@ func (s *Service) lock(req micro.Request, op, name string, r subjects.Request) {
 		s.respond(req, subjects.LockResponse{Locked: false, Name: name})
 		return
 	}
-	s.respond(req, grantResponse(name, g))
+	s.respond(req, s.grantResponse(name, g))
 }
 
 func (s *Service) unlock(req micro.Request, name string, r subjects.Request) {
@@ -93,7 +93,7 @@ func (s *Service) renew(req micro.Request, name string, r subjects.Request) {
 		s.fail(req, subjects.OpRenew, name, err)
 		return
 	}
-	s.respond(req, grantResponse(name, g))
+	s.respond(req, s.grantResponse(name, g))
 }
 
 // answerParked replies to a lock request that waited. The requester may
@@ -110,14 +110,14 @@ func (s *Service) answerParked(reply, name string, g engine.Grant, err error) {
 		msg.Header.Set(subjects.HeaderError, e.Message)
 		msg.Data = mustJSON(subjects.LockResponse{Locked: false, Name: name, Error: e})
 	} else {
-		msg.Data = mustJSON(grantResponse(name, g))
+		msg.Data = mustJSON(s.grantResponse(name, g))
 	}
 	if perr := s.nc.PublishMsg(msg); perr != nil {
 		s.log.Warn("replying to a parked lock request", "lock", name, "err", perr)
 	}
 }
 
-func grantResponse(name string, g engine.Grant) subjects.LockResponse {
+func (s *Service) grantResponse(name string, g engine.Grant) subjects.LockResponse {
 	return subjects.LockResponse{
 		Locked:    true,
 		Name:      name,
@@ -125,6 +125,7 @@ func grantResponse(name string, g engine.Grant) subjects.LockResponse {
 		Token:     g.Token,
 		Size:      g.Size,
 		ExpiresAt: g.ExpiresAt.UTC(),
+		Instance:  s.id,
 	}
 }
 

@@ -43,16 +43,33 @@ type liveness struct {
 	s       *Service
 	sub     *nats.Subscription // advisories; nil without a system connection
 	kick    chan struct{}      // asks the sweeper goroutine to sweep now
-	status  chan nats.Status   // reconnects of the service's connection
+	status  chan nats.Status   // disconnects and reconnects of the service's connection
 	sysStat chan nats.Status   // reconnects of the system connection
 
 	mu        sync.Mutex     // guards the fields below and serializes sweeps
 	missing   map[string]int // server name → sweeps in a row it did not answer
 	lastSweep time.Time
+	// servers remembers, by server name, the server id that last answered
+	// a sweep and the owner mark of that sweep. A server that answers with
+	// another id has restarted: its client ids start again from 1, so an
+	// old owner "name:7" could look alive through a new connection 7. All
+	// owners of that name up to the mark are from the old server: dead.
+	servers map[string]serverSeen
+	// connectedTo is the server the service's connection is on; when that
+	// connection drops, disconnectMark remembers the owner mark then, a
+	// tighter bound than the last sweep's if that very server restarted.
+	connectedTo      string
+	disconnectedFrom string
+	disconnectMark   uint64
+}
+
+type serverSeen struct {
+	id   string
+	mark uint64
 }
 
 func newLiveness(s *Service) *liveness {
-	return &liveness{s: s, kick: make(chan struct{}, 1), missing: map[string]int{}}
+	return &liveness{s: s, kick: make(chan struct{}, 1), missing: map[string]int{}, servers: map[string]serverSeen{}}
 }
 
 // source says how liveness is followed, for logs and status.
@@ -80,13 +97,16 @@ func (l *liveness) start() error {
 			"give the service system account credentials to follow advisories")
 	}
 
+	// nats.go reports a lost connection as RECONNECTING when it will
+	// reconnect, DISCONNECTED otherwise.
+	l.status = s.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED)
+	l.connectedTo = s.nc.ConnectedServerName()
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
 	if err := l.sweep(ctx); err != nil {
 		s.log.Warn("cannot list connections; locks of clients whose disconnect advisory is missed will not be freed", "err", err)
 	}
 
-	l.status = s.nc.StatusChanged(nats.CONNECTED)
 	if s.sys != nil {
 		l.sysStat = s.sys.StatusChanged(nats.CONNECTED)
 	}
@@ -109,7 +129,14 @@ func (l *liveness) run() {
 		case <-l.s.stop:
 			return
 		case <-tick:
-		case <-l.status:
+		case st := <-l.status:
+			if st != nats.CONNECTED {
+				l.noteDisconnect()
+				continue
+			}
+			l.mu.Lock()
+			l.connectedTo = l.s.nc.ConnectedServerName()
+			l.mu.Unlock()
 			l.s.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
 		case <-l.sysStat: // a nil channel (no system connection) never fires
 			l.s.log.Info("system connection reconnected; sweeping for disconnects missed meanwhile")
@@ -118,6 +145,9 @@ func (l *liveness) run() {
 		ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 		if err := l.sweep(ctx); err != nil {
 			l.s.log.Warn("liveness sweep failed", "err", err)
+		}
+		if err := l.s.checkRivals(ctx); errors.Is(err, ErrDuplicateInstance) {
+			l.s.stepDown(err)
 		}
 		cancel()
 	}
@@ -133,6 +163,14 @@ func (l *liveness) close() {
 	if l.sysStat != nil {
 		l.s.sys.RemoveStatusListener(l.sysStat)
 	}
+}
+
+func (l *liveness) noteDisconnect() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.disconnectMark = l.s.engine.OwnerMark()
+	l.disconnectedFrom = l.connectedTo
+	l.s.log.Warn("disconnected from NATS", "server", l.connectedTo)
 }
 
 // disconnectEvent is the part of io.nats.server.advisory.v1.client_disconnect
@@ -174,11 +212,18 @@ func (l *liveness) sweep(ctx context.Context) error {
 	// Owners that appear after this mark may be missing from the lists we
 	// are about to fetch only because they are new: leave them alone.
 	mark := l.s.engine.OwnerMark()
-	live, err := l.listConnections(ctx)
+	live, ids, err := l.listConnections(ctx)
 	if err != nil {
 		return err
 	}
 	l.lastSweep = time.Now()
+	if !l.s.cfg.NoClearOnDisconnect {
+		l.releaseRestarted(ids)
+	}
+	for name, id := range ids {
+		l.servers[name] = serverSeen{id: id, mark: mark}
+	}
+	l.disconnectedFrom = ""
 	if l.s.cfg.NoClearOnDisconnect {
 		return nil
 	}
@@ -210,6 +255,28 @@ func (l *liveness) sweep(ctx context.Context) error {
 	return nil
 }
 
+// releaseRestarted releases the owners of every server that answered with
+// a new id, up to the mark of the last sweep that saw the old one (or of
+// our disconnect from it, if later).
+func (l *liveness) releaseRestarted(ids map[string]string) {
+	for name, id := range ids {
+		seen, ok := l.servers[name]
+		if !ok || seen.id == id {
+			continue
+		}
+		mark := seen.mark
+		if name == l.disconnectedFrom && l.disconnectMark > mark {
+			mark = l.disconnectMark
+		}
+		released := l.s.engine.ReleaseStaleOwners(mark, func(owner string) bool {
+			server, _, err := subjects.ParseOwner(owner)
+			return err != nil || server != name
+		})
+		l.s.log.Warn("NATS server restarted; released the locks of its old connections",
+			"server", name, "old_id", seen.id, "new_id", id, "owners", len(released))
+	}
+}
+
 // LastSweep is when the last successful sweep listed the connections.
 func (l *liveness) LastSweep() time.Time {
 	l.mu.Lock()
@@ -220,6 +287,7 @@ func (l *liveness) LastSweep() time.Time {
 type connzReply struct {
 	Server struct {
 		Name string `json:"name"`
+		ID   string `json:"id"`
 	} `json:"server"`
 	Data struct {
 		Total  int `json:"total"`
@@ -235,24 +303,33 @@ type connzReply struct {
 }
 
 // listConnections asks every NATS server for its open connections, page by
-// page, and returns server name → set of client ids.
-func (l *liveness) listConnections(ctx context.Context) (map[string]map[uint64]struct{}, error) {
+// page, and returns server name → set of client ids, and server name → id.
+func (l *liveness) listConnections(ctx context.Context) (map[string]map[uint64]struct{}, map[string]string, error) {
 	conn, subject := l.s.nc, accountConnz
 	if l.s.sys != nil {
 		conn, subject = l.s.sys, serverConnz
 	}
 	live := map[string]map[uint64]struct{}{}
+	ids := map[string]string{}
 	for offset := 0; ; offset += connzPageSize {
 		body := fmt.Appendf(nil, `{"offset":%d,"limit":%d}`, offset, connzPageSize)
-		replies, err := gather(ctx, conn, subject, body)
+		msgs, err := gather(ctx, conn, subject, body, connzFirstAnswer)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if len(msgs) == 0 {
+			return nil, nil, errors.New(subject + ": no NATS server answered (is there a system account?)")
 		}
 		more := false
-		for _, r := range replies {
-			if r.Error != nil {
-				return nil, fmt.Errorf("%s: server %q answered %d %s", subject, r.Server.Name, r.Error.Code, r.Error.Description)
+		for _, msg := range msgs {
+			var r connzReply
+			if err := json.Unmarshal(msg.Data, &r); err != nil {
+				return nil, nil, fmt.Errorf("%s: unreadable answer: %w", subject, err)
 			}
+			if r.Error != nil {
+				return nil, nil, fmt.Errorf("%s: server %q answered %d %s", subject, r.Server.Name, r.Error.Code, r.Error.Description)
+			}
+			ids[r.Server.Name] = r.Server.ID
 			set := live[r.Server.Name]
 			if set == nil {
 				set = map[uint64]struct{}{}
@@ -266,14 +343,14 @@ func (l *liveness) listConnections(ctx context.Context) (map[string]map[uint64]s
 			}
 		}
 		if !more {
-			return live, nil
+			return live, ids, nil
 		}
 	}
 }
 
 // gather sends one request and collects answers until none came for
-// connzQuiet.
-func gather(ctx context.Context, nc *nats.Conn, subject string, body []byte) ([]connzReply, error) {
+// connzQuiet, or none at all within first.
+func gather(ctx context.Context, nc *nats.Conn, subject string, body []byte, first time.Duration) ([]*nats.Msg, error) {
 	inbox := nc.NewRespInbox()
 	ch := make(chan *nats.Msg, 64)
 	sub, err := nc.ChanSubscribe(inbox, ch)
@@ -284,22 +361,15 @@ func gather(ctx context.Context, nc *nats.Conn, subject string, body []byte) ([]
 	if err := nc.PublishRequest(subject, inbox, body); err != nil {
 		return nil, err
 	}
-	var replies []connzReply
-	wait := time.NewTimer(connzFirstAnswer)
+	var replies []*nats.Msg
+	wait := time.NewTimer(first)
 	defer wait.Stop()
 	for {
 		select {
 		case msg := <-ch:
-			var r connzReply
-			if err := json.Unmarshal(msg.Data, &r); err != nil {
-				return nil, fmt.Errorf("%s: unreadable answer: %w", subject, err)
-			}
-			replies = append(replies, r)
+			replies = append(replies, msg)
 			wait.Reset(connzQuiet)
 		case <-wait.C:
-			if len(replies) == 0 {
-				return nil, errors.New(subject + ": no NATS server answered (is there a system account?)")
-			}
 			return replies, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()

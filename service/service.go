@@ -87,6 +87,11 @@ type Service struct {
 	live   *liveness
 
 	started time.Time
+	id      string // micro instance id, set once registered; in every grant reply
+
+	failOnce sync.Once
+	failed   chan struct{} // closed when the service stopped itself
+	failErr  error         // why; written before failed is closed
 
 	stopOnce sync.Once
 	stop     chan struct{}
@@ -112,6 +117,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		sys:     sys,
 		log:     log,
 		stop:    make(chan struct{}),
+		failed:  make(chan struct{}),
 		started: time.Now(),
 	}
 	// Fencing tokens start from the clock, so that they keep growing
@@ -129,17 +135,26 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.Stop()
 		return nil, err
 	}
-	log.Info("lock service ready", "prefix", cfg.Prefix, "liveness", s.live.source(),
+	s.announce(subjects.InstanceStarted)
+	log.Info("lock service ready", "instance", s.id, "prefix", cfg.Prefix, "liveness", s.live.source(),
 		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval)
 	return s, nil
 }
 
 func (s *Service) register() error {
+	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+	defer cancel()
+	if err := s.checkRivals(ctx); err != nil {
+		return err
+	}
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     s.cfg.Version,
 		Description: "LDLM: a light-weight distributed lock manager",
-		Metadata:    map[string]string{"prefix": s.cfg.Prefix},
+		Metadata: map[string]string{
+			metaPrefix:  s.cfg.Prefix,
+			metaStarted: s.started.UTC().Format(time.RFC3339Nano),
+		},
 		// Every instance must see every request of its locks: a queue
 		// group would split one lock's requests between instances.
 		QueueGroupDisabled: true,
@@ -148,6 +163,7 @@ func (s *Service) register() error {
 		return fmt.Errorf("registering micro service %q: %w", ServiceName, err)
 	}
 	s.micro = svc
+	s.id = svc.Info().ID
 	for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
 		h := s.handler(op)
 		subject := s.cfg.Prefix + "." + op + ".>"
@@ -163,7 +179,9 @@ func (s *Service) register() error {
 	if err := s.nc.Flush(); err != nil {
 		return fmt.Errorf("subscribing the endpoints: %w", err)
 	}
-	return nil
+	// Another instance may have started at the same moment: of two, the
+	// younger steps down.
+	return s.checkRivals(ctx)
 }
 
 // Engine is the lock engine behind the service, for tests and operators.
@@ -174,8 +192,35 @@ func (s *Service) Engine() *engine.Engine { return s.engine }
 // reconnects and every SweepInterval; calling it is for tests and operators.
 func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 
-// Stop stops answering, fails every parked waiter with Unavailable and stops
-// following liveness. It does not close the connections it was given.
+// Done is closed when the service stopped itself: it found an older
+// instance serving the same prefix (Err says so). Call Stop then.
+func (s *Service) Done() <-chan struct{} { return s.failed }
+
+// Err says why Done was closed; nil before.
+func (s *Service) Err() error {
+	select {
+	case <-s.failed:
+		return s.failErr
+	default:
+		return nil
+	}
+}
+
+// stepDown stops answering requests and closes Done. It may be called from the
+// service's own goroutines, which Stop waits for, so it does not call Stop.
+func (s *Service) stepDown(err error) {
+	s.failOnce.Do(func() {
+		s.failErr = err
+		if err := s.micro.Stop(); err != nil {
+			s.log.Warn("stopping micro service", "err", err)
+		}
+		close(s.failed)
+	})
+}
+
+// Stop stops answering, tells clients that this instance's locks are gone,
+// fails every parked waiter with Unavailable and stops following liveness.
+// It does not close the connections it was given.
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
@@ -186,6 +231,9 @@ func (s *Service) Stop() {
 		}
 		s.wg.Wait()
 		s.live.close()
+		if s.id != "" {
+			s.announce(subjects.InstanceStopped)
+		}
 		s.engine.Close()
 	})
 }

@@ -137,3 +137,27 @@ type StatusResponse struct {
 	ClearOnDisconnect bool   `json:"clear_on_disconnect"`
 	Error             *Error `json:"error,omitempty"`
 }
+
+// Instance announcements: PREFIX.instance.started and
+// PREFIX.instance.stopped, body InstanceNotice. Lock replies carry the
+// instance that granted them; a client that hears that another instance
+// started, or that its instance stopped, knows its locks are gone (the
+// service keeps its state in memory only).
+const (
+	InstanceToken   = "instance"
+	InstanceStarted = "started"
+	InstanceStopped = "stopped"
+)
+
+// InstanceSubject is PREFIX.instance.EVENT.
+func InstanceSubject(prefix, event string) string {
+	return prefix + "." + InstanceToken + "." + event
+}
+
+// InstanceNotice announces that an instance of the service started or
+// stopped.
+type InstanceNotice struct {
+	Instance string    `json:"instance"`
+	Event    string    `json:"event"` // started or stopped
+	Time     time.Time `json:"time"`
+}

@@ -204,7 +204,11 @@ type LockResponse struct {
 	// ExpiresAt is when the grant is released unless renewed (absent: no
 	// lock timeout).
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
-	Error     *Error    `json:"error,omitempty"`
+	// Instance is the id of the service instance that granted the lock.
+	// When another instance starts, or this one stops, the grant is gone
+	// (see InstanceNotice).
+	Instance string `json:"instance,omitempty"`
+	Error    *Error `json:"error,omitempty"`
 }
 
 // UnlockResponse is the reply to unlock.
