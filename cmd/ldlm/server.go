@@ -215,10 +215,15 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	log.Info("stopping: draining requests")
-	svc.Stop()
-	return nil
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: draining requests")
+		svc.Stop()
+		return nil
+	case <-svc.Done():
+		svc.Stop()
+		return svc.Err()
+	}
 }
 
 // connections are the service's NATS connections and, in embedded mode,
