@@ -21,6 +21,10 @@ func (s *Service) handler(op string) micro.HandlerFunc {
 			s.fail(req, op, "", err)
 			return
 		}
+		if len(req.Data()) > s.cfg.MaxBodyBytes {
+			s.fail(req, op, name, subjects.Errorf(subjects.CodeBadRequest, "body is %d bytes; the limit is %d", len(req.Data()), s.cfg.MaxBodyBytes))
+			return
+		}
 		r, err := subjects.DecodeRequest(req.Data())
 		if err == nil {
 			err = r.CheckFor(op)
@@ -168,6 +172,7 @@ var engineCodes = []struct {
 	{engine.ErrWaitTimeout, subjects.CodeLockWaitTimeout},
 	{engine.ErrWaitCancelled, subjects.CodeLockWaitCancelled},
 	{engine.ErrOwnerGone, subjects.CodeOwnerGone},
+	{engine.ErrLimitExceeded, subjects.CodeLimitExceeded},
 	{engine.ErrEngineClosed, subjects.CodeUnavailable},
 }
 

@@ -46,6 +46,15 @@ type Config struct {
 	// whose advisory it missed. Default 30s; negative disables the
 	// periodic sweep (it still runs at start and after reconnects).
 	SweepInterval time.Duration
+	// MaxBodyBytes is the largest request body accepted. Default 64 KiB.
+	MaxBodyBytes int
+	// MaxLocks, MaxWaitersPerLock and MaxWaitsPerConnection bound what
+	// clients can make the service hold; a request past one fails with
+	// LimitExceeded. Defaults 1,000,000, 100,000 and 10,000; negative: no
+	// limit.
+	MaxLocks              int
+	MaxWaitersPerLock     int
+	MaxWaitsPerConnection int
 	// Events publishes every grant, release and end of a wait on
 	// PREFIX.events.KIND.NAME (see subjects.Event).
 	Events bool
@@ -64,6 +73,12 @@ func (c Config) withDefaults() Config {
 	if c.MaxNameLength <= 0 {
 		c.MaxNameLength = subjects.DefaultMaxNameLength
 	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 64 << 10
+	}
+	c.MaxLocks = limitOrDefault(c.MaxLocks, 1_000_000)
+	c.MaxWaitersPerLock = limitOrDefault(c.MaxWaitersPerLock, 100_000)
+	c.MaxWaitsPerConnection = limitOrDefault(c.MaxWaitsPerConnection, 10_000)
 	if c.AnonymousLockTimeout <= 0 {
 		c.AnonymousLockTimeout = 60 * time.Second
 	}
@@ -74,6 +89,18 @@ func (c Config) withDefaults() Config {
 		c.Version = "0.0.0-dev"
 	}
 	return c
+}
+
+// limitOrDefault maps 0 to def and a negative limit to 0, the engine's
+// "no limit".
+func limitOrDefault(v, def int) int {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
 }
 
 // Service is a running lock service.
@@ -122,7 +149,15 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	}
 	// Fencing tokens start from the clock, so that they keep growing
 	// across restarts of the service (see engine.WithFirstToken).
-	s.engine = engine.New(engine.WithEvents(s.onEvent), engine.WithFirstToken(uint64(s.started.UnixMicro())))
+	s.engine = engine.New(
+		engine.WithEvents(s.onEvent),
+		engine.WithFirstToken(uint64(s.started.UnixMicro())),
+		engine.WithLimits(engine.Limits{
+			MaxLocks:          cfg.MaxLocks,
+			MaxWaitersPerLock: cfg.MaxWaitersPerLock,
+			MaxWaitsPerOwner:  cfg.MaxWaitsPerConnection,
+		}),
+	)
 	s.live = newLiveness(s)
 
 	// Follow liveness before answering, so no lock is granted to a

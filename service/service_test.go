@@ -208,6 +208,27 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+func TestLimits(t *testing.T) {
+	t.Parallel()
+	srv := ldlmtest.Start(t, ldlmtest.WithConfig(service.Config{MaxBodyBytes: 100, MaxLocks: 1, MaxWaitersPerLock: 1}))
+	nc := srv.Connect(t)
+	if got := send(t, nc, subjects.OpTryLock, "x", `{"key":"`+strings.Repeat("k", 200)+`"}`, ""); code(got) != subjects.CodeBadRequest {
+		t.Fatalf("a body over the limit: %+v", got)
+	}
+	send(t, nc, subjects.OpTryLock, "x", "", "")
+	if got := send(t, nc, subjects.OpTryLock, "y", "", ""); code(got) != subjects.CodeLimitExceeded {
+		t.Fatalf("a lock over the limit: %+v", got)
+	}
+	go func() { _, _ = nc.Request("ldlm.lock.x", nil, testTimeout) }()
+	eventually(t, "the waiter is parked", func() bool { return srv.Service.Engine().Stats().Waiters == 1 })
+	if got := send(t, nc, subjects.OpLock, "x", `{"wait_timeout_seconds":5}`, ""); code(got) != subjects.CodeLimitExceeded {
+		t.Fatalf("a waiter over the limit: %+v", got)
+	}
+	if got := send(t, nc, subjects.OpTryLock, "x", "", ""); got.Error != nil {
+		t.Fatalf("the service must keep serving at its limits: %+v", got)
+	}
+}
+
 func TestWaitersAreParkedNotBlocking(t *testing.T) {
 	t.Parallel()
 	srv := ldlmtest.Start(t)

@@ -32,6 +32,10 @@ type serverConfig struct {
 
 	Prefix               string        `env:"LDLM_SUBJECT_PREFIX" envDefault:"ldlm"`
 	MaxNameLength        int           `env:"LDLM_MAX_NAME_LENGTH" envDefault:"1024"`
+	MaxBodyBytes         int           `env:"LDLM_MAX_BODY_BYTES" envDefault:"65536"`
+	MaxLocks             int           `env:"LDLM_MAX_LOCKS" envDefault:"1000000"`
+	MaxWaitersPerLock    int           `env:"LDLM_MAX_WAITERS_PER_LOCK" envDefault:"100000"`
+	MaxWaitsPerConn      int           `env:"LDLM_MAX_WAITS_PER_CONNECTION" envDefault:"10000"`
 	AnonymousLockTimeout time.Duration `env:"LDLM_ANONYMOUS_LOCK_TIMEOUT" envDefault:"60s"`
 	NoClearOnDisconnect  bool          `env:"LDLM_NO_CLEAR_ON_DISCONNECT" envDefault:"false"`
 	SweepInterval        time.Duration `env:"LDLM_SWEEP_INTERVAL" envDefault:"30s"`
@@ -117,6 +121,10 @@ func parseServerConfig(args []string, stderr io.Writer) (serverConfig, error) {
 	fs.IntVar(&cfg.EmbeddedMaxPingsOut, "embedded-max-pings-out", cfg.EmbeddedMaxPingsOut, "embedded NATS unanswered pings before a client is dropped (env LDLM_EMBEDDED_MAX_PINGS_OUT)")
 	fs.StringVar(&cfg.Prefix, "subject-prefix", cfg.Prefix, "first token of every lock subject (env LDLM_SUBJECT_PREFIX)")
 	fs.IntVar(&cfg.MaxNameLength, "max-name-length", cfg.MaxNameLength, "longest lock name in bytes (env LDLM_MAX_NAME_LENGTH)")
+	fs.IntVar(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest request body in bytes (env LDLM_MAX_BODY_BYTES)")
+	fs.IntVar(&cfg.MaxLocks, "max-locks", cfg.MaxLocks, "most locks held or waited for at once; -1: no limit (env LDLM_MAX_LOCKS)")
+	fs.IntVar(&cfg.MaxWaitersPerLock, "max-waiters-per-lock", cfg.MaxWaitersPerLock, "most waiters on one lock; -1: no limit (env LDLM_MAX_WAITERS_PER_LOCK)")
+	fs.IntVar(&cfg.MaxWaitsPerConn, "max-waits-per-connection", cfg.MaxWaitsPerConn, "most waits of one connection; -1: no limit (env LDLM_MAX_WAITS_PER_CONNECTION)")
 	fs.DurationVar(&cfg.AnonymousLockTimeout, "anonymous-lock-timeout", cfg.AnonymousLockTimeout, "lock timeout of locks that name none and belong to no connection (env LDLM_ANONYMOUS_LOCK_TIMEOUT)")
 	fs.BoolVar(&cfg.NoClearOnDisconnect, "no-clear-on-disconnect", cfg.NoClearOnDisconnect, "keep locks when their connection closes; they then rely on timeouts (env LDLM_NO_CLEAR_ON_DISCONNECT)")
 	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often to compare lock owners with live connections; negative: only at start and after reconnects (env LDLM_SWEEP_INTERVAL)")
@@ -141,6 +149,10 @@ func (c serverConfig) validate() error {
 		return fmt.Errorf("subject prefix %q is not a valid NATS subject prefix", c.Prefix)
 	case c.MaxNameLength < 1:
 		return fmt.Errorf("max name length must be at least 1, got %d", c.MaxNameLength)
+	case c.MaxBodyBytes < 1:
+		return fmt.Errorf("max body bytes must be at least 1, got %d", c.MaxBodyBytes)
+	case c.MaxLocks == 0 || c.MaxWaitersPerLock == 0 || c.MaxWaitsPerConn == 0:
+		return errors.New("max locks, waiters per lock and waits per connection must be positive, or -1 for no limit")
 	case c.AnonymousLockTimeout <= 0:
 		return fmt.Errorf("anonymous lock timeout must be positive, got %s", c.AnonymousLockTimeout)
 	case c.SweepInterval == 0:
@@ -204,13 +216,17 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	defer conns.close()
 
 	svc, err := service.Start(service.Config{
-		Prefix:               cfg.Prefix,
-		MaxNameLength:        cfg.MaxNameLength,
-		AnonymousLockTimeout: cfg.AnonymousLockTimeout,
-		NoClearOnDisconnect:  cfg.NoClearOnDisconnect,
-		SweepInterval:        cfg.SweepInterval,
-		Events:               cfg.Events,
-		Version:              version(),
+		Prefix:                cfg.Prefix,
+		MaxNameLength:         cfg.MaxNameLength,
+		MaxBodyBytes:          cfg.MaxBodyBytes,
+		MaxLocks:              cfg.MaxLocks,
+		MaxWaitersPerLock:     cfg.MaxWaitersPerLock,
+		MaxWaitsPerConnection: cfg.MaxWaitsPerConn,
+		AnonymousLockTimeout:  cfg.AnonymousLockTimeout,
+		NoClearOnDisconnect:   cfg.NoClearOnDisconnect,
+		SweepInterval:         cfg.SweepInterval,
+		Events:                cfg.Events,
+		Version:               version(),
 	}, conns.app, conns.system, log)
 	if err != nil {
 		return err

@@ -80,6 +80,20 @@ func WithEvents(f func(Event)) Option {
 	return func(e *Engine) { e.onEvent = f }
 }
 
+// Limits bound what clients can make the engine hold, so that a runaway or
+// hostile client meets a clear error (ErrLimitExceeded) instead of growing
+// the server's memory without end. Zero fields mean no limit.
+type Limits struct {
+	MaxLocks          int // locks that exist at once
+	MaxWaitersPerLock int // parked requests on one lock
+	MaxWaitsPerOwner  int // parked requests of one owner, over all locks
+}
+
+// WithLimits sets the engine's limits.
+func WithLimits(l Limits) Option {
+	return func(e *Engine) { e.limits = l }
+}
+
 // WithFirstToken makes the first grant's fencing token t instead of 1. A
 // server that starts it from the clock (in microseconds) keeps tokens
 // growing across its restarts, as long as the clock does not go back and it
@@ -96,6 +110,7 @@ func WithFirstToken(t uint64) Option {
 type Engine struct {
 	clock   Clock
 	onEvent func(Event) // nil: no events
+	limits  Limits
 
 	// mu guards all the fields below and every lock, entry and owner record
 	// reachable from them; nothing else in the engine is mutable. Done
@@ -255,10 +270,18 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 		if r.Key != "" && l.find(r.Key) != nil {
 			return Grant{}, false, fmt.Errorf("%w: lock %q", ErrKeyInUse, r.Name)
 		}
-		if l.held >= l.size && !park {
-			return Grant{}, false, nil
+		if l.held >= l.size {
+			if !park {
+				return Grant{}, false, nil
+			}
+			if err := e.checkWaitLimits(l, r.Owner); err != nil {
+				return Grant{}, false, err
+			}
 		}
 	} else {
+		if e.limits.MaxLocks > 0 && len(e.locks) >= e.limits.MaxLocks {
+			return Grant{}, false, fmt.Errorf("%w: the server holds %d locks, its limit", ErrLimitExceeded, len(e.locks))
+		}
 		l = e.newLock(r.Name, size)
 	}
 	key := r.Key
@@ -284,6 +307,19 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 		en.timer = e.clock.AfterFunc(waitTimeout, func() { e.waitExpired(en, id) })
 	}
 	return Grant{}, false, nil
+}
+
+// checkWaitLimits reports whether one more request of owner may wait for l.
+func (e *Engine) checkWaitLimits(l *lock, ownerName string) error {
+	if max := e.limits.MaxWaitersPerLock; max > 0 && l.waiting >= max {
+		return fmt.Errorf("%w: lock %q has %d waiters, the limit", ErrLimitExceeded, l.name, l.waiting)
+	}
+	if max := e.limits.MaxWaitsPerOwner; max > 0 && ownerName != "" {
+		if o := e.owners[ownerName]; o != nil && o.waits >= max {
+			return fmt.Errorf("%w: this connection waits for %d locks, the limit", ErrLimitExceeded, o.waits)
+		}
+	}
+	return nil
 }
 
 // grant makes en, new or a waiter just taken off the queue, a holder of

@@ -31,6 +31,8 @@ var (
 	ErrWaitCancelled = errors.New("lock wait cancelled: an unlock with this request's key cancelled the wait")
 	// ErrOwnerGone: the request's owner was released while it waited.
 	ErrOwnerGone = errors.New("owner gone: the owner of this request went away while it waited; reconnect and ask again")
+	// ErrLimitExceeded: a Limits bound would be passed.
+	ErrLimitExceeded = errors.New("limit exceeded: the server refuses to hold more; release locks or raise the server's limits")
 	// ErrEngineClosed: the engine was closed; the server is stopping.
 	ErrEngineClosed = errors.New("lock engine closed: the server is stopping; retry on another server or after a restart")
 )

@@ -163,17 +163,20 @@ func checkInvariants(t testing.TB, e *Engine) {
 		if o.name != name || o.n == 0 || o.seq == 0 || o.seq > e.lastOwner {
 			t.Errorf("bad owner %q: %+v", name, o)
 		}
-		n := 0
+		n, waits := 0, 0
 		var prev *entry
 		for en := o.entries; en != nil; en = en.ownerNext {
 			n++
+			if en.wait != nil {
+				waits++
+			}
 			if en.owner != o || en.ownerPrev != prev || en.lock == nil || e.locks[en.lock.name] != en.lock {
 				t.Errorf("owner %q: bad entry %+v", name, en)
 			}
 			prev = en
 		}
-		if n != o.n {
-			t.Errorf("owner %q: n %d, listed %d", name, o.n, n)
+		if n != o.n || waits != o.waits {
+			t.Errorf("owner %q: n %d waits %d, listed %d and %d", name, o.n, o.waits, n, waits)
 		}
 		inOwners += n
 	}

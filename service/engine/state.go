@@ -60,6 +60,7 @@ type owner struct {
 	seq     uint64 // registration number, see Engine.OwnerMark
 	entries *entry // linked by ownerPrev/ownerNext
 	n       int    // number of entries
+	waits   int    // number of those entries that are waiters
 }
 
 // find returns the entry of key on l, holding or waiting, or nil.
@@ -137,6 +138,9 @@ func (l *lock) pushWaiter(en *entry) {
 	}
 	l.waitTail = en
 	l.waiting++
+	if en.owner != nil {
+		en.owner.waits++
+	}
 }
 
 func (l *lock) unlinkWaiter(en *entry) {
@@ -152,6 +156,9 @@ func (l *lock) unlinkWaiter(en *entry) {
 	}
 	en.prev, en.next = nil, nil
 	l.waiting--
+	if en.owner != nil {
+		en.owner.waits--
+	}
 }
 
 func (o *owner) link(en *entry) {
