@@ -29,11 +29,21 @@ import (
 
 // Account and user names of the embedded server.
 const (
-	AppAccount    = "APP"
-	SystemAccount = "SYS"
-	appUser       = "app"
-	systemUser    = "ldlm-system"
+	AppAccount     = "APP"
+	SystemAccount  = "SYS"
+	ServiceAccount = "LDLM" // with tenants: the service's own account
+	appUser        = "app"
+	systemUser     = "ldlm-system"
+	serviceUser    = "ldlm-service"
 )
+
+// Tenant is an application account of the multi-tenant mode, with one
+// user. Its clients must authenticate as that user.
+type Tenant struct {
+	Account  string
+	User     string
+	Password string
+}
 
 // Config says how to run the embedded server. The zero value listens on no
 // TCP port at all (in-process clients only).
@@ -54,17 +64,34 @@ type Config struct {
 	Logger *slog.Logger
 	// Debug also passes on the server's debug lines.
 	Debug bool
+	// Tenants, when not empty, switches to one account per tenant: the
+	// service runs in its own account LDLM, and each tenant account
+	// imports its lock subjects with sharing on (so the server stamps
+	// Nats-Request-Info) and its own lost-lock notices. There is then no
+	// anonymous access. Prefix is the service's subject prefix (default
+	// "ldlm"), needed for the imports.
+	Tenants []Tenant
+	Prefix  string
 }
 
 // Server is a running embedded NATS server.
 type Server struct {
-	ns         *server.Server
-	systemPass string
+	ns          *server.Server
+	systemPass  string
+	servicePass string // with tenants: the service user's password
 }
 
 // Start starts the server and waits until it accepts connections.
 func Start(cfg Config) (*Server, error) {
-	opts, systemPass, err := serverOptions(cfg)
+	systemPass, err := randomSecret()
+	if err != nil {
+		return nil, err
+	}
+	servicePass, err := randomSecret()
+	if err != nil {
+		return nil, err
+	}
+	opts, err := serverOptions(cfg, systemPass, servicePass)
 	if err != nil {
 		return nil, err
 	}
@@ -80,39 +107,54 @@ func Start(cfg Config) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded NATS server cannot listen on %q (is the port in use? set LDLM_EMBEDDED_LISTEN)", cfg.Listen)
 	}
-	return &Server{ns: ns, systemPass: systemPass}, nil
+	return &Server{ns: ns, systemPass: systemPass, servicePass: servicePass}, nil
 }
 
-func serverOptions(cfg Config) (*server.Options, string, error) {
-	systemPass, err := randomSecret()
-	if err != nil {
-		return nil, "", err
-	}
-	// The server keeps only a hash. The lowest bcrypt cost is enough for a
-	// random 128-bit secret and keeps in-process connects fast.
-	systemHash, err := bcrypt.GenerateFromPassword([]byte(systemPass), bcrypt.MinCost)
-	if err != nil {
-		return nil, "", err
-	}
+// hash returns the bcrypt hash the server keeps of a generated secret. The
+// lowest cost is enough for a random 128-bit secret and keeps in-process
+// connects fast.
+func hash(secret string) (string, error) {
+	h, err := bcrypt.GenerateFromPassword([]byte(secret), bcrypt.MinCost)
+	return string(h), err
+}
 
-	app := server.NewAccount(AppAccount)
-	sys := server.NewAccount(SystemAccount)
-
-	opts := &server.Options{
-		ServerName:    cfg.ServerName,
-		Accounts:      []*server.Account{app, sys},
-		SystemAccount: SystemAccount,
-		Users: []*server.User{
-			// Clients without credentials become this user (NoAuthUser).
-			// It has no password: it is the anonymous account anyway.
-			{Username: appUser, Account: app},
-			{Username: systemUser, Password: string(systemHash), Account: sys},
-		},
-		NoAuthUser:   appUser,
-		PingInterval: cfg.PingInterval,
-		MaxPingsOut:  cfg.MaxPingsOut,
-		NoSigs:       true, // the ldlm process handles signals itself
+func serverOptions(cfg Config, systemPass, servicePass string) (*server.Options, error) {
+	systemHash, err := hash(systemPass)
+	if err != nil {
+		return nil, err
 	}
+	if err := checkTenants(cfg.Tenants); err != nil {
+		return nil, err
+	}
+	var opts *server.Options
+	if len(cfg.Tenants) > 0 {
+		serviceHash, err := hash(servicePass)
+		if err != nil {
+			return nil, err
+		}
+		opts = &server.Options{}
+		if err := opts.ProcessConfigString(TenantsConfig(cfg.Prefix, cfg.Tenants, systemHash, serviceHash)); err != nil {
+			return nil, fmt.Errorf("embedded NATS tenants: %w", err)
+		}
+	} else {
+		app := server.NewAccount(AppAccount)
+		sys := server.NewAccount(SystemAccount)
+		opts = &server.Options{
+			Accounts:      []*server.Account{app, sys},
+			SystemAccount: SystemAccount,
+			Users: []*server.User{
+				// Clients without credentials become this user (NoAuthUser).
+				// It has no password: it is the anonymous account anyway.
+				{Username: appUser, Account: app},
+				{Username: systemUser, Password: systemHash, Account: sys},
+			},
+			NoAuthUser: appUser,
+		}
+	}
+	opts.ServerName = cfg.ServerName
+	opts.PingInterval = cfg.PingInterval
+	opts.MaxPingsOut = cfg.MaxPingsOut
+	opts.NoSigs = true // the ldlm process handles signals itself
 	if opts.ServerName == "" {
 		opts.ServerName = "ldlm"
 	}
@@ -121,21 +163,21 @@ func serverOptions(cfg Config) (*server.Options, string, error) {
 	} else {
 		host, portText, err := net.SplitHostPort(cfg.Listen)
 		if err != nil {
-			return nil, "", fmt.Errorf("embedded NATS listen address %q: want host:port, e.g. 127.0.0.1:4222", cfg.Listen)
+			return nil, fmt.Errorf("embedded NATS listen address %q: want host:port, e.g. 127.0.0.1:4222", cfg.Listen)
 		}
 		port, err := strconv.Atoi(portText)
 		if err != nil || port < 0 || port > 65535 {
-			return nil, "", fmt.Errorf("embedded NATS listen address %q: port must be 0-65535", cfg.Listen)
+			return nil, fmt.Errorf("embedded NATS listen address %q: port must be 0-65535", cfg.Listen)
 		}
 		if port == 0 {
 			port = server.RANDOM_PORT
 		} else if err := checkFree(cfg.Listen); err != nil {
 			// The server would only log this and wait in vain: say it now.
-			return nil, "", err
+			return nil, err
 		}
 		opts.Host, opts.Port = host, port
 	}
-	return opts, systemPass, nil
+	return opts, nil
 }
 
 func checkFree(addr string) error {
@@ -161,10 +203,20 @@ func (s *Server) Name() string { return s.ns.Name() }
 // NATSServer exposes the underlying server, for tests and diagnostics.
 func (s *Server) NATSServer() *server.Server { return s.ns }
 
-// ConnectApp opens an in-process connection in the application account,
-// where the lock service answers.
+// ConnectApp opens an in-process connection in the account where the lock
+// service answers: the application account, or with tenants the service
+// account.
 func (s *Server) ConnectApp(opts ...nats.Option) (*nats.Conn, error) {
-	return nats.Connect("", append([]nats.Option{nats.InProcessServer(s.ns), nats.Name("ldlm")}, opts...)...)
+	base := []nats.Option{nats.InProcessServer(s.ns), nats.Name("ldlm")}
+	if s.hasServiceAccount() {
+		base = append(base, nats.UserInfo(serviceUser, s.servicePass))
+	}
+	return nats.Connect("", append(base, opts...)...)
+}
+
+func (s *Server) hasServiceAccount() bool {
+	_, err := s.ns.LookupAccount(ServiceAccount)
+	return err == nil
 }
 
 // ConnectSystem opens an in-process connection in the system account, for

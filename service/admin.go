@@ -32,7 +32,8 @@ func (s *Service) adminList(req micro.Request) {
 	snap := s.engine.Snapshot()
 	locks := make([]subjects.LockInfo, 0, len(snap))
 	for _, l := range snap {
-		info := subjects.LockInfo{Name: l.Name, Size: l.Size, Holders: make([]subjects.HolderInfo, 0, len(l.Holders))}
+		account, name := splitEngineName(l.Name)
+		info := subjects.LockInfo{Account: account, Name: name, Size: l.Size, Holders: make([]subjects.HolderInfo, 0, len(l.Holders))}
 		for _, h := range l.Holders {
 			info.Holders = append(info.Holders, subjects.HolderInfo{
 				Owner:      h.Owner,
@@ -64,6 +65,7 @@ func (s *Service) adminStatus(req micro.Request) {
 		Liveness:          s.live.source(),
 		LastSweep:         s.live.LastSweep().UTC(),
 		ClearOnDisconnect: !s.cfg.NoClearOnDisconnect,
+		Tenants:           s.cfg.Tenants,
 	})
 }
 
@@ -80,7 +82,7 @@ func (s *Service) adminUnlock(req micro.Request) {
 			return
 		}
 	}
-	released, err := s.engine.ForceUnlock(name, r.Key, r.Token)
+	released, err := s.engine.ForceUnlock(s.engineName(r.Account, name), r.Key, r.Token)
 	if err != nil {
 		s.adminUnlockFailed(req, name, err)
 		return
@@ -101,22 +103,30 @@ func (s *Service) adminUnlockFailed(req micro.Request, name string, err error) {
 // goroutine that caused it. It tells holders about lost grants and, when
 // configured, publishes the event.
 func (s *Service) onEvent(ev engine.Event) {
+	account, name := splitEngineName(ev.Name)
 	if ev.Kind.Lost() && ev.Owner != "" {
-		notice := subjects.LostNotice{Name: ev.Name, Token: ev.Token, Reason: ev.Kind.String()}
-		if err := s.nc.Publish(subjects.LostSubject(s.cfg.Prefix, ev.Owner), mustJSON(notice)); err != nil {
+		notice := subjects.LostNotice{Name: name, Token: ev.Token, Reason: ev.Kind.String()}
+		subject := subjects.LostSubject(s.cfg.Prefix, ev.Owner)
+		if s.cfg.Tenants {
+			// Each account imports only its own notices, renamed to the
+			// subject above (see subjects.TenantLostSubject).
+			subject = subjects.TenantLostSubject(s.cfg.Prefix, account, ev.Owner)
+		}
+		if err := s.nc.Publish(subject, mustJSON(notice)); err != nil {
 			s.log.Debug("lost notice not sent", "owner", ev.Owner, "err", err)
 		}
 	}
 	if s.cfg.Events {
 		msg := subjects.Event{
 			Kind:            ev.Kind.String(),
-			Name:            ev.Name,
+			Account:         account,
+			Name:            name,
 			Token:           ev.Token,
 			Owner:           ev.Owner,
 			Time:            time.Now().UTC(),
 			DurationSeconds: ev.Duration.Seconds(),
 		}
-		subject := s.cfg.Prefix + "." + subjects.EventsToken + "." + msg.Kind + "." + subjects.EncodeName(ev.Name)
+		subject := s.cfg.Prefix + "." + subjects.EventsToken + "." + msg.Kind + "." + subjects.EncodeName(name)
 		if err := s.nc.Publish(subject, mustJSON(msg)); err != nil {
 			s.log.Debug("event not published", "subject", subject, "err", err)
 		}

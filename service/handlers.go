@@ -29,37 +29,38 @@ func (s *Service) handler(op string) micro.HandlerFunc {
 		if err == nil {
 			err = r.CheckFor(op)
 		}
+		var id identity
+		if err == nil {
+			id, err = s.identify(req.Headers())
+		}
 		if err != nil {
 			s.fail(req, op, name, err)
 			return
 		}
 		switch op {
 		case subjects.OpLock, subjects.OpTryLock:
-			s.lock(req, op, name, r)
+			s.lock(req, op, name, id, r)
 		case subjects.OpUnlock:
-			s.unlock(req, name, r)
+			s.unlock(req, name, id, r)
 		case subjects.OpRenew:
-			s.renew(req, name, r)
+			s.renew(req, name, id, r)
 		}
 	}
 }
 
-func (s *Service) lock(req micro.Request, op, name string, r subjects.Request) {
-	owner, err := ownerOf(req.Headers())
-	if err != nil {
-		s.fail(req, op, name, err)
-		return
-	}
+func (s *Service) lock(req micro.Request, op, name string, id identity, r subjects.Request) {
+	owner := id.owner
 	lockTimeout := r.LockTimeout()
 	if lockTimeout == 0 && (owner == "" || s.cfg.NoClearOnDisconnect) {
 		// Nothing would ever free this lock but an unlock: bound it.
 		lockTimeout = s.cfg.AnonymousLockTimeout
 	}
-	er := engine.Request{Name: name, Key: r.Key, Size: r.Size, Owner: owner, LockTimeout: lockTimeout}
+	er := engine.Request{Name: s.engineName(id.account, name), Key: r.Key, Size: r.Size, Owner: owner, LockTimeout: lockTimeout}
 
 	var (
-		g  engine.Grant
-		ok bool
+		g   engine.Grant
+		ok  bool
+		err error
 	)
 	if op == subjects.OpTryLock {
 		g, ok, err = s.engine.TryLock(er)
@@ -83,16 +84,16 @@ func (s *Service) lock(req micro.Request, op, name string, r subjects.Request) {
 	s.respond(req, s.grantResponse(name, g))
 }
 
-func (s *Service) unlock(req micro.Request, name string, r subjects.Request) {
-	if _, err := s.engine.Unlock(name, r.Key); err != nil {
+func (s *Service) unlock(req micro.Request, name string, id identity, r subjects.Request) {
+	if _, err := s.engine.Unlock(s.engineName(id.account, name), r.Key); err != nil {
 		s.fail(req, subjects.OpUnlock, name, err)
 		return
 	}
 	s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: name})
 }
 
-func (s *Service) renew(req micro.Request, name string, r subjects.Request) {
-	g, err := s.engine.Renew(name, r.Key, r.LockTimeout())
+func (s *Service) renew(req micro.Request, name string, id identity, r subjects.Request) {
+	g, err := s.engine.Renew(s.engineName(id.account, name), r.Key, r.LockTimeout())
 	if err != nil {
 		s.fail(req, subjects.OpRenew, name, err)
 		return

@@ -2,35 +2,79 @@ package service
 
 import (
 	"encoding/json"
+	"strings"
 
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
+// identity is who sent a request.
+type identity struct {
+	// owner is the requesting connection as subjects.FormatOwner(server
+	// name, client id), or "" when the request does not say.
+	owner string
+	// account is the requester's NATS account, known only from the
+	// server-stamped Nats-Request-Info header.
+	account string
+}
+
 // requestInfo is the part of the server-stamped Nats-Request-Info header
 // that names the requesting connection.
 type requestInfo struct {
-	ID     uint64 `json:"id"`     // client id on its server
-	Server string `json:"server"` // the server's name
+	ID      uint64 `json:"id"`     // client id on its server
+	Server  string `json:"server"` // the server's name
+	Account string `json:"acc"`
 }
 
-// ownerOf names the connection a request came from, as
-// subjects.FormatOwner(server name, client id), or "" when the request does
-// not say. The server-stamped Nats-Request-Info header wins because it cannot
-// be forged; the Ldlm-Owner header set by our clients comes next.
-func ownerOf(h micro.Headers) (string, error) {
+// ownerOf names the connection a request came from. The server-stamped
+// Nats-Request-Info header wins because it cannot be forged; the Ldlm-Owner
+// header set by our clients comes next.
+func ownerOf(h micro.Headers) (identity, error) {
 	if v := h.Get(subjects.HeaderRequestInfo); v != "" {
 		var info requestInfo
 		if err := json.Unmarshal([]byte(v), &info); err == nil && info.ID != 0 && info.Server != "" {
-			return subjects.FormatOwner(info.Server, info.ID), nil
+			return identity{owner: subjects.FormatOwner(info.Server, info.ID), account: info.Account}, nil
 		}
 	}
 	if v := h.Get(subjects.HeaderOwner); v != "" {
 		if _, _, err := subjects.ParseOwner(v); err != nil {
-			return "", err
+			return identity{}, err
 		}
-		return v, nil
+		return identity{owner: v}, nil
 	}
-	return "", nil
+	return identity{}, nil
+}
+
+// identify is ownerOf plus, with tenants, the rule that every request must
+// come through an account import, since its account picks the namespace.
+func (s *Service) identify(h micro.Headers) (identity, error) {
+	id, err := ownerOf(h)
+	if err == nil && s.cfg.Tenants && id.account == "" {
+		return id, subjects.Errorf(subjects.CodeBadRequest,
+			"this service keeps one lock namespace per account, and the request names no account: "+
+				"send it through your account's import of the ldlm service (with share: true)")
+	}
+	return id, err
+}
+
+// tenantSep joins an account and a lock name into the engine's name for
+// the lock. A NUL cannot be in a NATS account name.
+const tenantSep = "\x00"
+
+// engineName is the engine's name for lock name of account: the name
+// itself, or with tenants the account and the name.
+func (s *Service) engineName(account, name string) string {
+	if !s.cfg.Tenants {
+		return name
+	}
+	return account + tenantSep + name
+}
+
+// splitEngineName undoes engineName.
+func splitEngineName(n string) (account, name string) {
+	if acc, rest, ok := strings.Cut(n, tenantSep); ok {
+		return acc, rest
+	}
+	return "", n
 }

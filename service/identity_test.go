@@ -19,6 +19,7 @@ func TestOwnerOf(t *testing.T) {
 		{name: "client header", headers: micro.Headers{subjects.HeaderOwner: {"n1:42"}}, want: "n1:42"},
 		{name: "server name with colon", headers: micro.Headers{subjects.HeaderOwner: {"a:b:42"}}, want: "a:b:42"},
 		{name: "request info", headers: micro.Headers{subjects.HeaderRequestInfo: {`{"acc":"APP","id":7,"server":"n2"}`}}, want: "n2:7"},
+		{name: "request info without account", headers: micro.Headers{subjects.HeaderRequestInfo: {`{"id":7,"server":"n2"}`}}, want: "n2:7"},
 		{
 			name: "request info wins over the client header",
 			headers: micro.Headers{
@@ -34,7 +35,8 @@ func TestOwnerOf(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ownerOf(tt.headers)
+			id, err := ownerOf(tt.headers)
+			got := id.owner
 			if (err != nil) != tt.wantErr || got != tt.want {
 				t.Fatalf("ownerOf = %q, %v; want %q, error %v", got, err, tt.want, tt.wantErr)
 			}

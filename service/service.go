@@ -55,6 +55,10 @@ type Config struct {
 	MaxLocks              int
 	MaxWaitersPerLock     int
 	MaxWaitsPerConnection int
+	// Tenants gives every NATS account its own lock namespace. Requests
+	// must then reach the service through an account import with sharing
+	// on, so that the server stamps Nats-Request-Info; others are refused.
+	Tenants bool
 	// Events publishes every grant, release and end of a wait on
 	// PREFIX.events.KIND.NAME (see subjects.Event).
 	Events bool
@@ -133,6 +137,11 @@ type Service struct {
 func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	if nc == nil {
 		return nil, errors.New("service: a NATS connection is required")
+	}
+	if cfg.Tenants && sys == nil {
+		// The account-scoped connection listing would show only the
+		// service's own account: every tenant's locks would look dead.
+		return nil, errors.New("service: one namespace per account needs a system account connection to follow the tenants' connections")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

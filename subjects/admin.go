@@ -28,6 +28,14 @@ func LostSubject(prefix, owner string) string {
 	return prefix + "." + LostToken + "." + EncodeName(owner)
 }
 
+// TenantLostSubject is where a service with one namespace per account
+// publishes the notices for owner of account: PREFIX.lost.ACCOUNT.OWNER.
+// The NATS config lets each account import only its own, mapped to
+// PREFIX.lost.OWNER, so clients subscribe to LostSubject in either mode.
+func TenantLostSubject(prefix, account, owner string) string {
+	return prefix + "." + LostToken + "." + account + "." + EncodeName(owner)
+}
+
 // Reasons in LostNotice and Event.
 const (
 	ReasonExpired    = "expired"                // lock timeout passed without renew
@@ -44,11 +52,12 @@ type LostNotice struct {
 
 // Event is a published event: PREFIX.events.KIND.NAME.
 type Event struct {
-	Kind  string    `json:"kind"` // granted, released, expired, released-on-disconnect, force-released, wait-timed-out, …
-	Name  string    `json:"name"`
-	Token uint64    `json:"token,omitempty"`
-	Owner string    `json:"owner,omitempty"`
-	Time  time.Time `json:"time"`
+	Kind    string    `json:"kind"`              // granted, released, expired, released-on-disconnect, force-released, wait-timed-out, …
+	Account string    `json:"account,omitempty"` // with one namespace per account
+	Name    string    `json:"name"`
+	Token   uint64    `json:"token,omitempty"`
+	Owner   string    `json:"owner,omitempty"`
+	Time    time.Time `json:"time"`
 	// DurationSeconds is how long the request waited (granted, wait
 	// events) or how long the grant was held (releases).
 	DurationSeconds float64 `json:"duration_seconds"`
@@ -65,8 +74,10 @@ func AdminSubject(prefix, op, name string) string {
 // ForceUnlockRequest selects which grants of a lock an operator releases:
 // the one with Key, else the one with Token, else every holder.
 type ForceUnlockRequest struct {
-	Key   string `json:"key,omitempty"`
-	Token uint64 `json:"token,omitempty"`
+	// Account names the namespace when the service keeps one per account.
+	Account string `json:"account,omitempty"`
+	Key     string `json:"key,omitempty"`
+	Token   uint64 `json:"token,omitempty"`
 }
 
 // ForceUnlockResponse lists the tokens of the released grants.
@@ -85,6 +96,9 @@ type ListResponse struct {
 
 // LockInfo describes one lock for operators.
 type LockInfo struct {
+	// Account is the lock's namespace when the service keeps one per
+	// account.
+	Account string       `json:"account,omitempty"`
 	Name    string       `json:"name"`
 	Size    int          `json:"size"`
 	Holders []HolderInfo `json:"holders"`
@@ -134,8 +148,10 @@ type StatusResponse struct {
 	Liveness  string    `json:"liveness"`
 	LastSweep time.Time `json:"last_sweep,omitzero"`
 	// ClearOnDisconnect is false when locks survive their connection.
-	ClearOnDisconnect bool   `json:"clear_on_disconnect"`
-	Error             *Error `json:"error,omitempty"`
+	ClearOnDisconnect bool `json:"clear_on_disconnect"`
+	// Tenants is true when every account has its own lock namespace.
+	Tenants bool   `json:"tenants"`
+	Error   *Error `json:"error,omitempty"`
 }
 
 // Instance announcements: PREFIX.instance.started and

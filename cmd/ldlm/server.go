@@ -29,6 +29,8 @@ type serverConfig struct {
 	EmbeddedServerName   string        `env:"LDLM_EMBEDDED_SERVER_NAME" envDefault:"ldlm"`
 	EmbeddedPingInterval time.Duration `env:"LDLM_EMBEDDED_PING_INTERVAL" envDefault:"2m"`
 	EmbeddedMaxPingsOut  int           `env:"LDLM_EMBEDDED_MAX_PINGS_OUT" envDefault:"2"`
+	EmbeddedTenants      string        `env:"LDLM_EMBEDDED_TENANTS"`
+	Tenants              bool          `env:"LDLM_TENANTS" envDefault:"false"`
 
 	Prefix               string        `env:"LDLM_SUBJECT_PREFIX" envDefault:"ldlm"`
 	MaxNameLength        int           `env:"LDLM_MAX_NAME_LENGTH" envDefault:"1024"`
@@ -113,12 +115,16 @@ func parseServerConfig(args []string, stderr io.Writer) (serverConfig, error) {
 		return cfg, err
 	}
 	fs := flag.NewFlagSet("ldlm server", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// A bad flag is reported by runServer in one line; only -help lists
+	// the flags.
+	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL(s), comma separated; empty runs an embedded NATS server (env LDLM_NATS_URL)")
 	fs.StringVar(&cfg.EmbeddedListen, "embedded-listen", cfg.EmbeddedListen, "host:port of the embedded NATS server's client port (env LDLM_EMBEDDED_LISTEN)")
 	fs.StringVar(&cfg.EmbeddedServerName, "embedded-server-name", cfg.EmbeddedServerName, "name of the embedded NATS server (env LDLM_EMBEDDED_SERVER_NAME)")
 	fs.DurationVar(&cfg.EmbeddedPingInterval, "embedded-ping-interval", cfg.EmbeddedPingInterval, "embedded NATS ping interval; with max pings out it bounds how long a silently vanished client keeps its locks (env LDLM_EMBEDDED_PING_INTERVAL)")
 	fs.IntVar(&cfg.EmbeddedMaxPingsOut, "embedded-max-pings-out", cfg.EmbeddedMaxPingsOut, "embedded NATS unanswered pings before a client is dropped (env LDLM_EMBEDDED_MAX_PINGS_OUT)")
+	fs.StringVar(&cfg.EmbeddedTenants, "embedded-tenants", cfg.EmbeddedTenants, "ACCOUNT:USER:PASSWORD,… : run the embedded server with one account and lock namespace per tenant (env LDLM_EMBEDDED_TENANTS)")
+	fs.BoolVar(&cfg.Tenants, "tenants", cfg.Tenants, "one lock namespace per NATS account; requests must come through account imports with share: true (env LDLM_TENANTS)")
 	fs.StringVar(&cfg.Prefix, "subject-prefix", cfg.Prefix, "first token of every lock subject (env LDLM_SUBJECT_PREFIX)")
 	fs.IntVar(&cfg.MaxNameLength, "max-name-length", cfg.MaxNameLength, "longest lock name in bytes (env LDLM_MAX_NAME_LENGTH)")
 	fs.IntVar(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest request body in bytes (env LDLM_MAX_BODY_BYTES)")
@@ -135,6 +141,11 @@ func parseServerConfig(args []string, stderr io.Writer) (serverConfig, error) {
 	fs.StringVar(&cfg.SystemURL, "system-url", cfg.SystemURL, "NATS URL for the system account connection; empty: --nats-url (env LDLM_SYSTEM_URL)")
 	cfg.System.flags(fs, "system-", "LDLM_SYSTEM_", "system account:")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintf(stderr, "Usage of %s:\n", fs.Name())
+			fs.PrintDefaults()
+		}
 		return cfg, err
 	}
 	if fs.NArg() > 0 {
@@ -161,6 +172,16 @@ func (c serverConfig) validate() error {
 		return errors.New("embedded ping interval must be positive and max pings out at least 1")
 	case c.NATSURL == "" && (!c.App.isZero() || !c.System.isZero() || c.SystemURL != ""):
 		return errors.New("NATS credentials are set but no NATS URL: set LDLM_NATS_URL, or unset the credentials to run the embedded server")
+	}
+	if c.EmbeddedTenants != "" {
+		if c.NATSURL != "" {
+			return errors.New("embedded tenants are set but so is a NATS URL: configure the accounts in your NATS server (see deploy/tenants.conf) and set LDLM_TENANTS=true")
+		}
+		if _, err := embeddednats.ParseTenants(c.EmbeddedTenants); err != nil {
+			return err
+		}
+	} else if c.Tenants && c.NATSURL == "" {
+		return errors.New("tenants need tenant accounts: set LDLM_EMBEDDED_TENANTS (or LDLM_NATS_URL for an external server)")
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
@@ -226,6 +247,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		NoClearOnDisconnect:   cfg.NoClearOnDisconnect,
 		SweepInterval:         cfg.SweepInterval,
 		Events:                cfg.Events,
+		Tenants:               cfg.Tenants || cfg.EmbeddedTenants != "",
 		Version:               version(),
 	}, conns.app, conns.system, log)
 	if err != nil {
@@ -251,8 +273,9 @@ type connections struct {
 }
 
 func (c *connections) close() {
+	// The service has stopped answering by now: nothing is left to drain.
 	if c.app != nil {
-		_ = c.app.Drain()
+		c.app.Close()
 	}
 	if c.system != nil {
 		c.system.Close()
@@ -265,7 +288,13 @@ func (c *connections) close() {
 func connect(cfg serverConfig, log *slog.Logger) (*connections, error) {
 	c := &connections{}
 	if cfg.NATSURL == "" {
+		tenants, err := embeddednats.ParseTenants(cfg.EmbeddedTenants)
+		if err != nil {
+			return nil, err
+		}
 		srv, err := embeddednats.Start(embeddednats.Config{
+			Tenants:      tenants,
+			Prefix:       cfg.Prefix,
 			Listen:       cfg.EmbeddedListen,
 			ServerName:   cfg.EmbeddedServerName,
 			PingInterval: cfg.EmbeddedPingInterval,

@@ -35,6 +35,13 @@ type Option func(*options)
 // WithConfig runs the service with cfg.
 func WithConfig(cfg service.Config) Option { return func(o *options) { o.cfg = cfg } }
 
+// WithTenants gives each tenant its own account and lock namespace (see
+// embeddednats.Config.Tenants and service.Config.Tenants). Connect then
+// needs the tenant's user and password.
+func WithTenants(tenants ...embeddednats.Tenant) Option {
+	return func(o *options) { o.natsConfig.Tenants = tenants }
+}
+
 // WithoutSystemAccount runs the service without a system account
 // connection, as with an external NATS server and no system credentials.
 func WithoutSystemAccount() Option { return func(o *options) { o.noSystem = true } }
@@ -56,6 +63,10 @@ func StartServer(opts ...Option) (*Server, error) {
 	o := options{natsConfig: embeddednats.Config{Listen: "127.0.0.1:0", ServerName: "ldlmtest"}}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	o.natsConfig.Prefix = o.cfg.Prefix
+	if len(o.natsConfig.Tenants) > 0 {
+		o.cfg.Tenants = true
 	}
 	log := logger()
 	o.natsConfig.Logger = log
