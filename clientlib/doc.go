@@ -1,0 +1,55 @@
+// Package clientlib is the Go client of LDLM, a light-weight distributed
+// lock manager that runs as a NATS service. It works over a *nats.Conn the
+// application already has, and depends on nothing of the server.
+//
+//	c, err := clientlib.New(nc)
+//	l, err := c.Lock(ctx, "my-task")
+//	if err != nil {
+//		return err
+//	}
+//	defer l.Unlock(ctx)
+//
+// # Locks
+//
+// A lock is identified by its name, any UTF-8 string. It has a size, the
+// number of holders it admits at once (WithSize; 1 by default), and may have
+// a lock timeout (WithLockTimeout): unless renewed within that time, the
+// service releases it. The client renews such a lock in the background, a
+// third of the way into each timeout, unless WithAutoRenew(false).
+//
+// A lock belongs to the NATS connection that took it: when that connection
+// closes, the service releases it, so a crashed program never leaves a lock
+// behind. When the client sees its connection drop or reconnect, it marks
+// the locks taken over it lost (unless WithKeepOnDisconnect, for a service
+// run with LDLM_NO_CLEAR_ON_DISCONNECT=true).
+//
+// # Acquiring
+//
+// Lock waits until the lock is granted, its wait timeout (WithWaitTimeout)
+// passes, or ctx ends. TryLock never waits for the lock. Both return a
+// *Lock whose Locked method tells whether it was obtained: not obtaining a
+// lock (it is held, the wait timed out) is not an error. WithLock and
+// WithTryLock run a function while holding the lock, and release it after.
+//
+// Giving up never leaves a lock behind: every request carries a fresh random
+// key chosen by the client, and when Lock gives up (ctx cancelled, deadline
+// passed) it sends an unlock with that key, which releases a grant that
+// raced with the cancellation or withdraws the queued wait.
+//
+// # Holding
+//
+// Lock.Done is closed when the lock is no longer held: after Unlock, when
+// the lock timeout passed without renewal, when the service refused a
+// renewal, or when the connection dropped. Lock.Err says which. Code that
+// must stop when the lock is lost selects on Done, or runs under WithLock,
+// whose function context is cancelled on loss. Lock.Token is the grant's
+// fencing token: pass it to the resource you protect so that it can refuse
+// a holder that lost the lock without noticing in time.
+//
+// # Errors
+//
+// Errors from the service are *Error values with a stable code; test them
+// with errors.Is and the Err* sentinels (ErrLockSizeMismatch, ...). When no
+// service answers the lock subjects, errors match ErrNoService and
+// nats.ErrNoResponders.
+package clientlib
