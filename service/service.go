@@ -279,5 +279,10 @@ func (s *Service) Stop() {
 			s.announce(subjects.InstanceStopped)
 		}
 		s.engine.Close()
+		// engine.Close answered the parked waiters (Unavailable): get those
+		// replies to the server before the caller closes the connection.
+		if err := s.nc.FlushTimeout(2 * time.Second); err != nil {
+			s.log.Warn("replies to parked waiters not flushed", "err", err)
+		}
 	})
 }

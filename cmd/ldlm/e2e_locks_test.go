@@ -50,6 +50,7 @@ func await(t testing.TB, ch <-chan asyncResult) cliResult {
 // error headers against docs/protocol.md.
 func TestE2EConcepts(t *testing.T) {
 	t.Parallel()
+	natsCLI(t)
 	s := startLDLM(t, nil)
 	nc := s.connect(t) // for side-effect-free probes only
 
@@ -353,6 +354,7 @@ func TestE2EConcepts(t *testing.T) {
 // Nats-Service-Error-Code header, and the service still works afterwards.
 func TestE2EBadInput(t *testing.T) {
 	t.Parallel()
+	natsCLI(t)
 	s := startLDLM(t, nil)
 
 	tooLong := strings.Repeat("n", subjects.DefaultMaxNameLength+1)
@@ -372,6 +374,7 @@ func TestE2EBadInput(t *testing.T) {
 		{"string body", "ldlm.trylock.bad", `"size"`, nil, "bad", subjects.CodeBadRequest},
 		{"number body", "ldlm.trylock.bad", `1`, nil, "bad", subjects.CodeBadRequest},
 		{"two objects", "ldlm.trylock.bad", `{}{}`, nil, "bad", subjects.CodeBadRequest},
+		{"body over the 64 KiB limit", "ldlm.trylock.bad", "{}" + strings.Repeat(" ", 64*1024), nil, "bad", subjects.CodeBadRequest},
 		{"unknown field", "ldlm.lock.bad", `{"lock_timeout":5}`, nil, "bad", subjects.CodeBadRequest},
 		{"size as string", "ldlm.lock.bad", `{"size":"2"}`, nil, "bad", subjects.CodeBadRequest},
 		{"size as fraction", "ldlm.lock.bad", `{"size":1.5}`, nil, "bad", subjects.CodeBadRequest},

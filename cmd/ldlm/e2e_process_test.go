@@ -221,6 +221,7 @@ func TestE2EPortInUse(t *testing.T) {
 // variables, and a flag wins over its variable.
 func TestE2ESettings(t *testing.T) {
 	t.Parallel()
+	natsCLI(t)
 
 	t.Run("prefix, name length and anonymous timeout", func(t *testing.T) {
 		t.Parallel()
@@ -260,6 +261,7 @@ func TestE2ESettings(t *testing.T) {
 // (service.Stop fails every parked waiter so), which the CLI shows.
 func TestE2EStopSignals(t *testing.T) {
 	t.Parallel()
+	natsCLI(t)
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			t.Parallel()
@@ -295,8 +297,12 @@ func TestE2EKill9ReleasesLocks(t *testing.T) {
 	const runs = 10
 	const bound = 10 * time.Second // sanity only; the sweep would not run at all
 	s := startLDLM(t, []string{"LDLM_SWEEP_INTERVAL=-1s"})
-	if !strings.Contains(s.stderr.String(), "sweep_interval=-1s") {
-		t.Fatalf("the server does not report the sweep as disabled:\n%s", s.stderr)
+	// The service logs its settings just after it registered.
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(s.stderr.String(), "sweep_interval=-1s"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server does not report the sweep as disabled:\n%s", s.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	nc := s.connect(t)
 	cid, err := nc.GetClientID()

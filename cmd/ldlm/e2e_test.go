@@ -241,8 +241,8 @@ func startLDLM(t testing.TB, env []string, args ...string) *ldlmServer {
 	}
 }
 
-// waitReady polls until the micro service lists all four endpoints: then
-// every endpoint's subscription is in place.
+// waitReady polls until the micro service lists the four lock endpoints
+// (micro subscribes an endpoint before it lists it).
 func (s *ldlmServer) waitReady() error {
 	deadline := time.Now().Add(startTimeout)
 	var nc *nats.Conn
@@ -275,8 +275,11 @@ func (s *ldlmServer) waitReady() error {
 				for _, ep := range info.Endpoints {
 					names = append(names, ep.Name)
 				}
-				slices.Sort(names)
-				if slices.Equal(names, []string{"lock", "renew", "trylock", "unlock"}) {
+				ready := true
+				for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
+					ready = ready && slices.Contains(names, op)
+				}
+				if ready {
 					return nil
 				}
 				err = fmt.Errorf("endpoints so far: %v", names)
