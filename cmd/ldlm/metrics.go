@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/service/metrics"
+)
+
+// metricsShutdownTimeout bounds how long stopping waits for scrapes in
+// flight before closing their connections.
+const metricsShutdownTimeout = 5 * time.Second
+
+// metricsServer serves Prometheus metrics on /metrics when
+// LDLM_METRICS_LISTEN is set. A nil *metricsServer is the setting off: its
+// methods do nothing.
+type metricsServer struct {
+	metrics *metrics.Metrics
+	ln      net.Listener
+	http    *http.Server
+	served  chan struct{} // closed when Serve has returned; nil until serve
+}
+
+// listenMetrics listens on addr at once, so that a port in use fails
+// start-up before anything else starts. It returns nil for an empty addr.
+func listenMetrics(addr string) (*metricsServer, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: cannot listen on %q (is the port in use? set LDLM_METRICS_LISTEN): %w", addr, err)
+	}
+	m := metrics.New()
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	return &metricsServer{
+		metrics: m,
+		ln:      ln,
+		http:    &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+	}, nil
+}
+
+// observer is what service.Config.Observer gets: nil when metrics are off.
+func (s *metricsServer) observer() func(engine.Event) {
+	if s == nil {
+		return nil
+	}
+	return s.metrics.Observe
+}
+
+// serve reads the gauges from stats and starts answering scrapes.
+func (s *metricsServer) serve(stats func() engine.Stats, log *slog.Logger) {
+	if s == nil {
+		return
+	}
+	s.metrics.SetStats(stats)
+	s.served = make(chan struct{})
+	go func() {
+		defer close(s.served)
+		if err := s.http.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("metrics ready", "url", "http://"+s.ln.Addr().String()+"/metrics")
+}
+
+// close stops the server, letting scrapes in flight finish for a while.
+func (s *metricsServer) close(log *slog.Logger) {
+	if s == nil {
+		return
+	}
+	if s.served == nil { // never served
+		_ = s.ln.Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), metricsShutdownTimeout)
+	defer cancel()
+	if err := s.http.Shutdown(ctx); err != nil {
+		log.Warn("metrics server: scrapes still running at shutdown", "err", err)
+		_ = s.http.Close()
+	}
+	<-s.served
+}

@@ -1,0 +1,235 @@
+package main
+
+// Tests of the LDLM_METRICS_LISTEN wiring: serve() in-process, with the
+// embedded NATS server and the metrics server on free loopback ports. Every
+// wait is bounded by a deadline and polls.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+const metricsTestTimeout = 20 * time.Second
+
+func TestMetricsListenSetting(t *testing.T) {
+	t.Setenv("LDLM_METRICS_LISTEN", "")
+	cfg, err := parseServerConfig(nil, io.Discard)
+	if err != nil || cfg.MetricsListen != "" {
+		t.Fatalf("default: %q, %v; want off", cfg.MetricsListen, err)
+	}
+	t.Setenv("LDLM_METRICS_LISTEN", "127.0.0.1:9464")
+	if cfg, err = parseServerConfig(nil, io.Discard); err != nil || cfg.MetricsListen != "127.0.0.1:9464" {
+		t.Fatalf("from the environment: %q, %v", cfg.MetricsListen, err)
+	}
+	if cfg, err = parseServerConfig([]string{"--metrics-listen=:9100"}, io.Discard); err != nil || cfg.MetricsListen != ":9100" {
+		t.Fatalf("the flag over the environment: %q, %v", cfg.MetricsListen, err)
+	}
+}
+
+// TestServeMetrics: with --metrics-listen, serve logs the metrics URL, which
+// answers with the lock gauges and counts a grant made over NATS; when serve
+// returns, the port is closed.
+func TestServeMetrics(t *testing.T) {
+	cfg, err := parseServerConfig([]string{"--embedded-listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &metricsTestLog{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil))) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(metricsTestTimeout):
+			t.Errorf("serve did not return after the context ended")
+		}
+	}
+	defer stop()
+
+	metricsURL := logs.await(t, served, "metrics ready")
+	natsURL := logs.await(t, served, "embedded NATS server ready")
+	if !strings.HasPrefix(metricsURL, "http://127.0.0.1:") || !strings.HasSuffix(metricsURL, "/metrics") {
+		t.Fatalf("metrics URL %q, want http://127.0.0.1:PORT/metrics", metricsURL)
+	}
+
+	families := scrapeMetrics(t, metricsURL)
+	for name, want := range map[string]float64{"ldlm_locks": 0, "ldlm_holders": 0, `ldlm_grants_total{waited="false"}`: 0} {
+		if got, ok := metricValue(families, name); !ok || got != want {
+			t.Errorf("before any lock: %s = %v (present %t), want %v", name, got, ok, want)
+		}
+	}
+
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", natsURL, err)
+	}
+	defer nc.Close()
+	msg, err := nc.Request(subjects.Subject(subjects.DefaultPrefix, subjects.OpTryLock, "metrics"), nil, metricsTestTimeout)
+	if err != nil {
+		t.Fatalf("trylock: %v", err)
+	}
+	var grant subjects.LockResponse
+	if err := json.Unmarshal(msg.Data, &grant); err != nil || !grant.Locked {
+		t.Fatalf("trylock: reply %s (%v)", msg.Data, err)
+	}
+	deadline := time.Now().Add(metricsTestTimeout)
+	for {
+		families = scrapeMetrics(t, metricsURL)
+		grants, _ := metricValue(families, `ldlm_grants_total{waited="false"}`)
+		holders, _ := metricValue(families, "ldlm_holders")
+		if grants == 1 && holders == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after one grant: ldlm_grants_total{waited=\"false\"} = %v, ldlm_holders = %v; want 1 and 1", grants, holders)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	stop()
+	addr := strings.TrimSuffix(strings.TrimPrefix(metricsURL, "http://"), "/metrics")
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("the metrics port %s still accepts connections after serve returned", addr)
+	}
+}
+
+// TestServeMetricsPortInUse: a metrics port that cannot be listened on
+// fails start-up with an error that names it.
+func TestServeMetricsPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cfg, err := parseServerConfig([]string{"--embedded-listen=127.0.0.1:0", "--metrics-listen=" + l.Addr().String()}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg, slog.New(slog.DiscardHandler)) }()
+	select {
+	case err := <-served:
+		if err == nil || !strings.Contains(err.Error(), "metrics") || !strings.Contains(err.Error(), l.Addr().String()) {
+			t.Errorf("serve: %v; want an error about the metrics address %s", err, l.Addr())
+		}
+	case <-time.After(metricsTestTimeout):
+		cancel()
+		t.Fatal("serve started although the metrics port is taken")
+	}
+}
+
+// metricsTestLog collects JSON log lines.
+type metricsTestLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *metricsTestLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// await returns the url attribute of the first record with message msg,
+// failing if serve returns or the deadline passes first.
+func (l *metricsTestLog) await(t *testing.T, served <-chan error, msg string) string {
+	t.Helper()
+	deadline := time.Now().Add(metricsTestTimeout)
+	for {
+		l.mu.Lock()
+		text := l.buf.String()
+		l.mu.Unlock()
+		sc := bufio.NewScanner(strings.NewReader(text))
+		for sc.Scan() {
+			var rec struct{ Msg, URL string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == msg && rec.URL != "" {
+				return rec.URL
+			}
+		}
+		select {
+		case err := <-served:
+			t.Fatalf("serve returned (%v) before logging %q; log:\n%s", err, msg, text)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log; log:\n%s", msg, text)
+		}
+	}
+}
+
+func scrapeMetrics(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	client := &http.Client{Timeout: metricsTestTimeout}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing %s: %v", url, err)
+	}
+	return families
+}
+
+// metricValue is the value of a counter or gauge series written as name or
+// name{label="value"}.
+func metricValue(families map[string]*dto.MetricFamily, series string) (float64, bool) {
+	name, labels, _ := strings.Cut(series, "{")
+	mf, ok := families[name]
+	if !ok {
+		return 0, false
+	}
+	for _, m := range mf.GetMetric() {
+		var got []string
+		for _, lp := range m.GetLabel() {
+			got = append(got, fmt.Sprintf("%s=%q", lp.GetName(), lp.GetValue()))
+		}
+		if strings.Join(got, ",") != strings.TrimSuffix(labels, "}") {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		}
+	}
+	return 0, false
+}
