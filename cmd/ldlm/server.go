@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -42,6 +43,7 @@ type serverConfig struct {
 	NoClearOnDisconnect  bool          `env:"LDLM_NO_CLEAR_ON_DISCONNECT" envDefault:"false"`
 	SweepInterval        time.Duration `env:"LDLM_SWEEP_INTERVAL" envDefault:"30s"`
 	Events               bool          `env:"LDLM_EVENTS" envDefault:"false"`
+	MetricsListen        string        `env:"LDLM_METRICS_LISTEN"`
 
 	LogLevel  string `env:"LDLM_LOG_LEVEL" envDefault:"info"`
 	LogFormat string `env:"LDLM_LOG_FORMAT" envDefault:"text"`
@@ -135,6 +137,7 @@ func parseServerConfig(args []string, stderr io.Writer) (serverConfig, error) {
 	fs.BoolVar(&cfg.NoClearOnDisconnect, "no-clear-on-disconnect", cfg.NoClearOnDisconnect, "keep locks when their connection closes; they then rely on timeouts (env LDLM_NO_CLEAR_ON_DISCONNECT)")
 	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often to compare lock owners with live connections; negative: only at start and after reconnects (env LDLM_SWEEP_INTERVAL)")
 	fs.BoolVar(&cfg.Events, "events", cfg.Events, "publish every grant, release and end of a wait on PREFIX.events.KIND.NAME (env LDLM_EVENTS)")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "host:port to serve Prometheus metrics on, at /metrics; empty: no metrics (env LDLM_METRICS_LISTEN)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (env LDLM_LOG_LEVEL)")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (env LDLM_LOG_FORMAT)")
 	cfg.App.flags(fs, "nats-", "LDLM_NATS_", "external NATS:")
@@ -230,6 +233,11 @@ func runServer(args []string, _, stderr io.Writer) int {
 
 // serve runs the lock server until ctx ends.
 func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
+	metricsSrv, err := listenMetrics(cfg.MetricsListen)
+	if err != nil {
+		return err
+	}
+	defer metricsSrv.close(log)
 	conns, err := connect(cfg, log)
 	if err != nil {
 		return err
@@ -249,10 +257,12 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		Events:                cfg.Events,
 		Tenants:               cfg.Tenants || cfg.EmbeddedTenants != "",
 		Version:               version(),
+		Observer:              metricsSrv.observer(),
 	}, conns.app, conns.system, log)
 	if err != nil {
 		return err
 	}
+	metricsSrv.serve(svc.Engine().Stats, log)
 	select {
 	case <-ctx.Done():
 		log.Info("stopping: draining requests")
@@ -319,8 +329,22 @@ func connect(cfg serverConfig, log *slog.Logger) (*connections, error) {
 	base := []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
+		// Forever means forever: by default nats.go closes the connection
+		// for good when a server refuses its credentials twice in a row
+		// (a password rotated on the server first), and the service would
+		// live on without answering.
+		nats.IgnoreAuthErrorAbort(),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("disconnected from NATS", "err", err) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", nc.ConnectedUrl()) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", redactURLs(nc.ConnectedUrl())) }),
+		// Permission violations and slow consumers go to the log, not to
+		// nats.go's default of a bare line on stderr.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Error("NATS error", "subscription", sub.Subject, "err", err)
+				return
+			}
+			log.Error("NATS error", "err", err)
+		}),
 	}
 	appOpts, err := cfg.App.options()
 	if err != nil {
@@ -328,9 +352,9 @@ func connect(cfg serverConfig, log *slog.Logger) (*connections, error) {
 	}
 	c.app, err = nats.Connect(cfg.NATSURL, append(append(base, nats.Name("ldlm")), appOpts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS at %s: %w", cfg.NATSURL, err)
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", redactURLs(cfg.NATSURL), err)
 	}
-	if cfg.System.isZero() {
+	if cfg.System.isZero() && cfg.SystemURL == "" {
 		log.Warn("no LDLM_SYSTEM_* credentials: not following disconnect advisories")
 		return c, nil
 	}
@@ -346,7 +370,28 @@ func connect(cfg serverConfig, log *slog.Logger) (*connections, error) {
 	c.system, err = nats.Connect(sysURL, append(append(base, nats.Name("ldlm-system")), sysOpts...)...)
 	if err != nil {
 		c.close()
-		return nil, fmt.Errorf("connecting to NATS system account at %s: %w", sysURL, err)
+		return nil, fmt.Errorf("connecting to NATS system account at %s: %w", redactURLs(sysURL), err)
 	}
 	return c, nil
+}
+
+// redactURLs hides the credentials of a comma-separated list of NATS URLs
+// (nats://user:password@host or nats://token@host) so it can be logged.
+func redactURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		s := strings.TrimSpace(p)
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s // as nats.go reads a URL without a scheme
+		}
+		u, err := url.Parse(s)
+		switch {
+		case err != nil && strings.Contains(p, "@"):
+			parts[i] = "(unparsable URL)"
+		case err == nil && u.User != nil:
+			u.User = url.User("REDACTED")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }
