@@ -31,6 +31,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "server":
 		return runServer(args, stdout, stderr)
+	case "bench":
+		return runBench(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ldlm", version())
 		return 0
@@ -46,6 +48,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 const usage = `Usage:
   ldlm [server] [flags]   run the lock server (ldlm server --help lists the settings)
   ldlm version            print the version
+  ldlm bench [scale]      measure the lock service (see BENCHMARKS.md)
 `
 
 // version is the module version when built with `go install` or with VCS

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ldlm-io/ldlm/internal/bench"
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+const benchUsage = `Usage:
+  ldlm bench [flags]         measure the echo and lock+unlock cycles
+  ldlm bench scale [flags]   measure memory and release times at scale (embedded only)
+
+Without --server, ldlm bench starts its own server in the process, as
+` + "`ldlm`" + ` runs it (embedded NATS, lock service on an in-process connection), and
+its clients connect over TCP to 127.0.0.1. See BENCHMARKS.md.
+
+Flags:
+`
+
+// runBench is `ldlm bench`.
+func runBench(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "scale":
+			return runBenchScale(args[1:], stdout, stderr)
+		case helperCommand:
+			return runBenchHelper(args[1:], stdout, stderr)
+		}
+	}
+	cfg := bench.DefaultConfig()
+	fs := flag.NewFlagSet("ldlm bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, benchUsage)
+		fs.PrintDefaults()
+	}
+	server := fs.String("server", "", "NATS URL of a running lock service to measure (external); empty: start one in this process")
+	prefix := fs.String("prefix", subjects.DefaultPrefix, "subject prefix of the external lock service")
+	short := fs.Bool("short", false, "a few seconds in all (for CI): same rows, figures too short to quote")
+	rounds := fs.Int("rounds", cfg.Rounds, "rounds of alternation per group")
+	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "run time of each workload in each round")
+	workers := fs.String("workers", "1,8,64", "concurrencies, comma separated")
+	conns := fs.String("conns", "shared,per-worker", "connection modes, comma separated: shared, per-worker")
+	workloads := fs.String("workloads", "uncontended,contended,semaphore", "lock workloads, comma separated; the echoes run first in each group unless echo or echo-tcp is named here")
+	fs.IntVar(&cfg.SemaphoreWorkers, "semaphore-workers", cfg.SemaphoreWorkers, "workers of the semaphore workload (size 8)")
+	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "timeout of every request")
+	fs.BoolVar(&cfg.NoEcho, "no-echo", false, "leave out the echo workloads (to profile a lock workload alone)")
+	serviceOverTCP := fs.Bool("embedded-service-tcp", false, "experiment: connect the embedded lock service over TCP instead of in-process")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (embedded only)")
+	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file (embedded only)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return exitUsage
+	}
+	if *short {
+		s := bench.ShortConfig()
+		cfg.Rounds, cfg.Duration, cfg.Warmup = s.Rounds, s.Duration, s.Warmup
+	} else {
+		cfg.Rounds = *rounds
+	}
+	var err error
+	if cfg.Workers, err = parseInts(*workers); err == nil {
+		if cfg.Workloads, err = parseWorkloads(*workloads); err == nil {
+			cfg.Conns, err = parseConns(*conns)
+		}
+	}
+	switch {
+	case err != nil:
+	case fs.NArg() > 0:
+		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.Timeout <= 0 || cfg.SemaphoreWorkers < 1:
+		err = errors.New("rounds, duration, timeout and semaphore workers must be positive")
+	case *server != "" && (*cpuProfile != "" || *memProfile != ""):
+		err = errors.New("profiles are of this process: use them without --server")
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
+		return exitUsage
+	}
+
+	var t *bench.Target
+	if *server == "" {
+		t, err = bench.NewEmbeddedTarget(*serviceOverTCP)
+	} else {
+		t, err = bench.NewExternalTarget(*server, *prefix)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
+		return 1
+	}
+	defer t.Close()
+
+	stopProfiles, err := startProfiles(*cpuProfile, *memProfile)
+	if err != nil {
+		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
+		return 1
+	}
+	_, err = bench.Run(t, cfg, stdout)
+	if perr := stopProfiles(); perr != nil && err == nil {
+		err = perr
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// runBenchScale is `ldlm bench scale`.
+func runBenchScale(args []string, stdout, stderr io.Writer) int {
+	cfg := bench.DefaultScaleConfig()
+	fs := flag.NewFlagSet("ldlm bench scale", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, benchUsage)
+		fs.PrintDefaults()
+	}
+	short := fs.Bool("short", false, "small sizes, a few seconds in all (for CI)")
+	figures := fs.String("only", "", "run only these figures, comma separated: "+strings.Join(bench.ScaleFigures, ","))
+	serviceLocks := fs.String("locks", ints(cfg.ServiceLocks), "held locks through the service, for memory per lock")
+	fs.IntVar(&cfg.EngineLocks, "engine-locks", cfg.EngineLocks, "held locks in the engine alone, for memory per lock")
+	fs.IntVar(&cfg.Waiters, "waiters", cfg.Waiters, "waiters parked on one lock")
+	fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "client connections holding one lock each, then all closing")
+	ownerLocks := fs.String("owner-locks", ints(cfg.OwnerLocks), "locks of one owner released at once")
+	sweepConns := fs.String("sweep-conns", ints(cfg.SweepConns), "connections for the cost of a sweep")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return exitUsage
+	}
+	if *short {
+		cfg = bench.ShortScaleConfig()
+	} else {
+		var err error
+		if cfg.ServiceLocks, err = parseInts(*serviceLocks); err == nil {
+			if cfg.OwnerLocks, err = parseInts(*ownerLocks); err == nil {
+				cfg.SweepConns, err = parseInts(*sweepConns)
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "ldlm bench scale: %v\n", err)
+			return exitUsage
+		}
+	}
+	cfg.Only = splitList(*figures)
+	for _, f := range cfg.Only {
+		if !slices.Contains(bench.ScaleFigures, f) {
+			fmt.Fprintf(stderr, "ldlm bench scale: unknown figure %q\n", f)
+			return exitUsage
+		}
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "ldlm bench scale: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	stopProfiles, err := startProfiles(*cpuProfile, *memProfile)
+	if err != nil {
+		fmt.Fprintf(stderr, "ldlm bench scale: %v\n", err)
+		return 1
+	}
+	err = bench.RunScale(cfg, stdout)
+	if perr := stopProfiles(); perr != nil && err == nil {
+		err = perr
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ldlm bench scale: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// helperCommand is the hidden subcommand of `ldlm bench` that holds
+// connections for `ldlm bench scale` in a process of their own.
+const helperCommand = "scale-client"
+
+func init() {
+	bench.HelperCommand = func(url string, n int) *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		cmd := exec.Command(exe, "bench", helperCommand, url, strconv.Itoa(n))
+		cmd.Stderr = os.Stderr
+		return cmd
+	}
+}
+
+// runBenchHelper is `ldlm bench scale-client URL N`.
+func runBenchHelper(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 2 {
+		fmt.Fprintln(stderr, "ldlm bench scale-client: want URL N")
+		return exitUsage
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil || n < 1 {
+		fmt.Fprintln(stderr, "ldlm bench scale-client: want URL N")
+		return exitUsage
+	}
+	if err := bench.ScaleClient(args[0], n, 10*time.Minute, os.Stdin, stdout); err != nil {
+		fmt.Fprintln(stdout, "error:", err)
+		return 1
+	}
+	return 0
+}
+
+// startProfiles starts the CPU profile, if asked, and returns a function
+// that stops it and writes the allocation profile, if asked.
+func startProfiles(cpuPath, memPath string) (func() error, error) {
+	var cpu *os.File
+	if cpuPath != "" {
+		f, err := os.Create(cpuPath)
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		cpu = f
+	}
+	return func() error {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			if err := cpu.Close(); err != nil {
+				return err
+			}
+		}
+		if memPath == "" {
+			return nil
+		}
+		f, err := os.Create(memPath)
+		if err != nil {
+			return err
+		}
+		runtime.GC()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
+	}, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range splitList(s) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("an empty list of numbers")
+	}
+	return out, nil
+}
+
+func ints(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+func parseWorkloads(s string) ([]string, error) {
+	known := []string{bench.WorkEcho, bench.WorkEchoTCP, bench.WorkUncontended, bench.WorkContended, bench.WorkSemaphore}
+	names := splitList(s)
+	for _, n := range names {
+		if !slices.Contains(known, n) {
+			return nil, fmt.Errorf("unknown workload %q (workloads: %s)", n, strings.Join(known, ", "))
+		}
+	}
+	return names, nil
+}
+
+func parseConns(s string) ([]bench.ConnMode, error) {
+	var out []bench.ConnMode
+	for _, f := range splitList(s) {
+		m := bench.ConnMode(f)
+		if m != bench.SharedConn && m != bench.ConnPerWorker {
+			return nil, fmt.Errorf("connection mode %q: want shared or per-worker", f)
+		}
+		out = append(out, m)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no connection mode")
+	}
+	return out, nil
+}

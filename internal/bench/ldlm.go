@@ -1,0 +1,447 @@
+package bench
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ldlm-io/ldlm/embeddednats"
+	"github.com/ldlm-io/ldlm/service"
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+// Target is the LDLM server under measurement and an echo responder on the
+// same NATS server, connected the same way as the lock service: in-process
+// for an embedded server, over TCP for an external one. An embedded target
+// also has a second echo responder connected over TCP.
+type Target struct {
+	// URL is where the benchmark's clients connect, always over TCP.
+	URL    string
+	Prefix string
+	// Embedded is set when the target runs in this process.
+	Embedded *Embedded
+
+	echoConns []*nats.Conn
+	echoes    map[string]string // workload name → subject of its responder
+	runID     string            // keeps the names of two runs apart
+}
+
+// Embedded is an embedded NATS server with the lock service on it, set up
+// as `ldlm` runs it with no NATS URL.
+type Embedded struct {
+	NATS    *embeddednats.Server
+	Service *service.Service
+	// ServiceOverTCP is set when the service's application connection
+	// goes over TCP rather than in-process (an experiment: `ldlm` never
+	// runs so).
+	ServiceOverTCP bool
+	app            *nats.Conn
+	sys            *nats.Conn
+}
+
+// StartEmbedded starts an embedded NATS server listening on a free
+// loopback port, with the lock service connected in-process, or over TCP
+// when overTCP is set.
+func StartEmbedded(cfg service.Config, overTCP bool) (*Embedded, error) {
+	ns, err := embeddednats.Start(embeddednats.Config{Listen: "127.0.0.1:0", ServerName: "ldlm-bench"})
+	if err != nil {
+		return nil, err
+	}
+	e := &Embedded{NATS: ns, ServiceOverTCP: overTCP}
+	if overTCP {
+		e.app, err = nats.Connect(ns.ClientURL(), nats.Name("ldlm"), nats.NoReconnect())
+	} else {
+		e.app, err = ns.ConnectApp()
+	}
+	if err == nil {
+		e.sys, err = ns.ConnectSystem()
+	}
+	if err == nil {
+		e.Service, err = service.Start(cfg, e.app, e.sys, slog.New(slog.DiscardHandler))
+	}
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// Close stops the service, its connections and the server.
+func (e *Embedded) Close() {
+	if e.Service != nil {
+		e.Service.Stop()
+	}
+	if e.app != nil {
+		e.app.Close()
+	}
+	if e.sys != nil {
+		e.sys.Close()
+	}
+	e.NATS.Shutdown()
+}
+
+// NewEmbeddedTarget starts an embedded server, with the lock service
+// connected in-process as `ldlm` runs it (or over TCP, with
+// serviceOverTCP), and the echo responders on it: echo connected as the
+// service is, echo-tcp over TCP.
+func NewEmbeddedTarget(serviceOverTCP bool) (*Target, error) {
+	e, err := StartEmbedded(service.Config{}, serviceOverTCP)
+	if err != nil {
+		return nil, err
+	}
+	t := newTarget(e.NATS.ClientURL(), subjects.DefaultPrefix)
+	t.Embedded = e
+	var nc *nats.Conn
+	if serviceOverTCP {
+		nc, err = nats.Connect(t.URL, nats.Name("ldlm-bench-echo"), nats.NoReconnect())
+	} else {
+		nc, err = e.NATS.ConnectApp(nats.Name("ldlm-bench-echo"))
+	}
+	if err == nil {
+		err = t.startEcho(WorkEcho, nc)
+	}
+	if err == nil {
+		nc, err = nats.Connect(t.URL, nats.Name("ldlm-bench-echo-tcp"), nats.NoReconnect())
+		if err == nil {
+			err = t.startEcho(WorkEchoTCP, nc)
+		}
+	}
+	if err != nil {
+		t.Close() // and e
+		return nil, err
+	}
+	return t, nil
+}
+
+func newTarget(url, prefix string) *Target {
+	return &Target{URL: url, Prefix: prefix, echoes: map[string]string{}, runID: randomID()}
+}
+
+// NewExternalTarget measures the lock service answering under prefix on
+// the NATS server at url. The echo responder connects over TCP, as the
+// service does.
+func NewExternalTarget(url, prefix string) (*Target, error) {
+	nc, err := nats.Connect(url, nats.Name("ldlm-bench-echo"), nats.NoReconnect())
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", url, err)
+	}
+	t := newTarget(url, prefix)
+	if err := t.startEcho(WorkEcho, nc); err != nil {
+		t.Close()
+		return nil, err
+	}
+	// Fail now, not in the middle of the table, if no service answers.
+	probe, err := t.Connect()
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
+	defer probe.Close()
+	name := "bench.probe." + t.runID
+	c, err := newClient(probe, t.Prefix, 5*time.Second)
+	if err == nil {
+		var key string
+		if key, err = c.lock(subjects.OpTryLock, name, nil); err == nil {
+			err = c.unlock(name, key)
+		}
+	}
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("no lock service under prefix %q at %s: %w", prefix, url, err)
+	}
+	return t, nil
+}
+
+// startEcho makes nc the echo responder of workload name.
+func (t *Target) startEcho(name string, nc *nats.Conn) error {
+	t.echoConns = append(t.echoConns, nc)
+	subject := "ldlm-bench." + name + "." + t.runID
+	_, err := nc.Subscribe(subject, func(m *nats.Msg) { _ = m.Respond(m.Data) })
+	if err == nil {
+		err = nc.Flush()
+	}
+	if err != nil {
+		return fmt.Errorf("echo responder: %w", err)
+	}
+	t.echoes[name] = subject
+	return nil
+}
+
+// Echoes lists the echo workloads of t: echo, and for an embedded target
+// echo-tcp.
+func (t *Target) Echoes() []string {
+	if _, ok := t.echoes[WorkEchoTCP]; ok {
+		return []string{WorkEcho, WorkEchoTCP}
+	}
+	return []string{WorkEcho}
+}
+
+// Close stops the echo responders and, for an embedded target, the server.
+func (t *Target) Close() {
+	for _, nc := range t.echoConns {
+		nc.Close()
+	}
+	if t.Embedded != nil {
+		t.Embedded.Close()
+	}
+}
+
+// Connect opens a TCP client connection to the target.
+func (t *Target) Connect() (*nats.Conn, error) {
+	nc, err := nats.Connect(t.URL, nats.Name("ldlm-bench"), nats.NoReconnect())
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", t.URL, err)
+	}
+	return nc, nil
+}
+
+// client sends the wire protocol's requests as an LDLM client library
+// does: with the Ldlm-Owner header naming its connection.
+type client struct {
+	nc      *nats.Conn
+	prefix  string
+	owner   nats.Header
+	timeout time.Duration
+}
+
+func newClient(nc *nats.Conn, prefix string, timeout time.Duration) (*client, error) {
+	cid, err := nc.GetClientID()
+	if err != nil {
+		return nil, fmt.Errorf("client id: %w", err)
+	}
+	owner := nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerName(), cid)}}
+	return &client{nc: nc, prefix: prefix, owner: owner, timeout: timeout}, nil
+}
+
+func (c *client) request(subject string, body []byte) (*nats.Msg, error) {
+	return c.nc.RequestMsg(&nats.Msg{Subject: subject, Header: c.owner, Data: body}, c.timeout)
+}
+
+// lockReply is the part of a lock reply a client reads.
+type lockReply struct {
+	Locked bool            `json:"locked"`
+	Key    string          `json:"key"`
+	Error  *subjects.Error `json:"error"`
+}
+
+// lock sends lock or trylock (op) for name with body and returns the key
+// of the grant. A trylock that finds the lock taken is an error here.
+func (c *client) lock(op, name string, body []byte) (string, error) {
+	m, err := c.request(c.prefix+"."+op+"."+name, body)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", op, name, err)
+	}
+	var r lockReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return "", fmt.Errorf("%s %s: unreadable reply %q: %w", op, name, m.Data, err)
+	}
+	if r.Error != nil {
+		return "", fmt.Errorf("%s %s: %w", op, name, r.Error)
+	}
+	if !r.Locked {
+		return "", fmt.Errorf("%s %s: not locked", op, name)
+	}
+	return r.Key, nil
+}
+
+type unlockReply struct {
+	Unlocked bool            `json:"unlocked"`
+	Error    *subjects.Error `json:"error"`
+}
+
+func (c *client) unlock(name, key string) error {
+	body, err := json.Marshal(subjects.Request{Key: key})
+	if err != nil {
+		return err
+	}
+	m, err := c.request(c.prefix+"."+subjects.OpUnlock+"."+name, body)
+	if err != nil {
+		return fmt.Errorf("unlock %s: %w", name, err)
+	}
+	var r unlockReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return fmt.Errorf("unlock %s: unreadable reply %q: %w", name, m.Data, err)
+	}
+	if r.Error != nil {
+		return fmt.Errorf("unlock %s: %w", name, r.Error)
+	}
+	if !r.Unlocked {
+		return errors.New("unlock " + name + ": not unlocked")
+	}
+	return nil
+}
+
+// Workload names of the lock service benchmarks.
+const (
+	WorkEcho        = "echo"     // responder connected as the service is
+	WorkEchoTCP     = "echo-tcp" // embedded only: responder over TCP
+	WorkUncontended = "uncontended"
+	WorkContended   = "contended"
+	WorkSemaphore   = "semaphore"
+)
+
+// SemaphoreSize is the size of the semaphore workload's lock.
+const SemaphoreSize = 8
+
+// echoBody is as long as an unlock request with a service-made key, so
+// that the echo carries what a lock cycle carries, header included.
+var echoBody = []byte(`{"key":"0123456789abcdef0123456789abcdef"}`)
+
+// echoWorkers make cycles of two echo round trips: a lock cycle is two
+// round trips too (lock, unlock), so the rates compare directly.
+func (t *Target) echoWorkers(clients []*client, subject string) []Cycle {
+	workers := make([]Cycle, len(clients))
+	for i, c := range clients {
+		workers[i] = func() error {
+			for range 2 {
+				m, err := c.request(subject, echoBody)
+				if err != nil {
+					return fmt.Errorf("echo: %w", err)
+				}
+				if len(m.Data) != len(echoBody) {
+					return fmt.Errorf("echo: got %d bytes back, sent %d", len(m.Data), len(echoBody))
+				}
+			}
+			return nil
+		}
+	}
+	return workers
+}
+
+// uncontendedWorkers trylock a name of their own, with a service-made key,
+// and unlock it.
+func (t *Target) uncontendedWorkers(clients []*client) []Cycle {
+	workers := make([]Cycle, len(clients))
+	for i, c := range clients {
+		name := "bench.u." + t.runID + "." + strconv.Itoa(i)
+		workers[i] = func() error {
+			key, err := c.lock(subjects.OpTryLock, name, nil)
+			if err != nil {
+				return err
+			}
+			return c.unlock(name, key)
+		}
+	}
+	return workers
+}
+
+// sharedLockWorkers all wait for one lock of the given size with a
+// blocking lock and a key of their own, as a client that may give up
+// sends, then unlock it.
+func (t *Target) sharedLockWorkers(clients []*client, kind string, size int) []Cycle {
+	name := "bench." + kind + "." + t.runID
+	workers := make([]Cycle, len(clients))
+	for i, c := range clients {
+		seq := 0
+		workers[i] = func() error {
+			seq++
+			key := t.runID + "-" + strconv.Itoa(i) + "-" + strconv.Itoa(seq)
+			body, err := json.Marshal(subjects.Request{Key: key, Size: size})
+			if err != nil {
+				return err
+			}
+			if _, err := c.lock(subjects.OpLock, name, body); err != nil {
+				// Gave up waiting: cancel the wait, or release a grant
+				// that raced in, with the same key.
+				_ = c.unlock(name, key)
+				return err
+			}
+			return c.unlock(name, key)
+		}
+	}
+	return workers
+}
+
+// Open opens the connections of n workers in mode and returns the named
+// workloads on them, in the order given, and a function that closes the
+// connections.
+func (t *Target) Open(names []string, n int, mode ConnMode, timeout time.Duration) ([]Workload, func(), error) {
+	clients, closeConns, err := t.openClients(n, mode, timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	ws, err := t.workloads(names, clients)
+	if err != nil {
+		closeConns()
+		return nil, nil, err
+	}
+	return ws, closeConns, nil
+}
+
+// workloads returns the named workloads for the given clients, in the
+// order given.
+func (t *Target) workloads(names []string, clients []*client) ([]Workload, error) {
+	var ws []Workload
+	for _, n := range names {
+		var w []Cycle
+		switch n {
+		case WorkEcho, WorkEchoTCP:
+			subject, ok := t.echoes[n]
+			if !ok {
+				return nil, fmt.Errorf("no %s responder", n)
+			}
+			w = t.echoWorkers(clients, subject)
+		case WorkUncontended:
+			w = t.uncontendedWorkers(clients)
+		case WorkContended:
+			w = t.sharedLockWorkers(clients, "c", 0)
+		case WorkSemaphore:
+			w = t.sharedLockWorkers(clients, "s", SemaphoreSize)
+		default:
+			return nil, fmt.Errorf("unknown workload %q", n)
+		}
+		ws = append(ws, Workload{Name: n, Workers: w})
+	}
+	return ws, nil
+}
+
+// ConnMode says how workers share connections.
+type ConnMode string
+
+// The connection modes.
+const (
+	SharedConn    ConnMode = "shared"     // one connection for all workers
+	ConnPerWorker ConnMode = "per-worker" // one connection each
+)
+
+// openClients opens the connections of n workers in mode and returns one
+// client per worker, and a function that closes the connections.
+func (t *Target) openClients(n int, mode ConnMode, timeout time.Duration) ([]*client, func(), error) {
+	var conns []*nats.Conn
+	closeAll := func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	}
+	clients := make([]*client, n)
+	for i := range n {
+		if mode == ConnPerWorker || i == 0 {
+			nc, err := t.Connect()
+			if err != nil {
+				closeAll()
+				return nil, nil, err
+			}
+			conns = append(conns, nc)
+		}
+		c, err := newClient(conns[len(conns)-1], t.Prefix, timeout)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		clients[i] = c
+	}
+	return clients, closeAll, nil
+}
+
+func randomID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
