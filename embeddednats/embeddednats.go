@@ -12,6 +12,7 @@
 package embeddednats
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -55,9 +56,15 @@ type Config struct {
 	// Empty: "ldlm".
 	ServerName string
 	// PingInterval and MaxPingsOut bound how long a silently vanished
-	// client (no FIN, e.g. a cut cable) keeps its connection, and so its
-	// locks: about PingInterval x MaxPingsOut. Zero: the NATS defaults
-	// (2 minutes x 2).
+	// client keeps its connection, and so its locks. A client whose process
+	// exits or is killed closes its socket and is gone at once; one that
+	// goes silent with its socket open (a frozen VM, a cut cable, a
+	// SIGSTOPped process) is only noticed when it leaves MaxPingsOut of the
+	// server's pings unanswered: between PingInterval x MaxPingsOut and
+	// PingInterval x (MaxPingsOut+1) after it last sent anything. Zero:
+	// DefaultPingInterval and DefaultMaxPingsOut. The NATS server's own
+	// defaults (2 minutes x 2) would keep a dead client's locks for up to 6
+	// minutes.
 	PingInterval time.Duration
 	MaxPingsOut  int
 	// Logger receives the NATS server's log lines. Nil: discarded.
@@ -73,6 +80,15 @@ type Config struct {
 	Tenants []Tenant
 	Prefix  string
 }
+
+// The ping settings used when Config leaves them zero: a silent client is
+// dropped 45 to 60 s after it last sent anything. A live client answers a
+// ping within its round-trip time, so a shorter interval costs one small
+// PING/PONG per quiet client every 15 s and nothing else.
+const (
+	DefaultPingInterval = 15 * time.Second
+	DefaultMaxPingsOut  = 3
+)
 
 // Server is a running embedded NATS server.
 type Server struct {
@@ -151,9 +167,12 @@ func serverOptions(cfg Config, systemPass, servicePass string) (*server.Options,
 			NoAuthUser: appUser,
 		}
 	}
+	if cfg.PingInterval < 0 || cfg.MaxPingsOut < 0 {
+		return nil, fmt.Errorf("embedded NATS ping interval %s and ping max %d: neither may be negative (zero: the defaults)", cfg.PingInterval, cfg.MaxPingsOut)
+	}
 	opts.ServerName = cfg.ServerName
-	opts.PingInterval = cfg.PingInterval
-	opts.MaxPingsOut = cfg.MaxPingsOut
+	opts.PingInterval = cmp.Or(cfg.PingInterval, DefaultPingInterval)
+	opts.MaxPingsOut = cmp.Or(cfg.MaxPingsOut, DefaultMaxPingsOut)
 	opts.NoSigs = true // the ldlm process handles signals itself
 	if opts.ServerName == "" {
 		opts.ServerName = "ldlm"
@@ -161,13 +180,9 @@ func serverOptions(cfg Config, systemPass, servicePass string) (*server.Options,
 	if cfg.Listen == "" {
 		opts.DontListen = true
 	} else {
-		host, portText, err := net.SplitHostPort(cfg.Listen)
+		host, port, err := ParseListen(cfg.Listen)
 		if err != nil {
-			return nil, fmt.Errorf("embedded NATS listen address %q: want host:port, e.g. 127.0.0.1:4222", cfg.Listen)
-		}
-		port, err := strconv.Atoi(portText)
-		if err != nil || port < 0 || port > 65535 {
-			return nil, fmt.Errorf("embedded NATS listen address %q: port must be 0-65535", cfg.Listen)
+			return nil, fmt.Errorf("embedded NATS %w", err)
 		}
 		if port == 0 {
 			port = server.RANDOM_PORT
@@ -178,6 +193,25 @@ func serverOptions(cfg Config, systemPass, servicePass string) (*server.Options,
 		opts.Host, opts.Port = host, port
 	}
 	return opts, nil
+}
+
+// ParseListen splits a listen address of the form host:port, as in
+// Config.Listen: host may be empty (every interface) or a name or an IP
+// address; port is 0 (any free port) to 65535. Its errors say what a valid
+// address looks like.
+func ParseListen(addr string) (host string, port int, err error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("listen address %q: want host:port, e.g. 127.0.0.1:4222 or :4222", addr)
+	}
+	if strings.ContainsAny(host, " \t/") {
+		return "", 0, fmt.Errorf("listen address %q: %q is not a host name or IP address", addr, host)
+	}
+	port, err = strconv.Atoi(portText)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("listen address %q: the port must be a number from 0 to 65535", addr)
+	}
+	return host, port, nil
 }
 
 func checkFree(addr string) error {

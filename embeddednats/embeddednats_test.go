@@ -1,6 +1,11 @@
 package embeddednats
 
 import (
+	"bufio"
+	"errors"
+	"net"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,10 +31,129 @@ func TestCheckTenants(t *testing.T) {
 		{{Account: "a b", User: "u", Password: "p"}},
 		{{Account: SystemAccount, User: "u", Password: "p"}},
 		{{Account: "A", User: "u", Password: "p"}, {Account: "A", User: "v", Password: "q"}},
+		{{Account: "A", User: "u", Password: "p"}, {Account: "B", User: "u", Password: "q"}},
+		{{Account: "A", User: systemUser, Password: "p"}},
 	} {
 		if err := checkTenants(bad); err == nil {
 			t.Errorf("checkTenants(%+v) must fail", bad)
 		}
+	}
+	// ParseTenants checks as well, so a bad list is caught before Start.
+	for _, bad := range []string{"a b:u:p", "LDLM:u:p", "A:u:p,A:v:q", "A:u:p,B:u:q"} {
+		if _, err := ParseTenants(bad); err == nil {
+			t.Errorf("ParseTenants(%q) must fail", bad)
+		}
+	}
+}
+
+func TestParseListen(t *testing.T) {
+	good := []struct {
+		addr string
+		host string
+		port int
+	}{
+		{"127.0.0.1:4222", "127.0.0.1", 4222},
+		{":4222", "", 4222},
+		{"0.0.0.0:0", "0.0.0.0", 0},
+		{"[::1]:65535", "::1", 65535},
+		{"localhost:4222", "localhost", 4222},
+	}
+	for _, tt := range good {
+		host, port, err := ParseListen(tt.addr)
+		if err != nil || host != tt.host || port != tt.port {
+			t.Errorf("ParseListen(%q) = %q, %d, %v; want %q, %d", tt.addr, host, port, err, tt.host, tt.port)
+		}
+	}
+	for _, bad := range []string{"", "nonsense", "4222", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999", "127.0.0.1:-1",
+		"127.0.0.1:http", "a b:4222", "nats://127.0.0.1:4222"} {
+		if _, _, err := ParseListen(bad); err == nil || !strings.Contains(err.Error(), "listen address") {
+			t.Errorf("ParseListen(%q) = %v, want a listen address error", bad, err)
+		}
+	}
+}
+
+// TestPingSettings: the ping settings reach the server, and with them it
+// drops a client that keeps its socket open but never answers a PING (a
+// SIGSTOPped process, a frozen VM), while a client that answers stays.
+func TestPingSettings(t *testing.T) {
+	defaults, err := Start(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := defaults.NATSServer().Varz(nil)
+	defaults.Shutdown()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.PingInterval != DefaultPingInterval || v.MaxPingsOut != DefaultMaxPingsOut {
+		t.Errorf("zero Config: ping interval %s, ping max %d; want %s, %d", v.PingInterval, v.MaxPingsOut, DefaultPingInterval, DefaultMaxPingsOut)
+	}
+	if _, err := Start(Config{PingInterval: -time.Second}); err == nil {
+		t.Error("Start with a negative ping interval must fail")
+	}
+
+	const interval, maxOut = 100 * time.Millisecond, 2
+	srv, err := Start(Config{Listen: "127.0.0.1:0", PingInterval: interval, MaxPingsOut: maxOut})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	if v, err := srv.NATSServer().Varz(nil); err != nil || v.PingInterval != interval || v.MaxPingsOut != maxOut {
+		t.Fatalf("varz: %+v, %v; want ping interval %s and max %d", v, err, interval, maxOut)
+	}
+	live, err := nats.Connect(srv.ClientURL()) // answers every PING
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+
+	// The silent client: a raw TCP connection that says CONNECT and then
+	// only reads.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.ClientURL(), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The bound only turns a hang into a failure: the server should drop
+	// it within about (maxOut+1) x interval.
+	const bound = 30 * time.Second
+	if err := conn.SetDeadline(time.Now().Add(bound)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "INFO ") {
+		t.Fatalf("first line from the server: %q, %v; want INFO", line, err)
+	}
+	// PING makes the server answer PONG once it has processed CONNECT:
+	// the client is then fully connected.
+	if _, err := conn.Write([]byte("CONNECT {\"verbose\":false,\"name\":\"silent\"}\r\nPING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var pings int
+	var lines []string
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the silent client still connected after %s; it read %q", bound, lines)
+			}
+			break // the server closed the connection
+		}
+		lines = append(lines, strings.TrimSpace(line))
+		if line == "PING\r\n" {
+			pings++
+		}
+	}
+	t.Logf("silent client dropped after %s (interval %s, max %d): %q", time.Since(start).Round(time.Millisecond), interval, maxOut, lines)
+	if pings != maxOut || !slices.Contains(lines, "-ERR 'Stale Connection'") {
+		t.Errorf("the silent client read %q; want %d PINGs, then -ERR 'Stale Connection'", lines, maxOut)
+	}
+	if !live.IsConnected() {
+		t.Error("the client that answers PINGs was dropped too")
+	}
+	if err := live.Flush(); err != nil {
+		t.Errorf("the client that answers PINGs: %v", err)
 	}
 }
 

@@ -21,7 +21,9 @@ const tenantResponseThreshold = "24h"
 var accountName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
 // ParseTenants reads ACCOUNT:USER:PASSWORD entries separated by commas, as
-// in LDLM_EMBEDDED_TENANTS.
+// in LDLM_EMBEDDED_TENANTS (a password may contain ':' but not ','). It
+// reports every entry that could not make a valid server, so that a bad
+// list is found before anything starts. An empty spec gives no tenants.
 func ParseTenants(spec string) ([]Tenant, error) {
 	var out []Tenant
 	for _, entry := range strings.Split(spec, ",") {
@@ -34,6 +36,9 @@ func ParseTenants(spec string) ([]Tenant, error) {
 			return nil, fmt.Errorf("tenant %q: want ACCOUNT:USER:PASSWORD", entry)
 		}
 		out = append(out, Tenant{Account: parts[0], User: parts[1], Password: parts[2]})
+	}
+	if err := checkTenants(out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -75,17 +80,20 @@ func TenantsConfig(prefix string, tenants []Tenant, systemPassword, servicePassw
 
 // checkTenants reports a tenant list that cannot make a valid server.
 func checkTenants(tenants []Tenant) error {
-	seen := map[string]bool{}
+	accounts, users := map[string]bool{}, map[string]bool{}
 	for _, t := range tenants {
 		switch {
 		case !accountName.MatchString(t.Account):
-			return fmt.Errorf("tenant account %q: use letters, digits, '_' and '-'", t.Account)
+			return fmt.Errorf("tenant account %q: use only letters, digits, '_' and '-'", t.Account)
 		case t.Account == SystemAccount || t.Account == ServiceAccount || t.Account == AppAccount:
-			return fmt.Errorf("tenant account %q: the name is reserved", t.Account)
-		case seen[t.Account]:
-			return fmt.Errorf("tenant account %q: given twice", t.Account)
+			return fmt.Errorf("tenant account %q: the name is reserved, choose another", t.Account)
+		case accounts[t.Account]:
+			return fmt.Errorf("tenant account %q: given twice, give each account once", t.Account)
+		case t.User == systemUser || t.User == serviceUser || t.User == appUser || users[t.User]:
+			// The server would refuse to start, or log the wrong one in.
+			return fmt.Errorf("tenant user %q: the name is taken, give each tenant its own user", t.User)
 		}
-		seen[t.Account] = true
+		accounts[t.Account], users[t.User] = true, true
 	}
 	return nil
 }

@@ -2,6 +2,8 @@ package subjects
 
 import (
 	"encoding/base64"
+	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -50,6 +52,7 @@ func EncodeName(name string) string {
 // back into the name. It fails with an *Error of code InvalidLockName when
 // the tail is empty, not valid base64url after '~', not UTF-8, or longer
 // than maxLen bytes once decoded (maxLen <= 0 means DefaultMaxNameLength).
+// Each message says what to send instead.
 func DecodeName(tail string, maxLen int) (string, error) {
 	if maxLen <= 0 {
 		maxLen = DefaultMaxNameLength
@@ -58,19 +61,32 @@ func DecodeName(tail string, maxLen int) (string, error) {
 	if strings.HasPrefix(tail, string(encodedMarker)) {
 		raw, err := base64.RawURLEncoding.DecodeString(tail[1:])
 		if err != nil {
-			return "", Errorf(CodeInvalidLockName, "lock name %.40q... starts with '~' but the rest is not unpadded base64url: encode the name with EncodeName", tail)
+			return "", Errorf(CodeInvalidLockName, "lock name %s starts with '~', so the rest must be the name's bytes in unpadded base64url (RFC 4648 §5, no '='): encode the name with EncodeName, or see docs/protocol.md", quoteShort(tail))
 		}
 		name = string(raw)
 	}
 	switch {
 	case name == "":
-		return "", Errorf(CodeInvalidLockName, "lock name is empty: put it after the operation, as in %s.%s.NAME", DefaultPrefix, OpLock)
+		return "", Errorf(CodeInvalidLockName, "lock name is empty: give a name of 1 to %d bytes", maxLen)
 	case len(name) > maxLen:
-		return "", Errorf(CodeInvalidLockName, "lock name is %d bytes long; the limit is %d", len(name), maxLen)
+		return "", Errorf(CodeInvalidLockName, "lock name %s is %d bytes long, over this service's limit of %d bytes: use a shorter name, e.g. a hash of the long one", quoteShort(name), len(name), maxLen)
 	case !utf8.ValidString(name):
-		return "", Errorf(CodeInvalidLockName, "lock name is not valid UTF-8")
+		return "", Errorf(CodeInvalidLockName, "lock name %s is not valid UTF-8: a name is text; encode binary names as text first, e.g. in hex", quoteShort(name))
 	}
 	return name, nil
+}
+
+// quoteMax is how many characters of a bad name an error message shows.
+const quoteMax = 40
+
+// quoteShort quotes s for an error message, cut to its first quoteMax
+// characters (then followed by "...") so that a long name does not swamp
+// the message.
+func quoteShort(s string) string {
+	if utf8.RuneCountInString(s) <= quoteMax {
+		return strconv.Quote(s)
+	}
+	return fmt.Sprintf("%.*q...", quoteMax, s)
 }
 
 // NameFromSubject returns the lock name addressed by subject, which must
@@ -78,7 +94,7 @@ func DecodeName(tail string, maxLen int) (string, error) {
 func NameFromSubject(prefix, op, subject string, maxLen int) (string, error) {
 	head := prefix + "." + op + "."
 	if !strings.HasPrefix(subject, head) {
-		return "", Errorf(CodeInvalidLockName, "subject %q is not of the form %sNAME", subject, head)
+		return "", Errorf(CodeInvalidLockName, "subject %s does not address a lock: send to %sNAME", quoteShort(subject), head)
 	}
 	return DecodeName(subject[len(head):], maxLen)
 }

@@ -36,24 +36,53 @@ func TestEncodeName(t *testing.T) {
 	}
 }
 
+// Every bad name is an InvalidLockName whose message says what is wrong
+// and what to do, and shows the name cut short only when it is long.
 func TestDecodeNameErrors(t *testing.T) {
+	long := strings.Repeat("a", 1025)
 	tests := []struct {
 		tail   string
 		maxLen int
+		want   []string // in the message
 	}{
-		{"", 0},
-		{"~", 0},
-		{"~!!", 0},
-		{"~TXkgbG9jaw==", 0}, // padded
-		{"~_w", 0},           // decodes to 0xff: not UTF-8
-		{strings.Repeat("a", 1025), 0},
-		{"abcd", 3},
+		{"", 0, []string{"empty", "1 to 1024 bytes"}},
+		{"~", 0, []string{"empty"}},
+		{"~!!", 0, []string{`"~!!"`, "base64url", "EncodeName"}},
+		{"~TXkgbG9jaw==", 0, []string{`"~TXkgbG9jaw=="`, "no '='"}}, // padded
+		{"~_w", 0, []string{`"\xff"`, "not valid UTF-8", "encode"}}, // decodes to 0xff
+		{long, 0, []string{`"` + long[:quoteMax] + `"...`, "1025 bytes", "limit of 1024", "shorter name"}},
+		{"abcd", 3, []string{`"abcd"`, "4 bytes", "limit of 3"}},
+		{"~" + strings.Repeat("!", 50), 0, []string{`"~` + strings.Repeat("!", quoteMax-1) + `"...`}},
 	}
 	for _, tt := range tests {
 		_, err := DecodeName(tt.tail, tt.maxLen)
 		var e *Error
 		if !errors.As(err, &e) || e.Code != CodeInvalidLockName {
 			t.Errorf("DecodeName(%.20q, %d) = %v, want InvalidLockName", tt.tail, tt.maxLen, err)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(e.Message, w) {
+				t.Errorf("DecodeName(%.20q, %d): message %q does not contain %q", tt.tail, tt.maxLen, e.Message, w)
+			}
+		}
+		// "..." only marks a name that was cut.
+		if cut := utf8.RuneCountInString(tt.tail) > quoteMax; cut != strings.Contains(e.Message, `"...`) {
+			t.Errorf("DecodeName(%.20q, %d): message %q; want \"...\" after the name only when it is cut", tt.tail, tt.maxLen, e.Message)
+		}
+	}
+}
+
+func TestQuoteShort(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                      `""`,
+		"job":                   `"job"`,
+		strings.Repeat("é", 40): `"` + strings.Repeat("é", 40) + `"`,
+		strings.Repeat("é", 41): `"` + strings.Repeat("é", 40) + `"...`,
+		"a\x00b":                `"a\x00b"`,
+	} {
+		if got := quoteShort(in); got != want {
+			t.Errorf("quoteShort(%q) = %s, want %s", in, got, want)
 		}
 	}
 }
@@ -63,8 +92,9 @@ func TestNameFromSubject(t *testing.T) {
 	if err != nil || name != "orders.123" {
 		t.Fatalf("got %q, %v", name, err)
 	}
-	if _, err := NameFromSubject("ldlm", OpLock, "ldlm.trylock.x", 0); err == nil {
-		t.Fatal("a subject of another operation must fail")
+	_, err = NameFromSubject("ldlm", OpLock, "ldlm.trylock.x", 0)
+	if err == nil || !strings.Contains(err.Error(), "send to ldlm.lock.NAME") {
+		t.Fatalf("a subject of another operation: %v, want an error that says to send to ldlm.lock.NAME", err)
 	}
 }
 

@@ -457,8 +457,6 @@ func TestExternalConnectErrors(t *testing.T) {
 		{"no-client-cert", []string{"--nats-url", mtlsURL, "--nats-user=ldlm", "--nats-password=" + tlsPW.service,
 			"--nats-tls-ca=" + pki.ca},
 			[]string{mtlsURL}},
-		{"cert-without-key", []string{"--nats-url", mtlsURL, "--nats-tls-ca=" + pki.ca, "--nats-tls-cert=" + pki.clientCert},
-			[]string{"certificate and key"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

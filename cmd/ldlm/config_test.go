@@ -1,0 +1,330 @@
+package main
+
+// Tests of `ldlm server`'s configuration: LDLM_* variables and flags are
+// checked up front (bad configuration: one line, exit status 2, nothing
+// started), the embedded server gets the ping settings, and in external
+// mode the service waits for a NATS server that is not up yet but fails at
+// once on anything another attempt cannot fix.
+//
+// Every wait is bounded and polls: the tests hold on a loaded 2-core
+// machine under -race.
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ldlm-io/ldlm/embeddednats"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseServerConfigFrom(nil, nil, io.Discard)
+	if err != nil {
+		t.Fatalf("no settings at all: %v", err)
+	}
+	// The envDefault tags repeat embeddednats' defaults: they must agree.
+	if cfg.EmbeddedPingInterval != embeddednats.DefaultPingInterval || cfg.EmbeddedPingMax != embeddednats.DefaultMaxPingsOut {
+		t.Errorf("default ping interval %s and max %d; embeddednats has %s and %d",
+			cfg.EmbeddedPingInterval, cfg.EmbeddedPingMax, embeddednats.DefaultPingInterval, embeddednats.DefaultMaxPingsOut)
+	}
+}
+
+// TestConfigEnvErrors: a variable that does not parse is named with its
+// value, never by the Go field it lands in.
+func TestConfigEnvErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		env  []string
+		want string // the whole message
+	}{
+		{[]string{"LDLM_SWEEP_INTERVAL=abc"}, `LDLM_SWEEP_INTERVAL: "abc" is not a duration, e.g. 30s, 2m or 1h30m`},
+		{[]string{"LDLM_EMBEDDED_PING_INTERVAL=20"}, `LDLM_EMBEDDED_PING_INTERVAL: "20" is not a duration, e.g. 30s, 2m or 1h30m`},
+		{[]string{"LDLM_MAX_LOCKS=many"}, `LDLM_MAX_LOCKS: "many" is not a whole number`},
+		{[]string{"LDLM_EMBEDDED_PING_MAX=1.5"}, `LDLM_EMBEDDED_PING_MAX: "1.5" is not a whole number`},
+		{[]string{"LDLM_MAX_BODY_BYTES=99999999999999999999"}, `LDLM_MAX_BODY_BYTES: "99999999999999999999" is not a whole number in range`},
+		{[]string{"LDLM_EVENTS=maybe"}, `LDLM_EVENTS: "maybe" is not true or false`},
+		{[]string{"LDLM_EMBEDDED_MAX_PINGS_OUT=3"}, `LDLM_EMBEDDED_MAX_PINGS_OUT is now called LDLM_EMBEDDED_PING_MAX: rename it`},
+		{[]string{"LDLM_TENANTS=yes", "LDLM_ANONYMOUS_LOCK_TIMEOUT=1 minute"},
+			`LDLM_TENANTS: "yes" is not true or false; LDLM_ANONYMOUS_LOCK_TIMEOUT: "1 minute" is not a duration, e.g. 30s, 2m or 1h30m`},
+	}
+	for _, tc := range tests {
+		_, err := parseServerConfigFrom(tc.env, nil, io.Discard)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("env %q: %v\nwant: %s", tc.env, err, tc.want)
+		}
+	}
+}
+
+// TestConfigValidate: every setting that cannot work is refused before
+// anything starts, with a message that names it; settings that can work
+// pass.
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	const ext = "--nats-url=nats://127.0.0.1:4222"
+	bad := []struct {
+		desc string
+		env  []string
+		args []string
+		want []string // in the message
+	}{
+		{"listen without port", nil, []string{"--embedded-listen=nonsense"}, []string{"LDLM_EMBEDDED_LISTEN", `"nonsense"`, "host:port"}},
+		{"listen port out of range", []string{"LDLM_EMBEDDED_LISTEN=127.0.0.1:99999"}, nil, []string{"LDLM_EMBEDDED_LISTEN", "0 to 65535"}},
+		{"listen port not a number", nil, []string{"--embedded-listen=127.0.0.1:nats"}, []string{"--embedded-listen", "0 to 65535"}},
+		{"listen given as a URL", nil, []string{"--embedded-listen=nats://127.0.0.1:4222"}, []string{"--embedded-listen"}},
+		{"server name with a space", nil, []string{"--embedded-server-name=my ldlm"}, []string{"LDLM_EMBEDDED_SERVER_NAME", "spaces"}},
+		{"ping interval 0", nil, []string{"--embedded-ping-interval=0s"}, []string{"LDLM_EMBEDDED_PING_INTERVAL", "positive"}},
+		{"ping interval negative", []string{"LDLM_EMBEDDED_PING_INTERVAL=-5s"}, nil, []string{"--embedded-ping-interval", "positive"}},
+		{"ping max 0", nil, []string{"--embedded-ping-max=0"}, []string{"LDLM_EMBEDDED_PING_MAX", "at least 1"}},
+		{"tenants that do not parse", nil, []string{"--embedded-tenants=A:alice"}, []string{"LDLM_EMBEDDED_TENANTS", "ACCOUNT:USER:PASSWORD"}},
+		{"tenant with a reserved account", nil, []string{"--embedded-tenants=LDLM:u:p"}, []string{"LDLM_EMBEDDED_TENANTS", "reserved"}},
+		{"tenant account twice", nil, []string{"--embedded-tenants=A:u:p,A:v:q"}, []string{"LDLM_EMBEDDED_TENANTS", "twice"}},
+		{"tenant user twice", nil, []string{"--embedded-tenants=A:u:p,B:u:q"}, []string{"LDLM_EMBEDDED_TENANTS", `"u"`}},
+		{"tenants that name none", nil, []string{"--embedded-tenants= , "}, []string{"LDLM_EMBEDDED_TENANTS", "no tenant"}},
+		{"tenants without accounts", nil, []string{"--tenants"}, []string{"LDLM_EMBEDDED_TENANTS"}},
+		{"embedded tenants with a URL", nil, []string{ext, "--embedded-tenants=A:u:p"}, []string{"deploy/tenants.conf"}},
+		{"max locks -2", nil, []string{"--max-locks=-2"}, []string{"LDLM_MAX_LOCKS", "-1 for no limit", "-2"}},
+		{"max waiters 0", nil, []string{"--max-waiters-per-lock=0"}, []string{"LDLM_MAX_WAITERS_PER_LOCK", "-1 for no limit"}},
+		{"max waits negative", []string{"LDLM_MAX_WAITS_PER_CONNECTION=-10"}, nil, []string{"LDLM_MAX_WAITS_PER_CONNECTION"}},
+		{"max name length negative", nil, []string{"--max-name-length=-1"}, []string{"max name length", "LDLM_MAX_NAME_LENGTH"}},
+		{"max body bytes 0", nil, []string{"--max-body-bytes=0"}, []string{"LDLM_MAX_BODY_BYTES"}},
+		{"anonymous lock timeout 0", nil, []string{"--anonymous-lock-timeout=0s"}, []string{"anonymous lock timeout", "positive"}},
+		{"anonymous lock timeout over a year", nil, []string{"--anonymous-lock-timeout=9000h"}, []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT", "a year"}},
+		{"sweep interval 0", nil, []string{"--sweep-interval=0s"}, []string{"sweep interval", "negative"}},
+		{"log level", nil, []string{"--log-level=loud"}, []string{"LDLM_LOG_LEVEL", `"loud"`}},
+		{"log format", []string{"LDLM_LOG_FORMAT=xml"}, nil, []string{"--log-format", `"xml"`}},
+		{"subject prefix", nil, []string{"--subject-prefix=a..b"}, []string{"LDLM_SUBJECT_PREFIX", `"a..b"`}},
+		{"metrics listen without port", nil, []string{"--metrics-listen=metrics"}, []string{"LDLM_METRICS_LISTEN", "host:port"}},
+		{"metrics listen port out of range", []string{"LDLM_METRICS_LISTEN=:70000"}, nil, []string{"--metrics-listen", "0 to 65535"}},
+		{"credentials without URL", nil, []string{"--nats-user=me"}, []string{"LDLM_NATS_URL"}},
+		{"NATS URL with another scheme", nil, []string{"--nats-url=http://127.0.0.1:4222"}, []string{"LDLM_NATS_URL", "nats, tls, ws or wss"}},
+		{"NATS URL port not a number", nil, []string{"--nats-url=nats://127.0.0.1:port"}, []string{"LDLM_NATS_URL", "not a URL"}},
+		{"NATS URL port out of range", nil, []string{"--nats-url=127.0.0.1:0"}, []string{"LDLM_NATS_URL", "1 to 65535"}},
+		{"NATS URL without host", nil, []string{"--nats-url=nats://:4222"}, []string{"LDLM_NATS_URL", "no host"}},
+		{"NATS URL with a path", nil, []string{"--nats-url=nats://127.0.0.1:4222/x"}, []string{"LDLM_NATS_URL", "no path"}},
+		{"NATS URL list with an empty entry", nil, []string{"--nats-url=nats://a:4222,,nats://b:4222"}, []string{"LDLM_NATS_URL", "empty URL"}},
+		{"NATS URL list mixing websocket", nil, []string{"--nats-url=nats://a:4222,ws://b:8080"}, []string{"LDLM_NATS_URL", "websocket"}},
+		{"system URL", nil, []string{ext, "--system-url=ftp://x"}, []string{"LDLM_SYSTEM_URL"}},
+		{"TLS certificate without key", nil, []string{ext, "--nats-tls-cert=c.pem"}, []string{"LDLM_NATS_TLS_CERT", "LDLM_NATS_TLS_KEY"}},
+		{"system TLS key without certificate", nil, []string{ext, "--system-tls-key=k.pem"}, []string{"LDLM_SYSTEM_TLS_CERT"}},
+	}
+	for _, tc := range bad {
+		t.Run(tc.desc, func(t *testing.T) {
+			_, err := parseServerConfigFrom(tc.env, tc.args, io.Discard)
+			if err == nil {
+				t.Fatalf("env %q, args %q: accepted", tc.env, tc.args)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%v\nwant a message that mentions %s", err, w)
+				}
+			}
+		})
+	}
+
+	good := []struct {
+		desc string
+		env  []string
+		args []string
+	}{
+		{"listen on every interface", nil, []string{"--embedded-listen=:4222"}},
+		{"listen on IPv6 loopback, any port", nil, []string{"--embedded-listen=[::1]:0"}},
+		{"listen by host name", nil, []string{"--embedded-listen=localhost:4222"}},
+		{"no listener at all", []string{"LDLM_EMBEDDED_LISTEN="}, []string{"--embedded-listen="}},
+		{"no limits", nil, []string{"--max-locks=-1", "--max-waiters-per-lock=-1", "--max-waits-per-connection=-1"}},
+		{"sweep only at start", nil, []string{"--sweep-interval=-1s"}},
+		{"short pings", nil, []string{"--embedded-ping-interval=1s", "--embedded-ping-max=1"}},
+		{"tenants", nil, []string{"--embedded-tenants=A:alice:p:a, B:bob:pb"}},
+		{"metrics on every interface", nil, []string{"--metrics-listen=:9464"}},
+		{"URL list without schemes", nil, []string{"--nats-url=a:4222, b"}},
+		{"TLS and websocket URLs", nil, []string{"--nats-url=wss://nats.example.com/ws,ws://b:8080"}},
+		{"credentials in the URL", nil, []string{"--nats-url=nats://u:p@nats:4222"}},
+		// In external mode the embedded server's settings are not used, so
+		// they are not checked: the Docker image sets LDLM_EMBEDDED_LISTEN.
+		{"external mode ignores embedded settings", []string{"LDLM_EMBEDDED_LISTEN=nonsense", "LDLM_EMBEDDED_PING_MAX=0"}, []string{ext}},
+		{"external mode with TLS", nil, []string{ext, "--nats-tls-cert=c.pem", "--nats-tls-key=k.pem", "--system-url=tls://127.0.0.1:4223"}},
+		{"tenants through an external server", []string{"LDLM_TENANTS=true"}, []string{ext}},
+	}
+	for _, tc := range good {
+		t.Run(tc.desc, func(t *testing.T) {
+			if _, err := parseServerConfigFrom(tc.env, tc.args, io.Discard); err != nil {
+				t.Errorf("env %q, args %q: %v", tc.env, tc.args, err)
+			}
+		})
+	}
+}
+
+// TestConfigErrorsExitStatus: the ldlm binary stops on bad configuration
+// with exit status 2 and one line, before it starts anything.
+func TestConfigErrorsExitStatus(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		env  []string
+		args []string
+		want string // the whole line
+	}{
+		{nil, []string{"--embedded-listen=nonsense"},
+			`ldlm: configuration: embedded NATS (LDLM_EMBEDDED_LISTEN, --embedded-listen): listen address "nonsense": want host:port, e.g. 127.0.0.1:4222 or :4222`},
+		{[]string{"LDLM_SWEEP_INTERVAL=abc"}, nil,
+			`ldlm: configuration: LDLM_SWEEP_INTERVAL: "abc" is not a duration, e.g. 30s, 2m or 1h30m`},
+		{nil, []string{"server", "--embedded-tenants=SYS:u:p"},
+			`ldlm: configuration: embedded tenants (LDLM_EMBEDDED_TENANTS, --embedded-tenants): tenant account "SYS": the name is reserved, choose another`},
+		{nil, []string{"--nats-url=nats://u:secret@127.0.0.1:99999"},
+			`ldlm: configuration: NATS URL (LDLM_NATS_URL, --nats-url): "nats://REDACTED@127.0.0.1:99999": the port must be a number from 1 to 65535`},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(append(tc.env, tc.args...), " "), func(t *testing.T) {
+			t.Parallel()
+			code, stdout, stderr, _ := runLDLM(t, tc.env, tc.args...)
+			if code != exitUsage || stdout != "" || stderr != tc.want+"\n" {
+				t.Errorf("exit %d, stdout %q, stderr %q\nwant exit %d and only the line %s", code, stdout, stderr, exitUsage, tc.want)
+			}
+		})
+	}
+}
+
+// TestConfigPingSettingsReachServer: the embedded server runs with the ping
+// settings of the variables and flags.
+func TestConfigPingSettingsReachServer(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		env          []string
+		args         []string
+		wantInterval time.Duration
+		wantMax      int
+	}{
+		{nil, nil, embeddednats.DefaultPingInterval, embeddednats.DefaultMaxPingsOut},
+		{[]string{"LDLM_EMBEDDED_PING_INTERVAL=7s", "LDLM_EMBEDDED_PING_MAX=5"}, nil, 7 * time.Second, 5},
+		{[]string{"LDLM_EMBEDDED_PING_INTERVAL=7s"}, []string{"--embedded-ping-interval=250ms", "--embedded-ping-max=1"}, 250 * time.Millisecond, 1},
+	}
+	for _, tc := range tests {
+		cfg, err := parseServerConfigFrom(append(tc.env, "LDLM_EMBEDDED_LISTEN=127.0.0.1:0"), tc.args, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns, err := connect(context.Background(), cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := conns.embedded.NATSServer().Varz(nil)
+		conns.close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.PingInterval != tc.wantInterval || v.MaxPingsOut != tc.wantMax {
+			t.Errorf("env %q, args %q: the server pings every %s, max %d; want %s, %d",
+				tc.env, tc.args, v.PingInterval, v.MaxPingsOut, tc.wantInterval, tc.wantMax)
+		}
+	}
+}
+
+// TestExternalWaitsForNATS: a NATS server that is not up yet at start (as
+// under docker compose) is waited for, each attempt logged; once it is up,
+// the service answers. Stopping the service then logs no "disconnected"
+// line with a nil error, while losing the server does log one with the
+// cause.
+func TestExternalWaitsForNATS(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	opts, pw := extUserOptions(t, false)
+	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	svc := extStartServe(t, extConfig(t, extEnv{
+		url:    url,
+		app:    natsCredentials{User: "ldlm", Password: pw.service},
+		system: natsCredentials{User: "ldlm-system", Password: pw.system},
+	}, "--sweep-interval=1h"))
+	extWaitLogCount(t, svc.logs, "NATS not reachable, trying again", 2)
+
+	opts.Port = port
+	ns := extStartNATSOn(t, opts)
+	admin := extDial(t, url, nats.UserInfo("admin", pw.admin), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	extWaitReady(t, svc, admin)
+	extWaitLog(t, svc.logs, "connected to NATS")
+
+	// Losing the server is logged with its cause.
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	extWaitLog(t, svc.logs, `level=WARN msg="disconnected from NATS" err=`)
+	again, _ := extUserOptionsWith(pw, false)
+	again.Port = port
+	extStartNATSOn(t, again)
+	extWaitLog(t, svc.logs, "reconnected to NATS")
+	extWaitReady(t, svc, admin)
+
+	svc.stop()
+	logs := svc.logs.String()
+	if strings.Contains(logs, "err=<nil>") {
+		t.Errorf("the log shows a nil error:\n%s", logs)
+	}
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "not reachable") && !strings.Contains(line, "127.0.0.1:"+strconv.Itoa(port)) {
+			t.Errorf("an attempt's log line does not name the URL: %s", line)
+		}
+	}
+	extCheckNoSecrets(t, svc.logs, pw.service, pw.system)
+}
+
+// TestExternalStopWhileWaiting: SIGTERM (ctx) while the service waits for
+// NATS ends it cleanly.
+func TestExternalStopWhileWaiting(t *testing.T) {
+	t.Parallel()
+	svc := extStartServe(t, extConfig(t, extEnv{url: "nats://127.0.0.1:" + strconv.Itoa(freePort(t))}))
+	extWaitLog(t, svc.logs, "NATS not reachable, trying again")
+	svc.stop() // fails the test unless serve returns nil in time
+	extWaitLog(t, svc.logs, "stopped while waiting for NATS")
+}
+
+// TestExternalFailFast: what another attempt cannot fix ends serve at once
+// even though an unreachable server is waited for.
+func TestExternalFailFast(t *testing.T) {
+	t.Parallel()
+	opts, pw := extUserOptions(t, false)
+	ns := extStartNATS(t, opts)
+	missing := t.TempDir() + "/missing.creds"
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"refused password", []string{"--nats-url", ns.ClientURL(), "--nats-user=ldlm", "--nats-password=wrong"}, "Authorization Violation"},
+		{"missing creds file", []string{"--nats-url", ns.ClientURL(), "--nats-creds=" + missing}, "missing.creds"},
+		{"missing TLS CA file", []string{"--nats-url", ns.ClientURL(), "--nats-tls-ca=" + missing}, "missing.creds"},
+		{"refused system password", []string{"--nats-url", ns.ClientURL(), "--nats-user=ldlm", "--nats-password=" + pw.service,
+			"--system-user=ldlm-system", "--system-password=wrong"}, "system account"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := parseServerConfig(tc.args, io.Discard)
+			if err != nil {
+				t.Fatalf("configuration: %v", err)
+			}
+			logs := &extLog{}
+			err = extServeFails(t, cfg, logs)
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("serve: %v\nwant an error that mentions %q", err, tc.want)
+			}
+			if strings.Contains(logs.String(), "not reachable") {
+				t.Errorf("serve waited instead of failing:\n%s", logs)
+			}
+		})
+	}
+}
+
+// extWaitLogCount polls logs until s occurs n times.
+func extWaitLogCount(t *testing.T, logs *extLog, s string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(extWaitTimeout)
+	for strings.Count(logs.String(), s) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the service's log has %q fewer than %d times within %s:\n%s", s, n, extWaitTimeout, logs)
+		}
+		time.Sleep(extPoll)
+	}
+}
