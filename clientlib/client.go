@@ -31,11 +31,25 @@ type Client struct {
 	status      chan nats.Status // connection status events, read by watchConnection
 	watcherDone chan struct{}    // closed when watchConnection returns
 
+	instanceSub *nats.Subscription // PREFIX.instance.*, from New to Close (notices.go)
+
+	// refreshMu makes refreshConnection run one call at a time, so that
+	// the lost-notice subscriptions follow the latest connection.
+	refreshMu sync.Mutex
+	lostSubs  map[string]*nats.Subscription // owner → PREFIX.lost.OWNER; guarded by refreshMu
+
 	mu      sync.Mutex         // guards the fields below
 	closed  bool               // Close was called
 	cur     *epoch             // the connection as it is now; nil while disconnected
 	changed chan struct{}      // closed and replaced whenever cur changes
 	held    map[*Lock]struct{} // granted locks not yet unlocked or lost
+
+	// What the service's notices said (notices.go).
+	instance       string                // the instance that serves now, as last heard; "" not known
+	goneInstances  []string              // instances known to be gone, oldest first
+	instanceCtx    context.Context       // cancelled when another instance takes over
+	instanceCancel context.CancelFunc    // cancels instanceCtx
+	unmatched      []subjects.LostNotice // recent lost notices that matched no held lock, oldest first
 }
 
 // epoch is one unbroken stretch of the connection: connected, with one
@@ -67,7 +81,9 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 		watcherDone:    make(chan struct{}),
 		changed:        make(chan struct{}),
 		held:           make(map[*Lock]struct{}),
+		lostSubs:       make(map[string]*nats.Subscription),
 	}
+	c.instanceCtx, c.instanceCancel = context.WithCancel(context.Background())
 	for _, opt := range opts {
 		opt(c)
 	}
@@ -76,6 +92,12 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	}
 	if nc.IsClosed() {
 		return nil, fmt.Errorf("ldlm: New: %w", nats.ErrConnectionClosed)
+	}
+	// Subscribed before any request goes out: the server handles a
+	// connection's messages in order, so no announcement made after our
+	// first request is missed.
+	if err := c.listenInstances(); err != nil {
+		return nil, err
 	}
 	// A status listener, unlike nats.ReconnectHandler and friends, does not
 	// replace handlers the application set on its connection.
@@ -87,8 +109,9 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 }
 
 // Close stops the client: it unlocks every lock still held (waiting for
-// each reply at most the cleanup timeout), and later calls fail with
-// ErrClientClosed. Close does not close the NATS connection.
+// each reply at most the cleanup timeout), stops listening to the service's
+// notices, and later calls fail with ErrClientClosed. Close does not close
+// the NATS connection.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -111,7 +134,14 @@ func (c *Client) Close() error {
 
 	c.nc.RemoveStatusListener(c.status) // closes c.status: watchConnection returns
 	<-c.watcherDone
-	c.refreshConnection() // ends the epoch: waiting Lock calls give up and clean up
+	// End the epoch (waiting Lock calls give up and clean up) and the
+	// lost-notice subscriptions, then the announcements' one. Unsubscribe
+	// fails only on a closed connection, which has no subscriptions left.
+	c.refreshConnection()
+	_ = c.instanceSub.Unsubscribe()
+	c.mu.Lock()
+	c.instanceCancel()
+	c.mu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -128,9 +158,20 @@ func (c *Client) watchConnection() {
 // waits of that epoch and (unless keepOnDisconnect) marks its locks lost.
 // It reads the connection's state afresh on every call, so a status event
 // that arrives late or is dropped by nats.go (its buffer holds 10) does no
-// harm as long as one later event or call follows.
+// harm as long as one later event or call follows. It also makes the
+// lost-notice subscriptions follow the connection's owner identity, which
+// changes with every reconnect.
 func (c *Client) refreshConnection() {
+	c.refreshMu.Lock()
+	defer c.refreshMu.Unlock()
 	connected, gen, owner := c.connState()
+
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if connected && !closed {
+		c.listenLost(owner) // before the epoch whose requests name owner begins
+	}
 
 	c.mu.Lock()
 	var lost []*Lock
@@ -155,9 +196,8 @@ func (c *Client) refreshConnection() {
 	}
 	c.mu.Unlock()
 
-	for _, l := range lost {
-		l.finish(&LostError{Name: l.name, Cause: ErrConnectionLost})
-	}
+	loseAll(lost, ErrConnectionLost)
+	c.dropLostSubs()
 }
 
 // connState reads, from nats.go, whether the connection is up, how many
@@ -218,24 +258,53 @@ func (c *Client) owner() string {
 	return c.cur.owner
 }
 
-// register records a freshly granted lock as held. It refuses (false) when
-// the client was closed, or when the connection the lock was requested
-// over is no longer the current one (unless keepOnDisconnect): the service
-// then releases, or already released, that grant with its connection.
-func (c *Client) register(l *Lock) bool {
+// register records a freshly granted lock as held, or says why it is not:
+//
+//   - ErrClientClosed: the client was closed;
+//   - ErrConnectionLost: the connection the lock was requested over is no
+//     longer the current one (unless keepOnDisconnect), and the service
+//     releases, or already released, the grant with that connection;
+//   - an error matching ErrServiceRestarted: the instance that granted it is
+//     known to be gone;
+//   - a *LostError: a lost notice for the grant came before its reply was
+//     handled (an operator released it at once, or it expired).
+//
+// A grant from an instance the client has not heard of tells it that this
+// instance serves now: the locks granted by any other one are lost.
+func (c *Client) register(l *Lock) error {
 	// Read the connection first: refreshConnection may lag behind it.
 	connected, gen, _ := c.connState()
 
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return false
+	err := c.admitLocked(l, connected, gen)
+	var lost []*Lock
+	if err == nil {
+		if l.instance != "" {
+			lost = c.instanceServesLocked(l.instance, false)
+		}
+		c.held[l] = struct{}{}
 	}
-	if !c.keepOnDisconnect && (c.cur != l.epoch || !connected || gen != l.epoch.gen) {
-		return false
+	c.mu.Unlock()
+	if len(lost) > 0 {
+		loseAll(lost, fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, l.instance))
 	}
-	c.held[l] = struct{}{}
-	return true
+	return err
+}
+
+// admitLocked is the check of register. c.mu must be held.
+func (c *Client) admitLocked(l *Lock, connected bool, gen uint64) error {
+	switch {
+	case c.closed:
+		return ErrClientClosed
+	case !c.keepOnDisconnect && (c.cur != l.epoch || !connected || gen != l.epoch.gen):
+		return ErrConnectionLost
+	case l.instance != "" && c.instanceGoneLocked(l.instance):
+		return fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
+	}
+	if lost := c.noticedLocked(l); lost != nil {
+		return lost
+	}
+	return nil
 }
 
 // forget removes l from the held locks.

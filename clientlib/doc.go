@@ -40,11 +40,41 @@
 //
 // Lock.Done is closed when the lock is no longer held: after Unlock, when
 // the lock timeout passed without renewal, when the service refused a
-// renewal, or when the connection dropped. Lock.Err says which. Code that
-// must stop when the lock is lost selects on Done, or runs under WithLock,
-// whose function context is cancelled on loss. Lock.Token is the grant's
-// fencing token: pass it to the resource you protect so that it can refuse
-// a holder that lost the lock without noticing in time.
+// renewal or said it released the lock, when the service instance that
+// granted it went away, or when the connection dropped. Lock.Err says
+// which. Code that must stop when the lock is lost selects on Done, or runs
+// under WithLock, whose function context is cancelled on loss. Lock.Token
+// is the grant's fencing token: pass it to the resource you protect so that
+// it can refuse a holder that lost the lock without noticing in time.
+//
+// # Notices from the service
+//
+// The client listens to what the service publishes about its locks, so that
+// a loss is known at once, not at the next renewal (a lock without a lock
+// timeout is never renewed):
+//
+//   - PREFIX.lost.OWNER, where OWNER names the client's connection: the
+//     service released a grant without an unlock from its holder. The lock
+//     with that name and fencing token is lost, its cause ErrForceReleased
+//     (an operator's admin unlock), ErrExpired (the lock timeout passed) or
+//     ErrConnectionLost (the service saw the connection close). The owner
+//     changes with every reconnect, and the client moves its one
+//     subscription along; with WithKeepOnDisconnect it also keeps listening
+//     for the owners of locks taken before a reconnect, which the service
+//     keeps under their old owner.
+//   - PREFIX.instance.started and PREFIX.instance.stopped: the service
+//     keeps its locks in memory only, so a restart of the service loses
+//     them even while NATS stays up. A lock is lost, with cause
+//     ErrServiceRestarted, when the instance that granted it announces that
+//     it stops, or when another instance announces its start (which covers
+//     an instance that died without a word) or grants a lock to this
+//     client. A Lock call that was waiting then asks again, since its wait
+//     may be parked at an instance that is gone.
+//
+// The subscriptions need permission to subscribe to PREFIX.lost.> (or the
+// client's own subject) and PREFIX.instance.>; without it the client still
+// counts lock timeouts and follows its connection, and NATS reports the
+// denial to the connection's error handler.
 //
 // # Errors
 //

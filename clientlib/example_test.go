@@ -311,6 +311,39 @@ func ExampleLock_Done() {
 	// ldlm: lock "my-task" lost: lock timeout passed without renewal
 }
 
+// The service tells the holder when an operator releases its lock (a
+// request to ldlm.admin.unlock.NAME, as below), when its lock timeout
+// passes, and when the service instance that granted it stops or is
+// replaced: Done is closed at once, with the cause in Err.
+func ExampleLock_Done_forceReleased() {
+	url, stop := exampleServer()
+	defer stop()
+	client, done := connect(url)
+	defer done()
+
+	lock, err := client.Lock(context.Background(), "my-task")
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// An operator releases every holder of "my-task".
+	operator, err := nats.Connect(url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer operator.Close()
+	if _, err := operator.Request("ldlm.admin.unlock.my-task", nil, 5*time.Second); err != nil {
+		log.Fatal(err)
+	}
+
+	<-lock.Done()
+	fmt.Println(errors.Is(lock.Err(), clientlib.ErrForceReleased))
+	fmt.Println(lock.Err())
+	// Output:
+	// true
+	// ldlm: lock "my-task" lost: an operator force-released the lock
+}
+
 // fencedStore is a resource protected by a lock: it refuses a write that
 // carries an older fencing token than one it has seen.
 type fencedStore struct {

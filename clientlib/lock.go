@@ -25,6 +25,7 @@ type Lock struct {
 	locked    bool
 	autoRenew bool
 	epoch     *epoch // the connection the lock was granted over
+	instance  string // the service instance that granted it; "" if the service did not say
 
 	done     chan struct{}   // closed by finish
 	poke     chan struct{}   // wakes watch after a renewal (buffer 1)
@@ -53,7 +54,9 @@ type Lock struct {
 // that a grant that raced with the cancellation is released and a queued
 // wait is withdrawn: nothing is left behind. If the connection drops or
 // reconnects while waiting, Lock withdraws its request the same way and
-// asks again once reconnected, for the time that is left.
+// asks again once reconnected, for the time that is left; likewise when
+// another instance of the service announces its start, since the wait may
+// be parked at an instance that is gone.
 //
 // With a lock timeout (WithLockTimeout) the lock is renewed in the
 // background unless WithAutoRenew(false). Watch Lock.Done to learn that the
@@ -132,6 +135,12 @@ func (c *Client) attempt(ctx context.Context, ep *epoch, op, name string, req su
 	defer cancel(nil)
 	stop := context.AfterFunc(ep.ctx, func() { cancel(errEpochEnded) })
 	defer stop()
+	if op == subjects.OpLock {
+		// A wait parked at an instance of the service that is gone would
+		// never be answered; a trylock is bounded by the request timeout.
+		stopInstance := context.AfterFunc(c.instanceContext(), func() { cancel(errInstanceChanged) })
+		defer stopInstance()
+	}
 	switch {
 	case op == subjects.OpTryLock:
 		var cancelTimeout context.CancelFunc
@@ -152,7 +161,7 @@ func (c *Client) attempt(ctx context.Context, ep *epoch, op, name string, req su
 	// connection changed while the caller still wants the lock).
 	giveUp := func(reason error) (*Lock, bool, error) {
 		cleanupErr := c.withdraw(ctx, name, req.Key)
-		if errors.Is(reason, errEpochEnded) && op == subjects.OpLock && ctx.Err() == nil {
+		if (errors.Is(reason, errEpochEnded) || errors.Is(reason, errInstanceChanged)) && op == subjects.OpLock && ctx.Err() == nil {
 			return nil, true, nil
 		}
 		if ctx.Err() != nil {
@@ -196,24 +205,29 @@ func (c *Client) attempt(ctx context.Context, ep *epoch, op, name string, req su
 	}
 
 	l = newLock(c, ep, name, req.Key, resp, o, sentAt)
-	if !c.register(l) {
+	if refused := c.register(l); refused != nil {
+		var lost *LostError
+		if errors.As(refused, &lost) {
+			// Granted, and released by the service before we saw the
+			// reply: the caller gets the lock as it is, lost.
+			l.finish(lost)
+			return l, false, nil
+		}
 		// Granted over a connection that is gone (the service releases it
 		// with that connection; unlock it anyway in case it has not seen
-		// that yet), or to a client that was closed meanwhile.
-		l.finish(&LostError{Name: name, Cause: ErrConnectionLost})
+		// that yet), by an instance that is gone, or to a client that was
+		// closed meanwhile.
+		l.finish(&LostError{Name: name, Cause: refused})
 		_ = c.release(ctx, name, req.Key)
-		c.mu.Lock()
-		closed := c.closed
-		c.mu.Unlock()
 		switch {
-		case closed:
+		case errors.Is(refused, ErrClientClosed):
 			return nil, false, wrap(op, name, ErrClientClosed)
 		case op == subjects.OpLock && ctx.Err() == nil:
 			return nil, true, nil
 		case ctx.Err() != nil:
 			return nil, false, wrap(op, name, ctx.Err())
 		}
-		return nil, false, wrap(op, name, fmt.Errorf("%w while the reply came", ErrConnectionLost))
+		return nil, false, wrap(op, name, fmt.Errorf("%w while the reply came", refused))
 	}
 	l.startWatch()
 	return l, false, nil
@@ -238,6 +252,7 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 		locked:    true,
 		autoRenew: o.autoRenew,
 		epoch:     ep,
+		instance:  resp.Instance,
 		done:      make(chan struct{}),
 		poke:      make(chan struct{}, 1),
 		watchCtx:  watchCtx,
@@ -292,8 +307,10 @@ func (l *Lock) ExpiresAt() time.Time {
 
 // Done returns a channel that is closed when the lock is no longer held:
 // Unlock was called, its lock timeout passed without renewal, a renewal was
-// refused, or its connection dropped or reconnected. It is already closed
-// when the lock was not obtained. Err tells which.
+// refused, the service said it released the lock (an operator forced it,
+// or the lock expired), the service instance that granted it stopped or
+// was replaced, or its connection dropped or reconnected. It is already
+// closed when the lock was not obtained. Err tells which.
 func (l *Lock) Done() <-chan struct{} { return l.done }
 
 // Err returns nil while the lock is held. Once Done is closed it returns

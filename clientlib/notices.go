@@ -1,0 +1,244 @@
+package clientlib
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+// The service tells its clients about grants that end without an unlock, on
+// two kinds of subjects (docs/protocol.md):
+//
+//   - PREFIX.lost.OWNER names a grant of one connection that an operator
+//     force-released, whose lock timeout passed, or that the service
+//     released believing the connection gone;
+//   - PREFIX.instance.started and PREFIX.instance.stopped announce that an
+//     instance of the service started or stopped. The service keeps its
+//     locks in memory only, so when another instance starts, or the one
+//     that granted a lock stops, that grant is gone.
+//
+// This file follows both and ends the held locks they concern. Without
+// them the client would learn of such a loss at the next renewal at best,
+// and never for a lock without a lock timeout.
+
+// remembered bounds the lists of recent unmatched lost notices and of
+// instances known to be gone. They only need to cover the replies that are
+// in flight when the news comes, so a few entries are plenty.
+const remembered = 64
+
+// errInstanceChanged is the cancel cause of a lock request that may be
+// parked at an instance of the service that is gone.
+var errInstanceChanged = errors.New("another instance of the lock service serves now")
+
+// listenInstances subscribes to the instance announcements. New calls it
+// once; the subscription lives until Close and survives reconnects (nats.go
+// subscribes again on the new connection).
+func (c *Client) listenInstances() error {
+	sub, err := c.nc.Subscribe(subjects.InstanceSubject(c.prefix, "*"), c.onInstance)
+	if err != nil {
+		return fmt.Errorf("ldlm: New: subscribing to the lock service's instance announcements: %w", err)
+	}
+	c.instanceSub = sub
+	return nil
+}
+
+// listenLost subscribes to the lost notices of owner, unless it already
+// does. refreshConnection calls it before it makes owner the current one,
+// so the subscription is in place before any request names that owner.
+// Only refreshConnection calls it, under refreshMu.
+func (c *Client) listenLost(owner string) {
+	if owner == "" || c.lostSubs[owner] != nil {
+		return
+	}
+	sub, err := c.nc.Subscribe(subjects.LostSubject(c.prefix, owner), c.onLost)
+	if err != nil {
+		// Only a closed connection fails here, and then it holds no lock
+		// to hear about. A denied subscription is reported later, to the
+		// connection's error handler; the client's own expiry timers and
+		// connection tracking still work then.
+		return
+	}
+	c.lostSubs[owner] = sub
+}
+
+// dropLostSubs ends the lost-notice subscriptions that are no longer
+// needed: those of owners that are not the current connection and hold no
+// lock the client knows of. With the default settings that leaves one
+// subscription, the current owner's; with WithKeepOnDisconnect the locks
+// taken before a reconnect keep their old owner at the service, and so
+// their notices keep coming on that owner's subject. Only
+// refreshConnection calls it, under refreshMu.
+func (c *Client) dropLostSubs() {
+	c.mu.Lock()
+	needed := make(map[string]bool)
+	if c.cur != nil {
+		needed[c.cur.owner] = true
+	}
+	for l := range c.held {
+		needed[l.epoch.owner] = true
+	}
+	c.mu.Unlock()
+	for owner, sub := range c.lostSubs {
+		if !needed[owner] {
+			_ = sub.Unsubscribe() // fails only on a closed connection, which has no subscriptions left
+			delete(c.lostSubs, owner)
+		}
+	}
+}
+
+// onLost ends the held lock that a lost notice names, by name and fencing
+// token. The grant's reply and the notice arrive on different
+// subscriptions, so a notice can be handled before the reply that it
+// follows: a notice that matches no held lock is remembered for register.
+func (c *Client) onLost(msg *nats.Msg) {
+	var n subjects.LostNotice
+	if err := json.Unmarshal(msg.Data, &n); err != nil || n.Name == "" || n.Token == 0 {
+		return // not a notice of this protocol: nothing to end
+	}
+	c.mu.Lock()
+	var hit *Lock
+	for l := range c.held {
+		if l.name == n.Name && l.token == n.Token {
+			hit = l
+			break
+		}
+	}
+	if hit == nil {
+		c.unmatched = appendBounded(c.unmatched, n)
+	}
+	c.mu.Unlock()
+	if hit != nil {
+		hit.finish(&LostError{Name: hit.name, Cause: lostCause(n.Reason)})
+	}
+}
+
+// noticedLocked returns the loss of l if a lost notice for it came before
+// its reply was handled, else nil. c.mu must be held.
+func (c *Client) noticedLocked(l *Lock) *LostError {
+	for _, n := range c.unmatched {
+		if n.Name == l.name && n.Token == l.token {
+			return &LostError{Name: l.name, Cause: lostCause(n.Reason)}
+		}
+	}
+	return nil
+}
+
+// lostCause turns the reason of a lost notice into the cause of the loss.
+func lostCause(reason string) error {
+	switch reason {
+	case subjects.ReasonForced:
+		return ErrForceReleased
+	case subjects.ReasonExpired:
+		return ErrExpired
+	case subjects.ReasonDisconnect:
+		return fmt.Errorf("%w: the lock service saw the connection close and released the lock", ErrConnectionLost)
+	}
+	return fmt.Errorf("ldlm: the lock service released the lock (reason %q)", reason)
+}
+
+// onInstance handles an announcement of the service: the locks granted by
+// an instance that stopped, or by any instance other than one that
+// started, are lost.
+func (c *Client) onInstance(msg *nats.Msg) {
+	var n subjects.InstanceNotice
+	if err := json.Unmarshal(msg.Data, &n); err != nil || n.Instance == "" {
+		return
+	}
+	var lost []*Lock
+	var cause error
+	c.mu.Lock()
+	switch n.Event {
+	case subjects.InstanceStarted:
+		lost = c.instanceServesLocked(n.Instance, true)
+		cause = fmt.Errorf("%w: another instance (%s) started", ErrServiceRestarted, n.Instance)
+	case subjects.InstanceStopped:
+		lost = c.instanceStoppedLocked(n.Instance)
+		cause = fmt.Errorf("%w: it (%s) stopped", ErrServiceRestarted, n.Instance)
+	}
+	c.mu.Unlock()
+	loseAll(lost, cause)
+}
+
+// instanceServesLocked records that instance id serves the prefix now: it
+// announced its start (announced), or a lock reply came from it. Only one
+// instance serves a prefix at a time, so the grants of any other one are
+// gone, and so are the waits parked there: instanceCtx is cancelled so
+// that waiting Lock calls ask again. It returns the held locks that are
+// lost. c.mu must be held.
+func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
+	if id == c.instance || slices.Contains(c.goneInstances, id) {
+		return nil // nothing new, or late news of an instance known to be gone
+	}
+	// The first reply the client sees teaches it nothing about its waits;
+	// an announcement, or a change, means that one may be parked at an
+	// instance that is gone.
+	if c.instance != "" || announced {
+		c.instanceCancel()
+		c.instanceCtx, c.instanceCancel = context.WithCancel(context.Background())
+	}
+	if c.instance != "" {
+		c.goneInstances = appendBounded(c.goneInstances, c.instance)
+	}
+	c.instance = id
+	var lost []*Lock
+	for l := range c.held {
+		if l.instance != "" && l.instance != id {
+			lost = append(lost, l)
+		}
+	}
+	return lost
+}
+
+// instanceStoppedLocked records that instance id stopped and returns the
+// held locks it had granted. c.mu must be held.
+func (c *Client) instanceStoppedLocked(id string) []*Lock {
+	if !slices.Contains(c.goneInstances, id) {
+		c.goneInstances = appendBounded(c.goneInstances, id)
+	}
+	if c.instance == id {
+		c.instance = ""
+	}
+	var lost []*Lock
+	for l := range c.held {
+		if l.instance == id {
+			lost = append(lost, l)
+		}
+	}
+	return lost
+}
+
+// instanceGoneLocked reports whether instance id is known to be gone.
+// c.mu must be held.
+func (c *Client) instanceGoneLocked(id string) bool {
+	return slices.Contains(c.goneInstances, id)
+}
+
+// instanceContext is cancelled when another instance of the service takes
+// over, which may leave a lock request parked at an instance that is gone.
+func (c *Client) instanceContext() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.instanceCtx
+}
+
+// loseAll ends each of locks as lost for cause.
+func loseAll(locks []*Lock, cause error) {
+	for _, l := range locks {
+		l.finish(&LostError{Name: l.name, Cause: cause})
+	}
+}
+
+// appendBounded appends v to list, dropping the oldest entry when list
+// holds `remembered` entries already.
+func appendBounded[T any](list []T, v T) []T {
+	if len(list) >= remembered {
+		list = slices.Delete(list, 0, 1)
+	}
+	return append(list, v)
+}
