@@ -15,23 +15,31 @@ type identity struct {
 	// name, client id), or "" when the request does not say.
 	owner string
 	// account is the requester's NATS account, known only from the
-	// server-stamped Nats-Request-Info header.
+	// server-stamped Nats-Request-Info header, so only with tenants.
 	account string
 }
 
-// requestInfo is the part of the server-stamped Nats-Request-Info header
-// that names the requesting connection.
+// requestInfo is the part of the Nats-Request-Info header that names the
+// requesting connection.
 type requestInfo struct {
 	ID      uint64 `json:"id"`     // client id on its server
 	Server  string `json:"server"` // the server's name
 	Account string `json:"acc"`
 }
 
-// ownerOf names the connection a request came from. The server-stamped
-// Nats-Request-Info header wins because it cannot be forged; the Ldlm-Owner
-// header set by our clients comes next.
-func ownerOf(h micro.Headers) (identity, error) {
-	if v := h.Get(subjects.HeaderRequestInfo); v != "" {
+// ownerOf names the connection a request came from. With trustRequestInfo,
+// the Nats-Request-Info header wins; otherwise, and when it is absent or
+// unreadable, the Ldlm-Owner header set by our clients names it.
+//
+// The NATS server writes Nats-Request-Info, over anything the client put
+// there, only on a request that crosses an account import with sharing on.
+// Within one account it passes the client's header through untouched, so a
+// client could name another connection as the owner of its locks (which
+// then live as long as that connection) or pick another account's lock
+// namespace. The header is trusted only in tenant mode, where every request
+// must come through an import.
+func ownerOf(h micro.Headers, trustRequestInfo bool) (identity, error) {
+	if v := h.Get(subjects.HeaderRequestInfo); v != "" && trustRequestInfo {
 		var info requestInfo
 		if err := json.Unmarshal([]byte(v), &info); err == nil && info.ID != 0 && info.Server != "" {
 			return identity{owner: subjects.FormatOwner(info.Server, info.ID), account: info.Account}, nil
@@ -49,7 +57,7 @@ func ownerOf(h micro.Headers) (identity, error) {
 // identify is ownerOf plus, with tenants, the rule that every request must
 // come through an account import, since its account picks the namespace.
 func (s *Service) identify(h micro.Headers) (identity, error) {
-	id, err := ownerOf(h)
+	id, err := ownerOf(h, s.cfg.Tenants)
 	if err == nil && s.cfg.Tenants && id.account == "" {
 		return id, subjects.Errorf(subjects.CodeBadRequest,
 			"this service keeps one lock namespace per account, and the request names no account: "+

@@ -25,6 +25,91 @@ const (
 	accountConnz = "$SYS.REQ.ACCOUNT.PING.CONNZ"
 )
 
+// checkSystemAccount makes sure sys is in the system account. A
+// connection in an application account can subscribe to the advisory
+// subjects and send serverConnz without any error, since the server maps
+// that request to the account's own connections; but it receives no
+// advisories, and the sweep would see only that account's connections and
+// release the locks of every live connection of the other accounts.
+//
+// The check uses serverConnz only, the one request the system user needs
+// permission for: asked through sys, the server must list the service's
+// own connection nc, in another account than sys. An account-scoped
+// listing shows only connections of sys's account.
+func checkSystemAccount(nc, sys *nats.Conn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), connzFirstAnswer)
+	defer cancel()
+	sysAcc, found, err := connzAccount(ctx, sys, sys)
+	if err == nil && !found {
+		err = errors.New("the server does not list the system connection itself")
+	}
+	if err != nil {
+		return fmt.Errorf("service: checking that the system connection is in the system account (%s): %w", serverConnz, err)
+	}
+	appAcc, found, err := connzAccount(ctx, sys, nc)
+	if err != nil {
+		return fmt.Errorf("service: checking that the system connection is in the system account (%s): %w", serverConnz, err)
+	}
+	if !found || appAcc == sysAcc {
+		if sysAcc == "" {
+			sysAcc = "$G" // the listing leaves the global account's name out
+		}
+		return fmt.Errorf("service: the system connection is in account %q, not in the NATS system account: "+
+			"it would see only that account's connections and release the locks of live clients of other accounts; "+
+			"give it the credentials of a user of the system account (LDLM_SYSTEM_* settings of ldlm)", sysAcc)
+	}
+	return nil
+}
+
+// connzAccount asks, through sys, for the connection conn and returns its
+// account ("" for the global account, $G), or found false when the listing
+// does not show it.
+func connzAccount(ctx context.Context, sys, conn *nats.Conn) (account string, found bool, err error) {
+	cid, err := conn.GetClientID()
+	if err != nil {
+		return "", false, err
+	}
+	server := conn.ConnectedServerId()
+	inbox := sys.NewRespInbox()
+	sub, err := sys.SubscribeSync(inbox)
+	if err != nil {
+		return "", false, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := sys.PublishRequest(serverConnz, inbox, fmt.Appendf(nil, `{"cid":%d,"auth":true}`, cid)); err != nil {
+		return "", false, err
+	}
+	// Every server answers, each about its own connection of that id: wait
+	// for the one conn is on.
+	for {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return "", false, fmt.Errorf("no answer from server %s: %w", server, err)
+		}
+		var r struct {
+			Data struct {
+				ID    string `json:"server_id"`
+				Conns []struct {
+					CID     uint64 `json:"cid"`
+					Account string `json:"account"`
+				} `json:"connections"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(msg.Data, &r); err != nil {
+			return "", false, fmt.Errorf("unreadable answer: %w", err)
+		}
+		if r.Data.ID != server {
+			continue
+		}
+		for _, c := range r.Data.Conns {
+			if c.CID == cid {
+				return c.Account, true, nil
+			}
+		}
+		return "", false, nil
+	}
+}
+
 const (
 	connzPageSize = 4096
 	// connzQuiet is how long the sweep waits after the last server's answer
@@ -61,6 +146,16 @@ type liveness struct {
 	connectedTo      string
 	disconnectedFrom string
 	disconnectMark   uint64
+
+	// idsMu guards serverIDs. It is not mu because a sweep holds mu for
+	// seconds, and advisories must not wait for it.
+	idsMu sync.Mutex
+	// serverIDs is the latest id seen for each server name, in advisories,
+	// sweeps and our own connections. The engine remembers the owners it
+	// released, to refuse their late requests; when a server's id changes,
+	// it restarted and gives out its client ids again, so the owners it
+	// released before are forgotten (see noteServerID).
+	serverIDs map[string]string
 }
 
 type serverSeen struct {
@@ -69,7 +164,8 @@ type serverSeen struct {
 }
 
 func newLiveness(s *Service) *liveness {
-	return &liveness{s: s, kick: make(chan struct{}, 1), missing: map[string]int{}, servers: map[string]serverSeen{}}
+	return &liveness{s: s, kick: make(chan struct{}, 1), missing: map[string]int{}, servers: map[string]serverSeen{},
+		serverIDs: map[string]string{}}
 }
 
 // source says how liveness is followed, for logs and status.
@@ -101,6 +197,7 @@ func (l *liveness) start() error {
 	// reconnect, DISCONNECTED otherwise.
 	l.status = s.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED)
 	l.connectedTo = s.nc.ConnectedServerName()
+	l.noteServerID(s.nc.ConnectedServerName(), s.nc.ConnectedServerId())
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
 	if err := l.sweep(ctx); err != nil {
@@ -137,8 +234,10 @@ func (l *liveness) run() {
 			l.mu.Lock()
 			l.connectedTo = l.s.nc.ConnectedServerName()
 			l.mu.Unlock()
+			l.noteServerID(l.s.nc.ConnectedServerName(), l.s.nc.ConnectedServerId())
 			l.s.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
 		case <-l.sysStat: // a nil channel (no system connection) never fires
+			l.noteServerID(l.s.sys.ConnectedServerName(), l.s.sys.ConnectedServerId())
 			l.s.log.Info("system connection reconnected; sweeping for disconnects missed meanwhile")
 		case <-l.kick:
 		}
@@ -178,6 +277,7 @@ func (l *liveness) noteDisconnect() {
 type disconnectEvent struct {
 	Server struct {
 		Name string `json:"name"`
+		ID   string `json:"id"`
 	} `json:"server"`
 	Client struct {
 		ID      uint64 `json:"id"`
@@ -195,6 +295,9 @@ func (l *liveness) onDisconnect(msg *nats.Msg) {
 		l.s.log.Warn("unreadable disconnect advisory", "subject", msg.Subject)
 		return
 	}
+	// A server that restarted gives its client ids out again: forget the
+	// closed connections of its former life before remembering this one.
+	l.noteServerID(ev.Server.Name, ev.Server.ID)
 	owner := subjects.FormatOwner(ev.Server.Name, ev.Client.ID)
 	grants, waits := l.s.engine.ReleaseOwner(owner)
 	if grants+waits > 0 {
@@ -222,6 +325,7 @@ func (l *liveness) sweep(ctx context.Context) error {
 	}
 	for name, id := range ids {
 		l.servers[name] = serverSeen{id: id, mark: mark}
+		l.noteServerID(name, id)
 	}
 	l.disconnectedFrom = ""
 	if l.s.cfg.NoClearOnDisconnect {
@@ -272,8 +376,40 @@ func (l *liveness) releaseRestarted(ids map[string]string) {
 			server, _, err := subjects.ParseOwner(owner)
 			return err != nil || server != name
 		})
+		// The owners just released are dead, but their names now belong
+		// to the restarted server's new connections.
+		l.forgetGoneOwners(name)
 		l.s.log.Warn("NATS server restarted; released the locks of its old connections",
 			"server", name, "old_id", seen.id, "new_id", id, "owners", len(released))
+	}
+}
+
+// noteServerID records that server name has id. A new id for a known name
+// means the server restarted: the owners of that name the engine remembers
+// as gone are forgotten, since their client ids are given out again.
+func (l *liveness) noteServerID(name, id string) {
+	if name == "" || id == "" {
+		return
+	}
+	l.idsMu.Lock()
+	old := l.serverIDs[name]
+	l.serverIDs[name] = id
+	l.idsMu.Unlock()
+	if old != "" && old != id {
+		l.forgetGoneOwners(name)
+	}
+}
+
+// forgetGoneOwners drops the engine's memory of the closed connections of
+// server name.
+func (l *liveness) forgetGoneOwners(name string) {
+	n := l.s.engine.ForgetGoneOwners(func(owner string) bool {
+		server, _, err := subjects.ParseOwner(owner)
+		return err == nil && server == name
+	})
+	if n > 0 {
+		l.s.log.Info("NATS server restarted; its client ids are reused, so its closed connections are forgotten",
+			"server", name, "forgotten", n)
 	}
 }
 

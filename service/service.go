@@ -55,9 +55,23 @@ type Config struct {
 	MaxLocks              int
 	MaxWaitersPerLock     int
 	MaxWaitsPerConnection int
+	// LateRequestWindow is how long the service remembers an unlock that
+	// found nothing to unlock, and a connection that closed. Each operation
+	// is read on its own subscription, so a lock request can be read after
+	// the unlock its client sent later to cancel it, or after the close of
+	// its connection: it is then refused (LockWaitCancelled, OwnerGone)
+	// instead of making a grant that nobody would release. Default 10s;
+	// negative: remember nothing.
+	LateRequestWindow time.Duration
+	// LateRequestMemory bounds how many unlocks and how many closed
+	// connections are remembered; past it the oldest are forgotten first.
+	// Default 10,000 of each.
+	LateRequestMemory int
 	// Tenants gives every NATS account its own lock namespace. Requests
 	// must then reach the service through an account import with sharing
 	// on, so that the server stamps Nats-Request-Info; others are refused.
+	// Only in this mode is Nats-Request-Info trusted: within one account a
+	// client can set it to anything.
 	Tenants bool
 	// Events publishes every grant, release and end of a wait on
 	// PREFIX.events.KIND.NAME (see subjects.Event).
@@ -85,6 +99,12 @@ func (c Config) withDefaults() Config {
 	c.MaxWaitsPerConnection = limitOrDefault(c.MaxWaitsPerConnection, 10_000)
 	if c.AnonymousLockTimeout <= 0 {
 		c.AnonymousLockTimeout = 60 * time.Second
+	}
+	if c.LateRequestWindow == 0 {
+		c.LateRequestWindow = 10 * time.Second
+	}
+	if c.LateRequestMemory <= 0 {
+		c.LateRequestMemory = 10_000
 	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = 30 * time.Second
@@ -146,6 +166,11 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if sys != nil {
+		if err := checkSystemAccount(nc, sys); err != nil {
+			return nil, err
+		}
+	}
 	cfg = cfg.withDefaults()
 	s := &Service{
 		cfg:     cfg,
@@ -166,6 +191,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 			MaxWaitersPerLock: cfg.MaxWaitersPerLock,
 			MaxWaitsPerOwner:  cfg.MaxWaitsPerConnection,
 		}),
+		engine.WithLateRequestMemory(max(cfg.LateRequestWindow, 0), cfg.LateRequestMemory),
 	)
 	s.live = newLiveness(s)
 

@@ -71,8 +71,10 @@ const (
 	HeaderError     = "Nats-Service-Error"
 
 	// HeaderRequestInfo is stamped by the NATS server on requests that cross
-	// an account import with sharing on. It cannot be forged, so when it is
-	// present the service takes the requester's identity from it.
+	// an account import with sharing on, over any value the client set.
+	// Within one account the client's own value passes through, so the
+	// service trusts it only in tenant mode, where every request crosses an
+	// import.
 	HeaderRequestInfo = "Nats-Request-Info"
 
 	// HeaderOwner is set by LDLM clients to the identity of the connection

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	crand "crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -94,6 +95,28 @@ func WithLimits(l Limits) Option {
 	return func(e *Engine) { e.limits = l }
 }
 
+// WithLateRequestMemory makes the engine refuse requests that arrive after
+// something that should have come after them, for window after it happened,
+// keeping at most max such memories (the oldest go first):
+//
+//   - a Lock or TryLock with a key that an Unlock found nothing for fails
+//     with ErrWaitCancelled. A client that gives up sends its lock request,
+//     then an unlock with the same key; a transport that can deliver the
+//     two out of order would otherwise leave a grant that nobody will
+//     ever use. Each such unlock refuses one request.
+//   - a Lock or TryLock of an owner that ReleaseOwner or ReleaseStaleOwners
+//     released fails with ErrOwnerGone: it was sent before its connection
+//     closed but arrived after the close was processed.
+//
+// Without it (or with window 0) the engine remembers nothing.
+func WithLateRequestMemory(window time.Duration, max int) Option {
+	return func(e *Engine) {
+		max = cmp.Or(max, 1)
+		e.cancelled = recent[lockKey]{window: window, max: max}
+		e.gone = recent[string]{window: window, max: max}
+	}
+}
+
 // WithFirstToken makes the first grant's fencing token t instead of 1. A
 // server that starts it from the clock (in microseconds) keeps tokens
 // growing across its restarts, as long as the clock does not go back and it
@@ -127,6 +150,10 @@ type Engine struct {
 	holders   int    // holders of all locks
 	waiters   int    // waiters of all locks
 	keys      *rand.ChaCha8
+	// cancelled holds the (lock, key) pairs that an Unlock found nothing
+	// for, and gone the owners released; see WithLateRequestMemory.
+	cancelled recent[lockKey]
+	gone      recent[string]
 
 	// Free lists of records, so that a lock and unlock cycle allocates
 	// nothing. Bounded so that a burst does not pin memory.
@@ -134,6 +161,9 @@ type Engine struct {
 	freeEntries []*entry
 	freeOwners  []*owner
 }
+
+// lockKey names one request on one lock.
+type lockKey struct{ name, key string }
 
 // maxFree bounds each free list.
 const maxFree = 256
@@ -249,7 +279,7 @@ func (r *Request) check() (int, error) {
 		size = 1
 	}
 	if size < 1 {
-		return 0, fmt.Errorf("%w: lock %q, size %d", ErrInvalidLockSize, r.Name, r.Size)
+		return 0, fmt.Errorf("%w: size %d", ErrInvalidLockSize, r.Size)
 	}
 	if r.LockTimeout < 0 {
 		return 0, fmt.Errorf("%w: lock timeout %v", ErrInvalidTimeout, r.LockTimeout)
@@ -262,13 +292,20 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 	if e.closed {
 		return Grant{}, false, ErrEngineClosed
 	}
+	now := e.clock.Now()
+	if r.Key != "" && e.cancelled.take(lockKey{r.Name, r.Key}, now) {
+		return Grant{}, false, fmt.Errorf("%w (the unlock arrived before this request)", ErrWaitCancelled)
+	}
+	if r.Owner != "" && e.gone.has(r.Owner, now) {
+		return Grant{}, false, fmt.Errorf("%w (it closed before this request arrived)", ErrOwnerGone)
+	}
 	l := e.locks[r.Name]
 	if l != nil {
 		if l.size != size {
-			return Grant{}, false, fmt.Errorf("%w: lock %q has size %d, the request size %d", ErrLockSizeMismatch, r.Name, l.size, size)
+			return Grant{}, false, fmt.Errorf("%w: it has size %d, the request %d", ErrLockSizeMismatch, l.size, size)
 		}
 		if r.Key != "" && l.find(r.Key) != nil {
-			return Grant{}, false, fmt.Errorf("%w: lock %q", ErrKeyInUse, r.Name)
+			return Grant{}, false, ErrKeyInUse
 		}
 		if l.held >= l.size {
 			if !park {
@@ -291,9 +328,13 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 		key = e.newKey()
 	}
 	en := e.newEntry(l, key, r.Owner)
-	now := e.clock.Now()
 	if l.held < l.size {
-		return e.grant(en, now, r.LockTimeout), true, nil
+		g := e.grant(en, now, r.LockTimeout)
+		// Every new entry goes into the index, holders included: a big
+		// semaphore keeps its index while it has many entries, and a
+		// holder missing from it could not unlock or renew.
+		l.indexAdd(en)
+		return g, true, nil
 	}
 	e.lastWait++
 	id := e.lastWait
@@ -312,7 +353,7 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 // checkWaitLimits reports whether one more request of owner may wait for l.
 func (e *Engine) checkWaitLimits(l *lock, ownerName string) error {
 	if max := e.limits.MaxWaitersPerLock; max > 0 && l.waiting >= max {
-		return fmt.Errorf("%w: lock %q has %d waiters, the limit", ErrLimitExceeded, l.name, l.waiting)
+		return fmt.Errorf("%w: the lock has %d waiters, the limit", ErrLimitExceeded, l.waiting)
 	}
 	if max := e.limits.MaxWaitsPerOwner; max > 0 && ownerName != "" {
 		if o := e.owners[ownerName]; o != nil && o.waits >= max {
@@ -378,7 +419,9 @@ func (e *Engine) waitExpired(en *entry, id uint64) {
 
 // Unlock releases the slot that key holds, or, if key is waiting for the
 // lock, cancels that wait. Both succeed, so a client that gave up waiting
-// can clean up with one call whether or not the grant raced in.
+// can clean up with one call whether or not the grant raced in. With
+// WithLateRequestMemory, an Unlock that finds nothing also refuses the
+// lock request of that key if it arrives soon after.
 func (e *Engine) Unlock(name, key string) (UnlockResult, error) {
 	if name == "" {
 		return 0, ErrInvalidLockName
@@ -395,19 +438,26 @@ func (e *Engine) unlock(name, key string) (UnlockResult, []notification, error) 
 		return 0, nil, ErrEngineClosed
 	}
 	l := e.locks[name]
-	if l == nil {
-		return 0, nil, fmt.Errorf("%w: lock %q", ErrLockDoesNotExist, name)
+	var en *entry
+	if l != nil {
+		en = l.find(key)
 	}
-	en := l.find(key)
+	if en == nil && key != "" {
+		// The lock request of this key may still be on its way: it is
+		// refused if it arrives soon (see WithLateRequestMemory).
+		e.cancelled.add(lockKey{name, key}, e.clock.Now())
+	}
 	switch {
+	case l == nil:
+		return 0, nil, ErrLockDoesNotExist
 	case en != nil && en.wait == nil:
 		return Released, e.release(en, EventReleased, nil), nil
 	case en != nil:
 		return Cancelled, e.dropWaiter(en, ErrWaitCancelled, nil), nil
 	case l.held == 0:
-		return 0, nil, fmt.Errorf("%w: lock %q", ErrNotLocked, name)
+		return 0, nil, ErrNotLocked
 	default:
-		return 0, nil, fmt.Errorf("%w: lock %q", ErrInvalidLockKey, name)
+		return 0, nil, ErrInvalidLockKey
 	}
 }
 
@@ -418,7 +468,7 @@ func (e *Engine) Renew(name, key string, lockTimeout time.Duration) (Grant, erro
 		return Grant{}, ErrInvalidLockName
 	}
 	if lockTimeout <= 0 {
-		return Grant{}, fmt.Errorf("%w: renew of lock %q needs a positive lock timeout, not %v", ErrInvalidTimeout, name, lockTimeout)
+		return Grant{}, fmt.Errorf("%w: renew needs a positive lock timeout, not %v", ErrInvalidTimeout, lockTimeout)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -427,16 +477,16 @@ func (e *Engine) Renew(name, key string, lockTimeout time.Duration) (Grant, erro
 	}
 	l := e.locks[name]
 	if l == nil {
-		return Grant{}, fmt.Errorf("%w: lock %q", ErrLockDoesNotExist, name)
+		return Grant{}, ErrLockDoesNotExist
 	}
 	en := l.find(key)
 	switch {
 	case en != nil && en.wait != nil:
-		return Grant{}, fmt.Errorf("%w: lock %q: the key is still waiting", ErrNotLocked, name)
+		return Grant{}, fmt.Errorf("%w: the key is still waiting", ErrNotLocked)
 	case en == nil && l.held == 0:
-		return Grant{}, fmt.Errorf("%w: lock %q", ErrNotLocked, name)
+		return Grant{}, ErrNotLocked
 	case en == nil:
-		return Grant{}, fmt.Errorf("%w: lock %q", ErrInvalidLockKey, name)
+		return Grant{}, ErrInvalidLockKey
 	}
 	en.stopTimer()
 	expiry := e.armExpiry(en, e.clock.Now(), lockTimeout)
@@ -508,12 +558,17 @@ func (e *Engine) promote(l *lock, notes []notification) []notification {
 
 // ReleaseOwner releases every grant and drops every wait of owner (whose
 // done callbacks get ErrOwnerGone), and forgets the owner. It returns how
-// many of each it ended.
+// many of each it ended. With WithLateRequestMemory, the owner's requests
+// that arrive soon after are refused, even if it had nothing here: they
+// were sent before it went away.
 func (e *Engine) ReleaseOwner(owner string) (grants, waits int) {
 	e.mu.Lock()
 	var notes []notification
-	if o := e.owners[owner]; o != nil && !e.closed {
-		grants, waits, notes = e.releaseOwner(o, nil)
+	if !e.closed {
+		e.gone.add(owner, e.clock.Now())
+		if o := e.owners[owner]; o != nil {
+			grants, waits, notes = e.releaseOwner(o, nil)
+		}
 	}
 	e.mu.Unlock()
 	e.notify(notes)
@@ -556,7 +611,7 @@ func (e *Engine) ForceUnlock(name, key string, token uint64) ([]uint64, error) {
 		}
 		l := e.locks[name]
 		if l == nil {
-			return fmt.Errorf("%w: lock %q", ErrLockDoesNotExist, name)
+			return ErrLockDoesNotExist
 		}
 		var victims []*entry
 		for en := l.holders; en != nil; en = en.next {
@@ -565,7 +620,7 @@ func (e *Engine) ForceUnlock(name, key string, token uint64) ([]uint64, error) {
 			}
 		}
 		if len(victims) == 0 {
-			return fmt.Errorf("%w: lock %q has no holder with that key or token", ErrInvalidLockKey, name)
+			return fmt.Errorf("%w: no holder has that key or token", ErrInvalidLockKey)
 		}
 		for _, en := range victims {
 			released = append(released, en.token)
@@ -589,7 +644,8 @@ func (e *Engine) OwnerMark() uint64 {
 
 // ReleaseStaleOwners releases, as ReleaseOwner does, every owner that
 // appeared at or before mark and for which alive returns false, and
-// returns their names, sorted.
+// returns their names, sorted. Like ReleaseOwner, it remembers them with
+// WithLateRequestMemory.
 //
 // The intended sweep: take mark := OwnerMark(), then list the live
 // connections, then call ReleaseStaleOwners(mark, isInThatList). An owner
@@ -624,18 +680,32 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) 
 	e.mu.Lock()
 	var released []string
 	var notes []notification
+	now := e.clock.Now()
 	for _, name := range dead {
 		o := e.owners[name]
 		if o == nil || o.seq > mark || e.closed {
 			continue // gone meanwhile, or new since the mark
 		}
 		_, _, notes = e.releaseOwner(o, notes)
+		e.gone.add(name, now)
 		released = append(released, name)
 	}
 	e.mu.Unlock()
 	e.notify(notes)
 	slices.Sort(released)
 	return released
+}
+
+// ForgetGoneOwners drops the memory of released owners (see
+// WithLateRequestMemory) for which match returns true, and returns how many
+// it dropped. Call it when owner names are reused: the client ids of a NATS
+// server start again from 1 when it restarts, so the owners it released
+// before are not the ones that use those names now. match is called with
+// the engine's mutex held, so it must not call the engine.
+func (e *Engine) ForgetGoneOwners(match func(owner string) bool) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.gone.forget(match)
 }
 
 // Close stops all timers, calls the done callback of every waiter with
