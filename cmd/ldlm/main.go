@@ -1,8 +1,11 @@
-// Command ldlm is the LDLM lock server: a lock service on NATS.
+// Command ldlm is the LDLM lock server, a lock service on NATS, and its
+// command-line client.
 //
-//	ldlm                 run the lock server (same as `ldlm server`)
-//	ldlm server --help   list every setting, as flag and LDLM_* variable
-//	ldlm version         print the version
+//	ldlm                        run the lock server (same as `ldlm server`)
+//	ldlm server --help          list every setting, as flag and LDLM_* variable
+//	ldlm lock NAME -- COMMAND   run COMMAND while holding lock NAME
+//	ldlm list                   list the locks, their holders and waiters
+//	ldlm help                   list every command
 //
 // With no NATS URL configured it runs its own NATS server, so one command
 // gives a working lock server on nats://127.0.0.1:4222.
@@ -27,16 +30,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "server"
 	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	} else if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		// `ldlm --help`: every command, then the flags of the default one.
+		fmt.Fprint(stdout, usage+"\n")
 	}
 	switch cmd {
 	case "server":
 		return runServer(args, stdout, stderr)
+	case "lock":
+		return runLock(args, stdout, stderr)
+	case "trylock":
+		return runTryLock(args, stdout, stderr)
+	case "list":
+		return runList(args, stdout, stderr)
+	case "unlock":
+		return runUnlock(args, stdout, stderr)
+	case "status":
+		return runStatus(args, stdout, stderr)
 	case "bench":
 		return runBench(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ldlm", version())
 		return 0
 	case "help":
+		if len(args) > 0 && args[0] != "help" {
+			// `ldlm help lock` is `ldlm lock --help`.
+			return run([]string{args[0], "--help"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
@@ -46,9 +66,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 const usage = `Usage:
-  ldlm [server] [flags]   run the lock server (ldlm server --help lists the settings)
-  ldlm version            print the version
-  ldlm bench [scale]      measure the lock service (see BENCHMARKS.md)
+  ldlm [server] [flags]                      run the lock server (ldlm server --help lists the settings)
+  ldlm lock [flags] NAME -- COMMAND [ARGS]   run COMMAND while holding lock NAME, waiting for it
+  ldlm trylock [flags] NAME -- COMMAND       the same, but exit 75 at once if the lock is held
+  ldlm list [--json]                         list every lock with its holders and waiters
+  ldlm unlock --force [flags] NAME           release lock NAME for its holders (operators)
+  ldlm status [--json]                       the lock service's version, uptime and counts
+  ldlm version                               print the version
+  ldlm bench [scale]                         measure the lock service (see BENCHMARKS.md)
+  ldlm help [COMMAND]                        this list, or COMMAND's usage and flags
+
+The client commands connect to --server, else $NATS_URL, else
+nats://127.0.0.1:4222, and take the nats CLI's credential flags (--creds,
+--user/--password, --token, --nkey, --tlscert/--tlskey/--tlsca) and
+variables. Exit statuses of lock and trylock: COMMAND's own; 75 not
+obtained; 76 lock lost while COMMAND ran; 126/127 COMMAND not runnable/not
+found; 1 lock service failure; 2 usage error.
 `
 
 // version is the module version when built with `go install` or with VCS

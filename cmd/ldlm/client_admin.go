@@ -1,0 +1,287 @@
+package main
+
+// The operator commands: `ldlm list`, `ldlm unlock --force`, `ldlm status`.
+// They send the service's admin requests (PREFIX.admin.>), which NATS
+// permissions may keep applications from sending.
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+const listUsage = `Usage:
+  ldlm list [flags]
+
+Lists every lock with its size, its holders (connection, key prefix, fencing
+token, time held, expiry) and its waiters, one row each. --json prints the
+service's reply as it is.
+`
+
+const unlockUsage = `Usage:
+  ldlm unlock --force [flags] NAME
+
+Releases lock NAME for its holders, as an operator: every holder, or only
+the one with --key or --fencing-token. The holders' clients are told that
+they lost the lock; the next waiters are granted. Prints the fencing tokens
+of the released grants.
+`
+
+const statusUsage = `Usage:
+  ldlm status [flags]
+
+Prints the lock service's version, uptime, counts of locks, holders,
+waiters and connections, how it learns of closed connections (liveness)
+and when it last compared lock owners with the live connections.
+`
+
+func runList(args []string, stdout, stderr io.Writer) int {
+	const command = "ldlm list"
+	fs := flag.NewFlagSet(command, flag.ContinueOnError)
+	conn := addClientFlags(fs)
+	asJSON := fs.Bool("json", false, "print the service's JSON reply")
+	if code, done := parseCommandFlags(fs, args, listUsage, stdout, stderr); done {
+		return code
+	}
+	if code, ok := noArguments(fs, conn, stderr); !ok {
+		return code
+	}
+	nc, err := conn.connect(command, command, stderr)
+	if err != nil {
+		return failed(stderr, command, err)
+	}
+	defer nc.Close()
+	var resp subjects.ListResponse
+	raw, err := adminRequest(nc, conn.prefix, subjects.OpAdminList, "", nil, &resp)
+	if err == nil && resp.Error != nil {
+		err = refused(resp.Error)
+	}
+	if err != nil {
+		return failed(stderr, command, err)
+	}
+	if *asJSON {
+		fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
+		return 0
+	}
+	printLocks(stdout, resp.Locks, time.Now())
+	return 0
+}
+
+// printLocks writes locks as a table: a row per holder and per waiter.
+// Times are shown relative to now, as read on this machine.
+func printLocks(w io.Writer, locks []subjects.LockInfo, now time.Time) {
+	if len(locks) == 0 {
+		fmt.Fprintln(w, "no locks")
+		return
+	}
+	withAccount := false
+	for _, l := range locks {
+		withAccount = withAccount || l.Account != ""
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	row := func(l subjects.LockInfo, cells ...string) {
+		if withAccount {
+			cells = append([]string{dash(l.Account)}, cells...)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+	}
+	header := []string{"LOCK", "SIZE", "STATE", "OWNER", "KEY", "TOKEN", "FOR", "EXPIRES"}
+	if withAccount {
+		header = append([]string{"ACCOUNT"}, header...)
+	}
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, l := range locks {
+		name, size := showName(l.Name), strconv.Itoa(l.Size)
+		for _, h := range l.Holders {
+			row(l, name, size, "held", showOwner(h.Owner), h.KeyPrefix, strconv.FormatUint(h.Token, 10),
+				since(now, h.AcquiredAt), until(now, h.ExpiresAt))
+		}
+		for _, wt := range l.Waiters {
+			row(l, name, size, "waiting", showOwner(wt.Owner), "-", "-", since(now, wt.Since), until(now, wt.Deadline))
+		}
+		if len(l.Holders) == 0 && len(l.Waiters) == 0 {
+			row(l, name, size, "free", "-", "-", "-", "-", "-")
+		}
+	}
+	tw.Flush()
+}
+
+// showName quotes a lock name that would break the table's columns.
+func showName(name string) string {
+	for _, r := range name {
+		if unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return strconv.Quote(name)
+		}
+	}
+	if name == "" {
+		return `""`
+	}
+	return name
+}
+
+// showOwner names the connection of a grant; a lock taken without one
+// (a plain `nats req`) is anonymous.
+func showOwner(owner string) string {
+	if owner == "" {
+		return "(anonymous)"
+	}
+	return owner
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// since is how long ago t was, in whole seconds.
+func since(now, t time.Time) string {
+	return max(now.Sub(t), 0).Round(time.Second).String()
+}
+
+// until is when t comes, relative to now; "-" for none.
+func until(now, t time.Time) string {
+	switch {
+	case t.IsZero():
+		return "-"
+	case !t.After(now):
+		return "now"
+	}
+	return "in " + t.Sub(now).Round(time.Second).String()
+}
+
+func runUnlock(args []string, stdout, stderr io.Writer) int {
+	const command = "ldlm unlock"
+	fs := flag.NewFlagSet(command, flag.ContinueOnError)
+	conn := addClientFlags(fs)
+	force := fs.Bool("force", false, "required: releases a lock that other programs hold")
+	var req subjects.ForceUnlockRequest
+	fs.StringVar(&req.Key, "key", "", "release only the grant with this key")
+	fs.Uint64Var(&req.Token, "fencing-token", 0, "release only the grant with this fencing token (as ldlm list shows it)")
+	fs.StringVar(&req.Account, "account", "", "the lock's account, when the service keeps one lock namespace per account")
+	asJSON := fs.Bool("json", false, "print the service's JSON reply")
+	if code, done := parseCommandFlags(fs, args, unlockUsage, stdout, stderr); done {
+		return code
+	}
+	switch {
+	case fs.NArg() == 0:
+		return usageError(stderr, command, "missing lock NAME")
+	case fs.NArg() > 1:
+		return usageError(stderr, command, "want one lock NAME, got %d arguments (flags go before NAME)", fs.NArg())
+	case !*force:
+		return usageError(stderr, command, "this releases a lock that others hold: add --force to do it")
+	case req.Key != "" && req.Token != 0:
+		return usageError(stderr, command, "give --key or --fencing-token, not both")
+	}
+	if err := conn.resolve(); err != nil {
+		return usageError(stderr, command, "%v", err)
+	}
+	name := fs.Arg(0)
+	nc, err := conn.connect(command, command, stderr)
+	if err != nil {
+		return failed(stderr, command, err)
+	}
+	defer nc.Close()
+	var resp subjects.ForceUnlockResponse
+	raw, err := adminRequest(nc, conn.prefix, subjects.OpAdminUnlock, name, req, &resp)
+	if err == nil && resp.Error != nil {
+		err = refused(resp.Error)
+	}
+	if err != nil {
+		return failed(stderr, command, fmt.Errorf("lock %q: %w", name, err))
+	}
+	if *asJSON {
+		fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
+		return 0
+	}
+	tokens := make([]string, len(resp.Released))
+	for i, t := range resp.Released {
+		tokens[i] = strconv.FormatUint(t, 10)
+	}
+	what := "grant"
+	if len(tokens) != 1 {
+		what = "grants"
+	}
+	fmt.Fprintf(stdout, "released lock %s: %d %s, fencing token %s\n", showName(resp.Name), len(tokens), what, strings.Join(tokens, ", "))
+	return 0
+}
+
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	const command = "ldlm status"
+	fs := flag.NewFlagSet(command, flag.ContinueOnError)
+	conn := addClientFlags(fs)
+	asJSON := fs.Bool("json", false, "print the service's JSON reply")
+	if code, done := parseCommandFlags(fs, args, statusUsage, stdout, stderr); done {
+		return code
+	}
+	if code, ok := noArguments(fs, conn, stderr); !ok {
+		return code
+	}
+	nc, err := conn.connect(command, command, stderr)
+	if err != nil {
+		return failed(stderr, command, err)
+	}
+	defer nc.Close()
+	var st subjects.StatusResponse
+	raw, err := adminRequest(nc, conn.prefix, subjects.OpAdminStatus, "", nil, &st)
+	if err == nil && st.Error != nil {
+		err = refused(st.Error)
+	}
+	if err != nil {
+		return failed(stderr, command, err)
+	}
+	if *asJSON {
+		fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
+		return 0
+	}
+	printStatus(stdout, st)
+	return 0
+}
+
+// printStatus writes the status as "field: value" lines. The time of the
+// last sweep is shown relative to the server's clock (started + uptime),
+// so that a clock difference between the machines does not skew it.
+func printStatus(w io.Writer, st subjects.StatusResponse) {
+	uptime := time.Duration(st.Uptime * float64(time.Second))
+	serverNow := st.Started.Add(uptime)
+	lastSweep := "never"
+	if !st.LastSweep.IsZero() {
+		lastSweep = since(serverNow, st.LastSweep) + " ago (" + st.LastSweep.Format(time.RFC3339) + ")"
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	for _, line := range [][2]string{
+		{"version", st.Version},
+		{"uptime", uptime.Round(time.Second).String() + " (since " + st.Started.Format(time.RFC3339) + ")"},
+		{"prefix", st.Prefix},
+		{"locks", strconv.Itoa(st.Locks)},
+		{"holders", strconv.Itoa(st.Holders)},
+		{"waiters", strconv.Itoa(st.Waiters)},
+		{"connections", strconv.Itoa(st.Owners) + " (holding or waiting)"},
+		{"liveness", st.Liveness},
+		{"last sweep", lastSweep},
+		{"clear on disconnect", strconv.FormatBool(st.ClearOnDisconnect)},
+		{"tenants", strconv.FormatBool(st.Tenants)},
+	} {
+		fmt.Fprintf(tw, "%s:\t%s\n", line[0], line[1])
+	}
+	tw.Flush()
+}
+
+// noArguments checks a command that takes flags only.
+func noArguments(fs *flag.FlagSet, conn *clientConfig, stderr io.Writer) (code int, ok bool) {
+	if fs.NArg() > 0 {
+		return usageError(stderr, fs.Name(), "unexpected argument %q", fs.Arg(0)), false
+	}
+	if err := conn.resolve(); err != nil {
+		return usageError(stderr, fs.Name(), "%v", err), false
+	}
+	return 0, true
+}
