@@ -3,6 +3,7 @@ package service
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -15,8 +16,20 @@ import (
 // goroutine, so it never blocks: a lock that must wait is parked in the
 // engine and answered later from whichever goroutine frees the slot.
 func (s *Service) handler(op string) micro.HandlerFunc {
+	// PREFIX.OP. is the same for every request of this endpoint: made once
+	// here rather than per request by NameFromSubject.
+	head := s.cfg.Prefix + "." + op + "."
 	return func(req micro.Request) {
-		name, err := subjects.NameFromSubject(s.cfg.Prefix, op, req.Subject(), s.cfg.MaxNameLength)
+		var (
+			name string
+			err  error
+		)
+		if subject := req.Subject(); strings.HasPrefix(subject, head) {
+			name, err = subjects.DecodeName(subject[len(head):], s.cfg.MaxNameLength)
+		} else {
+			// Cannot happen for the endpoint's own subjects; this says why.
+			name, err = subjects.NameFromSubject(s.cfg.Prefix, op, subject, s.cfg.MaxNameLength)
+		}
 		if err != nil {
 			s.fail(req, op, "", err)
 			return
@@ -108,16 +121,20 @@ func (s *Service) answerParked(reply, name string, g engine.Grant, err error) {
 	if reply == "" {
 		return
 	}
-	msg := nats.NewMsg(reply)
+	var perr error
 	if err != nil {
 		e := toWireError(err)
+		msg := nats.NewMsg(reply)
 		msg.Header.Set(subjects.HeaderErrorCode, string(e.Code))
 		msg.Header.Set(subjects.HeaderError, e.Message)
 		msg.Data = mustJSON(subjects.LockResponse{Locked: false, Name: name, Error: e})
+		perr = s.nc.PublishMsg(msg)
 	} else {
-		msg.Data = mustJSON(s.grantResponse(name, g))
+		// A grant has no headers: a plain publish, as micro's Respond
+		// does underneath, without building a message.
+		perr = s.nc.Publish(reply, mustJSON(s.grantResponse(name, g)))
 	}
-	if perr := s.nc.PublishMsg(msg); perr != nil {
+	if perr != nil {
 		s.log.Warn("replying to a parked lock request", "lock", name, "err", perr)
 	}
 }
@@ -190,8 +207,23 @@ func toWireError(err error) *subjects.Error {
 	return &subjects.Error{Code: subjects.CodeInternal, Message: err.Error()}
 }
 
+// mustJSON encodes a reply. The lock and unlock replies, sent on every
+// request, are written by hand (byte for byte what json.Marshal writes);
+// anything else goes through json.Marshal.
 func mustJSON(v any) []byte {
-	b, err := json.Marshal(v)
+	var (
+		b   []byte
+		err error
+	)
+	switch r := v.(type) {
+	case subjects.LockResponse:
+		// The fields around the strings take at most about 120 bytes.
+		b, err = subjects.AppendLockResponse(make([]byte, 0, 128+len(r.Name)+len(r.Key)+len(r.Instance)), r)
+	case subjects.UnlockResponse:
+		b = subjects.AppendUnlockResponse(make([]byte, 0, 32+len(r.Name)), r)
+	default:
+		b, err = json.Marshal(v)
+	}
 	if err != nil {
 		// Only our own plain structs are marshalled; failing here is a bug.
 		panic("service: marshalling a reply: " + err.Error())

@@ -38,8 +38,8 @@ type Request struct {
 	Key string `json:"key,omitempty"`
 }
 
-// wireRequest is what DecodeRequest reads: pointers tell an explicit zero
-// from an absent field.
+// wireRequest is what decodeRequestJSON reads: pointers tell an explicit
+// zero from an absent field.
 type wireRequest struct {
 	Size               *int     `json:"size"`
 	WaitTimeoutSeconds *float64 `json:"wait_timeout_seconds"`
@@ -53,11 +53,24 @@ type wireRequest struct {
 // ignored, so a typo such as "lock_timeout" is caught. The error is an
 // *Error with code BadRequest, InvalidLockSize, InvalidTimeout or
 // InvalidLockKey.
+//
+// The bodies clients send every time ({}, {"key":"…"}, …) are read by a
+// small scanner without allocating (see scanRequest); anything it is not
+// sure about goes through encoding/json, which alone decides on errors.
 func DecodeRequest(body []byte) (Request, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return Request{}, nil
 	}
+	if w, ok := scanRequest(trimmed); ok {
+		return w.check()
+	}
+	return decodeRequestJSON(trimmed)
+}
+
+// decodeRequestJSON is DecodeRequest through encoding/json, for a body
+// that is not empty after trimming white space.
+func decodeRequestJSON(trimmed []byte) (Request, error) {
 	if trimmed[0] != '{' {
 		return Request{}, Errorf(CodeBadRequest, "body must be a JSON object (or empty for all defaults), got %s", preview(trimmed))
 	}
@@ -70,26 +83,53 @@ func DecodeRequest(body []byte) (Request, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Request{}, Errorf(CodeBadRequest, "body has data after the JSON object")
 	}
-
-	var r Request
+	var f requestFields
 	if w.Size != nil {
-		if *w.Size < 1 {
-			return Request{}, Errorf(CodeInvalidLockSize, "size must be at least 1, got %d", *w.Size)
-		}
-		r.Size = *w.Size
+		f.size, f.hasSize = *w.Size, true
 	}
-	var err error
-	if r.WaitTimeoutSeconds, err = checkSeconds("wait_timeout_seconds", w.WaitTimeoutSeconds); err != nil {
-		return Request{}, err
+	if w.WaitTimeoutSeconds != nil {
+		f.wait, f.hasWait = *w.WaitTimeoutSeconds, true
 	}
-	if r.LockTimeoutSeconds, err = checkSeconds("lock_timeout_seconds", w.LockTimeoutSeconds); err != nil {
-		return Request{}, err
+	if w.LockTimeoutSeconds != nil {
+		f.lock, f.hasLock = *w.LockTimeoutSeconds, true
 	}
 	if w.Key != nil {
-		if err := CheckKey(*w.Key); err != nil {
+		f.key, f.hasKey = *w.Key, true
+	}
+	return f.check()
+}
+
+// requestFields are the fields of a request body as read, before they are
+// checked; has* tells an explicit zero from an absent field.
+type requestFields struct {
+	size                      int
+	wait, lock                float64
+	key                       string
+	hasSize, hasWait, hasLock bool
+	hasKey                    bool
+}
+
+// check applies the limits that hold for every operation.
+func (f requestFields) check() (Request, error) {
+	var r Request
+	if f.hasSize {
+		if f.size < 1 {
+			return Request{}, Errorf(CodeInvalidLockSize, "size must be at least 1, got %d", f.size)
+		}
+		r.Size = f.size
+	}
+	var err error
+	if r.WaitTimeoutSeconds, err = checkSeconds("wait_timeout_seconds", f.wait, f.hasWait); err != nil {
+		return Request{}, err
+	}
+	if r.LockTimeoutSeconds, err = checkSeconds("lock_timeout_seconds", f.lock, f.hasLock); err != nil {
+		return Request{}, err
+	}
+	if f.hasKey {
+		if err := CheckKey(f.key); err != nil {
 			return Request{}, err
 		}
-		r.Key = *w.Key
+		r.Key = f.key
 	}
 	return r, nil
 }
@@ -158,11 +198,10 @@ func CheckKey(k string) error {
 	return nil
 }
 
-func checkSeconds(field string, v *float64) (float64, error) {
-	if v == nil {
+func checkSeconds(field string, s float64, present bool) (float64, error) {
+	if !present {
 		return 0, nil
 	}
-	s := *v
 	if math.IsNaN(s) || s < 0 || s > MaxTimeoutSeconds {
 		return 0, Errorf(CodeInvalidTimeout, "%s must be between 0 and %d seconds, got %v", field, MaxTimeoutSeconds, s)
 	}

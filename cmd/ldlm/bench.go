@@ -26,6 +26,11 @@ Without --server, ldlm bench starts its own server in the process, as
 ` + "`ldlm`" + ` runs it (embedded NATS, lock service on an in-process connection), and
 its clients connect over TCP to 127.0.0.1. See BENCHMARKS.md.
 
+To compare two builds side by side, run both lock services on one NATS
+server under different prefixes and name the older one with
+--baseline-prefix: every lock workload then runs against both, round by
+round, and the older one's rows say "baseline".
+
 Flags:
 `
 
@@ -48,6 +53,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	}
 	server := fs.String("server", "", "NATS URL of a running lock service to measure (external); empty: start one in this process")
 	prefix := fs.String("prefix", subjects.DefaultPrefix, "subject prefix of the external lock service")
+	baseline := fs.String("baseline-prefix", "", "subject prefix of a second lock service on the same server to compare with, round by round (needs --server)")
 	short := fs.Bool("short", false, "a few seconds in all (for CI): same rows, figures too short to quote")
 	rounds := fs.Int("rounds", cfg.Rounds, "rounds of alternation per group")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "run time of each workload in each round")
@@ -86,6 +92,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		err = errors.New("rounds, duration, timeout and semaphore workers must be positive")
 	case *server != "" && (*cpuProfile != "" || *memProfile != ""):
 		err = errors.New("profiles are of this process: use them without --server")
+	case *server == "" && *baseline != "":
+		err = errors.New("--baseline-prefix compares two services on one NATS server: give its URL with --server")
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
@@ -97,6 +105,11 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		t, err = bench.NewEmbeddedTarget(*serviceOverTCP)
 	} else {
 		t, err = bench.NewExternalTarget(*server, *prefix)
+		if err == nil && *baseline != "" {
+			if err = t.SetBaseline(*baseline); err != nil {
+				t.Close()
+			}
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)

@@ -59,6 +59,7 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--conns", "both"},
 		{"bench", "--workloads", "nap"},
 		{"bench", "--server", "nats://127.0.0.1:1", "--cpuprofile", "x"},
+		{"bench", "--baseline-prefix", "old"},
 		{"bench", "extra"},
 		{"bench", "scale", "--locks", "x"},
 		{"bench", "scale", "--only", "nap"},

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,7 +32,18 @@ type Target struct {
 	echoConns []*nats.Conn
 	echoes    map[string]string // workload name → subject of its responder
 	runID     string            // keeps the names of two runs apart
+	// baselinePrefix, when set, is the prefix of a second lock service on
+	// the same NATS server (an older build, say): every lock workload is
+	// then run against it too, alternating with the one under test.
+	baselinePrefix string
 }
+
+// BaselineSystem is the system column of the rows measured against the
+// baseline service (see SetBaseline).
+const BaselineSystem = "baseline"
+
+// baselineTag starts the workload names that run against the baseline.
+const baselineTag = BaselineSystem + ":"
 
 // Embedded is an embedded NATS server with the lock service on it, set up
 // as `ldlm` runs it with no NATS URL.
@@ -138,14 +150,22 @@ func NewExternalTarget(url, prefix string) (*Target, error) {
 		return nil, err
 	}
 	// Fail now, not in the middle of the table, if no service answers.
-	probe, err := t.Connect()
-	if err != nil {
+	if err := t.probe(prefix); err != nil {
 		t.Close()
 		return nil, err
 	}
-	defer probe.Close()
+	return t, nil
+}
+
+// probe checks that a lock service answers under prefix.
+func (t *Target) probe(prefix string) error {
+	nc, err := t.Connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
 	name := "bench.probe." + t.runID
-	c, err := newClient(probe, t.Prefix, 5*time.Second)
+	c, err := newClient(nc, prefix, 5*time.Second)
 	if err == nil {
 		var key string
 		if key, err = c.lock(subjects.OpTryLock, name, nil); err == nil {
@@ -153,10 +173,50 @@ func NewExternalTarget(url, prefix string) (*Target, error) {
 		}
 	}
 	if err != nil {
-		t.Close()
-		return nil, fmt.Errorf("no lock service under prefix %q at %s: %w", prefix, url, err)
+		return fmt.Errorf("no lock service under prefix %q at %s: %w", prefix, t.URL, err)
 	}
-	return t, nil
+	return nil
+}
+
+// SetBaseline makes Run measure every lock workload also against the lock
+// service answering under prefix on the same NATS server, alternating
+// round by round with the service under test: an A/B comparison of two
+// builds in one run, on the same machine at the same time. Its rows have
+// the system BaselineSystem.
+func (t *Target) SetBaseline(prefix string) error {
+	if t.Embedded != nil {
+		return errors.New("a baseline needs an external target: run both services on one NATS server")
+	}
+	if prefix == t.Prefix {
+		return fmt.Errorf("the baseline prefix %q is the prefix under test", prefix)
+	}
+	if err := t.probe(prefix); err != nil {
+		return err
+	}
+	t.baselinePrefix = prefix
+	return nil
+}
+
+// baselineOf names the baseline's run of lock workloads ws, if there is
+// a baseline.
+func (t *Target) baselineOf(ws []string) []string {
+	if t.baselinePrefix == "" {
+		return nil
+	}
+	var names []string
+	for _, w := range ws {
+		names = append(names, baselineTag+w)
+	}
+	return names
+}
+
+// splitSystem splits a workload name into the system it runs against and
+// the workload.
+func splitSystem(name string) (system, workload string) {
+	if w, ok := strings.CutPrefix(name, baselineTag); ok {
+		return BaselineSystem, w
+	}
+	return "ldlm", name
 }
 
 // startEcho makes nc the echo responder of workload name.
@@ -379,7 +439,12 @@ func (t *Target) Open(names []string, n int, mode ConnMode, timeout time.Duratio
 // order given.
 func (t *Target) workloads(names []string, clients []*client) ([]Workload, error) {
 	var ws []Workload
-	for _, n := range names {
+	for _, name := range names {
+		system, n := splitSystem(name)
+		clients := clients
+		if system == BaselineSystem {
+			clients = withPrefix(clients, t.baselinePrefix)
+		}
 		var w []Cycle
 		switch n {
 		case WorkEcho, WorkEchoTCP:
@@ -397,9 +462,21 @@ func (t *Target) workloads(names []string, clients []*client) ([]Workload, error
 		default:
 			return nil, fmt.Errorf("unknown workload %q", n)
 		}
-		ws = append(ws, Workload{Name: n, Workers: w})
+		ws = append(ws, Workload{Name: name, Workers: w})
 	}
 	return ws, nil
+}
+
+// withPrefix returns copies of clients that send under prefix, on the same
+// connections.
+func withPrefix(clients []*client, prefix string) []*client {
+	out := make([]*client, len(clients))
+	for i, c := range clients {
+		cc := *c
+		cc.prefix = prefix
+		out[i] = &cc
+	}
+	return out
 }
 
 // ConnMode says how workers share connections.

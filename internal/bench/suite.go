@@ -132,6 +132,9 @@ func Run(t *Target, cfg Config, out io.Writer) ([]Row, error) {
 		echoes = nil // none, or the ones asked for
 	}
 	for _, g := range cfg.Groups(echoes) {
+		// A baseline's workloads follow the ones under test, in the same
+		// alternation.
+		g.Workloads = append(g.Workloads, t.baselineOf(g.Workloads[len(g.Workloads)-countLock(g.Workloads):])...)
 		ws, closeConns, err := t.Open(g.Workloads, g.Workers, g.Conns, cfg.Timeout)
 		if err != nil {
 			return rows, err
@@ -140,7 +143,8 @@ func Run(t *Target, cfg Config, out io.Writer) ([]Row, error) {
 		closeConns()
 		group := make([]Row, len(stats))
 		for i, st := range stats {
-			group[i] = Row{System: "ldlm", Conns: g.Conns, Workers: g.Workers, Workload: g.Workloads[i], Stats: st}
+			system, workload := splitSystem(g.Workloads[i])
+			group[i] = Row{System: system, Conns: g.Conns, Workers: g.Workers, Workload: workload, Stats: st}
 		}
 		SetRatios(group, WorkEcho, WorkEchoTCP)
 		for _, r := range group {
@@ -156,6 +160,17 @@ func Run(t *Target, cfg Config, out io.Writer) ([]Row, error) {
 		}
 	}
 	return rows, nil
+}
+
+// countLock counts the lock workloads (not echoes) in ws.
+func countLock(ws []string) int {
+	n := 0
+	for _, w := range ws {
+		if w != WorkEcho && w != WorkEchoTCP {
+			n++
+		}
+	}
+	return n
 }
 
 // SetRatios sets the Ratio of every row to its rate over the rate of the
@@ -233,12 +248,17 @@ func PrintDerived(out io.Writer, rows []Row) {
 		}
 		rtt := time.Duration(0)
 		for _, e := range rows {
-			if e.System == r.System && e.Workload == WorkEcho && e.Conns == r.Conns && e.Workers == 1 {
+			// The baseline shares the echo of the service under test.
+			sameSystem := e.System == r.System || (r.System == BaselineSystem && e.System == "ldlm")
+			if sameSystem && e.Workload == WorkEcho && e.Conns == r.Conns && e.Workers == 1 {
 				rtt = e.P50 / 2 // an echo cycle is two round trips
 			}
 		}
 		handover := time.Duration(float64(time.Second) / r.Rate)
 		line := fmt.Sprintf("contended %s %d workers: hand-over %s", r.Conns, r.Workers, Dur(handover))
+		if r.System != "ldlm" {
+			line = r.System + " " + line
+		}
 		if rtt > 0 {
 			line += fmt.Sprintf(" = %.2f round trips (echo p50 round trip at 1 worker %s)", float64(handover)/float64(rtt), Dur(rtt))
 		}

@@ -567,7 +567,12 @@ func (e *Engine) ReleaseOwner(owner string) (grants, waits int) {
 	if !e.closed {
 		e.gone.add(owner, e.clock.Now())
 		if o := e.owners[owner]; o != nil {
-			grants, waits, notes = e.releaseOwner(o, nil)
+			// At least one note per entry when events are on: sized once
+			// rather than grown append by append (an owner may hold 100k).
+			if e.onEvent != nil {
+				notes = make([]notification, 0, o.n)
+			}
+			grants, waits, notes = e.releaseOwner(o, notes)
 		}
 	}
 	e.mu.Unlock()
