@@ -146,7 +146,7 @@ type Engine struct {
 	owners    map[string]*owner
 	lastToken uint64 // fencing token of the latest grant
 	lastWait  uint64 // id of the latest waiter
-	lastOwner uint64 // registration number of the latest new owner
+	lastSeq   uint64 // registration number of the latest owned request (entry.seq)
 	holders   int    // holders of all locks
 	waiters   int    // waiters of all locks
 	keys      *rand.ChaCha8
@@ -638,35 +638,39 @@ func (e *Engine) ForceUnlock(name, key string, token uint64) ([]uint64, error) {
 	return released, err
 }
 
-// OwnerMark returns the registration number of the latest owner to appear.
-// Owners appearing later get larger numbers; pass the mark to
+// OwnerMark returns the registration number of the latest request made
+// by an owner. Requests made later get larger numbers; pass the mark to
 // ReleaseStaleOwners.
 func (e *Engine) OwnerMark() uint64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.lastOwner
+	return e.lastSeq
 }
 
-// ReleaseStaleOwners releases, as ReleaseOwner does, every owner that
-// appeared at or before mark and for which alive returns false, and
-// returns their names, sorted. Like ReleaseOwner, it remembers them with
-// WithLateRequestMemory.
+// ReleaseStaleOwners releases the grants and waits that owners made at or
+// before mark, of every such owner for which alive returns false, and
+// returns those owners' names, sorted. An owner left with nothing is
+// remembered with WithLateRequestMemory, as ReleaseOwner does.
 //
 // The intended sweep: take mark := OwnerMark(), then list the live
-// connections, then call ReleaseStaleOwners(mark, isInThatList). An owner
-// that appeared after the mark may be missing from the list only because the
-// list was taken before it connected, so it is spared. An owner that is
-// released and appears again while alive runs gets a new number and is
-// spared too.
+// connections, then call ReleaseStaleOwners(mark, isInThatList). A request
+// made after the mark may come from a connection missing from the list only
+// because the list was taken before it connected, so it is spared, and
+// judged by the next sweep.
 //
-// alive is called without the engine's mutex held, once per owner that
-// appeared at or before mark, on the calling goroutine. It may call the
+// Marks are per request, not per owner, because owner names are reused:
+// after a NATS server restart, its new connection 7 is not its old
+// connection 7. Releasing the old connection's grants must not release
+// what the new one was granted meanwhile under the same name.
+//
+// alive is called without the engine's mutex held, once per owner with a
+// request at or before mark, on the calling goroutine. It may call the
 // engine but has no need to.
 func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) []string {
 	e.mu.Lock()
 	var candidates []string
 	for name, o := range e.owners {
-		if o.seq <= mark {
+		if o.oldestSeq() <= mark {
 			candidates = append(candidates, name)
 		}
 	}
@@ -688,17 +692,44 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) 
 	now := e.clock.Now()
 	for _, name := range dead {
 		o := e.owners[name]
-		if o == nil || o.seq > mark || e.closed {
-			continue // gone meanwhile, or new since the mark
+		if o == nil || e.closed || o.oldestSeq() > mark {
+			continue // gone meanwhile, or only new requests since the mark
 		}
-		_, _, notes = e.releaseOwner(o, notes)
-		e.gone.add(name, now)
+		notes = e.releaseOwnerUpTo(o, mark, notes)
+		if e.owners[name] == nil {
+			e.gone.add(name, now)
+		}
 		released = append(released, name)
 	}
 	e.mu.Unlock()
 	e.notify(notes)
 	slices.Sort(released)
 	return released
+}
+
+// releaseOwnerUpTo drops the waits and releases the grants of o made at or
+// before mark. o's entries are newest first, so those are a tail of its
+// list.
+func (e *Engine) releaseOwnerUpTo(o *owner, mark uint64, notes []notification) []notification {
+	var old []*entry
+	for en := o.entries; en != nil; en = en.ownerNext {
+		if en.seq <= mark {
+			old = append(old, en)
+		}
+	}
+	// Drop the waits first, so that the slots released below go to other
+	// waiters and never to these.
+	for _, en := range old {
+		if en.wait != nil {
+			notes = e.dropWaiter(en, ErrOwnerGone, notes)
+		}
+	}
+	for _, en := range old {
+		if en.lock != nil && en.wait == nil && en.token != 0 {
+			notes = e.release(en, EventOwnerGone, notes)
+		}
+	}
+	return notes
 }
 
 // ForgetGoneOwners drops the memory of released owners (see
@@ -795,10 +826,11 @@ func (e *Engine) newEntry(l *lock, key, ownerName string) *entry {
 			} else {
 				o = new(owner)
 			}
-			e.lastOwner++
-			o.name, o.seq = ownerName, e.lastOwner
+			o.name = ownerName
 			e.owners[ownerName] = o
 		}
+		e.lastSeq++
+		en.seq = e.lastSeq
 		o.link(en)
 	}
 	return en

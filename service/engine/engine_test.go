@@ -832,3 +832,54 @@ func TestRealClock(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// An owner name can stand for two connections in turn: after a NATS server
+// restart, its new connection 7 gets the name of its old connection 7. A
+// sweep that releases the old connection's requests must spare what the new
+// one was granted, or waits for, after the mark, and must not remember the
+// name as gone while the new connection uses it.
+func TestReleaseStaleOwnersSparesNewerRequestsOfTheSameName(t *testing.T) {
+	e, _ := newLateEngine(t, 100)
+	old := mustTryLock(t, e, Request{Name: "a", Owner: "srv:7"})
+	mustTryLock(t, e, Request{Name: "b", Owner: "other"})
+	if _, ok, err := e.Lock(Request{Name: "b", Key: "old-wait", Owner: "srv:7"}, 0, func(Grant, error) {}); ok || err != nil {
+		t.Fatalf("old wait: %v, %v", ok, err)
+	}
+	mark := e.OwnerMark()
+
+	// The new connection of the same name.
+	fresh := mustTryLock(t, e, Request{Name: "c", Owner: "srv:7"})
+	var newWait Grant
+	if _, ok, err := e.Lock(Request{Name: "a", Key: "new-wait", Owner: "srv:7"}, 0, func(g Grant, err error) {
+		if err != nil {
+			t.Errorf("new wait ended: %v", err)
+		}
+		newWait = g
+	}); ok || err != nil {
+		t.Fatalf("new wait: %v, %v", ok, err)
+	}
+
+	released := e.ReleaseStaleOwners(mark, func(o string) bool { return o != "srv:7" })
+	if len(released) != 1 || released[0] != "srv:7" {
+		t.Fatalf("released %v; want [srv:7]", released)
+	}
+	checkInvariants(t, e)
+	// The old grant is gone and its slot went to the new connection's wait;
+	// the old wait is gone; the new grant stays.
+	if newWait.Token <= old.Token {
+		t.Fatalf("the new wait was not granted the old grant's slot: %+v", newWait)
+	}
+	if _, err := e.Renew("c", fresh.Key, time.Minute); err != nil {
+		t.Fatalf("renew of the new connection's grant: %v", err)
+	}
+	if _, err := e.Unlock("b", "old-wait"); err == nil {
+		t.Fatal("the old wait is still queued")
+	}
+	// The name is in use by a live connection: its requests are served.
+	if _, ok, err := e.TryLock(Request{Name: "d", Owner: "srv:7"}); !ok || err != nil {
+		t.Fatalf("trylock of the new connection after the sweep: %v, %v", ok, err)
+	}
+	if s := e.Stats(); s.Holders != 4 || s.Waiters != 0 {
+		t.Fatalf("stats %+v; want 4 holders (a, b, c, d), no waiters", s)
+	}
+}

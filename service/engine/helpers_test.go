@@ -160,7 +160,7 @@ func checkInvariants(t testing.TB, e *Engine) {
 	}
 	inOwners := 0
 	for name, o := range e.owners {
-		if o.name != name || o.n == 0 || o.seq == 0 || o.seq > e.lastOwner {
+		if o.name != name || o.n == 0 || o.oldestSeq() == 0 || o.entries.seq > e.lastSeq {
 			t.Errorf("bad owner %q: %+v", name, o)
 		}
 		n, waits := 0, 0

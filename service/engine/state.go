@@ -43,6 +43,9 @@ type entry struct {
 	deadline             int64      // Unix ns: lock expiry, or wait deadline; 0 = none
 	timer                Timer      // fires at deadline; nil when there is none
 	wait                 *waitState // set while waiting
+	// seq is the registration number of an owned request (see
+	// Engine.OwnerMark); 0 without an owner.
+	seq uint64
 }
 
 // waitState is what a waiter needs besides its entry. Only waiters pay for
@@ -57,7 +60,6 @@ type waitState struct {
 // only while it has at least one.
 type owner struct {
 	name    string
-	seq     uint64 // registration number, see Engine.OwnerMark
 	entries *entry // linked by ownerPrev/ownerNext
 	n       int    // number of entries
 	waits   int    // number of those entries that are waiters
@@ -159,6 +161,19 @@ func (l *lock) unlinkWaiter(en *entry) {
 	if en.owner != nil {
 		en.owner.waits--
 	}
+}
+
+// oldestSeq is the registration number of o's oldest request, the last of
+// its entries (they are linked newest first).
+func (o *owner) oldestSeq() uint64 {
+	en := o.entries
+	for en != nil && en.ownerNext != nil {
+		en = en.ownerNext
+	}
+	if en == nil {
+		return 0
+	}
+	return en.seq
 }
 
 func (o *owner) link(en *entry) {
