@@ -334,10 +334,24 @@ func (c *Client) request(ctx context.Context, owner, op, name string, req subjec
 	if err != nil {
 		return err
 	}
-	if err := json.Unmarshal(reply.Data, out); err != nil {
+	if err := decodeReply(reply.Data, out); err != nil {
 		return fmt.Errorf("unreadable reply %.80q: %w", reply.Data, err)
 	}
 	return nil
+}
+
+// decodeReply is json.Unmarshal(data, out), through the subjects
+// decoders for the two reply types: they give the same result at a
+// fraction of the CPU, and a client decodes two replies per lock cycle.
+func decodeReply(data []byte, out any) error {
+	switch out := out.(type) {
+	case *subjects.LockResponse:
+		return subjects.DecodeLockResponse(data, out)
+	case *subjects.UnlockResponse:
+		return subjects.DecodeUnlockResponse(data, out)
+	default:
+		return json.Unmarshal(data, out)
+	}
 }
 
 // unlockKey sends an unlock for key and returns the service's verdict: nil

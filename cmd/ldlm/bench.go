@@ -25,6 +25,9 @@ const benchUsage = `Usage:
 Without --server, ldlm bench starts its own server in the process, as
 ` + "`ldlm`" + ` runs it (embedded NATS, lock service on an in-process connection), and
 its clients connect over TCP to 127.0.0.1. See BENCHMARKS.md.
+The clients are part of the measurement: they decode the replies as
+clientlib does; --baseline-json-replies adds rows (system "baseline")
+whose clients decode with encoding/json instead, round by round.
 
 To compare two builds side by side, run both lock services on one NATS
 server under different prefixes and name the older one with
@@ -54,6 +57,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	server := fs.String("server", "", "NATS URL of a running lock service to measure (external); empty: start one in this process")
 	prefix := fs.String("prefix", subjects.DefaultPrefix, "subject prefix of the external lock service")
 	baseline := fs.String("baseline-prefix", "", "subject prefix of a second lock service on the same server to compare with, round by round (needs --server)")
+	jsonBaseline := fs.Bool("baseline-json-replies", false, "add baseline rows whose clients decode replies with encoding/json (the client decoder before subjects.DecodeLockResponse); against the service under test unless --baseline-prefix names another")
 	short := fs.Bool("short", false, "a few seconds in all (for CI): same rows, figures too short to quote")
 	rounds := fs.Int("rounds", cfg.Rounds, "rounds of alternation per group")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "run time of each workload in each round")
@@ -103,12 +107,18 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	var t *bench.Target
 	if *server == "" {
 		t, err = bench.NewEmbeddedTarget(*serviceOverTCP)
+		if err == nil && *jsonBaseline {
+			t.SetJSONBaseline()
+		}
 	} else {
 		t, err = bench.NewExternalTarget(*server, *prefix)
 		if err == nil && *baseline != "" {
 			if err = t.SetBaseline(*baseline); err != nil {
 				t.Close()
 			}
+		}
+		if err == nil && *jsonBaseline {
+			t.SetJSONBaseline()
 		}
 	}
 	if err != nil {

@@ -2,12 +2,14 @@ package bench
 
 import (
 	"bytes"
+	"encoding/json"
 	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/ldlm-io/ldlm/service"
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // TestShortBaseline measures two lock services on one NATS server side by
@@ -106,5 +108,74 @@ func TestBaselineNeedsExternal(t *testing.T) {
 	defer target.Close()
 	if err := target.SetBaseline("ldlmold"); err == nil {
 		t.Error("SetBaseline on an embedded target accepted")
+	}
+}
+
+// SetJSONBaseline on an embedded target adds baseline rows for every lock
+// workload, against the same service, whose clients decode with
+// encoding/json; both sets of rows are there with a positive rate. It
+// asserts nothing about timing.
+func TestShortJSONBaseline(t *testing.T) {
+	target, err := NewEmbeddedTarget(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	target.SetJSONBaseline()
+
+	cfg := ShortConfig()
+	cfg.Workers = []int{8}
+	cfg.Conns = []ConnMode{SharedConn}
+	cfg.Workloads = []string{WorkUncontended, WorkContended}
+	var out bytes.Buffer
+	rows, err := Run(target, cfg, &out)
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Row{}
+	for _, r := range rows {
+		got[r.System+" "+r.Workload] = r
+	}
+	want := []string{"ldlm echo", "ldlm echo-tcp"}
+	for _, system := range []string{"ldlm", BaselineSystem} {
+		want = append(want, system+" uncontended", system+" contended")
+	}
+	if len(rows) != len(want) {
+		t.Errorf("%d rows, want %d", len(rows), len(want))
+	}
+	for _, k := range want {
+		r, ok := got[k]
+		switch {
+		case !ok:
+			t.Errorf("no row %q", k)
+		case r.Err != nil || r.Rate <= 0 || r.Ratio <= 0:
+			t.Errorf("%q: rate %v, ratio %v, err %v", k, r.Rate, r.Ratio, r.Err)
+		}
+	}
+	if !strings.Contains(out.String(), "baseline: the service under test, clients decoding replies with encoding/json") {
+		t.Error("the header does not say what the baseline is")
+	}
+	if s := target.Embedded.Service.Engine().Stats(); s.Locks != 0 || s.Waiters != 0 {
+		t.Errorf("left behind: %+v", s)
+	}
+}
+
+// The bench client's decoders give what json.Unmarshal gives, on both
+// paths, for a reply the service writes.
+func TestClientDecoders(t *testing.T) {
+	data, err := subjects.AppendLockResponse(nil, subjects.LockResponse{Locked: true, Name: "n", Key: "k", Token: 7, Instance: "i"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want subjects.LockResponse
+	if err := json.Unmarshal(data, &want); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []client{{}, {jsonReplies: true}} {
+		var got subjects.LockResponse
+		if err := c.decodeLock(data, &got); err != nil || got != want {
+			t.Errorf("jsonReplies %v: decodeLock(%s) = %+v, %v; want %+v", c.jsonReplies, data, got, err, want)
+		}
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,22 +23,6 @@ import (
 // descriptors for (each connection costs two here: the client's socket and
 // the embedded server's) hold them in a helper process.
 var HelperCommand func(url string, n int) *exec.Cmd
-
-// fileLimit raises the soft limit of open files to the hard limit and
-// returns it.
-func fileLimit() (uint64, error) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	if lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-			return 0, err
-		}
-	}
-	return lim.Cur, nil
-}
 
 // fdsSpare is what the process keeps for everything but the connections.
 const fdsSpare = 512

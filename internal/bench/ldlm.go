@@ -36,6 +36,10 @@ type Target struct {
 	// the same NATS server (an older build, say): every lock workload is
 	// then run against it too, alternating with the one under test.
 	baselinePrefix string
+	// baselineJSON, when set, makes the baseline's clients decode replies
+	// with encoding/json, as clients did before subjects.DecodeLockResponse
+	// (see SetJSONBaseline).
+	baselineJSON bool
 }
 
 // BaselineSystem is the system column of the rows measured against the
@@ -197,10 +201,36 @@ func (t *Target) SetBaseline(prefix string) error {
 	return nil
 }
 
+// SetJSONBaseline makes the baseline's clients decode the replies with
+// encoding/json, as clients did before subjects.DecodeLockResponse. The
+// client is part of every measurement (in embedded mode it shares the CPU
+// with the server and the service), so this is how its decoder is compared
+// round by round. Without SetBaseline the baseline is the service under
+// test: the two sets of rows then differ only in the client's decoder.
+func (t *Target) SetJSONBaseline() {
+	t.baselineJSON = true
+}
+
+// baselineDescription says what the baseline rows measure, or "" when
+// there are none.
+func (t *Target) baselineDescription() string {
+	service := "the service under test"
+	if t.baselinePrefix != "" {
+		service = "the service under prefix " + strconv.Quote(t.baselinePrefix)
+	}
+	switch {
+	case t.baselineJSON:
+		return service + ", clients decoding replies with encoding/json"
+	case t.baselinePrefix != "":
+		return service
+	}
+	return ""
+}
+
 // baselineOf names the baseline's run of lock workloads ws, if there is
 // a baseline.
 func (t *Target) baselineOf(ws []string) []string {
-	if t.baselinePrefix == "" {
+	if t.baselinePrefix == "" && !t.baselineJSON {
 		return nil
 	}
 	var names []string
@@ -269,6 +299,9 @@ type client struct {
 	prefix  string
 	owner   nats.Header
 	timeout time.Duration
+	// jsonReplies decodes replies with json.Unmarshal instead of the
+	// subjects decoders (a baseline, see SetJSONBaseline).
+	jsonReplies bool
 }
 
 func newClient(nc *nats.Conn, prefix string, timeout time.Duration) (*client, error) {
@@ -284,11 +317,21 @@ func (c *client) request(subject string, body []byte) (*nats.Msg, error) {
 	return c.nc.RequestMsg(&nats.Msg{Subject: subject, Header: c.owner, Data: body}, c.timeout)
 }
 
-// lockReply is the part of a lock reply a client reads.
-type lockReply struct {
-	Locked bool            `json:"locked"`
-	Key    string          `json:"key"`
-	Error  *subjects.Error `json:"error"`
+// decodeLock decodes a lock reply as clientlib does: into the whole
+// subjects.LockResponse.
+func (c *client) decodeLock(data []byte, r *subjects.LockResponse) error {
+	if c.jsonReplies {
+		return json.Unmarshal(data, r)
+	}
+	return subjects.DecodeLockResponse(data, r)
+}
+
+// decodeUnlock is decodeLock for an unlock reply.
+func (c *client) decodeUnlock(data []byte, r *subjects.UnlockResponse) error {
+	if c.jsonReplies {
+		return json.Unmarshal(data, r)
+	}
+	return subjects.DecodeUnlockResponse(data, r)
 }
 
 // lock sends lock or trylock (op) for name with body and returns the key
@@ -298,8 +341,8 @@ func (c *client) lock(op, name string, body []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s %s: %w", op, name, err)
 	}
-	var r lockReply
-	if err := json.Unmarshal(m.Data, &r); err != nil {
+	var r subjects.LockResponse
+	if err := c.decodeLock(m.Data, &r); err != nil {
 		return "", fmt.Errorf("%s %s: unreadable reply %q: %w", op, name, m.Data, err)
 	}
 	if r.Error != nil {
@@ -311,11 +354,6 @@ func (c *client) lock(op, name string, body []byte) (string, error) {
 	return r.Key, nil
 }
 
-type unlockReply struct {
-	Unlocked bool            `json:"unlocked"`
-	Error    *subjects.Error `json:"error"`
-}
-
 func (c *client) unlock(name, key string) error {
 	body, err := json.Marshal(subjects.Request{Key: key})
 	if err != nil {
@@ -325,8 +363,8 @@ func (c *client) unlock(name, key string) error {
 	if err != nil {
 		return fmt.Errorf("unlock %s: %w", name, err)
 	}
-	var r unlockReply
-	if err := json.Unmarshal(m.Data, &r); err != nil {
+	var r subjects.UnlockResponse
+	if err := c.decodeUnlock(m.Data, &r); err != nil {
 		return fmt.Errorf("unlock %s: unreadable reply %q: %w", name, m.Data, err)
 	}
 	if r.Error != nil {
@@ -443,7 +481,7 @@ func (t *Target) workloads(names []string, clients []*client) ([]Workload, error
 		system, n := splitSystem(name)
 		clients := clients
 		if system == BaselineSystem {
-			clients = withPrefix(clients, t.baselinePrefix)
+			clients = t.baselineClients(clients)
 		}
 		var w []Cycle
 		switch n {
@@ -467,13 +505,16 @@ func (t *Target) workloads(names []string, clients []*client) ([]Workload, error
 	return ws, nil
 }
 
-// withPrefix returns copies of clients that send under prefix, on the same
-// connections.
-func withPrefix(clients []*client, prefix string) []*client {
+// baselineClients returns copies of clients, on the same connections, that
+// send to the baseline service and decode as its clients do.
+func (t *Target) baselineClients(clients []*client) []*client {
 	out := make([]*client, len(clients))
 	for i, c := range clients {
 		cc := *c
-		cc.prefix = prefix
+		if t.baselinePrefix != "" {
+			cc.prefix = t.baselinePrefix
+		}
+		cc.jsonReplies = t.baselineJSON
 		out[i] = &cc
 	}
 	return out

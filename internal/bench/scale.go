@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -602,15 +601,6 @@ func scaleSweep(out io.Writer, n int, timeout time.Duration) error {
 	fmt.Fprintf(out, "sweep: %6d connections (and owners): wall %v, CPU %v of the whole process (median of %d sweeps)\n",
 		n, round(walls[runs/2]), round(cpus[runs/2]), runs)
 	return nil
-}
-
-// processCPU is the user and system CPU time of the process so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // round keeps about three significant digits of d for printing.

@@ -122,8 +122,12 @@ func Run(t *Target, cfg Config, out io.Writer) ([]Row, error) {
 	fmt.Fprintf(out, "ldlm bench: %s, %s\n", mode, t.URL)
 	fmt.Fprintf(out, "%s, %s/%s, %d CPUs, GOMAXPROCS %d, %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
-	fmt.Fprintf(out, "%d rounds of %v per workload, alternating within each group; a cycle is lock+unlock, or two echo round trips\n\n",
+	fmt.Fprintf(out, "%d rounds of %v per workload, alternating within each group; a cycle is lock+unlock, or two echo round trips\n",
 		cfg.Rounds, cfg.Duration)
+	if b := t.baselineDescription(); b != "" {
+		fmt.Fprintf(out, "baseline: %s\n", b)
+	}
+	fmt.Fprintln(out)
 
 	var rows []Row
 	tw := NewTable(out)
