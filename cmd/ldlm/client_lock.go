@@ -43,10 +43,6 @@ As ldlm lock, but never waits: when every slot of the lock is held, COMMAND
 does not run and ldlm exits with status 75.
 `
 
-// forwardedSignals are passed on to COMMAND. While the lock is still being
-// waited for, they end the wait instead.
-var forwardedSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
-
 func runLock(args []string, stdout, stderr io.Writer) int {
 	return runLockCommand("lock", lockUsage, args, stdout, stderr)
 }
