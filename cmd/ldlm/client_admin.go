@@ -43,11 +43,26 @@ and when it last compared lock owners with the live connections.
 `
 
 func runList(args []string, stdout, stderr io.Writer) int {
-	const command = "ldlm list"
+	return runAdminQuery("ldlm list", listUsage, subjects.OpAdminList, args, stdout, stderr,
+		func(r *subjects.ListResponse) *subjects.Error { return r.Error },
+		func(w io.Writer, r *subjects.ListResponse) { printLocks(w, r.Locks, time.Now()) })
+}
+
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	return runAdminQuery("ldlm status", statusUsage, subjects.OpAdminStatus, args, stdout, stderr,
+		func(r *subjects.StatusResponse) *subjects.Error { return r.Error },
+		func(w io.Writer, r *subjects.StatusResponse) { printStatus(w, *r) })
+}
+
+// runAdminQuery runs an admin command that takes no arguments and asks the
+// service one question (op): it prints the reply with show, or as the
+// service's JSON with --json. errOf returns the error the reply carries.
+func runAdminQuery[R any](command, usage, op string, args []string, stdout, stderr io.Writer,
+	errOf func(*R) *subjects.Error, show func(io.Writer, *R)) int {
 	fs := flag.NewFlagSet(command, flag.ContinueOnError)
 	conn := addClientFlags(fs)
 	asJSON := fs.Bool("json", false, "print the service's JSON reply")
-	if code, done := parseCommandFlags(fs, args, listUsage, stdout, stderr); done {
+	if code, done := parseCommandFlags(fs, args, usage, stdout, stderr); done {
 		return code
 	}
 	if code, ok := noArguments(fs, conn, stderr); !ok {
@@ -58,10 +73,10 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		return failed(stderr, command, err)
 	}
 	defer nc.Close()
-	var resp subjects.ListResponse
-	raw, err := adminRequest(nc, conn.prefix, subjects.OpAdminList, "", nil, &resp)
-	if err == nil && resp.Error != nil {
-		err = refused(resp.Error)
+	var resp R
+	raw, err := adminRequest(nc, conn.prefix, op, "", nil, &resp)
+	if err == nil && errOf(&resp) != nil {
+		err = refused(errOf(&resp))
 	}
 	if err != nil {
 		return failed(stderr, command, err)
@@ -70,7 +85,7 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
 		return 0
 	}
-	printLocks(stdout, resp.Locks, time.Now())
+	show(stdout, &resp)
 	return 0
 }
 
@@ -211,38 +226,6 @@ func runUnlock(args []string, stdout, stderr io.Writer) int {
 		what = "grants"
 	}
 	fmt.Fprintf(stdout, "released lock %s: %d %s, fencing token %s\n", showName(resp.Name), len(tokens), what, strings.Join(tokens, ", "))
-	return 0
-}
-
-func runStatus(args []string, stdout, stderr io.Writer) int {
-	const command = "ldlm status"
-	fs := flag.NewFlagSet(command, flag.ContinueOnError)
-	conn := addClientFlags(fs)
-	asJSON := fs.Bool("json", false, "print the service's JSON reply")
-	if code, done := parseCommandFlags(fs, args, statusUsage, stdout, stderr); done {
-		return code
-	}
-	if code, ok := noArguments(fs, conn, stderr); !ok {
-		return code
-	}
-	nc, err := conn.connect(command, command, stderr)
-	if err != nil {
-		return failed(stderr, command, err)
-	}
-	defer nc.Close()
-	var st subjects.StatusResponse
-	raw, err := adminRequest(nc, conn.prefix, subjects.OpAdminStatus, "", nil, &st)
-	if err == nil && st.Error != nil {
-		err = refused(st.Error)
-	}
-	if err != nil {
-		return failed(stderr, command, err)
-	}
-	if *asJSON {
-		fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
-		return 0
-	}
-	printStatus(stdout, st)
 	return 0
 }
 
