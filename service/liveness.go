@@ -112,6 +112,12 @@ func connzAccount(ctx context.Context, sys, conn *nats.Conn) (account string, fo
 
 const (
 	connzPageSize = 4096
+	// connzPageOverlap is how many connections each page repeats of the
+	// one before. The servers list connections by client id and page by
+	// position, so connections that close between two pages shift later
+	// ones onto the page already read; the overlap absorbs that many
+	// closes, and a larger shift is detected (see connList.add).
+	connzPageOverlap = 256
 	// connzQuiet is how long the sweep waits after the last server's answer
 	// for another server to answer: there is no way to know how many will.
 	connzQuiet        = 250 * time.Millisecond
@@ -315,15 +321,15 @@ func (l *liveness) sweep(ctx context.Context) error {
 	// Owners that appear after this mark may be missing from the lists we
 	// are about to fetch only because they are new: leave them alone.
 	mark := l.s.engine.OwnerMark()
-	live, ids, err := l.listConnections(ctx)
+	list, err := l.listConnections(ctx)
 	if err != nil {
 		return err
 	}
 	l.lastSweep = time.Now()
 	if !l.s.cfg.NoClearOnDisconnect {
-		l.releaseRestarted(ids)
+		l.releaseRestarted(list.ids)
 	}
-	for name, id := range ids {
+	for name, id := range list.ids {
 		l.servers[name] = serverSeen{id: id, mark: mark}
 		l.noteServerID(name, id)
 	}
@@ -337,7 +343,10 @@ func (l *liveness) sweep(ctx context.Context) error {
 		if err != nil {
 			return true // not ours to judge
 		}
-		conns, answered := live[server]
+		if list.gaps[server] {
+			return true // its list may lack open connections: judge it next time
+		}
+		conns, answered := list.live[server]
 		if !answered {
 			// A server may miss one sweep's quiet window; one that misses
 			// several in a row is gone, and so are its connections.
@@ -347,8 +356,12 @@ func (l *liveness) sweep(ctx context.Context) error {
 		_, ok := conns[cid]
 		return ok
 	})
-	for server := range live {
+	for server := range list.live {
 		delete(l.missing, server)
+	}
+	for server := range list.gaps {
+		l.s.log.Warn("connections closed faster than the sweep could page through the list; this server's owners are judged at the next sweep",
+			"server", server)
 	}
 	for server := range unanswered {
 		l.missing[server]++
@@ -438,48 +451,93 @@ type connzReply struct {
 	} `json:"error"`
 }
 
+// connList collects the servers' connection lists, page by page.
+type connList struct {
+	live map[string]map[uint64]struct{} // server name → open client ids
+	ids  map[string]string              // server name → server id
+	last map[string]uint64              // server name → highest client id of its latest page
+	done map[string]bool                // the server's list is complete, or given up
+	// gaps names the servers whose list may lack open connections: their
+	// pages shifted by more than the overlap while they were read. Their
+	// owners must not be judged by this sweep.
+	gaps map[string]bool
+}
+
+func newConnList() *connList {
+	return &connList{live: map[string]map[uint64]struct{}{}, ids: map[string]string{}, last: map[string]uint64{},
+		done: map[string]bool{}, gaps: map[string]bool{}}
+}
+
+// add records one server's page, asked for at offset, and reports whether
+// that server has more pages. A page after the first must begin at or
+// below the highest client id of the page before (the pages overlap):
+// if it begins above it, connections that closed meanwhile shifted some
+// open ones past this page's start, and they are missing from the list.
+func (c *connList) add(r connzReply, offset int) (more bool) {
+	name := r.Server.Name
+	c.ids[name] = r.Server.ID
+	set := c.live[name]
+	if set == nil {
+		set = map[uint64]struct{}{}
+		c.live[name] = set
+	}
+	if c.done[name] {
+		return false // a page past the end of a list already complete
+	}
+	conns := r.Data.Conns
+	if offset > 0 && (len(conns) == 0 || conns[0].CID > c.last[name]) {
+		c.gaps[name], c.done[name] = true, true
+		return false
+	}
+	for i, conn := range conns {
+		if i > 0 && conn.CID <= conns[i-1].CID {
+			// Not in client id order: the overlap proves nothing.
+			c.gaps[name] = true
+		}
+		set[conn.CID] = struct{}{}
+	}
+	if len(conns) > 0 {
+		c.last[name] = conns[len(conns)-1].CID
+	}
+	if r.Data.Offset+len(conns) >= r.Data.Total || c.gaps[name] {
+		c.done[name] = true
+		return false
+	}
+	return true
+}
+
 // listConnections asks every NATS server for its open connections, page by
-// page, and returns server name → set of client ids, and server name → id.
-func (l *liveness) listConnections(ctx context.Context) (map[string]map[uint64]struct{}, map[string]string, error) {
+// page.
+func (l *liveness) listConnections(ctx context.Context) (*connList, error) {
 	conn, subject := l.s.nc, accountConnz
 	if l.s.sys != nil {
 		conn, subject = l.s.sys, serverConnz
 	}
-	live := map[string]map[uint64]struct{}{}
-	ids := map[string]string{}
-	for offset := 0; ; offset += connzPageSize {
+	list := newConnList()
+	for offset := 0; ; offset += connzPageSize - connzPageOverlap {
 		body := fmt.Appendf(nil, `{"offset":%d,"limit":%d}`, offset, connzPageSize)
 		msgs, err := gather(ctx, conn, subject, body, connzFirstAnswer)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if len(msgs) == 0 {
-			return nil, nil, errors.New(subject + ": no NATS server answered (is there a system account?)")
+			return nil, errors.New(subject + ": no NATS server answered (is there a system account?)")
 		}
 		more := false
 		for _, msg := range msgs {
 			var r connzReply
 			if err := json.Unmarshal(msg.Data, &r); err != nil {
-				return nil, nil, fmt.Errorf("%s: unreadable answer: %w", subject, err)
+				return nil, fmt.Errorf("%s: unreadable answer: %w", subject, err)
 			}
 			if r.Error != nil {
-				return nil, nil, fmt.Errorf("%s: server %q answered %d %s", subject, r.Server.Name, r.Error.Code, r.Error.Description)
+				return nil, fmt.Errorf("%s: server %q answered %d %s", subject, r.Server.Name, r.Error.Code, r.Error.Description)
 			}
-			ids[r.Server.Name] = r.Server.ID
-			set := live[r.Server.Name]
-			if set == nil {
-				set = map[uint64]struct{}{}
-				live[r.Server.Name] = set
-			}
-			for _, c := range r.Data.Conns {
-				set[c.CID] = struct{}{}
-			}
-			if r.Data.Offset+len(r.Data.Conns) < r.Data.Total {
+			if list.add(r, offset) {
 				more = true
 			}
 		}
 		if !more {
-			return live, ids, nil
+			return list, nil
 		}
 	}
 }

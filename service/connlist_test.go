@@ -1,0 +1,84 @@
+package service
+
+import (
+	"maps"
+	"slices"
+	"testing"
+)
+
+// page is one server's answer to a connection-list request.
+func page(server string, offset, total int, cids ...uint64) connzReply {
+	var r connzReply
+	r.Server.Name, r.Server.ID = server, server+"-id"
+	r.Data.Offset, r.Data.Total = offset, total
+	for _, cid := range cids {
+		r.Data.Conns = append(r.Data.Conns, struct {
+			CID uint64 `json:"cid"`
+		}{cid})
+	}
+	return r
+}
+
+// The servers page their lists by position, sorted by client id. Pages
+// overlap, so that connections closing between two pages cannot push an
+// open one past the page already read unnoticed: a list with such a gap
+// must not be used to judge that server's owners.
+func TestConnListPages(t *testing.T) {
+	type step struct {
+		offset int
+		r      connzReply
+		more   bool
+	}
+	tests := []struct {
+		name  string
+		steps []step
+		live  []uint64
+		gaps  bool
+	}{
+		{"one page", []step{{0, page("n", 0, 3, 1, 2, 5), false}}, []uint64{1, 2, 5}, false},
+		{"empty server", []step{{0, page("n", 0, 0), false}}, nil, false},
+		{"two pages, nothing closed", []step{
+			{0, page("n", 0, 6, 1, 2, 3, 4), true},
+			{2, page("n", 2, 6, 3, 4, 5, 6), false},
+		}, []uint64{1, 2, 3, 4, 5, 6}, false},
+		{"one close between pages, within the overlap", []step{
+			{0, page("n", 0, 6, 1, 2, 3, 4), true},
+			// 2 closed: 5 moved to position 3, the page starts at 4.
+			{2, page("n", 2, 5, 4, 5, 6), false},
+		}, []uint64{1, 2, 3, 4, 5, 6}, false},
+		{"more closes than the overlap", []step{
+			{0, page("n", 0, 7, 1, 2, 3, 4), true},
+			// 1, 2 and 3 closed: 5 moved to position 1, the page skips it.
+			{2, page("n", 2, 4, 6, 7), false},
+		}, []uint64{1, 2, 3, 4}, true},
+		{"so many closes that the next page is empty", []step{
+			{0, page("n", 0, 7, 1, 2, 3, 4), true},
+			{2, page("n", 2, 2), false},
+		}, []uint64{1, 2, 3, 4}, true},
+		{"a page out of client id order", []step{{0, page("n", 0, 6, 1, 3, 2, 4), false}}, []uint64{1, 2, 3, 4}, true},
+		{"a page after the end of a complete list", []step{
+			{0, page("n", 0, 2, 1, 2), false},
+			{2, page("n", 2, 2), false},
+		}, []uint64{1, 2}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			list := newConnList()
+			for i, st := range tt.steps {
+				if more := list.add(st.r, st.offset); more != st.more {
+					t.Fatalf("page %d: more = %v, want %v", i, more, st.more)
+				}
+			}
+			got := slices.Sorted(maps.Keys(list.live["n"]))
+			if !slices.Equal(got, tt.live) {
+				t.Errorf("live client ids %v, want %v", got, tt.live)
+			}
+			if list.gaps["n"] != tt.gaps {
+				t.Errorf("gaps = %v, want %v", list.gaps["n"], tt.gaps)
+			}
+			if list.ids["n"] != "n-id" {
+				t.Errorf("server id %q", list.ids["n"])
+			}
+		})
+	}
+}
