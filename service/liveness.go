@@ -153,8 +153,8 @@ type liveness struct {
 	disconnectedFrom string
 	disconnectMark   uint64
 
-	// idsMu guards serverIDs. It is not mu because a sweep holds mu for
-	// seconds, and advisories must not wait for it.
+	// idsMu guards serverIDs and retiredIDs. It is not mu because a sweep
+	// holds mu for seconds, and advisories must not wait for it.
 	idsMu sync.Mutex
 	// serverIDs is the latest id seen for each server name, in advisories,
 	// sweeps and our own connections. The engine remembers the owners it
@@ -162,6 +162,10 @@ type liveness struct {
 	// it restarted and gives out its client ids again, so the owners it
 	// released before are forgotten (see noteServerID).
 	serverIDs map[string]string
+	// retiredIDs holds the ids that servers had before they restarted. An
+	// advisory of a former life that arrives late names a client id that a
+	// connection of the new life may have now: it must be ignored.
+	retiredIDs map[string]bool
 }
 
 type serverSeen struct {
@@ -171,7 +175,7 @@ type serverSeen struct {
 
 func newLiveness(s *Service) *liveness {
 	return &liveness{s: s, kick: make(chan struct{}, 1), missing: map[string]int{}, servers: map[string]serverSeen{},
-		serverIDs: map[string]string{}}
+		serverIDs: map[string]string{}, retiredIDs: map[string]bool{}}
 }
 
 // source says how liveness is followed, for logs and status.
@@ -301,6 +305,12 @@ func (l *liveness) onDisconnect(msg *nats.Msg) {
 		l.s.log.Warn("unreadable disconnect advisory", "subject", msg.Subject)
 		return
 	}
+	if l.retired(ev.Server.ID) {
+		// Late news of a server's former life: its connections were
+		// released when the restart was seen, and this client id may be a
+		// live connection of the new life.
+		return
+	}
 	// A server that restarted gives its client ids out again: forget the
 	// closed connections of its former life before remembering this one.
 	l.noteServerID(ev.Server.Name, ev.Server.ID)
@@ -405,12 +415,27 @@ func (l *liveness) noteServerID(name, id string) {
 		return
 	}
 	l.idsMu.Lock()
+	if l.retiredIDs[id] {
+		l.idsMu.Unlock()
+		return // late news of a former life: keep the current id
+	}
 	old := l.serverIDs[name]
 	l.serverIDs[name] = id
+	if old != "" && old != id {
+		// Server ids are random per start: a set of a few per restart.
+		l.retiredIDs[old] = true
+	}
 	l.idsMu.Unlock()
 	if old != "" && old != id {
 		l.forgetGoneOwners(name)
 	}
+}
+
+// retired reports whether id belonged to a server that has restarted since.
+func (l *liveness) retired(id string) bool {
+	l.idsMu.Lock()
+	defer l.idsMu.Unlock()
+	return l.retiredIDs[id]
 }
 
 // forgetGoneOwners drops the engine's memory of the closed connections of

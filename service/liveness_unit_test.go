@@ -1,9 +1,16 @@
 package service
 
 import (
+	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // page is one server's answer to a connection-list request.
@@ -80,5 +87,40 @@ func TestConnListPages(t *testing.T) {
 				t.Errorf("server id %q", list.ids["n"])
 			}
 		})
+	}
+}
+
+// A disconnect advisory of a server's former life that arrives after the
+// restart was seen names a client id that a connection of the new life may
+// hold: it must not release that connection's locks.
+func TestLateAdvisoryOfFormerServerLifeIgnored(t *testing.T) {
+	s := &Service{engine: engine.New(), log: slog.New(slog.DiscardHandler)}
+	t.Cleanup(s.engine.Close)
+	l := newLiveness(s)
+	advisory := func(serverID string, cid uint64) *nats.Msg {
+		return &nats.Msg{Data: fmt.Appendf(nil, `{"server":{"name":"n","id":%q},"client":{"id":%d,"acc":"APP"},"reason":"Client Closed"}`, serverID, cid)}
+	}
+
+	l.noteServerID("n", "OLD")
+	l.noteServerID("n", "NEW") // restarted
+	owner := subjects.FormatOwner("n", 7)
+	if _, ok, err := s.engine.TryLock(engine.Request{Name: "job", Owner: owner}); !ok || err != nil {
+		t.Fatalf("trylock of the new connection 7: %v, %v", ok, err)
+	}
+
+	l.onDisconnect(advisory("OLD", 7))
+	if st := s.engine.Stats(); st.Holders != 1 {
+		t.Fatalf("an advisory of the old server's connection 7 released the new connection 7's lock: %+v", st)
+	}
+	l.idsMu.Lock()
+	current := l.serverIDs["n"]
+	l.idsMu.Unlock()
+	if current != "NEW" {
+		t.Fatalf("the late advisory turned the server's id back to %q", current)
+	}
+
+	l.onDisconnect(advisory("NEW", 7))
+	if st := s.engine.Stats(); st.Holders != 0 {
+		t.Fatalf("the advisory of the new connection 7 did not release its lock: %+v", st)
 	}
 }
