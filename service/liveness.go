@@ -149,6 +149,9 @@ type liveness struct {
 	// connectedTo is the server the service's connection is on; when that
 	// connection drops, disconnectMark remembers the owner mark then, a
 	// tighter bound than the last sweep's if that very server restarted.
+	// They are guarded by connMu, not mu: the status watcher must take the
+	// mark the moment the connection drops, even while a sweep holds mu.
+	connMu           sync.Mutex
 	connectedTo      string
 	disconnectedFrom string
 	disconnectMark   uint64
@@ -217,9 +220,38 @@ func (l *liveness) start() error {
 	if s.sys != nil {
 		l.sysStat = s.sys.StatusChanged(nats.CONNECTED)
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
+	go l.watchStatus()
 	go l.run()
 	return nil
+}
+
+// watchStatus follows the service connection's status. It only takes
+// notes, never sweeps, so that the owner mark is taken when the connection
+// drops, before requests can arrive over a restarted server; a sweep is
+// asked of run after a reconnect.
+func (l *liveness) watchStatus() {
+	defer l.s.wg.Done()
+	for {
+		select {
+		case <-l.s.stop:
+			return
+		case st := <-l.status:
+			if st != nats.CONNECTED {
+				l.noteDisconnect()
+				continue
+			}
+			l.connMu.Lock()
+			l.connectedTo = l.s.nc.ConnectedServerName()
+			l.connMu.Unlock()
+			l.noteServerID(l.s.nc.ConnectedServerName(), l.s.nc.ConnectedServerId())
+			l.s.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
+			select {
+			case l.kick <- struct{}{}:
+			default: // a sweep is asked for already
+			}
+		}
+	}
 }
 
 // run is the sweeper goroutine.
@@ -236,16 +268,6 @@ func (l *liveness) run() {
 		case <-l.s.stop:
 			return
 		case <-tick:
-		case st := <-l.status:
-			if st != nats.CONNECTED {
-				l.noteDisconnect()
-				continue
-			}
-			l.mu.Lock()
-			l.connectedTo = l.s.nc.ConnectedServerName()
-			l.mu.Unlock()
-			l.noteServerID(l.s.nc.ConnectedServerName(), l.s.nc.ConnectedServerId())
-			l.s.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
 		case <-l.sysStat: // a nil channel (no system connection) never fires
 			l.noteServerID(l.s.sys.ConnectedServerName(), l.s.sys.ConnectedServerId())
 			l.s.log.Info("system connection reconnected; sweeping for disconnects missed meanwhile")
@@ -275,8 +297,8 @@ func (l *liveness) close() {
 }
 
 func (l *liveness) noteDisconnect() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.connMu.Lock()
+	defer l.connMu.Unlock()
 	l.disconnectMark = l.s.engine.OwnerMark()
 	l.disconnectedFrom = l.connectedTo
 	l.s.log.Warn("disconnected from NATS", "server", l.connectedTo)
@@ -343,7 +365,13 @@ func (l *liveness) sweep(ctx context.Context) error {
 		l.servers[name] = serverSeen{id: id, mark: mark}
 		l.noteServerID(name, id)
 	}
-	l.disconnectedFrom = ""
+	l.connMu.Lock()
+	if _, answered := list.ids[l.disconnectedFrom]; answered {
+		// Its restart, if any, was handled above with the mark of our
+		// disconnect; until it answers, that mark is kept.
+		l.disconnectedFrom = ""
+	}
+	l.connMu.Unlock()
 	if l.s.cfg.NoClearOnDisconnect {
 		return nil
 	}
@@ -392,9 +420,11 @@ func (l *liveness) releaseRestarted(ids map[string]string) {
 			continue
 		}
 		mark := seen.mark
+		l.connMu.Lock()
 		if name == l.disconnectedFrom && l.disconnectMark > mark {
 			mark = l.disconnectMark
 		}
+		l.connMu.Unlock()
 		released := l.s.engine.ReleaseStaleOwners(mark, func(owner string) bool {
 			server, _, err := subjects.ParseOwner(owner)
 			return err != nil || server != name
