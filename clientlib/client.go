@@ -46,6 +46,7 @@ type Client struct {
 
 	// What the service's notices said (notices.go).
 	instance       string                // the instance that serves now, as last heard; "" not known
+	unsure         bool                  // instance was learned from a reply while none was known, with no wake (see instanceServesLocked)
 	goneInstances  []string              // instances known to be gone, oldest first
 	instanceCtx    context.Context       // cancelled when another instance takes over
 	instanceCancel context.CancelFunc    // cancels instanceCtx

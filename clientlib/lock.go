@@ -85,6 +85,13 @@ func (c *Client) TryLock(ctx context.Context, name string, opts ...LockOption) (
 // errNoReply is the cause of a request context whose time for a reply ran out.
 var errNoReply = errors.New("no reply from the lock service in time")
 
+// Pauses between the tries of acquire after the second: they double from
+// retryPause up to maxRetryPause.
+const (
+	retryPause    = 10 * time.Millisecond
+	maxRetryPause = time.Second
+)
+
 // acquire is Lock and TryLock: it asks until it gets an answer that does
 // not depend on a connection that has gone away.
 func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*Lock, error) {
@@ -96,7 +103,17 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 	if o.waitTimeout > 0 {
 		waitUntil = time.Now().Add(o.waitTimeout)
 	}
-	for {
+	for retries := 0; ; retries++ {
+		if retries > 1 {
+			// Asking again at once is right after one change of connection
+			// or instance; a change after every try (two instances serving
+			// one prefix for a while) must not become a busy loop.
+			pause := min(retryPause<<min(retries-2, 10), maxRetryPause)
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
+			}
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, wrap(op, name, err) // nothing sent yet: nothing to clean up
 		}

@@ -172,8 +172,20 @@ func (c *Client) onInstance(msg *nats.Msg) {
 // that waiting Lock calls ask again. It returns the held locks that are
 // lost. c.mu must be held.
 func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
-	if id == c.instance || slices.Contains(c.goneInstances, id) {
-		return nil // nothing new, or late news of an instance known to be gone
+	if slices.Contains(c.goneInstances, id) {
+		return nil // late news of an instance known to be gone
+	}
+	if id == c.instance {
+		if announced && c.unsure {
+			// The client heard of this instance first from a reply, when
+			// it knew of none, and did not wake its waits then. Its start
+			// announcement says it replaced another: a wait sent before
+			// may be parked at that one.
+			c.unsure = false
+			c.instanceCancel()
+			c.instanceCtx, c.instanceCancel = context.WithCancel(context.Background())
+		}
+		return nil
 	}
 	// The first reply the client sees teaches it nothing about its waits;
 	// an announcement, or a change, means that one may be parked at an
@@ -185,6 +197,7 @@ func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 	if c.instance != "" {
 		c.goneInstances = appendBounded(c.goneInstances, c.instance)
 	}
+	c.unsure = c.instance == "" && !announced
 	c.instance = id
 	var lost []*Lock
 	for l := range c.held {

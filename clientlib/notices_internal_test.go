@@ -44,6 +44,14 @@ func TestInstanceKnowledge(t *testing.T) {
 		{name: "stop of another instance",
 			events: []event{{"reply", "A"}, {"stopped", "X"}},
 			held:   []string{"A"}},
+		{name: "first reply of a new instance before its announcement",
+			// A wait may be parked at a killed instance the client never
+			// heard of: the announcement wakes it.
+			events: []event{{"reply", "B"}, {"started", "B"}},
+			held:   []string{"B"}, wakes: 1},
+		{name: "first reply after a stop, before the announcement",
+			events: []event{{"reply", "A"}, {"stopped", "A"}, {"reply", "B"}, {"started", "B"}},
+			held:   []string{"B"}, wakes: 1},
 		{name: "start announced before any reply",
 			events: []event{{"started", "B"}, {"reply", "B"}},
 			held:   []string{"B"}, wakes: 1},
