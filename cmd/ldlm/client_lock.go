@@ -216,18 +216,18 @@ func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 	for running := true; running; {
 		select {
 		case sig := <-sigs:
-			_ = cmd.Process.Signal(sig)
+			_ = signalCommand(cmd.Process, cmd.SysProcAttr, sig)
 		case <-lockDone:
 			lockDone = nil // fires once
 			lost = l.Err()
 			fmt.Fprintf(r.stderr, "%s: %s: sending SIGTERM to COMMAND (pid %d), SIGKILL in %s\n", r.command, errText(lost), cmd.Process.Pid, r.grace)
-			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = signalCommand(cmd.Process, cmd.SysProcAttr, syscall.SIGTERM)
 			graceTimer = time.NewTimer(r.grace)
 			kill = graceTimer.C
 		case <-kill:
 			kill = nil
 			fmt.Fprintf(r.stderr, "%s: COMMAND (pid %d) still ran %s after SIGTERM: sending SIGKILL\n", r.command, cmd.Process.Pid, r.grace)
-			_ = cmd.Process.Kill()
+			_ = signalCommand(cmd.Process, cmd.SysProcAttr, syscall.SIGKILL)
 		case <-exited:
 			running = false
 		}
