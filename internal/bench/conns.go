@@ -27,9 +27,9 @@ var HelperCommand func(url string, n int) *exec.Cmd
 // fdsSpare is what the process keeps for everything but the connections.
 const fdsSpare = 512
 
-// openConns opens n client connections, several at a time.
-func openConns(url string, n int) ([]*nats.Conn, error) {
-	conns := make([]*nats.Conn, n)
+// inParallel calls do(i) for every i in [0, n) from 16 goroutines, and
+// returns the first error; after one, no new calls start.
+func inParallel(n int, do func(i int) error) error {
 	var (
 		wg      sync.WaitGroup
 		next    atomic.Int64
@@ -45,19 +45,29 @@ func openConns(url string, n int) ([]*nats.Conn, error) {
 				if i >= n {
 					return
 				}
-				nc, err := nats.Connect(url, nats.NoReconnect(), nats.Timeout(30*time.Second))
-				if err != nil {
+				if err := do(i); err != nil {
 					errOnce.Do(func() { first = err })
+					next.Store(int64(n)) // stop the others
 					return
 				}
-				conns[i] = nc
 			}
 		}()
 	}
 	wg.Wait()
-	if first != nil {
+	return first
+}
+
+// openConns opens n client connections, several at a time.
+func openConns(url string, n int) ([]*nats.Conn, error) {
+	conns := make([]*nats.Conn, n)
+	err := inParallel(n, func(i int) error {
+		nc, err := nats.Connect(url, nats.NoReconnect(), nats.Timeout(30*time.Second))
+		conns[i] = nc
+		return err
+	})
+	if err != nil {
 		closeConns(conns)
-		return nil, fmt.Errorf("opening %d connections: %w", n, first)
+		return nil, fmt.Errorf("opening %d connections: %w", n, err)
 	}
 	return conns, nil
 }
@@ -82,34 +92,13 @@ func closeConns(conns []*nats.Conn) {
 
 // lockEach takes the lock conn.INDEX on each connection, several at a time.
 func lockEach(conns []*nats.Conn, timeout time.Duration) error {
-	var (
-		wg      sync.WaitGroup
-		next    atomic.Int64
-		errOnce sync.Once
-		first   error
-	)
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(conns) {
-					return
-				}
-				c, err := newClient(conns[i], subjects.DefaultPrefix, timeout)
-				if err == nil {
-					_, err = c.lock(subjects.OpTryLock, "conn."+strconv.Itoa(i), nil)
-				}
-				if err != nil {
-					errOnce.Do(func() { first = err })
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return first
+	return inParallel(len(conns), func(i int) error {
+		c, err := newClient(conns[i], subjects.DefaultPrefix, timeout)
+		if err == nil {
+			_, err = c.lock(subjects.OpTryLock, "conn."+strconv.Itoa(i), nil)
+		}
+		return err
+	})
 }
 
 // lockHolder is n connections each holding one lock.
