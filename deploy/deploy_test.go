@@ -46,6 +46,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"gopkg.in/yaml.v3"
 
+	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -856,33 +857,16 @@ func poll(d time.Duration, cond func() error) error {
 type process struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *ldlmtest.SyncBuffer
 	done chan struct{} // closed when the process has exited
 	code int           // exit status, -1 if killed by a signal; valid after done
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // startProcess starts path; the test's cleanup kills it if it still runs
 // and shows its output if the test failed.
 func startProcess(t testing.TB, name, path string, args, env []string) *process {
 	t.Helper()
-	p := &process{name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{name: name, out: &ldlmtest.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
 	p.cmd.Env = env
 	p.cmd.Stdout = p.out

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -43,14 +44,14 @@ const deafScript = `trap "" TERM; echo "running $LDLM_LOCK_NAME $LDLM_LOCK_TOKEN
 // lockProc is a running `ldlm lock` or `ldlm trylock`.
 type lockProc struct {
 	cmd    *exec.Cmd
-	stdin  *os.File      // the write end of COMMAND's stdin
-	lines  chan string   // stdout lines of COMMAND; closed at EOF
-	stderr *syncBuffer   // ldlm's and COMMAND's stderr
-	exited chan struct{} // closed when ldlm exited
-	seen   []string      // lines read so far, for messages
-	once   sync.Once     // closes stdin once
-	server *ldlmServer   // the server it talks to
-	args   []string      // ldlm's arguments
+	stdin  *os.File             // the write end of COMMAND's stdin
+	lines  chan string          // stdout lines of COMMAND; closed at EOF
+	stderr *ldlmtest.SyncBuffer // ldlm's and COMMAND's stderr
+	exited chan struct{}        // closed when ldlm exited
+	seen   []string             // lines read so far, for messages
+	once   sync.Once            // closes stdin once
+	server *ldlmServer          // the server it talks to
+	args   []string             // ldlm's arguments
 }
 
 // startLockProc starts ldlm with args against s. COMMAND's stdin and
@@ -59,7 +60,7 @@ type lockProc struct {
 // them.
 func startLockProc(t *testing.T, s *ldlmServer, args ...string) *lockProc {
 	t.Helper()
-	p := &lockProc{lines: make(chan string, 64), stderr: &syncBuffer{}, exited: make(chan struct{}), server: s, args: args}
+	p := &lockProc{lines: make(chan string, 64), stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{}), server: s, args: args}
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)

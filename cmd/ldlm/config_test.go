@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/ldlm-io/ldlm/embeddednats"
+	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -307,7 +308,7 @@ func TestExternalFailFast(t *testing.T) {
 			if err != nil {
 				t.Fatalf("configuration: %v", err)
 			}
-			logs := &extLog{}
+			logs := &ldlmtest.SyncBuffer{}
 			err = extServeFails(t, cfg, logs)
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("serve: %v\nwant an error that mentions %q", err, tc.want)
@@ -320,7 +321,7 @@ func TestExternalFailFast(t *testing.T) {
 }
 
 // extWaitLogCount polls logs until s occurs n times.
-func extWaitLogCount(t *testing.T, logs *extLog, s string, n int) {
+func extWaitLogCount(t *testing.T, logs *ldlmtest.SyncBuffer, s string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(extWaitTimeout)
 	for strings.Count(logs.String(), s) < n {

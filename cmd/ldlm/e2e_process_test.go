@@ -22,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -369,7 +370,7 @@ func TestE2EKill9ReleasesLocks(t *testing.T) {
 type holderProc struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	stderr *syncBuffer
+	stderr *ldlmtest.SyncBuffer
 	exited chan struct{}
 	once   sync.Once
 }
@@ -379,7 +380,7 @@ type holderProc struct {
 // returns once it printed "locked".
 func startHolder(t *testing.T, url, name string) *holderProc {
 	t.Helper()
-	h := &holderProc{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	h := &holderProc{stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{})}
 	h.cmd = exec.Command(os.Args[0], "-test.run=^TestHelperHolder$", "-test.count=1", "-test.timeout=10m")
 	h.cmd.Env = cleanEnv(helperEnv+"=holder", "LDLM_E2E_URL="+url, "LDLM_E2E_LOCK="+name)
 	h.cmd.Stderr = h.stderr

@@ -31,6 +31,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -156,29 +157,11 @@ func cliEnv() []string {
 	return cleanEnv("HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))
 }
 
-// syncBuffer is a bytes.Buffer safe for a writing process and a reading test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // ldlmServer is a running ldlm process in embedded mode.
 type ldlmServer struct {
 	url    string
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *ldlmtest.SyncBuffer
 	exited chan struct{} // closed when the process has exited
 	err    error         // cmd.Wait's result, set before exited is closed
 }
@@ -207,7 +190,7 @@ func startLDLM(t testing.TB, env []string, args ...string) *ldlmServer {
 	// server's listen: try again on another port then.
 	for attempt := 1; ; attempt++ {
 		port := freePort(t)
-		s := &ldlmServer{url: fmt.Sprintf("nats://127.0.0.1:%d", port), stderr: &syncBuffer{}, exited: make(chan struct{})}
+		s := &ldlmServer{url: fmt.Sprintf("nats://127.0.0.1:%d", port), stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{})}
 		s.cmd = exec.Command(bin, args...)
 		s.cmd.Env = cleanEnv(append([]string{
 			fmt.Sprintf("LDLM_EMBEDDED_LISTEN=127.0.0.1:%d", port),

@@ -16,7 +16,6 @@ package main
 // machine under -race.
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -45,6 +44,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -465,7 +465,7 @@ func TestExternalConnectErrors(t *testing.T) {
 			if err != nil {
 				t.Fatalf("configuration: %v", err)
 			}
-			logs := &extLog{}
+			logs := &ldlmtest.SyncBuffer{}
 			err = extServeFails(t, cfg, logs)
 			t.Logf("serve: %v", err)
 			for _, w := range tc.want {
@@ -608,7 +608,7 @@ func TestExternalRedactURLs(t *testing.T) {
 }
 
 // extWaitLog polls logs until it contains s.
-func extWaitLog(t *testing.T, logs *extLog, s string) {
+func extWaitLog(t *testing.T, logs *ldlmtest.SyncBuffer, s string) {
 	t.Helper()
 	deadline := time.Now().Add(extWaitTimeout)
 	for !strings.Contains(logs.String(), s) {
@@ -658,7 +658,7 @@ func extCredArgs(prefix string, c natsCredentials) []string {
 
 // extService is serve running in a goroutine.
 type extService struct {
-	logs *extLog
+	logs *ldlmtest.SyncBuffer
 	done chan struct{} // closed when serve returned
 	err  error         // serve's result, set before done is closed
 	stop func()        // ends serve and waits for it; idempotent
@@ -666,7 +666,7 @@ type extService struct {
 
 func extStartServe(t *testing.T, cfg serverConfig) *extService {
 	t.Helper()
-	s := &extService{logs: &extLog{}, done: make(chan struct{})}
+	s := &extService{logs: &ldlmtest.SyncBuffer{}, done: make(chan struct{})}
 	log := slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
@@ -697,7 +697,7 @@ func extStartServe(t *testing.T, cfg serverConfig) *extService {
 }
 
 // extServeFails runs serve, which must return an error within the bound.
-func extServeFails(t *testing.T, cfg serverConfig, logs *extLog) error {
+func extServeFails(t *testing.T, cfg serverConfig, logs *ldlmtest.SyncBuffer) error {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -784,7 +784,7 @@ func extDial(t *testing.T, url string, opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
-func extCheckNoSecrets(t *testing.T, logs *extLog, secrets ...string) {
+func extCheckNoSecrets(t *testing.T, logs *ldlmtest.SyncBuffer, secrets ...string) {
 	t.Helper()
 	text := logs.String()
 	for _, s := range secrets {
@@ -792,24 +792,6 @@ func extCheckNoSecrets(t *testing.T, logs *extLog, secrets ...string) {
 			t.Errorf("the service's log shows a secret (%.6s…)", s)
 		}
 	}
-}
-
-// extLog is a log destination safe for the service's goroutines and the test.
-type extLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *extLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *extLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 // ---- the NATS server ----

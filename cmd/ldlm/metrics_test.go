@@ -6,7 +6,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +22,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -52,7 +51,7 @@ func TestServeMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &metricsTestLog{}
+	logs := &ldlmtest.SyncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
@@ -75,8 +74,8 @@ func TestServeMetrics(t *testing.T) {
 	}
 	defer stop()
 
-	metricsURL := logs.await(t, served, "metrics ready")
-	natsURL := logs.await(t, served, "embedded NATS server ready")
+	metricsURL := awaitLogURL(t, logs, served, "metrics ready")
+	natsURL := awaitLogURL(t, logs, served, "embedded NATS server ready")
 	if !strings.HasPrefix(metricsURL, "http://127.0.0.1:") || !strings.HasSuffix(metricsURL, "/metrics") {
 		t.Fatalf("metrics URL %q, want http://127.0.0.1:PORT/metrics", metricsURL)
 	}
@@ -150,27 +149,13 @@ func TestServeMetricsPortInUse(t *testing.T) {
 	}
 }
 
-// metricsTestLog collects JSON log lines.
-type metricsTestLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *metricsTestLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-// await returns the url attribute of the first record with message msg,
-// failing if serve returns or the deadline passes first.
-func (l *metricsTestLog) await(t *testing.T, served <-chan error, msg string) string {
+// awaitLogURL returns the url attribute of the first JSON log record with
+// message msg, failing if serve returns or the deadline passes first.
+func awaitLogURL(t *testing.T, logs *ldlmtest.SyncBuffer, served <-chan error, msg string) string {
 	t.Helper()
 	deadline := time.Now().Add(metricsTestTimeout)
 	for {
-		l.mu.Lock()
-		text := l.buf.String()
-		l.mu.Unlock()
+		text := logs.String()
 		sc := bufio.NewScanner(strings.NewReader(text))
 		for sc.Scan() {
 			var rec struct{ Msg, URL string }
