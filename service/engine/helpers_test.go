@@ -173,7 +173,13 @@ func checkInvariants(t testing.TB, e *Engine) {
 			if en.owner != o || en.ownerPrev != prev || en.lock == nil || e.locks[en.lock.name] != en.lock {
 				t.Errorf("owner %q: bad entry %+v", name, en)
 			}
+			if en.seq == 0 || (prev != nil && en.seq >= prev.seq) {
+				t.Errorf("owner %q: entry seq %d after %+v: not newest first", name, en.seq, prev)
+			}
 			prev = en
+		}
+		if o.oldest != prev {
+			t.Errorf("owner %q: oldest %p, last entry %p", name, o.oldest, prev)
 		}
 		if n != o.n || waits != o.waits {
 			t.Errorf("owner %q: n %d waits %d, listed %d and %d", name, o.n, o.waits, n, waits)

@@ -60,7 +60,8 @@ type waitState struct {
 // only while it has at least one.
 type owner struct {
 	name    string
-	entries *entry // linked by ownerPrev/ownerNext
+	entries *entry // linked by ownerPrev/ownerNext, newest first
+	oldest  *entry // the last of entries
 	n       int    // number of entries
 	waits   int    // number of those entries that are waiters
 }
@@ -163,17 +164,13 @@ func (l *lock) unlinkWaiter(en *entry) {
 	}
 }
 
-// oldestSeq is the registration number of o's oldest request, the last of
-// its entries (they are linked newest first).
+// oldestSeq is the registration number of o's oldest request; 0 when it
+// has none.
 func (o *owner) oldestSeq() uint64 {
-	en := o.entries
-	for en != nil && en.ownerNext != nil {
-		en = en.ownerNext
-	}
-	if en == nil {
+	if o.oldest == nil {
 		return 0
 	}
-	return en.seq
+	return o.oldest.seq
 }
 
 func (o *owner) link(en *entry) {
@@ -181,6 +178,8 @@ func (o *owner) link(en *entry) {
 	en.ownerPrev, en.ownerNext = nil, o.entries
 	if o.entries != nil {
 		o.entries.ownerPrev = en
+	} else {
+		o.oldest = en
 	}
 	o.entries = en
 	o.n++
@@ -194,6 +193,8 @@ func (o *owner) unlink(en *entry) {
 	}
 	if en.ownerNext != nil {
 		en.ownerNext.ownerPrev = en.ownerPrev
+	} else {
+		o.oldest = en.ownerPrev
 	}
 	en.owner, en.ownerPrev, en.ownerNext = nil, nil, nil
 	o.n--
