@@ -119,14 +119,16 @@ func TestRequestOfClosedConnectionRefused(t *testing.T) {
 }
 
 // A connection released by the sweep (its close was not seen) is refused
-// in the same way.
+// in the same way, once the sweep knows that its client id was handed out:
+// here a later connection is listed with a higher id (see
+// TestForgedFutureOwnersDoNotLockOutGenuineClients for ids not handed out).
 func TestRequestOfSweptConnectionRefused(t *testing.T) {
 	t.Parallel()
 	srv := ldlmtest.Start(t, ldlmtest.WithoutSystemAccount(),
 		ldlmtest.WithConfig(service.Config{SweepInterval: -1, LateRequestWindow: time.Hour}))
-	other := srv.Connect(t)
 	dying := srv.Connect(t)
 	owner := ownerOf(t, dying)
+	other := srv.Connect(t)
 	send(t, dying, subjects.OpTryLock, "d", "", owner)
 	ns := srv.NATS.NATSServer()
 	before := ns.NumClients()

@@ -115,6 +115,19 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// check refuses settings that would let a request make the service publish
+// on a subject longer than NATS allows: the server would close the
+// service's connection (see subjects.MaxNameLengthLimit).
+func (c Config) check() error {
+	if c.MaxNameLength > subjects.MaxNameLengthLimit {
+		return fmt.Errorf("service: the longest lock name may be at most %d bytes, not %d: longer names would make subjects over NATS's limit", subjects.MaxNameLengthLimit, c.MaxNameLength)
+	}
+	if len(c.Prefix) > subjects.MaxPrefixLength {
+		return fmt.Errorf("service: the subject prefix may be at most %d bytes, not %d", subjects.MaxPrefixLength, len(c.Prefix))
+	}
+	return nil
+}
+
 // limitOrDefault maps 0 to def and a negative limit to 0, the engine's
 // "no limit".
 func limitOrDefault(v, def int) int {
@@ -144,6 +157,9 @@ type Service struct {
 	failed   chan struct{} // closed when the service stopped itself
 	failErr  error         // why; written before failed is closed
 
+	// ncClosed and sysClosed hear that a connection was closed for good.
+	ncClosed, sysClosed chan nats.Status
+
 	stopOnce sync.Once
 	stop     chan struct{}
 	wg       sync.WaitGroup // the liveness goroutines
@@ -165,6 +181,9 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if sys != nil {
 		if err := checkSystemAccount(nc, sys); err != nil {
@@ -201,6 +220,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.engine.Close()
 		return nil, err
 	}
+	s.watchConnections()
 	if err := s.register(); err != nil {
 		s.Stop()
 		return nil, err
@@ -262,8 +282,12 @@ func (s *Service) Engine() *engine.Engine { return s.engine }
 // reconnects and every SweepInterval; calling it is for tests and operators.
 func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 
-// Done is closed when the service stopped itself: it found an older
-// instance serving the same prefix (Err says so). Call Stop then.
+// Done is closed when the service stopped answering by itself: one of its
+// NATS connections was closed for good (nats.go gave up reconnecting, or
+// the server closed it for a protocol error), or it found an older
+// instance serving the same prefix. Err says which. A service in that state
+// is of no use: call Stop and exit with an error, so that a supervisor
+// starts a fresh one.
 func (s *Service) Done() <-chan struct{} { return s.failed }
 
 // Err says why Done was closed; nil before.
@@ -276,24 +300,80 @@ func (s *Service) Err() error {
 	}
 }
 
-// stepDown stops answering requests and closes Done. It may be called from the
+// stepDown stops answering requests (so `nats micro ping` no longer finds
+// this instance), logs why and closes Done. It may be called from the
 // service's own goroutines, which Stop waits for, so it does not call Stop.
 func (s *Service) stepDown(err error) {
 	s.failOnce.Do(func() {
+		s.log.Error("lock service stopped answering", "err", err)
 		s.failErr = err
-		if err := s.micro.Stop(); err != nil {
-			s.log.Warn("stopping micro service", "err", err)
+		if s.micro != nil {
+			if err := s.micro.Stop(); err != nil {
+				s.log.Warn("stopping micro service", "err", err)
+			}
 		}
 		close(s.failed)
 	})
 }
 
-// Stop stops answering, tells clients that this instance's locks are gone,
-// fails every parked waiter with Unavailable and stops following liveness.
-// It does not close the connections it was given.
+// ErrConnectionClosed is why a service stops itself when one of its NATS
+// connections is closed for good.
+var ErrConnectionClosed = errors.New("a NATS connection of the lock service was closed for good")
+
+// watchConnections steps the service down when its connection, or its
+// system connection, is closed for good: without the first nobody can
+// reach it, without the second it would keep granting locks it can no
+// longer free when their owners die.
+func (s *Service) watchConnections() {
+	s.ncClosed = s.nc.StatusChanged(nats.CLOSED)
+	if s.sys != nil {
+		s.sysClosed = s.sys.StatusChanged(nats.CLOSED)
+	}
+	closed := func(which string, nc *nats.Conn) error {
+		err := fmt.Errorf("%w: the %s connection", ErrConnectionClosed, which)
+		if last := nc.LastError(); last != nil {
+			err = fmt.Errorf("%w (%v)", err, last)
+		}
+		return err
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		// A connection closed before the listener was added sends nothing.
+		switch {
+		case s.nc.IsClosed():
+			s.stepDown(closed("service", s.nc))
+			return
+		case s.sys != nil && s.sys.IsClosed():
+			s.stepDown(closed("system account", s.sys))
+			return
+		}
+		select {
+		case <-s.stop:
+		case <-s.ncClosed:
+			s.stepDown(closed("service", s.nc))
+		case <-s.sysClosed: // nil without a system connection: never fires
+			s.stepDown(closed("system account", s.sys))
+		}
+	}()
+}
+
+// Stop tells clients at once that this instance's locks are gone, answers
+// every parked waiter and every request that still arrives with
+// Unavailable, then stops answering and following liveness. It does not
+// close the connections it was given.
+//
+// The engine is closed before the announcement, so that no grant can be
+// made after it: a client never holds a grant of an instance that it heard
+// stop. Only then are the subscriptions drained (which takes a while): the
+// requests read meanwhile get Unavailable, and clients ask again.
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
+		s.engine.Close()
+		if s.id != "" {
+			s.announce(subjects.InstanceStopped)
+		}
 		if s.micro != nil {
 			if err := s.micro.Stop(); err != nil {
 				s.log.Warn("stopping micro service", "err", err)
@@ -301,12 +381,12 @@ func (s *Service) Stop() {
 		}
 		s.wg.Wait()
 		s.live.close()
-		if s.id != "" {
-			s.announce(subjects.InstanceStopped)
+		s.nc.RemoveStatusListener(s.ncClosed)
+		if s.sysClosed != nil {
+			s.sys.RemoveStatusListener(s.sysClosed)
 		}
-		s.engine.Close()
-		// engine.Close answered the parked waiters (Unavailable): get those
-		// replies to the server before the caller closes the connection.
+		// Get the Unavailable replies to the server before the caller
+		// closes the connection.
 		if err := s.nc.FlushTimeout(2 * time.Second); err != nil {
 			s.log.Warn("replies to parked waiters not flushed", "err", err)
 		}

@@ -469,10 +469,17 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	metricsSrv.serve(svc.Engine().Stats, log)
+	metricsSrv.serve(svc.Engine().Stats, svc.Err, log)
+	return runService(ctx, svc, log)
+}
+
+// runService waits until ctx ends (a signal: stop, return nil) or the
+// service stops by itself (its connection closed for good, or a rival
+// instance: return why, so that ldlm exits 1 and a supervisor restarts it).
+func runService(ctx context.Context, svc *service.Service, log *slog.Logger) error {
 	select {
 	case <-ctx.Done():
-		log.Info("stopping: draining requests")
+		log.Info("stopping: announcing the stop, then draining requests")
 		svc.Stop()
 		return nil
 	case <-svc.Done():

@@ -647,26 +647,44 @@ func (e *Engine) OwnerMark() uint64 {
 	return e.lastSeq
 }
 
+// OwnerState is a sweep's verdict on an owner (see ReleaseStaleOwners).
+type OwnerState uint8
+
+const (
+	// OwnerLive: the owner's connection is open; keep its requests.
+	OwnerLive OwnerState = iota
+	// OwnerClosed: the connection existed and has closed. Its requests are
+	// released, and the owner is remembered as gone (see
+	// WithGoneOwnerMemory): a request of it that arrives later fails with
+	// ErrOwnerGone.
+	OwnerClosed
+	// OwnerUnknown: no such connection is known to exist, for instance an
+	// owner claimed for a client id its server has not handed out yet.
+	// Its requests are released but the owner is not remembered, so that
+	// the connection that gets that id later is served.
+	OwnerUnknown
+)
+
 // ReleaseStaleOwners releases the grants and waits that owners made at or
-// before mark, of every such owner for which alive returns false, and
-// returns those owners' names, sorted. An owner left with nothing is
-// remembered with WithLateRequestMemory, as ReleaseOwner does.
+// before mark, of every such owner for which state returns OwnerClosed or
+// OwnerUnknown, and returns those owners' names, sorted. An owner judged
+// OwnerClosed is remembered as gone, as ReleaseOwner does.
 //
 // The intended sweep: take mark := OwnerMark(), then list the live
-// connections, then call ReleaseStaleOwners(mark, isInThatList). A request
-// made after the mark may come from a connection missing from the list only
-// because the list was taken before it connected, so it is spared, and
-// judged by the next sweep.
+// connections, then call ReleaseStaleOwners(mark, judgeByThatList). A
+// request made after the mark may come from a connection missing from the
+// list only because the list was taken before it connected, so it is
+// spared, and judged by the next sweep.
 //
 // Marks are per request, not per owner, because owner names are reused:
 // after a NATS server restart, its new connection 7 is not its old
 // connection 7. Releasing the old connection's grants must not release
 // what the new one was granted meanwhile under the same name.
 //
-// alive is called without the engine's mutex held, once per owner with a
+// state is called without the engine's mutex held, once per owner with a
 // request at or before mark, on the calling goroutine. It may call the
 // engine but has no need to.
-func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) []string {
+func (e *Engine) ReleaseStaleOwners(mark uint64, state func(owner string) OwnerState) []string {
 	e.mu.Lock()
 	var candidates []string
 	for name, o := range e.owners {
@@ -676,10 +694,10 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) 
 	}
 	e.mu.Unlock()
 
-	var dead []string
+	dead := map[string]OwnerState{}
 	for _, name := range candidates {
-		if !alive(name) {
-			dead = append(dead, name)
+		if st := state(name); st != OwnerLive {
+			dead[name] = st
 		}
 	}
 	if len(dead) == 0 {
@@ -690,13 +708,13 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) 
 	var released []string
 	var notes []notification
 	now := e.clock.Now()
-	for _, name := range dead {
+	for name, st := range dead {
 		o := e.owners[name]
 		if o == nil || e.closed || o.oldestSeq() > mark {
 			continue // gone meanwhile, or only new requests since the mark
 		}
 		notes = e.releaseOwnerUpTo(o, mark, notes)
-		if e.owners[name] == nil {
+		if e.owners[name] == nil && st == OwnerClosed {
 			e.gone.add(name, now)
 		}
 		released = append(released, name)

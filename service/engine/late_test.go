@@ -141,7 +141,7 @@ func TestGoneOwnerRequestsRefused(t *testing.T) {
 	e, clock := newLateEngine(t, 100)
 	mustTryLock(t, e, Request{Name: "a", Owner: "swept"})
 	e.ReleaseOwner("closed") // it had nothing here yet
-	if got := e.ReleaseStaleOwners(e.OwnerMark(), func(o string) bool { return o != "swept" }); len(got) != 1 {
+	if got := e.ReleaseStaleOwners(e.OwnerMark(), closedUnless(func(o string) bool { return o != "swept" })); len(got) != 1 {
 		t.Fatalf("sweep released %v", got)
 	}
 	for _, owner := range []string{"closed", "swept"} {
@@ -189,4 +189,21 @@ func TestRecentStaysBounded(t *testing.T) {
 	if r.len() != 0 || len(r.order) != r.head {
 		t.Fatalf("expired keys kept: %d keys, %d items", r.len(), len(r.order)-r.head)
 	}
+}
+
+// A sweep releases an owner it knows nothing about (a claim for a client id
+// not handed out yet) but does not remember it: the connection that gets
+// that id later must be served.
+func TestUnknownOwnerReleasedButNotRemembered(t *testing.T) {
+	e, _ := newLateEngine(t, 100)
+	mustTryLock(t, e, Request{Name: "a", Owner: "srv:9"})
+	got := e.ReleaseStaleOwners(e.OwnerMark(), func(string) OwnerState { return OwnerUnknown })
+	if len(got) != 1 || got[0] != "srv:9" {
+		t.Fatalf("sweep released %v, want [srv:9]", got)
+	}
+	g, ok, err := e.TryLock(Request{Name: "a", Owner: "srv:9"})
+	if !ok || err != nil {
+		t.Fatalf("trylock of the genuine srv:9 after the sweep: %v, %v; want granted", ok, err)
+	}
+	mustUnlock(t, e, "a", g.Key)
 }
