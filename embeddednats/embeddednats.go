@@ -239,9 +239,10 @@ func (s *Server) NATSServer() *server.Server { return s.ns }
 
 // ConnectApp opens an in-process connection in the account where the lock
 // service answers: the application account, or with tenants the service
-// account.
+// account. It does not receive its own messages (nats.NoEcho): the service
+// subscribes to every subject under its prefix, where it also publishes.
 func (s *Server) ConnectApp(opts ...nats.Option) (*nats.Conn, error) {
-	base := []nats.Option{nats.InProcessServer(s.ns), nats.Name("ldlm")}
+	base := []nats.Option{nats.InProcessServer(s.ns), nats.Name("ldlm"), nats.NoEcho()}
 	if s.hasServiceAccount() {
 		base = append(base, nats.UserInfo(serviceUser, s.servicePass))
 	}

@@ -26,6 +26,16 @@ import (
 // ServiceName is the NATS micro service name: `nats micro info ldlm`.
 const ServiceName = "ldlm"
 
+// The memory of closed connections (see engine.WithGoneOwnerMemory). The
+// service hears that a connection closed through an advisory, on another
+// NATS connection than the one the requests come on, so a request sent
+// just before the close can be read just after it. Seconds are plenty for
+// that; the bound keeps a storm of disconnects from growing memory.
+const (
+	goneOwnerWindow = 10 * time.Second
+	goneOwnerMemory = 10_000
+)
+
 // Config is what the service needs to know beyond its connections. The zero
 // value is usable: every zero field takes the default named in its comment.
 type Config struct {
@@ -55,18 +65,6 @@ type Config struct {
 	MaxLocks              int
 	MaxWaitersPerLock     int
 	MaxWaitsPerConnection int
-	// LateRequestWindow is how long the service remembers an unlock that
-	// found nothing to unlock, and a connection that closed. Each operation
-	// is read on its own subscription, so a lock request can be read after
-	// the unlock its client sent later to cancel it, or after the close of
-	// its connection: it is then refused (LockWaitCancelled, OwnerGone)
-	// instead of making a grant that nobody would release. Default 10s;
-	// negative: remember nothing.
-	LateRequestWindow time.Duration
-	// LateRequestMemory bounds how many unlocks and how many closed
-	// connections are remembered; past it the oldest are forgotten first.
-	// Default 10,000 of each.
-	LateRequestMemory int
 	// Tenants gives every NATS account its own lock namespace. Requests
 	// must then reach the service through an account import with sharing
 	// on, so that the server stamps Nats-Request-Info; others are refused.
@@ -99,12 +97,6 @@ func (c Config) withDefaults() Config {
 	c.MaxWaitsPerConnection = limitOrDefault(c.MaxWaitsPerConnection, 10_000)
 	if c.AnonymousLockTimeout <= 0 {
 		c.AnonymousLockTimeout = 60 * time.Second
-	}
-	if c.LateRequestWindow == 0 {
-		c.LateRequestWindow = 10 * time.Second
-	}
-	if c.LateRequestMemory <= 0 {
-		c.LateRequestMemory = 10_000
 	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = 30 * time.Second
@@ -152,6 +144,7 @@ type Service struct {
 
 	started time.Time
 	id      string // micro instance id, set once registered; in every grant reply
+	opStats opStats
 
 	failOnce sync.Once
 	failed   chan struct{} // closed when the service stopped itself
@@ -185,6 +178,9 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
+	if !nc.Opts.NoEcho {
+		log.Warn("the service's connection was made without nats.NoEcho: its own notices and events come back to its request subscription, which ignores them at a cost")
+	}
 	if sys != nil {
 		if err := checkSystemAccount(nc, sys); err != nil {
 			return nil, err
@@ -210,7 +206,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 			MaxWaitersPerLock: cfg.MaxWaitersPerLock,
 			MaxWaitsPerOwner:  cfg.MaxWaitsPerConnection,
 		}),
-		engine.WithLateRequestMemory(max(cfg.LateRequestWindow, 0), cfg.LateRequestMemory),
+		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
 	s.live = newLiveness(s)
 
@@ -248,18 +244,21 @@ func (s *Service) register() error {
 		// Every instance must see every request of its locks: a queue
 		// group would split one lock's requests between instances.
 		QueueGroupDisabled: true,
+		// Per-operation counts, since one endpoint serves the four.
+		StatsHandler: s.opStats.data,
 	})
 	if err != nil {
 		return fmt.Errorf("registering micro service %q: %w", ServiceName, err)
 	}
 	s.micro = svc
 	s.id = svc.Info().ID
-	for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
-		h := s.handler(op)
-		subject := s.cfg.Prefix + "." + op + ".>"
-		if err := svc.AddEndpoint(op, h, micro.WithEndpointSubject(subject)); err != nil {
-			return fmt.Errorf("adding endpoint %s: %w", subject, err)
-		}
+	// One endpoint, so one subscription, for all four lock operations:
+	// NATS delivers one publisher's messages to one subscription in the
+	// order they were sent, so an unlock is always read after the lock
+	// request its client sent first (see handle).
+	subject := s.cfg.Prefix + ".>"
+	if err := svc.AddEndpoint(requestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
+		return fmt.Errorf("adding endpoint %s: %w", subject, err)
 	}
 	if err := s.registerAdmin(svc); err != nil {
 		return fmt.Errorf("adding admin endpoints: %w", err)

@@ -98,8 +98,6 @@ func TestConfigValidate(t *testing.T) {
 		{"anonymous lock timeout 0", nil, []string{"--anonymous-lock-timeout=0s"}, []string{"anonymous lock timeout", "positive"}},
 		{"anonymous lock timeout over a year", nil, []string{"--anonymous-lock-timeout=9000h"}, []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT", "a year"}},
 		{"sweep interval 0", nil, []string{"--sweep-interval=0s"}, []string{"sweep interval", "negative"}},
-		{"late request window 0", nil, []string{"--late-request-window=0s"}, []string{"LDLM_LATE_REQUEST_WINDOW", "negative"}},
-		{"late request memory 0", []string{"LDLM_LATE_REQUEST_MEMORY=0"}, nil, []string{"--late-request-memory", "at least 1"}},
 		{"log level", nil, []string{"--log-level=loud"}, []string{"LDLM_LOG_LEVEL", `"loud"`}},
 		{"log format", []string{"LDLM_LOG_FORMAT=xml"}, nil, []string{"--log-format", `"xml"`}},
 		{"subject prefix", nil, []string{"--subject-prefix=a..b"}, []string{"LDLM_SUBJECT_PREFIX", `"a..b"`}},

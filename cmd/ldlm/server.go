@@ -49,8 +49,6 @@ type serverConfig struct {
 	AnonymousLockTimeout time.Duration `env:"LDLM_ANONYMOUS_LOCK_TIMEOUT" envDefault:"60s"`
 	NoClearOnDisconnect  bool          `env:"LDLM_NO_CLEAR_ON_DISCONNECT" envDefault:"false"`
 	SweepInterval        time.Duration `env:"LDLM_SWEEP_INTERVAL" envDefault:"30s"`
-	LateRequestWindow    time.Duration `env:"LDLM_LATE_REQUEST_WINDOW" envDefault:"10s"`
-	LateRequestMemory    int           `env:"LDLM_LATE_REQUEST_MEMORY" envDefault:"10000"`
 	Events               bool          `env:"LDLM_EVENTS" envDefault:"false"`
 	MetricsListen        string        `env:"LDLM_METRICS_LISTEN"`
 
@@ -176,8 +174,6 @@ func parseServerConfigFrom(environ, args []string, stderr io.Writer) (serverConf
 	fs.IntVar(&cfg.MaxWaitsPerConn, "max-waits-per-connection", cfg.MaxWaitsPerConn, "most waits of one connection; -1: no limit (env LDLM_MAX_WAITS_PER_CONNECTION)")
 	fs.DurationVar(&cfg.AnonymousLockTimeout, "anonymous-lock-timeout", cfg.AnonymousLockTimeout, "lock timeout of locks that name none and belong to no connection (env LDLM_ANONYMOUS_LOCK_TIMEOUT)")
 	fs.BoolVar(&cfg.NoClearOnDisconnect, "no-clear-on-disconnect", cfg.NoClearOnDisconnect, "keep locks when their connection closes; they then rely on timeouts (env LDLM_NO_CLEAR_ON_DISCONNECT)")
-	fs.DurationVar(&cfg.LateRequestWindow, "late-request-window", cfg.LateRequestWindow, "how long to remember an unlock that found nothing and a closed connection, to refuse their late lock requests; negative: not at all (env LDLM_LATE_REQUEST_WINDOW)")
-	fs.IntVar(&cfg.LateRequestMemory, "late-request-memory", cfg.LateRequestMemory, "most unlocks and most closed connections remembered for the late-request window (env LDLM_LATE_REQUEST_MEMORY)")
 	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often to compare lock owners with live connections; negative: only at start and after reconnects (env LDLM_SWEEP_INTERVAL)")
 	fs.BoolVar(&cfg.Events, "events", cfg.Events, "publish every grant, release and end of a wait on PREFIX.events.KIND.NAME (env LDLM_EVENTS)")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "host:port to serve Prometheus metrics on, at /metrics; empty: no metrics (env LDLM_METRICS_LISTEN)")
@@ -275,10 +271,6 @@ func (c serverConfig) validate() error {
 		return fmt.Errorf("max waits per connection (LDLM_MAX_WAITS_PER_CONNECTION, --max-waits-per-connection) must be at least 1, or -1 for no limit; got %d", c.MaxWaitsPerConn)
 	case c.AnonymousLockTimeout <= 0 || c.AnonymousLockTimeout > subjects.MaxTimeoutSeconds*time.Second:
 		return fmt.Errorf("anonymous lock timeout (LDLM_ANONYMOUS_LOCK_TIMEOUT, --anonymous-lock-timeout) must be positive and at most a year (%s), got %s", subjects.MaxTimeoutSeconds*time.Second, c.AnonymousLockTimeout)
-	case c.LateRequestWindow == 0:
-		return errors.New("late request window (LDLM_LATE_REQUEST_WINDOW, --late-request-window) must not be 0: give a duration such as 10s, or a negative one to remember nothing")
-	case c.LateRequestMemory < 1:
-		return fmt.Errorf("late request memory (LDLM_LATE_REQUEST_MEMORY, --late-request-memory) must be at least 1, got %d", c.LateRequestMemory)
 	case c.SweepInterval == 0:
 		return errors.New("sweep interval (LDLM_SWEEP_INTERVAL, --sweep-interval) must not be 0: give a duration such as 30s, or a negative one to sweep only at start and after reconnects")
 	case c.LogFormat != "text" && c.LogFormat != "json":
@@ -459,8 +451,6 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		AnonymousLockTimeout:  cfg.AnonymousLockTimeout,
 		NoClearOnDisconnect:   cfg.NoClearOnDisconnect,
 		SweepInterval:         cfg.SweepInterval,
-		LateRequestWindow:     cfg.LateRequestWindow,
-		LateRequestMemory:     cfg.LateRequestMemory,
 		Events:                cfg.Events,
 		Tenants:               cfg.Tenants || cfg.EmbeddedTenants != "",
 		Version:               version(),
@@ -575,7 +565,7 @@ func connect(ctx context.Context, cfg serverConfig, log *slog.Logger) (*connecti
 	if err != nil {
 		return nil, err
 	}
-	c.app, err = dialNATS(ctx, cfg.NATSURL, "application", "LDLM_NATS_URL and the LDLM_NATS_* credentials", append(append(base, nats.Name("ldlm")), appOpts...), log)
+	c.app, err = dialNATS(ctx, cfg.NATSURL, "application", "LDLM_NATS_URL and the LDLM_NATS_* credentials", append(append(base, nats.Name("ldlm"), nats.NoEcho()), appOpts...), log)
 	if err != nil {
 		return nil, err
 	}

@@ -95,25 +95,17 @@ func WithLimits(l Limits) Option {
 	return func(e *Engine) { e.limits = l }
 }
 
-// WithLateRequestMemory makes the engine refuse requests that arrive after
-// something that should have come after them, for window after it happened,
-// keeping at most max such memories (the oldest go first):
-//
-//   - a Lock or TryLock with a key that an Unlock found nothing for fails
-//     with ErrWaitCancelled. A client that gives up sends its lock request,
-//     then an unlock with the same key; a transport that can deliver the
-//     two out of order would otherwise leave a grant that nobody will
-//     ever use. Each such unlock refuses one request.
-//   - a Lock or TryLock of an owner that ReleaseOwner or ReleaseStaleOwners
-//     released fails with ErrOwnerGone: it was sent before its connection
-//     closed but arrived after the close was processed.
-//
-// Without it (or with window 0) the engine remembers nothing.
-func WithLateRequestMemory(window time.Duration, max int) Option {
+// WithGoneOwnerMemory makes the engine remember, for window, the owners
+// that ReleaseOwner released and those that ReleaseStaleOwners judged
+// OwnerClosed, at most max of them (the oldest go first), and refuse their
+// Lock and TryLock with ErrOwnerGone meanwhile. The service learns that a
+// connection closed on another NATS connection than the one its requests
+// come on, so a request sent just before the close can be read after it:
+// without this memory it would make a grant that nobody would ever
+// release. Without it (or with window 0) the engine remembers nothing.
+func WithGoneOwnerMemory(window time.Duration, max int) Option {
 	return func(e *Engine) {
-		max = cmp.Or(max, 1)
-		e.cancelled = recent[lockKey]{window: window, max: max}
-		e.gone = recent[string]{window: window, max: max}
+		e.gone = recent[string]{window: window, max: cmp.Or(max, 1)}
 	}
 }
 
@@ -150,10 +142,8 @@ type Engine struct {
 	holders   int    // holders of all locks
 	waiters   int    // waiters of all locks
 	keys      *rand.ChaCha8
-	// cancelled holds the (lock, key) pairs that an Unlock found nothing
-	// for, and gone the owners released; see WithLateRequestMemory.
-	cancelled recent[lockKey]
-	gone      recent[string]
+	// gone holds the owners released; see WithGoneOwnerMemory.
+	gone recent[string]
 
 	// Free lists of records, so that a lock and unlock cycle allocates
 	// nothing. Bounded so that a burst does not pin memory.
@@ -161,9 +151,6 @@ type Engine struct {
 	freeEntries []*entry
 	freeOwners  []*owner
 }
-
-// lockKey names one request on one lock.
-type lockKey struct{ name, key string }
 
 // maxFree bounds each free list.
 const maxFree = 256
@@ -293,9 +280,6 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 		return Grant{}, false, ErrEngineClosed
 	}
 	now := e.clock.Now()
-	if r.Key != "" && e.cancelled.take(lockKey{r.Name, r.Key}, now) {
-		return Grant{}, false, fmt.Errorf("%w (the unlock arrived before this request)", ErrWaitCancelled)
-	}
 	if r.Owner != "" && e.gone.has(r.Owner, now) {
 		return Grant{}, false, fmt.Errorf("%w (it closed before this request arrived)", ErrOwnerGone)
 	}
@@ -419,9 +403,7 @@ func (e *Engine) waitExpired(en *entry, id uint64) {
 
 // Unlock releases the slot that key holds, or, if key is waiting for the
 // lock, cancels that wait. Both succeed, so a client that gave up waiting
-// can clean up with one call whether or not the grant raced in. With
-// WithLateRequestMemory, an Unlock that finds nothing also refuses the
-// lock request of that key if it arrives soon after.
+// can clean up with one call whether or not the grant raced in.
 func (e *Engine) Unlock(name, key string) (UnlockResult, error) {
 	if name == "" {
 		return 0, ErrInvalidLockName
@@ -441,11 +423,6 @@ func (e *Engine) unlock(name, key string) (UnlockResult, []notification, error) 
 	var en *entry
 	if l != nil {
 		en = l.find(key)
-	}
-	if en == nil && key != "" {
-		// The lock request of this key may still be on its way: it is
-		// refused if it arrives soon (see WithLateRequestMemory).
-		e.cancelled.add(lockKey{name, key}, e.clock.Now())
 	}
 	switch {
 	case l == nil:
@@ -558,7 +535,7 @@ func (e *Engine) promote(l *lock, notes []notification) []notification {
 
 // ReleaseOwner releases every grant and drops every wait of owner (whose
 // done callbacks get ErrOwnerGone), and forgets the owner. It returns how
-// many of each it ended. With WithLateRequestMemory, the owner's requests
+// many of each it ended. With WithGoneOwnerMemory, the owner's requests
 // that arrive soon after are refused, even if it had nothing here: they
 // were sent before it went away.
 func (e *Engine) ReleaseOwner(owner string) (grants, waits int) {
@@ -751,7 +728,7 @@ func (e *Engine) releaseOwnerUpTo(o *owner, mark uint64, notes []notification) [
 }
 
 // ForgetGoneOwners drops the memory of released owners (see
-// WithLateRequestMemory) for which match returns true, and returns how many
+// WithGoneOwnerMemory) for which match returns true, and returns how many
 // it dropped. Call it when owner names are reused: the client ids of a NATS
 // server start again from 1 when it restarts, so the owners it released
 // before are not the ones that use those names now. match is called with

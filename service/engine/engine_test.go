@@ -839,7 +839,7 @@ func TestRealClock(t *testing.T) {
 // one was granted, or waits for, after the mark, and must not remember the
 // name as gone while the new connection uses it.
 func TestReleaseStaleOwnersSparesNewerRequestsOfTheSameName(t *testing.T) {
-	e, _ := newLateEngine(t, 100)
+	e, _ := newGoneEngine(t, 100)
 	old := mustTryLock(t, e, Request{Name: "a", Owner: "srv:7"})
 	mustTryLock(t, e, Request{Name: "b", Owner: "other"})
 	if _, ok, err := e.Lock(Request{Name: "b", Key: "old-wait", Owner: "srv:7"}, 0, func(Grant, error) {}); ok || err != nil {
