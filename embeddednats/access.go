@@ -16,15 +16,25 @@ func (a Auth) check() error {
 	switch {
 	case (a.User == "") != (a.Password == ""):
 		return errors.New("embedded NATS: a user needs a password and a password a user")
-	case a.User == systemUser || a.User == serviceUser || a.User == appUser:
-		return fmt.Errorf("embedded NATS: user %q: the name is taken by ldlm itself, choose another", a.User)
 	case a.Token != "" && (a.User != "" || len(a.Nkeys) > 0):
 		return errors.New("embedded NATS: a token excludes users and nkeys, as in nats-server: give one or the other")
+	}
+	if err := CheckUser(a.User); err != nil {
+		return err
 	}
 	for _, nk := range a.Nkeys {
 		if !nkeys.IsValidPublicUserKey(nk) {
 			return fmt.Errorf("embedded NATS: %q is not a public user nkey (U…, 56 characters; `nsc generate nkey --user` or `nk -gen user -pubout` makes one)", nk)
 		}
+	}
+	return nil
+}
+
+// CheckUser refuses the user names of the lock service's own in-process
+// connections.
+func CheckUser(name string) error {
+	if name == systemUser || name == serviceUser {
+		return fmt.Errorf("user %q: the name is the lock service's own, choose another", name)
 	}
 	return nil
 }
@@ -45,8 +55,7 @@ func ParseNkeys(spec string) ([]string, error) {
 // CA that client certificates must be signed by, which then become
 // required. It says which file is wrong.
 func LoadTLS(cert, key, ca string) (*tls.Config, error) {
-	switch {
-	case cert == "" || key == "":
+	if cert == "" || key == "" {
 		return nil, errors.New("embedded NATS TLS needs both a certificate and its key")
 	}
 	c, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cert, KeyFile: key, CaFile: ca, Verify: ca != "", Timeout: tlsTimeout.Seconds()})
@@ -94,8 +103,9 @@ func LoadConfigFile(path string) (*server.Options, error) {
 		switch {
 		case u.Account == nil:
 			return bad("user %q is in no account, so it would land in the global account where no lock service answers: move it to accounts { %s { users: [...] } }", u.Username, AppAccount)
-		case u.Username == systemUser || u.Username == serviceUser:
-			return bad("user %q: the name is the lock service's own, choose another", u.Username)
+		}
+		if err := CheckUser(u.Username); err != nil {
+			return bad("%v", err)
 		}
 	}
 	for _, u := range opts.Nkeys {

@@ -302,7 +302,8 @@ func TestConfigErrors(t *testing.T) {
 	}{
 		{"user without password", Config{Auth: Auth{User: "u"}}, "needs a password"},
 		{"password without user", Config{Auth: Auth{Password: "p"}}, "needs a password"},
-		{"user named as the service", Config{Auth: Auth{User: serviceUser, Password: "p"}}, "taken"},
+		{"user named as the service", Config{Auth: Auth{User: serviceUser, Password: "p"}}, "lock service's own"},
+		{"user named as the system user", Config{Auth: Auth{User: systemUser, Password: "p"}}, "lock service's own"},
 		{"token and user", Config{Auth: Auth{Token: "t", User: "u", Password: "p"}}, "token excludes"},
 		{"token and nkeys", Config{Auth: Auth{Token: "t", Nkeys: []string{pub}}}, "token excludes"},
 		{"nkey that is a seed", Config{Auth: Auth{Nkeys: []string{"SUAB"}}}, "not a public user nkey"},

@@ -26,6 +26,7 @@ import (
 
 	"github.com/ldlm-io/ldlm/embeddednats"
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/internal/testpki"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -188,6 +189,18 @@ func TestConfigValidate(t *testing.T) {
 		{"system URL", nil, []string{ext, "--system-url=ftp://x"}, []string{"LDLM_SYSTEM_URL"}},
 		{"TLS certificate without key", nil, []string{ext, "--nats-tls-cert=c.pem"}, []string{"LDLM_NATS_TLS_CERT", "LDLM_NATS_TLS_KEY"}},
 		{"system TLS key without certificate", nil, []string{ext, "--system-tls-key=k.pem"}, []string{"LDLM_SYSTEM_TLS_CERT"}},
+		{"embedded user without password", nil, []string{"--embedded-user=u"}, []string{"LDLM_EMBEDDED_USER (--embedded-user): needs a password", "LDLM_EMBEDDED_PASSWORD"}},
+		{"embedded password without user", []string{"LDLM_EMBEDDED_PASSWORD=p"}, nil, []string{"LDLM_EMBEDDED_PASSWORD (--embedded-password): needs a user", "LDLM_EMBEDDED_TOKEN"}},
+		{"embedded user named as the service", nil, []string{"--embedded-user=ldlm-system", "--embedded-password=p"}, []string{"LDLM_EMBEDDED_USER", "lock service's own"}},
+		{"embedded token and user", nil, []string{"--embedded-token=t", "--embedded-user=u", "--embedded-password=p"}, []string{"LDLM_EMBEDDED_TOKEN (--embedded-token): excludes"}},
+		{"embedded nkey that is no public user key", nil, []string{"--embedded-nkeys=SUABC"}, []string{"LDLM_EMBEDDED_NKEYS (--embedded-nkeys)", "not a public user nkey"}},
+		{"embedded TLS certificate without key", nil, []string{"--embedded-tls-cert=c.pem"}, []string{"LDLM_EMBEDDED_TLS_CERT (--embedded-tls-cert): needs its key"}},
+		{"embedded TLS key without certificate", nil, []string{"--embedded-tls-key=k.pem"}, []string{"LDLM_EMBEDDED_TLS_KEY (--embedded-tls-key): needs its certificate"}},
+		{"embedded TLS CA without certificate", nil, []string{"--embedded-tls-ca=ca.pem"}, []string{"LDLM_EMBEDDED_TLS_CA (--embedded-tls-ca)"}},
+		{"embedded TLS files missing", nil, []string{"--embedded-tls-cert=/nonexistent/c.pem", "--embedded-tls-key=/nonexistent/k.pem"}, []string{"LDLM_EMBEDDED_TLS_CERT", "/nonexistent/c.pem"}},
+		{"embedded configuration file missing", nil, []string{"--embedded-config=/nonexistent/nats.conf"}, []string{"LDLM_EMBEDDED_CONFIG (--embedded-config)", "/nonexistent/nats.conf"}},
+		{"embedded tenants and a user", nil, []string{"--embedded-tenants=A:a:p", "--embedded-user=u", "--embedded-password=p"}, []string{"LDLM_EMBEDDED_USER", "LDLM_EMBEDDED_TENANTS"}},
+		{"embedded security with an external server", nil, []string{ext, "--embedded-token=t"}, []string{"LDLM_EMBEDDED_TOKEN (--embedded-token)", "LDLM_NATS_URL"}},
 	}
 	for _, tc := range bad {
 		t.Run(tc.desc, func(t *testing.T) {
@@ -203,6 +216,8 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 
+	pki := testpki.New(t, t.TempDir())
+	nkeyPub, _ := writeUserNkey(t, t.TempDir(), "user")
 	good := []struct {
 		desc string
 		env  []string
@@ -225,6 +240,11 @@ func TestConfigValidate(t *testing.T) {
 		{"external mode ignores embedded settings", []string{"LDLM_EMBEDDED_LISTEN=nonsense", "LDLM_EMBEDDED_PING_MAX=0"}, []string{ext}},
 		{"external mode with TLS", nil, []string{ext, "--nats-tls-cert=c.pem", "--nats-tls-key=k.pem", "--system-url=tls://127.0.0.1:4223"}},
 		{"tenants through an external server", []string{"LDLM_TENANTS=true"}, []string{ext}},
+		{"embedded user and nkeys", nil, []string{"--embedded-user=u", "--embedded-password=p", "--embedded-nkeys=" + nkeyPub + ", "}},
+		{"embedded token", []string{"LDLM_EMBEDDED_TOKEN=t"}, nil},
+		{"embedded configuration example", nil, []string{"--embedded-config=../../deploy/embedded.conf"}},
+		{"embedded TLS with tenants", nil, []string{"--embedded-tenants=A:a:p", "--embedded-tls-cert=" + pki.ServerCert, "--embedded-tls-key=" + pki.ServerKey}},
+		{"embedded mutual TLS", nil, []string{"--embedded-tls-cert=" + pki.ServerCert, "--embedded-tls-key=" + pki.ServerKey, "--embedded-tls-ca=" + pki.CA}},
 	}
 	for _, tc := range good {
 		t.Run(tc.desc, func(t *testing.T) {

@@ -145,6 +145,8 @@ func (c *serverConfig) validateEmbeddedSecurity(tenants bool) error {
 	switch {
 	case err != nil:
 		return c.bad(&c.EmbeddedNkeys, "%v", err)
+	case embeddednats.CheckUser(c.EmbeddedUser) != nil:
+		return c.bad(&c.EmbeddedUser, "%v", embeddednats.CheckUser(c.EmbeddedUser))
 	case c.EmbeddedUser != "" && c.EmbeddedPassword == "":
 		return c.bad(&c.EmbeddedUser, "needs a password: set %s", c.name(&c.EmbeddedPassword))
 	case c.EmbeddedPassword != "" && c.EmbeddedUser == "":
