@@ -13,8 +13,9 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// requestsEndpoint is the micro endpoint of the four lock operations.
-const requestsEndpoint = "requests"
+// RequestsEndpoint is the name of the micro endpoint of the four lock
+// operations, on PREFIX.> (`nats micro info ldlm`).
+const RequestsEndpoint = "requests"
 
 // handle answers every lock operation, PREFIX.OP.NAME. It is the handler of
 // one subscription to PREFIX.>, so it reads one connection's requests in
@@ -101,7 +102,7 @@ func quoteOp(token string) string {
 func (s *Service) lock(req micro.Request, op, name string, id identity, r subjects.Request) {
 	owner := id.owner
 	lockTimeout := r.LockTimeout()
-	if lockTimeout == 0 && (owner == "" || s.cfg.NoClearOnDisconnect) {
+	if lockTimeout == 0 && (owner.IsZero() || s.cfg.NoClearOnDisconnect) {
 		// Nothing would ever free this lock but an unlock: bound it.
 		lockTimeout = s.cfg.AnonymousLockTimeout
 	}

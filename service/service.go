@@ -257,7 +257,7 @@ func (s *Service) register() error {
 	// order they were sent, so an unlock is always read after the lock
 	// request its client sent first (see handle).
 	subject := s.cfg.Prefix + ".>"
-	if err := svc.AddEndpoint(requestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
+	if err := svc.AddEndpoint(RequestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
 		return fmt.Errorf("adding endpoint %s: %w", subject, err)
 	}
 	if err := s.registerAdmin(svc); err != nil {

@@ -310,7 +310,7 @@ func TestE2EKill9ReleasesLocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	owner := subjects.FormatOwner(nc.ConnectedServerName(), cid)
+	owner := subjects.FormatOwner(nc.ConnectedServerId(), cid)
 
 	var took []time.Duration
 	for i := range runs {
@@ -465,7 +465,7 @@ func holdLock(url, name string) error {
 		return err
 	}
 	msg := nats.NewMsg(subject(subjects.OpLock, name))
-	msg.Header.Set(subjects.HeaderOwner, subjects.FormatOwner(nc.ConnectedServerName(), cid))
+	msg.Header.Set(subjects.HeaderOwner, subjects.FormatOwner(nc.ConnectedServerId(), cid))
 	reply, err := nc.RequestMsg(msg, 30*time.Second)
 	if err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // Request asks for one slot of a lock.
@@ -20,9 +22,9 @@ type Request struct {
 	Key string
 	// Size is the number of slots of the lock; 0 means 1.
 	Size int
-	// Owner is who the grant or wait belongs to, for ReleaseOwner; "" means
-	// nobody.
-	Owner string
+	// Owner is who the grant or wait belongs to, for ReleaseOwner; the zero
+	// Owner means nobody.
+	Owner subjects.Owner
 	// LockTimeout releases the grant unless it is renewed in time; 0 means
 	// never.
 	LockTimeout time.Duration
@@ -105,7 +107,7 @@ func WithLimits(l Limits) Option {
 // release. Without it (or with window 0) the engine remembers nothing.
 func WithGoneOwnerMemory(window time.Duration, max int) Option {
 	return func(e *Engine) {
-		e.gone = recent[string]{window: window, max: cmp.Or(max, 1)}
+		e.gone = recent[subjects.Owner]{window: window, max: cmp.Or(max, 1)}
 	}
 }
 
@@ -135,7 +137,7 @@ type Engine struct {
 	mu        sync.Mutex
 	closed    bool
 	locks     map[string]*lock
-	owners    map[string]*owner
+	owners    map[subjects.Owner]*owner
 	lastToken uint64 // fencing token of the latest grant
 	lastWait  uint64 // id of the latest waiter
 	lastSeq   uint64 // registration number of the latest owned request (entry.seq)
@@ -143,7 +145,7 @@ type Engine struct {
 	waiters   int    // waiters of all locks
 	keys      *rand.ChaCha8
 	// gone holds the owners released; see WithGoneOwnerMemory.
-	gone recent[string]
+	gone recent[subjects.Owner]
 
 	// Free lists of records, so that a lock and unlock cycle allocates
 	// nothing. Bounded so that a burst does not pin memory.
@@ -163,7 +165,7 @@ func New(opts ...Option) *Engine {
 	e := &Engine{
 		clock:  realClock{},
 		locks:  make(map[string]*lock),
-		owners: make(map[string]*owner),
+		owners: make(map[subjects.Owner]*owner),
 		keys:   rand.NewChaCha8(seed),
 	}
 	for _, opt := range opts {
@@ -280,7 +282,7 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 		return Grant{}, false, ErrEngineClosed
 	}
 	now := e.clock.Now()
-	if r.Owner != "" && e.gone.has(r.Owner, now) {
+	if !r.Owner.IsZero() && e.gone.has(r.Owner, now) {
 		return Grant{}, false, fmt.Errorf("%w (it closed before this request arrived)", ErrOwnerGone)
 	}
 	l := e.locks[r.Name]
@@ -335,12 +337,12 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 }
 
 // checkWaitLimits reports whether one more request of owner may wait for l.
-func (e *Engine) checkWaitLimits(l *lock, ownerName string) error {
+func (e *Engine) checkWaitLimits(l *lock, id subjects.Owner) error {
 	if max := e.limits.MaxWaitersPerLock; max > 0 && l.waiting >= max {
 		return fmt.Errorf("%w: the lock has %d waiters, the limit", ErrLimitExceeded, l.waiting)
 	}
-	if max := e.limits.MaxWaitsPerOwner; max > 0 && ownerName != "" {
-		if o := e.owners[ownerName]; o != nil && o.waits >= max {
+	if max := e.limits.MaxWaitsPerOwner; max > 0 && !id.IsZero() {
+		if o := e.owners[id]; o != nil && o.waits >= max {
 			return fmt.Errorf("%w: this connection waits for %d locks, the limit", ErrLimitExceeded, o.waits)
 		}
 	}
@@ -476,7 +478,7 @@ func (e *Engine) Renew(name, key string, lockTimeout time.Duration) (Grant, erro
 func (e *Engine) release(en *entry, why EventKind, notes []notification) []notification {
 	l := en.lock
 	if e.onEvent != nil {
-		notes = e.event(notes, Event{Kind: why, Name: l.name, Token: en.token, Owner: en.ownerName(),
+		notes = e.event(notes, Event{Kind: why, Name: l.name, Token: en.token, Owner: en.ownerID(),
 			Duration: e.clock.Now().Sub(unixTime(en.start))})
 	}
 	en.stopTimer()
@@ -496,7 +498,7 @@ func (e *Engine) dropWaiter(en *entry, err error, notes []notification) []notifi
 	l := en.lock
 	n := notification{done: en.wait.done, err: err}
 	if e.onEvent != nil {
-		n.event = Event{Kind: waitEndKind(err), Name: l.name, Owner: en.ownerName(),
+		n.event = Event{Kind: waitEndKind(err), Name: l.name, Owner: en.ownerID(),
 			Duration: e.clock.Now().Sub(unixTime(en.start))}
 	}
 	notes = append(notes, n)
@@ -526,7 +528,7 @@ func (e *Engine) promote(l *lock, notes []notification) []notification {
 		g := e.grant(en, now, ws.lockTimeout)
 		n := notification{done: ws.done, grant: g}
 		if e.onEvent != nil {
-			n.event = Event{Kind: EventGranted, Name: l.name, Token: g.Token, Owner: en.ownerName(), Duration: waited}
+			n.event = Event{Kind: EventGranted, Name: l.name, Token: g.Token, Owner: en.ownerID(), Duration: waited}
 		}
 		notes = append(notes, n)
 	}
@@ -538,7 +540,7 @@ func (e *Engine) promote(l *lock, notes []notification) []notification {
 // many of each it ended. With WithGoneOwnerMemory, the owner's requests
 // that arrive soon after are refused, even if it had nothing here: they
 // were sent before it went away.
-func (e *Engine) ReleaseOwner(owner string) (grants, waits int) {
+func (e *Engine) ReleaseOwner(owner subjects.Owner) (grants, waits int) {
 	e.mu.Lock()
 	var notes []notification
 	if !e.closed {
@@ -661,9 +663,9 @@ const (
 // state is called without the engine's mutex held, once per owner with a
 // request at or before mark, on the calling goroutine. It may call the
 // engine but has no need to.
-func (e *Engine) ReleaseStaleOwners(mark uint64, state func(owner string) OwnerState) []string {
+func (e *Engine) ReleaseStaleOwners(mark uint64, state func(subjects.Owner) OwnerState) []subjects.Owner {
 	e.mu.Lock()
-	var candidates []string
+	var candidates []subjects.Owner
 	for name, o := range e.owners {
 		if o.oldestSeq() <= mark {
 			candidates = append(candidates, name)
@@ -671,7 +673,7 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, state func(owner string) OwnerS
 	}
 	e.mu.Unlock()
 
-	dead := map[string]OwnerState{}
+	dead := map[subjects.Owner]OwnerState{}
 	for _, name := range candidates {
 		if st := state(name); st != OwnerLive {
 			dead[name] = st
@@ -682,7 +684,7 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, state func(owner string) OwnerS
 	}
 
 	e.mu.Lock()
-	var released []string
+	var released []subjects.Owner
 	var notes []notification
 	now := e.clock.Now()
 	for name, st := range dead {
@@ -698,7 +700,7 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, state func(owner string) OwnerS
 	}
 	e.mu.Unlock()
 	e.notify(notes)
-	slices.Sort(released)
+	slices.SortFunc(released, compareOwners)
 	return released
 }
 
@@ -727,18 +729,6 @@ func (e *Engine) releaseOwnerUpTo(o *owner, mark uint64, notes []notification) [
 	return notes
 }
 
-// ForgetGoneOwners drops the memory of released owners (see
-// WithGoneOwnerMemory) for which match returns true, and returns how many
-// it dropped. Call it when owner names are reused: the client ids of a NATS
-// server start again from 1 when it restarts, so the owners it released
-// before are not the ones that use those names now. match is called with
-// the engine's mutex held, so it must not call the engine.
-func (e *Engine) ForgetGoneOwners(match func(owner string) bool) int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.gone.forget(match)
-}
-
 // Close stops all timers, calls the done callback of every waiter with
 // ErrEngineClosed, and drops all state. Afterwards every call fails with
 // ErrEngineClosed or returns nothing. Close is idempotent.
@@ -758,7 +748,7 @@ func (e *Engine) Close() {
 			en.stopTimer()
 			n := notification{done: en.wait.done, err: ErrEngineClosed}
 			if e.onEvent != nil {
-				n.event = Event{Kind: EventWaitClosed, Name: l.name, Owner: en.ownerName()}
+				n.event = Event{Kind: EventWaitClosed, Name: l.name, Owner: en.ownerID()}
 			}
 			notes = append(notes, n)
 		}
@@ -801,7 +791,7 @@ func (e *Engine) forgetIfIdle(l *lock) {
 
 // newEntry returns an entry of key on l, registered with its owner but not
 // yet linked into l: grant or the queue does that.
-func (e *Engine) newEntry(l *lock, key, ownerName string) *entry {
+func (e *Engine) newEntry(l *lock, key string, id subjects.Owner) *entry {
 	var en *entry
 	if n := len(e.freeEntries); n > 0 {
 		en = e.freeEntries[n-1]
@@ -811,8 +801,8 @@ func (e *Engine) newEntry(l *lock, key, ownerName string) *entry {
 		en = new(entry)
 	}
 	en.lock, en.key = l, key
-	if ownerName != "" {
-		o := e.owners[ownerName]
+	if !id.IsZero() {
+		o := e.owners[id]
 		if o == nil {
 			if n := len(e.freeOwners); n > 0 {
 				o = e.freeOwners[n-1]
@@ -821,8 +811,8 @@ func (e *Engine) newEntry(l *lock, key, ownerName string) *entry {
 			} else {
 				o = new(owner)
 			}
-			o.name = ownerName
-			e.owners[ownerName] = o
+			o.id = id
+			e.owners[id] = o
 		}
 		e.lastSeq++
 		en.seq = e.lastSeq
@@ -840,7 +830,7 @@ func (e *Engine) disown(en *entry) {
 	}
 	o.unlink(en)
 	if o.n == 0 {
-		delete(e.owners, o.name)
+		delete(e.owners, o.id)
 		*o = owner{}
 		if len(e.freeOwners) < maxFree {
 			e.freeOwners = append(e.freeOwners, o)
@@ -865,4 +855,9 @@ func (e *Engine) newKey() string {
 	var buf [32]byte
 	hex.Encode(buf[:], raw[:])
 	return string(buf[:])
+}
+
+// compareOwners orders owners by server id, then client id.
+func compareOwners(a, b subjects.Owner) int {
+	return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.ClientID, b.ClientID))
 }
