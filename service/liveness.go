@@ -3,8 +3,8 @@ package service
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -18,21 +18,44 @@ import (
 // any account; only a system account connection receives it.
 const disconnectAdvisories = "$SYS.ACCOUNT.*.DISCONNECT"
 
+// ownerTable is what liveness needs of the lock engine: a mark of the
+// owners registered so far, and releasing the owners whose connections are
+// gone. *engine.Engine is one.
+type ownerTable interface {
+	OwnerMark() uint64
+	ReleaseOwner(subjects.Owner) (grants, waits int)
+	ReleaseStaleOwners(mark uint64, state func(subjects.Owner) engine.OwnerState) []subjects.Owner
+}
+
 // liveness releases the locks of connections that closed: at once on the
 // server's DISCONNECT advisory, and by a sweep that compares lock owners with
 // the servers' connection lists, for advisories that were missed (while the
-// service reconnected, or without system account access).
+// service reconnected, or without system account access). It is told about
+// connections by NATS (advisories, lists, its own connections' status) and
+// tells the owner table which owners are gone; it knows nothing else of the
+// service.
 //
 // Owners are server id and client id (subjects.Owner). A restarted server
 // has a new id, so an owner never names two connections; what liveness must
 // track about servers is only which name has which id (for clients that
 // send the name) and which client ids each has handed out (see issued).
 type liveness struct {
-	s       *Service
+	owners ownerTable
+	nc     *nats.Conn // the service's connection: its own server, and the list without sys
+	sys    *nats.Conn // system account: advisories and all connections; may be nil
+	log    *slog.Logger
+	// sweepInterval is how often to sweep; not positive: only at start and
+	// after reconnects.
+	sweepInterval time.Duration
+	// keepOnDisconnect follows connections but releases nothing.
+	keepOnDisconnect bool
+
 	sub     *nats.Subscription // advisories; nil without a system connection
 	kick    chan struct{}      // asks the sweeper goroutine to sweep now
 	status  chan nats.Status   // disconnects and reconnects of the service's connection
 	sysStat chan nats.Status   // reconnects of the system connection
+	stop    chan struct{}      // closed by close
+	wg      sync.WaitGroup     // the two goroutines
 
 	mu        sync.Mutex     // guards the fields below and serializes sweeps
 	missing   map[string]int // server id → sweeps in a row it did not answer
@@ -58,8 +81,9 @@ type liveness struct {
 	issued map[string]uint64
 }
 
-func newLiveness(s *Service) *liveness {
-	return &liveness{s: s, kick: make(chan struct{}, 1), missing: map[string]int{},
+func newLiveness(owners ownerTable, nc, sys *nats.Conn, log *slog.Logger, sweepInterval time.Duration, keepOnDisconnect bool) *liveness {
+	return &liveness{owners: owners, nc: nc, sys: sys, log: log, sweepInterval: sweepInterval, keepOnDisconnect: keepOnDisconnect,
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), missing: map[string]int{},
 		ids: map[string]string{}, names: map[string]string{}, replaced: map[string]bool{}, issued: map[string]uint64{}}
 }
 
@@ -72,36 +96,35 @@ func (l *liveness) source() string {
 }
 
 func (l *liveness) start() error {
-	s := l.s
-	if s.sys != nil {
-		sub, err := s.sys.Subscribe(disconnectAdvisories, l.onDisconnect)
+	if l.sys != nil {
+		sub, err := l.sys.Subscribe(disconnectAdvisories, l.onDisconnect)
 		if err != nil {
 			return fmt.Errorf("subscribing to disconnect advisories: %w", err)
 		}
-		if err := s.sys.Flush(); err != nil {
+		if err := l.sys.Flush(); err != nil {
 			return fmt.Errorf("subscribing to disconnect advisories: %w", err)
 		}
 		l.sub = sub
 	} else {
-		s.log.Warn("no system account connection: disconnects are seen only by the periodic sweep, " +
+		l.log.Warn("no system account connection: disconnects are seen only by the periodic sweep, " +
 			"so a dead client's locks are freed within the sweep interval instead of at once; " +
 			"give the service system account credentials to follow advisories")
 	}
 
 	// nats.go reports a lost connection as RECONNECTING when it will
 	// reconnect, DISCONNECTED otherwise.
-	l.status = s.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED)
-	l.noteServer(s.nc.ConnectedServerName(), s.nc.ConnectedServerId())
+	l.status = l.nc.StatusChanged(nats.CONNECTED, nats.RECONNECTING, nats.DISCONNECTED)
+	l.noteServer(l.nc.ConnectedServerName(), l.nc.ConnectedServerId())
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
 	if err := l.sweep(ctx); err != nil {
-		s.log.Warn("cannot list connections; locks of clients whose disconnect advisory is missed will not be freed", "err", err)
+		l.log.Warn("cannot list connections; locks of clients whose disconnect advisory is missed will not be freed", "err", err)
 	}
 
-	if s.sys != nil {
-		l.sysStat = s.sys.StatusChanged(nats.CONNECTED)
+	if l.sys != nil {
+		l.sysStat = l.sys.StatusChanged(nats.CONNECTED)
 	}
-	s.wg.Add(2)
+	l.wg.Add(2)
 	go l.watchStatus()
 	go l.run()
 	return nil
@@ -110,18 +133,18 @@ func (l *liveness) start() error {
 // watchStatus follows the service connection's status, and asks for a
 // sweep after a reconnect: advisories may have been missed meanwhile.
 func (l *liveness) watchStatus() {
-	defer l.s.wg.Done()
+	defer l.wg.Done()
 	for {
 		select {
-		case <-l.s.stop:
+		case <-l.stop:
 			return
 		case st := <-l.status:
 			if st != nats.CONNECTED {
-				l.s.log.Warn("disconnected from NATS")
+				l.log.Warn("disconnected from NATS")
 				continue
 			}
-			l.noteServer(l.s.nc.ConnectedServerName(), l.s.nc.ConnectedServerId())
-			l.s.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
+			l.noteServer(l.nc.ConnectedServerName(), l.nc.ConnectedServerId())
+			l.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
 			select {
 			case l.kick <- struct{}{}:
 			default: // a sweep is asked for already
@@ -132,43 +155,43 @@ func (l *liveness) watchStatus() {
 
 // run is the sweeper goroutine.
 func (l *liveness) run() {
-	defer l.s.wg.Done()
+	defer l.wg.Done()
 	var tick <-chan time.Time
-	if l.s.cfg.SweepInterval > 0 {
-		t := time.NewTicker(l.s.cfg.SweepInterval)
+	if l.sweepInterval > 0 {
+		t := time.NewTicker(l.sweepInterval)
 		defer t.Stop()
 		tick = t.C
 	}
 	for {
 		select {
-		case <-l.s.stop:
+		case <-l.stop:
 			return
 		case <-tick:
 		case <-l.sysStat: // a nil channel (no system connection) never fires
-			l.noteServer(l.s.sys.ConnectedServerName(), l.s.sys.ConnectedServerId())
-			l.s.log.Info("system connection reconnected; sweeping for disconnects missed meanwhile")
+			l.noteServer(l.sys.ConnectedServerName(), l.sys.ConnectedServerId())
+			l.log.Info("system connection reconnected; sweeping for disconnects missed meanwhile")
 		case <-l.kick:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 		if err := l.sweep(ctx); err != nil {
-			l.s.log.Warn("liveness sweep failed", "err", err)
-		}
-		if err := l.s.checkRivals(ctx); errors.Is(err, ErrDuplicateInstance) {
-			l.s.stepDown(err)
+			l.log.Warn("liveness sweep failed", "err", err)
 		}
 		cancel()
 	}
 }
 
+// close stops following liveness and waits for its goroutines.
 func (l *liveness) close() {
+	close(l.stop)
+	l.wg.Wait()
 	if l.sub != nil {
 		_ = l.sub.Unsubscribe()
 	}
 	if l.status != nil {
-		l.s.nc.RemoveStatusListener(l.status)
+		l.nc.RemoveStatusListener(l.status)
 	}
 	if l.sysStat != nil {
-		l.s.sys.RemoveStatusListener(l.sysStat)
+		l.sys.RemoveStatusListener(l.sysStat)
 	}
 }
 
@@ -187,20 +210,20 @@ type disconnectEvent struct {
 }
 
 func (l *liveness) onDisconnect(msg *nats.Msg) {
-	if l.s.cfg.NoClearOnDisconnect {
+	if l.keepOnDisconnect {
 		return
 	}
 	var ev disconnectEvent
 	if err := json.Unmarshal(msg.Data, &ev); err != nil || ev.Client.ID == 0 || ev.Server.ID == "" {
-		l.s.log.Warn("unreadable disconnect advisory", "subject", msg.Subject)
+		l.log.Warn("unreadable disconnect advisory", "subject", msg.Subject)
 		return
 	}
 	l.noteServer(ev.Server.Name, ev.Server.ID)
 	l.noteIssued(ev.Server.ID, ev.Client.ID)
 	owner := subjects.Owner{ServerID: ev.Server.ID, ClientID: ev.Client.ID}
-	grants, waits := l.s.engine.ReleaseOwner(owner)
+	grants, waits := l.owners.ReleaseOwner(owner)
 	if grants+waits > 0 {
-		l.s.log.Info("connection closed; released its locks", "owner", owner.String(), "account", ev.Client.Account,
+		l.log.Info("connection closed; released its locks", "owner", owner.String(), "account", ev.Client.Account,
 			"reason", ev.Reason, "grants", grants, "waits", waits)
 	}
 }
@@ -213,10 +236,10 @@ func (l *liveness) sweep(ctx context.Context) error {
 
 	// Owners that appear after this mark may be missing from the lists we
 	// are about to fetch only because they are new: leave them alone.
-	mark := l.s.engine.OwnerMark()
-	conn, subject := l.s.nc, accountConnz
-	if l.s.sys != nil {
-		conn, subject = l.s.sys, serverConnz
+	mark := l.owners.OwnerMark()
+	conn, subject := l.nc, accountConnz
+	if l.sys != nil {
+		conn, subject = l.sys, serverConnz
 	}
 	list, err := listConnections(ctx, conn, subject)
 	if err != nil {
@@ -227,11 +250,11 @@ func (l *liveness) sweep(ctx context.Context) error {
 		l.noteServer(name, id)
 		l.noteIssued(id, list.highest[id])
 	}
-	if l.s.cfg.NoClearOnDisconnect {
+	if l.keepOnDisconnect {
 		return nil
 	}
 	unanswered := map[string]bool{}
-	released := l.s.engine.ReleaseStaleOwners(mark, func(o subjects.Owner) engine.OwnerState {
+	released := l.owners.ReleaseStaleOwners(mark, func(o subjects.Owner) engine.OwnerState {
 		id := l.resolve(o.ServerID) // an owner that a request named by server name
 		if list.gaps[id] {
 			return engine.OwnerLive // its list may lack open connections: judge it next time
@@ -263,14 +286,14 @@ func (l *liveness) sweep(ctx context.Context) error {
 		delete(l.missing, id)
 	}
 	for id := range list.gaps {
-		l.s.log.Warn("connections closed faster than the sweep could page through the list; this server's owners are judged at the next sweep",
+		l.log.Warn("connections closed faster than the sweep could page through the list; this server's owners are judged at the next sweep",
 			"server", list.names[id])
 	}
 	for id := range unanswered {
 		l.missing[id]++
 	}
 	if len(released) > 0 {
-		l.s.log.Info("sweep released the locks of closed connections", "owners", len(released))
+		l.log.Info("sweep released the locks of closed connections", "owners", len(released))
 	}
 	return nil
 }
@@ -294,16 +317,16 @@ func (l *liveness) noteServer(name, id string) {
 		l.replaced[old] = true
 	}
 	l.idsMu.Unlock()
-	if old == "" || old == id || l.s.cfg.NoClearOnDisconnect {
+	if old == "" || old == id || l.keepOnDisconnect {
 		return
 	}
-	released := l.s.engine.ReleaseStaleOwners(l.s.engine.OwnerMark(), func(o subjects.Owner) engine.OwnerState {
+	released := l.owners.ReleaseStaleOwners(l.owners.OwnerMark(), func(o subjects.Owner) engine.OwnerState {
 		if o.ServerID == old {
 			return engine.OwnerUnknown
 		}
 		return engine.OwnerLive
 	})
-	l.s.log.Warn("NATS server restarted; released the locks of its old connections",
+	l.log.Warn("NATS server restarted; released the locks of its old connections",
 		"server", name, "old_id", old, "new_id", id, "owners", len(released))
 }
 

@@ -155,7 +155,7 @@ type Service struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the liveness goroutines
+	wg       sync.WaitGroup // the goroutines watching connections and rivals
 }
 
 // Start registers the service on nc and starts following connection
@@ -208,7 +208,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		}),
 		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
-	s.live = newLiveness(s)
+	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.NoClearOnDisconnect)
 
 	// Follow liveness before answering, so no lock is granted to a
 	// connection whose disconnect we could not see.
@@ -217,6 +217,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		return nil, err
 	}
 	s.watchConnections()
+	s.watchRivals()
 	if err := s.register(); err != nil {
 		s.Stop()
 		return nil, err
