@@ -242,7 +242,7 @@ func TestE2ESettings(t *testing.T) {
 			t.Errorf("the default prefix still answers with --subject-prefix=locks:\nstdout: %s\nstderr: %s", r.stdout, r.stderr)
 		}
 		info := s.nats(t, "micro", "info", "ldlm")
-		if !strings.Contains(info.stdout, "locks.lock.>") || !strings.Contains(info.stdout, "prefix: locks") {
+		if !strings.Contains(info.stdout, "locks.>") || !strings.Contains(info.stdout, "prefix: locks") {
 			t.Errorf("nats micro info ldlm does not show the prefix locks:\n%s", info.stdout)
 		}
 	})
