@@ -155,7 +155,7 @@ type Service struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the liveness goroutines
+	wg       sync.WaitGroup // the goroutines watching connections and rivals
 }
 
 // Start registers the service on nc and starts following connection
@@ -208,7 +208,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		}),
 		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
-	s.live = newLiveness(s)
+	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.NoClearOnDisconnect)
 
 	// Follow liveness before answering, so no lock is granted to a
 	// connection whose disconnect we could not see.
@@ -217,6 +217,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		return nil, err
 	}
 	s.watchConnections()
+	s.watchRivals()
 	if err := s.register(); err != nil {
 		s.Stop()
 		return nil, err
@@ -257,7 +258,7 @@ func (s *Service) register() error {
 	// order they were sent, so an unlock is always read after the lock
 	// request its client sent first (see handle).
 	subject := s.cfg.Prefix + ".>"
-	if err := svc.AddEndpoint(requestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
+	if err := svc.AddEndpoint(RequestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
 		return fmt.Errorf("adding endpoint %s: %w", subject, err)
 	}
 	if err := s.registerAdmin(svc); err != nil {

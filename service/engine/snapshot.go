@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"slices"
 	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // LockInfo describes one lock for operators.
@@ -22,7 +24,7 @@ type LockInfo struct {
 type HolderInfo struct {
 	Key        string
 	Token      uint64
-	Owner      string
+	Owner      subjects.Owner
 	AcquiredAt time.Time
 	ExpiresAt  time.Time // zero when the grant has no lock timeout
 }
@@ -30,7 +32,7 @@ type HolderInfo struct {
 // WaiterInfo describes one parked Lock request.
 type WaiterInfo struct {
 	Key      string
-	Owner    string
+	Owner    subjects.Owner
 	Since    time.Time
 	Deadline time.Time // end of the wait timeout; zero when it waits forever
 }
@@ -54,7 +56,7 @@ func (e *Engine) Snapshot() []LockInfo {
 			info.Holders = append(info.Holders, HolderInfo{
 				Key:        en.key,
 				Token:      en.token,
-				Owner:      en.ownerName(),
+				Owner:      en.ownerID(),
 				AcquiredAt: unixTime(en.start),
 				ExpiresAt:  unixTime(en.deadline),
 			})
@@ -65,7 +67,7 @@ func (e *Engine) Snapshot() []LockInfo {
 		for en := l.waitHead; en != nil; en = en.next {
 			info.Waiters = append(info.Waiters, WaiterInfo{
 				Key:      en.key,
-				Owner:    en.ownerName(),
+				Owner:    en.ownerID(),
 				Since:    unixTime(en.start),
 				Deadline: unixTime(en.deadline),
 			})
@@ -88,11 +90,11 @@ func (e *Engine) Stats() Stats {
 	return Stats{Locks: len(e.locks), Holders: e.holders, Waiters: e.waiters, Owners: len(e.owners)}
 }
 
-func (en *entry) ownerName() string {
+func (en *entry) ownerID() subjects.Owner {
 	if en.owner == nil {
-		return ""
+		return subjects.Owner{}
 	}
-	return en.owner.name
+	return en.owner.id
 }
 
 // Page returns, sorted by name, up to limit locks whose names sort after
@@ -128,11 +130,11 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 		}
 		info := LockInfo{Name: l.name, Size: l.size, HeldTotal: l.held, WaitingTotal: l.waiting}
 		for en := l.holders; en != nil && len(info.Holders) < maxEntries; en = en.next {
-			info.Holders = append(info.Holders, HolderInfo{Key: en.key, Token: en.token, Owner: en.ownerName(),
+			info.Holders = append(info.Holders, HolderInfo{Key: en.key, Token: en.token, Owner: en.ownerID(),
 				AcquiredAt: unixTime(en.start), ExpiresAt: unixTime(en.deadline)})
 		}
 		for en := l.waitHead; en != nil && len(info.Waiters) < maxEntries; en = en.next {
-			info.Waiters = append(info.Waiters, WaiterInfo{Key: en.key, Owner: en.ownerName(),
+			info.Waiters = append(info.Waiters, WaiterInfo{Key: en.key, Owner: en.ownerID(),
 				Since: unixTime(en.start), Deadline: unixTime(en.deadline)})
 		}
 		infos = append(infos, info)
