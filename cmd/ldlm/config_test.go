@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -111,6 +112,27 @@ func TestConfigUnknownVariables(t *testing.T) {
 		_, err := parseServerConfigFrom(tc.env, nil, io.Discard)
 		if got := fmt.Sprint(err); (tc.want == "" && err != nil) || (tc.want != "" && got != tc.want) {
 			t.Errorf("env %q: %v\nwant: %s", tc.env, err, tc.want)
+		}
+	}
+}
+
+// TestConfigDeclarations: every setting has help text, an LDLM_* name and a
+// flag of its own, and a type that flags can parse.
+func TestConfigDeclarations(t *testing.T) {
+	t.Parallel()
+	envs, flags := map[string]bool{}, map[string]bool{}
+	for _, s := range settingsOf(&serverConfig{}) {
+		switch {
+		case !strings.HasPrefix(s.env, "LDLM_"):
+			t.Errorf("%s: not an LDLM_* variable", s.env)
+		case strings.TrimSpace(s.help) == "" || strings.HasSuffix(s.help, ": "):
+			t.Errorf("%s: no help tag", s.env)
+		case envs[s.env] || flags[s.flag]:
+			t.Errorf("%s: declared twice", s)
+		}
+		envs[s.env], flags[s.flag] = true, true
+		if err := setValue(reflect.New(s.value.Type()).Elem(), s.def); err != nil && s.def != "" {
+			t.Errorf("%s: the default %q does not parse as a flag value: %v", s, s.def, err)
 		}
 	}
 }

@@ -305,7 +305,7 @@ func runServer(args []string, stdout, stderr io.Writer) int {
 func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	metricsSrv, err := listenMetrics(cfg.MetricsListen)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.MetricsListen))
 	}
 	defer metricsSrv.close(log)
 	conns, err := connect(ctx, &cfg, log)
