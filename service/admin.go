@@ -2,6 +2,7 @@ package service
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
@@ -28,27 +29,84 @@ func (s *Service) registerAdmin(svc micro.Service) error {
 	return nil
 }
 
+// adminList answers one page of the lock list. The page ends at the
+// request's limit, or before its JSON would pass subjects.MaxListPageBytes,
+// so that the reply always fits in a NATS message.
 func (s *Service) adminList(req micro.Request) {
-	snap := s.engine.Snapshot()
-	locks := make([]subjects.LockInfo, 0, len(snap))
-	for _, l := range snap {
-		account, name := splitEngineName(l.Name)
-		info := subjects.LockInfo{Account: account, Name: name, Size: l.Size, Holders: make([]subjects.HolderInfo, 0, len(l.Holders))}
-		for _, h := range l.Holders {
-			info.Holders = append(info.Holders, subjects.HolderInfo{
-				Owner:      h.Owner,
-				KeyPrefix:  subjects.KeyPrefix(h.Key),
-				Token:      h.Token,
-				AcquiredAt: h.AcquiredAt.UTC(),
-				ExpiresAt:  h.ExpiresAt.UTC(),
-			})
+	var r subjects.ListRequest
+	if len(req.Data()) > 0 {
+		if err := json.Unmarshal(req.Data(), &r); err != nil {
+			s.adminListFailed(req, subjects.Errorf(subjects.CodeBadRequest, `body must be {"after":…,"limit":…,"prefix":…} or empty: %v`, err))
+			return
 		}
-		for _, w := range l.Waiters {
-			info.Waiters = append(info.Waiters, subjects.WaiterInfo{Owner: w.Owner, Since: w.Since.UTC(), Deadline: w.Deadline.UTC()})
-		}
-		locks = append(locks, info)
 	}
-	s.respond(req, subjects.ListResponse{Locks: locks})
+	switch {
+	case r.Limit == 0:
+		r.Limit = subjects.DefaultListLimit
+	case r.Limit < 1 || r.Limit > subjects.MaxListLimit:
+		s.adminListFailed(req, subjects.Errorf(subjects.CodeBadRequest, "limit must be 1 to %d, got %d", subjects.MaxListLimit, r.Limit))
+		return
+	}
+	var match func(string) bool
+	if r.Prefix != "" {
+		match = func(n string) bool {
+			_, name := splitEngineName(n)
+			return strings.HasPrefix(name, r.Prefix)
+		}
+	}
+	page, more := s.engine.Page(r.After, r.Limit, match, subjects.MaxListEntries)
+
+	body := append(make([]byte, 0, 4096), `{"locks":[`...)
+	next := ""
+	for i, l := range page {
+		b := mustJSON(lockInfo(l))
+		// The closing part takes at most the next cursor (an engine name,
+		// at most 6 bytes per byte once escaped) and a few bytes.
+		if i > 0 && len(body)+len(b)+6*len(l.Name)+64 > subjects.MaxListPageBytes {
+			more = true
+			break
+		}
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, b...)
+		next = l.Name
+	}
+	body = append(body, ']')
+	if more && next != "" {
+		body = append(body, `,"next":`...)
+		body = append(body, mustJSON(next)...)
+	}
+	body = append(body, '}')
+	if err := req.Respond(body); err != nil {
+		s.log.Debug("reply not sent", "subject", req.Subject(), "err", err)
+	}
+}
+
+func lockInfo(l engine.LockInfo) subjects.LockInfo {
+	account, name := splitEngineName(l.Name)
+	info := subjects.LockInfo{Account: account, Name: name, Size: l.Size, Holders: make([]subjects.HolderInfo, 0, len(l.Holders)),
+		HoldersTotal: l.HeldTotal, WaitersTotal: l.WaitingTotal}
+	for _, h := range l.Holders {
+		info.Holders = append(info.Holders, subjects.HolderInfo{
+			Owner:      h.Owner,
+			KeyPrefix:  subjects.KeyPrefix(h.Key),
+			Token:      h.Token,
+			AcquiredAt: h.AcquiredAt.UTC(),
+			ExpiresAt:  h.ExpiresAt.UTC(),
+		})
+	}
+	for _, w := range l.Waiters {
+		info.Waiters = append(info.Waiters, subjects.WaiterInfo{Owner: w.Owner, Since: w.Since.UTC(), Deadline: w.Deadline.UTC()})
+	}
+	return info
+}
+
+func (s *Service) adminListFailed(req micro.Request, err error) {
+	e := toWireError(err)
+	if rerr := req.Error(string(e.Code), e.Message, mustJSON(subjects.ListResponse{Locks: []subjects.LockInfo{}, Error: e})); rerr != nil {
+		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
+	}
 }
 
 func (s *Service) adminStatus(req micro.Request) {

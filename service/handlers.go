@@ -3,6 +3,7 @@ package service
 import (
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -12,53 +13,89 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// handler answers one operation. It runs on the endpoint's subscription
-// goroutine, so it never blocks: a lock that must wait is parked in the
-// engine and answered later from whichever goroutine frees the slot.
-func (s *Service) handler(op string) micro.HandlerFunc {
-	// PREFIX.OP. is the same for every request of this endpoint: made once
-	// here rather than per request by NameFromSubject.
-	head := s.cfg.Prefix + "." + op + "."
-	return func(req micro.Request) {
-		var (
-			name string
-			err  error
-		)
-		if subject := req.Subject(); strings.HasPrefix(subject, head) {
-			name, err = subjects.DecodeName(subject[len(head):], s.cfg.MaxNameLength)
-		} else {
-			// Cannot happen for the endpoint's own subjects; this says why.
-			name, err = subjects.NameFromSubject(s.cfg.Prefix, op, subject, s.cfg.MaxNameLength)
+// requestsEndpoint is the micro endpoint of the four lock operations.
+const requestsEndpoint = "requests"
+
+// handle answers every lock operation, PREFIX.OP.NAME. It is the handler of
+// one subscription to PREFIX.>, so it reads one connection's requests in
+// the order that connection sent them: an unlock that gives up a wait is
+// never read before the lock request it cancels. It runs on that
+// subscription's goroutine and never blocks: a lock that must wait is
+// parked in the engine and answered later from whichever goroutine frees
+// the slot.
+//
+// The subscription also receives what is published under PREFIX. by
+// others (admin requests, which their own endpoints answer; notices and
+// events of another instance; the service's own are not echoed back,
+// see Start): only the four operations are answered, and requests for an
+// unknown operation are refused.
+func (s *Service) handle(req micro.Request) {
+	// The subscription guarantees the PREFIX. in front.
+	opToken, tail, _ := strings.Cut(req.Subject()[len(s.cfg.Prefix)+1:], ".")
+	op, known := opOf(opToken)
+	if !known {
+		if req.Reply() != "" && !notARequest[opToken] {
+			s.fail(req, opToken, "", subjects.Errorf(subjects.CodeBadRequest,
+				"unknown operation %s: send to %s.lock.NAME, .trylock., .unlock. or .renew.", quoteOp(opToken), s.cfg.Prefix))
 		}
-		if err != nil {
-			s.fail(req, op, "", err)
-			return
-		}
-		if len(req.Data()) > s.cfg.MaxBodyBytes {
-			s.fail(req, op, name, subjects.Errorf(subjects.CodeBadRequest, "body is %d bytes; the limit is %d", len(req.Data()), s.cfg.MaxBodyBytes))
-			return
-		}
-		r, err := subjects.DecodeRequest(req.Data())
-		if err == nil {
-			err = r.CheckFor(op)
-		}
-		var id identity
-		if err == nil {
-			id, err = s.identify(req.Headers())
-		}
-		if err != nil {
-			s.fail(req, op, name, err)
-			return
-		}
-		switch op {
-		case subjects.OpLock, subjects.OpTryLock:
-			s.lock(req, op, name, id, r)
-		case subjects.OpUnlock:
-			s.unlock(req, name, id, r)
-		case subjects.OpRenew:
-			s.renew(req, name, id, r)
-		}
+		return
 	}
+	s.opStats.count(op)
+	name, err := subjects.DecodeName(tail, s.cfg.MaxNameLength)
+	if err != nil {
+		s.fail(req, op, "", err)
+		return
+	}
+	if len(req.Data()) > s.cfg.MaxBodyBytes {
+		s.fail(req, op, name, subjects.Errorf(subjects.CodeBadRequest, "body is %d bytes; the limit is %d", len(req.Data()), s.cfg.MaxBodyBytes))
+		return
+	}
+	r, err := subjects.DecodeRequest(req.Data())
+	if err == nil {
+		err = r.CheckFor(op)
+	}
+	var id identity
+	if err == nil {
+		id, err = s.identify(req.Headers())
+	}
+	if err != nil {
+		s.fail(req, op, name, err)
+		return
+	}
+	switch op {
+	case subjects.OpLock, subjects.OpTryLock:
+		s.lock(req, op, name, id, r)
+	case subjects.OpUnlock:
+		s.unlock(req, name, id, r)
+	case subjects.OpRenew:
+		s.renew(req, name, id, r)
+	}
+}
+
+// notARequest holds the second tokens of subjects under PREFIX. that are
+// not lock requests: the handler lets them pass without a word.
+var notARequest = map[string]bool{
+	"admin":                true, // answered by the admin endpoints
+	subjects.LostToken:     true,
+	subjects.EventsToken:   true,
+	subjects.InstanceToken: true,
+}
+
+// opOf returns the operation named by a subject's second token.
+func opOf(token string) (string, bool) {
+	switch token {
+	case subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew:
+		return token, true
+	}
+	return "", false
+}
+
+// quoteOp quotes an unknown operation token for an error message, cut short.
+func quoteOp(token string) string {
+	if len(token) > 40 {
+		token = token[:40] + "..."
+	}
+	return strconv.Quote(token)
 }
 
 func (s *Service) lock(req micro.Request, op, name string, id identity, r subjects.Request) {
@@ -169,6 +206,7 @@ func (s *Service) fail(req micro.Request, op, name string, err error) {
 	if e.Code == subjects.CodeInternal {
 		s.log.Error("request failed", "op", op, "lock", name, "err", err)
 	}
+	s.opStats.countError(op)
 	if rerr := req.Error(string(e.Code), e.Message, mustJSON(body)); rerr != nil {
 		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
 	}

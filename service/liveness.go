@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/ldlm-io/ldlm/service/engine"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -169,6 +170,14 @@ type liveness struct {
 	// advisory of a former life that arrives late names a client id that a
 	// connection of the new life may have now: it must be ignored.
 	retiredIDs map[string]bool
+	// issued is, by server id, the highest client id known to have been
+	// handed out by that server: seen in its connection list or in a
+	// disconnect advisory. A server hands client ids out in increasing
+	// order, so an owner at or below it named a connection that existed.
+	// Only such owners are remembered as gone when a sweep releases them:
+	// a forged owner naming an id not handed out yet must not turn away
+	// the genuine connection that gets that id later.
+	issued map[string]uint64
 }
 
 type serverSeen struct {
@@ -178,7 +187,7 @@ type serverSeen struct {
 
 func newLiveness(s *Service) *liveness {
 	return &liveness{s: s, kick: make(chan struct{}, 1), missing: map[string]int{}, servers: map[string]serverSeen{},
-		serverIDs: map[string]string{}, retiredIDs: map[string]bool{}}
+		serverIDs: map[string]string{}, retiredIDs: map[string]bool{}, issued: map[string]uint64{}}
 }
 
 // source says how liveness is followed, for logs and status.
@@ -336,6 +345,7 @@ func (l *liveness) onDisconnect(msg *nats.Msg) {
 	// A server that restarted gives its client ids out again: forget the
 	// closed connections of its former life before remembering this one.
 	l.noteServerID(ev.Server.Name, ev.Server.ID)
+	l.noteIssued(ev.Server.ID, ev.Client.ID)
 	owner := subjects.FormatOwner(ev.Server.Name, ev.Client.ID)
 	grants, waits := l.s.engine.ReleaseOwner(owner)
 	if grants+waits > 0 {
@@ -364,6 +374,7 @@ func (l *liveness) sweep(ctx context.Context) error {
 	for name, id := range list.ids {
 		l.servers[name] = serverSeen{id: id, mark: mark}
 		l.noteServerID(name, id)
+		l.noteIssued(id, list.highest[name])
 	}
 	l.connMu.Lock()
 	if _, answered := list.ids[l.disconnectedFrom]; answered {
@@ -376,23 +387,33 @@ func (l *liveness) sweep(ctx context.Context) error {
 		return nil
 	}
 	unanswered := map[string]bool{}
-	released := l.s.engine.ReleaseStaleOwners(mark, func(owner string) bool {
+	released := l.s.engine.ReleaseStaleOwners(mark, func(owner string) engine.OwnerState {
 		server, cid, err := subjects.ParseOwner(owner)
 		if err != nil {
-			return true // not ours to judge
+			return engine.OwnerLive // not ours to judge
 		}
 		if list.gaps[server] {
-			return true // its list may lack open connections: judge it next time
+			return engine.OwnerLive // its list may lack open connections: judge it next time
 		}
 		conns, answered := list.live[server]
 		if !answered {
 			// A server may miss one sweep's quiet window; one that misses
-			// several in a row is gone, and so are its connections.
+			// several in a row is gone, and so are its connections. Its
+			// client ids cannot come back (a restarted server has a new
+			// id), so there is nothing to remember.
 			unanswered[server] = true
-			return l.missing[server]+1 < missingSweepLimit
+			if l.missing[server]+1 < missingSweepLimit {
+				return engine.OwnerLive
+			}
+			return engine.OwnerUnknown
 		}
-		_, ok := conns[cid]
-		return ok
+		if _, ok := conns[cid]; ok {
+			return engine.OwnerLive
+		}
+		if l.wasIssued(list.ids[server], cid) {
+			return engine.OwnerClosed
+		}
+		return engine.OwnerUnknown
 	})
 	for server := range list.live {
 		delete(l.missing, server)
@@ -425,9 +446,11 @@ func (l *liveness) releaseRestarted(ids map[string]string) {
 			mark = l.disconnectMark
 		}
 		l.connMu.Unlock()
-		released := l.s.engine.ReleaseStaleOwners(mark, func(owner string) bool {
-			server, _, err := subjects.ParseOwner(owner)
-			return err != nil || server != name
+		released := l.s.engine.ReleaseStaleOwners(mark, func(owner string) engine.OwnerState {
+			if server, _, err := subjects.ParseOwner(owner); err == nil && server == name {
+				return engine.OwnerUnknown // forgotten just below anyway
+			}
+			return engine.OwnerLive
 		})
 		// The owners just released are dead, but their names now belong
 		// to the restarted server's new connections.
@@ -459,6 +482,26 @@ func (l *liveness) noteServerID(name, id string) {
 	if old != "" && old != id {
 		l.forgetGoneOwners(name)
 	}
+}
+
+// noteIssued records that server id has handed out client id cid.
+func (l *liveness) noteIssued(id string, cid uint64) {
+	if id == "" {
+		return
+	}
+	l.idsMu.Lock()
+	defer l.idsMu.Unlock()
+	if cid > l.issued[id] {
+		l.issued[id] = cid
+	}
+}
+
+// wasIssued reports whether server id is known to have handed out client
+// id cid.
+func (l *liveness) wasIssued(id string, cid uint64) bool {
+	l.idsMu.Lock()
+	defer l.idsMu.Unlock()
+	return id != "" && cid <= l.issued[id]
 }
 
 // retired reports whether id belonged to a server that has restarted since.
@@ -509,9 +552,11 @@ type connzReply struct {
 // connList collects the servers' connection lists, page by page.
 type connList struct {
 	live map[string]map[uint64]struct{} // server name → open client ids
-	ids  map[string]string              // server name → server id
-	last map[string]uint64              // server name → highest client id of its latest page
-	done map[string]bool                // the server's list is complete, or given up
+	// highest is, by server name, the highest client id listed.
+	highest map[string]uint64
+	ids     map[string]string // server name → server id
+	last    map[string]uint64 // server name → highest client id of its latest page
+	done    map[string]bool   // the server's list is complete, or given up
 	// gaps names the servers whose list may lack open connections: their
 	// pages shifted by more than the overlap while they were read. Their
 	// owners must not be judged by this sweep.
@@ -519,7 +564,7 @@ type connList struct {
 }
 
 func newConnList() *connList {
-	return &connList{live: map[string]map[uint64]struct{}{}, ids: map[string]string{}, last: map[string]uint64{},
+	return &connList{live: map[string]map[uint64]struct{}{}, highest: map[string]uint64{}, ids: map[string]string{}, last: map[string]uint64{},
 		done: map[string]bool{}, gaps: map[string]bool{}}
 }
 
@@ -550,6 +595,7 @@ func (c *connList) add(r connzReply, offset int) (more bool) {
 			c.gaps[name] = true
 		}
 		set[conn.CID] = struct{}{}
+		c.highest[name] = max(c.highest[name], conn.CID)
 	}
 	if len(conns) > 0 {
 		c.last[name] = conns[len(conns)-1].CID

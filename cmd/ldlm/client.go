@@ -179,9 +179,14 @@ func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]
 	msg, err := nc.RequestWithContext(ctx, subject, data)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return nil, fmt.Errorf("no lock service answers on %s: is ldlm running there, with subject prefix %q (--prefix)?", subject, prefix)
+		return nil, fmt.Errorf("no lock service answers on %s; likely causes, most likely first: "+
+			"ldlm is not running (or has just stopped); this is not its NATS server (--server %s) or not its subject prefix (--prefix %q)",
+			subject, redactURLs(nc.ConnectedUrl()), prefix)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
-		return nil, fmt.Errorf("no reply on %s within %s: may this user publish to %s.admin.>?", subject, requestTimeout, prefix)
+		return nil, fmt.Errorf("no reply on %s within %s; likely causes, most likely first: "+
+			"ldlm is not running, or is stopping or overloaded; this is not its NATS server (--server %s) or not its subject prefix (--prefix %q); "+
+			"this user may not publish to %s.admin.> (NATS permissions: a denied request gets no reply)",
+			subject, requestTimeout, redactURLs(nc.ConnectedUrl()), prefix, prefix)
 	case err != nil:
 		return nil, fmt.Errorf("request on %s: %w", subject, err)
 	}

@@ -177,13 +177,19 @@ func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal) (*cli
 	return res.l, 0
 }
 
+// The variables that tell COMMAND which lock it holds.
+const (
+	envLockName  = "LDLM_LOCK_NAME"
+	envLockToken = "LDLM_LOCK_TOKEN"
+)
+
 // runHolding runs COMMAND while l is held, then releases l.
 func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 	cmd := exec.Command(r.argv[0], r.argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(),
-		"LDLM_LOCK_NAME="+l.Name(),
-		"LDLM_LOCK_TOKEN="+strconv.FormatUint(l.Token(), 10))
+		envLockName+"="+l.Name(),
+		envLockToken+"="+strconv.FormatUint(l.Token(), 10))
 	cmd.SysProcAttr = commandProcAttr()
 	select {
 	case <-l.Done():

@@ -160,6 +160,7 @@ func cliEnv() []string {
 // ldlmServer is a running ldlm process in embedded mode.
 type ldlmServer struct {
 	url    string
+	opts   []nats.Option // how test clients log in; none: anonymous
 	cmd    *exec.Cmd
 	stderr *ldlmtest.SyncBuffer
 	exited chan struct{} // closed when the process has exited
@@ -185,12 +186,19 @@ func freePort(t testing.TB) int {
 // test log when the test failed.
 func startLDLM(t testing.TB, env []string, args ...string) *ldlmServer {
 	t.Helper()
+	return startLDLMWith(t, env, nil, args...)
+}
+
+// startLDLMWith is startLDLM for a server whose clients must log in with
+// opts (credentials, TLS settings).
+func startLDLMWith(t testing.TB, env []string, opts []nats.Option, args ...string) *ldlmServer {
+	t.Helper()
 	bin := ldlmBinary(t)
 	// Another process may take the free port between our check and the
 	// server's listen: try again on another port then.
 	for attempt := 1; ; attempt++ {
 		port := freePort(t)
-		s := &ldlmServer{url: fmt.Sprintf("nats://127.0.0.1:%d", port), stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{})}
+		s := &ldlmServer{url: fmt.Sprintf("nats://127.0.0.1:%d", port), opts: opts, stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{})}
 		s.cmd = exec.Command(bin, args...)
 		s.cmd.Env = cleanEnv(append([]string{
 			fmt.Sprintf("LDLM_EMBEDDED_LISTEN=127.0.0.1:%d", port),
@@ -242,7 +250,7 @@ func (s *ldlmServer) waitReady() error {
 		default:
 		}
 		if nc == nil {
-			c, err := nats.Connect(s.url, nats.Timeout(2*time.Second), nats.NoReconnect())
+			c, err := nats.Connect(s.url, append([]nats.Option{nats.Timeout(2 * time.Second), nats.NoReconnect()}, s.opts...)...)
 			if err != nil {
 				last = err
 				time.Sleep(25 * time.Millisecond)
@@ -316,7 +324,7 @@ func (s *ldlmServer) kill() {
 // connect opens a nats.go connection, closed when the test ends.
 func (s *ldlmServer) connect(t testing.TB) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(s.url, nats.Timeout(5*time.Second))
+	nc, err := nats.Connect(s.url, append([]nats.Option{nats.Timeout(5 * time.Second)}, s.opts...)...)
 	if err != nil {
 		t.Fatalf("connecting to %s: %v", s.url, err)
 	}

@@ -95,25 +95,17 @@ func WithLimits(l Limits) Option {
 	return func(e *Engine) { e.limits = l }
 }
 
-// WithLateRequestMemory makes the engine refuse requests that arrive after
-// something that should have come after them, for window after it happened,
-// keeping at most max such memories (the oldest go first):
-//
-//   - a Lock or TryLock with a key that an Unlock found nothing for fails
-//     with ErrWaitCancelled. A client that gives up sends its lock request,
-//     then an unlock with the same key; a transport that can deliver the
-//     two out of order would otherwise leave a grant that nobody will
-//     ever use. Each such unlock refuses one request.
-//   - a Lock or TryLock of an owner that ReleaseOwner or ReleaseStaleOwners
-//     released fails with ErrOwnerGone: it was sent before its connection
-//     closed but arrived after the close was processed.
-//
-// Without it (or with window 0) the engine remembers nothing.
-func WithLateRequestMemory(window time.Duration, max int) Option {
+// WithGoneOwnerMemory makes the engine remember, for window, the owners
+// that ReleaseOwner released and those that ReleaseStaleOwners judged
+// OwnerClosed, at most max of them (the oldest go first), and refuse their
+// Lock and TryLock with ErrOwnerGone meanwhile. The service learns that a
+// connection closed on another NATS connection than the one its requests
+// come on, so a request sent just before the close can be read after it:
+// without this memory it would make a grant that nobody would ever
+// release. Without it (or with window 0) the engine remembers nothing.
+func WithGoneOwnerMemory(window time.Duration, max int) Option {
 	return func(e *Engine) {
-		max = cmp.Or(max, 1)
-		e.cancelled = recent[lockKey]{window: window, max: max}
-		e.gone = recent[string]{window: window, max: max}
+		e.gone = recent[string]{window: window, max: cmp.Or(max, 1)}
 	}
 }
 
@@ -150,10 +142,8 @@ type Engine struct {
 	holders   int    // holders of all locks
 	waiters   int    // waiters of all locks
 	keys      *rand.ChaCha8
-	// cancelled holds the (lock, key) pairs that an Unlock found nothing
-	// for, and gone the owners released; see WithLateRequestMemory.
-	cancelled recent[lockKey]
-	gone      recent[string]
+	// gone holds the owners released; see WithGoneOwnerMemory.
+	gone recent[string]
 
 	// Free lists of records, so that a lock and unlock cycle allocates
 	// nothing. Bounded so that a burst does not pin memory.
@@ -161,9 +151,6 @@ type Engine struct {
 	freeEntries []*entry
 	freeOwners  []*owner
 }
-
-// lockKey names one request on one lock.
-type lockKey struct{ name, key string }
 
 // maxFree bounds each free list.
 const maxFree = 256
@@ -293,9 +280,6 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 		return Grant{}, false, ErrEngineClosed
 	}
 	now := e.clock.Now()
-	if r.Key != "" && e.cancelled.take(lockKey{r.Name, r.Key}, now) {
-		return Grant{}, false, fmt.Errorf("%w (the unlock arrived before this request)", ErrWaitCancelled)
-	}
 	if r.Owner != "" && e.gone.has(r.Owner, now) {
 		return Grant{}, false, fmt.Errorf("%w (it closed before this request arrived)", ErrOwnerGone)
 	}
@@ -419,9 +403,7 @@ func (e *Engine) waitExpired(en *entry, id uint64) {
 
 // Unlock releases the slot that key holds, or, if key is waiting for the
 // lock, cancels that wait. Both succeed, so a client that gave up waiting
-// can clean up with one call whether or not the grant raced in. With
-// WithLateRequestMemory, an Unlock that finds nothing also refuses the
-// lock request of that key if it arrives soon after.
+// can clean up with one call whether or not the grant raced in.
 func (e *Engine) Unlock(name, key string) (UnlockResult, error) {
 	if name == "" {
 		return 0, ErrInvalidLockName
@@ -441,11 +423,6 @@ func (e *Engine) unlock(name, key string) (UnlockResult, []notification, error) 
 	var en *entry
 	if l != nil {
 		en = l.find(key)
-	}
-	if en == nil && key != "" {
-		// The lock request of this key may still be on its way: it is
-		// refused if it arrives soon (see WithLateRequestMemory).
-		e.cancelled.add(lockKey{name, key}, e.clock.Now())
 	}
 	switch {
 	case l == nil:
@@ -558,7 +535,7 @@ func (e *Engine) promote(l *lock, notes []notification) []notification {
 
 // ReleaseOwner releases every grant and drops every wait of owner (whose
 // done callbacks get ErrOwnerGone), and forgets the owner. It returns how
-// many of each it ended. With WithLateRequestMemory, the owner's requests
+// many of each it ended. With WithGoneOwnerMemory, the owner's requests
 // that arrive soon after are refused, even if it had nothing here: they
 // were sent before it went away.
 func (e *Engine) ReleaseOwner(owner string) (grants, waits int) {
@@ -647,26 +624,44 @@ func (e *Engine) OwnerMark() uint64 {
 	return e.lastSeq
 }
 
+// OwnerState is a sweep's verdict on an owner (see ReleaseStaleOwners).
+type OwnerState uint8
+
+const (
+	// OwnerLive: the owner's connection is open; keep its requests.
+	OwnerLive OwnerState = iota
+	// OwnerClosed: the connection existed and has closed. Its requests are
+	// released, and the owner is remembered as gone (see
+	// WithGoneOwnerMemory): a request of it that arrives later fails with
+	// ErrOwnerGone.
+	OwnerClosed
+	// OwnerUnknown: no such connection is known to exist, for instance an
+	// owner claimed for a client id its server has not handed out yet.
+	// Its requests are released but the owner is not remembered, so that
+	// the connection that gets that id later is served.
+	OwnerUnknown
+)
+
 // ReleaseStaleOwners releases the grants and waits that owners made at or
-// before mark, of every such owner for which alive returns false, and
-// returns those owners' names, sorted. An owner left with nothing is
-// remembered with WithLateRequestMemory, as ReleaseOwner does.
+// before mark, of every such owner for which state returns OwnerClosed or
+// OwnerUnknown, and returns those owners' names, sorted. An owner judged
+// OwnerClosed is remembered as gone, as ReleaseOwner does.
 //
 // The intended sweep: take mark := OwnerMark(), then list the live
-// connections, then call ReleaseStaleOwners(mark, isInThatList). A request
-// made after the mark may come from a connection missing from the list only
-// because the list was taken before it connected, so it is spared, and
-// judged by the next sweep.
+// connections, then call ReleaseStaleOwners(mark, judgeByThatList). A
+// request made after the mark may come from a connection missing from the
+// list only because the list was taken before it connected, so it is
+// spared, and judged by the next sweep.
 //
 // Marks are per request, not per owner, because owner names are reused:
 // after a NATS server restart, its new connection 7 is not its old
 // connection 7. Releasing the old connection's grants must not release
 // what the new one was granted meanwhile under the same name.
 //
-// alive is called without the engine's mutex held, once per owner with a
+// state is called without the engine's mutex held, once per owner with a
 // request at or before mark, on the calling goroutine. It may call the
 // engine but has no need to.
-func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) []string {
+func (e *Engine) ReleaseStaleOwners(mark uint64, state func(owner string) OwnerState) []string {
 	e.mu.Lock()
 	var candidates []string
 	for name, o := range e.owners {
@@ -676,10 +671,10 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) 
 	}
 	e.mu.Unlock()
 
-	var dead []string
+	dead := map[string]OwnerState{}
 	for _, name := range candidates {
-		if !alive(name) {
-			dead = append(dead, name)
+		if st := state(name); st != OwnerLive {
+			dead[name] = st
 		}
 	}
 	if len(dead) == 0 {
@@ -690,13 +685,13 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, alive func(owner string) bool) 
 	var released []string
 	var notes []notification
 	now := e.clock.Now()
-	for _, name := range dead {
+	for name, st := range dead {
 		o := e.owners[name]
 		if o == nil || e.closed || o.oldestSeq() > mark {
 			continue // gone meanwhile, or only new requests since the mark
 		}
 		notes = e.releaseOwnerUpTo(o, mark, notes)
-		if e.owners[name] == nil {
+		if e.owners[name] == nil && st == OwnerClosed {
 			e.gone.add(name, now)
 		}
 		released = append(released, name)
@@ -733,7 +728,7 @@ func (e *Engine) releaseOwnerUpTo(o *owner, mark uint64, notes []notification) [
 }
 
 // ForgetGoneOwners drops the memory of released owners (see
-// WithLateRequestMemory) for which match returns true, and returns how many
+// WithGoneOwnerMemory) for which match returns true, and returns how many
 // it dropped. Call it when owner names are reused: the client ids of a NATS
 // server start again from 1 when it restarts, so the owners it released
 // before are not the ones that use those names now. match is called with

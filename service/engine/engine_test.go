@@ -490,7 +490,7 @@ func TestReleaseStaleOwners(t *testing.T) {
 		t.Fatal("the mark did not grow with a new owner")
 	}
 	var asked []string
-	released := e.ReleaseStaleOwners(mark, func(owner string) bool {
+	released := e.ReleaseStaleOwners(mark, closedUnless(func(owner string) bool {
 		asked = append(asked, owner)
 		if owner == "recycled" {
 			// Gone and back while the sweep looks: it registers anew, after
@@ -500,7 +500,7 @@ func TestReleaseStaleOwners(t *testing.T) {
 			return false
 		}
 		return owner == "old-alive"
-	})
+	}))
 	if len(released) != 1 || released[0] != "old-dead" {
 		t.Fatalf("released %v; want [old-dead]", released)
 	}
@@ -512,7 +512,7 @@ func TestReleaseStaleOwners(t *testing.T) {
 	if s := e.Stats(); s != (Stats{Locks: 3, Holders: 3, Owners: 3}) {
 		t.Fatalf("stats %+v", s)
 	}
-	if got := e.ReleaseStaleOwners(e.OwnerMark(), func(string) bool { return false }); len(got) != 3 {
+	if got := e.ReleaseStaleOwners(e.OwnerMark(), closedUnless(func(string) bool { return false })); len(got) != 3 {
 		t.Fatalf("released %v; want all three", got)
 	}
 	if s := e.Stats(); s != (Stats{}) {
@@ -839,7 +839,7 @@ func TestRealClock(t *testing.T) {
 // one was granted, or waits for, after the mark, and must not remember the
 // name as gone while the new connection uses it.
 func TestReleaseStaleOwnersSparesNewerRequestsOfTheSameName(t *testing.T) {
-	e, _ := newLateEngine(t, 100)
+	e, _ := newGoneEngine(t, 100)
 	old := mustTryLock(t, e, Request{Name: "a", Owner: "srv:7"})
 	mustTryLock(t, e, Request{Name: "b", Owner: "other"})
 	if _, ok, err := e.Lock(Request{Name: "b", Key: "old-wait", Owner: "srv:7"}, 0, func(Grant, error) {}); ok || err != nil {
@@ -859,7 +859,7 @@ func TestReleaseStaleOwnersSparesNewerRequestsOfTheSameName(t *testing.T) {
 		t.Fatalf("new wait: %v, %v", ok, err)
 	}
 
-	released := e.ReleaseStaleOwners(mark, func(o string) bool { return o != "srv:7" })
+	released := e.ReleaseStaleOwners(mark, closedUnless(func(o string) bool { return o != "srv:7" }))
 	if len(released) != 1 || released[0] != "srv:7" {
 		t.Fatalf("released %v; want [srv:7]", released)
 	}

@@ -198,3 +198,13 @@ func checkInvariants(t testing.TB, e *Engine) {
 		}
 	}
 }
+
+// closedUnless is a sweep verdict: live when alive says so, else closed.
+func closedUnless(alive func(owner string) bool) func(string) OwnerState {
+	return func(owner string) OwnerState {
+		if alive(owner) {
+			return OwnerLive
+		}
+		return OwnerClosed
+	}
+}

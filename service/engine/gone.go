@@ -4,8 +4,8 @@ import "time"
 
 // recent is a set of keys that each stay in it for a fixed time after they
 // were added, bounded in count: when it is full, adding a key first drops
-// the oldest one. The engine uses it to refuse requests that arrive after
-// something that should have come after them (see WithLateRequestMemory).
+// the oldest one. The engine keeps the owners it released in one, to refuse
+// their requests that arrive after the release (see WithGoneOwnerMemory).
 // It is guarded by Engine.mu.
 type recent[K comparable] struct {
 	window time.Duration // 0: the set is off and stays empty
@@ -40,20 +40,6 @@ func (r *recent[K]) add(k K, now time.Time) {
 	until := now.Add(r.window).UnixNano()
 	r.until[k] = until
 	r.order = append(r.order, recentItem[K]{key: k, until: until})
-}
-
-// take reports whether k is remembered at now, and forgets it: one
-// remembered event refuses one late request.
-func (r *recent[K]) take(k K, now time.Time) bool {
-	if len(r.until) == 0 {
-		return false
-	}
-	until, ok := r.until[k]
-	if !ok {
-		return false
-	}
-	delete(r.until, k)
-	return now.UnixNano() < until
 }
 
 // has reports whether k is remembered at now.
