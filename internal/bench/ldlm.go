@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,13 +22,18 @@ import (
 // Target is the LDLM server under measurement and an echo responder on the
 // same NATS server, connected the same way as the lock service: in-process
 // for an embedded server, over TCP for an external one. An embedded target
-// also has a second echo responder connected over TCP.
+// also has a second echo responder connected over TCP. The embedded server
+// runs in a process of its own (Process, what users run) or in this one
+// with the clients (Embedded).
 type Target struct {
 	// URL is where the benchmark's clients connect, always over TCP.
 	URL    string
 	Prefix string
 	// Embedded is set when the target runs in this process.
 	Embedded *Embedded
+	// Process is set when the target runs in a server process of its own
+	// that this one started (see NewProcessTarget).
+	Process *ServerProcess
 
 	echoConns []*nats.Conn
 	echoes    map[string]string // workload name → subject of its responder
@@ -273,13 +279,56 @@ func (t *Target) Echoes() []string {
 	return []string{WorkEcho}
 }
 
-// Close stops the echo responders and, for an embedded target, the server.
-func (t *Target) Close() {
+// Close stops the echo responders and, for an embedded target, the server
+// (for a server process: the process). The error is the server process's,
+// if it failed.
+func (t *Target) Close() error {
 	for _, nc := range t.echoConns {
 		nc.Close()
 	}
 	if t.Embedded != nil {
 		t.Embedded.Close()
+	}
+	if t.Process != nil {
+		return t.Process.stop()
+	}
+	return nil
+}
+
+// Where says where the server and the clients of t run, for the heading
+// of every table: the figures depend on it. Clients in the server's own
+// process hand requests over between goroutines, not processes, which
+// flatters serial work (a contended hand-over, one worker); users' clients
+// run in processes of their own.
+func (t *Target) Where() (server, clients string) {
+	service := "lock service on an in-process connection, as `ldlm` runs it"
+	switch {
+	case t.Process != nil && t.Process.ServiceOverTCP, t.Embedded != nil && t.Embedded.ServiceOverTCP:
+		service = "lock service connected over TCP (an experiment: `ldlm` does not run so)"
+	}
+	pid := os.Getpid()
+	switch {
+	case t.Process != nil:
+		return fmt.Sprintf("its own process (pid %d, started by ldlm bench from the same binary): embedded NATS server, %s", t.Process.PID, service),
+			fmt.Sprintf("in this process (pid %d), over TCP to %s; CPU/cycle is both processes", pid, t.URL)
+	case t.Embedded != nil:
+		return fmt.Sprintf("IN THIS PROCESS with the clients (pid %d, --in-process): embedded NATS server, %s", pid, service),
+			fmt.Sprintf("in the server's process, over TCP to %s: NOT what users get, it flatters serial work; CPU/cycle is that one process", t.URL)
+	}
+	return fmt.Sprintf("external, at %s under prefix %q, started outside ldlm bench", t.URL, t.Prefix),
+		fmt.Sprintf("in this process (pid %d), over TCP; CPU/cycle is this process only", pid)
+}
+
+// cpu reads the CPU time used so far by the processes of the measurement:
+// this one and, if there is one, the server process. Nil when that is this
+// process alone.
+func (t *Target) cpu() func() (time.Duration, error) {
+	if t.Process == nil {
+		return nil
+	}
+	return func() (time.Duration, error) {
+		d, err := t.Process.cpu()
+		return processCPU() + d, err
 	}
 }
 
@@ -500,7 +549,7 @@ func (t *Target) workloads(names []string, clients []*client) ([]Workload, error
 		default:
 			return nil, fmt.Errorf("unknown workload %q", n)
 		}
-		ws = append(ws, Workload{Name: name, Workers: w})
+		ws = append(ws, Workload{Name: name, Workers: w, CPU: t.cpu()})
 	}
 	return ws, nil
 }

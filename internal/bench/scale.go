@@ -84,6 +84,9 @@ func RunScale(cfg ScaleConfig, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "ldlm bench scale: %s, %s/%s, %d CPUs, %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
+	// Memory per lock is read from this process's heap, so the server runs
+	// here; say so, as every table of ldlm bench says where things ran.
+	fmt.Fprintln(out, "server and clients: in this process (a fresh embedded server per figure), except where a line names a helper process")
 	figures := []struct {
 		name string
 		run  func() error
