@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# What a user does: `npm pack` the package, install the tarball in a fresh
+# folder, and import it from ESM (with its type declarations present).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/ldlm-js-pack.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+
+cd "$here"
+tarball="$(npm pack --silent --pack-destination "$tmp" | tail -1)"
+echo "packed $tarball"
+tar -tzf "$tmp/$tarball" | sort
+
+mkdir "$tmp/app"
+cd "$tmp/app"
+npm init -y >/dev/null
+npm install --no-audit --no-fund "$tmp/$tarball" >/dev/null
+test -f node_modules/@ldlm/client/dist/index.d.ts
+cat > check.mjs <<'JS'
+import { Client, Lock, LdlmError, LockWaitTimeoutError, LockLostError, encodeName } from "@ldlm/client";
+const ok = typeof Client.connect === "function" && typeof Lock === "function" &&
+  new LockWaitTimeoutError("x") instanceof LdlmError && new LockWaitTimeoutError("x").code === "LockWaitTimeout" &&
+  typeof LockLostError === "function" && encodeName("My lock") === "~TXkgbG9jaw";
+if (!ok) { console.error("the installed package does not export what it should"); process.exit(1); }
+console.log("pack-check: the tarball installs and imports");
+JS
+node check.mjs
