@@ -336,6 +336,7 @@ export class Client implements LockHost, AsyncDisposable {
         if (this.#closed) throw new ClientClosedError(`ldlm: ${op} ${JSON.stringify(name)}: client closed`, { lockName: name });
         if (why.kind === "aborted" && op === "lock") continue; // connection or instance changed: ask again
         if (why.kind === "timeout") {
+          if (lastNoService) throw lastNoService; // the budget ran out while asking again
           throw new RequestTimeoutError(`ldlm: ${op} ${JSON.stringify(name)}: no reply from the lock service in time (withdrawn)`, { lockName: name });
         }
         throw new ConnectionLostError(`ldlm: ${op} ${JSON.stringify(name)}: the NATS connection was lost while waiting for the reply (withdrawn)`, { lockName: name, cause: why.kind === "closed" ? why.error : undefined });
@@ -439,10 +440,10 @@ export class Client implements LockHost, AsyncDisposable {
     if (this.nc.isClosed()) {
       return; // the service releases what a closed connection held
     }
-    const reply = await this.#simple("unlock", lock.name, { key: lock.key }, this.#cleanupMs);
-    if (reply.error && LOST_CODES.has(reply.error.code ?? "")) {
-      throw new LockLostError(lock.name, "refused", "the unlock found the grant gone", errorFromReply(reply.error, lock.name));
-    }
+    const reply = await this.#simple("unlock", lock.name, { key: lock.key }, this.#requestMs);
+    // InvalidLockKey, LockDoesNotExist or NotLocked here say the grant was
+    // gone before the unlock (the work under it may not have been
+    // protected): the caller gets that error (wire vectors, "replies").
     if (reply.error) {
       throw errorFromReply(reply.error, lock.name);
     }
@@ -482,6 +483,7 @@ export class Client implements LockHost, AsyncDisposable {
     const subject = lockSubject(this.prefix, op, name);
     const end = performance.now() + budgetMs;
     let since = 0;
+    let unavailable: LockReply | undefined; // the last Unavailable answer
     for (let tries = 0; ; tries++) {
       if (tries > 0) {
         await sleep(Math.min(RETRY_FIRST_MS * 2 ** Math.min(tries - 1, 10), RETRY_MAX_MS, Math.max(0, end - performance.now())));
@@ -492,6 +494,8 @@ export class Client implements LockHost, AsyncDisposable {
         msg = await this.#call(subject, body, this.#cur?.owner, Math.max(1, left), []);
       } catch (e) {
         if (e instanceof Interrupted && e.why.kind === "timeout") {
+          if (unavailable) return unavailable; // the budget ran out while asking again
+          if (since) throw this.#noService(subject, since, name);
           throw new RequestTimeoutError(`ldlm: ${op} ${JSON.stringify(name)}: no reply from the lock service in ${budgetMs / 1000}s`, { lockName: name });
         }
         if (e instanceof Interrupted && e.why.kind === "closed") {
@@ -506,6 +510,7 @@ export class Client implements LockHost, AsyncDisposable {
       }
       const reply = decodeReply(msg, name);
       if (reply.error?.code === "Unavailable" && performance.now() < end) {
+        unavailable = reply;
         continue;
       }
       return reply;
