@@ -1,5 +1,7 @@
 // Client: lock requests over one NATS connection, and the service's notices.
 
+import { setMaxListeners } from "node:events";
+
 import { connect } from "@nats-io/transport-node";
 import {
   createInbox,
@@ -148,7 +150,7 @@ export class Client implements LockHost, AsyncDisposable {
   #instance = ""; // the instance that serves now, as last heard
   #unsure = false; // #instance came from a reply when none was known
   readonly #goneInstances: string[] = [];
-  #instanceAc = new AbortController(); // aborted when another instance takes over
+  #instanceAc = unboundedController(); // aborted when another instance takes over
   readonly #unmatched: LostNotice[] = []; // recent lost notices that matched no held lock
 
   /** Connects to NATS and returns a client that owns the connection. */
@@ -641,7 +643,7 @@ export class Client implements LockHost, AsyncDisposable {
       this.#changed = deferred();
     }
     if (this.#cur === undefined && up && !this.#closed) {
-      this.#cur = { owner, ac: new AbortController() };
+      this.#cur = { owner, ac: unboundedController() };
       this.#changed.resolve();
       this.#changed = deferred();
     }
@@ -761,7 +763,7 @@ export class Client implements LockHost, AsyncDisposable {
 
   #wakeWaits(): void {
     const old = this.#instanceAc;
-    this.#instanceAc = new AbortController();
+    this.#instanceAc = unboundedController();
     old.abort();
   }
 
@@ -899,6 +901,16 @@ function deferred(): Deferred {
   let resolve!: () => void;
   const promise = new Promise<void>((r) => (resolve = r));
   return { promise, resolve };
+}
+
+/**
+ * An AbortController whose signal every waiting request listens to: many
+ * listeners are the normal case, not a leak.
+ */
+function unboundedController(): AbortController {
+  const ac = new AbortController();
+  setMaxListeners(0, ac.signal);
+  return ac;
 }
 
 function pushBounded<T>(list: T[], v: T): void {
