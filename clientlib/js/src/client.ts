@@ -1,6 +1,6 @@
 // Client: lock requests over one NATS connection, and the service's notices.
 
-import { setMaxListeners } from "node:events";
+import { randomBytes } from "node:crypto";
 
 import { connect } from "@nats-io/transport-node";
 import {
@@ -97,7 +97,7 @@ interface LostNotice {
 
 /** Why one request ended without a reply. */
 type Interrupt =
-  | { kind: "aborted"; signal: AbortSignal }
+  | { kind: "aborted"; signal?: AbortSignal } // no signal: its connection or the serving instance changed
   | { kind: "timeout" }
   | { kind: "closed"; error: unknown };
 
@@ -133,6 +133,9 @@ export class Client implements LockHost, AsyncDisposable {
   readonly #inbox: string;
   readonly #replySub: Subscription;
   readonly #pending = new Map<string, (m: Msg) => void>();
+  // Requests that end when their connection epoch ends, or (waiting locks)
+  // when another instance takes over: a set, cheaper than signal listeners.
+  readonly #interruptible = new Set<{ epoch: Epoch; instance: boolean; interrupt: () => void }>();
   #seq = 0;
 
   readonly #instanceSub: Subscription;
@@ -150,7 +153,6 @@ export class Client implements LockHost, AsyncDisposable {
   #instance = ""; // the instance that serves now, as last heard
   #unsure = false; // #instance came from a reply when none was known
   readonly #goneInstances: string[] = [];
-  #instanceAc = unboundedController(); // aborted when another instance takes over
   readonly #unmatched: LostNotice[] = []; // recent lost notices that matched no held lock
 
   /** Connects to NATS and returns a client that owns the connection. */
@@ -220,7 +222,6 @@ export class Client implements LockHost, AsyncDisposable {
       safely(() => sub.unsubscribe());
     }
     this.#lostSubs.clear();
-    this.#instanceAc.abort();
     if (this.#ownsConnection && !this.nc.isClosed()) {
       await this.nc.close();
     }
@@ -325,11 +326,10 @@ export class Client implements LockHost, AsyncDisposable {
       }
       const key = req.key as string;
       const subject = lockSubject(this.prefix, op, name);
-      const watched = op === "lock" ? [signal, ep.ac.signal, this.#instanceAc.signal] : [signal, ep.ac.signal];
       const sentAt = performance.now();
       let msg: Msg;
       try {
-        msg = await this.#call(subject, req, ep.owner, localTimeout, watched);
+        msg = await this.#call(subject, req, ep.owner, localTimeout, signal, { epoch: ep, instance: op === "lock" });
       } catch (e) {
         if (!(e instanceof Interrupted)) throw e;
         const why = e.why;
@@ -493,7 +493,7 @@ export class Client implements LockHost, AsyncDisposable {
       const left = end - performance.now();
       let msg: Msg;
       try {
-        msg = await this.#call(subject, body, this.#cur?.owner, Math.max(1, left), []);
+        msg = await this.#call(subject, body, this.#cur?.owner, Math.max(1, left));
       } catch (e) {
         if (e instanceof Interrupted && e.why.kind === "timeout") {
           if (unavailable) return unavailable; // the budget ran out while asking again
@@ -547,21 +547,37 @@ export class Client implements LockHost, AsyncDisposable {
    * Interrupted when timeoutMs passes, when one of the signals aborts, or
    * when the connection is closed; a reply after that is dropped.
    */
-  #call(subject: string, body: Record<string, unknown>, owner: string | undefined, timeoutMs: number | undefined, signals: (AbortSignal | undefined)[]): Promise<Msg> {
+  #call(
+    subject: string,
+    body: Record<string, unknown>,
+    owner: string | undefined,
+    timeoutMs: number | undefined,
+    signal?: AbortSignal,
+    watch?: { epoch: Epoch; instance: boolean },
+  ): Promise<Msg> {
     return new Promise<Msg>((resolve, reject) => {
-      for (const s of signals) {
-        if (s?.aborted) {
-          reject(new Interrupted({ kind: "aborted", signal: s }));
-          return;
-        }
+      if (signal?.aborted || watch?.epoch.ac.signal.aborted) {
+        reject(new Interrupted({ kind: "aborted", signal: signal?.aborted ? signal : undefined }));
+        return;
       }
       const token = (++this.#seq).toString(36);
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const listeners: [AbortSignal, () => void][] = [];
+      const onAbort = () => {
+        done();
+        reject(new Interrupted({ kind: "aborted", signal }));
+      };
+      const entry = watch && {
+        ...watch,
+        interrupt: () => {
+          done();
+          reject(new Interrupted({ kind: "aborted" }));
+        },
+      };
       const done = () => {
         this.#pending.delete(token);
         if (timer !== undefined) clearTimeout(timer);
-        for (const [s, f] of listeners) s.removeEventListener("abort", f);
+        signal?.removeEventListener("abort", onAbort);
+        if (entry) this.#interruptible.delete(entry);
       };
       this.#pending.set(token, (m) => {
         done();
@@ -573,15 +589,8 @@ export class Client implements LockHost, AsyncDisposable {
           reject(new Interrupted({ kind: "timeout" }));
         }, timeoutMs);
       }
-      for (const s of signals) {
-        if (s === undefined) continue;
-        const f = () => {
-          done();
-          reject(new Interrupted({ kind: "aborted", signal: s }));
-        };
-        s.addEventListener("abort", f, { once: true });
-        listeners.push([s, f]);
-      }
+      signal?.addEventListener("abort", onAbort, { once: true });
+      if (entry) this.#interruptible.add(entry);
       try {
         const h = newHeaders();
         if (owner !== undefined) h.set("Ldlm-Owner", owner);
@@ -635,6 +644,9 @@ export class Client implements LockHost, AsyncDisposable {
     const cur = this.#cur;
     if (cur !== undefined && (!up || owner !== cur.owner || this.#closed)) {
       cur.ac.abort(new ConnectionLostError("ldlm: the NATS connection changed"));
+      for (const e of [...this.#interruptible]) {
+        if (e.epoch === cur) e.interrupt();
+      }
       if (!this.#keepOnDisconnect && !this.#closed) {
         lost = [...this.#held].filter((l) => l.epoch === cur);
       }
@@ -643,7 +655,7 @@ export class Client implements LockHost, AsyncDisposable {
       this.#changed = deferred();
     }
     if (this.#cur === undefined && up && !this.#closed) {
-      this.#cur = { owner, ac: unboundedController() };
+      this.#cur = { owner, ac: new AbortController() };
       this.#changed.resolve();
       this.#changed = deferred();
     }
@@ -762,9 +774,9 @@ export class Client implements LockHost, AsyncDisposable {
   }
 
   #wakeWaits(): void {
-    const old = this.#instanceAc;
-    this.#instanceAc = unboundedController();
-    old.abort();
+    for (const e of [...this.#interruptible]) {
+      if (e.instance) e.interrupt();
+    }
   }
 
   /**
@@ -823,11 +835,21 @@ function lostFromNotice(name: string, reason: string): LockLostError {
   return new LockLostError(name, reason || "unknown", "the service released it");
 }
 
-/** A fresh random key of 128 bits, in hex: the client chooses every key, to be able to withdraw. */
+let keyPool = Buffer.alloc(0);
+let keyPos = 0;
+
+/**
+ * A fresh random key of 128 bits, in hex: the client chooses every key, to
+ * be able to withdraw. Drawn from a pool of CSPRNG bytes, refilled 4 KiB at
+ * a time, since a syscall per key shows in the lock cycle's cost.
+ */
 function newKey(): string {
-  const b = new Uint8Array(16);
-  crypto.getRandomValues(b);
-  return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");
+  if (keyPos + 16 > keyPool.length) {
+    keyPool = randomBytes(4096);
+    keyPos = 0;
+  }
+  keyPos += 16;
+  return keyPool.toString("hex", keyPos - 16, keyPos);
 }
 
 /** The no-responders status message nats sends in place of a reply. */
@@ -901,16 +923,6 @@ function deferred(): Deferred {
   let resolve!: () => void;
   const promise = new Promise<void>((r) => (resolve = r));
   return { promise, resolve };
-}
-
-/**
- * An AbortController whose signal every waiting request listens to: many
- * listeners are the normal case, not a leak.
- */
-function unboundedController(): AbortController {
-  const ac = new AbortController();
-  setMaxListeners(0, ac.signal);
-  return ac;
 }
 
 function pushBounded<T>(list: T[], v: T): void {

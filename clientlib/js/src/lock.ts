@@ -67,7 +67,7 @@ export class Lock implements AsyncDisposable {
   readonly epoch: Epoch | undefined;
 
   readonly #host: LockHost | undefined;
-  readonly #ac = new AbortController();
+  #ac: AbortController | undefined; // made when signal is first read, or at the loss
   readonly #autoRenew: boolean;
   #state: State;
   #lost: LockLostError | undefined;
@@ -90,6 +90,7 @@ export class Lock implements AsyncDisposable {
       this.#autoRenew = false;
       this.#timeoutSeconds = 0;
       this.#state = "not-obtained";
+      this.#ac = new AbortController();
       this.#ac.abort(grant.reason);
       return;
     }
@@ -117,6 +118,10 @@ export class Lock implements AsyncDisposable {
 
   /** Aborted when the held lock is lost (reason: LockLostError); aborted from the start when not obtained. */
   get signal(): AbortSignal {
+    this.#ac ??= new AbortController();
+    if (this.#state === "lost" && !this.#ac.signal.aborted) {
+      this.#ac.abort(this.#lost);
+    }
     return this.#ac.signal;
   }
 
@@ -194,7 +199,7 @@ export class Lock implements AsyncDisposable {
     this.#lost = err;
     this.#stopWatch();
     this.#host!.forget(this);
-    this.#ac.abort(err);
+    this.#ac?.abort(err);
     return true;
   }
 
