@@ -1,7 +1,7 @@
 // The TypeScript twin of every Python example of the concept guide
 // (seed/concepts.rst; clientlib/python/tests/test_seed.py runs the Python
 // ones). Each twin is written as a user would write it, with only the
-// address "ldlm-server:3144" replaced by the test server's URL. README.md of
+// address "ldlm-server:4222" replaced by the test server's URL. README.md of
 // this package shows the same code next to each Python block.
 
 import { after, before, describe, test } from "node:test";
@@ -22,7 +22,7 @@ let printed: string[] = [];
 // the test server's, remembering every client to close it after the block.
 const ldlm = {
   async connect(opts: { servers: string }): Promise<Client> {
-    assert.equal(opts.servers, "ldlm-server:3144");
+    assert.equal(opts.servers, "ldlm-server:4222");
     const c = await Client.connect({ servers: server.url }, { legacyOwner: legacy });
     made.push(c);
     return c;
@@ -34,7 +34,7 @@ const print = (s: string) => printed.push(s);
 
 // Name
 async function name() {
-  const client = await ldlm.connect({ servers: "ldlm-server:3144" });
+  const client = await ldlm.connect({ servers: "ldlm-server:4222" });
 
   const lock = await client.lock("my-task");
   return lock;
@@ -45,7 +45,7 @@ async function size() {
   // Number of expensive operation slots
   const ES_SLOTS = 20;
 
-  const client = await ldlm.connect({ servers: "ldlm-server:3144" });
+  const client = await ldlm.connect({ servers: "ldlm-server:4222" });
 
   const lock = await client.lock("expensive_operation", { size: ES_SLOTS });
 
@@ -55,7 +55,7 @@ async function size() {
 
 // Timeout
 async function timeout() {
-  const client = await ldlm.connect({ servers: "ldlm-server:3144" });
+  const client = await ldlm.connect({ servers: "ldlm-server:4222" });
 
   const lock = await client.lock("my-task", { lockTimeoutSeconds: 300 });
   return lock;
@@ -140,7 +140,7 @@ async function tryLockContext(client: Client) {
 
 // Releasing a lock
 async function releasing() {
-  const client = await ldlm.connect({ servers: "ldlm-server:3144" });
+  const client = await ldlm.connect({ servers: "ldlm-server:4222" });
 
   const lock = await client.lock("my-task");
 
@@ -152,7 +152,7 @@ async function releasing() {
 
 // Renewing a lock
 async function renewing() {
-  const client = await ldlm.connect({ servers: "ldlm-server:3144" });
+  const client = await ldlm.connect({ servers: "ldlm-server:4222" });
 
   const lock = await client.lock("my-task", { lockTimeoutSeconds: 300 });
 
@@ -175,7 +175,7 @@ async function runBlock<T>(block: (client: Client) => Promise<T>): Promise<T> {
   made = [];
   printed = [];
   try {
-    const client = await ldlm.connect({ servers: "ldlm-server:3144" }); // the guide's "client" made earlier
+    const client = await ldlm.connect({ servers: "ldlm-server:4222" }); // the guide's "client" made earlier
     return await block(client);
   } finally {
     await Promise.all(made.map((c) => c.close()));
@@ -294,7 +294,7 @@ describe("concept guide examples in TypeScript", () => {
 
   test("try lock when held", async () => {
     const result = await runBlock(async (client) => {
-      const holder = await ldlm.connect({ servers: "ldlm-server:3144" });
+      const holder = await ldlm.connect({ servers: "ldlm-server:4222" });
       assert.ok((await holder.lock("my-task")).locked);
       return tryLock(client);
     });
@@ -304,7 +304,7 @@ describe("concept guide examples in TypeScript", () => {
 
   test("try_lock context when held", async () => {
     await runBlock(async (client) => {
-      const holder = await ldlm.connect({ servers: "ldlm-server:3144" });
+      const holder = await ldlm.connect({ servers: "ldlm-server:4222" });
       assert.ok((await holder.lock("my-task")).locked);
       const lock = await tryLockContext(client);
       assert.equal(lock.locked, false);
@@ -315,7 +315,7 @@ describe("concept guide examples in TypeScript", () => {
 
   test("wait timeout when held past it", async () => {
     await runBlock(async (client) => {
-      const holder = await ldlm.connect({ servers: "ldlm-server:3144" });
+      const holder = await ldlm.connect({ servers: "ldlm-server:4222" });
       assert.ok((await holder.lock("my-task")).locked);
       const lock = await client.lock("my-task", { waitTimeoutSeconds: 0.2 });
       assert.equal(lock.locked, false);
