@@ -87,7 +87,21 @@ describe("service restart", () => {
       const got = await within(waiting, 120_000, "the waiting lock");
       assert.ok(got.locked);
       assert.notEqual(got.instance, held.instance);
-      await got.unlock();
+      // b reconnected as another client: its lost notices come on a new
+      // subject, which it must listen to now.
+      const admin = await newClient(server.url);
+      try {
+        await admin.nc.request(`ldlm.admin.unlock.${name}`, "{}", { timeout: 10_000 });
+      } finally {
+        await admin.close();
+      }
+      const lost = await within(
+        new Promise((r) => (got.signal.aborted ? r(got.signal.reason) : got.signal.addEventListener("abort", () => r(got.signal.reason)))),
+        60_000,
+        "the lost notice after the reconnect",
+      );
+      assert.ok(lost instanceof LockLostError);
+      assert.equal(lost.reason, "force-released");
     } finally {
       await a.close();
       await b.close();
