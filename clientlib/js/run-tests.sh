@@ -25,6 +25,7 @@ if [ -z "${LDLM_BINARY:-}" ]; then
     export LDLM_BINARY="$tmp/ldlm"
 fi
 
-node --test --test-concurrency=1 "$@" build/test/*.test.js
+# Every test is bounded (its own waits have deadlines too): a hang fails.
+node --test --test-concurrency=1 --test-timeout=600000 "$@" build/test/*.test.js
 
 bash "$here/scripts/pack-check.sh"
