@@ -283,6 +283,28 @@ describe("client", () => {
     }
   });
 
+  test("no responders yet: tryLock asks again until a service answers, within its budget", async () => {
+    const c = await Client.connect({ servers: server.url }, { prefix: "late", requestTimeoutSeconds: 30 });
+    const svc = await connect({ servers: server.url });
+    try {
+      const pending = c.tryLock("job");
+      await sleep(200); // a few no-responders first (not asserted: it only makes the case likelier)
+      svc.subscribe("late.>", {
+        callback: (_e, m) => {
+          m.respond(m.subject.startsWith("late.unlock.") ? '{"unlocked":true,"name":"job"}' : '{"locked":true,"name":"job","token":5,"size":1,"instance":"L1"}');
+        },
+      });
+      await svc.flush();
+      const lock = await within(pending, 60_000, "the tryLock");
+      assert.ok(lock.locked);
+      assert.equal(lock.token, 5);
+      await lock.unlock();
+    } finally {
+      await c.close();
+      await svc.close();
+    }
+  });
+
   test("close unlocks what the client holds", async () => {
     const name = uniqueName();
     const c = await newClient(server.url);
