@@ -1,6 +1,6 @@
 // Lock+unlock cycles/s of @ldlm/client at 1 and 64 concurrent callers on one
 // connection, side by side with raw nc.request to an echo responder (both
-// in Node), and with the Go client (`ldlm bench`) when asked, against one
+// in Node; the responder in a worker thread of this process), and with the Go client (`ldlm bench`) when asked, against one
 // lock server. Workloads alternate round by round; the table gives the
 // median of the rounds.
 //
@@ -17,6 +17,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { Worker } from "node:worker_threads";
 
 import { connect } from "@nats-io/transport-node";
 import { Client } from "@ldlm/client";
@@ -114,10 +115,21 @@ async function main() {
     server = await startLdlm(bin);
     url = server.url;
   }
-  // The echo responder: a plain Node subscriber on its own connection.
-  const responder = await connect({ servers: url });
-  responder.subscribe("bench.echo", { callback: (_e, m) => m.respond(m.data) });
-  await responder.flush();
+  // The echo responder: a plain Node subscriber on its own connection, in a
+  // worker thread, so that the requester's thread does only what the lock
+  // client's does (the lock service is another process too).
+  const responder = new Worker(
+    `const { parentPort, workerData } = require("node:worker_threads");
+     import(workerData.nats).then(async ({ connect }) => {
+       const nc = await connect({ servers: workerData.url });
+       nc.subscribe("bench.echo", { callback: (_e, m) => m.respond(m.data) });
+       await nc.flush();
+       parentPort.postMessage("ready");
+       parentPort.once("message", async () => { await nc.close(); parentPort.postMessage("closed"); });
+     });`,
+    { eval: true, workerData: { url, nats: import.meta.resolve("@nats-io/transport-node") } },
+  );
+  await new Promise((r) => responder.once("message", r));
   const nc = await connect({ servers: url });
   const client = await Client.connect({ servers: url }, { legacyOwner: args["legacy-owner"] });
   const payload = new TextEncoder().encode(JSON.stringify({ key: "0123456789abcdef0123456789abcdef" }));
@@ -153,7 +165,9 @@ async function main() {
 
   await client.close();
   await nc.close();
-  await responder.close();
+  responder.postMessage("close");
+  await new Promise((r) => responder.once("message", r));
+  await responder.terminate();
   if (server) {
     server.proc.kill("SIGTERM");
   }
