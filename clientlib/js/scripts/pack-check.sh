@@ -26,3 +26,17 @@ if (!ok) { console.error("the installed package does not export what it should")
 console.log("pack-check: the tarball installs and imports");
 JS
 node check.mjs
+
+# The type declarations work for a TypeScript user (the package's own tsc).
+cat > check.ts <<'TS'
+import { Client, LockLostError, type Lock, type LockOptions } from "@ldlm/client";
+const opts: LockOptions = { size: 1, waitTimeoutSeconds: 1, lockTimeoutSeconds: 2, autoRenew: true };
+export async function f(c: Client): Promise<number> {
+  const l: Lock = await c.lock("x", opts);
+  const r: unknown = l.signal.reason;
+  return r instanceof LockLostError ? 0 : l.token;
+}
+TS
+"$here/node_modules/.bin/tsc" --noEmit --strict --module nodenext --moduleResolution nodenext --target es2022 \
+    --lib es2022,esnext.disposable --types node --typeRoots "$here/node_modules/@types" check.ts
+echo "pack-check: the type declarations compile"
