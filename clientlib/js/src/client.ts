@@ -271,12 +271,18 @@ export class Client implements LockHost, AsyncDisposable {
    * set, and pass `lock.signal` to the work. It resolves to fn's result; if
    * the lock was lost meanwhile, it rejects with the LockLostError instead.
    */
-  async withLock<T>(name: string, options: LockOptions, fn: (lock: Lock) => Promise<T> | T): Promise<T> {
+  withLock<T>(name: string, options: LockOptions, fn: (lock: Lock) => Promise<T> | T): Promise<T>;
+  withLock<T>(name: string, fn: (lock: Lock) => Promise<T> | T): Promise<T>;
+  async withLock<T>(name: string, a: LockOptions | ((lock: Lock) => Promise<T> | T), b?: (lock: Lock) => Promise<T> | T): Promise<T> {
+    const [options, fn] = typeof a === "function" ? [{}, a] : [a, b!];
     return run(await this.lock(name, options), fn);
   }
 
   /** withLock with tryLock: fn gets a Lock whose `locked` is false when a slot was not free. */
-  async withTryLock<T>(name: string, options: TryLockOptions, fn: (lock: Lock) => Promise<T> | T): Promise<T> {
+  withTryLock<T>(name: string, options: TryLockOptions, fn: (lock: Lock) => Promise<T> | T): Promise<T>;
+  withTryLock<T>(name: string, fn: (lock: Lock) => Promise<T> | T): Promise<T>;
+  async withTryLock<T>(name: string, a: TryLockOptions | ((lock: Lock) => Promise<T> | T), b?: (lock: Lock) => Promise<T> | T): Promise<T> {
+    const [options, fn] = typeof a === "function" ? [{}, a] : [a, b!];
     return run(await this.tryLock(name, options), fn);
   }
 

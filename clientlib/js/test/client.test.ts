@@ -9,6 +9,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import {
   BadRequestError,
   Client,
+  ClientClosedError,
   ERRORS_BY_CODE,
   InvalidLockNameError,
   InvalidLockSizeError,
@@ -303,6 +304,30 @@ describe("client", () => {
       await c.close();
       await svc.close();
     }
+  });
+
+  test("withLock and withTryLock without options", async () => {
+    const name = uniqueName();
+    assert.equal(await client.withLock(name, async (lock) => lock.locked), true);
+    assert.equal(await client.withTryLock(name, (lock) => lock.locked), true);
+  });
+
+  test("close while a lock() waits: it rejects with ClientClosedError and leaves nothing", async () => {
+    const name = uniqueName();
+    const holder = await client.lock(name);
+    const c = await newClient(server.url);
+    const waiting = c.lock(name).catch((e: unknown) => e);
+    await poll(async () => (await adminList(admin)).some((l) => l.name === name && (l.waiters?.length ?? 0) > 0), 30_000, "the waiter to queue");
+    await c.close();
+    assert.ok((await within(waiting, 30_000, "the waiting lock")) instanceof ClientClosedError);
+    await holder.unlock();
+    await poll(async () => !(await adminHolds(admin, name)), 30_000, `${name} to hold and queue nothing`);
+  });
+
+  test("tryLock with an aborted signal sends nothing", async () => {
+    const ac = new AbortController();
+    ac.abort(new Error("no"));
+    await assert.rejects(client.tryLock(uniqueName(), { signal: ac.signal }), /no/);
   });
 
   test("close unlocks what the client holds", async () => {
