@@ -153,6 +153,11 @@ type Service struct {
 	// ncClosed and sysClosed hear that a connection was closed for good.
 	ncClosed, sysClosed chan nats.Status
 
+	// replyMu orders grant replies and the stop announcement: once stopping
+	// is set (and the stop announced), no grant reply is sent.
+	replyMu  sync.Mutex
+	stopping bool
+
 	stopOnce sync.Once
 	stop     chan struct{}
 	wg       sync.WaitGroup // the goroutines watching connections and rivals
@@ -364,16 +369,20 @@ func (s *Service) watchConnections() {
 // close the connections it was given.
 //
 // The engine is closed before the announcement, so that no grant can be
-// made after it: a client never holds a grant of an instance that it heard
-// stop. Only then are the subscriptions drained (which takes a while): the
+// made after it, and a grant made just before whose reply is not sent yet
+// is answered Unavailable instead (see respondGrant): a client never hears
+// of a grant after it heard that the instance that made it stopped. Only then are the subscriptions drained (which takes a while): the
 // requests read meanwhile get Unavailable, and clients ask again.
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
 		s.engine.Close()
+		s.replyMu.Lock()
+		s.stopping = true
 		if s.id != "" {
 			s.announce(subjects.InstanceStopped)
 		}
+		s.replyMu.Unlock()
 		if s.micro != nil {
 			if err := s.micro.Stop(); err != nil {
 				s.log.Warn("stopping micro service", "err", err)
