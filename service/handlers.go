@@ -111,7 +111,7 @@ func (s *Service) lock(req micro.Request, op, name string, id identity, r subjec
 		s.respond(req, subjects.LockResponse{Locked: false, Name: name})
 		return
 	}
-	s.respond(req, s.grantResponse(name, g))
+	s.respondGrant(req, op, name, g)
 }
 
 func (s *Service) unlock(req micro.Request, name string, id identity, r subjects.Request) {
@@ -128,6 +128,20 @@ func (s *Service) renew(req micro.Request, name string, id identity, r subjects.
 		s.fail(req, subjects.OpRenew, name, err)
 		return
 	}
+	s.respondGrant(req, subjects.OpRenew, name, g)
+}
+
+// respondGrant replies with grant g, or with Unavailable once Stop has
+// announced this instance's stop: a client must never hear of a grant
+// after it heard that the instance that made it stopped. replyMu makes the
+// check and the reply one step, which the announcement cannot split.
+func (s *Service) respondGrant(req micro.Request, op, name string, g engine.Grant) {
+	s.replyMu.Lock()
+	defer s.replyMu.Unlock()
+	if s.stopping {
+		s.fail(req, op, name, engine.ErrEngineClosed)
+		return
+	}
 	s.respond(req, s.grantResponse(name, g))
 }
 
@@ -137,6 +151,11 @@ func (s *Service) renew(req micro.Request, name string, id identity, r subjects.
 func (s *Service) answerParked(reply, name string, g engine.Grant, err error) {
 	if reply == "" {
 		return
+	}
+	s.replyMu.Lock()
+	defer s.replyMu.Unlock()
+	if err == nil && s.stopping {
+		err = engine.ErrEngineClosed // see respondGrant
 	}
 	var perr error
 	if err != nil {

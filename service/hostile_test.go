@@ -102,6 +102,7 @@ func TestServiceStopsWhenItsConnectionCloses(t *testing.T) {
 			if r := send(t, client, subjects.OpTryLock, "x", ``, ""); !r.Locked {
 				t.Fatalf("trylock: %+v", r)
 			}
+			closed := time.Now()
 			if which == "service" {
 				app.Close()
 			} else {
@@ -109,6 +110,7 @@ func TestServiceStopsWhenItsConnectionCloses(t *testing.T) {
 			}
 			select {
 			case <-srv.Service.Done():
+				t.Logf("the service stopped %v after its %s connection closed", time.Since(closed), which)
 			case <-timeout():
 				t.Fatal("Done was not closed after the connection closed")
 			}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"time"
 
@@ -45,41 +46,10 @@ type Stats struct {
 	Owners  int // owners with at least one grant or wait
 }
 
-// Snapshot returns every lock, sorted by name. It copies the whole table
-// under the mutex, so it is for operators, not for every request.
+// Snapshot returns every lock, sorted by name, with all its holders and
+// waiters: Page without bounds, for tests and small tables.
 func (e *Engine) Snapshot() []LockInfo {
-	e.mu.Lock()
-	infos := make([]LockInfo, 0, len(e.locks))
-	for _, l := range e.locks {
-		info := LockInfo{Name: l.name, Size: l.size, Holders: make([]HolderInfo, 0, l.held), HeldTotal: l.held, WaitingTotal: l.waiting}
-		for en := l.holders; en != nil; en = en.next {
-			info.Holders = append(info.Holders, HolderInfo{
-				Key:        en.key,
-				Token:      en.token,
-				Owner:      en.ownerID(),
-				AcquiredAt: unixTime(en.start),
-				ExpiresAt:  unixTime(en.deadline),
-			})
-		}
-		if l.waiting > 0 {
-			info.Waiters = make([]WaiterInfo, 0, l.waiting)
-		}
-		for en := l.waitHead; en != nil; en = en.next {
-			info.Waiters = append(info.Waiters, WaiterInfo{
-				Key:      en.key,
-				Owner:    en.ownerID(),
-				Since:    unixTime(en.start),
-				Deadline: unixTime(en.deadline),
-			})
-		}
-		infos = append(infos, info)
-	}
-	e.mu.Unlock()
-
-	slices.SortFunc(infos, func(a, b LockInfo) int { return cmp.Compare(a.Name, b.Name) })
-	for _, info := range infos {
-		slices.SortFunc(info.Holders, func(a, b HolderInfo) int { return cmp.Compare(a.Token, b.Token) })
-	}
+	infos, _ := e.Page("", math.MaxInt, nil, math.MaxInt)
 	return infos
 }
 
@@ -151,6 +121,10 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 // once it is full, so this costs about len(names) comparisons rather than a
 // sort of all names.
 func smallest(names []string, n int) []string {
+	if n >= len(names) {
+		slices.Sort(names)
+		return names
+	}
 	best := make([]string, 0, min(n, len(names)))
 	for _, name := range names {
 		if len(best) == n && name >= best[n-1] {
