@@ -3,7 +3,7 @@ package engine
 import "time"
 
 // Clock is the engine's source of time, replaceable so tests can move time
-// by hand (see FakeClock).
+// by hand (see FakeClock in fakeclock_test.go).
 //
 // The engine calls Now, AfterFunc and Timer.Stop while holding its mutex, so
 // an implementation must not call f from inside AfterFunc and must not wait
