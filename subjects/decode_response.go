@@ -38,7 +38,7 @@ func DecodeUnlockResponse(data []byte, r *UnlockResponse) error {
 // are present replace v's, the others keep v's values. ok is false for
 // anything the scanner does not read; v is then to be thrown away.
 func scanLockResponse(data []byte, v LockResponse) (LockResponse, bool) {
-	s := requestScanner{b: data}
+	s := scanner{b: data}
 	ok := s.whole(func(name []byte) bool {
 		var ok bool
 		switch string(name) {
@@ -71,7 +71,7 @@ func scanLockResponse(data []byte, v LockResponse) (LockResponse, bool) {
 
 // scanUnlockResponse is scanLockResponse for UnlockResponse.
 func scanUnlockResponse(data []byte, v UnlockResponse) (UnlockResponse, bool) {
-	s := requestScanner{b: data}
+	s := scanner{b: data}
 	ok := s.whole(func(name []byte) bool {
 		var ok bool
 		switch string(name) {
@@ -89,7 +89,7 @@ func scanUnlockResponse(data []byte, v UnlockResponse) (UnlockResponse, bool) {
 
 // whole reads an object (see object) that, but for white space, must be
 // all of b.
-func (s *requestScanner) whole(value func(name []byte) bool) bool {
+func (s *scanner) whole(value func(name []byte) bool) bool {
 	s.space()
 	if !s.object(value) {
 		return false
@@ -103,7 +103,7 @@ func (s *requestScanner) whole(value func(name []byte) bool) bool {
 // returns false if it cannot (an unknown name included). A name seen
 // twice also gives false: encoding/json's rules for duplicates are left
 // to encoding/json.
-func (s *requestScanner) object(value func(name []byte) bool) bool {
+func (s *scanner) object(value func(name []byte) bool) bool {
 	if !s.next('{') {
 		return false
 	}
@@ -145,7 +145,7 @@ func (s *requestScanner) object(value func(name []byte) bool) bool {
 // plainText reads a JSON string without escapes or control characters
 // whose contents are valid UTF-8: encoding/json takes such contents as
 // they are. The contents alias b.
-func (s *requestScanner) plainText() ([]byte, bool) {
+func (s *scanner) plainText() ([]byte, bool) {
 	if !s.next('"') {
 		return nil, false
 	}
@@ -170,13 +170,13 @@ func (s *requestScanner) plainText() ([]byte, bool) {
 }
 
 // text is plainText as a string.
-func (s *requestScanner) text() (string, bool) {
+func (s *scanner) text() (string, bool) {
 	b, ok := s.plainText()
 	return string(b), ok
 }
 
 // boolean reads true or false.
-func (s *requestScanner) boolean() (bool, bool) {
+func (s *scanner) boolean() (bool, bool) {
 	rest := s.b[s.i:]
 	switch {
 	case len(rest) >= 4 && string(rest[:4]) == "true":
@@ -192,7 +192,7 @@ func (s *requestScanner) boolean() (bool, bool) {
 // uint64 reads a JSON integer of 1 to 19 digits without a sign, which
 // always fits a uint64. A fraction or exponent after it is refused by
 // the caller, which expects a ',' or '}' next.
-func (s *requestScanner) uint64() (uint64, bool) {
+func (s *scanner) uint64() (uint64, bool) {
 	text, ok := s.integer()
 	if !ok || text[0] == '-' || len(text) > 19 {
 		return 0, false
@@ -206,7 +206,7 @@ func (s *requestScanner) uint64() (uint64, bool) {
 
 // errorObject reads the "error" member of a reply. encoding/json decodes
 // an object into the *Error already there, if any; that case goes to it.
-func (s *requestScanner) errorObject(old *Error) (*Error, bool) {
+func (s *scanner) errorObject(old *Error) (*Error, bool) {
 	if old != nil {
 		return nil, false
 	}

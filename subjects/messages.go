@@ -47,15 +47,6 @@ type Request struct {
 	Key string `json:"key,omitempty"`
 }
 
-// wireRequest is what decodeRequestJSON reads: pointers tell an explicit
-// zero from an absent field.
-type wireRequest struct {
-	Size               *int     `json:"size"`
-	WaitTimeoutSeconds *float64 `json:"wait_timeout_seconds"`
-	LockTimeoutSeconds *float64 `json:"lock_timeout_seconds"`
-	Key                *string  `json:"key"`
-}
-
 // DecodeRequest parses a request body. An empty (or all white space) body
 // is the zero Request. Anything else must be one JSON object of the
 // documented fields: an unknown field is an error rather than silently
@@ -71,19 +62,34 @@ func DecodeRequest(body []byte) (Request, error) {
 	if len(trimmed) == 0 {
 		return Request{}, nil
 	}
-	if w, ok := scanRequest(trimmed); ok {
-		return w.check()
+	if r, given, ok := scanRequest(trimmed); ok {
+		return r.check(given)
 	}
 	return decodeRequestJSON(trimmed)
 }
+
+// given tells which of the fields whose explicit zero is an error (size,
+// key) a body has.
+type given uint8
+
+const (
+	givenSize given = 1 << iota
+	givenKey
+)
 
 // decodeRequestJSON is DecodeRequest through encoding/json, for a body
 // that is not empty after trimming white space.
 func decodeRequestJSON(trimmed []byte) (Request, error) {
 	if trimmed[0] != '{' {
-		return Request{}, Errorf(CodeBadRequest, "body must be a JSON object (or empty for all defaults), got %s", preview(trimmed))
+		return Request{}, Errorf(CodeBadRequest, "body must be a JSON object (or empty for all defaults), got %s", quoteShort(string(trimmed)))
 	}
-	var w wireRequest
+	// The pointers shadow Request's size and key, to tell an explicit
+	// zero from an absent field.
+	var w struct {
+		Request
+		Size *int    `json:"size"`
+		Key  *string `json:"key"`
+	}
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&w); err != nil {
@@ -92,53 +98,31 @@ func decodeRequestJSON(trimmed []byte) (Request, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Request{}, Errorf(CodeBadRequest, "body has data after the JSON object")
 	}
-	var f requestFields
+	var g given
 	if w.Size != nil {
-		f.size, f.hasSize = *w.Size, true
-	}
-	if w.WaitTimeoutSeconds != nil {
-		f.wait, f.hasWait = *w.WaitTimeoutSeconds, true
-	}
-	if w.LockTimeoutSeconds != nil {
-		f.lock, f.hasLock = *w.LockTimeoutSeconds, true
+		w.Request.Size, g = *w.Size, g|givenSize
 	}
 	if w.Key != nil {
-		f.key, f.hasKey = *w.Key, true
+		w.Request.Key, g = *w.Key, g|givenKey
 	}
-	return f.check()
-}
-
-// requestFields are the fields of a request body as read, before they are
-// checked; has* tells an explicit zero from an absent field.
-type requestFields struct {
-	size                      int
-	wait, lock                float64
-	key                       string
-	hasSize, hasWait, hasLock bool
-	hasKey                    bool
+	return w.Request.check(g)
 }
 
 // check applies the limits that hold for every operation.
-func (f requestFields) check() (Request, error) {
-	var r Request
-	if f.hasSize {
-		if f.size < 1 || f.size > MaxLockSize {
-			return Request{}, Errorf(CodeInvalidLockSize, "size must be 1 to %d, got %d", MaxLockSize, f.size)
-		}
-		r.Size = f.size
+func (r Request) check(g given) (Request, error) {
+	if g&givenSize != 0 && (r.Size < 1 || r.Size > MaxLockSize) {
+		return Request{}, Errorf(CodeInvalidLockSize, "size must be 1 to %d, got %d", MaxLockSize, r.Size)
 	}
-	var err error
-	if r.WaitTimeoutSeconds, err = checkSeconds("wait_timeout_seconds", f.wait, f.hasWait); err != nil {
+	if err := checkSeconds("wait_timeout_seconds", r.WaitTimeoutSeconds); err != nil {
 		return Request{}, err
 	}
-	if r.LockTimeoutSeconds, err = checkSeconds("lock_timeout_seconds", f.lock, f.hasLock); err != nil {
+	if err := checkSeconds("lock_timeout_seconds", r.LockTimeoutSeconds); err != nil {
 		return Request{}, err
 	}
-	if f.hasKey {
-		if err := CheckKey(f.key); err != nil {
+	if g&givenKey != 0 {
+		if err := CheckKey(r.Key); err != nil {
 			return Request{}, err
 		}
-		r.Key = f.key
 	}
 	return r, nil
 }
@@ -207,17 +191,14 @@ func CheckKey(k string) error {
 	return nil
 }
 
-func checkSeconds(field string, s float64, present bool) (float64, error) {
-	if !present {
-		return 0, nil
-	}
+func checkSeconds(field string, s float64) error {
 	if math.IsNaN(s) || s < 0 || s > MaxTimeoutSeconds {
-		return 0, Errorf(CodeInvalidTimeout, "%s must be between 0 and %d seconds, got %v", field, MaxTimeoutSeconds, s)
+		return Errorf(CodeInvalidTimeout, "%s must be between 0 and %d seconds, got %v", field, MaxTimeoutSeconds, s)
 	}
 	if s > 0 && s < 0.001 {
-		return 0, Errorf(CodeInvalidTimeout, "%s must be 0 (none) or at least 0.001 seconds, got %v", field, s)
+		return Errorf(CodeInvalidTimeout, "%s must be 0 (none) or at least 0.001 seconds, got %v", field, s)
 	}
-	return s, nil
+	return nil
 }
 
 func describeJSONError(err error) string {
@@ -226,14 +207,6 @@ func describeJSONError(err error) string {
 		return "field " + strconv.Quote(typeErr.Field) + " must be a " + typeErr.Type.String() + ", got a JSON " + typeErr.Value
 	}
 	return strings.TrimPrefix(err.Error(), "json: ")
-}
-
-func preview(b []byte) string {
-	const max = 40
-	if len(b) > max {
-		return strconv.Quote(string(b[:max])) + "..."
-	}
-	return strconv.Quote(string(b))
 }
 
 // LockResponse is the reply to lock, trylock and renew.

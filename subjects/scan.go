@@ -15,85 +15,40 @@ import "strconv"
 // types, trailing data, syntax errors) ok is false and the caller decodes
 // with encoding/json, so every error, and every unusual body, is handled by
 // that one path. FuzzScanRequest checks that both agree wherever ok is true.
-//
-// trimmed must not start or end with white space.
-func scanRequest(trimmed []byte) (f requestFields, ok bool) {
-	s := requestScanner{b: trimmed}
-	if !s.next('{') {
-		return f, false
-	}
-	s.space()
-	if s.next('}') {
-		return f, s.i == len(s.b)
-	}
-	for {
-		name, ok := s.plainString()
-		if !ok {
-			return f, false
-		}
-		s.space()
-		if !s.next(':') {
-			return f, false
-		}
-		s.space()
+func scanRequest(trimmed []byte) (r Request, g given, ok bool) {
+	s := scanner{b: trimmed}
+	ok = s.whole(func(name []byte) bool {
+		var ok bool
 		switch string(name) {
 		case "key":
-			if f.hasKey {
-				return f, false
-			}
-			v, ok := s.plainString()
-			if !ok {
-				return f, false
-			}
+			var v []byte
 			// Copied: the key outlives the message buffer (the engine
 			// keeps it).
-			f.key, f.hasKey = string(v), true
+			v, ok = s.plainString()
+			r.Key, g = string(v), g|givenKey
 		case "size":
-			if f.hasSize {
-				return f, false
-			}
-			if f.size, ok = s.smallInt(); !ok {
-				return f, false
-			}
-			f.hasSize = true
+			r.Size, ok = s.smallInt()
+			g |= givenSize
 		case "wait_timeout_seconds":
-			if f.hasWait {
-				return f, false
-			}
-			if f.wait, ok = s.plainFloat(); !ok {
-				return f, false
-			}
-			f.hasWait = true
+			r.WaitTimeoutSeconds, ok = s.plainFloat()
 		case "lock_timeout_seconds":
-			if f.hasLock {
-				return f, false
-			}
-			if f.lock, ok = s.plainFloat(); !ok {
-				return f, false
-			}
-			f.hasLock = true
-		default:
-			return f, false
+			r.LockTimeoutSeconds, ok = s.plainFloat()
 		}
-		s.space()
-		if s.next('}') {
-			return f, s.i == len(s.b)
-		}
-		if !s.next(',') {
-			return f, false
-		}
-		s.space()
-	}
+		return ok
+	})
+	return r, g, ok
 }
 
-// requestScanner walks b from position i.
-type requestScanner struct {
+// scanner walks b from position i. It reads the plain JSON of the bodies
+// that requests and replies usually are; whatever it is not sure about, its
+// callers leave to encoding/json.
+type scanner struct {
 	b []byte
 	i int
 }
 
 // next consumes c if it comes next.
-func (s *requestScanner) next(c byte) bool {
+func (s *scanner) next(c byte) bool {
 	if s.i < len(s.b) && s.b[s.i] == c {
 		s.i++
 		return true
@@ -102,7 +57,7 @@ func (s *requestScanner) next(c byte) bool {
 }
 
 // space skips JSON white space.
-func (s *requestScanner) space() {
+func (s *scanner) space() {
 	for s.i < len(s.b) {
 		switch s.b[s.i] {
 		case ' ', '\t', '\n', '\r':
@@ -115,7 +70,7 @@ func (s *requestScanner) space() {
 
 // plainString reads a JSON string of printable ASCII without escapes and
 // returns its contents, which alias b.
-func (s *requestScanner) plainString() ([]byte, bool) {
+func (s *scanner) plainString() ([]byte, bool) {
 	if !s.next('"') {
 		return nil, false
 	}
@@ -135,7 +90,7 @@ func (s *requestScanner) plainString() ([]byte, bool) {
 }
 
 // digits consumes a run of decimal digits and returns how many there were.
-func (s *requestScanner) digits() int {
+func (s *scanner) digits() int {
 	start := s.i
 	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
 		s.i++
@@ -145,7 +100,7 @@ func (s *requestScanner) digits() int {
 
 // integer consumes -?(0|[1-9][0-9]*), the integer part of a JSON number,
 // and returns its text.
-func (s *requestScanner) integer() ([]byte, bool) {
+func (s *scanner) integer() ([]byte, bool) {
 	start := s.i
 	s.next('-')
 	n := s.digits()
@@ -157,7 +112,7 @@ func (s *requestScanner) integer() ([]byte, bool) {
 
 // smallInt reads a JSON integer of at most 9 digits, which fits an int on
 // every platform.
-func (s *requestScanner) smallInt() (int, bool) {
+func (s *scanner) smallInt() (int, bool) {
 	text, ok := s.integer()
 	if !ok || len(text) > 10 || (len(text) == 10 && text[0] != '-') {
 		return 0, false
@@ -181,7 +136,7 @@ func (s *requestScanner) smallInt() (int, bool) {
 
 // plainFloat reads a JSON number without an exponent, of at most 24
 // characters, and converts it as encoding/json does.
-func (s *requestScanner) plainFloat() (float64, bool) {
+func (s *scanner) plainFloat() (float64, bool) {
 	start := s.i
 	if _, ok := s.integer(); !ok {
 		return 0, false
