@@ -32,117 +32,112 @@ const RequestsEndpoint = "requests"
 // ours (PREFIX.team.lock.x), and its requesters take the first reply.
 func (s *Service) handle(req micro.Request) {
 	// The subscription guarantees the PREFIX. in front.
-	opToken, tail, _ := strings.Cut(req.Subject()[len(s.cfg.Prefix)+1:], ".")
-	op, known := opOf(opToken)
-	if !known {
+	op, tail, _ := strings.Cut(req.Subject()[len(s.cfg.Prefix)+1:], ".")
+	counts := s.opStats[op]
+	if counts == nil {
 		return
 	}
-	s.opStats.count(op)
-	name, err := subjects.DecodeName(tail, s.cfg.MaxNameLength)
+	counts.requests.Add(1)
+	r, err := s.decode(req, op, tail)
 	if err != nil {
-		s.fail(req, op, "", err)
-		return
-	}
-	if len(req.Data()) > s.cfg.MaxBodyBytes {
-		s.fail(req, op, name, subjects.Errorf(subjects.CodeBadRequest, "body is %d bytes; the limit is %d", len(req.Data()), s.cfg.MaxBodyBytes))
-		return
-	}
-	r, err := subjects.DecodeRequest(req.Data())
-	if err == nil {
-		err = r.CheckFor(op)
-	}
-	var id identity
-	if err == nil {
-		id, err = s.identify(req.Headers())
-	}
-	if err != nil {
-		s.fail(req, op, name, err)
+		s.fail(req, r, err)
 		return
 	}
 	switch op {
 	case subjects.OpLock, subjects.OpTryLock:
-		s.lock(req, op, name, id, r)
+		s.lock(req, r)
 	case subjects.OpUnlock:
-		s.unlock(req, name, id, r)
+		s.unlock(req, r)
 	case subjects.OpRenew:
-		s.renew(req, name, id, r)
+		s.renew(req, r)
 	}
 }
 
-// opOf returns the operation named by a subject's second token.
-func opOf(token string) (string, bool) {
-	switch token {
-	case subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew:
-		return token, true
+// decode makes the one Request of a lock operation from its subject's
+// tail, its body and its headers. On error, the request has the operation
+// and, when known, the name, for the error reply.
+func (s *Service) decode(req micro.Request, op, tail string) (subjects.Request, error) {
+	name, err := subjects.DecodeName(tail, s.cfg.MaxNameLength)
+	if err != nil {
+		return subjects.Request{Op: op}, err
 	}
-	return "", false
+	if len(req.Data()) > s.cfg.MaxBodyBytes {
+		return subjects.Request{Op: op, Name: name}, subjects.Errorf(subjects.CodeBadRequest, "body is %d bytes; the limit is %d", len(req.Data()), s.cfg.MaxBodyBytes)
+	}
+	r, err := subjects.DecodeRequest(req.Data())
+	r.Op, r.Name = op, name
+	if err == nil {
+		err = r.CheckFor(op)
+	}
+	if err == nil {
+		r.Owner, r.Account, err = s.identify(req.Headers())
+	}
+	return r, err
 }
 
-func (s *Service) lock(req micro.Request, op, name string, id identity, r subjects.Request) {
-	owner := id.owner
+func (s *Service) lock(req micro.Request, r subjects.Request) {
 	lockTimeout := r.LockTimeout()
-	if lockTimeout == 0 && (owner.IsZero() || s.cfg.NoClearOnDisconnect) {
+	if lockTimeout == 0 && (r.Owner.IsZero() || s.cfg.NoClearOnDisconnect) {
 		// Nothing would ever free this lock but an unlock: bound it.
 		lockTimeout = s.cfg.AnonymousLockTimeout
 	}
-	er := engine.Request{Name: s.engineName(id.account, name), Key: r.Key, Size: r.Size, Owner: owner, LockTimeout: lockTimeout}
+	er := engine.Request{Name: s.engineName(r.Account, r.Name), Key: r.Key, Size: r.Size, Owner: r.Owner, LockTimeout: lockTimeout}
 
 	var (
 		g   engine.Grant
 		ok  bool
 		err error
 	)
-	if op == subjects.OpTryLock {
+	if r.Op == subjects.OpTryLock {
 		g, ok, err = s.engine.TryLock(er)
 	} else {
 		reply := req.Reply()
 		g, ok, err = s.engine.Lock(er, r.WaitTimeout(), func(g engine.Grant, err error) {
-			s.answerParked(reply, name, g, err)
+			s.answerParked(reply, r.Name, g, err)
 		})
 		if err == nil && !ok {
 			return // parked: answerParked replies when the wait ends
 		}
 	}
-	if err != nil {
-		s.fail(req, op, name, err)
-		return
+	switch {
+	case err != nil:
+		s.fail(req, r, err)
+	case !ok:
+		s.respond(req, subjects.LockResponse{Locked: false, Name: r.Name})
+	default:
+		s.respondGrant(req, r, g)
 	}
-	if !ok {
-		s.respond(req, subjects.LockResponse{Locked: false, Name: name})
-		return
-	}
-	s.respondGrant(req, op, name, g)
 }
 
-func (s *Service) unlock(req micro.Request, name string, id identity, r subjects.Request) {
-	if _, err := s.engine.Unlock(s.engineName(id.account, name), r.Key); err != nil {
-		s.fail(req, subjects.OpUnlock, name, err)
+func (s *Service) unlock(req micro.Request, r subjects.Request) {
+	if _, err := s.engine.Unlock(s.engineName(r.Account, r.Name), r.Key); err != nil {
+		s.fail(req, r, err)
 		return
 	}
-	s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: name})
+	s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
 }
 
-func (s *Service) renew(req micro.Request, name string, id identity, r subjects.Request) {
-	g, err := s.engine.Renew(s.engineName(id.account, name), r.Key, r.LockTimeout())
+func (s *Service) renew(req micro.Request, r subjects.Request) {
+	g, err := s.engine.Renew(s.engineName(r.Account, r.Name), r.Key, r.LockTimeout())
 	if err != nil {
-		s.fail(req, subjects.OpRenew, name, err)
+		s.fail(req, r, err)
 		return
 	}
-	s.respondGrant(req, subjects.OpRenew, name, g)
+	s.respondGrant(req, r, g)
 }
 
 // respondGrant replies with grant g, or with Unavailable once Stop has
 // announced this instance's stop: a client must never hear of a grant
 // after it heard that the instance that made it stopped. replyMu makes the
 // check and the reply one step, which the announcement cannot split.
-func (s *Service) respondGrant(req micro.Request, op, name string, g engine.Grant) {
+func (s *Service) respondGrant(req micro.Request, r subjects.Request, g engine.Grant) {
 	s.replyMu.Lock()
 	defer s.replyMu.Unlock()
 	if s.stopping {
-		s.fail(req, op, name, engine.ErrEngineClosed)
+		s.fail(req, r, engine.ErrEngineClosed)
 		return
 	}
-	s.respond(req, s.grantResponse(name, g))
+	s.respond(req, s.grantResponse(r.Name, g))
 }
 
 // answerParked replies to a lock request that waited. The requester may
@@ -194,18 +189,16 @@ func (s *Service) respond(req micro.Request, body any) {
 }
 
 // fail replies with the error in the body and in the micro error headers.
-func (s *Service) fail(req micro.Request, op, name string, err error) {
+func (s *Service) fail(req micro.Request, r subjects.Request, err error) {
 	e := toWireError(err)
-	var body any
-	if op == subjects.OpUnlock {
-		body = subjects.UnlockResponse{Unlocked: false, Name: name, Error: e}
-	} else {
-		body = subjects.LockResponse{Locked: false, Name: name, Error: e}
+	var body any = subjects.LockResponse{Locked: false, Name: r.Name, Error: e}
+	if r.Op == subjects.OpUnlock {
+		body = subjects.UnlockResponse{Unlocked: false, Name: r.Name, Error: e}
 	}
 	if e.Code == subjects.CodeInternal {
-		s.log.Error("request failed", "op", op, "lock", name, "err", err)
+		s.log.Error("request failed", "op", r.Op, "lock", r.Name, "err", err)
 	}
-	s.opStats.countError(op)
+	s.opStats[r.Op].errors.Add(1)
 	if rerr := req.Error(string(e.Code), e.Message, mustJSON(body)); rerr != nil {
 		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
 	}

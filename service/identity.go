@@ -9,16 +9,6 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// identity is who sent a request.
-type identity struct {
-	// owner is the requesting connection, zero when the request does not
-	// say.
-	owner subjects.Owner
-	// account is the requester's NATS account, known only from the
-	// server-stamped Nats-Request-Info header, so only with tenants.
-	account string
-}
-
 // requestInfo is the part of the Nats-Request-Info header that names the
 // requesting connection.
 type requestInfo struct {
@@ -40,34 +30,30 @@ type requestInfo struct {
 // then live as long as that connection) or pick another account's lock
 // namespace. The header is trusted only in tenant mode, where every request
 // must come through an import.
-func ownerOf(h micro.Headers, trustRequestInfo bool, resolve func(server string) string) (identity, error) {
+func ownerOf(h micro.Headers, trustRequestInfo bool, resolve func(server string) string) (owner subjects.Owner, account string, err error) {
 	if v := h.Get(subjects.HeaderRequestInfo); v != "" && trustRequestInfo {
 		var info requestInfo
 		if err := json.Unmarshal([]byte(v), &info); err == nil && info.ID != 0 && info.Server != "" {
-			return identity{owner: subjects.Owner{ServerID: resolve(info.Server), ClientID: info.ID}, account: info.Account}, nil
+			return subjects.Owner{ServerID: resolve(info.Server), ClientID: info.ID}, info.Account, nil
 		}
 	}
 	if v := h.Get(subjects.HeaderOwner); v != "" {
-		o, err := subjects.ParseOwner(v)
-		if err != nil {
-			return identity{}, err
-		}
-		o.ServerID = resolve(o.ServerID)
-		return identity{owner: o}, nil
+		owner, err = subjects.ParseOwner(v)
+		owner.ServerID = resolve(owner.ServerID)
 	}
-	return identity{}, nil
+	return owner, "", err
 }
 
 // identify is ownerOf plus, with tenants, the rule that every request must
 // come through an account import, since its account picks the namespace.
-func (s *Service) identify(h micro.Headers) (identity, error) {
-	id, err := ownerOf(h, s.cfg.Tenants, s.live.resolve)
-	if err == nil && s.cfg.Tenants && id.account == "" {
-		return id, subjects.Errorf(subjects.CodeBadRequest,
+func (s *Service) identify(h micro.Headers) (subjects.Owner, string, error) {
+	owner, account, err := ownerOf(h, s.cfg.Tenants, s.live.resolve)
+	if err == nil && s.cfg.Tenants && account == "" {
+		err = subjects.Errorf(subjects.CodeBadRequest,
 			"this service keeps one lock namespace per account, and the request names no account: "+
 				"send it through your account's import of the ldlm service (with share: true)")
 	}
-	return id, err
+	return owner, account, err
 }
 
 // tenantSep joins an account and a lock name into the engine's name for

@@ -56,8 +56,8 @@ func TestOwnerOf(t *testing.T) {
 				}
 				return server
 			}
-			id, err := ownerOf(tt.headers, tt.tenants, resolve)
-			got := id.owner.String()
+			owner, _, err := ownerOf(tt.headers, tt.tenants, resolve)
+			got := owner.String()
 			if (err != nil) != tt.wantErr || got != tt.want {
 				t.Fatalf("ownerOf = %q, %v; want %q, error %v", got, err, tt.want, tt.wantErr)
 			}

@@ -200,6 +200,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		stop:    make(chan struct{}),
 		failed:  make(chan struct{}),
 		started: time.Now(),
+		opStats: newOpStats(),
 	}
 	// Fencing tokens start from the clock, so that they keep growing
 	// across restarts of the service (see engine.WithFirstToken).

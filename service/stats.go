@@ -11,9 +11,9 @@ import (
 // opStats counts requests and error replies per lock operation. The four
 // operations share one micro endpoint, whose own counts lump them
 // together; these show in that endpoint's "data" in `nats micro stats ldlm`.
-type opStats struct {
-	lock, trylock, unlock, renew opCounts
-}
+// The map is filled once and only read after; a subject's second token
+// that is not in it is no lock operation.
+type opStats map[string]*opCounts
 
 type opCounts struct {
 	requests, errors atomic.Uint64
@@ -25,41 +25,22 @@ type OpCounts struct {
 	Errors   uint64 `json:"errors"`
 }
 
-func (s *opStats) of(op string) *opCounts {
-	switch op {
-	case subjects.OpLock:
-		return &s.lock
-	case subjects.OpTryLock:
-		return &s.trylock
-	case subjects.OpUnlock:
-		return &s.unlock
-	case subjects.OpRenew:
-		return &s.renew
+func newOpStats() opStats {
+	s := opStats{}
+	for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
+		s[op] = &opCounts{}
 	}
-	return nil
-}
-
-func (s *opStats) count(op string) {
-	if c := s.of(op); c != nil {
-		c.requests.Add(1)
-	}
-}
-
-func (s *opStats) countError(op string) {
-	if c := s.of(op); c != nil {
-		c.errors.Add(1)
-	}
+	return s
 }
 
 // data is micro's StatsHandler: the counts of each operation for the
 // requests endpoint, nothing for the others.
-func (s *opStats) data(e *micro.Endpoint) any {
+func (s opStats) data(e *micro.Endpoint) any {
 	if e.Name != RequestsEndpoint {
 		return nil
 	}
 	out := map[string]OpCounts{}
-	for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
-		c := s.of(op)
+	for op, c := range s {
 		out[op] = OpCounts{Requests: c.requests.Load(), Errors: c.errors.Load()}
 	}
 	return out

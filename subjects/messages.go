@@ -45,6 +45,19 @@ type Request struct {
 	// it (then it can cancel a wait race-free, see docs/protocol.md);
 	// otherwise the service makes one. Required for unlock and renew.
 	Key string `json:"key,omitempty"`
+
+	// The rest is not in the body: the service fills it in from the
+	// subject and the headers, once, and passes the request down whole.
+
+	// Op and Name are the operation and the lock name of the subject.
+	Op   string `json:"-"`
+	Name string `json:"-"`
+	// Owner is the requesting connection; zero when the request does not
+	// say.
+	Owner Owner `json:"-"`
+	// Account is the requester's NATS account, known only from the
+	// server-stamped Nats-Request-Info header, so only with tenants.
+	Account string `json:"-"`
 }
 
 // DecodeRequest parses a request body. An empty (or all white space) body
