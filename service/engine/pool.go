@@ -13,14 +13,7 @@ import (
 
 // newLock creates lock name and adds it to the table.
 func (e *Engine) newLock(name string, size int) *lock {
-	var l *lock
-	if n := len(e.freeLocks); n > 0 {
-		l = e.freeLocks[n-1]
-		e.freeLocks[n-1] = nil
-		e.freeLocks = e.freeLocks[:n-1]
-	} else {
-		l = new(lock)
-	}
+	l := reuse(&e.freeLocks)
 	l.name, l.size = name, size
 	e.locks[name] = l
 	return l
@@ -33,34 +26,18 @@ func (e *Engine) forgetIfIdle(l *lock) {
 		return
 	}
 	delete(e.locks, l.name)
-	*l = lock{}
-	if len(e.freeLocks) < maxFree {
-		e.freeLocks = append(e.freeLocks, l)
-	}
+	recycle(&e.freeLocks, l)
 }
 
 // newEntry returns an entry of key on l, registered with its owner but not
 // yet linked into l: grant or the queue does that.
 func (e *Engine) newEntry(l *lock, key string, id subjects.Owner) *entry {
-	var en *entry
-	if n := len(e.freeEntries); n > 0 {
-		en = e.freeEntries[n-1]
-		e.freeEntries[n-1] = nil
-		e.freeEntries = e.freeEntries[:n-1]
-	} else {
-		en = new(entry)
-	}
+	en := reuse(&e.freeEntries)
 	en.lock, en.key = l, key
 	if !id.IsZero() {
 		o := e.owners[id]
 		if o == nil {
-			if n := len(e.freeOwners); n > 0 {
-				o = e.freeOwners[n-1]
-				e.freeOwners[n-1] = nil
-				e.freeOwners = e.freeOwners[:n-1]
-			} else {
-				o = new(owner)
-			}
+			o = reuse(&e.freeOwners)
 			o.id = id
 			e.owners[id] = o
 		}
@@ -81,19 +58,32 @@ func (e *Engine) disown(en *entry) {
 	o.unlink(en)
 	if o.n == 0 {
 		delete(e.owners, o.id)
-		*o = owner{}
-		if len(e.freeOwners) < maxFree {
-			e.freeOwners = append(e.freeOwners, o)
-		}
+		recycle(&e.freeOwners, o)
 	}
 }
 
 // freeEntry clears en, which is in no list any more, for reuse. Clearing
 // token and wait is what makes stale timers of en do nothing.
-func (e *Engine) freeEntry(en *entry) {
-	*en = entry{}
-	if len(e.freeEntries) < maxFree {
-		e.freeEntries = append(e.freeEntries, en)
+func (e *Engine) freeEntry(en *entry) { recycle(&e.freeEntries, en) }
+
+// reuse takes a record from a free list, or makes one.
+func reuse[T any](free *[]*T) *T {
+	n := len(*free)
+	if n == 0 {
+		return new(T)
+	}
+	r := (*free)[n-1]
+	(*free)[n-1] = nil
+	*free = (*free)[:n-1]
+	return r
+}
+
+// recycle clears r and keeps it on a free list, unless the list is full.
+func recycle[T any](free *[]*T, r *T) {
+	var zero T
+	*r = zero
+	if len(*free) < maxFree {
+		*free = append(*free, r)
 	}
 }
 
