@@ -10,27 +10,10 @@ import (
 // This file takes slots: TryLock and Lock, the grant itself, and the
 // timers that end a grant (lock timeout) or a wait (wait timeout).
 
-// grantEvent reports a grant made at once, outside the mutex.
-func (e *Engine) grantEvent(r Request, g Grant) {
-	if e.onEvent != nil {
-		e.onEvent(Event{Kind: EventGranted, Name: g.Name, Token: g.Token, Owner: r.Owner})
-	}
-}
-
 // TryLock takes a slot of the lock if one is free. ok is false, without
 // error, when all slots are taken.
 func (e *Engine) TryLock(r Request) (g Grant, ok bool, err error) {
-	size, err := r.check()
-	if err != nil {
-		return Grant{}, false, err
-	}
-	e.mu.Lock()
-	g, ok, err = e.acquire(r, size, false, 0, nil)
-	e.mu.Unlock()
-	if ok {
-		e.grantEvent(r, g)
-	}
-	return g, ok, err
+	return e.take(r, false, 0, nil)
 }
 
 // Lock takes a slot of the lock, or joins the end of its queue of waiters
@@ -49,6 +32,12 @@ func (e *Engine) Lock(r Request, waitTimeout time.Duration, done func(Grant, err
 	if done == nil {
 		panic("engine: Lock needs a done callback")
 	}
+	return e.take(r, true, waitTimeout, done)
+}
+
+// take is TryLock (park false) and Lock (park true). It reports a grant
+// made at once outside the mutex.
+func (e *Engine) take(r Request, park bool, waitTimeout time.Duration, done func(Grant, error)) (g Grant, ok bool, err error) {
 	size, err := r.check()
 	if err != nil {
 		return Grant{}, false, err
@@ -57,10 +46,10 @@ func (e *Engine) Lock(r Request, waitTimeout time.Duration, done func(Grant, err
 		return Grant{}, false, fmt.Errorf("%w: wait timeout %v", ErrInvalidTimeout, waitTimeout)
 	}
 	e.mu.Lock()
-	g, ok, err = e.acquire(r, size, true, waitTimeout, done)
+	g, ok, err = e.acquire(r, size, park, waitTimeout, done)
 	e.mu.Unlock()
-	if ok {
-		e.grantEvent(r, g)
+	if ok && e.onEvent != nil {
+		e.onEvent(Event{Kind: EventGranted, Name: g.Name, Token: g.Token, Owner: r.Owner})
 	}
 	return g, ok, err
 }
@@ -83,7 +72,7 @@ func (r *Request) check() (int, error) {
 	return size, nil
 }
 
-// acquire is TryLock (park false) and Lock (park true) under mu.
+// acquire is take under mu.
 func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Duration, done func(Grant, error)) (Grant, bool, error) {
 	if e.closed {
 		return Grant{}, false, ErrEngineClosed

@@ -190,15 +190,6 @@ func (e *Engine) notify(ns []notification) {
 	}
 }
 
-// event appends ev to notes when someone listens for events; the check
-// keeps the lock path free of the work when nobody does.
-func (e *Engine) event(notes []notification, ev Event) []notification {
-	if e.onEvent == nil {
-		return notes
-	}
-	return append(notes, notification{event: ev})
-}
-
 // Close stops all timers, calls the done callback of every waiter with
 // ErrEngineClosed, and drops all state. Afterwards every call fails with
 // ErrEngineClosed or returns nothing. Close is idempotent.

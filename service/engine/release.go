@@ -84,8 +84,8 @@ func (e *Engine) Renew(name, key string, lockTimeout time.Duration) (Grant, erro
 func (e *Engine) release(en *entry, why EventKind, notes []notification) []notification {
 	l := en.lock
 	if e.onEvent != nil {
-		notes = e.event(notes, Event{Kind: why, Name: l.name, Token: en.token, Owner: en.ownerID(),
-			Duration: e.clock.Now().Sub(unixTime(en.start))})
+		notes = append(notes, notification{event: Event{Kind: why, Name: l.name, Token: en.token, Owner: en.ownerID(),
+			Duration: e.clock.Now().Sub(unixTime(en.start))}})
 	}
 	en.stopTimer()
 	l.unlinkHolder(en)
