@@ -56,12 +56,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	cfg := bench.DefaultConfig()
-	fs := flag.NewFlagSet("ldlm bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, benchUsage)
-		fs.PrintDefaults()
-	}
+	fs := benchFlags("ldlm bench", stderr)
 	server := fs.String("server", "", "NATS URL of a running lock service to measure (external); empty: start one in a process of its own")
 	inProcess := fs.Bool("in-process", false, "run the server in this process with the clients (flatters serial work: not what users get)")
 	prefix := fs.String("prefix", subjects.DefaultPrefix, "subject prefix of the external lock service")
@@ -122,9 +117,6 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case *server == "" && *inProcess:
 		t, err = bench.NewEmbeddedTarget(*serviceOverTCP)
-		if err == nil && *jsonBaseline {
-			t.SetJSONBaseline()
-		}
 	case *server == "":
 		opts := bench.ProcessOptions{ServiceOverTCP: *serviceOverTCP}
 		if opts.CPUProfile, err = absPath(*cpuProfile); err == nil {
@@ -134,9 +126,6 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			t, err = bench.NewProcessTarget(opts)
 		}
-		if err == nil && *jsonBaseline {
-			t.SetJSONBaseline()
-		}
 	default:
 		t, err = bench.NewExternalTarget(*server, *prefix)
 		if err == nil && *baseline != "" {
@@ -144,13 +133,13 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 				t.Close()
 			}
 		}
-		if err == nil && *jsonBaseline {
-			t.SetJSONBaseline()
-		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
 		return 1
+	}
+	if *jsonBaseline {
+		t.SetJSONBaseline()
 	}
 
 	stopProfiles, err := startProfiles(ownCPUProfile, ownMemProfile)
@@ -173,15 +162,22 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// runBenchScale is `ldlm bench scale`.
-func runBenchScale(args []string, stdout, stderr io.Writer) int {
-	cfg := bench.DefaultScaleConfig()
-	fs := flag.NewFlagSet("ldlm bench scale", flag.ContinueOnError)
+// benchFlags is the flag set of an `ldlm bench` command: its usage is
+// benchUsage, then the flags.
+func benchFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, benchUsage)
 		fs.PrintDefaults()
 	}
+	return fs
+}
+
+// runBenchScale is `ldlm bench scale`.
+func runBenchScale(args []string, stdout, stderr io.Writer) int {
+	cfg := bench.DefaultScaleConfig()
+	fs := benchFlags("ldlm bench scale", stderr)
 	short := fs.Bool("short", false, "small sizes, a few seconds in all (for CI)")
 	figures := fs.String("only", "", "run only these figures, comma separated: "+strings.Join(bench.ScaleFigures, ","))
 	serviceLocks := fs.String("locks", ints(cfg.ServiceLocks), "held locks through the service, for memory per lock")
@@ -239,36 +235,32 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// helperCommand is the hidden subcommand of `ldlm bench` that holds
-// connections for `ldlm bench scale` in a process of their own.
-const helperCommand = "scale-client"
+// The hidden subcommands of `ldlm bench`: scale-client holds connections
+// for `ldlm bench scale` in a process of its own, server-process runs the
+// measured server in a process of its own.
+const (
+	helperCommand        = "scale-client"
+	serverProcessCommand = "server-process"
+)
 
 func init() {
 	bench.HelperCommand = func(url string, n int) *exec.Cmd {
-		exe, err := os.Executable()
-		if err != nil {
-			exe = os.Args[0]
-		}
-		cmd := exec.Command(exe, "bench", helperCommand, url, strconv.Itoa(n))
-		cmd.Stderr = os.Stderr
-		return cmd
+		return benchCommand(helperCommand, url, strconv.Itoa(n))
+	}
+	bench.ServerCommand = func(args []string) *exec.Cmd {
+		return benchCommand(serverProcessCommand, args...)
 	}
 }
 
-// serverProcessCommand is the hidden subcommand of `ldlm bench` that runs
-// the measured server in a process of its own.
-const serverProcessCommand = "server-process"
-
-func init() {
-	bench.ServerCommand = func(args []string) *exec.Cmd {
-		exe, err := os.Executable()
-		if err != nil {
-			exe = os.Args[0]
-		}
-		cmd := exec.Command(exe, append([]string{"bench", serverProcessCommand}, args...)...)
-		cmd.Stderr = os.Stderr
-		return cmd
+// benchCommand runs this binary as `ldlm bench sub args...`.
+func benchCommand(sub string, args ...string) *exec.Cmd {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
 	}
+	cmd := exec.Command(exe, append([]string{"bench", sub}, args...)...)
+	cmd.Stderr = os.Stderr
+	return cmd
 }
 
 // runBenchServerProcess is `ldlm bench server-process`: the server of

@@ -15,6 +15,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -52,15 +54,9 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	conn := addClientFlags(fs)
 	asJSON := fs.Bool("json", false, "print the locks as JSON")
 	namePrefix := fs.String("name-prefix", "", "list only the locks whose names start with this")
-	if code, done := parseCommandFlags(fs, args, listUsage, stdout, stderr); done {
+	nc, code, ok := adminConnect(fs, conn, args, listUsage, stdout, stderr)
+	if !ok {
 		return code
-	}
-	if code, ok := noArguments(fs, conn, stderr); !ok {
-		return code
-	}
-	nc, err := conn.connect(command, command, stderr)
-	if err != nil {
-		return failed(stderr, command, err)
 	}
 	defer nc.Close()
 	all := subjects.ListResponse{Locks: []subjects.LockInfo{}}
@@ -106,15 +102,9 @@ func runAdminQuery[R any](command, usage, op string, args []string, stdout, stde
 	fs := flag.NewFlagSet(command, flag.ContinueOnError)
 	conn := addClientFlags(fs)
 	asJSON := fs.Bool("json", false, "print the service's JSON reply")
-	if code, done := parseCommandFlags(fs, args, usage, stdout, stderr); done {
+	nc, code, ok := adminConnect(fs, conn, args, usage, stdout, stderr)
+	if !ok {
 		return code
-	}
-	if code, ok := noArguments(fs, conn, stderr); !ok {
-		return code
-	}
-	nc, err := conn.connect(command, command, stderr)
-	if err != nil {
-		return failed(stderr, command, err)
 	}
 	defer nc.Close()
 	var resp R
@@ -131,6 +121,26 @@ func runAdminQuery[R any](command, usage, op string, args []string, stdout, stde
 	}
 	show(stdout, &resp)
 	return 0
+}
+
+// adminConnect parses the flags of an admin command that takes no
+// arguments, fs named after the command, and connects to NATS. When ok is
+// false the command is over, with exit status code.
+func adminConnect(fs *flag.FlagSet, conn *clientConfig, args []string, usage string, stdout, stderr io.Writer) (nc *nats.Conn, code int, ok bool) {
+	if code, done := parseCommandFlags(fs, args, usage, stdout, stderr); done {
+		return nil, code, false
+	}
+	if fs.NArg() > 0 {
+		return nil, usageError(stderr, fs.Name(), "unexpected argument %q", fs.Arg(0)), false
+	}
+	if err := conn.resolve(); err != nil {
+		return nil, usageError(stderr, fs.Name(), "%v", err), false
+	}
+	nc, err := conn.connect(fs.Name(), fs.Name(), stderr)
+	if err != nil {
+		return nil, failed(stderr, fs.Name(), err), false
+	}
+	return nc, 0, true
 }
 
 // printLocks writes locks as a table: a row per holder and per waiter.
@@ -306,15 +316,4 @@ func printStatus(w io.Writer, st subjects.StatusResponse) {
 		fmt.Fprintf(tw, "%s:\t%s\n", line[0], line[1])
 	}
 	tw.Flush()
-}
-
-// noArguments checks a command that takes flags only.
-func noArguments(fs *flag.FlagSet, conn *clientConfig, stderr io.Writer) (code int, ok bool) {
-	if fs.NArg() > 0 {
-		return usageError(stderr, fs.Name(), "unexpected argument %q", fs.Arg(0)), false
-	}
-	if err := conn.resolve(); err != nil {
-		return usageError(stderr, fs.Name(), "%v", err), false
-	}
-	return 0, true
 }
