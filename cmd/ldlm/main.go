@@ -36,21 +36,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// `ldlm --help`: every command, then the flags of the default one.
 		fmt.Fprint(stdout, usage+"\n")
 	}
+	if c, ok := commands[cmd]; ok {
+		return c(args, stdout, stderr)
+	}
 	switch cmd {
-	case "server":
-		return runServer(args, stdout, stderr)
-	case "lock":
-		return runLock(args, stdout, stderr)
-	case "trylock":
-		return runTryLock(args, stdout, stderr)
-	case "list":
-		return runList(args, stdout, stderr)
-	case "unlock":
-		return runUnlock(args, stdout, stderr)
-	case "status":
-		return runStatus(args, stdout, stderr)
-	case "bench":
-		return runBench(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ldlm", version())
 		return 0
@@ -65,6 +54,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ldlm: unknown command %q\n%s", cmd, usage)
 		return exitUsage
 	}
+}
+
+// commands are the commands that take their own flags.
+var commands = map[string]func(args []string, stdout, stderr io.Writer) int{
+	"server":  runServer,
+	"lock":    runLock,
+	"trylock": runTryLock,
+	"list":    runList,
+	"unlock":  runUnlock,
+	"status":  runStatus,
+	"bench":   runBench,
 }
 
 const usage = `Usage:

@@ -67,7 +67,7 @@ type Metrics struct {
 // New returns metrics registered in a new registry, with the Go runtime and
 // process collectors. Every labelled series exists from the start, at 0.
 func New() *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry(), stats: newStatsCollector()}
+	m := &Metrics{reg: prometheus.NewRegistry(), stats: &statsCollector{}}
 
 	grants := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ldlm_grants_total",
@@ -76,20 +76,19 @@ func New() *Metrics {
 	m.grantedAtOnce = grants.WithLabelValues("false")
 	m.grantedWaited = grants.WithLabelValues("true")
 
-	releases := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ldlm_releases_total",
-		Help: "Grants ended, by reason: released, expired, released-on-disconnect, force-released.",
-	}, []string{"reason"})
-	for kind, reason := range releaseReasons {
-		m.ended[kind] = releases.WithLabelValues(reason)
-	}
-
-	waitEnds := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ldlm_wait_ends_total",
-		Help: "Waits that ended without a grant, by reason: timed-out, cancelled, dropped-on-disconnect, failed-on-close.",
-	}, []string{"reason"})
-	for kind, reason := range waitEndReasons {
-		m.ended[kind] = waitEnds.WithLabelValues(reason)
+	counters := []prometheus.Collector{grants}
+	for _, c := range []struct {
+		name, help string
+		reasons    map[engine.EventKind]string
+	}{
+		{"ldlm_releases_total", "Grants ended, by reason: released, expired, released-on-disconnect, force-released.", releaseReasons},
+		{"ldlm_wait_ends_total", "Waits that ended without a grant, by reason: timed-out, cancelled, dropped-on-disconnect, failed-on-close.", waitEndReasons},
+	} {
+		vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: c.name, Help: c.help}, []string{"reason"})
+		for kind, reason := range c.reasons {
+			m.ended[kind] = vec.WithLabelValues(reason)
+		}
+		counters = append(counters, vec)
 	}
 
 	m.waitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -103,8 +102,9 @@ func New() *Metrics {
 		Buckets: HoldBuckets,
 	})
 
+	m.reg.MustRegister(counters...)
 	m.reg.MustRegister(
-		grants, releases, waitEnds, m.waitSeconds, m.holdSeconds, m.stats,
+		m.waitSeconds, m.holdSeconds, m.stats,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -156,17 +156,17 @@ func (m *Metrics) Handler() http.Handler {
 // statsCollector reports the engine's counts as gauges, read once per
 // scrape so that the four are consistent.
 type statsCollector struct {
-	fn                              atomic.Pointer[func() engine.Stats]
-	locks, holders, waiters, owners *prometheus.Desc
+	fn atomic.Pointer[func() engine.Stats]
 }
 
-func newStatsCollector() *statsCollector {
-	return &statsCollector{
-		locks:   prometheus.NewDesc("ldlm_locks", "Locks that exist: held or waited for.", nil, nil),
-		holders: prometheus.NewDesc("ldlm_holders", "Grants held, over all locks.", nil, nil),
-		waiters: prometheus.NewDesc("ldlm_waiters", "Lock requests waiting, over all locks.", nil, nil),
-		owners:  prometheus.NewDesc("ldlm_owners", "Owners (connections) with at least one grant or wait.", nil, nil),
-	}
+var statsGauges = []struct {
+	desc  *prometheus.Desc
+	value func(engine.Stats) int
+}{
+	{prometheus.NewDesc("ldlm_locks", "Locks that exist: held or waited for.", nil, nil), func(s engine.Stats) int { return s.Locks }},
+	{prometheus.NewDesc("ldlm_holders", "Grants held, over all locks.", nil, nil), func(s engine.Stats) int { return s.Holders }},
+	{prometheus.NewDesc("ldlm_waiters", "Lock requests waiting, over all locks.", nil, nil), func(s engine.Stats) int { return s.Waiters }},
+	{prometheus.NewDesc("ldlm_owners", "Owners (connections) with at least one grant or wait.", nil, nil), func(s engine.Stats) int { return s.Owners }},
 }
 
 func (c *statsCollector) set(fn func() engine.Stats) {
@@ -178,10 +178,9 @@ func (c *statsCollector) set(fn func() engine.Stats) {
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.locks
-	ch <- c.holders
-	ch <- c.waiters
-	ch <- c.owners
+	for _, g := range statsGauges {
+		ch <- g.desc
+	}
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -190,8 +189,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	s := (*fn)()
-	ch <- prometheus.MustNewConstMetric(c.locks, prometheus.GaugeValue, float64(s.Locks))
-	ch <- prometheus.MustNewConstMetric(c.holders, prometheus.GaugeValue, float64(s.Holders))
-	ch <- prometheus.MustNewConstMetric(c.waiters, prometheus.GaugeValue, float64(s.Waiters))
-	ch <- prometheus.MustNewConstMetric(c.owners, prometheus.GaugeValue, float64(s.Owners))
+	for _, g := range statsGauges {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, float64(g.value(s)))
+	}
 }
