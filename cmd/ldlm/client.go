@@ -50,42 +50,45 @@ type clientConfig struct {
 	creds  natsCredentials
 }
 
+// natsFlag is one of the nats CLI's flags and variables that ldlm takes:
+// the flag's default is the variable.
+type natsFlag struct {
+	field      *string
+	flag, env  string
+	helpFormat string // %s is the variable
+}
+
+func (c *clientConfig) natsFlags() []natsFlag {
+	return []natsFlag{
+		{&c.server, "server", "NATS_URL", "NATS server URL(s), comma separated (env %s; default " + defaultServerURL + ")"},
+		{&c.creds.User, "user", "NATS_USER", "user name (env %s)"},
+		{&c.creds.Password, "password", "NATS_PASSWORD", "password (env %s)"},
+		{&c.creds.Token, "token", "NATS_TOKEN", "authentication token (env %s)"},
+		{&c.creds.CredsFile, "creds", "NATS_CREDS", "user credentials file (env %s)"},
+		{&c.creds.NKeyFile, "nkey", "NATS_NKEY", "user nkey seed file (env %s)"},
+		{&c.creds.TLSCert, "tlscert", "NATS_CERT", "TLS client certificate file (env %s)"},
+		{&c.creds.TLSKey, "tlskey", "NATS_KEY", "TLS client key file (env %s)"},
+		{&c.creds.TLSCA, "tlsca", "NATS_CA", "TLS CA file to verify the server (env %s)"},
+	}
+}
+
 // addClientFlags defines the connection flags on fs. Their defaults come
 // from the nats CLI's environment variables, read by resolve after the
 // flags are parsed, so that --help never prints a password.
 func addClientFlags(fs *flag.FlagSet) *clientConfig {
 	c := &clientConfig{}
-	fs.StringVar(&c.server, "server", "", "NATS server URL(s), comma separated (env NATS_URL; default "+defaultServerURL+")")
+	for _, f := range c.natsFlags() {
+		fs.StringVar(f.field, f.flag, "", fmt.Sprintf(f.helpFormat, f.env))
+	}
 	fs.StringVar(&c.server, "s", "", "short for --server")
 	fs.StringVar(&c.prefix, "prefix", subjects.DefaultPrefix, "subject prefix of the lock service (its LDLM_SUBJECT_PREFIX)")
-	fs.StringVar(&c.creds.User, "user", "", "user name (env NATS_USER)")
-	fs.StringVar(&c.creds.Password, "password", "", "password (env NATS_PASSWORD)")
-	fs.StringVar(&c.creds.Token, "token", "", "authentication token (env NATS_TOKEN)")
-	fs.StringVar(&c.creds.CredsFile, "creds", "", "user credentials file (env NATS_CREDS)")
-	fs.StringVar(&c.creds.NKeyFile, "nkey", "", "user nkey seed file (env NATS_NKEY)")
-	fs.StringVar(&c.creds.TLSCert, "tlscert", "", "TLS client certificate file (env NATS_CERT)")
-	fs.StringVar(&c.creds.TLSKey, "tlskey", "", "TLS client key file (env NATS_KEY)")
-	fs.StringVar(&c.creds.TLSCA, "tlsca", "", "TLS CA file to verify the server (env NATS_CA)")
 	return c
 }
 
 // resolve fills what no flag set from the NATS_* variables and the
 // defaults, then finds mistakes before anything is sent.
 func (c *clientConfig) resolve() error {
-	for _, f := range []struct {
-		field *string
-		env   string
-	}{
-		{&c.server, "NATS_URL"},
-		{&c.creds.User, "NATS_USER"},
-		{&c.creds.Password, "NATS_PASSWORD"},
-		{&c.creds.Token, "NATS_TOKEN"},
-		{&c.creds.CredsFile, "NATS_CREDS"},
-		{&c.creds.NKeyFile, "NATS_NKEY"},
-		{&c.creds.TLSCert, "NATS_CERT"},
-		{&c.creds.TLSKey, "NATS_KEY"},
-		{&c.creds.TLSCA, "NATS_CA"},
-	} {
+	for _, f := range c.natsFlags() {
 		if *f.field == "" {
 			*f.field = os.Getenv(f.env)
 		}
