@@ -205,23 +205,20 @@ func (s *Service) fail(req micro.Request, r subjects.Request, err error) {
 }
 
 // engineCodes maps the engine's errors to wire codes.
-var engineCodes = []struct {
-	err  error
-	code subjects.ErrorCode
-}{
-	{engine.ErrInvalidLockName, subjects.CodeInvalidLockName},
-	{engine.ErrInvalidLockSize, subjects.CodeInvalidLockSize},
-	{engine.ErrLockSizeMismatch, subjects.CodeLockSizeMismatch},
-	{engine.ErrInvalidLockKey, subjects.CodeInvalidLockKey},
-	{engine.ErrKeyInUse, subjects.CodeLockKeyInUse},
-	{engine.ErrLockDoesNotExist, subjects.CodeLockDoesNotExist},
-	{engine.ErrNotLocked, subjects.CodeNotLocked},
-	{engine.ErrInvalidTimeout, subjects.CodeInvalidTimeout},
-	{engine.ErrWaitTimeout, subjects.CodeLockWaitTimeout},
-	{engine.ErrWaitCancelled, subjects.CodeLockWaitCancelled},
-	{engine.ErrOwnerGone, subjects.CodeOwnerGone},
-	{engine.ErrLimitExceeded, subjects.CodeLimitExceeded},
-	{engine.ErrEngineClosed, subjects.CodeUnavailable},
+var engineCodes = map[error]subjects.ErrorCode{
+	engine.ErrInvalidLockName:  subjects.CodeInvalidLockName,
+	engine.ErrInvalidLockSize:  subjects.CodeInvalidLockSize,
+	engine.ErrLockSizeMismatch: subjects.CodeLockSizeMismatch,
+	engine.ErrInvalidLockKey:   subjects.CodeInvalidLockKey,
+	engine.ErrKeyInUse:         subjects.CodeLockKeyInUse,
+	engine.ErrLockDoesNotExist: subjects.CodeLockDoesNotExist,
+	engine.ErrNotLocked:        subjects.CodeNotLocked,
+	engine.ErrInvalidTimeout:   subjects.CodeInvalidTimeout,
+	engine.ErrWaitTimeout:      subjects.CodeLockWaitTimeout,
+	engine.ErrWaitCancelled:    subjects.CodeLockWaitCancelled,
+	engine.ErrOwnerGone:        subjects.CodeOwnerGone,
+	engine.ErrLimitExceeded:    subjects.CodeLimitExceeded,
+	engine.ErrEngineClosed:     subjects.CodeUnavailable,
 }
 
 func toWireError(err error) *subjects.Error {
@@ -229,9 +226,10 @@ func toWireError(err error) *subjects.Error {
 	if errors.As(err, &we) {
 		return we
 	}
-	for _, m := range engineCodes {
-		if errors.Is(err, m.err) {
-			return &subjects.Error{Code: m.code, Message: err.Error()}
+	// An engine error wraps one sentinel at most.
+	for sentinel, code := range engineCodes {
+		if errors.Is(err, sentinel) {
+			return &subjects.Error{Code: code, Message: err.Error()}
 		}
 	}
 	return &subjects.Error{Code: subjects.CodeInternal, Message: err.Error()}
