@@ -104,9 +104,7 @@ func lockInfo(l engine.LockInfo) subjects.LockInfo {
 
 func (s *Service) adminListFailed(req micro.Request, err error) {
 	e := toWireError(err)
-	if rerr := req.Error(string(e.Code), e.Message, mustJSON(subjects.ListResponse{Locks: []subjects.LockInfo{}, Error: e})); rerr != nil {
-		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
-	}
+	s.replyError(req, e, subjects.ListResponse{Locks: []subjects.LockInfo{}, Error: e})
 }
 
 func (s *Service) adminStatus(req micro.Request) {
@@ -151,10 +149,7 @@ func (s *Service) adminUnlock(req micro.Request) {
 
 func (s *Service) adminUnlockFailed(req micro.Request, name string, err error) {
 	e := toWireError(err)
-	body := mustJSON(subjects.ForceUnlockResponse{Name: name, Error: e})
-	if rerr := req.Error(string(e.Code), e.Message, body); rerr != nil {
-		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
-	}
+	s.replyError(req, e, subjects.ForceUnlockResponse{Name: name, Error: e})
 }
 
 // onEvent runs for every event of the engine, outside its mutex, on the

@@ -199,8 +199,14 @@ func (s *Service) fail(req micro.Request, r subjects.Request, err error) {
 		s.log.Error("request failed", "op", r.Op, "lock", r.Name, "err", err)
 	}
 	s.opStats[r.Op].errors.Add(1)
-	if rerr := req.Error(string(e.Code), e.Message, mustJSON(body)); rerr != nil {
-		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
+	s.replyError(req, e, body)
+}
+
+// replyError replies with e in the micro error headers and body, which
+// carries e too.
+func (s *Service) replyError(req micro.Request, e *subjects.Error, body any) {
+	if err := req.Error(string(e.Code), e.Message, mustJSON(body)); err != nil {
+		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", err)
 	}
 }
 

@@ -255,13 +255,15 @@ func (l *liveness) sweep(ctx context.Context) error {
 	}
 	unanswered := map[string]bool{}
 	released := l.owners.ReleaseStaleOwners(mark, func(o subjects.Owner) engine.OwnerState {
-		id := l.resolve(o.ServerID) // an owner that a request named by server name
+		l.idsMu.Lock()
+		defer l.idsMu.Unlock()
+		id := l.resolveLocked(o.ServerID) // an owner that a request named by server name
 		if list.gaps[id] {
 			return engine.OwnerLive // its list may lack open connections: judge it next time
 		}
 		conns, answered := list.live[id]
 		switch {
-		case !answered && l.wasReplaced(id):
+		case !answered && l.replaced[id]:
 			return engine.OwnerUnknown // the server restarted: all its connections are gone
 		case !answered:
 			// A server may miss one sweep's quiet window; one that misses
@@ -277,7 +279,7 @@ func (l *liveness) sweep(ctx context.Context) error {
 		if _, ok := conns[o.ClientID]; ok {
 			return engine.OwnerLive
 		}
-		if l.wasIssued(id, o.ClientID) {
+		if o.ClientID <= l.issued[id] { // see issued
 			return engine.OwnerClosed
 		}
 		return engine.OwnerUnknown
@@ -337,6 +339,10 @@ func (l *liveness) noteServer(name, id string) {
 func (l *liveness) resolve(server string) string {
 	l.idsMu.Lock()
 	defer l.idsMu.Unlock()
+	return l.resolveLocked(server)
+}
+
+func (l *liveness) resolveLocked(server string) string {
 	if _, isID := l.names[server]; isID {
 		return server
 	}
@@ -360,21 +366,6 @@ func (l *liveness) noteIssued(id string, cid uint64) {
 	if cid > l.issued[id] {
 		l.issued[id] = cid
 	}
-}
-
-// wasIssued reports whether server id is known to have handed out client
-// id cid.
-func (l *liveness) wasIssued(id string, cid uint64) bool {
-	l.idsMu.Lock()
-	defer l.idsMu.Unlock()
-	return cid <= l.issued[id]
-}
-
-// wasReplaced reports whether id belonged to a server that has restarted.
-func (l *liveness) wasReplaced(id string) bool {
-	l.idsMu.Lock()
-	defer l.idsMu.Unlock()
-	return l.replaced[id]
 }
 
 // LastSweep is when the last successful sweep listed the connections.
