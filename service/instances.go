@@ -47,19 +47,11 @@ func (s *Service) rivals(ctx context.Context) ([]pingReply, error) {
 		if json.Unmarshal(msg.Data, &r) != nil {
 			continue
 		}
-		if r.ID != s.instanceID() && r.Metadata[metaPrefix] == s.cfg.Prefix {
+		if r.ID != s.id && r.Metadata[metaPrefix] == s.cfg.Prefix {
 			out = append(out, r)
 		}
 	}
 	return out, nil
-}
-
-// instanceID is the micro service id, "" before registration.
-func (s *Service) instanceID() string {
-	if s.micro == nil {
-		return ""
-	}
-	return s.micro.Info().ID
 }
 
 // yieldsTo reports whether this instance must step down for r: the older
@@ -71,7 +63,7 @@ func (s *Service) yieldsTo(r pingReply) bool {
 		return true
 	}
 	if started.Equal(s.started) {
-		return r.ID < s.instanceID()
+		return r.ID < s.id
 	}
 	return started.Before(s.started)
 }
@@ -86,11 +78,11 @@ func (s *Service) checkRivals(ctx context.Context) error {
 	for _, r := range rivals {
 		if s.yieldsTo(r) {
 			s.log.Error("another instance serves this prefix and is older: stepping down",
-				"prefix", s.cfg.Prefix, "other_instance", r.ID, "this_instance", s.instanceID())
+				"prefix", s.cfg.Prefix, "other_instance", r.ID, "this_instance", s.id)
 			return fmt.Errorf("%w (instance %s)", ErrDuplicateInstance, r.ID)
 		}
 		s.log.Error("another, younger instance serves this prefix; it must step down",
-			"prefix", s.cfg.Prefix, "other_instance", r.ID, "this_instance", s.instanceID())
+			"prefix", s.cfg.Prefix, "other_instance", r.ID, "this_instance", s.id)
 	}
 	return nil
 }
@@ -131,7 +123,7 @@ func (s *Service) watchRivals() {
 // announce tells clients that this instance started or stopped: locks
 // granted by any other instance are gone (see subjects.InstanceNotice).
 func (s *Service) announce(event string) {
-	notice := subjects.InstanceNotice{Instance: s.instanceID(), Event: event, Time: time.Now().UTC()}
+	notice := subjects.InstanceNotice{Instance: s.id, Event: event, Time: time.Now().UTC()}
 	if err := s.nc.Publish(subjects.InstanceSubject(s.cfg.Prefix, event), mustJSON(notice)); err != nil {
 		s.log.Warn("instance announcement not sent", "event", event, "err", err)
 		return

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"cmp"
+	"math"
 	"slices"
 
 	"github.com/ldlm-io/ldlm/subjects"
@@ -53,31 +54,12 @@ func (e *Engine) ReleaseOwner(owner subjects.Owner) (grants, waits int) {
 			if e.onEvent != nil {
 				notes = make([]notification, 0, o.n)
 			}
-			grants, waits, notes = e.releaseOwner(o, notes)
+			grants, waits, notes = e.releaseOwner(o, math.MaxUint64, notes)
 		}
 	}
 	e.mu.Unlock()
 	e.notify(notes)
 	return grants, waits
-}
-
-func (e *Engine) releaseOwner(o *owner, notes []notification) (grants, waits int, _ []notification) {
-	// Drop the waits first, so that the slots released below go to other
-	// owners' waiters and never to this owner's.
-	for en := o.entries; en != nil; {
-		next := en.ownerNext
-		if en.wait != nil {
-			notes = e.dropWaiter(en, ErrOwnerGone, notes)
-			waits++
-		}
-		en = next
-	}
-	// When its last entry goes, o is cleared for reuse, which ends the loop.
-	for o.entries != nil {
-		notes = e.release(o.entries, EventOwnerGone, notes)
-		grants++
-	}
-	return grants, waits, notes
 }
 
 // ReleaseStaleOwners releases the grants and waits that owners made at or
@@ -128,7 +110,7 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, state func(subjects.Owner) Owne
 		if o == nil || e.closed || o.oldestSeq() > mark {
 			continue // gone meanwhile, or only new requests since the mark
 		}
-		notes = e.releaseOwnerUpTo(o, mark, notes)
+		_, _, notes = e.releaseOwner(o, mark, notes)
 		if e.owners[name] == nil && st == OwnerClosed {
 			e.gone.add(name, now)
 		}
@@ -140,10 +122,9 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, state func(subjects.Owner) Owne
 	return released
 }
 
-// releaseOwnerUpTo drops the waits and releases the grants of o made at or
-// before mark. o's entries are newest first, so those are a tail of its
-// list.
-func (e *Engine) releaseOwnerUpTo(o *owner, mark uint64, notes []notification) []notification {
+// releaseOwner drops the waits and releases the grants of o made at or
+// before mark, and says how many of each it ended.
+func (e *Engine) releaseOwner(o *owner, mark uint64, notes []notification) (grants, waits int, _ []notification) {
 	var old []*entry
 	for en := o.entries; en != nil; en = en.ownerNext {
 		if en.seq <= mark {
@@ -151,18 +132,21 @@ func (e *Engine) releaseOwnerUpTo(o *owner, mark uint64, notes []notification) [
 		}
 	}
 	// Drop the waits first, so that the slots released below go to other
-	// waiters and never to these.
+	// owners' waiters and never to these. A dropped entry is cleared for
+	// reuse (lock nil), which the second loop skips.
 	for _, en := range old {
 		if en.wait != nil {
 			notes = e.dropWaiter(en, ErrOwnerGone, notes)
+			waits++
 		}
 	}
 	for _, en := range old {
-		if en.lock != nil && en.wait == nil && en.token != 0 {
+		if en.lock != nil {
 			notes = e.release(en, EventOwnerGone, notes)
+			grants++
 		}
 	}
-	return notes
+	return grants, waits, notes
 }
 
 // compareOwners orders owners by server id, then client id.
