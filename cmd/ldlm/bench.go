@@ -74,11 +74,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	serviceOverTCP := fs.Bool("embedded-service-tcp", false, "experiment: connect the embedded lock service over TCP instead of in-process")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server process to this file (--in-process: of this process, clients included); not with --server")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the server process to this file (--in-process: of this process); not with --server")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return exitUsage
+	if code, ok := parseBenchFlags(fs, args); !ok {
+		return code
 	}
 	if *short {
 		s := bench.ShortConfig()
@@ -142,16 +139,10 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		t.SetJSONBaseline()
 	}
 
-	stopProfiles, err := startProfiles(ownCPUProfile, ownMemProfile)
-	if err != nil {
-		_ = t.Close()
-		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
-		return 1
-	}
-	_, err = bench.Run(t, cfg, stdout)
-	if perr := stopProfiles(); perr != nil && err == nil {
-		err = perr
-	}
+	err = profiled(ownCPUProfile, ownMemProfile, func() error {
+		_, err := bench.Run(t, cfg, stdout)
+		return err
+	})
 	if cerr := t.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
@@ -174,6 +165,19 @@ func benchFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// parseBenchFlags parses args into fs; when ok is false the command is
+// over, with exit status code (0 after --help).
+func parseBenchFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0, false
+	case err != nil:
+		return exitUsage, false
+	}
+	return 0, true
+}
+
 // runBenchScale is `ldlm bench scale`.
 func runBenchScale(args []string, stdout, stderr io.Writer) int {
 	cfg := bench.DefaultScaleConfig()
@@ -188,11 +192,8 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 	sweepConns := fs.String("sweep-conns", ints(cfg.SweepConns), "connections for the cost of a sweep")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return exitUsage
+	if code, ok := parseBenchFlags(fs, args); !ok {
+		return code
 	}
 	if *short {
 		cfg = bench.ShortScaleConfig()
@@ -219,15 +220,7 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ldlm bench scale: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
-	stopProfiles, err := startProfiles(*cpuProfile, *memProfile)
-	if err != nil {
-		fmt.Fprintf(stderr, "ldlm bench scale: %v\n", err)
-		return 1
-	}
-	err = bench.RunScale(cfg, stdout)
-	if perr := stopProfiles(); perr != nil && err == nil {
-		err = perr
-	}
+	err := profiled(*cpuProfile, *memProfile, func() error { return bench.RunScale(cfg, stdout) })
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench scale: %v\n", err)
 		return 1
@@ -275,13 +268,7 @@ func runBenchServerProcess(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ldlm bench server-process: started by ldlm bench, not by hand")
 		return exitUsage
 	}
-	stopProfiles, err := startProfiles(*cpuProfile, *memProfile)
-	if err == nil {
-		err = bench.ServeProcess(os.Stdin, stdout, *overTCP)
-		if perr := stopProfiles(); perr != nil && err == nil {
-			err = perr
-		}
-	}
+	err := profiled(*cpuProfile, *memProfile, func() error { return bench.ServeProcess(os.Stdin, stdout, *overTCP) })
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench server-process: %v\n", err)
 		return 1
@@ -314,6 +301,20 @@ func runBenchHelper(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// profiled runs run with the profiles asked for (see startProfiles) and
+// returns the first error.
+func profiled(cpuPath, memPath string, run func() error) error {
+	stop, err := startProfiles(cpuPath, memPath)
+	if err != nil {
+		return err
+	}
+	err = run()
+	if perr := stop(); err == nil {
+		err = perr
+	}
+	return err
 }
 
 // startProfiles starts the CPU profile, if asked, and returns a function
