@@ -175,7 +175,7 @@ func TestWaitSurvivesReconnect(t *testing.T) {
 	eventually(t, "the request waits again, from the new connection", func() bool {
 		snap := srv.Service.Engine().Snapshot()
 		cid, _ := nc.GetClientID()
-		return len(snap) == 1 && len(snap[0].Waiters) == 1 && snap[0].Waiters[0].Owner == subjects.FormatOwner(nc.ConnectedServerName(), cid)
+		return len(snap) == 1 && len(snap[0].Waiters) == 1 && snap[0].Waiters[0].Owner == (subjects.Owner{ServerID: nc.ConnectedServerId(), ClientID: cid})
 	})
 	if err := held.Unlock(testContext(t)); err != nil {
 		t.Fatal(err)

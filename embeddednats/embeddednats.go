@@ -154,7 +154,11 @@ func Start(cfg Config) (*Server, error) {
 		auth.srv = ns
 	}
 	if cfg.Logger != nil {
-		ns.SetLoggerV2(slogAdapter{cfg.Logger.With("component", "nats-server")}, cfg.Debug, false, false)
+		// The server warns of plain passwords: worth it for those the
+		// operator chose, not for the anonymous user's empty one or the
+		// tenants' (given plain by design).
+		operatorPlain := cfg.ConfigFile != "" || (cfg.Auth.Password != "" && !strings.HasPrefix(cfg.Auth.Password, "$2"))
+		ns.SetLoggerV2(slogAdapter{cfg.Logger.With("component", "nats-server"), !operatorPlain}, cfg.Debug, false, false)
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(10*time.Second) || (!opts.DontListen && ns.Addr() == nil) {
@@ -394,14 +398,15 @@ func randomSecret() (string, error) {
 }
 
 // slogAdapter passes the NATS server's log lines to slog.
-type slogAdapter struct{ log *slog.Logger }
+type slogAdapter struct {
+	log            *slog.Logger
+	quietPlaintext bool // the plain-password warning goes to debug
+}
 
 func (a slogAdapter) Noticef(format string, v ...any) { a.log.Info(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Warnf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
-	if strings.HasPrefix(msg, "Plaintext passwords detected") {
-		// Our only plain password is the application user's empty one,
-		// which is the anonymous account by design: not worth a warning.
+	if a.quietPlaintext && strings.HasPrefix(msg, "Plaintext passwords detected") {
 		a.log.Debug(msg)
 		return
 	}

@@ -89,7 +89,7 @@ func lockInfo(l engine.LockInfo) subjects.LockInfo {
 		HoldersTotal: l.HeldTotal, WaitersTotal: l.WaitingTotal}
 	for _, h := range l.Holders {
 		info.Holders = append(info.Holders, subjects.HolderInfo{
-			Owner:      h.Owner,
+			Owner:      h.Owner.String(),
 			KeyPrefix:  subjects.KeyPrefix(h.Key),
 			Token:      h.Token,
 			AcquiredAt: h.AcquiredAt.UTC(),
@@ -97,7 +97,7 @@ func lockInfo(l engine.LockInfo) subjects.LockInfo {
 		})
 	}
 	for _, w := range l.Waiters {
-		info.Waiters = append(info.Waiters, subjects.WaiterInfo{Owner: w.Owner, Since: w.Since.UTC(), Deadline: w.Deadline.UTC()})
+		info.Waiters = append(info.Waiters, subjects.WaiterInfo{Owner: w.Owner.String(), Since: w.Since.UTC(), Deadline: w.Deadline.UTC()})
 	}
 	return info
 }
@@ -162,17 +162,8 @@ func (s *Service) adminUnlockFailed(req micro.Request, name string, err error) {
 // configured, publishes the event.
 func (s *Service) onEvent(ev engine.Event) {
 	account, name := splitEngineName(ev.Name)
-	if ev.Kind.Lost() && ev.Owner != "" {
-		notice := subjects.LostNotice{Name: name, Token: ev.Token, Reason: ev.Kind.String()}
-		subject := subjects.LostSubject(s.cfg.Prefix, ev.Owner)
-		if s.cfg.Tenants {
-			// Each account imports only its own notices, renamed to the
-			// subject above (see subjects.TenantLostSubject).
-			subject = subjects.TenantLostSubject(s.cfg.Prefix, account, ev.Owner)
-		}
-		if err := s.nc.Publish(subject, mustJSON(notice)); err != nil {
-			s.log.Debug("lost notice not sent", "owner", ev.Owner, "err", err)
-		}
+	if ev.Kind.Lost() && !ev.Owner.IsZero() {
+		s.tellLost(account, ev.Owner, subjects.LostNotice{Name: name, Token: ev.Token, Reason: ev.Kind.String()})
 	}
 	if s.cfg.Events {
 		msg := subjects.Event{
@@ -180,7 +171,7 @@ func (s *Service) onEvent(ev engine.Event) {
 			Account:         account,
 			Name:            name,
 			Token:           ev.Token,
-			Owner:           ev.Owner,
+			Owner:           ev.Owner.String(),
 			Time:            time.Now().UTC(),
 			DurationSeconds: ev.Duration.Seconds(),
 		}
@@ -191,5 +182,28 @@ func (s *Service) onEvent(ev engine.Event) {
 	}
 	if s.cfg.Observer != nil {
 		s.cfg.Observer(ev)
+	}
+}
+
+// tellLost publishes a lost notice to owner's subject, PREFIX.lost.OWNER
+// (with tenants PREFIX.lost.ACCOUNT.OWNER, which each account imports as
+// the former, see subjects.TenantLostSubject). A client that named its
+// server by name, as clients did before the server id, listens on the
+// subject of that name: when the server has a name of its own, the notice
+// goes there too.
+func (s *Service) tellLost(account string, owner subjects.Owner, notice subjects.LostNotice) {
+	body := mustJSON(notice)
+	owners := []string{owner.String()}
+	if name := s.live.nameOf(owner.ServerID); name != "" && name != owner.ServerID {
+		owners = append(owners, subjects.FormatOwner(name, owner.ClientID))
+	}
+	for _, o := range owners {
+		subject := subjects.LostSubject(s.cfg.Prefix, o)
+		if s.cfg.Tenants {
+			subject = subjects.TenantLostSubject(s.cfg.Prefix, account, o)
+		}
+		if err := s.nc.Publish(subject, body); err != nil {
+			s.log.Debug("lost notice not sent", "owner", o, "err", err)
+		}
 	}
 }

@@ -155,7 +155,11 @@ func TestClosedConnectionsForgottenOnServerRestart(t *testing.T) {
 	ns.WaitForShutdown()
 	ns = start(port)
 	t.Cleanup(ns.Shutdown) // after the deferred closes
-	// Open connections until one has the closed connection's client id.
+	// Let the reconnecting connections take their new ids first, then
+	// open connections until one has the closed connection's client id.
+	eventually(t, "the old connections are back", func() bool {
+		return svcConn.IsConnected() && sysConn.IsConnected() && other.IsConnected()
+	})
 	var reborn *nats.Conn
 	for reborn == nil {
 		nc, err := nats.Connect(url)

@@ -3,7 +3,6 @@ package service
 import (
 	"encoding/json"
 	"errors"
-	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -13,8 +12,9 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// requestsEndpoint is the micro endpoint of the four lock operations.
-const requestsEndpoint = "requests"
+// RequestsEndpoint is the name of the micro endpoint of the four lock
+// operations, on PREFIX.> (`nats micro info ldlm`).
+const RequestsEndpoint = "requests"
 
 // handle answers every lock operation, PREFIX.OP.NAME. It is the handler of
 // one subscription to PREFIX.>, so it reads one connection's requests in
@@ -27,17 +27,14 @@ const requestsEndpoint = "requests"
 // The subscription also receives what is published under PREFIX. by
 // others (admin requests, which their own endpoints answer; notices and
 // events of another instance; the service's own are not echoed back,
-// see Start): only the four operations are answered, and requests for an
-// unknown operation are refused.
+// see Start): only the four operations are answered. Anything else gets no
+// word, not even an error: another service may serve a longer prefix under
+// ours (PREFIX.team.lock.x), and its requesters take the first reply.
 func (s *Service) handle(req micro.Request) {
 	// The subscription guarantees the PREFIX. in front.
 	opToken, tail, _ := strings.Cut(req.Subject()[len(s.cfg.Prefix)+1:], ".")
 	op, known := opOf(opToken)
 	if !known {
-		if req.Reply() != "" && !notARequest[opToken] {
-			s.fail(req, opToken, "", subjects.Errorf(subjects.CodeBadRequest,
-				"unknown operation %s: send to %s.lock.NAME, .trylock., .unlock. or .renew.", quoteOp(opToken), s.cfg.Prefix))
-		}
 		return
 	}
 	s.opStats.count(op)
@@ -72,15 +69,6 @@ func (s *Service) handle(req micro.Request) {
 	}
 }
 
-// notARequest holds the second tokens of subjects under PREFIX. that are
-// not lock requests: the handler lets them pass without a word.
-var notARequest = map[string]bool{
-	"admin":                true, // answered by the admin endpoints
-	subjects.LostToken:     true,
-	subjects.EventsToken:   true,
-	subjects.InstanceToken: true,
-}
-
 // opOf returns the operation named by a subject's second token.
 func opOf(token string) (string, bool) {
 	switch token {
@@ -90,18 +78,10 @@ func opOf(token string) (string, bool) {
 	return "", false
 }
 
-// quoteOp quotes an unknown operation token for an error message, cut short.
-func quoteOp(token string) string {
-	if len(token) > 40 {
-		token = token[:40] + "..."
-	}
-	return strconv.Quote(token)
-}
-
 func (s *Service) lock(req micro.Request, op, name string, id identity, r subjects.Request) {
 	owner := id.owner
 	lockTimeout := r.LockTimeout()
-	if lockTimeout == 0 && (owner == "" || s.cfg.NoClearOnDisconnect) {
+	if lockTimeout == 0 && (owner.IsZero() || s.cfg.NoClearOnDisconnect) {
 		// Nothing would ever free this lock but an unlock: bound it.
 		lockTimeout = s.cfg.AnonymousLockTimeout
 	}
@@ -131,7 +111,7 @@ func (s *Service) lock(req micro.Request, op, name string, id identity, r subjec
 		s.respond(req, subjects.LockResponse{Locked: false, Name: name})
 		return
 	}
-	s.respond(req, s.grantResponse(name, g))
+	s.respondGrant(req, op, name, g)
 }
 
 func (s *Service) unlock(req micro.Request, name string, id identity, r subjects.Request) {
@@ -148,6 +128,20 @@ func (s *Service) renew(req micro.Request, name string, id identity, r subjects.
 		s.fail(req, subjects.OpRenew, name, err)
 		return
 	}
+	s.respondGrant(req, subjects.OpRenew, name, g)
+}
+
+// respondGrant replies with grant g, or with Unavailable once Stop has
+// announced this instance's stop: a client must never hear of a grant
+// after it heard that the instance that made it stopped. replyMu makes the
+// check and the reply one step, which the announcement cannot split.
+func (s *Service) respondGrant(req micro.Request, op, name string, g engine.Grant) {
+	s.replyMu.Lock()
+	defer s.replyMu.Unlock()
+	if s.stopping {
+		s.fail(req, op, name, engine.ErrEngineClosed)
+		return
+	}
 	s.respond(req, s.grantResponse(name, g))
 }
 
@@ -157,6 +151,11 @@ func (s *Service) renew(req micro.Request, name string, id identity, r subjects.
 func (s *Service) answerParked(reply, name string, g engine.Grant, err error) {
 	if reply == "" {
 		return
+	}
+	s.replyMu.Lock()
+	defer s.replyMu.Unlock()
+	if err == nil && s.stopping {
+		err = engine.ErrEngineClosed // see respondGrant
 	}
 	var perr error
 	if err != nil {

@@ -102,6 +102,7 @@ func TestServiceStopsWhenItsConnectionCloses(t *testing.T) {
 			if r := send(t, client, subjects.OpTryLock, "x", ``, ""); !r.Locked {
 				t.Fatalf("trylock: %+v", r)
 			}
+			closed := time.Now()
 			if which == "service" {
 				app.Close()
 			} else {
@@ -109,6 +110,7 @@ func TestServiceStopsWhenItsConnectionCloses(t *testing.T) {
 			}
 			select {
 			case <-srv.Service.Done():
+				t.Logf("the service stopped %v after its %s connection closed", time.Since(closed), which)
 			case <-timeout():
 				t.Fatal("Done was not closed after the connection closed")
 			}
@@ -162,3 +164,50 @@ func TestForgedFutureOwnersDoNotLockOutGenuineClients(t *testing.T) {
 
 // timeout fires after testTimeout.
 func timeout() <-chan time.Time { return time.After(testTimeout) }
+
+// Issue 12, item 2: clients before the server id sent SERVER_NAME:CLIENT_ID.
+// The service still serves them: the name resolves to the server's id, the
+// lock belongs to SERVER_ID:CLIENT_ID (and is released with that
+// connection), and its lost notice also goes to the subject of the old
+// form, where such a client listens.
+func TestLegacyOwnerNameResolvesToServerID(t *testing.T) {
+	t.Parallel()
+	srv := ldlmtest.Start(t)
+	nc := srv.Connect(t)
+	legacy, current := legacyOwnerOf(t, nc), ownerOf(t, nc)
+	if legacy == current {
+		t.Fatalf("the test server's name is its id: %s", legacy)
+	}
+	notices := make(chan *nats.Msg, 4)
+	for _, o := range []string{legacy, current} {
+		if _, err := nc.ChanSubscribe(subjects.LostSubject(subjects.DefaultPrefix, o), notices); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	g := send(t, nc, subjects.OpTryLock, "job", `{"lock_timeout_seconds":0.05}`, legacy)
+	if !g.Locked {
+		t.Fatalf("trylock with a legacy owner: %+v", g)
+	}
+	got := map[string]bool{}
+	for len(got) < 2 {
+		select {
+		case msg := <-notices:
+			got[msg.Subject] = true
+		case <-timeout():
+			t.Fatalf("lost notices on %v; want on the subjects of %s and %s", got, legacy, current)
+		}
+	}
+
+	send(t, nc, subjects.OpTryLock, "held", ``, legacy)
+	snap := srv.Service.Engine().Snapshot()
+	if len(snap) != 1 || snap[0].Holders[0].Owner.String() != current {
+		t.Fatalf("the lock belongs to %+v; want %s", snap, current)
+	}
+	nc.Close()
+	eventually(t, "the legacy owner's lock is released with its connection", func() bool {
+		return srv.Service.Engine().Stats().Locks == 0
+	})
+}

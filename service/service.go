@@ -153,9 +153,14 @@ type Service struct {
 	// ncClosed and sysClosed hear that a connection was closed for good.
 	ncClosed, sysClosed chan nats.Status
 
+	// replyMu orders grant replies and the stop announcement: once stopping
+	// is set (and the stop announced), no grant reply is sent.
+	replyMu  sync.Mutex
+	stopping bool
+
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the liveness goroutines
+	wg       sync.WaitGroup // the goroutines watching connections and rivals
 }
 
 // Start registers the service on nc and starts following connection
@@ -208,7 +213,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		}),
 		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
-	s.live = newLiveness(s)
+	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.NoClearOnDisconnect)
 
 	// Follow liveness before answering, so no lock is granted to a
 	// connection whose disconnect we could not see.
@@ -217,6 +222,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		return nil, err
 	}
 	s.watchConnections()
+	s.watchRivals()
 	if err := s.register(); err != nil {
 		s.Stop()
 		return nil, err
@@ -257,7 +263,7 @@ func (s *Service) register() error {
 	// order they were sent, so an unlock is always read after the lock
 	// request its client sent first (see handle).
 	subject := s.cfg.Prefix + ".>"
-	if err := svc.AddEndpoint(requestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
+	if err := svc.AddEndpoint(RequestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
 		return fmt.Errorf("adding endpoint %s: %w", subject, err)
 	}
 	if err := s.registerAdmin(svc); err != nil {
@@ -281,98 +287,26 @@ func (s *Service) Engine() *engine.Engine { return s.engine }
 // reconnects and every SweepInterval; calling it is for tests and operators.
 func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 
-// Done is closed when the service stopped answering by itself: one of its
-// NATS connections was closed for good (nats.go gave up reconnecting, or
-// the server closed it for a protocol error), or it found an older
-// instance serving the same prefix. Err says which. A service in that state
-// is of no use: call Stop and exit with an error, so that a supervisor
-// starts a fresh one.
-func (s *Service) Done() <-chan struct{} { return s.failed }
-
-// Err says why Done was closed; nil before.
-func (s *Service) Err() error {
-	select {
-	case <-s.failed:
-		return s.failErr
-	default:
-		return nil
-	}
-}
-
-// stepDown stops answering requests (so `nats micro ping` no longer finds
-// this instance), logs why and closes Done. It may be called from the
-// service's own goroutines, which Stop waits for, so it does not call Stop.
-func (s *Service) stepDown(err error) {
-	s.failOnce.Do(func() {
-		s.log.Error("lock service stopped answering", "err", err)
-		s.failErr = err
-		if s.micro != nil {
-			if err := s.micro.Stop(); err != nil {
-				s.log.Warn("stopping micro service", "err", err)
-			}
-		}
-		close(s.failed)
-	})
-}
-
-// ErrConnectionClosed is why a service stops itself when one of its NATS
-// connections is closed for good.
-var ErrConnectionClosed = errors.New("a NATS connection of the lock service was closed for good")
-
-// watchConnections steps the service down when its connection, or its
-// system connection, is closed for good: without the first nobody can
-// reach it, without the second it would keep granting locks it can no
-// longer free when their owners die.
-func (s *Service) watchConnections() {
-	s.ncClosed = s.nc.StatusChanged(nats.CLOSED)
-	if s.sys != nil {
-		s.sysClosed = s.sys.StatusChanged(nats.CLOSED)
-	}
-	closed := func(which string, nc *nats.Conn) error {
-		err := fmt.Errorf("%w: the %s connection", ErrConnectionClosed, which)
-		if last := nc.LastError(); last != nil {
-			err = fmt.Errorf("%w (%v)", err, last)
-		}
-		return err
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		// A connection closed before the listener was added sends nothing.
-		switch {
-		case s.nc.IsClosed():
-			s.stepDown(closed("service", s.nc))
-			return
-		case s.sys != nil && s.sys.IsClosed():
-			s.stepDown(closed("system account", s.sys))
-			return
-		}
-		select {
-		case <-s.stop:
-		case <-s.ncClosed:
-			s.stepDown(closed("service", s.nc))
-		case <-s.sysClosed: // nil without a system connection: never fires
-			s.stepDown(closed("system account", s.sys))
-		}
-	}()
-}
-
 // Stop tells clients at once that this instance's locks are gone, answers
 // every parked waiter and every request that still arrives with
 // Unavailable, then stops answering and following liveness. It does not
 // close the connections it was given.
 //
 // The engine is closed before the announcement, so that no grant can be
-// made after it: a client never holds a grant of an instance that it heard
-// stop. Only then are the subscriptions drained (which takes a while): the
+// made after it, and a grant made just before whose reply is not sent yet
+// is answered Unavailable instead (see respondGrant): a client never hears
+// of a grant after it heard that the instance that made it stopped. Only then are the subscriptions drained (which takes a while): the
 // requests read meanwhile get Unavailable, and clients ask again.
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
 		s.engine.Close()
+		s.replyMu.Lock()
+		s.stopping = true
 		if s.id != "" {
 			s.announce(subjects.InstanceStopped)
 		}
+		s.replyMu.Unlock()
 		if s.micro != nil {
 			if err := s.micro.Stop(); err != nil {
 				s.log.Warn("stopping micro service", "err", err)

@@ -58,8 +58,20 @@ func code(r reply) subjects.ErrorCode {
 	return r.Error.Code
 }
 
-// ownerOf is the Ldlm-Owner value for nc, as the client libraries send it.
+// ownerOf is the Ldlm-Owner value for nc, as the client libraries send it:
+// SERVER_ID:CLIENT_ID.
 func ownerOf(t *testing.T, nc *nats.Conn) string {
+	t.Helper()
+	cid, err := nc.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return subjects.FormatOwner(nc.ConnectedServerId(), cid)
+}
+
+// legacyOwnerOf is the Ldlm-Owner value for nc as clients sent it before
+// the server id: SERVER_NAME:CLIENT_ID.
+func legacyOwnerOf(t *testing.T, nc *nats.Conn) string {
 	t.Helper()
 	cid, err := nc.GetClientID()
 	if err != nil {

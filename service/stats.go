@@ -54,7 +54,7 @@ func (s *opStats) countError(op string) {
 // data is micro's StatsHandler: the counts of each operation for the
 // requests endpoint, nothing for the others.
 func (s *opStats) data(e *micro.Endpoint) any {
-	if e.Name != requestsEndpoint {
+	if e.Name != RequestsEndpoint {
 		return nil
 	}
 	out := map[string]OpCounts{}

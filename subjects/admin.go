@@ -13,7 +13,8 @@ const (
 
 // LostToken is the second token of the subject on which the service tells a
 // connection that it lost a grant without unlocking it:
-// PREFIX.lost.OWNER (OWNER encoded as EncodeName does), body LostNotice.
+// PREFIX.lost.OWNER (OWNER = SERVER_ID:CLIENT_ID, a plain subject token, so
+// EncodeName leaves it as it is), body LostNotice.
 const LostToken = "lost"
 
 // EventsToken is the second token of published events:

@@ -266,32 +266,56 @@ type UnlockResponse struct {
 	Error    *Error `json:"error,omitempty"`
 }
 
-// FormatOwner is the value of HeaderOwner for a connection: the name of the
-// NATS server it is connected to and its client id there, as the server's
-// connect and disconnect advisories name them.
-func FormatOwner(serverName string, clientID uint64) string {
-	return serverName + ":" + strconv.FormatUint(clientID, 10)
+// Owner is the connection a lock belongs to: the id of the NATS server it
+// is connected to (INFO server_id) and its client id there. A server gives
+// client ids out in increasing order from 1 and starts again when it
+// restarts, with a new server id, so the pair names one connection for
+// ever. The zero Owner is "no connection" (a lock that nothing frees but an
+// unlock or its timeout).
+type Owner struct {
+	ServerID string
+	ClientID uint64
 }
 
-// ParseOwner splits a HeaderOwner value made by FormatOwner. The value must
-// be at most MaxOwnerLength bytes of printable ASCII without spaces: it
-// ends up in a subject, a header and log lines.
-func ParseOwner(v string) (serverName string, clientID uint64, err error) {
+// IsZero reports whether o is the zero Owner.
+func (o Owner) IsZero() bool { return o == Owner{} }
+
+// String is o as HeaderOwner carries it: SERVER_ID:CLIENT_ID.
+func (o Owner) String() string {
+	if o.IsZero() {
+		return ""
+	}
+	return o.ServerID + ":" + strconv.FormatUint(o.ClientID, 10)
+}
+
+// FormatOwner is the value of HeaderOwner for a connection: the id of the
+// NATS server it is connected to (nats.go: nc.ConnectedServerId()) and its
+// client id there (nc.GetClientID()).
+func FormatOwner(serverID string, clientID uint64) string {
+	return Owner{ServerID: serverID, ClientID: clientID}.String()
+}
+
+// ParseOwner reads a HeaderOwner value, SERVER:CLIENT_ID. SERVER is the
+// server's id, or the server's name as clients before the server id was
+// used sent it: telling the two apart is the service's business (it knows
+// the servers). The value must be at most MaxOwnerLength bytes of printable
+// ASCII without spaces: it ends up in a subject, a header and log lines.
+func ParseOwner(v string) (Owner, error) {
 	if len(v) > MaxOwnerLength {
-		return "", 0, Errorf(CodeBadRequest, "%s header is %d bytes long, over the limit of %d: it must be SERVER_ID:CLIENT_ID", HeaderOwner, len(v), MaxOwnerLength)
+		return Owner{}, Errorf(CodeBadRequest, "%s header is %d bytes long, over the limit of %d: it must be SERVER_ID:CLIENT_ID", HeaderOwner, len(v), MaxOwnerLength)
 	}
 	for i := 0; i < len(v); i++ {
 		if v[i] < '!' || v[i] > '~' {
-			return "", 0, Errorf(CodeBadRequest, "%s header must be printable ASCII without spaces (SERVER_ID:CLIENT_ID), got %s", HeaderOwner, quoteShort(v))
+			return Owner{}, Errorf(CodeBadRequest, "%s header must be printable ASCII without spaces (SERVER_ID:CLIENT_ID), got %s", HeaderOwner, quoteShort(v))
 		}
 	}
 	i := strings.LastIndexByte(v, ':')
 	if i <= 0 {
-		return "", 0, Errorf(CodeBadRequest, "%s header must be SERVER_ID:CLIENT_ID, got %s", HeaderOwner, quoteShort(v))
+		return Owner{}, Errorf(CodeBadRequest, "%s header must be SERVER_ID:CLIENT_ID, got %s", HeaderOwner, quoteShort(v))
 	}
 	cid, perr := strconv.ParseUint(v[i+1:], 10, 64)
 	if perr != nil || cid == 0 {
-		return "", 0, Errorf(CodeBadRequest, "%s header must end in a client id above 0, got %s", HeaderOwner, quoteShort(v))
+		return Owner{}, Errorf(CodeBadRequest, "%s header must end in a client id above 0, got %s", HeaderOwner, quoteShort(v))
 	}
-	return v[:i], cid, nil
+	return Owner{ServerID: v[:i], ClientID: cid}, nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/ldlm-io/ldlm/clientlib"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -194,6 +195,22 @@ func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]
 		return nil, fmt.Errorf("unreadable reply on %s: %.200q: %w", subject, msg.Data, err)
 	}
 	return msg.Data, nil
+}
+
+// withLikelyCauses adds to an error of a lock request that got no answer
+// the likely causes, most likely first, so that the line says what to
+// check. Other errors are returned as they are.
+func withLikelyCauses(err error, prefix string) error {
+	switch {
+	case errors.Is(err, clientlib.ErrNoService) || errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w; likely causes, most likely first: ldlm is not running (or has just stopped); "+
+			"this is not its NATS server (--server) or not its subject prefix (--prefix %q)", err, prefix)
+	case errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w; likely causes, most likely first: ldlm is stopping or overloaded; "+
+			"this is not its NATS server (--server) or not its subject prefix (--prefix %q); "+
+			"this user may not publish to %s.lock.> and %s.trylock.> (NATS permissions: a denied request gets no reply)", err, prefix, prefix, prefix)
+	}
+	return err
 }
 
 // refused is the error for a refusal in a reply's error field.

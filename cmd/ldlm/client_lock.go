@@ -126,7 +126,7 @@ func (r *lockRun) run(conn *clientConfig) int {
 	}
 	defer client.Close()
 
-	l, code := r.acquire(client, sigs)
+	l, code := r.acquire(client, sigs, conn.prefix)
 	if l == nil {
 		return code
 	}
@@ -135,7 +135,7 @@ func (r *lockRun) run(conn *clientConfig) int {
 
 // acquire takes the lock. It returns a nil Lock and the exit status when
 // the lock was not obtained.
-func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal) (*clientlib.Lock, int) {
+func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal, prefix string) (*clientlib.Lock, int) {
 	type result struct {
 		l   *clientlib.Lock
 		err error
@@ -166,7 +166,7 @@ func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal) (*cli
 	}
 	switch {
 	case res.err != nil:
-		return nil, failed(r.stderr, r.command, res.err)
+		return nil, failed(r.stderr, r.command, withLikelyCauses(res.err, prefix))
 	case !res.l.Locked() && r.try:
 		fmt.Fprintf(r.stderr, "%s: lock %q not obtained: every slot is held\n", r.command, r.name)
 		return nil, exitNotObtained

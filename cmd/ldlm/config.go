@@ -166,6 +166,7 @@ var retiredVars = map[string]struct {
 	"LDLM_DEFAULT_LOCK_TIMEOUT":   {why: "no replacement: it applied to locks loaded from a state file, which this ldlm has not"},
 	"LDLM_LOCK_GC_INTERVAL":       {why: "no replacement: a lock is deleted as soon as no one holds or waits for it"},
 	"LDLM_LOCK_GC_MIN_IDLE":       {why: "no replacement: a lock is deleted as soon as no one holds or waits for it"},
+	"LDLM_SHARDS":                 {why: "no replacement: one engine behind one mutex serves every lock"},
 	"LDLM_IPC_SOCKET_FILE":        {why: "no replacement: ldlm list and ldlm unlock --force talk to the service over NATS"},
 	"LDLM_REST_LISTEN_ADDRESS":    {why: "no replacement: clients speak NATS (any NATS client can send a lock request)"},
 	"LDLM_REST_SESSION_TIMEOUT":   {why: "no replacement: clients speak NATS (any NATS client can send a lock request)"},

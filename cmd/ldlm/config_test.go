@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -115,6 +116,27 @@ func TestConfigUnknownVariables(t *testing.T) {
 	}
 }
 
+// TestConfigDeclarations: every setting has help text, an LDLM_* name and a
+// flag of its own, and a type that flags can parse.
+func TestConfigDeclarations(t *testing.T) {
+	t.Parallel()
+	envs, flags := map[string]bool{}, map[string]bool{}
+	for _, s := range settingsOf(&serverConfig{}) {
+		switch {
+		case !strings.HasPrefix(s.env, "LDLM_"):
+			t.Errorf("%s: not an LDLM_* variable", s.env)
+		case strings.TrimSpace(s.help) == "" || strings.HasSuffix(s.help, ": "):
+			t.Errorf("%s: no help tag", s.env)
+		case envs[s.env] || flags[s.flag]:
+			t.Errorf("%s: declared twice", s)
+		}
+		envs[s.env], flags[s.flag] = true, true
+		if err := setValue(reflect.New(s.value.Type()).Elem(), s.def); err != nil && s.def != "" {
+			t.Errorf("%s: the default %q does not parse as a flag value: %v", s, s.def, err)
+		}
+	}
+}
+
 // TestConfigRetiredReplacements: every replacement named for a retired
 // variable is a setting, so its message can name the flag too.
 func TestConfigRetiredReplacements(t *testing.T) {
@@ -168,7 +190,9 @@ func TestConfigValidate(t *testing.T) {
 		{"max locks -2", nil, []string{"--max-locks=-2"}, []string{"LDLM_MAX_LOCKS", "-1 for no limit", "-2"}},
 		{"max waiters 0", nil, []string{"--max-waiters-per-lock=0"}, []string{"LDLM_MAX_WAITERS_PER_LOCK", "-1 for no limit"}},
 		{"max waits negative", []string{"LDLM_MAX_WAITS_PER_CONNECTION=-10"}, nil, []string{"LDLM_MAX_WAITS_PER_CONNECTION"}},
-		{"max name length negative", nil, []string{"--max-name-length=-1"}, []string{"LDLM_MAX_NAME_LENGTH (--max-name-length): must be at least 1"}},
+		{"max name length negative", nil, []string{"--max-name-length=-1"}, []string{"LDLM_MAX_NAME_LENGTH (--max-name-length): must be from 1 to 2048"}},
+		{"max name length over the cap", []string{"LDLM_MAX_NAME_LENGTH=2049"}, nil, []string{"LDLM_MAX_NAME_LENGTH (--max-name-length): must be from 1 to 2048", "2049"}},
+		{"subject prefix too long", nil, []string{"--subject-prefix=" + strings.Repeat("p", 257)}, []string{"LDLM_SUBJECT_PREFIX (--subject-prefix): is 257 bytes long; at most 256"}},
 		{"max body bytes 0", nil, []string{"--max-body-bytes=0"}, []string{"LDLM_MAX_BODY_BYTES"}},
 		{"anonymous lock timeout 0", nil, []string{"--anonymous-lock-timeout=0s"}, []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT", "positive"}},
 		{"anonymous lock timeout over a year", nil, []string{"--anonymous-lock-timeout=9000h"}, []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT", "a year"}},

@@ -245,7 +245,7 @@ func TestE2ESettings(t *testing.T) {
 			t.Errorf("the default prefix still answers with --subject-prefix=locks:\nstdout: %s\nstderr: %s", r.stdout, r.stderr)
 		}
 		info := s.nats(t, "micro", "info", "ldlm")
-		if !strings.Contains(info.stdout, "locks.lock.>") || !strings.Contains(info.stdout, "prefix: locks") {
+		if !strings.Contains(info.stdout, "locks.>") || !strings.Contains(info.stdout, "prefix: locks") {
 			t.Errorf("nats micro info ldlm does not show the prefix locks:\n%s", info.stdout)
 		}
 	})
@@ -313,7 +313,7 @@ func TestE2EKill9ReleasesLocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	owner := subjects.FormatOwner(nc.ConnectedServerName(), cid)
+	owner := subjects.FormatOwner(nc.ConnectedServerId(), cid)
 
 	var took []time.Duration
 	for i := range runs {
@@ -468,7 +468,7 @@ func holdLock(url, name string) error {
 		return err
 	}
 	msg := nats.NewMsg(subject(subjects.OpLock, name))
-	msg.Header.Set(subjects.HeaderOwner, subjects.FormatOwner(nc.ConnectedServerName(), cid))
+	msg.Header.Set(subjects.HeaderOwner, subjects.FormatOwner(nc.ConnectedServerId(), cid))
 	reply, err := nc.RequestMsg(msg, 30*time.Second)
 	if err != nil {
 		return err

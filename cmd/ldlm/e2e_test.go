@@ -32,6 +32,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -266,11 +267,7 @@ func (s *ldlmServer) waitReady() error {
 				for _, ep := range info.Endpoints {
 					names = append(names, ep.Name)
 				}
-				ready := true
-				for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
-					ready = ready && slices.Contains(names, op)
-				}
-				if ready {
+				if slices.Contains(names, service.RequestsEndpoint) {
 					return nil
 				}
 				err = fmt.Errorf("endpoints so far: %v", names)

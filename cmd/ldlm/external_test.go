@@ -765,7 +765,7 @@ func extOwner(t *testing.T, nc *nats.Conn) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return subjects.FormatOwner(nc.ConnectedServerName(), cid)
+	return subjects.FormatOwner(nc.ConnectedServerId(), cid)
 }
 
 func extDial(t *testing.T, url string, opts ...nats.Option) *nats.Conn {

@@ -36,7 +36,7 @@ func listenMetrics(addr string) (*metricsServer, error) {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: cannot listen on %q (is the port in use? set LDLM_METRICS_LISTEN): %w", addr, err)
+		return nil, fmt.Errorf("metrics: cannot listen on %q (is the port in use?): %w", addr, err)
 	}
 	m := metrics.New()
 	mux := http.NewServeMux()

@@ -147,7 +147,7 @@ func TestServeMetricsPortInUse(t *testing.T) {
 	go func() { served <- serve(ctx, cfg, slog.New(slog.DiscardHandler)) }()
 	select {
 	case err := <-served:
-		if err == nil || !strings.Contains(err.Error(), "metrics") || !strings.Contains(err.Error(), l.Addr().String()) {
+		if err == nil || !strings.Contains(err.Error(), "LDLM_METRICS_LISTEN (--metrics-listen)") || !strings.Contains(err.Error(), l.Addr().String()) {
 			t.Errorf("serve: %v; want an error about the metrics address %s", err, l.Addr())
 		}
 	case <-time.After(metricsTestTimeout):

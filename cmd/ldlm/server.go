@@ -63,8 +63,10 @@ func (c *serverConfig) validate() error {
 	switch {
 	case c.Prefix == "" || strings.ContainsAny(c.Prefix, " \t\r\n*>") || strings.HasPrefix(c.Prefix, ".") || strings.HasSuffix(c.Prefix, ".") || strings.Contains(c.Prefix, ".."):
 		return c.bad(&c.Prefix, "%q is not a valid NATS subject prefix: use dot-separated tokens without spaces, '*' or '>', e.g. ldlm or team.locks", c.Prefix)
-	case c.MaxNameLength < 1:
-		return c.bad(&c.MaxNameLength, "must be at least 1, got %d", c.MaxNameLength)
+	case len(c.Prefix) > subjects.MaxPrefixLength:
+		return c.bad(&c.Prefix, "is %d bytes long; at most %d keep every subject under NATS's limit", len(c.Prefix), subjects.MaxPrefixLength)
+	case c.MaxNameLength < 1 || c.MaxNameLength > subjects.MaxNameLengthLimit:
+		return c.bad(&c.MaxNameLength, "must be from 1 to %d (longer names would make subjects NATS refuses), got %d", subjects.MaxNameLengthLimit, c.MaxNameLength)
 	case c.MaxBodyBytes < 1:
 		return c.bad(&c.MaxBodyBytes, "must be at least 1, got %d", c.MaxBodyBytes)
 	case !validLimit(c.MaxLocks):
@@ -305,7 +307,7 @@ func runServer(args []string, stdout, stderr io.Writer) int {
 func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	metricsSrv, err := listenMetrics(cfg.MetricsListen)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.MetricsListen))
 	}
 	defer metricsSrv.close(log)
 	conns, err := connect(ctx, &cfg, log)

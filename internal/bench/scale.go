@@ -304,7 +304,7 @@ func scaleEngineLocks(out io.Writer, n int) error {
 	eng := engine.New()
 	start := time.Now()
 	for _, name := range names {
-		if _, ok, err := eng.TryLock(engine.Request{Name: name, Owner: "ldlm-bench:1"}); !ok || err != nil {
+		if _, ok, err := eng.TryLock(engine.Request{Name: name, Owner: subjects.Owner{ServerID: "ldlm-bench", ClientID: 1}}); !ok || err != nil {
 			return fmt.Errorf("trylock %s: %v %v", name, ok, err)
 		}
 	}
@@ -314,7 +314,7 @@ func scaleEngineLocks(out io.Writer, n int) error {
 		return errors.New("locks lost")
 	}
 	start = time.Now()
-	grants, _ := eng.ReleaseOwner("ldlm-bench:1")
+	grants, _ := eng.ReleaseOwner(subjects.Owner{ServerID: "ldlm-bench", ClientID: 1})
 	freed := time.Since(start)
 	runtime.KeepAlive(names)
 	if grants != n {
@@ -466,11 +466,11 @@ func scaleEngineWaiters(out io.Writer, n int) error {
 	before := liveHeap()
 	eng := engine.New()
 	defer eng.Close()
-	if _, ok, err := eng.TryLock(engine.Request{Name: "w", Key: "holder", Owner: "ldlm-bench:1"}); !ok || err != nil {
+	if _, ok, err := eng.TryLock(engine.Request{Name: "w", Key: "holder", Owner: subjects.Owner{ServerID: "ldlm-bench", ClientID: 1}}); !ok || err != nil {
 		return fmt.Errorf("trylock: %v %v", ok, err)
 	}
 	for _, k := range keys {
-		if _, ok, err := eng.Lock(engine.Request{Name: "w", Key: k, Owner: "ldlm-bench:2"}, 0, done); ok || err != nil {
+		if _, ok, err := eng.Lock(engine.Request{Name: "w", Key: k, Owner: subjects.Owner{ServerID: "ldlm-bench", ClientID: 2}}, 0, done); ok || err != nil {
 			return fmt.Errorf("lock: %v %v", ok, err)
 		}
 	}
@@ -555,12 +555,12 @@ func scaleOwner(out io.Writer, sizes []int, timeout time.Duration) error {
 
 		eng := engine.New()
 		for i := range n {
-			if _, ok, err := eng.TryLock(engine.Request{Name: "owner." + strconv.Itoa(i), Owner: "ldlm-bench:1"}); !ok || err != nil {
+			if _, ok, err := eng.TryLock(engine.Request{Name: "owner." + strconv.Itoa(i), Owner: subjects.Owner{ServerID: "ldlm-bench", ClientID: 1}}); !ok || err != nil {
 				return fmt.Errorf("trylock: %v %v", ok, err)
 			}
 		}
 		start = time.Now()
-		eng.ReleaseOwner("ldlm-bench:1")
+		eng.ReleaseOwner(subjects.Owner{ServerID: "ldlm-bench", ClientID: 1})
 		alone := time.Since(start)
 		eng.Close()
 		fmt.Fprintf(out, "owner: %7d locks of one connection: all free %v after it closed (service); ReleaseOwner %v (engine alone, %.0f ns/lock)\n",

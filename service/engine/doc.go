@@ -66,4 +66,13 @@
 // WithGoneOwnerMemory, requests of a released owner that arrive soon after
 // (sent before it went away) are refused with ErrOwnerGone instead of
 // creating grants that nobody would ever release.
+//
+// # Files
+//
+// engine.go holds the types, options and the Engine itself; acquire.go
+// takes slots, release.go gives them back, owners.go ends what a departed
+// owner holds, pool.go makes and recycles records, state.go holds the
+// records and their lists, snapshot.go the views for operators, gone.go the
+// memory of departed owners. An owner is a subjects.Owner, the one wire
+// type the engine uses; it imports nothing of NATS.
 package engine

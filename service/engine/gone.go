@@ -51,18 +51,6 @@ func (r *recent[K]) has(k K, now time.Time) bool {
 	return ok && now.UnixNano() < until
 }
 
-// forget drops every key for which match returns true.
-func (r *recent[K]) forget(match func(K) bool) int {
-	n := 0
-	for k := range r.until {
-		if match(k) {
-			delete(r.until, k)
-			n++
-		}
-	}
-	return n
-}
-
 // len is the number of keys held, expired or not.
 func (r *recent[K]) len() int { return len(r.until) }
 

@@ -2,9 +2,10 @@ package engine
 
 import (
 	"errors"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 const goneWindow = 5 * time.Second
@@ -26,8 +27,8 @@ func TestUnlockThatFoundNothingLeavesNothing(t *testing.T) {
 	if _, err := e.Unlock("x", "k"); !errors.Is(err, ErrLockDoesNotExist) {
 		t.Fatalf("unlock of nothing: %v", err)
 	}
-	e.ReleaseOwner("o")
-	g, ok, err := e.TryLock(Request{Name: "x", Key: "k", Owner: "o"})
+	e.ReleaseOwner(own("o"))
+	g, ok, err := e.TryLock(Request{Name: "x", Key: "k", Owner: own("o")})
 	if !ok || err != nil {
 		t.Fatalf("%v, %v", ok, err)
 	}
@@ -39,33 +40,27 @@ func TestUnlockThatFoundNothingLeavesNothing(t *testing.T) {
 // ReleaseOwner (even for an owner with nothing) or a sweep.
 func TestGoneOwnerRequestsRefused(t *testing.T) {
 	e, clock := newGoneEngine(t, 100)
-	mustTryLock(t, e, Request{Name: "a", Owner: "swept"})
-	e.ReleaseOwner("closed") // it had nothing here yet
+	mustTryLock(t, e, Request{Name: "a", Owner: own("swept")})
+	e.ReleaseOwner(own("closed")) // it had nothing here yet
 	if got := e.ReleaseStaleOwners(e.OwnerMark(), closedUnless(func(o string) bool { return o != "swept" })); len(got) != 1 {
 		t.Fatalf("sweep released %v", got)
 	}
 	for _, owner := range []string{"closed", "swept"} {
-		if _, _, err := e.TryLock(Request{Name: "b", Owner: owner}); !errors.Is(err, ErrOwnerGone) {
+		if _, _, err := e.TryLock(Request{Name: "b", Owner: own(owner)}); !errors.Is(err, ErrOwnerGone) {
 			t.Fatalf("trylock of gone owner %q: %v", owner, err)
 		}
-		if _, _, err := e.Lock(Request{Name: "b", Owner: owner}, 0, func(Grant, error) {}); !errors.Is(err, ErrOwnerGone) {
+		if _, _, err := e.Lock(Request{Name: "b", Owner: own(owner)}, 0, func(Grant, error) {}); !errors.Is(err, ErrOwnerGone) {
 			t.Fatalf("lock of gone owner %q: %v", owner, err)
 		}
 	}
-	g := mustTryLock(t, e, Request{Name: "b", Owner: "alive"})
+	g := mustTryLock(t, e, Request{Name: "b", Owner: own("alive")})
 	mustUnlock(t, e, "b", g.Key)
 
-	// Owner names come back when a NATS server restarts.
-	if n := e.ForgetGoneOwners(func(o string) bool { return strings.HasPrefix(o, "cl") }); n != 1 {
-		t.Fatalf("forgot %d owners, want 1", n)
-	}
-	g = mustTryLock(t, e, Request{Name: "b", Owner: "closed"})
-	mustUnlock(t, e, "b", g.Key)
-	if _, _, err := e.TryLock(Request{Name: "b", Owner: "swept"}); !errors.Is(err, ErrOwnerGone) {
+	if _, _, err := e.TryLock(Request{Name: "b", Owner: own("swept")}); !errors.Is(err, ErrOwnerGone) {
 		t.Fatalf("swept owner must still be refused: %v", err)
 	}
 	clock.Advance(goneWindow)
-	g = mustTryLock(t, e, Request{Name: "b", Owner: "swept"})
+	g = mustTryLock(t, e, Request{Name: "b", Owner: own("swept")})
 	mustUnlock(t, e, "b", g.Key)
 }
 
@@ -95,12 +90,12 @@ func TestRecentStaysBounded(t *testing.T) {
 // that id later must be served.
 func TestUnknownOwnerReleasedButNotRemembered(t *testing.T) {
 	e, _ := newGoneEngine(t, 100)
-	mustTryLock(t, e, Request{Name: "a", Owner: "srv:9"})
-	got := e.ReleaseStaleOwners(e.OwnerMark(), func(string) OwnerState { return OwnerUnknown })
-	if len(got) != 1 || got[0] != "srv:9" {
+	mustTryLock(t, e, Request{Name: "a", Owner: own("srv:9")})
+	got := e.ReleaseStaleOwners(e.OwnerMark(), func(subjects.Owner) OwnerState { return OwnerUnknown })
+	if len(got) != 1 || got[0] != own("srv:9") {
 		t.Fatalf("sweep released %v, want [srv:9]", got)
 	}
-	g, ok, err := e.TryLock(Request{Name: "a", Owner: "srv:9"})
+	g, ok, err := e.TryLock(Request{Name: "a", Owner: own("srv:9")})
 	if !ok || err != nil {
 		t.Fatalf("trylock of the genuine srv:9 after the sweep: %v, %v; want granted", ok, err)
 	}

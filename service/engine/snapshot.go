@@ -2,8 +2,11 @@ package engine
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // LockInfo describes one lock for operators.
@@ -22,7 +25,7 @@ type LockInfo struct {
 type HolderInfo struct {
 	Key        string
 	Token      uint64
-	Owner      string
+	Owner      subjects.Owner
 	AcquiredAt time.Time
 	ExpiresAt  time.Time // zero when the grant has no lock timeout
 }
@@ -30,7 +33,7 @@ type HolderInfo struct {
 // WaiterInfo describes one parked Lock request.
 type WaiterInfo struct {
 	Key      string
-	Owner    string
+	Owner    subjects.Owner
 	Since    time.Time
 	Deadline time.Time // end of the wait timeout; zero when it waits forever
 }
@@ -43,41 +46,10 @@ type Stats struct {
 	Owners  int // owners with at least one grant or wait
 }
 
-// Snapshot returns every lock, sorted by name. It copies the whole table
-// under the mutex, so it is for operators, not for every request.
+// Snapshot returns every lock, sorted by name, with all its holders and
+// waiters: Page without bounds, for tests and small tables.
 func (e *Engine) Snapshot() []LockInfo {
-	e.mu.Lock()
-	infos := make([]LockInfo, 0, len(e.locks))
-	for _, l := range e.locks {
-		info := LockInfo{Name: l.name, Size: l.size, Holders: make([]HolderInfo, 0, l.held), HeldTotal: l.held, WaitingTotal: l.waiting}
-		for en := l.holders; en != nil; en = en.next {
-			info.Holders = append(info.Holders, HolderInfo{
-				Key:        en.key,
-				Token:      en.token,
-				Owner:      en.ownerName(),
-				AcquiredAt: unixTime(en.start),
-				ExpiresAt:  unixTime(en.deadline),
-			})
-		}
-		if l.waiting > 0 {
-			info.Waiters = make([]WaiterInfo, 0, l.waiting)
-		}
-		for en := l.waitHead; en != nil; en = en.next {
-			info.Waiters = append(info.Waiters, WaiterInfo{
-				Key:      en.key,
-				Owner:    en.ownerName(),
-				Since:    unixTime(en.start),
-				Deadline: unixTime(en.deadline),
-			})
-		}
-		infos = append(infos, info)
-	}
-	e.mu.Unlock()
-
-	slices.SortFunc(infos, func(a, b LockInfo) int { return cmp.Compare(a.Name, b.Name) })
-	for _, info := range infos {
-		slices.SortFunc(info.Holders, func(a, b HolderInfo) int { return cmp.Compare(a.Token, b.Token) })
-	}
+	infos, _ := e.Page("", math.MaxInt, nil, math.MaxInt)
 	return infos
 }
 
@@ -88,11 +60,11 @@ func (e *Engine) Stats() Stats {
 	return Stats{Locks: len(e.locks), Holders: e.holders, Waiters: e.waiters, Owners: len(e.owners)}
 }
 
-func (en *entry) ownerName() string {
+func (en *entry) ownerID() subjects.Owner {
 	if en.owner == nil {
-		return ""
+		return subjects.Owner{}
 	}
-	return en.owner.name
+	return en.owner.id
 }
 
 // Page returns, sorted by name, up to limit locks whose names sort after
@@ -128,11 +100,11 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 		}
 		info := LockInfo{Name: l.name, Size: l.size, HeldTotal: l.held, WaitingTotal: l.waiting}
 		for en := l.holders; en != nil && len(info.Holders) < maxEntries; en = en.next {
-			info.Holders = append(info.Holders, HolderInfo{Key: en.key, Token: en.token, Owner: en.ownerName(),
+			info.Holders = append(info.Holders, HolderInfo{Key: en.key, Token: en.token, Owner: en.ownerID(),
 				AcquiredAt: unixTime(en.start), ExpiresAt: unixTime(en.deadline)})
 		}
 		for en := l.waitHead; en != nil && len(info.Waiters) < maxEntries; en = en.next {
-			info.Waiters = append(info.Waiters, WaiterInfo{Key: en.key, Owner: en.ownerName(),
+			info.Waiters = append(info.Waiters, WaiterInfo{Key: en.key, Owner: en.ownerID(),
 				Since: unixTime(en.start), Deadline: unixTime(en.deadline)})
 		}
 		infos = append(infos, info)
@@ -149,6 +121,10 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 // once it is full, so this costs about len(names) comparisons rather than a
 // sort of all names.
 func smallest(names []string, n int) []string {
+	if n >= len(names) {
+		slices.Sort(names)
+		return names
+	}
 	best := make([]string, 0, min(n, len(names)))
 	for _, name := range names {
 		if len(best) == n && name >= best[n-1] {
