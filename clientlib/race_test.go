@@ -15,7 +15,6 @@ import (
 	"github.com/ldlm-io/ldlm/clientlib"
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/service"
-	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // assertNothingLeft fails the test unless the service holds no lock and
@@ -174,8 +173,7 @@ func TestWaitSurvivesReconnect(t *testing.T) {
 	waitReconnected(t, nc, 0)
 	eventually(t, "the request waits again, from the new connection", func() bool {
 		snap := srv.Service.Engine().Snapshot()
-		cid, _ := nc.GetClientID()
-		return len(snap) == 1 && len(snap[0].Waiters) == 1 && snap[0].Waiters[0].Owner == subjects.FormatOwner(nc.ConnectedServerName(), cid)
+		return len(snap) == 1 && len(snap[0].Waiters) == 1 && snap[0].Waiters[0].Owner == ownerOf(t, nc)
 	})
 	if err := held.Unlock(testContext(t)); err != nil {
 		t.Fatal(err)
