@@ -268,10 +268,11 @@ func (c *Client) connState() (connected bool, gen uint64, owner string) {
 	}
 }
 
-// ownerUsesServerName makes formatOwner name the server by its name, as
-// the service on main before WIRE-V2 expects. Only the tests set it, until
-// the service accepts SERVER_ID:CLIENT_ID (then delete it).
-var ownerUsesServerName = false
+// ownerUsesServerName makes formatOwner name the server by its name
+// (SERVER_NAME:CLIENT_ID), as the service did before WIRE-V2: its
+// liveness matches owners to server names. Set to false, then delete,
+// once the service accepts SERVER_ID:CLIENT_ID.
+var ownerUsesServerName = true
 
 // formatOwner is the Ldlm-Owner value of nc's current connection:
 // SERVER_ID:CLIENT_ID, the server id and client id that the NATS server
