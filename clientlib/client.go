@@ -340,6 +340,10 @@ func (p *pending) stopLocked(reason error) {
 func (c *Client) header() nats.Header {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.headerLocked()
+}
+
+func (c *Client) headerLocked() nats.Header {
 	if c.cur == nil {
 		return nil
 	}
@@ -360,15 +364,15 @@ func (c *Client) header() nats.Header {
 // A grant from an instance the client has not heard of tells it that this
 // instance serves now: the locks granted by any other one are lost.
 func (c *Client) register(l *Lock) error {
-	// Read the connection first: run may lag behind it.
-	gen := c.nc.Stats().Reconnects
-
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.status) > 0 {
+		c.refreshLocked() // run has not seen the connection's latest change yet
+	}
 	switch {
 	case c.closed:
 		return ErrClientClosed
-	case !c.keepOnDisconnect && (c.cur != l.ep || gen != l.ep.gen):
+	case !c.keepOnDisconnect && c.cur != l.ep:
 		return ErrConnectionLost
 	case l.instance != "" && c.instanceGoneLocked(l.instance):
 		return fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
@@ -460,7 +464,7 @@ func unanswered(err error) bool {
 func (c *Client) gaveUp(op, name string, first time.Time, err error) error {
 	d := time.Since(first).Round(time.Millisecond)
 	if errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("%w on %s for %v: is the ldlm service running, with subject prefix %q? (%w)",
+		return fmt.Errorf("%w on %s (asked for %v): is the ldlm service running, with subject prefix %q? (%w)",
 			ErrNoService, subjects.Subject(c.prefix, op, name), d, c.prefix, err)
 	}
 	return fmt.Errorf("%w; asked again for %v, and no other instance answered", err, d)
@@ -486,10 +490,9 @@ func (c *Client) persist(ctx context.Context, op, name string, try func() error)
 // unlockKey sends an unlock for key and returns the service's verdict: nil
 // if it unlocked, else a transport error or an *Error. It asks again while
 // unanswered, within the request timeout.
-func (c *Client) unlockKey(ctx context.Context, name, key string) error {
+func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
-	header := c.header()
 	err := c.persist(ctx, subjects.OpUnlock, name, func() error {
 		var resp subjects.UnlockResponse
 		if err := c.request(ctx, header, subjects.OpUnlock, name, subjects.Request{Key: key}, &resp); err != nil {
@@ -521,7 +524,7 @@ func (c *Client) release(ctx context.Context, name, key string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cleanupTimeout)
 	defer cancel()
-	if err := c.unlockKey(ctx, name, key); !unknownKey(err) {
+	if err := c.unlockKey(ctx, c.header(), name, key); !unknownKey(err) {
 		return err
 	}
 	return nil

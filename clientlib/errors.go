@@ -76,7 +76,7 @@ var (
 	// ErrNoService: nobody answered the lock subjects (no responders) for
 	// as long as the call could wait. It comes wrapped together with
 	// nats.ErrNoResponders.
-	ErrNoService = errors.New("ldlm: no lock service answered")
+	ErrNoService = errors.New("ldlm: no lock service answers")
 )
 
 // codeError is the type of the code sentinels: an *Error matches the

@@ -385,6 +385,7 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	c.mu.Lock()
 	prev := l.err
 	c.finishLocked(l, ErrUnlocked)
+	header := c.headerLocked()
 	c.mu.Unlock()
 	switch {
 	case prev == ErrUnlocked:
@@ -400,7 +401,7 @@ func (l *Lock) Unlock(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), c.cleanupTimeout)
 		defer cancel()
 	}
-	return c.unlockKey(ctx, l.name, l.key)
+	return c.unlockKey(ctx, header, l.name, l.key)
 }
 
 // Renew sets the lock timeout to timeout from now, and keeps it so for
