@@ -47,8 +47,8 @@ type Client struct {
 	cur      *epoch                        // the connection as it is now; nil while disconnected
 	changed  chan struct{}                 // closed and replaced whenever cur changes
 	held     map[*Lock]struct{}            // granted locks not yet unlocked or lost
-	pending  map[*pending]struct{}         // lock and trylock requests waiting for their reply
-	timers   timerHeap                     // held locks with a lock timeout, soonest due first
+	pending  map[*pending]struct{}         // requests waiting for their reply
+	timers   timerHeap                     // renewals and expiries of held locks, deadlines of requests; soonest first
 	wakeAt   time.Time                     // when run's timer fires next
 	lostSubs map[string]*nats.Subscription // owner → PREFIX.lost.OWNER
 
@@ -69,15 +69,17 @@ type epoch struct {
 	owner  string      // value of the Ldlm-Owner header
 }
 
-// pending is a lock or trylock request waiting for its reply. Its request
-// is cancelled, with reason set, when the reply could be lost with the
-// connection or (for lock) the wait may be parked at an instance that is
+// pending is a request waiting for its reply. The client cancels it, with
+// reason set, when its deadline passes (run's timer); when the reply could
+// be lost with the connection (a lock or trylock request, over ep); and,
+// for a lock request, when its wait may be parked at an instance that is
 // gone.
 type pending struct {
-	ep     *epoch
-	waits  bool // a lock request, which may be parked at the service
+	ep     *epoch // nil: not tied to the connection's epoch
+	waits  bool   // a lock request, which may be parked at the service
 	cancel context.CancelFunc
 	reason error // why it was cancelled; guarded by Client.mu
+	timer  timer // its deadline; guarded by Client.mu
 }
 
 var (
@@ -290,15 +292,15 @@ func formatOwner(nc *nats.Conn) (string, error) {
 }
 
 // begin registers p, a lock or trylock request about to be sent, with the
-// current epoch. When the connection is down it waits for it to come back,
-// if p waits, until ctx ends.
-func (c *Client) begin(ctx context.Context, p *pending) (*epoch, error) {
+// current epoch and its deadline (zero: none). When the connection is down
+// it waits for it to come back, if p waits, until ctx ends.
+func (c *Client) begin(ctx context.Context, p *pending, deadline time.Time) (*epoch, error) {
 	for {
 		c.mu.Lock()
 		closed, cur, changed := c.closed, c.cur, c.changed
 		if !closed && cur != nil {
 			p.ep = cur
-			c.pending[p] = struct{}{}
+			c.trackLocked(p, deadline)
 		}
 		c.mu.Unlock()
 		switch {
@@ -319,12 +321,22 @@ func (c *Client) begin(ctx context.Context, p *pending) (*epoch, error) {
 	}
 }
 
+// trackLocked registers p, with its deadline (zero: none). c.mu must be held.
+func (c *Client) trackLocked(p *pending, deadline time.Time) {
+	c.pending[p] = struct{}{}
+	if !deadline.IsZero() {
+		p.timer.req = p
+		c.setTimerLocked(&p.timer, deadline)
+	}
+}
+
 // end unregisters p and returns why its request was cancelled, if it was
 // by the client.
 func (c *Client) end(p *pending) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.pending, p)
+	c.stopTimerLocked(&p.timer)
 	return p.reason
 }
 
@@ -381,8 +393,9 @@ func (c *Client) register(l *Lock) error {
 		return lost
 	}
 	if l.instance != "" {
-		c.loseLocked(c.instanceServesLocked(l.instance, false),
-			fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, l.instance))
+		if lost := c.instanceServesLocked(l.instance, false); len(lost) > 0 {
+			c.loseLocked(lost, fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, l.instance))
+		}
 	}
 	c.held[l] = struct{}{}
 	c.scheduleLocked(l)
@@ -429,6 +442,23 @@ func (c *Client) request(ctx context.Context, header nats.Header, op, name strin
 	return nil
 }
 
+// ask sends one request that does not depend on the connection's epoch
+// (unlock, renew) and waits for the reply until ctx ends or deadline
+// passes.
+func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header, op, name string, req subjects.Request, out any) error {
+	reqCtx, cancel := context.WithCancel(ctx) // not WithDeadline: run's timer ends it, which costs less
+	defer cancel()
+	p := &pending{cancel: cancel}
+	c.mu.Lock()
+	c.trackLocked(p, deadline)
+	c.mu.Unlock()
+	err := c.request(reqCtx, header, op, name, req, out)
+	if reason := c.end(p); err != nil && reason != nil && ctx.Err() == nil {
+		return fmt.Errorf("%w (%w)", reason, nats.ErrTimeout)
+	}
+	return err
+}
+
 // decodeReply is json.Unmarshal(data, out), through the subjects
 // decoders for the two reply types: they give the same result at a
 // fraction of the CPU, and a client decodes two replies per lock cycle.
@@ -471,13 +501,16 @@ func (c *Client) gaveUp(op, name string, first time.Time, err error) error {
 }
 
 // persist calls try, and again with growing pauses while its answer is
-// unanswered, until ctx ends; then the error says so.
-func (c *Client) persist(ctx context.Context, op, name string, try func() error) error {
+// unanswered, until ctx ends or deadline passes; then the error says so.
+func (c *Client) persist(ctx context.Context, deadline time.Time, op, name string, try func() error) error {
 	first := time.Now()
 	for pause := retryPause; ; pause = min(2*pause, maxRetryPause) {
 		err := try()
 		if !unanswered(err) {
 			return err
+		}
+		if time.Until(deadline) < pause {
+			return c.gaveUp(op, name, first, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -491,11 +524,11 @@ func (c *Client) persist(ctx context.Context, op, name string, try func() error)
 // if it unlocked, else a transport error or an *Error. It asks again while
 // unanswered, within the request timeout.
 func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key string) error {
-	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
-	defer cancel()
-	err := c.persist(ctx, subjects.OpUnlock, name, func() error {
-		var resp subjects.UnlockResponse
-		if err := c.request(ctx, header, subjects.OpUnlock, name, subjects.Request{Key: key}, &resp); err != nil {
+	deadline := time.Now().Add(c.requestTimeout)
+	req := subjects.Request{Key: key}
+	var resp subjects.UnlockResponse
+	err := c.persist(ctx, deadline, subjects.OpUnlock, name, func() error {
+		if err := c.ask(ctx, deadline, header, subjects.OpUnlock, name, req, &resp); err != nil {
 			return err
 		}
 		if resp.Error != nil {

@@ -34,8 +34,7 @@ type Lock struct {
 	sentAt    time.Time     // when the request that set expiresAt was sent
 	renewing  bool          // an automatic renewal is in flight
 	retryAt   time.Time     // after a failed automatic renewal: not before then
-	due       time.Time     // when run must look at it next
-	index     int           // in c.timers; -1 when not there
+	timer     timer         // its next renewal or its expiry, while it has a lock timeout
 }
 
 // Lock acquires the lock called name (any UTF-8 string), waiting while all
@@ -160,19 +159,17 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	// pending); and when the service should have answered: a trylock at
 	// once, a lock soon after its wait timeout. A lock without a wait
 	// timeout waits as long as ctx lets it.
-	var reqCtx context.Context
-	var cancel context.CancelFunc
+	var deadline time.Time
 	switch {
 	case op == subjects.OpTryLock:
-		reqCtx, cancel = context.WithTimeout(ctx, c.requestTimeout)
+		deadline = time.Now().Add(c.requestTimeout)
 	case !waitUntil.IsZero():
-		reqCtx, cancel = context.WithDeadline(ctx, waitUntil.Add(c.requestTimeout))
-	default:
-		reqCtx, cancel = context.WithCancel(ctx)
+		deadline = waitUntil.Add(c.requestTimeout)
 	}
+	reqCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p := &pending{waits: op == subjects.OpLock, cancel: cancel}
-	ep, err := c.begin(ctx, p)
+	ep, err := c.begin(ctx, p, deadline)
 	if err != nil {
 		return nil, false, wrap(op, name, err)
 	}
@@ -186,12 +183,11 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 		return nil, false, err // nobody received the request
 	case err != nil:
 		switch {
-		case reason != nil:
 		case ctx.Err() != nil:
 			reason = ctx.Err()
-		case errors.Is(err, context.DeadlineExceeded):
+		case errors.Is(reason, errNoReply):
 			reason = fmt.Errorf("%w (%w)", errNoReply, nats.ErrTimeout)
-		default:
+		case reason == nil:
 			reason = err
 		}
 		return c.giveUp(ctx, op, name, req.Key, reason)
@@ -290,8 +286,8 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 		done:      make(chan struct{}),
 		timeout:   o.lockTimeout,
 		sentAt:    sentAt,
-		index:     -1,
 	}
+	l.timer.lock = l
 	if o.lockTimeout > 0 {
 		// Counted from before the request left: the service counts from
 		// when it granted, later, so this errs on the early side whatever
@@ -306,7 +302,7 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 func notObtained(name string, reason error) *Lock {
 	done := make(chan struct{})
 	close(done)
-	return &Lock{name: name, done: done, err: reason, index: -1}
+	return &Lock{name: name, done: done, err: reason}
 }
 
 // Locked reports whether the lock is held, as far as the client knows: it
@@ -426,8 +422,7 @@ func (l *Lock) renew(ctx context.Context, timeout time.Duration) error {
 	if err := l.Err(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
-	defer cancel()
+	deadline := time.Now().Add(c.requestTimeout)
 	header := c.header()
 	req := subjects.Request{Key: l.key}
 	if timeout > 0 {
@@ -435,9 +430,9 @@ func (l *Lock) renew(ctx context.Context, timeout time.Duration) error {
 	} // else the service answers InvalidTimeout: renew needs a timeout
 	var sentAt time.Time
 	var resp subjects.LockResponse
-	err := c.persist(ctx, subjects.OpRenew, l.name, func() error {
+	err := c.persist(ctx, deadline, subjects.OpRenew, l.name, func() error {
 		sentAt = time.Now()
-		if err := c.request(ctx, header, subjects.OpRenew, l.name, req, &resp); err != nil {
+		if err := c.ask(ctx, deadline, header, subjects.OpRenew, l.name, req, &resp); err != nil {
 			return err
 		}
 		if resp.Error != nil {

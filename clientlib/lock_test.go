@@ -584,3 +584,25 @@ func TestManyWaitersOneConnection(t *testing.T) {
 		t.Fatal("lock still held at the end")
 	}
 }
+
+// TestNoReply: a request that a responder takes but never answers ends
+// after the request timeout, and says so.
+func TestNoReply(t *testing.T) {
+	srv := ldlmtest.Start(t)
+	silent := srv.Connect(t)
+	if _, err := silent.Subscribe("silent.>", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := silent.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := newClient(t, srv, clientlib.WithPrefix("silent"), clientlib.WithRequestTimeout(100*time.Millisecond))
+	_, err := c.TryLock(testContext(t), "job")
+	if !errors.Is(err, nats.ErrTimeout) || !strings.Contains(err.Error(), "no reply") {
+		t.Errorf("TryLock with no reply = %v, want nats.ErrTimeout", err)
+	}
+	l, err := c.Lock(testContext(t), "job", clientlib.WithWaitTimeout(50*time.Millisecond))
+	if !errors.Is(err, nats.ErrTimeout) || l != nil {
+		t.Errorf("Lock with no reply after its wait timeout = %v, %v, want nats.ErrTimeout", l, err)
+	}
+}
