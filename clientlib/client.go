@@ -285,10 +285,16 @@ func formatOwner(nc *nats.Conn) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return ownerOf(nc.ConnectedServerId(), nc.ConnectedServerName(), cid), nil
+}
+
+// ownerOf is the Ldlm-Owner value of client cid on the server with that id
+// and name.
+func ownerOf(serverID, serverName string, cid uint64) string {
 	if ownerUsesServerName {
-		return subjects.FormatOwner(nc.ConnectedServerName(), cid), nil
+		return subjects.FormatOwner(serverName, cid)
 	}
-	return subjects.FormatOwner(nc.ConnectedServerId(), cid), nil
+	return subjects.FormatOwner(serverID, cid)
 }
 
 // begin registers p, a lock or trylock request about to be sent, with the
@@ -526,8 +532,8 @@ func (c *Client) persist(ctx context.Context, deadline time.Time, op, name strin
 func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key string) error {
 	deadline := time.Now().Add(c.requestTimeout)
 	req := subjects.Request{Key: key}
-	var resp subjects.UnlockResponse
 	err := c.persist(ctx, deadline, subjects.OpUnlock, name, func() error {
+		var resp subjects.UnlockResponse
 		if err := c.ask(ctx, deadline, header, subjects.OpUnlock, name, req, &resp); err != nil {
 			return err
 		}

@@ -431,7 +431,7 @@ func (l *Lock) renew(ctx context.Context, timeout time.Duration) error {
 	var sentAt time.Time
 	var resp subjects.LockResponse
 	err := c.persist(ctx, deadline, subjects.OpRenew, l.name, func() error {
-		sentAt = time.Now()
+		sentAt, resp = time.Now(), subjects.LockResponse{}
 		if err := c.ask(ctx, deadline, header, subjects.OpRenew, l.name, req, &resp); err != nil {
 			return err
 		}
