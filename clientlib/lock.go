@@ -176,6 +176,9 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	sentAt := time.Now()
 	var resp subjects.LockResponse
 	err = c.request(reqCtx, ep.header, op, name, req, &resp)
+	if err == nil && resp.Error == nil && resp.Locked {
+		return c.granted(ctx, op, newLock(c, ep, name, req.Key, resp, o, sentAt), p)
+	}
 	reason := c.end(p)
 
 	switch {
@@ -206,42 +209,38 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 		return nil, false, serviceError(op, name, resp.Error)
 	case resp.Error != nil:
 		return nil, false, serviceError(op, name, resp.Error)
-	case !resp.Locked && op == subjects.OpTryLock:
+	case op == subjects.OpTryLock:
 		return notObtained(name, wrap(op, name, fmt.Errorf("%w: every slot is held", ErrNotObtained))), false, nil
-	case !resp.Locked:
-		return c.giveUp(ctx, op, name, req.Key, errors.New("the service replied locked=false without an error"))
 	}
+	return c.giveUp(ctx, op, name, req.Key, errors.New("the service replied locked=false without an error"))
+}
 
-	l = newLock(c, ep, name, req.Key, resp, o, sentAt)
-	refused := c.register(l)
-	if refused == nil {
-		return l, false, nil
-	}
+// granted registers l, the grant that the reply to request p brought, or
+// cleans up after it.
+func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*Lock, bool, error) {
+	refused := c.register(l, p)
 	var lost *LostError
-	if errors.As(refused, &lost) {
-		// Granted, and released by the service before we saw the reply:
-		// the caller gets the lock as it is, lost.
-		c.mu.Lock()
-		c.finishLocked(l, lost)
-		c.mu.Unlock()
+	switch {
+	case refused == nil:
+		return l, false, nil
+	case errors.As(refused, &lost):
+		// Released by the service before we saw the reply: the caller
+		// gets the lock as it is, lost.
 		return l, false, nil
 	}
 	// Granted over a connection that is gone (the service releases it with
 	// that connection; unlock it anyway in case it has not seen that yet),
 	// by an instance that is gone, or to a client that was closed meanwhile.
-	c.mu.Lock()
-	c.finishLocked(l, &LostError{Name: name, Cause: refused})
-	c.mu.Unlock()
-	_ = c.release(ctx, name, req.Key)
+	_ = c.release(ctx, l.name, l.key)
 	switch {
 	case errors.Is(refused, ErrClientClosed):
-		return nil, false, wrap(op, name, ErrClientClosed)
+		return nil, false, wrap(op, l.name, ErrClientClosed)
 	case op == subjects.OpLock && ctx.Err() == nil:
 		return nil, true, nil
 	case ctx.Err() != nil:
-		return nil, false, wrap(op, name, ctx.Err())
+		return nil, false, wrap(op, l.name, ctx.Err())
 	}
-	return nil, false, wrap(op, name, fmt.Errorf("%w while the reply came", refused))
+	return nil, false, wrap(op, l.name, fmt.Errorf("%w while the reply came", refused))
 }
 
 // giveUp cleans up after a request that may have reached the service, and

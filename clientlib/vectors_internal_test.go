@@ -287,14 +287,7 @@ func TestVectorsNotices(t *testing.T) {
 			ep := c.cur
 			c.mu.Unlock()
 			l := newLock(c, ep, tc.Held.Name, "k", subjects.LockResponse{Token: tc.Held.Token, Size: 1, Instance: tc.Held.Instance}, lockOptions{}, time.Now())
-			// As attempt does with a grant's reply.
-			grant := func() {
-				if refused := c.register(l); refused != nil {
-					c.mu.Lock()
-					c.finishLocked(l, refused)
-					c.mu.Unlock()
-				}
-			}
+			grant := func() { _ = c.register(l, nil) } // as attempt does with a grant's reply
 			if tc.Timing != "before_reply" {
 				grant()
 				if err := l.Err(); err != nil {
@@ -312,7 +305,7 @@ func TestVectorsNotices(t *testing.T) {
 				if err := decodeReply(msg.Data, &resp); err != nil {
 					t.Fatal(err)
 				}
-				if err := c.register(newLock(c, ep, resp.Name, "k2", resp, lockOptions{}, time.Now())); err != nil {
+				if err := c.register(newLock(c, ep, resp.Name, "k2", resp, lockOptions{}, time.Now()), nil); err != nil {
 					t.Fatalf("the other grant was refused: %v", err)
 				}
 			default:
