@@ -147,6 +147,7 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true // from now on no lock is registered: late grants are cleaned up
+	c.setEpochLocked(c.cur) // wakes Lock calls waiting for a connection
 	held := make([]*Lock, 0, len(c.held))
 	for l := range c.held {
 		held = append(held, l)
