@@ -82,7 +82,7 @@ func TestCancelLeavesNothingBehind(t *testing.T) {
 	}
 	wg.Wait()
 
-	// Withdrawing may finish in the background (see withdraw): poll.
+	// Poll: the check holds whenever it is made.
 	eventually(t, "nothing is left in the service", func() bool { return len(srv.Service.Engine().Snapshot()) == 0 })
 	if !isFree(t, clients[0], "contended") {
 		t.Fatal("the lock is held after every caller released or gave up")
