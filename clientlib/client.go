@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -455,7 +454,11 @@ func (c *Client) loseLocked(locks []*Lock, cause error) {
 // *subjects.LockResponse or *subjects.UnlockResponse). Errors are those of
 // the transport; the service's own error is in out.
 func (c *Client) request(ctx context.Context, header nats.Header, op, name string, req subjects.Request, out any) error {
-	msg := &nats.Msg{Subject: subjects.Subject(c.prefix, op, name), Header: header, Data: requestBody(req)}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	msg := &nats.Msg{Subject: subjects.Subject(c.prefix, op, name), Header: header, Data: body}
 	reply, err := c.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		return err
@@ -481,47 +484,6 @@ func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header
 		return fmt.Errorf("%w (%w)", reason, nats.ErrTimeout)
 	}
 	return err
-}
-
-// requestBody is json.Marshal(req), written directly: a client sends two
-// bodies per lock cycle, and this is a fraction of the reflection's cost.
-// The client's keys are hex, so no character needs escaping, and its
-// timeouts are between 0.001 s and a year, which encoding/json writes in
-// plain decimal too.
-func requestBody(req subjects.Request) []byte {
-	b := make([]byte, 0, 112)
-	field := func(name string) {
-		if len(b) == 0 {
-			b = append(b, '{')
-		} else {
-			b = append(b, ',')
-		}
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, `":`...)
-	}
-	if req.Size != 0 {
-		field("size")
-		b = strconv.AppendInt(b, int64(req.Size), 10)
-	}
-	if req.WaitTimeoutSeconds != 0 {
-		field("wait_timeout_seconds")
-		b = strconv.AppendFloat(b, req.WaitTimeoutSeconds, 'f', -1, 64)
-	}
-	if req.LockTimeoutSeconds != 0 {
-		field("lock_timeout_seconds")
-		b = strconv.AppendFloat(b, req.LockTimeoutSeconds, 'f', -1, 64)
-	}
-	if req.Key != "" {
-		field("key")
-		b = append(b, '"')
-		b = append(b, req.Key...)
-		b = append(b, '"')
-	}
-	if len(b) == 0 {
-		b = append(b, '{')
-	}
-	return append(b, '}')
 }
 
 // decodeReply is json.Unmarshal(data, out), through the subjects
