@@ -451,15 +451,22 @@ func (c *Client) loseLocked(locks []*Lock, cause error) {
 }
 
 // request sends one request and decodes the reply into out (a
-// *subjects.LockResponse or *subjects.UnlockResponse). Errors are those of
+// *subjects.LockResponse or *subjects.UnlockResponse). It waits for the
+// reply until ctx ends, or, when timeout is set, for timeout (then ctx must
+// be one that never ends). Errors are those of
 // the transport; the service's own error is in out.
-func (c *Client) request(ctx context.Context, header nats.Header, op, name string, req subjects.Request, out any) error {
+func (c *Client) request(ctx context.Context, timeout time.Duration, header nats.Header, op, name string, req subjects.Request, out any) error {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
 	msg := &nats.Msg{Subject: subjects.Subject(c.prefix, op, name), Header: header, Data: body}
-	reply, err := c.nc.RequestMsgWithContext(ctx, msg)
+	var reply *nats.Msg
+	if timeout > 0 {
+		reply, err = c.nc.RequestMsg(msg, timeout)
+	} else {
+		reply, err = c.nc.RequestMsgWithContext(ctx, msg)
+	}
 	if err != nil {
 		return err
 	}
@@ -473,13 +480,23 @@ func (c *Client) request(ctx context.Context, header nats.Header, op, name strin
 // (unlock, renew) and waits for the reply until ctx ends or deadline
 // passes.
 func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header, op, name string, req subjects.Request, out any) error {
+	if ctx.Done() == nil {
+		// Only the deadline can end it (Unlock from a Close or a
+		// context.Background(), say): nats.go's pooled timer does that at
+		// a fraction of a context's cost.
+		err := c.request(ctx, max(time.Until(deadline), time.Millisecond), header, op, name, req, out)
+		if errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("%w (%w)", errNoReply, err)
+		}
+		return err
+	}
 	reqCtx, cancel := context.WithCancel(ctx) // not WithDeadline: run's timer ends it, which costs less
 	defer cancel()
 	p := &pending{cancel: cancel}
 	c.mu.Lock()
 	c.trackLocked(p, deadline)
 	c.mu.Unlock()
-	err := c.request(reqCtx, header, op, name, req, out)
+	err := c.request(reqCtx, 0, header, op, name, req, out)
 	if reason := c.end(p); err != nil && reason != nil && ctx.Err() == nil {
 		return fmt.Errorf("%w (%w)", reason, nats.ErrTimeout)
 	}

@@ -175,7 +175,7 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	}
 	sentAt := time.Now()
 	var resp subjects.LockResponse
-	err = c.request(reqCtx, ep.header, op, name, req, &resp)
+	err = c.request(reqCtx, 0, ep.header, op, name, req, &resp)
 	if err == nil && resp.Error == nil && resp.Locked {
 		return c.granted(ctx, op, newLock(c, ep, name, req.Key, resp, o, sentAt), p)
 	}

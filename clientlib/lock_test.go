@@ -590,7 +590,12 @@ func TestManyWaitersOneConnection(t *testing.T) {
 func TestNoReply(t *testing.T) {
 	srv := ldlmtest.Start(t)
 	silent := srv.Connect(t)
-	if _, err := silent.Subscribe("silent.>", func(*nats.Msg) {}); err != nil {
+	// It grants "granted" and answers nothing else.
+	if _, err := silent.Subscribe("silent.>", func(m *nats.Msg) {
+		if m.Subject == "silent.trylock.granted" {
+			_ = m.Respond([]byte(`{"locked":true,"name":"granted","key":"k","token":1,"size":1}`))
+		}
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := silent.Flush(); err != nil {
@@ -604,5 +609,11 @@ func TestNoReply(t *testing.T) {
 	l, err := c.Lock(testContext(t), "job", clientlib.WithWaitTimeout(50*time.Millisecond))
 	if !errors.Is(err, nats.ErrTimeout) || l != nil {
 		t.Errorf("Lock with no reply after its wait timeout = %v, %v, want nats.ErrTimeout", l, err)
+	}
+	for _, ctx := range []context.Context{context.Background(), testContext(t)} { // the two ways of waiting
+		held := tryLockNow(t, c, "granted")
+		if err := held.Unlock(ctx); !errors.Is(err, nats.ErrTimeout) {
+			t.Errorf("Unlock with no reply = %v, want nats.ErrTimeout", err)
+		}
 	}
 }
