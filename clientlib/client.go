@@ -145,7 +145,7 @@ func (c *Client) Close() error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.closed = true // from now on no lock is registered: late grants are cleaned up
+	c.closed = true         // from now on no lock is registered: late grants are cleaned up
 	c.setEpochLocked(c.cur) // wakes Lock calls waiting for a connection
 	held := make([]*Lock, 0, len(c.held))
 	for l := range c.held {
