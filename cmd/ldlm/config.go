@@ -26,7 +26,7 @@ import (
 type serverConfig struct {
 	NATSURL string `env:"LDLM_NATS_URL" help:"external NATS server URL(s), comma separated; while none can be reached at start, ldlm waits and tries again every second; empty runs the embedded NATS server"`
 
-	EmbeddedListen     string `env:"LDLM_EMBEDDED_LISTEN" envDefault:"127.0.0.1:4222" help:"host:port of the embedded NATS server's client port"`
+	EmbeddedListen     string `env:"LDLM_EMBEDDED_LISTEN" envDefault:"127.0.0.1:4222" help:"host:port of the embedded NATS server's client port, opened once the lock service answers"`
 	EmbeddedServerName string `env:"LDLM_EMBEDDED_SERVER_NAME" envDefault:"ldlm" help:"name of the embedded NATS server"`
 	// The defaults must equal embeddednats.DefaultPingInterval and
 	// DefaultMaxPingsOut (a test checks).
