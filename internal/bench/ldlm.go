@@ -570,13 +570,12 @@ func (t *Target) workloads(names []string, clients []*client, libs libClients) (
 			clients = t.baselineClients(clients)
 		}
 		var w []Cycle
-		switch {
-		case system == ClientlibSystem:
+		if system == ClientlibSystem {
 			var err error
 			if w, err = t.clientlibWorkers(n, clients, libs); err != nil {
 				return nil, err
 			}
-			ws = append(ws, Workload{Name: name, Workers: w})
+			ws = append(ws, Workload{Name: name, Workers: w, CPU: t.cpu()})
 			continue
 		}
 		switch n {
