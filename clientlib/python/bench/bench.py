@@ -25,6 +25,7 @@ client's rate over plain's in the same run.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import asyncio
 import json
 import os
@@ -86,8 +87,7 @@ class Round:
 
 
 async def plain_worker(nc: Any, name: str, stop: float, r: Round, contended: bool) -> None:
-    owner = ldlm.aio.owner_of(nc._server_info)
-    headers = {"Ldlm-Owner": owner} if owner else None
+    headers = {"Ldlm-Owner": f"{nc._server_info['server_id']}:{nc.client_id}"}
     op = "lock" if contended else "trylock"
     lock_subj, unlock_subj = f"ldlm.{op}.{name}", f"ldlm.unlock.{name}"
     while time.monotonic() < stop:
@@ -201,7 +201,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         proc, url = start_server(args.binary)
     try:
         chosen = [w for w in WORKLOADS if not args.only or w in args.only.split(",")]
-        print(f"python {sys.version.split()[0]}, nats-py {nats.__version__}, {args.rounds} rounds of {args.seconds}s")
+        print(f"python {sys.version.split()[0]}, nats-py {importlib.metadata.version('nats-py')}, {args.rounds} rounds of {args.seconds}s")
         print(f"{'workload':18} {'plain/s':>9} {'client/s':>9} {'ratio':>6} {'plain µs CPU':>13} {'client µs CPU':>14}")
         for w in chosen:
             kind, workers = WORKLOADS[w]

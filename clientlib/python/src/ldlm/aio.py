@@ -269,6 +269,7 @@ class AsyncLock:
     ):
         self._client = client
         self.name = name
+        self._subject_name = encode_name(name)
         self.key = key
         self.token = token
         self.size = size
@@ -329,7 +330,7 @@ class AsyncLock:
         self._end(_UNLOCKED)
         if self._watch_task is not None:
             await self._stop_watch()
-        reply = await self._client._call(OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key))
+        reply = await self._client._call(OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name)
         err = reply.get("error")
         if err:
             exc = error_from_reply(err, self.name)
@@ -407,7 +408,7 @@ class AsyncLock:
                 lock_timeout_seconds = self.lock_timeout_seconds
             sent_at = time.monotonic()
             body = '{"key":%s,"lock_timeout_seconds":%s}' % (_key_json(self.key), _number(lock_timeout_seconds))
-            reply = await self._client._call(OP_RENEW, self.name, body, budget)
+            reply = await self._client._call(OP_RENEW, self.name, body, budget, encoded=self._subject_name)
             err = reply.get("error")
             if err:
                 exc = error_from_reply(err, self.name)
@@ -846,16 +847,20 @@ class AsyncClient:
                 return ep
             if not wait:
                 raise ConnectionLostError("not connected to NATS (reconnecting)", lock_name=name)
-            if self._epoch_changed is None:
-                self._epoch_changed = asyncio.Event()
-            changed = self._epoch_changed
             pause = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if pause <= 0:
                 return None
-            try:
-                await asyncio.wait_for(changed.wait(), pause)
-            except asyncio.TimeoutError:
-                pass
+            await self._epoch_change(pause)
+
+    async def _epoch_change(self, timeout: float) -> None:
+        """Wait until the epoch changes (the connection callbacks say so), at
+        most timeout seconds (a check in case a callback is missed)."""
+        if self._epoch_changed is None:
+            self._epoch_changed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._epoch_changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     # -- the service's notices -------------------------------------------
 
@@ -1084,7 +1089,9 @@ class AsyncClient:
             lock_name=name,
         )
 
-    async def _call(self, op: str, name: str, body: str, budget: Optional[float] = None) -> dict:
+    async def _call(
+        self, op: str, name: str, body: str, budget: Optional[float] = None, encoded: Optional[str] = None
+    ) -> dict:
         """Send unlock or renew with the current owner and return the decoded
         reply (the service's error stays in it). While no service answers, or
         it is stopping, it retries within the budget (default: the request
@@ -1093,7 +1100,7 @@ class AsyncClient:
             await self.connect()
         nc = self._nc
         assert nc is not None
-        subj = f"{self._prefix}.{op}.{encode_name(name)}"
+        subj = f"{self._prefix}.{op}.{encode_name(name) if encoded is None else encoded}"
         payload = body.encode()
         start = time.monotonic()
         end = start + (self._no_service_budget if budget is None else budget)
@@ -1315,7 +1322,7 @@ class AsyncClient:
         while self._current() is None:
             if self._nc is None or self._nc.is_closed or time.monotonic() > reconnect_until:
                 return
-            await asyncio.sleep(0.05)
+            await self._epoch_change(1.0)  # told by the connection callbacks
             await self._sync_connection()
         end = time.monotonic() + self._cleanup_timeout
         pause = 0.001
@@ -1351,11 +1358,13 @@ class AsyncClient:
             log.debug("ldlm: releasing %r failed: %r", name, e)
 
 
+_json_decode = json.JSONDecoder().decode
+
+
 def _decode_reply(msg: Any, name: str) -> dict:
     data = msg.data
-    reply: Any
     try:
-        reply = json.loads(data) if data else {}
+        reply: Any = _json_decode(data.decode()) if data else {}
     except ValueError:
         if data.strip():
             raise UnexpectedReplyError(f"reply is not JSON: {data[:80]!r}", lock_name=name) from None
