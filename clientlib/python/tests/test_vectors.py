@@ -211,11 +211,12 @@ def granted(name: str, token: int, instance: str = "I1") -> str:
     return json.dumps({"locked": True, "name": name, "key": "k-" + name, "token": token, "size": 1, "instance": instance})
 
 
-async def scripted(url: str, script: dict[str, list[str]], **options: Any):
+async def scripted(url: str, script: dict[str, list[str]], listen: bool = True, **options: Any):
     prefix = f"vec{uuid.uuid4().hex[:12]}"
     server_nc = await nats.connect(url)
     responder = Responder(server_nc, prefix, script)
-    await responder.start()
+    if listen:
+        await responder.start()
     client = ldlm.AsyncClient(url, subject_prefix=prefix, **options)
     await client.connect()
     return responder, client
@@ -359,3 +360,28 @@ def check_outcome(lock: ldlm.AsyncLock, want: dict) -> None:
 
 def test_vectors_file_is_where_go_reads_it():
     assert (Path(REPO_ROOT) / "subjects" / "vectors_test.go").exists()
+
+
+@pytest.mark.parametrize("case", VECTORS["no_service"], ids=ids(VECTORS["no_service"]))
+def test_no_service(url, case):
+    want = case["expect"]["client"]
+    op = case["op"]
+
+    async def main():
+        script = {op: [case["every_reply"]]} if case["every_reply"] is not None else {}
+        # nobody answers: no subscriber at all, so NATS says "no responders"
+        responder, client = await scripted(url, script, listen=bool(script), request_timeout_seconds=0.5)
+        try:
+            with pytest.raises(ldlm.LDLMError) as info:
+                if op == "lock":
+                    await client.lock("job", case["wait_timeout_seconds"])
+                else:
+                    await client.try_lock("job")
+            assert type(info.value).__name__ == want["error_names"]["python"], info.value
+            if case["every_reply"] is not None:
+                assert sum(1 for o, _ in responder.requests if o == op) >= 2, "it did not ask again"
+        finally:
+            await client.close()
+            await responder.nc.close()
+
+    run(main())
