@@ -655,6 +655,7 @@ class AsyncClient:
         later_attempts = opts.get("max_reconnect_attempts")
         if later_attempts is None:
             opts["max_reconnect_attempts"] = 1
+        assert self._servers is not None  # an AsyncClient(nc) never opens one
         nc = await nats.connect(servers=self._servers, **opts)
         if later_attempts is None and isinstance(getattr(nc, "options", None), dict):
             nc.options["max_reconnect_attempts"] = _NATS_DEFAULT_RECONNECT_ATTEMPTS
