@@ -9,7 +9,8 @@
 #
 # Both are static binaries on distroless, running as the nonroot user
 # (65532). The version reported by `ldlm version` and `nats micro info` is
-# 0.0.0-dev: the build context has no .git to stamp it from.
+# the build argument VERSION (`docker build --build-arg VERSION=v1.2.3 .`),
+# else 0.0.0-dev: the build context has no .git to stamp it from.
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
@@ -18,8 +19,9 @@ ENV CGO_ENABLED=0
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
+ARG VERSION=
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o /out/ldlm ./cmd/ldlm
+    CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.buildVersion=${VERSION}" -o /out/ldlm ./cmd/ldlm
 
 FROM build AS build-example
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \

@@ -133,6 +133,8 @@ func measure(cfg config, out, stderr io.Writer) error {
 	fmt.Fprintf(out, "bench (peers): %s, %s/%s, %d CPUs, %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(out, "%d rounds of %v per workload, alternating; a cycle is lock+unlock; vs echo/2 is against the echo of the same system, else ldlm's in-process echo;\n", cfg.rounds, cfg.duration)
+	fmt.Fprintf(out, "clients: in this process, for every system; servers: ldlm and jetstream-kv in this process too (with the clients: flatters serial work),\n")
+	fmt.Fprintf(out, "redis-server and ldlm-process (--ldlm-server) in processes of their own, as users run them\n")
 	fmt.Fprintf(out, "CPU/cycle is this process's CPU only: it includes the embedded servers (ldlm, jetstream-kv) but not redis-server or an ldlm-process server\n\n")
 	table := bench.NewTable(out)
 	var failed error

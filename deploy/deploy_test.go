@@ -11,7 +11,9 @@ package deploy
 //     the ldlm service, lets applications lock but not administer, lets the
 //     admin user administer, gives the service its system account and what
 //     it needs to find a second instance, and carries the example client
-//     through a lock and unlock (TestComposeStack);
+//     through a lock and unlock, and exports on /metrics every metric and
+//     label value the Grafana dashboard queries (TestComposeStack; the
+//     dashboard's own checks are in dashboard_test.go);
 //   - the image's default environment makes the embedded NATS server
 //     reachable from outside a container (TestImageDefaults);
 //   - the Dockerfile and .dockerignore build what they should, as they
@@ -144,6 +146,7 @@ type composeService struct {
 	Ports       []yaml.Node `yaml:"ports"`
 	Volumes     []yaml.Node `yaml:"volumes"`
 	DependsOn   yaml.Node   `yaml:"depends_on"`
+	Profiles    []string    `yaml:"profiles"`
 }
 
 func loadCompose(t testing.TB) composeFile {
@@ -355,7 +358,10 @@ func pinnedTag(image string) string {
 func TestComposeFile(t *testing.T) {
 	f := loadCompose(t)
 	for _, name := range []string{"nats", "ldlm", "example"} {
-		f.service(t, name)
+		// `docker compose up` without a profile must run the stack.
+		if s := f.service(t, name); len(s.Profiles) > 0 {
+			t.Errorf("service %s is only in profiles %v; `docker compose up` would leave it out", name, s.Profiles)
+		}
 	}
 	stages := dockerfileStageNames(t)
 	for name, s := range f.Services {
@@ -456,10 +462,16 @@ func TestComposeStack(t *testing.T) {
 	natsURL := "nats://" + ns.addr
 
 	// The service, with the compose environment pointed at our server.
+	// Its metrics port moves to a free one on the loopback.
 	env := cleanEnv()
+	var metricsURL string
 	for k, v := range ldlmEnv {
-		if k == "LDLM_NATS_URL" || k == "LDLM_SYSTEM_URL" {
+		switch k {
+		case "LDLM_NATS_URL", "LDLM_SYSTEM_URL":
 			v = pointAt(t, v, ns.addr)
+		case "LDLM_METRICS_LISTEN":
+			v = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+			metricsURL = "http://" + v + "/metrics"
 		}
 		env = append(env, k+"="+v)
 	}
@@ -499,6 +511,13 @@ func TestComposeStack(t *testing.T) {
 		if err := requestJSON(app.nc, "ldlm.trylock.x", nil, nil, requestTimeout, &r); err != nil || !r.Locked {
 			t.Fatalf("trylock x as app: %+v, %v", r, err)
 		}
+	})
+
+	t.Run("the dashboard's metrics are exported", func(t *testing.T) {
+		if metricsURL == "" {
+			t.Fatal("the ldlm service sets no LDLM_METRICS_LISTEN: Prometheus has nothing to scrape")
+		}
+		checkDashboardMetrics(t, metricsURL)
 	})
 
 	t.Run("app discovers the service", func(t *testing.T) {
@@ -551,7 +570,7 @@ func TestComposeStack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		owner := nats.Header{subjects.HeaderOwner: {subjects.FormatOwner(holder.nc.ConnectedServerName(), cid)}}
+		owner := nats.Header{subjects.HeaderOwner: {subjects.FormatOwner(holder.nc.ConnectedServerId(), cid)}}
 		var r subjects.LockResponse
 		if err := requestJSON(holder.nc, "ldlm.trylock.held", owner, nil, requestTimeout, &r); err != nil || !r.Locked {
 			t.Fatalf("trylock held: %+v, %v", r, err)
@@ -576,7 +595,15 @@ func TestComposeStack(t *testing.T) {
 	// find the older through $SRV.PING and step down, which it can only do
 	// with the permissions to ask.
 	t.Run("a second instance steps down", func(t *testing.T) {
-		second := startProcess(t, "second ldlm", binary(t, "ldlm"), nil, env)
+		// Containers have a network namespace each; here the second
+		// needs a metrics port of its own.
+		secondEnv := slices.Clone(env)
+		for i, kv := range secondEnv {
+			if strings.HasPrefix(kv, "LDLM_METRICS_LISTEN=") {
+				secondEnv[i] = "LDLM_METRICS_LISTEN=" + net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+			}
+		}
+		second := startProcess(t, "second ldlm", binary(t, "ldlm"), nil, secondEnv)
 		if code := second.wait(t, startTimeout/2); code == 0 || !strings.Contains(second.output(), "another ldlm service instance") {
 			t.Fatalf("a second ldlm with the same settings exited with status %d, want it to step down:\n%s", code, second.output())
 		}

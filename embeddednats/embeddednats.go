@@ -4,11 +4,13 @@
 // The server is set up the way the lock service needs it:
 //   - a system account, so that the service can follow the server's client
 //     CONNECT/DISCONNECT advisories and ask it for the list of connections;
-//   - an application account in which every client that sends no
-//     credentials lands (NoAuthUser), and in which the service answers;
+//   - an application account APP in which the service answers and its
+//     clients log in: with a user and password, a token, nkeys, or users of
+//     a nats-server configuration file; with none of these, every client
+//     that sends no credentials lands there (NoAuthUser);
 //   - the service's own connections are in-process: no TCP, no credentials
-//     on the wire. The system user's password is random for each start, so
-//     no outside client can log in to the system account.
+//     on the wire. Their users' passwords are random for each start, so no
+//     outside client can log in as the service or to the system account.
 package embeddednats
 
 import (
@@ -52,6 +54,13 @@ type Config struct {
 	// Listen is the host:port for NATS clients, e.g. "127.0.0.1:4222".
 	// Port 0 picks a free port (see Server.ClientURL). Empty: no listener.
 	Listen string
+	// ListenLater makes Start leave the client port closed: Server.Listen
+	// opens it. ldlm opens it once the lock service answers, so that a
+	// client that can connect finds the service there and never gets "no
+	// responders" at start (the service itself uses in-process
+	// connections, which need no port). Two kinds of configuration file
+	// keep the port opening at start (see canListenLater).
+	ListenLater bool
 	// ServerName is the server's name as clients and advisories see it.
 	// Empty: "ldlm".
 	ServerName string
@@ -79,6 +88,36 @@ type Config struct {
 	// "ldlm"), needed for the imports.
 	Tenants []Tenant
 	Prefix  string
+
+	// TLSCert and TLSKey (PEM files) make the client port speak TLS only.
+	// TLSCA (a PEM file) also makes the server require a client certificate
+	// signed by that CA (mutual TLS). In-process connections need neither.
+	TLSCert, TLSKey, TLSCA string
+
+	// How TCP clients log in to the application account; see Auth. With
+	// none of Auth and no ConfigFile, clients need no credentials.
+	Auth Auth
+
+	// ConfigFile is a nats-server configuration file for what Config does
+	// not cover: accounts, users and their permissions, JetStream,
+	// clustering. See LoadConfigFile for what it must not contain. The
+	// server adds the service's own users, the application account APP
+	// and, if the file names none, the system account SYS.
+	ConfigFile string
+}
+
+// Auth says how TCP clients log in to the application account. A token
+// excludes the others, as in nats-server; a user and nkeys may be combined.
+type Auth struct {
+	User     string
+	Password string // plain, or a bcrypt hash ($2a$…), as nats-server takes it
+	Token    string
+	Nkeys    []string // public user nkeys (U…)
+}
+
+// IsZero reports that Auth asks for no credentials.
+func (a Auth) IsZero() bool {
+	return a.User == "" && a.Password == "" && a.Token == "" && len(a.Nkeys) == 0
 }
 
 // The ping settings used when Config leaves them zero: a silent client is
@@ -94,10 +133,17 @@ const (
 type Server struct {
 	ns          *server.Server
 	systemPass  string
-	servicePass string // with tenants: the service user's password
+	servicePass string
+	// unprotected: TCP clients get in without credentials or client
+	// certificate, on an address that is not loopback only.
+	unprotected bool
+	// listenLater: Listen has a client port to open, at listen.
+	listenLater bool
+	listen      string
 }
 
-// Start starts the server and waits until it accepts connections.
+// Start starts the server and waits until it accepts connections: in-process
+// ones, and TCP ones too unless cfg.ListenLater defers those to Listen.
 func Start(cfg Config) (*Server, error) {
 	systemPass, err := randomSecret()
 	if err != nil {
@@ -111,19 +157,85 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	listens := !opts.DontListen
+	// nats-server opens the client port at the end of Start unless
+	// DontListen is set, and exports the call that opens it (AcceptLoop):
+	// with DontListen, Start does everything but that, and Listen makes
+	// the call later. The options keep the host and port for it.
+	later := listens && cfg.ListenLater && canListenLater(opts)
+	if later {
+		opts.DontListen = true
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS server: %w", err)
 	}
+	if auth, ok := opts.CustomClientAuthentication.(*tokenAuth); ok {
+		auth.srv = ns
+	}
 	if cfg.Logger != nil {
-		ns.SetLoggerV2(slogAdapter{cfg.Logger.With("component", "nats-server")}, cfg.Debug, false, false)
+		// The server warns of plain passwords: worth it for those the
+		// operator chose, not for the anonymous user's empty one or the
+		// tenants' (given plain by design).
+		operatorPlain := cfg.ConfigFile != "" || (cfg.Auth.Password != "" && !strings.HasPrefix(cfg.Auth.Password, "$2"))
+		ns.SetLoggerV2(slogAdapter{cfg.Logger.With("component", "nats-server"), !operatorPlain}, cfg.Debug, false, false)
 	}
 	go ns.Start()
-	if !ns.ReadyForConnections(10*time.Second) || (!opts.DontListen && ns.Addr() == nil) {
+	if !ns.ReadyForConnections(10*time.Second) || (listens && !later && ns.Addr() == nil) {
 		ns.Shutdown()
-		return nil, fmt.Errorf("embedded NATS server cannot listen on %q (is the port in use? set LDLM_EMBEDDED_LISTEN)", cfg.Listen)
+		return nil, fmt.Errorf("%w on %q (is the port in use?)", ErrListen, cfg.Listen)
 	}
-	return &Server{ns: ns, systemPass: systemPass, servicePass: servicePass}, nil
+	unprotected := opts.NoAuthUser != "" && !opts.TLSVerify && listens && !loopbackOnly(opts.Host)
+	return &Server{ns: ns, systemPass: systemPass, servicePass: servicePass, unprotected: unprotected, listenLater: later, listen: cfg.Listen}, nil
+}
+
+// canListenLater reports that the server of opts works with its client
+// port opened after Start, by Listen. Two settings of a configuration file
+// need the port opened within Start:
+//   - a cluster: nats-server starts its routes only once Start has opened
+//     the client port, so with DontListen they would never start and
+//     Shutdown would wait for them forever;
+//   - verify_and_map on the client port: with DontListen, nats-server
+//     counts that port as absent when it decides whether a user without a
+//     password is one that only a client certificate may log in as, and
+//     would let such a user in with an empty password on another listener
+//     (websocket, MQTT).
+func canListenLater(opts *server.Options) bool {
+	return opts.Cluster.Port == 0 && !opts.TLSMap
+}
+
+// Listen opens the client port of a server started with
+// Config.ListenLater and returns once the port accepts connections. It
+// does nothing if the port is open already, or there is none. Call it
+// from one goroutine, before Shutdown.
+func (s *Server) Listen() error {
+	if !s.listenLater {
+		return nil
+	}
+	s.listenLater = false
+	// The call Start makes without DontListen. It returns once the
+	// listener is open and its accept loop runs, or when listening failed
+	// (the server logs why): the server then has no address.
+	s.ns.AcceptLoop(make(chan struct{}))
+	if s.ns.Addr() == nil {
+		return fmt.Errorf("%w on %q (is the port in use?)", ErrListen, s.listen)
+	}
+	return nil
+}
+
+// ErrListen: the server could not open its client port. Its errors name
+// the address and the cause; the caller adds which setting to change.
+var ErrListen = errors.New("embedded NATS server cannot listen")
+
+// loopbackOnly reports that a listen host accepts connections from this
+// machine only. A host name other than localhost counts as not: it may
+// resolve to any address.
+func loopbackOnly(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // hash returns the bcrypt hash the server keeps of a generated secret. The
@@ -139,33 +251,48 @@ func serverOptions(cfg Config, systemPass, servicePass string) (*server.Options,
 	if err != nil {
 		return nil, err
 	}
+	serviceHash, err := hash(servicePass)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkTenants(cfg.Tenants); err != nil {
 		return nil, err
 	}
+	if err := cfg.Auth.check(); err != nil {
+		return nil, err
+	}
 	var opts *server.Options
-	if len(cfg.Tenants) > 0 {
-		serviceHash, err := hash(servicePass)
-		if err != nil {
-			return nil, err
+	switch {
+	case len(cfg.Tenants) > 0:
+		if !cfg.Auth.IsZero() || cfg.ConfigFile != "" {
+			return nil, errors.New("embedded NATS: tenants bring their own users: give no other users, token, nkeys or configuration file")
 		}
 		opts = &server.Options{}
 		if err := opts.ProcessConfigString(TenantsConfig(cfg.Prefix, cfg.Tenants, systemHash, serviceHash)); err != nil {
 			return nil, fmt.Errorf("embedded NATS tenants: %w", err)
 		}
-	} else {
-		app := server.NewAccount(AppAccount)
-		sys := server.NewAccount(SystemAccount)
-		opts = &server.Options{
-			Accounts:      []*server.Account{app, sys},
-			SystemAccount: SystemAccount,
-			Users: []*server.User{
-				// Clients without credentials become this user (NoAuthUser).
-				// It has no password: it is the anonymous account anyway.
-				{Username: appUser, Account: app},
-				{Username: systemUser, Password: systemHash, Account: sys},
-			},
-			NoAuthUser: appUser,
+	case cfg.ConfigFile != "":
+		if opts, err = LoadConfigFile(cfg.ConfigFile); err != nil {
+			return nil, err
 		}
+		if cfg.Auth.Token != "" && (len(opts.Users) > 0 || len(opts.Nkeys) > 0) {
+			return nil, fmt.Errorf("embedded NATS: %s has users, which a token excludes (as in nats-server): give the token's clients a user instead", cfg.ConfigFile)
+		}
+		if opts.TLSConfig != nil && cfg.TLSCert != "" {
+			return nil, fmt.Errorf("embedded NATS: %s has a tls block and TLS files are given too: use one or the other", cfg.ConfigFile)
+		}
+		addAccess(opts, cfg, systemPass, systemHash, servicePass, serviceHash)
+	default:
+		opts = &server.Options{}
+		addAccess(opts, cfg, systemPass, systemHash, servicePass, serviceHash)
+	}
+	if cfg.TLSCert != "" || cfg.TLSKey != "" || cfg.TLSCA != "" {
+		if opts.TLSConfig, err = LoadTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
+			return nil, err
+		}
+		opts.TLS, opts.TLSVerify = true, cfg.TLSCA != ""
+		opts.TLSCert, opts.TLSKey, opts.TLSCaCert = cfg.TLSCert, cfg.TLSKey, cfg.TLSCA
+		opts.TLSTimeout = tlsTimeout.Seconds()
 	}
 	if cfg.PingInterval < 0 || cfg.MaxPingsOut < 0 {
 		return nil, fmt.Errorf("embedded NATS ping interval %s and ping max %d: neither may be negative (zero: the defaults)", cfg.PingInterval, cfg.MaxPingsOut)
@@ -195,6 +322,58 @@ func serverOptions(cfg Config, systemPass, servicePass string) (*server.Options,
 	return opts, nil
 }
 
+// tlsTimeout bounds a client's TLS handshake (nats-server's default).
+const tlsTimeout = 2 * time.Second
+
+// addAccess adds to opts what the lock service needs and how clients log
+// in: the application account, the system account, the service's two
+// users, and the users of cfg.Auth, or else anonymous access to the
+// application account (unless a configuration file decides).
+func addAccess(opts *server.Options, cfg Config, systemPass, systemHash, servicePass, serviceHash string) {
+	app := ensureAccount(opts, AppAccount)
+	opts.SystemAccount = cmp.Or(opts.SystemAccount, SystemAccount)
+	sys := ensureAccount(opts, opts.SystemAccount)
+	opts.Users = append(opts.Users,
+		&server.User{Username: systemUser, Password: systemHash, Account: sys},
+		&server.User{Username: serviceUser, Password: serviceHash, Account: app})
+	a := cfg.Auth
+	if a.User != "" {
+		opts.Users = append(opts.Users, &server.User{Username: a.User, Password: a.Password, Account: app})
+	}
+	for _, nk := range a.Nkeys {
+		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: nk, Account: app})
+	}
+	if a.Token != "" {
+		// nats-server has no token next to users: check all three here.
+		opts.CustomClientAuthentication = &tokenAuth{
+			token:   a.Token,
+			app:     AppAccount,
+			system:  opts.SystemAccount,
+			systemP: systemPass,
+			service: servicePass,
+		}
+	}
+	if a.IsZero() && cfg.ConfigFile == "" {
+		// Clients without credentials become this user (NoAuthUser). It
+		// has no password: it is the anonymous account anyway.
+		opts.Users = append(opts.Users, &server.User{Username: appUser, Account: app})
+		opts.NoAuthUser = appUser
+	}
+}
+
+// ensureAccount returns the account of opts called name, adding it if
+// opts has none.
+func ensureAccount(opts *server.Options, name string) *server.Account {
+	for _, a := range opts.Accounts {
+		if a.Name == name {
+			return a
+		}
+	}
+	a := server.NewAccount(name)
+	opts.Accounts = append(opts.Accounts, a)
+	return a
+}
+
 // ParseListen splits a listen address of the form host:port, as in
 // Config.Listen: host may be empty (every interface) or a name or an IP
 // address; port is 0 (any free port) to 65535. Its errors say what a valid
@@ -217,7 +396,7 @@ func ParseListen(addr string) (host string, port int, err error) {
 func checkFree(addr string) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("embedded NATS server cannot listen on %q: %w (set LDLM_EMBEDDED_LISTEN to a free host:port)", addr, err)
+		return fmt.Errorf("%w on %q: %w", ErrListen, addr, err)
 	}
 	return l.Close()
 }
@@ -239,19 +418,17 @@ func (s *Server) NATSServer() *server.Server { return s.ns }
 
 // ConnectApp opens an in-process connection in the account where the lock
 // service answers: the application account, or with tenants the service
-// account.
+// account. It does not receive its own messages (nats.NoEcho): the service
+// subscribes to every subject under its prefix, where it also publishes.
 func (s *Server) ConnectApp(opts ...nats.Option) (*nats.Conn, error) {
-	base := []nats.Option{nats.InProcessServer(s.ns), nats.Name("ldlm")}
-	if s.hasServiceAccount() {
-		base = append(base, nats.UserInfo(serviceUser, s.servicePass))
-	}
+	base := []nats.Option{nats.InProcessServer(s.ns), nats.Name("ldlm"), nats.NoEcho(), nats.UserInfo(serviceUser, s.servicePass)}
 	return nats.Connect("", append(base, opts...)...)
 }
 
-func (s *Server) hasServiceAccount() bool {
-	_, err := s.ns.LookupAccount(ServiceAccount)
-	return err == nil
-}
+// Unprotected reports that the server listens on an address that is not
+// loopback only and lets TCP clients in without credentials or client
+// certificate: anyone who reaches the port may then lock and administer.
+func (s *Server) Unprotected() bool { return s.unprotected }
 
 // ConnectSystem opens an in-process connection in the system account, for
 // advisories and connection listings.
@@ -275,14 +452,15 @@ func randomSecret() (string, error) {
 }
 
 // slogAdapter passes the NATS server's log lines to slog.
-type slogAdapter struct{ log *slog.Logger }
+type slogAdapter struct {
+	log            *slog.Logger
+	quietPlaintext bool // the plain-password warning goes to debug
+}
 
 func (a slogAdapter) Noticef(format string, v ...any) { a.log.Info(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Warnf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
-	if strings.HasPrefix(msg, "Plaintext passwords detected") {
-		// Our only plain password is the application user's empty one,
-		// which is the anonymous account by design: not worth a warning.
+	if a.quietPlaintext && strings.HasPrefix(msg, "Plaintext passwords detected") {
 		a.log.Debug(msg)
 		return
 	}

@@ -2,6 +2,7 @@ package service
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/micro"
@@ -28,27 +29,84 @@ func (s *Service) registerAdmin(svc micro.Service) error {
 	return nil
 }
 
+// adminList answers one page of the lock list. The page ends at the
+// request's limit, or before its JSON would pass subjects.MaxListPageBytes,
+// so that the reply always fits in a NATS message.
 func (s *Service) adminList(req micro.Request) {
-	snap := s.engine.Snapshot()
-	locks := make([]subjects.LockInfo, 0, len(snap))
-	for _, l := range snap {
-		account, name := splitEngineName(l.Name)
-		info := subjects.LockInfo{Account: account, Name: name, Size: l.Size, Holders: make([]subjects.HolderInfo, 0, len(l.Holders))}
-		for _, h := range l.Holders {
-			info.Holders = append(info.Holders, subjects.HolderInfo{
-				Owner:      h.Owner,
-				KeyPrefix:  subjects.KeyPrefix(h.Key),
-				Token:      h.Token,
-				AcquiredAt: h.AcquiredAt.UTC(),
-				ExpiresAt:  h.ExpiresAt.UTC(),
-			})
+	var r subjects.ListRequest
+	if len(req.Data()) > 0 {
+		if err := json.Unmarshal(req.Data(), &r); err != nil {
+			s.adminListFailed(req, subjects.Errorf(subjects.CodeBadRequest, `body must be {"after":…,"limit":…,"prefix":…} or empty: %v`, err))
+			return
 		}
-		for _, w := range l.Waiters {
-			info.Waiters = append(info.Waiters, subjects.WaiterInfo{Owner: w.Owner, Since: w.Since.UTC(), Deadline: w.Deadline.UTC()})
-		}
-		locks = append(locks, info)
 	}
-	s.respond(req, subjects.ListResponse{Locks: locks})
+	switch {
+	case r.Limit == 0:
+		r.Limit = subjects.DefaultListLimit
+	case r.Limit < 1 || r.Limit > subjects.MaxListLimit:
+		s.adminListFailed(req, subjects.Errorf(subjects.CodeBadRequest, "limit must be 1 to %d, got %d", subjects.MaxListLimit, r.Limit))
+		return
+	}
+	var match func(string) bool
+	if r.Prefix != "" {
+		match = func(n string) bool {
+			_, name := splitEngineName(n)
+			return strings.HasPrefix(name, r.Prefix)
+		}
+	}
+	page, more := s.engine.Page(r.After, r.Limit, match, subjects.MaxListEntries)
+
+	body := append(make([]byte, 0, 4096), `{"locks":[`...)
+	next := ""
+	for i, l := range page {
+		b := mustJSON(lockInfo(l))
+		// The closing part takes at most the next cursor (an engine name,
+		// at most 6 bytes per byte once escaped) and a few bytes.
+		if i > 0 && len(body)+len(b)+6*len(l.Name)+64 > subjects.MaxListPageBytes {
+			more = true
+			break
+		}
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, b...)
+		next = l.Name
+	}
+	body = append(body, ']')
+	if more && next != "" {
+		body = append(body, `,"next":`...)
+		body = append(body, mustJSON(next)...)
+	}
+	body = append(body, '}')
+	if err := req.Respond(body); err != nil {
+		s.log.Debug("reply not sent", "subject", req.Subject(), "err", err)
+	}
+}
+
+func lockInfo(l engine.LockInfo) subjects.LockInfo {
+	account, name := splitEngineName(l.Name)
+	info := subjects.LockInfo{Account: account, Name: name, Size: l.Size, Holders: make([]subjects.HolderInfo, 0, len(l.Holders)),
+		HoldersTotal: l.HeldTotal, WaitersTotal: l.WaitingTotal}
+	for _, h := range l.Holders {
+		info.Holders = append(info.Holders, subjects.HolderInfo{
+			Owner:      h.Owner.String(),
+			KeyPrefix:  subjects.KeyPrefix(h.Key),
+			Token:      h.Token,
+			AcquiredAt: h.AcquiredAt.UTC(),
+			ExpiresAt:  h.ExpiresAt.UTC(),
+		})
+	}
+	for _, w := range l.Waiters {
+		info.Waiters = append(info.Waiters, subjects.WaiterInfo{Owner: w.Owner.String(), Since: w.Since.UTC(), Deadline: w.Deadline.UTC()})
+	}
+	return info
+}
+
+func (s *Service) adminListFailed(req micro.Request, err error) {
+	e := toWireError(err)
+	if rerr := req.Error(string(e.Code), e.Message, mustJSON(subjects.ListResponse{Locks: []subjects.LockInfo{}, Error: e})); rerr != nil {
+		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
+	}
 }
 
 func (s *Service) adminStatus(req micro.Request) {
@@ -104,17 +162,8 @@ func (s *Service) adminUnlockFailed(req micro.Request, name string, err error) {
 // configured, publishes the event.
 func (s *Service) onEvent(ev engine.Event) {
 	account, name := splitEngineName(ev.Name)
-	if ev.Kind.Lost() && ev.Owner != "" {
-		notice := subjects.LostNotice{Name: name, Token: ev.Token, Reason: ev.Kind.String()}
-		subject := subjects.LostSubject(s.cfg.Prefix, ev.Owner)
-		if s.cfg.Tenants {
-			// Each account imports only its own notices, renamed to the
-			// subject above (see subjects.TenantLostSubject).
-			subject = subjects.TenantLostSubject(s.cfg.Prefix, account, ev.Owner)
-		}
-		if err := s.nc.Publish(subject, mustJSON(notice)); err != nil {
-			s.log.Debug("lost notice not sent", "owner", ev.Owner, "err", err)
-		}
+	if ev.Kind.Lost() && !ev.Owner.IsZero() {
+		s.tellLost(account, ev.Owner, subjects.LostNotice{Name: name, Token: ev.Token, Reason: ev.Kind.String()})
 	}
 	if s.cfg.Events {
 		msg := subjects.Event{
@@ -122,7 +171,7 @@ func (s *Service) onEvent(ev engine.Event) {
 			Account:         account,
 			Name:            name,
 			Token:           ev.Token,
-			Owner:           ev.Owner,
+			Owner:           ev.Owner.String(),
 			Time:            time.Now().UTC(),
 			DurationSeconds: ev.Duration.Seconds(),
 		}
@@ -133,5 +182,28 @@ func (s *Service) onEvent(ev engine.Event) {
 	}
 	if s.cfg.Observer != nil {
 		s.cfg.Observer(ev)
+	}
+}
+
+// tellLost publishes a lost notice to owner's subject, PREFIX.lost.OWNER
+// (with tenants PREFIX.lost.ACCOUNT.OWNER, which each account imports as
+// the former, see subjects.TenantLostSubject). A client that named its
+// server by name, as clients did before the server id, listens on the
+// subject of that name: when the server has a name of its own, the notice
+// goes there too.
+func (s *Service) tellLost(account string, owner subjects.Owner, notice subjects.LostNotice) {
+	body := mustJSON(notice)
+	owners := []string{owner.String()}
+	if name := s.live.nameOf(owner.ServerID); name != "" && name != owner.ServerID {
+		owners = append(owners, subjects.FormatOwner(name, owner.ClientID))
+	}
+	for _, o := range owners {
+		subject := subjects.LostSubject(s.cfg.Prefix, o)
+		if s.cfg.Tenants {
+			subject = subjects.TenantLostSubject(s.cfg.Prefix, account, o)
+		}
+		if err := s.nc.Publish(subject, body); err != nil {
+			s.log.Debug("lost notice not sent", "owner", o, "err", err)
+		}
 	}
 }

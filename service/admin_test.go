@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/service"
+	"github.com/ldlm-io/ldlm/service/engine"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -157,5 +159,74 @@ func TestPublishedEvents(t *testing.T) {
 		case <-time.After(testTimeout):
 			t.Fatalf("no %s event", want)
 		}
+	}
+}
+
+// Issue 11, D3: a list of more than 1 MiB of locks (it got no reply at all
+// before) comes in pages, each well under NATS's 1 MiB, that together hold
+// every lock once, in name order; a name prefix filters them; a lock with
+// many holders shows the first MaxListEntries and the totals.
+func TestAdminListPages(t *testing.T) {
+	t.Parallel()
+	srv := ldlmtest.Start(t)
+	nc := srv.Connect(t)
+	e := srv.Service.Engine()
+	const n = 2500 // × ~1,000-byte names: over 2.5 MB of names alone
+	long := strings.Repeat("n", 990)
+	for i := range n {
+		if _, ok, err := e.TryLock(engine.Request{Name: fmt.Sprintf("%s-%05d", long, i)}); !ok || err != nil {
+			t.Fatalf("trylock %d: %v %v", i, ok, err)
+		}
+	}
+	for range subjects.MaxListEntries + 5 {
+		if _, ok, err := e.TryLock(engine.Request{Name: "sem", Size: 1000}); !ok || err != nil {
+			t.Fatalf("trylock sem: %v %v", ok, err)
+		}
+	}
+
+	subject := subjects.AdminSubject("ldlm", subjects.OpAdminList, "")
+	list := func(req subjects.ListRequest) (all []subjects.LockInfo, pages int) {
+		for {
+			res, err := nc.Request(subject, []byte(mustMarshal(t, req)), testTimeout)
+			if err != nil {
+				t.Fatalf("page %d after %q: %v", pages, req.After, err)
+			}
+			if len(res.Data) > subjects.MaxListPageBytes {
+				t.Fatalf("page of %d bytes, over %d", len(res.Data), subjects.MaxListPageBytes)
+			}
+			var page subjects.ListResponse
+			if err := json.Unmarshal(res.Data, &page); err != nil || page.Error != nil {
+				t.Fatalf("page: %v %+v", err, page.Error)
+			}
+			all = append(all, page.Locks...)
+			pages++
+			if page.Next == "" {
+				return all, pages
+			}
+			req.After = page.Next
+		}
+	}
+	all, pages := list(subjects.ListRequest{})
+	if len(all) != n+1 || pages < 2 {
+		t.Fatalf("%d locks in %d pages; want %d in several", len(all), pages, n+1)
+	}
+	for i := 1; i < len(all); i++ {
+		if all[i-1].Name >= all[i].Name {
+			t.Fatalf("locks out of order or repeated at %d: %.20q then %.20q", i, all[i-1].Name, all[i].Name)
+		}
+	}
+	sem := all[len(all)-1]
+	if sem.Name != "sem" || len(sem.Holders) != subjects.MaxListEntries || sem.HoldersTotal != subjects.MaxListEntries+5 {
+		t.Fatalf("sem: %d holders listed of %d", len(sem.Holders), sem.HoldersTotal)
+	}
+
+	some, _ := list(subjects.ListRequest{Prefix: long + "-000", Limit: 7})
+	if len(some) != 100 {
+		t.Fatalf("prefix filter: %d locks, want 100", len(some))
+	}
+	var bad subjects.ListResponse
+	admin(t, nc, subject, `{"limit":100000}`, &bad)
+	if bad.Error == nil || bad.Error.Code != subjects.CodeBadRequest {
+		t.Fatalf("limit over the maximum: %+v", bad)
 	}
 }

@@ -12,59 +12,76 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// handler answers one operation. It runs on the endpoint's subscription
-// goroutine, so it never blocks: a lock that must wait is parked in the
-// engine and answered later from whichever goroutine frees the slot.
-func (s *Service) handler(op string) micro.HandlerFunc {
-	// PREFIX.OP. is the same for every request of this endpoint: made once
-	// here rather than per request by NameFromSubject.
-	head := s.cfg.Prefix + "." + op + "."
-	return func(req micro.Request) {
-		var (
-			name string
-			err  error
-		)
-		if subject := req.Subject(); strings.HasPrefix(subject, head) {
-			name, err = subjects.DecodeName(subject[len(head):], s.cfg.MaxNameLength)
-		} else {
-			// Cannot happen for the endpoint's own subjects; this says why.
-			name, err = subjects.NameFromSubject(s.cfg.Prefix, op, subject, s.cfg.MaxNameLength)
-		}
-		if err != nil {
-			s.fail(req, op, "", err)
-			return
-		}
-		if len(req.Data()) > s.cfg.MaxBodyBytes {
-			s.fail(req, op, name, subjects.Errorf(subjects.CodeBadRequest, "body is %d bytes; the limit is %d", len(req.Data()), s.cfg.MaxBodyBytes))
-			return
-		}
-		r, err := subjects.DecodeRequest(req.Data())
-		if err == nil {
-			err = r.CheckFor(op)
-		}
-		var id identity
-		if err == nil {
-			id, err = s.identify(req.Headers())
-		}
-		if err != nil {
-			s.fail(req, op, name, err)
-			return
-		}
-		switch op {
-		case subjects.OpLock, subjects.OpTryLock:
-			s.lock(req, op, name, id, r)
-		case subjects.OpUnlock:
-			s.unlock(req, name, id, r)
-		case subjects.OpRenew:
-			s.renew(req, name, id, r)
-		}
+// RequestsEndpoint is the name of the micro endpoint of the four lock
+// operations, on PREFIX.> (`nats micro info ldlm`).
+const RequestsEndpoint = "requests"
+
+// handle answers every lock operation, PREFIX.OP.NAME. It is the handler of
+// one subscription to PREFIX.>, so it reads one connection's requests in
+// the order that connection sent them: an unlock that gives up a wait is
+// never read before the lock request it cancels. It runs on that
+// subscription's goroutine and never blocks: a lock that must wait is
+// parked in the engine and answered later from whichever goroutine frees
+// the slot.
+//
+// The subscription also receives what is published under PREFIX. by
+// others (admin requests, which their own endpoints answer; notices and
+// events of another instance; the service's own are not echoed back,
+// see Start): only the four operations are answered. Anything else gets no
+// word, not even an error: another service may serve a longer prefix under
+// ours (PREFIX.team.lock.x), and its requesters take the first reply.
+func (s *Service) handle(req micro.Request) {
+	// The subscription guarantees the PREFIX. in front.
+	opToken, tail, _ := strings.Cut(req.Subject()[len(s.cfg.Prefix)+1:], ".")
+	op, known := opOf(opToken)
+	if !known {
+		return
 	}
+	s.opStats.count(op)
+	name, err := subjects.DecodeName(tail, s.cfg.MaxNameLength)
+	if err != nil {
+		s.fail(req, op, "", err)
+		return
+	}
+	if len(req.Data()) > s.cfg.MaxBodyBytes {
+		s.fail(req, op, name, subjects.Errorf(subjects.CodeBadRequest, "body is %d bytes; the limit is %d", len(req.Data()), s.cfg.MaxBodyBytes))
+		return
+	}
+	r, err := subjects.DecodeRequest(req.Data())
+	if err == nil {
+		err = r.CheckFor(op)
+	}
+	var id identity
+	if err == nil {
+		id, err = s.identify(req.Headers())
+	}
+	if err != nil {
+		s.fail(req, op, name, err)
+		return
+	}
+	switch op {
+	case subjects.OpLock, subjects.OpTryLock:
+		s.lock(req, op, name, id, r)
+	case subjects.OpUnlock:
+		s.unlock(req, name, id, r)
+	case subjects.OpRenew:
+		s.renew(req, name, id, r)
+	}
+}
+
+// opOf returns the operation named by a subject's second token.
+func opOf(token string) (string, bool) {
+	switch token {
+	case subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew:
+		return token, true
+	}
+	return "", false
 }
 
 func (s *Service) lock(req micro.Request, op, name string, id identity, r subjects.Request) {
 	owner := id.owner
 	lockTimeout := r.LockTimeout()
-	if lockTimeout == 0 && (owner == "" || s.cfg.NoClearOnDisconnect) {
+	if lockTimeout == 0 && (owner.IsZero() || s.cfg.NoClearOnDisconnect) {
 		// Nothing would ever free this lock but an unlock: bound it.
 		lockTimeout = s.cfg.AnonymousLockTimeout
 	}
@@ -94,7 +111,7 @@ func (s *Service) lock(req micro.Request, op, name string, id identity, r subjec
 		s.respond(req, subjects.LockResponse{Locked: false, Name: name})
 		return
 	}
-	s.respond(req, s.grantResponse(name, g))
+	s.respondGrant(req, op, name, g)
 }
 
 func (s *Service) unlock(req micro.Request, name string, id identity, r subjects.Request) {
@@ -111,6 +128,20 @@ func (s *Service) renew(req micro.Request, name string, id identity, r subjects.
 		s.fail(req, subjects.OpRenew, name, err)
 		return
 	}
+	s.respondGrant(req, subjects.OpRenew, name, g)
+}
+
+// respondGrant replies with grant g, or with Unavailable once Stop has
+// announced this instance's stop: a client must never hear of a grant
+// after it heard that the instance that made it stopped. replyMu makes the
+// check and the reply one step, which the announcement cannot split.
+func (s *Service) respondGrant(req micro.Request, op, name string, g engine.Grant) {
+	s.replyMu.Lock()
+	defer s.replyMu.Unlock()
+	if s.stopping {
+		s.fail(req, op, name, engine.ErrEngineClosed)
+		return
+	}
 	s.respond(req, s.grantResponse(name, g))
 }
 
@@ -120,6 +151,11 @@ func (s *Service) renew(req micro.Request, name string, id identity, r subjects.
 func (s *Service) answerParked(reply, name string, g engine.Grant, err error) {
 	if reply == "" {
 		return
+	}
+	s.replyMu.Lock()
+	defer s.replyMu.Unlock()
+	if err == nil && s.stopping {
+		err = engine.ErrEngineClosed // see respondGrant
 	}
 	var perr error
 	if err != nil {
@@ -169,6 +205,7 @@ func (s *Service) fail(req micro.Request, op, name string, err error) {
 	if e.Code == subjects.CodeInternal {
 		s.log.Error("request failed", "op", op, "lock", name, "err", err)
 	}
+	s.opStats.countError(op)
 	if rerr := req.Error(string(e.Code), e.Message, mustJSON(body)); rerr != nil {
 		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", rerr)
 	}

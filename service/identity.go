@@ -11,9 +11,9 @@ import (
 
 // identity is who sent a request.
 type identity struct {
-	// owner is the requesting connection as subjects.FormatOwner(server
-	// name, client id), or "" when the request does not say.
-	owner string
+	// owner is the requesting connection, zero when the request does not
+	// say.
+	owner subjects.Owner
 	// account is the requester's NATS account, known only from the
 	// server-stamped Nats-Request-Info header, so only with tenants.
 	account string
@@ -29,7 +29,9 @@ type requestInfo struct {
 
 // ownerOf names the connection a request came from. With trustRequestInfo,
 // the Nats-Request-Info header wins; otherwise, and when it is absent or
-// unreadable, the Ldlm-Owner header set by our clients names it.
+// unreadable, the Ldlm-Owner header set by our clients names it. The
+// server in either may be a name (Nats-Request-Info has no server id, and
+// older clients send the name): resolve turns it into the server's id.
 //
 // The NATS server writes Nats-Request-Info, over anything the client put
 // there, only on a request that crosses an account import with sharing on.
@@ -38,18 +40,20 @@ type requestInfo struct {
 // then live as long as that connection) or pick another account's lock
 // namespace. The header is trusted only in tenant mode, where every request
 // must come through an import.
-func ownerOf(h micro.Headers, trustRequestInfo bool) (identity, error) {
+func ownerOf(h micro.Headers, trustRequestInfo bool, resolve func(server string) string) (identity, error) {
 	if v := h.Get(subjects.HeaderRequestInfo); v != "" && trustRequestInfo {
 		var info requestInfo
 		if err := json.Unmarshal([]byte(v), &info); err == nil && info.ID != 0 && info.Server != "" {
-			return identity{owner: subjects.FormatOwner(info.Server, info.ID), account: info.Account}, nil
+			return identity{owner: subjects.Owner{ServerID: resolve(info.Server), ClientID: info.ID}, account: info.Account}, nil
 		}
 	}
 	if v := h.Get(subjects.HeaderOwner); v != "" {
-		if _, _, err := subjects.ParseOwner(v); err != nil {
+		o, err := subjects.ParseOwner(v)
+		if err != nil {
 			return identity{}, err
 		}
-		return identity{owner: v}, nil
+		o.ServerID = resolve(o.ServerID)
+		return identity{owner: o}, nil
 	}
 	return identity{}, nil
 }
@@ -57,7 +61,7 @@ func ownerOf(h micro.Headers, trustRequestInfo bool) (identity, error) {
 // identify is ownerOf plus, with tenants, the rule that every request must
 // come through an account import, since its account picks the namespace.
 func (s *Service) identify(h micro.Headers) (identity, error) {
-	id, err := ownerOf(h, s.cfg.Tenants)
+	id, err := ownerOf(h, s.cfg.Tenants, s.live.resolve)
 	if err == nil && s.cfg.Tenants && id.account == "" {
 		return id, subjects.Errorf(subjects.CodeBadRequest,
 			"this service keeps one lock namespace per account, and the request names no account: "+

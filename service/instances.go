@@ -95,6 +95,39 @@ func (s *Service) checkRivals(ctx context.Context) error {
 	return nil
 }
 
+// rivalCheckInterval is how often a running service looks for rivals when
+// it sweeps only at start and after reconnects.
+const rivalCheckInterval = 30 * time.Second
+
+// watchRivals looks for rivals every sweep interval for as long as the
+// service runs, and steps down if an older one serves the same prefix.
+func (s *Service) watchRivals() {
+	every := s.cfg.SweepInterval
+	if every <= 0 {
+		every = rivalCheckInterval
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+			err := s.checkRivals(ctx)
+			cancel()
+			if errors.Is(err, ErrDuplicateInstance) {
+				s.stepDown(err)
+				return
+			}
+		}
+	}()
+}
+
 // announce tells clients that this instance started or stopped: locks
 // granted by any other instance are gone (see subjects.InstanceNotice).
 func (s *Service) announce(event string) {

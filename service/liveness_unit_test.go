@@ -76,15 +76,15 @@ func TestConnListPages(t *testing.T) {
 					t.Fatalf("page %d: more = %v, want %v", i, more, st.more)
 				}
 			}
-			got := slices.Sorted(maps.Keys(list.live["n"]))
+			got := slices.Sorted(maps.Keys(list.live["n-id"]))
 			if !slices.Equal(got, tt.live) {
 				t.Errorf("live client ids %v, want %v", got, tt.live)
 			}
-			if list.gaps["n"] != tt.gaps {
-				t.Errorf("gaps = %v, want %v", list.gaps["n"], tt.gaps)
+			if list.gaps["n-id"] != tt.gaps {
+				t.Errorf("gaps = %v, want %v", list.gaps["n-id"], tt.gaps)
 			}
-			if list.ids["n"] != "n-id" {
-				t.Errorf("server id %q", list.ids["n"])
+			if list.names["n-id"] != "n" {
+				t.Errorf("server name %q", list.names["n-id"])
 			}
 		})
 	}
@@ -92,35 +92,43 @@ func TestConnListPages(t *testing.T) {
 
 // A disconnect advisory of a server's former life that arrives after the
 // restart was seen names a client id that a connection of the new life may
-// hold: it must not release that connection's locks.
+// hold: it must not release that connection's locks, nor make the old id
+// current again. Owners carry the server id, so this holds by construction.
 func TestLateAdvisoryOfFormerServerLifeIgnored(t *testing.T) {
-	s := &Service{engine: engine.New(), log: slog.New(slog.DiscardHandler)}
-	t.Cleanup(s.engine.Close)
-	l := newLiveness(s)
+	e := engine.New()
+	t.Cleanup(e.Close)
+	l := newLiveness(e, nil, nil, slog.New(slog.DiscardHandler), 0, false)
 	advisory := func(serverID string, cid uint64) *nats.Msg {
 		return &nats.Msg{Data: fmt.Appendf(nil, `{"server":{"name":"n","id":%q},"client":{"id":%d,"acc":"APP"},"reason":"Client Closed"}`, serverID, cid)}
 	}
 
-	l.noteServerID("n", "OLD")
-	l.noteServerID("n", "NEW") // restarted
-	owner := subjects.FormatOwner("n", 7)
-	if _, ok, err := s.engine.TryLock(engine.Request{Name: "job", Owner: owner}); !ok || err != nil {
+	l.noteServer("n", "OLD")
+	old := subjects.Owner{ServerID: "OLD", ClientID: 3}
+	if _, ok, err := e.TryLock(engine.Request{Name: "old", Owner: old}); !ok || err != nil {
+		t.Fatalf("trylock of the old connection 3: %v, %v", ok, err)
+	}
+	l.noteServer("n", "NEW") // restarted: the old life's locks go at once
+	if st := e.Stats(); st.Holders != 0 {
+		t.Fatalf("the old server life's lock survived its restart: %+v", st)
+	}
+	owner := subjects.Owner{ServerID: l.resolve("n"), ClientID: 7}
+	if owner.ServerID != "NEW" {
+		t.Fatalf("the name n resolves to %q, want NEW", owner.ServerID)
+	}
+	if _, ok, err := e.TryLock(engine.Request{Name: "job", Owner: owner}); !ok || err != nil {
 		t.Fatalf("trylock of the new connection 7: %v, %v", ok, err)
 	}
 
 	l.onDisconnect(advisory("OLD", 7))
-	if st := s.engine.Stats(); st.Holders != 1 {
+	if st := e.Stats(); st.Holders != 1 {
 		t.Fatalf("an advisory of the old server's connection 7 released the new connection 7's lock: %+v", st)
 	}
-	l.idsMu.Lock()
-	current := l.serverIDs["n"]
-	l.idsMu.Unlock()
-	if current != "NEW" {
-		t.Fatalf("the late advisory turned the server's id back to %q", current)
+	if got := l.resolve("n"); got != "NEW" {
+		t.Fatalf("the late advisory turned the server's id back to %q", got)
 	}
 
 	l.onDisconnect(advisory("NEW", 7))
-	if st := s.engine.Stats(); st.Holders != 0 {
+	if st := e.Stats(); st.Holders != 0 {
 		t.Fatalf("the advisory of the new connection 7 did not release its lock: %+v", st)
 	}
 }

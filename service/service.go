@@ -26,6 +26,16 @@ import (
 // ServiceName is the NATS micro service name: `nats micro info ldlm`.
 const ServiceName = "ldlm"
 
+// The memory of closed connections (see engine.WithGoneOwnerMemory). The
+// service hears that a connection closed through an advisory, on another
+// NATS connection than the one the requests come on, so a request sent
+// just before the close can be read just after it. Seconds are plenty for
+// that; the bound keeps a storm of disconnects from growing memory.
+const (
+	goneOwnerWindow = 10 * time.Second
+	goneOwnerMemory = 10_000
+)
+
 // Config is what the service needs to know beyond its connections. The zero
 // value is usable: every zero field takes the default named in its comment.
 type Config struct {
@@ -55,18 +65,6 @@ type Config struct {
 	MaxLocks              int
 	MaxWaitersPerLock     int
 	MaxWaitsPerConnection int
-	// LateRequestWindow is how long the service remembers an unlock that
-	// found nothing to unlock, and a connection that closed. Each operation
-	// is read on its own subscription, so a lock request can be read after
-	// the unlock its client sent later to cancel it, or after the close of
-	// its connection: it is then refused (LockWaitCancelled, OwnerGone)
-	// instead of making a grant that nobody would release. Default 10s;
-	// negative: remember nothing.
-	LateRequestWindow time.Duration
-	// LateRequestMemory bounds how many unlocks and how many closed
-	// connections are remembered; past it the oldest are forgotten first.
-	// Default 10,000 of each.
-	LateRequestMemory int
 	// Tenants gives every NATS account its own lock namespace. Requests
 	// must then reach the service through an account import with sharing
 	// on, so that the server stamps Nats-Request-Info; others are refused.
@@ -100,12 +98,6 @@ func (c Config) withDefaults() Config {
 	if c.AnonymousLockTimeout <= 0 {
 		c.AnonymousLockTimeout = 60 * time.Second
 	}
-	if c.LateRequestWindow == 0 {
-		c.LateRequestWindow = 10 * time.Second
-	}
-	if c.LateRequestMemory <= 0 {
-		c.LateRequestMemory = 10_000
-	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = 30 * time.Second
 	}
@@ -113,6 +105,19 @@ func (c Config) withDefaults() Config {
 		c.Version = "0.0.0-dev"
 	}
 	return c
+}
+
+// check refuses settings that would let a request make the service publish
+// on a subject longer than NATS allows: the server would close the
+// service's connection (see subjects.MaxNameLengthLimit).
+func (c Config) check() error {
+	if c.MaxNameLength > subjects.MaxNameLengthLimit {
+		return fmt.Errorf("service: the longest lock name may be at most %d bytes, not %d: longer names would make subjects over NATS's limit", subjects.MaxNameLengthLimit, c.MaxNameLength)
+	}
+	if len(c.Prefix) > subjects.MaxPrefixLength {
+		return fmt.Errorf("service: the subject prefix may be at most %d bytes, not %d", subjects.MaxPrefixLength, len(c.Prefix))
+	}
+	return nil
 }
 
 // limitOrDefault maps 0 to def and a negative limit to 0, the engine's
@@ -139,14 +144,23 @@ type Service struct {
 
 	started time.Time
 	id      string // micro instance id, set once registered; in every grant reply
+	opStats opStats
 
 	failOnce sync.Once
 	failed   chan struct{} // closed when the service stopped itself
 	failErr  error         // why; written before failed is closed
 
+	// ncClosed and sysClosed hear that a connection was closed for good.
+	ncClosed, sysClosed chan nats.Status
+
+	// replyMu orders grant replies and the stop announcement: once stopping
+	// is set (and the stop announced), no grant reply is sent.
+	replyMu  sync.Mutex
+	stopping bool
+
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the liveness goroutines
+	wg       sync.WaitGroup // the goroutines watching connections and rivals
 }
 
 // Start registers the service on nc and starts following connection
@@ -165,6 +179,12 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if !nc.Opts.NoEcho {
+		log.Warn("the service's connection was made without nats.NoEcho: its own notices and events come back to its request subscription, which ignores them at a cost")
 	}
 	if sys != nil {
 		if err := checkSystemAccount(nc, sys); err != nil {
@@ -191,9 +211,9 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 			MaxWaitersPerLock: cfg.MaxWaitersPerLock,
 			MaxWaitsPerOwner:  cfg.MaxWaitsPerConnection,
 		}),
-		engine.WithLateRequestMemory(max(cfg.LateRequestWindow, 0), cfg.LateRequestMemory),
+		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
-	s.live = newLiveness(s)
+	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.NoClearOnDisconnect)
 
 	// Follow liveness before answering, so no lock is granted to a
 	// connection whose disconnect we could not see.
@@ -201,6 +221,8 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.engine.Close()
 		return nil, err
 	}
+	s.watchConnections()
+	s.watchRivals()
 	if err := s.register(); err != nil {
 		s.Stop()
 		return nil, err
@@ -228,18 +250,21 @@ func (s *Service) register() error {
 		// Every instance must see every request of its locks: a queue
 		// group would split one lock's requests between instances.
 		QueueGroupDisabled: true,
+		// Per-operation counts, since one endpoint serves the four.
+		StatsHandler: s.opStats.data,
 	})
 	if err != nil {
 		return fmt.Errorf("registering micro service %q: %w", ServiceName, err)
 	}
 	s.micro = svc
 	s.id = svc.Info().ID
-	for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
-		h := s.handler(op)
-		subject := s.cfg.Prefix + "." + op + ".>"
-		if err := svc.AddEndpoint(op, h, micro.WithEndpointSubject(subject)); err != nil {
-			return fmt.Errorf("adding endpoint %s: %w", subject, err)
-		}
+	// One endpoint, so one subscription, for all four lock operations:
+	// NATS delivers one publisher's messages to one subscription in the
+	// order they were sent, so an unlock is always read after the lock
+	// request its client sent first (see handle).
+	subject := s.cfg.Prefix + ".>"
+	if err := svc.AddEndpoint(RequestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
+		return fmt.Errorf("adding endpoint %s: %w", subject, err)
 	}
 	if err := s.registerAdmin(svc); err != nil {
 		return fmt.Errorf("adding admin endpoints: %w", err)
@@ -262,38 +287,26 @@ func (s *Service) Engine() *engine.Engine { return s.engine }
 // reconnects and every SweepInterval; calling it is for tests and operators.
 func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 
-// Done is closed when the service stopped itself: it found an older
-// instance serving the same prefix (Err says so). Call Stop then.
-func (s *Service) Done() <-chan struct{} { return s.failed }
-
-// Err says why Done was closed; nil before.
-func (s *Service) Err() error {
-	select {
-	case <-s.failed:
-		return s.failErr
-	default:
-		return nil
-	}
-}
-
-// stepDown stops answering requests and closes Done. It may be called from the
-// service's own goroutines, which Stop waits for, so it does not call Stop.
-func (s *Service) stepDown(err error) {
-	s.failOnce.Do(func() {
-		s.failErr = err
-		if err := s.micro.Stop(); err != nil {
-			s.log.Warn("stopping micro service", "err", err)
-		}
-		close(s.failed)
-	})
-}
-
-// Stop stops answering, tells clients that this instance's locks are gone,
-// fails every parked waiter with Unavailable and stops following liveness.
-// It does not close the connections it was given.
+// Stop tells clients at once that this instance's locks are gone, answers
+// every parked waiter and every request that still arrives with
+// Unavailable, then stops answering and following liveness. It does not
+// close the connections it was given.
+//
+// The engine is closed before the announcement, so that no grant can be
+// made after it, and a grant made just before whose reply is not sent yet
+// is answered Unavailable instead (see respondGrant): a client never hears
+// of a grant after it heard that the instance that made it stopped. Only then are the subscriptions drained (which takes a while): the
+// requests read meanwhile get Unavailable, and clients ask again.
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
+		s.engine.Close()
+		s.replyMu.Lock()
+		s.stopping = true
+		if s.id != "" {
+			s.announce(subjects.InstanceStopped)
+		}
+		s.replyMu.Unlock()
 		if s.micro != nil {
 			if err := s.micro.Stop(); err != nil {
 				s.log.Warn("stopping micro service", "err", err)
@@ -301,12 +314,12 @@ func (s *Service) Stop() {
 		}
 		s.wg.Wait()
 		s.live.close()
-		if s.id != "" {
-			s.announce(subjects.InstanceStopped)
+		s.nc.RemoveStatusListener(s.ncClosed)
+		if s.sysClosed != nil {
+			s.sys.RemoveStatusListener(s.sysClosed)
 		}
-		s.engine.Close()
-		// engine.Close answered the parked waiters (Unavailable): get those
-		// replies to the server before the caller closes the connection.
+		// Get the Unavailable replies to the server before the caller
+		// closes the connection.
 		if err := s.nc.FlushTimeout(2 * time.Second); err != nil {
 			s.log.Warn("replies to parked waiters not flushed", "err", err)
 		}

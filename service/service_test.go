@@ -58,8 +58,20 @@ func code(r reply) subjects.ErrorCode {
 	return r.Error.Code
 }
 
-// ownerOf is the Ldlm-Owner value for nc, as the client libraries send it.
+// ownerOf is the Ldlm-Owner value for nc, as the client libraries send it:
+// SERVER_ID:CLIENT_ID.
 func ownerOf(t *testing.T, nc *nats.Conn) string {
+	t.Helper()
+	cid, err := nc.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return subjects.FormatOwner(nc.ConnectedServerId(), cid)
+}
+
+// legacyOwnerOf is the Ldlm-Owner value for nc as clients sent it before
+// the server id: SERVER_NAME:CLIENT_ID.
+func legacyOwnerOf(t *testing.T, nc *nats.Conn) string {
 	t.Helper()
 	cid, err := nc.GetClientID()
 	if err != nil {
@@ -485,8 +497,30 @@ func TestMicroDiscovery(t *testing.T) {
 	for _, e := range info.Endpoints {
 		got = append(got, e.Subject)
 	}
-	want := "ldlm.lock.> ldlm.trylock.> ldlm.unlock.> ldlm.renew.> ldlm.admin.list ldlm.admin.status ldlm.admin.unlock.>"
+	want := "ldlm.> ldlm.admin.list ldlm.admin.status ldlm.admin.unlock.>"
 	if info.Name != "ldlm" || strings.Join(got, " ") != want {
 		t.Fatalf("micro info: name %q endpoints %v, want %s", info.Name, got, want)
+	}
+
+	// One endpoint serves the four operations; its stats count each.
+	send(t, nc, subjects.OpTryLock, "x", "", "")
+	send(t, nc, subjects.OpTryLock, "x", "", "")
+	send(t, nc, subjects.OpRenew, "x", `{"key":"nope","lock_timeout_seconds":1}`, "")
+	res, err = nc.Request("$SRV.STATS."+service.ServiceName, nil, testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stats struct {
+		Endpoints []struct {
+			Name string                      `json:"name"`
+			Data map[string]service.OpCounts `json:"data"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(res.Data, &stats); err != nil {
+		t.Fatal(err)
+	}
+	if e := stats.Endpoints[0]; e.Data[subjects.OpTryLock] != (service.OpCounts{Requests: 2}) ||
+		e.Data[subjects.OpRenew] != (service.OpCounts{Requests: 1, Errors: 1}) || e.Data[subjects.OpLock] != (service.OpCounts{}) {
+		t.Fatalf("stats of %s: %+v", e.Name, e.Data)
 	}
 }

@@ -6,14 +6,15 @@ import "time"
 // subjects so that NATS permissions can allow applications to lock while
 // denying them administration (deny PREFIX.admin.>).
 const (
-	OpAdminList   = "admin.list"   // every lock with holders and waiters
+	OpAdminList   = "admin.list"   // the locks with holders and waiters, a page at a time
 	OpAdminUnlock = "admin.unlock" // PREFIX.admin.unlock.NAME: force release
 	OpAdminStatus = "admin.status" // version, uptime, counts, liveness
 )
 
 // LostToken is the second token of the subject on which the service tells a
 // connection that it lost a grant without unlocking it:
-// PREFIX.lost.OWNER (OWNER encoded as EncodeName does), body LostNotice.
+// PREFIX.lost.OWNER (OWNER = SERVER_ID:CLIENT_ID, a plain subject token, so
+// EncodeName leaves it as it is), body LostNotice.
 const LostToken = "lost"
 
 // EventsToken is the second token of published events:
@@ -88,10 +89,38 @@ type ForceUnlockResponse struct {
 	Error    *Error   `json:"error,omitempty"`
 }
 
-// ListResponse is every lock the service holds, sorted by name.
+// ListRequest asks for one page of the lock list. The zero value (or an
+// empty body) asks for the first page of every lock.
+type ListRequest struct {
+	// After is the Next of the page before: the list goes on with the
+	// locks whose names sort after it.
+	After string `json:"after,omitempty"`
+	// Limit is the most locks on the page: 1 to MaxListLimit, default
+	// DefaultListLimit. A page also ends before it would pass
+	// MaxListPageBytes.
+	Limit int `json:"limit,omitempty"`
+	// Prefix lists only the locks whose names start with it.
+	Prefix string `json:"prefix,omitempty"`
+}
+
+// Bounds of a list page. A page stays far below the 1 MiB that NATS
+// carries by default, whatever the locks hold.
+const (
+	DefaultListLimit = 1000
+	MaxListLimit     = 10_000
+	MaxListPageBytes = 512 << 10
+	// MaxListEntries is the most holders, and the most waiters, listed for
+	// one lock; LockInfo's totals count them all.
+	MaxListEntries = 100
+)
+
+// ListResponse is one page of the locks the service holds, sorted by name.
 type ListResponse struct {
 	Locks []LockInfo `json:"locks"`
-	Error *Error     `json:"error,omitempty"`
+	// Next, when not empty, is where the next page starts: send it as
+	// ListRequest.After. Empty on the last page.
+	Next  string `json:"next,omitempty"`
+	Error *Error `json:"error,omitempty"`
 }
 
 // LockInfo describes one lock for operators.
@@ -103,6 +132,10 @@ type LockInfo struct {
 	Size    int          `json:"size"`
 	Holders []HolderInfo `json:"holders"`
 	Waiters []WaiterInfo `json:"waiters,omitempty"`
+	// HoldersTotal and WaitersTotal count every holder and waiter; the
+	// lists above show at most MaxListEntries of each.
+	HoldersTotal int `json:"holders_total"`
+	WaitersTotal int `json:"waiters_total,omitempty"`
 }
 
 // HolderInfo describes a grant. Only a prefix of the key is shown: enough

@@ -78,7 +78,9 @@ const (
 	HeaderRequestInfo = "Nats-Request-Info"
 
 	// HeaderOwner is set by LDLM clients to the identity of the connection
-	// they send on, as "SERVER_NAME:CLIENT_ID" (see FormatOwner). Locks taken
-	// with it are released when that connection closes.
+	// they send on, as "SERVER_ID:CLIENT_ID" (see FormatOwner; the service
+	// also accepts the server's name instead of its id, as older clients
+	// send it). Locks taken with it are released when that connection
+	// closes.
 	HeaderOwner = "Ldlm-Owner"
 )

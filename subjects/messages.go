@@ -18,6 +18,15 @@ const (
 	MaxTimeoutSeconds = 365 * 24 * 60 * 60
 	// MaxKeyLength is the longest client-chosen key, in bytes.
 	MaxKeyLength = 256
+	// MaxLockSize is the largest size (number of slots) of a lock. A
+	// semaphore of a million slots is already far past any real use; the
+	// bound keeps a typo from looking like a valid request.
+	MaxLockSize = 1_000_000
+	// MaxOwnerLength is the longest HeaderOwner value, in bytes. The owner
+	// becomes a token of the subject PREFIX.lost.OWNER, which NATS bounds
+	// (4,096 bytes for a whole control line); a real owner is at most a
+	// 56-character server id, ':' and 20 digits.
+	MaxOwnerLength = 256
 )
 
 // Request is the JSON body of every operation. All fields are optional and
@@ -113,8 +122,8 @@ type requestFields struct {
 func (f requestFields) check() (Request, error) {
 	var r Request
 	if f.hasSize {
-		if f.size < 1 {
-			return Request{}, Errorf(CodeInvalidLockSize, "size must be at least 1, got %d", f.size)
+		if f.size < 1 || f.size > MaxLockSize {
+			return Request{}, Errorf(CodeInvalidLockSize, "size must be 1 to %d, got %d", MaxLockSize, f.size)
 		}
 		r.Size = f.size
 	}
@@ -257,22 +266,56 @@ type UnlockResponse struct {
 	Error    *Error `json:"error,omitempty"`
 }
 
-// FormatOwner is the value of HeaderOwner for a connection: the name of the
-// NATS server it is connected to and its client id there, as the server's
-// connect and disconnect advisories name them.
-func FormatOwner(serverName string, clientID uint64) string {
-	return serverName + ":" + strconv.FormatUint(clientID, 10)
+// Owner is the connection a lock belongs to: the id of the NATS server it
+// is connected to (INFO server_id) and its client id there. A server gives
+// client ids out in increasing order from 1 and starts again when it
+// restarts, with a new server id, so the pair names one connection for
+// ever. The zero Owner is "no connection" (a lock that nothing frees but an
+// unlock or its timeout).
+type Owner struct {
+	ServerID string
+	ClientID uint64
 }
 
-// ParseOwner splits a HeaderOwner value made by FormatOwner.
-func ParseOwner(v string) (serverName string, clientID uint64, err error) {
+// IsZero reports whether o is the zero Owner.
+func (o Owner) IsZero() bool { return o == Owner{} }
+
+// String is o as HeaderOwner carries it: SERVER_ID:CLIENT_ID.
+func (o Owner) String() string {
+	if o.IsZero() {
+		return ""
+	}
+	return o.ServerID + ":" + strconv.FormatUint(o.ClientID, 10)
+}
+
+// FormatOwner is the value of HeaderOwner for a connection: the id of the
+// NATS server it is connected to (nats.go: nc.ConnectedServerId()) and its
+// client id there (nc.GetClientID()).
+func FormatOwner(serverID string, clientID uint64) string {
+	return Owner{ServerID: serverID, ClientID: clientID}.String()
+}
+
+// ParseOwner reads a HeaderOwner value, SERVER:CLIENT_ID. SERVER is the
+// server's id, or the server's name as clients before the server id was
+// used sent it: telling the two apart is the service's business (it knows
+// the servers). The value must be at most MaxOwnerLength bytes of printable
+// ASCII without spaces: it ends up in a subject, a header and log lines.
+func ParseOwner(v string) (Owner, error) {
+	if len(v) > MaxOwnerLength {
+		return Owner{}, Errorf(CodeBadRequest, "%s header is %d bytes long, over the limit of %d: it must be SERVER_ID:CLIENT_ID", HeaderOwner, len(v), MaxOwnerLength)
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < '!' || v[i] > '~' {
+			return Owner{}, Errorf(CodeBadRequest, "%s header must be printable ASCII without spaces (SERVER_ID:CLIENT_ID), got %s", HeaderOwner, quoteShort(v))
+		}
+	}
 	i := strings.LastIndexByte(v, ':')
 	if i <= 0 {
-		return "", 0, Errorf(CodeBadRequest, "%s header must be SERVER_NAME:CLIENT_ID, got %q", HeaderOwner, v)
+		return Owner{}, Errorf(CodeBadRequest, "%s header must be SERVER_ID:CLIENT_ID, got %s", HeaderOwner, quoteShort(v))
 	}
 	cid, perr := strconv.ParseUint(v[i+1:], 10, 64)
 	if perr != nil || cid == 0 {
-		return "", 0, Errorf(CodeBadRequest, "%s header must end in a client id above 0, got %q", HeaderOwner, v)
+		return Owner{}, Errorf(CodeBadRequest, "%s header must end in a client id above 0, got %s", HeaderOwner, quoteShort(v))
 	}
-	return v[:i], cid, nil
+	return Owner{ServerID: v[:i], ClientID: cid}, nil
 }

@@ -24,6 +24,18 @@ const (
 // accepts unless configured otherwise.
 const DefaultMaxNameLength = 1024
 
+// MaxNameLengthLimit is the highest name length a service may be
+// configured with. NATS refuses a control line over 4,096 bytes and closes
+// the connection that sends one; the longest subject the service publishes
+// is PREFIX.events.KIND.NAME, and a name of this length takes at most 2,732
+// bytes there once encoded, which leaves room for a prefix of up to
+// MaxPrefixLength bytes and the longest KIND.
+const MaxNameLengthLimit = 2048
+
+// MaxPrefixLength is the longest subject prefix a service may use (see
+// MaxNameLengthLimit).
+const MaxPrefixLength = 256
+
 // encodedMarker starts the subject form of a name that is not a plain
 // subject tail. A plain name never starts with it, so the two forms cannot
 // be confused.

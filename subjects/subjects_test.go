@@ -181,15 +181,26 @@ func TestDurations(t *testing.T) {
 }
 
 func TestOwner(t *testing.T) {
-	v := FormatOwner("nats-1", 42)
-	server, cid, err := ParseOwner(v)
-	if v != "nats-1:42" || server != "nats-1" || cid != 42 || err != nil {
-		t.Fatalf("%q → %q %d %v", v, server, cid, err)
+	const id = "NDKZ6YSB6RWTNV7MV4AGFVB4TVC5QOXUQ7Z3CBF2ZJMS6GJTK2ZNEMNF"
+	v := FormatOwner(id, 42)
+	o, err := ParseOwner(v)
+	if v != id+":42" || o != (Owner{ServerID: id, ClientID: 42}) || o.String() != v || err != nil {
+		t.Fatalf("%q → %+v %v", v, o, err)
 	}
-	for _, bad := range []string{"", ":1", "n1", "n1:", "n1:0", "n1:-1", "n1:x"} {
-		if _, _, err := ParseOwner(bad); err == nil {
-			t.Errorf("ParseOwner(%q) must fail", bad)
+	if legacy, err := ParseOwner("nats-1:7"); legacy != (Owner{ServerID: "nats-1", ClientID: 7}) || err != nil {
+		t.Fatalf("a server name instead of the id: %+v %v", legacy, err)
+	}
+	if (Owner{}).String() != "" || !(Owner{}).IsZero() || o.IsZero() {
+		t.Fatal("the zero Owner is no owner")
+	}
+	for _, bad := range []string{"", ":1", "n1", "n1:", "n1:0", "n1:-1", "n1:x", "n 1:1", "n\x01:1", "é:1",
+		strings.Repeat("s", MaxOwnerLength-1) + ":1"} {
+		if _, err := ParseOwner(bad); err == nil {
+			t.Errorf("ParseOwner(%.40q) must fail", bad)
 		}
+	}
+	if _, err := ParseOwner(strings.Repeat("s", MaxOwnerLength-2) + ":1"); err != nil {
+		t.Errorf("an owner of %d bytes: %v", MaxOwnerLength, err)
 	}
 }
 

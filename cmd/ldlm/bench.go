@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -22,11 +23,17 @@ const benchUsage = `Usage:
   ldlm bench [flags]         measure the echo and lock+unlock cycles
   ldlm bench scale [flags]   measure memory and release times at scale (embedded only)
 
-Without --server, ldlm bench starts its own server in the process, as
-` + "`ldlm`" + ` runs it (embedded NATS, lock service on an in-process connection), and
-its clients connect over TCP to 127.0.0.1. See BENCHMARKS.md.
+Without --server, ldlm bench starts the server as a process of its own,
+this same binary, set up as ` + "`ldlm`" + ` runs it (embedded NATS, lock service
+on an in-process connection), and its clients connect to it over TCP from
+this process: clients and server in separate processes, as users run them.
+--in-process runs the server in this process with the clients instead,
+which flatters serial work; every table says where its clients ran.
+See BENCHMARKS.md.
+
 The clients are part of the measurement: they decode the replies as
-clientlib does; --baseline-json-replies adds rows (system "baseline")
+clientlib does; --clientlib adds rows of the same cycles through the Go
+client itself; --baseline-json-replies adds rows (system "baseline")
 whose clients decode with encoding/json instead, round by round.
 
 To compare two builds side by side, run both lock services on one NATS
@@ -45,6 +52,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 			return runBenchScale(args[1:], stdout, stderr)
 		case helperCommand:
 			return runBenchHelper(args[1:], stdout, stderr)
+		case serverProcessCommand:
+			return runBenchServerProcess(args[1:], stdout, stderr)
 		}
 	}
 	cfg := bench.DefaultConfig()
@@ -54,10 +63,12 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, benchUsage)
 		fs.PrintDefaults()
 	}
-	server := fs.String("server", "", "NATS URL of a running lock service to measure (external); empty: start one in this process")
+	server := fs.String("server", "", "NATS URL of a running lock service to measure (external); empty: start one in a process of its own")
+	inProcess := fs.Bool("in-process", false, "run the server in this process with the clients (flatters serial work: not what users get)")
 	prefix := fs.String("prefix", subjects.DefaultPrefix, "subject prefix of the external lock service")
 	baseline := fs.String("baseline-prefix", "", "subject prefix of a second lock service on the same server to compare with, round by round (needs --server)")
 	jsonBaseline := fs.Bool("baseline-json-replies", false, "add baseline rows whose clients decode replies with encoding/json (the client decoder before subjects.DecodeLockResponse); against the service under test unless --baseline-prefix names another")
+	withClientlib := fs.Bool("clientlib", false, "add rows (system \"clientlib\") of the uncontended and contended workloads run through the Go client, on the same connections, round by round")
 	short := fs.Bool("short", false, "a few seconds in all (for CI): same rows, figures too short to quote")
 	rounds := fs.Int("rounds", cfg.Rounds, "rounds of alternation per group")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "run time of each workload in each round")
@@ -68,8 +79,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "timeout of every request")
 	fs.BoolVar(&cfg.NoEcho, "no-echo", false, "leave out the echo workloads (to profile a lock workload alone)")
 	serviceOverTCP := fs.Bool("embedded-service-tcp", false, "experiment: connect the embedded lock service over TCP instead of in-process")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (embedded only)")
-	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file (embedded only)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server process to this file (--in-process: of this process, clients included); not with --server")
+	memProfile := fs.String("memprofile", "", "write an allocation profile of the server process to this file (--in-process: of this process); not with --server")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -95,7 +106,9 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	case cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.Timeout <= 0 || cfg.SemaphoreWorkers < 1:
 		err = errors.New("rounds, duration, timeout and semaphore workers must be positive")
 	case *server != "" && (*cpuProfile != "" || *memProfile != ""):
-		err = errors.New("profiles are of this process: use them without --server")
+		err = errors.New("profiles are of a server that ldlm bench starts: use them without --server")
+	case *server != "" && *inProcess:
+		err = errors.New("--in-process starts a server: use it without --server")
 	case *server == "" && *baseline != "":
 		err = errors.New("--baseline-prefix compares two services on one NATS server: give its URL with --server")
 	}
@@ -105,12 +118,28 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	}
 
 	var t *bench.Target
-	if *server == "" {
+	// Profiles are this process's with --in-process, else the server
+	// process's, which writes them when it stops.
+	ownCPUProfile, ownMemProfile := *cpuProfile, *memProfile
+	switch {
+	case *server == "" && *inProcess:
 		t, err = bench.NewEmbeddedTarget(*serviceOverTCP)
 		if err == nil && *jsonBaseline {
 			t.SetJSONBaseline()
 		}
-	} else {
+	case *server == "":
+		opts := bench.ProcessOptions{ServiceOverTCP: *serviceOverTCP}
+		if opts.CPUProfile, err = absPath(*cpuProfile); err == nil {
+			opts.MemProfile, err = absPath(*memProfile)
+		}
+		ownCPUProfile, ownMemProfile = "", ""
+		if err == nil {
+			t, err = bench.NewProcessTarget(opts)
+		}
+		if err == nil && *jsonBaseline {
+			t.SetJSONBaseline()
+		}
+	default:
 		t, err = bench.NewExternalTarget(*server, *prefix)
 		if err == nil && *baseline != "" {
 			if err = t.SetBaseline(*baseline); err != nil {
@@ -125,16 +154,22 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
 		return 1
 	}
-	defer t.Close()
+	if *withClientlib {
+		t.SetClientlib()
+	}
 
-	stopProfiles, err := startProfiles(*cpuProfile, *memProfile)
+	stopProfiles, err := startProfiles(ownCPUProfile, ownMemProfile)
 	if err != nil {
+		_ = t.Close()
 		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
 		return 1
 	}
 	_, err = bench.Run(t, cfg, stdout)
 	if perr := stopProfiles(); perr != nil && err == nil {
 		err = perr
+	}
+	if cerr := t.Close(); cerr != nil && err == nil {
+		err = cerr
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
@@ -223,6 +258,57 @@ func init() {
 		cmd.Stderr = os.Stderr
 		return cmd
 	}
+}
+
+// serverProcessCommand is the hidden subcommand of `ldlm bench` that runs
+// the measured server in a process of its own.
+const serverProcessCommand = "server-process"
+
+func init() {
+	bench.ServerCommand = func(args []string) *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		cmd := exec.Command(exe, append([]string{"bench", serverProcessCommand}, args...)...)
+		cmd.Stderr = os.Stderr
+		return cmd
+	}
+}
+
+// runBenchServerProcess is `ldlm bench server-process`: the server of
+// `ldlm bench`, serving until its standard input ends.
+func runBenchServerProcess(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ldlm bench "+serverProcessCommand, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	overTCP := fs.Bool("embedded-service-tcp", false, "connect the lock service over TCP")
+	cpuProfile := fs.String("cpuprofile", "", "CPU profile file")
+	memProfile := fs.String("memprofile", "", "allocation profile file")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "ldlm bench server-process: started by ldlm bench, not by hand")
+		return exitUsage
+	}
+	stopProfiles, err := startProfiles(*cpuProfile, *memProfile)
+	if err == nil {
+		err = bench.ServeProcess(os.Stdin, stdout, *overTCP)
+		if perr := stopProfiles(); perr != nil && err == nil {
+			err = perr
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ldlm bench server-process: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// absPath makes a file name given to ldlm bench absolute, so that the
+// server process writes where it was asked whatever its directory.
+func absPath(p string) (string, error) {
+	if p == "" {
+		return "", nil
+	}
+	return filepath.Abs(p)
 }
 
 // runBenchHelper is `ldlm bench scale-client URL N`.

@@ -2,26 +2,76 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 )
 
-// TestBenchShort runs `ldlm bench --short` against the server it starts
-// itself and checks the printed table: every expected row is there with a
-// positive rate. It asserts nothing about timing.
+// TestBenchShort runs `ldlm bench --short`: the built binary, which starts
+// its server as a child process of the same binary, and `--in-process`,
+// which runs the server in the clients' process. It checks the printed
+// table: the heading says where the server and the clients ran, and every
+// expected row is there with a positive rate. It asserts nothing about
+// timing.
 func TestBenchShort(t *testing.T) {
-	var stdout, stderr bytes.Buffer
-	code := run([]string{"bench", "--short"}, &stdout, &stderr)
-	t.Log("\n" + stdout.String())
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, stderr.String())
+	for _, tc := range []struct {
+		name    string
+		run     func(t *testing.T) (stdout, stderr string, code int)
+		heading []string
+	}{
+		{
+			name: "server process",
+			run: func(t *testing.T) (string, string, int) {
+				var stdout, stderr bytes.Buffer
+				cmd := exec.Command(ldlmBinary(t), "bench", "--short")
+				cmd.Env = cleanEnv()
+				cmd.Stdout, cmd.Stderr = &stdout, &stderr
+				err := cmd.Run()
+				var exit *exec.ExitError
+				if err != nil && !errors.As(err, &exit) {
+					t.Fatal(err)
+				}
+				return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+			},
+			heading: []string{"\nserver:  its own process (pid ", "\nclients: in this process (pid ", "CPU/cycle is both processes"},
+		},
+		{
+			name: "in process",
+			run: func(t *testing.T) (string, string, int) {
+				var stdout, stderr bytes.Buffer
+				code := run([]string{"bench", "--short", "--in-process"}, &stdout, &stderr)
+				return stdout.String(), stderr.String(), code
+			},
+			heading: []string{"\nserver:  IN THIS PROCESS with the clients", "\nclients: in the server's process", "NOT what users get"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, code := tc.run(t)
+			t.Log("\n" + stdout)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			for _, h := range tc.heading {
+				if !strings.Contains(stdout, h) {
+					t.Errorf("the heading does not say %q", h)
+				}
+			}
+			checkBenchRows(t, stdout)
+		})
 	}
+}
+
+// checkBenchRows checks that the table of a default `ldlm bench --short`
+// has every row, each with a positive rate.
+func checkBenchRows(t *testing.T, stdout string) {
+	t.Helper()
 	// system conns workers workload cycles/s …
 	row := regexp.MustCompile(`(?m)^ldlm\s+(\S+)\s+(\d+)\s+(\S+)\s+(\d+)\s`)
 	rates := map[string]int{}
-	for _, m := range row.FindAllStringSubmatch(stdout.String(), -1) {
+	for _, m := range row.FindAllStringSubmatch(stdout, -1) {
 		rate, _ := strconv.Atoi(m[4])
 		rates[m[1]+" "+m[2]+" "+m[3]] = rate
 	}
@@ -48,7 +98,7 @@ func TestBenchShort(t *testing.T) {
 	if len(rates) != len(want) {
 		t.Errorf("%d rows, want %d", len(rates), len(want))
 	}
-	if strings.Contains(stdout.String(), "ERROR") {
+	if strings.Contains(stdout, "ERROR") {
 		t.Error("a row failed")
 	}
 }
@@ -60,6 +110,7 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--workloads", "nap"},
 		{"bench", "--server", "nats://127.0.0.1:1", "--cpuprofile", "x"},
 		{"bench", "--baseline-prefix", "old"},
+		{"bench", "--server", "nats://127.0.0.1:1", "--in-process"},
 		{"bench", "extra"},
 		{"bench", "scale", "--locks", "x"},
 		{"bench", "scale", "--only", "nap"},

@@ -620,6 +620,11 @@ func TestCLIServiceErrors(t *testing.T) {
 			if code != exitFailed || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, tc.want) {
 				t.Errorf("exit %d, stdout %q, stderr %q; want exit 1 and one line that mentions %q", code, stdout, stderr, tc.want)
 			}
+			// Issue 11, D3: a request nobody answered names the likely
+			// causes, most likely first.
+			if causes := "likely causes, most likely first: ldlm is not running"; tc.want != "connecting to NATS" && !strings.Contains(stderr, causes) {
+				t.Errorf("stderr %q does not name the likely causes (%q)", stderr, causes)
+			}
 		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/ldlm-io/ldlm/clientlib"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -179,9 +180,14 @@ func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]
 	msg, err := nc.RequestWithContext(ctx, subject, data)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return nil, fmt.Errorf("no lock service answers on %s: is ldlm running there, with subject prefix %q (--prefix)?", subject, prefix)
+		return nil, fmt.Errorf("no lock service answers on %s; likely causes, most likely first: "+
+			"ldlm is not running (or has just stopped); this is not its NATS server (--server %s) or not its subject prefix (--prefix %q)",
+			subject, redactURLs(nc.ConnectedUrl()), prefix)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
-		return nil, fmt.Errorf("no reply on %s within %s: may this user publish to %s.admin.>?", subject, requestTimeout, prefix)
+		return nil, fmt.Errorf("no reply on %s within %s; likely causes, most likely first: "+
+			"ldlm is not running, or is stopping or overloaded; this is not its NATS server (--server %s) or not its subject prefix (--prefix %q); "+
+			"this user may not publish to %s.admin.> (NATS permissions: a denied request gets no reply)",
+			subject, requestTimeout, redactURLs(nc.ConnectedUrl()), prefix, prefix)
 	case err != nil:
 		return nil, fmt.Errorf("request on %s: %w", subject, err)
 	}
@@ -189,6 +195,22 @@ func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]
 		return nil, fmt.Errorf("unreadable reply on %s: %.200q: %w", subject, msg.Data, err)
 	}
 	return msg.Data, nil
+}
+
+// withLikelyCauses adds to an error of a lock request that got no answer
+// the likely causes, most likely first, so that the line says what to
+// check. Other errors are returned as they are.
+func withLikelyCauses(err error, prefix string) error {
+	switch {
+	case errors.Is(err, clientlib.ErrNoService) || errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w; likely causes, most likely first: ldlm is not running (or has just stopped); "+
+			"this is not its NATS server (--server) or not its subject prefix (--prefix %q)", err, prefix)
+	case errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w; likely causes, most likely first: ldlm is stopping or overloaded; "+
+			"this is not its NATS server (--server) or not its subject prefix (--prefix %q); "+
+			"this user may not publish to %s.lock.> and %s.trylock.> (NATS permissions: a denied request gets no reply)", err, prefix, prefix, prefix)
+	}
+	return err
 }
 
 // refused is the error for a refusal in a reply's error field.

@@ -5,6 +5,7 @@ package main
 // permissions may keep applications from sending.
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -21,8 +22,11 @@ const listUsage = `Usage:
   ldlm list [flags]
 
 Lists every lock with its size, its holders (connection, key prefix, fencing
-token, time held, expiry) and its waiters, one row each. --json prints the
-service's reply as it is.
+token, time held, expiry) and its waiters, one row each; --name-prefix lists
+only the locks whose names start with it. The service answers a page of
+locks at a time; ldlm asks for every page. A lock with more than 100
+holders or waiters shows the first 100 and how many more there are. --json
+prints the locks as one JSON object {"locks":[…]}.
 `
 
 const unlockUsage = `Usage:
@@ -43,9 +47,49 @@ and when it last compared lock owners with the live connections.
 `
 
 func runList(args []string, stdout, stderr io.Writer) int {
-	return runAdminQuery("ldlm list", listUsage, subjects.OpAdminList, args, stdout, stderr,
-		func(r *subjects.ListResponse) *subjects.Error { return r.Error },
-		func(w io.Writer, r *subjects.ListResponse) { printLocks(w, r.Locks, time.Now()) })
+	const command = "ldlm list"
+	fs := flag.NewFlagSet(command, flag.ContinueOnError)
+	conn := addClientFlags(fs)
+	asJSON := fs.Bool("json", false, "print the locks as JSON")
+	namePrefix := fs.String("name-prefix", "", "list only the locks whose names start with this")
+	if code, done := parseCommandFlags(fs, args, listUsage, stdout, stderr); done {
+		return code
+	}
+	if code, ok := noArguments(fs, conn, stderr); !ok {
+		return code
+	}
+	nc, err := conn.connect(command, command, stderr)
+	if err != nil {
+		return failed(stderr, command, err)
+	}
+	defer nc.Close()
+	all := subjects.ListResponse{Locks: []subjects.LockInfo{}}
+	req := subjects.ListRequest{Prefix: *namePrefix}
+	for {
+		var page subjects.ListResponse
+		_, err := adminRequest(nc, conn.prefix, subjects.OpAdminList, "", req, &page)
+		if err == nil && page.Error != nil {
+			err = refused(page.Error)
+		}
+		if err != nil {
+			return failed(stderr, command, err)
+		}
+		all.Locks = append(all.Locks, page.Locks...)
+		if page.Next == "" {
+			break
+		}
+		req.After = page.Next
+	}
+	if *asJSON {
+		b, err := json.Marshal(all)
+		if err != nil {
+			return failed(stderr, command, err)
+		}
+		fmt.Fprintln(stdout, string(b))
+		return 0
+	}
+	printLocks(stdout, all.Locks, time.Now())
+	return 0
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) int {
@@ -118,8 +162,14 @@ func printLocks(w io.Writer, locks []subjects.LockInfo, now time.Time) {
 			row(l, name, size, "held", showOwner(h.Owner), h.KeyPrefix, strconv.FormatUint(h.Token, 10),
 				since(now, h.AcquiredAt), until(now, h.ExpiresAt))
 		}
+		if more := l.HoldersTotal - len(l.Holders); more > 0 {
+			row(l, name, size, fmt.Sprintf("(%d more held)", more), "-", "-", "-", "-", "-")
+		}
 		for _, wt := range l.Waiters {
 			row(l, name, size, "waiting", showOwner(wt.Owner), "-", "-", since(now, wt.Since), until(now, wt.Deadline))
+		}
+		if more := l.WaitersTotal - len(l.Waiters); more > 0 {
+			row(l, name, size, fmt.Sprintf("(%d more waiting)", more), "-", "-", "-", "-", "-")
 		}
 		if len(l.Holders) == 0 && len(l.Waiters) == 0 {
 			row(l, name, size, "free", "-", "-", "-", "-", "-")

@@ -126,7 +126,7 @@ func (r *lockRun) run(conn *clientConfig) int {
 	}
 	defer client.Close()
 
-	l, code := r.acquire(client, sigs)
+	l, code := r.acquire(client, sigs, conn.prefix)
 	if l == nil {
 		return code
 	}
@@ -135,7 +135,7 @@ func (r *lockRun) run(conn *clientConfig) int {
 
 // acquire takes the lock. It returns a nil Lock and the exit status when
 // the lock was not obtained.
-func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal) (*clientlib.Lock, int) {
+func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal, prefix string) (*clientlib.Lock, int) {
 	type result struct {
 		l   *clientlib.Lock
 		err error
@@ -166,7 +166,7 @@ func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal) (*cli
 	}
 	switch {
 	case res.err != nil:
-		return nil, failed(r.stderr, r.command, res.err)
+		return nil, failed(r.stderr, r.command, withLikelyCauses(res.err, prefix))
 	case !res.l.Locked() && r.try:
 		fmt.Fprintf(r.stderr, "%s: lock %q not obtained: every slot is held\n", r.command, r.name)
 		return nil, exitNotObtained
@@ -177,13 +177,19 @@ func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal) (*cli
 	return res.l, 0
 }
 
+// The variables that tell COMMAND which lock it holds.
+const (
+	envLockName  = "LDLM_LOCK_NAME"
+	envLockToken = "LDLM_LOCK_TOKEN"
+)
+
 // runHolding runs COMMAND while l is held, then releases l.
 func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 	cmd := exec.Command(r.argv[0], r.argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(),
-		"LDLM_LOCK_NAME="+l.Name(),
-		"LDLM_LOCK_TOKEN="+strconv.FormatUint(l.Token(), 10))
+		envLockName+"="+l.Name(),
+		envLockToken+"="+strconv.FormatUint(l.Token(), 10))
 	cmd.SysProcAttr = commandProcAttr()
 	select {
 	case <-l.Done():

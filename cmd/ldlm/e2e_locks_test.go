@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -313,7 +314,7 @@ func TestE2EConcepts(t *testing.T) {
 		}
 
 		text := s.nats(t, "micro", "info", "ldlm")
-		for _, want := range []string{"ldlm", "ldlm.lock.>", "ldlm.trylock.>", "ldlm.unlock.>", "ldlm.renew.>"} {
+		for _, want := range []string{"ldlm", "ldlm.>", "ldlm.admin.list"} {
 			if !strings.Contains(text.stdout, want) {
 				t.Errorf("nats micro info ldlm does not show %q:\n%s", want, text.stdout)
 			}
@@ -330,10 +331,9 @@ func TestE2EConcepts(t *testing.T) {
 				t.Errorf("endpoint %s is in queue group %q; every instance must see every request", ep.Name, ep.QueueGroup)
 			}
 		}
-		for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
-			if got, want := endpoints[op], "ldlm."+op+".>"; got != want {
-				t.Errorf("endpoint %s: subject %q, want %q", op, got, want)
-			}
+		// One endpoint, so one subscription, for the four operations.
+		if got, want := endpoints[service.RequestsEndpoint], "ldlm.>"; got != want {
+			t.Errorf("endpoint %s: subject %q, want %q", service.RequestsEndpoint, got, want)
 		}
 		if info.Info.Metadata["prefix"] != "ldlm" {
 			t.Errorf("metadata: %v, want prefix ldlm", info.Info.Metadata)

@@ -68,16 +68,19 @@ func TestE2EConfigErrors(t *testing.T) {
 		{"log level from flag", nil, []string{"server", "--log-level", "loud"}, `"loud"`},
 		{"duration from env", []string{"LDLM_SWEEP_INTERVAL=notaduration"}, nil, "notaduration"},
 		{"duration from flag", nil, []string{"--sweep-interval=notaduration"}, "notaduration"},
-		{"sweep interval 0", []string{"LDLM_SWEEP_INTERVAL=0s"}, nil, "sweep interval"},
+		{"sweep interval 0", []string{"LDLM_SWEEP_INTERVAL=0s"}, nil, "LDLM_SWEEP_INTERVAL (--sweep-interval)"},
 		{"integer from env", []string{"LDLM_MAX_NAME_LENGTH=many"}, nil, "many"},
-		{"max name length 0", nil, []string{"--max-name-length=0"}, "max name length"},
-		{"anonymous lock timeout negative", []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT=-1s"}, nil, "anonymous lock timeout"},
+		{"max name length 0", nil, []string{"--max-name-length=0"}, "LDLM_MAX_NAME_LENGTH (--max-name-length)"},
+		{"anonymous lock timeout negative", []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT=-1s"}, nil, "LDLM_ANONYMOUS_LOCK_TIMEOUT (--anonymous-lock-timeout)"},
 		{"bool from env", []string{"LDLM_NO_CLEAR_ON_DISCONNECT=maybe"}, nil, "maybe"},
 		{"log format", []string{"LDLM_LOG_FORMAT=xml"}, nil, `"xml"`},
 		{"subject prefix with a space", []string{"LDLM_SUBJECT_PREFIX=my locks"}, nil, "prefix"},
 		{"subject prefix with a wildcard", nil, []string{"--subject-prefix=ldlm.*"}, "prefix"},
 		{"credentials without NATS URL", []string{"LDLM_NATS_USER=me"}, nil, "LDLM_NATS_URL"},
 		{"unexpected argument", nil, []string{"server", "extra"}, `"extra"`},
+		{"setting of the original LDLM", []string{"LDLM_TLS_CERT=cert.pem"}, nil, "LDLM_EMBEDDED_TLS_CERT (--embedded-tls-cert)"},
+		{"unknown variable", []string{"LDLM_MAX_LOKS=5"}, nil, "LDLM_MAX_LOKS"},
+		{"embedded password without user", []string{"LDLM_EMBEDDED_PASSWORD=x"}, nil, "LDLM_EMBEDDED_USER (--embedded-user)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
@@ -140,8 +143,8 @@ func envVarsOf(typ reflect.Type, prefix string) []string {
 }
 
 var (
-	helpFlagRE = regexp.MustCompile(`^  -([a-z0-9-]+)`)
-	helpEnvRE  = regexp.MustCompile(`\(env (LDLM_[A-Z0-9_]+)\)`)
+	helpFlagRE = regexp.MustCompile(`^  --([a-z0-9-]+)`)
+	helpEnvRE  = regexp.MustCompile(`\(env (LDLM_[A-Z0-9_]+)[,)]`)
 )
 
 // TestE2EServerHelp: `ldlm server --help` exits 0 and lists every flag with
@@ -156,7 +159,7 @@ func TestE2EServerHelp(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("exit status %d, want 0; stderr:\n%s", code, stderr)
 			}
-			help := stdout + stderr // the flag package prints it on stderr
+			help := stdout
 			flags := map[string]string{}
 			var current string
 			for _, line := range strings.Split(help, "\n") {
@@ -242,7 +245,7 @@ func TestE2ESettings(t *testing.T) {
 			t.Errorf("the default prefix still answers with --subject-prefix=locks:\nstdout: %s\nstderr: %s", r.stdout, r.stderr)
 		}
 		info := s.nats(t, "micro", "info", "ldlm")
-		if !strings.Contains(info.stdout, "locks.lock.>") || !strings.Contains(info.stdout, "prefix: locks") {
+		if !strings.Contains(info.stdout, "locks.>") || !strings.Contains(info.stdout, "prefix: locks") {
 			t.Errorf("nats micro info ldlm does not show the prefix locks:\n%s", info.stdout)
 		}
 	})
@@ -310,7 +313,7 @@ func TestE2EKill9ReleasesLocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	owner := subjects.FormatOwner(nc.ConnectedServerName(), cid)
+	owner := subjects.FormatOwner(nc.ConnectedServerId(), cid)
 
 	var took []time.Duration
 	for i := range runs {
@@ -465,7 +468,7 @@ func holdLock(url, name string) error {
 		return err
 	}
 	msg := nats.NewMsg(subject(subjects.OpLock, name))
-	msg.Header.Set(subjects.HeaderOwner, subjects.FormatOwner(nc.ConnectedServerName(), cid))
+	msg.Header.Set(subjects.HeaderOwner, subjects.FormatOwner(nc.ConnectedServerId(), cid))
 	reply, err := nc.RequestMsg(msg, 30*time.Second)
 	if err != nil {
 		return err

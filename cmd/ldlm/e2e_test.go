@@ -32,6 +32,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -160,6 +161,7 @@ func cliEnv() []string {
 // ldlmServer is a running ldlm process in embedded mode.
 type ldlmServer struct {
 	url    string
+	opts   []nats.Option // how test clients log in; none: anonymous
 	cmd    *exec.Cmd
 	stderr *ldlmtest.SyncBuffer
 	exited chan struct{} // closed when the process has exited
@@ -185,26 +187,19 @@ func freePort(t testing.TB) int {
 // test log when the test failed.
 func startLDLM(t testing.TB, env []string, args ...string) *ldlmServer {
 	t.Helper()
+	return startLDLMWith(t, env, nil, args...)
+}
+
+// startLDLMWith is startLDLM for a server whose clients must log in with
+// opts (credentials, TLS settings).
+func startLDLMWith(t testing.TB, env []string, opts []nats.Option, args ...string) *ldlmServer {
+	t.Helper()
 	bin := ldlmBinary(t)
 	// Another process may take the free port between our check and the
 	// server's listen: try again on another port then.
 	for attempt := 1; ; attempt++ {
 		port := freePort(t)
-		s := &ldlmServer{url: fmt.Sprintf("nats://127.0.0.1:%d", port), stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{})}
-		s.cmd = exec.Command(bin, args...)
-		s.cmd.Env = cleanEnv(append([]string{
-			fmt.Sprintf("LDLM_EMBEDDED_LISTEN=127.0.0.1:%d", port),
-			"LDLM_LOG_LEVEL=debug",
-		}, env...)...)
-		s.cmd.Stdout = s.stderr
-		s.cmd.Stderr = s.stderr
-		if err := s.cmd.Start(); err != nil {
-			t.Fatalf("starting %s: %v", bin, err)
-		}
-		go func() {
-			s.err = s.cmd.Wait()
-			close(s.exited)
-		}()
+		s := spawnLDLM(t, bin, port, env, opts, args...)
 		err := s.waitReady()
 		if err == nil {
 			t.Cleanup(func() {
@@ -222,6 +217,28 @@ func startLDLM(t testing.TB, env []string, args ...string) *ldlmServer {
 		}
 		t.Fatalf("ldlm did not start: %v\nldlm output:\n%s", err, s.stderr)
 	}
+}
+
+// spawnLDLM starts the binary bin with its embedded server on the loopback
+// port, and returns at once: the caller waits for it and stops it.
+func spawnLDLM(t testing.TB, bin string, port int, env []string, opts []nats.Option, args ...string) *ldlmServer {
+	t.Helper()
+	s := &ldlmServer{url: fmt.Sprintf("nats://127.0.0.1:%d", port), opts: opts, stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(bin, args...)
+	s.cmd.Env = cleanEnv(append([]string{
+		fmt.Sprintf("LDLM_EMBEDDED_LISTEN=127.0.0.1:%d", port),
+		"LDLM_LOG_LEVEL=debug",
+	}, env...)...)
+	s.cmd.Stdout = s.stderr
+	s.cmd.Stderr = s.stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", bin, err)
+	}
+	go func() {
+		s.err = s.cmd.Wait()
+		close(s.exited)
+	}()
+	return s
 }
 
 // waitReady polls until the micro service lists the four lock endpoints
@@ -242,7 +259,7 @@ func (s *ldlmServer) waitReady() error {
 		default:
 		}
 		if nc == nil {
-			c, err := nats.Connect(s.url, nats.Timeout(2*time.Second), nats.NoReconnect())
+			c, err := nats.Connect(s.url, append([]nats.Option{nats.Timeout(2 * time.Second), nats.NoReconnect()}, s.opts...)...)
 			if err != nil {
 				last = err
 				time.Sleep(25 * time.Millisecond)
@@ -258,11 +275,7 @@ func (s *ldlmServer) waitReady() error {
 				for _, ep := range info.Endpoints {
 					names = append(names, ep.Name)
 				}
-				ready := true
-				for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
-					ready = ready && slices.Contains(names, op)
-				}
-				if ready {
+				if slices.Contains(names, service.RequestsEndpoint) {
 					return nil
 				}
 				err = fmt.Errorf("endpoints so far: %v", names)
@@ -316,7 +329,7 @@ func (s *ldlmServer) kill() {
 // connect opens a nats.go connection, closed when the test ends.
 func (s *ldlmServer) connect(t testing.TB) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(s.url, nats.Timeout(5*time.Second))
+	nc, err := nats.Connect(s.url, append([]nats.Option{nats.Timeout(5 * time.Second)}, s.opts...)...)
 	if err != nil {
 		t.Fatalf("connecting to %s: %v", s.url, err)
 	}

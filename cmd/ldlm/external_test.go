@@ -17,18 +17,11 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -45,6 +38,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/internal/testpki"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -771,7 +765,7 @@ func extOwner(t *testing.T, nc *nats.Conn) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return subjects.FormatOwner(nc.ConnectedServerName(), cid)
+	return subjects.FormatOwner(nc.ConnectedServerId(), cid)
 }
 
 func extDial(t *testing.T, url string, opts ...nats.Option) *nats.Conn {
@@ -889,74 +883,8 @@ type extPKI struct{ ca, serverCert, serverKey, clientCert, clientKey string }
 
 func extNewPKI(t *testing.T, dir string) extPKI {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          extSerial(t),
-		Subject:               pkix.Name{CommonName: "ldlm test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := func(name string, usage x509.ExtKeyUsage, ips []net.IP, dns []string) (certFile, keyFile string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: extSerial(t),
-			Subject:      pkix.Name{CommonName: name},
-			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(24 * time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			IPAddresses:  ips,
-			DNSNames:     dns,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return extWritePEM(t, dir, name+"-cert.pem", "CERTIFICATE", der), extWritePEM(t, dir, name+"-key.pem", "PRIVATE KEY", keyDER)
-	}
-	p := extPKI{ca: extWritePEM(t, dir, "ca.pem", "CERTIFICATE", caDER)}
-	p.serverCert, p.serverKey = leaf("server", x509.ExtKeyUsageServerAuth, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, []string{"localhost"})
-	p.clientCert, p.clientKey = leaf("ldlm-client", x509.ExtKeyUsageClientAuth, nil, nil)
-	return p
-}
-
-func extSerial(t *testing.T) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func extWritePEM(t *testing.T, dir, name, typ string, der []byte) string {
-	t.Helper()
-	return extWriteFile(t, dir, name, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
+	p := testpki.New(t, dir)
+	return extPKI{ca: p.CA, serverCert: p.ServerCert, serverKey: p.ServerKey, clientCert: p.ClientCert, clientKey: p.ClientKey}
 }
 
 func extWriteFile(t *testing.T, dir, name string, data []byte) string {

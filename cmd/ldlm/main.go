@@ -28,7 +28,9 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "server"
-	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		cmd, args = "version", nil
+	} else if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	} else if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
 		// `ldlm --help`: every command, then the flags of the default one.
@@ -72,7 +74,7 @@ const usage = `Usage:
   ldlm list [--json]                         list every lock with its holders and waiters
   ldlm unlock --force [flags] NAME           release lock NAME for its holders (operators)
   ldlm status [--json]                       the lock service's version, uptime and counts
-  ldlm version                               print the version
+  ldlm version                               print the version (also ldlm --version)
   ldlm bench [scale]                         measure the lock service (see BENCHMARKS.md)
   ldlm help [COMMAND]                        this list, or COMMAND's usage and flags
 
@@ -84,12 +86,24 @@ obtained; 76 lock lost while COMMAND ran; 126/127 COMMAND not runnable/not
 found; 1 lock service failure; 2 usage error.
 `
 
-// version is the module version when built with `go install` or with VCS
-// stamping, without Go's leading "v", else "0.0.0-dev" (the micro service
-// protocol wants SemVer, which has no "v").
+// buildVersion is the version a release build sets:
+//
+//	go build -ldflags "-X main.buildVersion=v1.2.3" ./cmd/ldlm
+//
+// Without it, the version comes from the build info.
+var buildVersion string
+
+// version is buildVersion, else the module version when built with `go
+// install module@version` or with VCS stamping (a build in a git checkout
+// at a tagged commit reports the tag), else "0.0.0-dev"; without Go's
+// leading "v" (the micro service protocol wants SemVer, which has none).
 func version() string {
-	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
-		return strings.TrimPrefix(info.Main.Version, "v")
+	v := buildVersion
+	if info, ok := debug.ReadBuildInfo(); v == "" && ok && info.Main.Version != "(devel)" {
+		v = info.Main.Version
 	}
-	return "0.0.0-dev"
+	if v == "" {
+		return "0.0.0-dev"
+	}
+	return strings.TrimPrefix(v, "v")
 }

@@ -17,14 +17,15 @@ import (
 // flight before closing their connections.
 const metricsShutdownTimeout = 5 * time.Second
 
-// metricsServer serves Prometheus metrics on /metrics when
-// LDLM_METRICS_LISTEN is set. A nil *metricsServer is the setting off: its
-// methods do nothing.
+// metricsServer serves Prometheus metrics on /metrics, and the service's
+// health on /healthz, when LDLM_METRICS_LISTEN is set. A nil
+// *metricsServer is the setting off: its methods do nothing.
 type metricsServer struct {
 	metrics *metrics.Metrics
 	ln      net.Listener
 	http    *http.Server
 	served  chan struct{} // closed when Serve has returned; nil until serve
+	health  func() error  // nil while the service is healthy; set by serve
 }
 
 // listenMetrics listens on addr at once, so that a port in use fails
@@ -35,16 +36,30 @@ func listenMetrics(addr string) (*metricsServer, error) {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: cannot listen on %q (is the port in use? set LDLM_METRICS_LISTEN): %w", addr, err)
+		return nil, fmt.Errorf("metrics: cannot listen on %q (is the port in use?): %w", addr, err)
 	}
 	m := metrics.New()
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
-	return &metricsServer{
+	s := &metricsServer{
 		metrics: m,
 		ln:      ln,
 		http:    &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
-	}, nil
+	}
+	mux.HandleFunc("GET /healthz", s.healthz)
+	return s, nil
+}
+
+// healthz answers 200 "ok" while the lock service answers requests, and
+// 503 with the reason once it has stopped by itself (see service.Done).
+func (s *metricsServer) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := s.health(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "unavailable: %v\n", err)
+		return
+	}
+	fmt.Fprintln(w, "ok")
 }
 
 // observer is what service.Config.Observer gets: nil when metrics are off.
@@ -55,12 +70,14 @@ func (s *metricsServer) observer() func(engine.Event) {
 	return s.metrics.Observe
 }
 
-// serve reads the gauges from stats and starts answering scrapes.
-func (s *metricsServer) serve(stats func() engine.Stats, log *slog.Logger) {
+// serve reads the gauges from stats and the health from health, and starts
+// answering scrapes.
+func (s *metricsServer) serve(stats func() engine.Stats, health func() error, log *slog.Logger) {
 	if s == nil {
 		return
 	}
 	s.metrics.SetStats(stats)
+	s.health = health
 	s.served = make(chan struct{})
 	go func() {
 		defer close(s.served)

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -78,6 +80,11 @@ func TestServeMetrics(t *testing.T) {
 	natsURL := awaitLogURL(t, logs, served, "embedded NATS server ready")
 	if !strings.HasPrefix(metricsURL, "http://127.0.0.1:") || !strings.HasSuffix(metricsURL, "/metrics") {
 		t.Fatalf("metrics URL %q, want http://127.0.0.1:PORT/metrics", metricsURL)
+	}
+
+	healthURL := strings.TrimSuffix(metricsURL, "/metrics") + "/healthz"
+	if code, body := getHealth(t, healthURL); code != http.StatusOK || body != "ok\n" {
+		t.Errorf("GET /healthz of a running service: %d %q; want 200 ok", code, body)
 	}
 
 	families := scrapeMetrics(t, metricsURL)
@@ -140,12 +147,60 @@ func TestServeMetricsPortInUse(t *testing.T) {
 	go func() { served <- serve(ctx, cfg, slog.New(slog.DiscardHandler)) }()
 	select {
 	case err := <-served:
-		if err == nil || !strings.Contains(err.Error(), "metrics") || !strings.Contains(err.Error(), l.Addr().String()) {
+		if err == nil || !strings.Contains(err.Error(), "LDLM_METRICS_LISTEN (--metrics-listen)") || !strings.Contains(err.Error(), l.Addr().String()) {
 			t.Errorf("serve: %v; want an error about the metrics address %s", err, l.Addr())
 		}
 	case <-time.After(metricsTestTimeout):
 		cancel()
 		t.Fatal("serve started although the metrics port is taken")
+	}
+}
+
+func getHealth(t *testing.T, url string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: metricsTestTimeout}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// Issue 11, D1(b): when the service's connection is closed for good, the
+// service stops by itself, /healthz says 503, and runService returns the
+// reason, so that ldlm exits 1 and its supervisor restarts it.
+func TestServiceDeathIsReported(t *testing.T) {
+	srv := ldlmtest.Start(t)
+	m, err := listenMetrics("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close(slog.New(slog.DiscardHandler))
+	m.serve(srv.Service.Engine().Stats, srv.Service.Err, slog.New(slog.DiscardHandler))
+	healthURL := "http://" + m.ln.Addr().String() + "/healthz"
+	if code, _ := getHealth(t, healthURL); code != http.StatusOK {
+		t.Fatalf("GET /healthz of a running service: %d; want 200", code)
+	}
+	returned := make(chan error, 1)
+	go func() { returned <- runService(context.Background(), srv.Service, slog.New(slog.DiscardHandler)) }()
+
+	app, _ := srv.ServiceConns()
+	app.Close()
+	select {
+	case err := <-returned:
+		if !errors.Is(err, service.ErrConnectionClosed) {
+			t.Fatalf("runService returned %v; want ErrConnectionClosed", err)
+		}
+	case <-time.After(metricsTestTimeout):
+		t.Fatal("runService did not return after the service's connection closed")
+	}
+	if code, body := getHealth(t, healthURL); code != http.StatusServiceUnavailable || !strings.Contains(body, "closed") {
+		t.Fatalf("GET /healthz of a dead service: %d %q; want 503 naming the closed connection", code, body)
 	}
 }
 

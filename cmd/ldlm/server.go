@@ -11,70 +11,18 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/caarlos0/env/v11"
 	"github.com/nats-io/nats.go"
 
 	"github.com/ldlm-io/ldlm/embeddednats"
 	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/subjects"
 )
-
-// serverConfig is every setting of `ldlm server`. Each comes from its LDLM_*
-// variable, then from the flag of the same name, which wins.
-type serverConfig struct {
-	NATSURL string `env:"LDLM_NATS_URL"`
-
-	EmbeddedListen     string `env:"LDLM_EMBEDDED_LISTEN" envDefault:"127.0.0.1:4222"`
-	EmbeddedServerName string `env:"LDLM_EMBEDDED_SERVER_NAME" envDefault:"ldlm"`
-	// The defaults must equal embeddednats.DefaultPingInterval and
-	// DefaultMaxPingsOut (a test checks).
-	EmbeddedPingInterval time.Duration `env:"LDLM_EMBEDDED_PING_INTERVAL" envDefault:"15s"`
-	EmbeddedPingMax      int           `env:"LDLM_EMBEDDED_PING_MAX" envDefault:"3"`
-	EmbeddedTenants      string        `env:"LDLM_EMBEDDED_TENANTS"`
-	Tenants              bool          `env:"LDLM_TENANTS" envDefault:"false"`
-
-	Prefix               string        `env:"LDLM_SUBJECT_PREFIX" envDefault:"ldlm"`
-	MaxNameLength        int           `env:"LDLM_MAX_NAME_LENGTH" envDefault:"1024"`
-	MaxBodyBytes         int           `env:"LDLM_MAX_BODY_BYTES" envDefault:"65536"`
-	MaxLocks             int           `env:"LDLM_MAX_LOCKS" envDefault:"1000000"`
-	MaxWaitersPerLock    int           `env:"LDLM_MAX_WAITERS_PER_LOCK" envDefault:"100000"`
-	MaxWaitsPerConn      int           `env:"LDLM_MAX_WAITS_PER_CONNECTION" envDefault:"10000"`
-	AnonymousLockTimeout time.Duration `env:"LDLM_ANONYMOUS_LOCK_TIMEOUT" envDefault:"60s"`
-	NoClearOnDisconnect  bool          `env:"LDLM_NO_CLEAR_ON_DISCONNECT" envDefault:"false"`
-	SweepInterval        time.Duration `env:"LDLM_SWEEP_INTERVAL" envDefault:"30s"`
-	LateRequestWindow    time.Duration `env:"LDLM_LATE_REQUEST_WINDOW" envDefault:"10s"`
-	LateRequestMemory    int           `env:"LDLM_LATE_REQUEST_MEMORY" envDefault:"10000"`
-	Events               bool          `env:"LDLM_EVENTS" envDefault:"false"`
-	MetricsListen        string        `env:"LDLM_METRICS_LISTEN"`
-
-	LogLevel  string `env:"LDLM_LOG_LEVEL" envDefault:"info"`
-	LogFormat string `env:"LDLM_LOG_FORMAT" envDefault:"text"`
-
-	App    natsCredentials `envPrefix:"LDLM_NATS_"`
-	System natsCredentials `envPrefix:"LDLM_SYSTEM_"`
-	// SystemURL is where the system account connection goes; empty: NATSURL.
-	SystemURL string `env:"LDLM_SYSTEM_URL"`
-}
-
-// natsCredentials are the ways to authenticate one connection to an
-// external NATS server.
-type natsCredentials struct {
-	User      string `env:"USER"`
-	Password  string `env:"PASSWORD"`
-	Token     string `env:"TOKEN"`
-	CredsFile string `env:"CREDS"`
-	NKeyFile  string `env:"NKEY"`
-	TLSCA     string `env:"TLS_CA"`
-	TLSCert   string `env:"TLS_CERT"`
-	TLSKey    string `env:"TLS_KEY"`
-}
 
 func (c natsCredentials) isZero() bool { return c == natsCredentials{} }
 
@@ -105,191 +53,41 @@ func (c natsCredentials) options() ([]nats.Option, error) {
 	return opts, nil
 }
 
-// validate checks what can be checked without reading the files; envPrefix
-// names the variables in the message.
-func (c natsCredentials) validate(envPrefix string) error {
-	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return fmt.Errorf("TLS client certificate and key (%sTLS_CERT, %sTLS_KEY) must be given together", envPrefix, envPrefix)
-	}
-	return nil
-}
-
-func (c *natsCredentials) flags(fs *flag.FlagSet, flagPrefix, envPrefix, what string) {
-	fs.StringVar(&c.User, flagPrefix+"user", c.User, what+" user (env "+envPrefix+"USER)")
-	fs.StringVar(&c.Password, flagPrefix+"password", c.Password, what+" password (env "+envPrefix+"PASSWORD)")
-	fs.StringVar(&c.Token, flagPrefix+"token", c.Token, what+" token (env "+envPrefix+"TOKEN)")
-	fs.StringVar(&c.CredsFile, flagPrefix+"creds", c.CredsFile, what+" credentials file (env "+envPrefix+"CREDS)")
-	fs.StringVar(&c.NKeyFile, flagPrefix+"nkey", c.NKeyFile, what+" nkey seed file (env "+envPrefix+"NKEY)")
-	fs.StringVar(&c.TLSCA, flagPrefix+"tls-ca", c.TLSCA, what+" TLS CA file to verify the server (env "+envPrefix+"TLS_CA)")
-	fs.StringVar(&c.TLSCert, flagPrefix+"tls-cert", c.TLSCert, what+" TLS client certificate file (env "+envPrefix+"TLS_CERT)")
-	fs.StringVar(&c.TLSKey, flagPrefix+"tls-key", c.TLSKey, what+" TLS client key file (env "+envPrefix+"TLS_KEY)")
-}
-
-const serverUsage = `Usage: ldlm server [flags]
-
-Runs the lock server. Every setting is a flag and an LDLM_* variable; the
-flag wins. Bad configuration prints one line and exits with status 2.
-
-`
-
-// renamedVars are variables of earlier versions, which would otherwise be
-// ignored without a word; their flags fail as unknown flags.
-var renamedVars = map[string]string{
-	"LDLM_EMBEDDED_MAX_PINGS_OUT": "LDLM_EMBEDDED_PING_MAX",
-}
-
-// parseServerConfig reads the process environment, then the flags.
-func parseServerConfig(args []string, stderr io.Writer) (serverConfig, error) {
-	return parseServerConfigFrom(os.Environ(), args, stderr)
-}
-
-// parseServerConfigFrom reads the LDLM_* variables of environ ("KEY=value"
-// entries, as os.Environ gives them), then the flags, and validates the
-// result: every error it returns is bad configuration.
-func parseServerConfigFrom(environ, args []string, stderr io.Writer) (serverConfig, error) {
-	var cfg serverConfig
-	vars := env.ToMap(environ)
-	for old, now := range renamedVars {
-		if _, ok := vars[old]; ok {
-			return cfg, fmt.Errorf("%s is now called %s: rename it", old, now)
-		}
-	}
-	if err := env.ParseWithOptions(&cfg, env.Options{Environment: vars}); err != nil {
-		return cfg, envError(err, vars)
-	}
-	fs := flag.NewFlagSet("ldlm server", flag.ContinueOnError)
-	// A bad flag is reported by runServer in one line; only -help lists
-	// the flags.
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS server URL(s), comma separated; while none can be reached at start, ldlm waits and tries again every second; empty runs an embedded NATS server (env LDLM_NATS_URL)")
-	fs.StringVar(&cfg.EmbeddedListen, "embedded-listen", cfg.EmbeddedListen, "host:port of the embedded NATS server's client port (env LDLM_EMBEDDED_LISTEN)")
-	fs.StringVar(&cfg.EmbeddedServerName, "embedded-server-name", cfg.EmbeddedServerName, "name of the embedded NATS server (env LDLM_EMBEDDED_SERVER_NAME)")
-	fs.DurationVar(&cfg.EmbeddedPingInterval, "embedded-ping-interval", cfg.EmbeddedPingInterval, "how often the embedded NATS server pings a quiet client. A client that vanished without closing its socket (frozen VM, cut cable, stopped process) keeps its locks until ping max pings go unanswered: at most interval x (ping max + 1), a minute with the defaults (env LDLM_EMBEDDED_PING_INTERVAL)")
-	fs.IntVar(&cfg.EmbeddedPingMax, "embedded-ping-max", cfg.EmbeddedPingMax, "unanswered pings after which the embedded NATS server drops a client, which frees its locks (env LDLM_EMBEDDED_PING_MAX)")
-	fs.StringVar(&cfg.EmbeddedTenants, "embedded-tenants", cfg.EmbeddedTenants, "ACCOUNT:USER:PASSWORD,… : run the embedded server with one account and lock namespace per tenant (env LDLM_EMBEDDED_TENANTS)")
-	fs.BoolVar(&cfg.Tenants, "tenants", cfg.Tenants, "one lock namespace per NATS account; requests must come through account imports with share: true (env LDLM_TENANTS)")
-	fs.StringVar(&cfg.Prefix, "subject-prefix", cfg.Prefix, "first token of every lock subject (env LDLM_SUBJECT_PREFIX)")
-	fs.IntVar(&cfg.MaxNameLength, "max-name-length", cfg.MaxNameLength, "longest lock name in bytes (env LDLM_MAX_NAME_LENGTH)")
-	fs.IntVar(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest request body in bytes (env LDLM_MAX_BODY_BYTES)")
-	fs.IntVar(&cfg.MaxLocks, "max-locks", cfg.MaxLocks, "most locks held or waited for at once; -1: no limit (env LDLM_MAX_LOCKS)")
-	fs.IntVar(&cfg.MaxWaitersPerLock, "max-waiters-per-lock", cfg.MaxWaitersPerLock, "most waiters on one lock; -1: no limit (env LDLM_MAX_WAITERS_PER_LOCK)")
-	fs.IntVar(&cfg.MaxWaitsPerConn, "max-waits-per-connection", cfg.MaxWaitsPerConn, "most waits of one connection; -1: no limit (env LDLM_MAX_WAITS_PER_CONNECTION)")
-	fs.DurationVar(&cfg.AnonymousLockTimeout, "anonymous-lock-timeout", cfg.AnonymousLockTimeout, "lock timeout of locks that name none and belong to no connection (env LDLM_ANONYMOUS_LOCK_TIMEOUT)")
-	fs.BoolVar(&cfg.NoClearOnDisconnect, "no-clear-on-disconnect", cfg.NoClearOnDisconnect, "keep locks when their connection closes; they then rely on timeouts (env LDLM_NO_CLEAR_ON_DISCONNECT)")
-	fs.DurationVar(&cfg.LateRequestWindow, "late-request-window", cfg.LateRequestWindow, "how long to remember an unlock that found nothing and a closed connection, to refuse their late lock requests; negative: not at all (env LDLM_LATE_REQUEST_WINDOW)")
-	fs.IntVar(&cfg.LateRequestMemory, "late-request-memory", cfg.LateRequestMemory, "most unlocks and most closed connections remembered for the late-request window (env LDLM_LATE_REQUEST_MEMORY)")
-	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often to compare lock owners with live connections; negative: only at start and after reconnects (env LDLM_SWEEP_INTERVAL)")
-	fs.BoolVar(&cfg.Events, "events", cfg.Events, "publish every grant, release and end of a wait on PREFIX.events.KIND.NAME (env LDLM_EVENTS)")
-	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "host:port to serve Prometheus metrics on, at /metrics; empty: no metrics (env LDLM_METRICS_LISTEN)")
-	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (env LDLM_LOG_LEVEL)")
-	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json (env LDLM_LOG_FORMAT)")
-	cfg.App.flags(fs, "nats-", "LDLM_NATS_", "external NATS:")
-	fs.StringVar(&cfg.SystemURL, "system-url", cfg.SystemURL, "NATS URL for the system account connection; empty: --nats-url (env LDLM_SYSTEM_URL)")
-	cfg.System.flags(fs, "system-", "LDLM_SYSTEM_", "system account:")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fmt.Fprint(stderr, serverUsage)
-			fs.PrintDefaults()
-		}
-		return cfg, err
-	}
-	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return cfg, cfg.validate()
-}
-
-// envError rewrites the errors of env.Parse, which name the Go struct
-// field ("parse error on field \"SweepInterval\" of type ..."), to name
-// the variable and its value: `LDLM_SWEEP_INTERVAL: "abc" is not a
-// duration, e.g. 30s, 2m or 1h30m`. Several bad variables give one line.
-func envError(err error, vars map[string]string) error {
-	errs := []error{err}
-	var agg env.AggregateError
-	if errors.As(err, &agg) {
-		errs = agg.Errors
-	}
-	keys := envKeysByField()
-	msgs := make([]string, 0, len(errs))
-	for _, e := range errs {
-		var pe env.ParseError
-		if errors.As(e, &pe) && keys[pe.Name] != "" {
-			key := keys[pe.Name]
-			msgs = append(msgs, fmt.Sprintf("%s: %q is not %s", key, vars[key], describeType(pe.Type, pe.Err)))
-			continue
-		}
-		msgs = append(msgs, e.Error())
-	}
-	return errors.New(strings.Join(msgs, "; "))
-}
-
-// envKeysByField maps the fields of serverConfig that env can fail to
-// parse (every field that is not a string: they are all at the top level)
-// to their variable.
-func envKeysByField() map[string]string {
-	keys := map[string]string{}
-	typ := reflect.TypeFor[serverConfig]()
-	for i := range typ.NumField() {
-		f := typ.Field(i)
-		if tag, ok := f.Tag.Lookup("env"); ok {
-			keys[f.Name] = strings.Split(tag, ",")[0]
-		}
-	}
-	return keys
-}
-
-// describeType says what a valid value of a setting of type t looks like.
-func describeType(t reflect.Type, err error) string {
-	switch {
-	case t == reflect.TypeFor[time.Duration]():
-		return "a duration, e.g. 30s, 2m or 1h30m"
-	case t.Kind() == reflect.Bool:
-		return "true or false"
-	case t.Kind() == reflect.Int && errors.Is(err, strconv.ErrRange):
-		return "a whole number in range"
-	case t.Kind() == reflect.Int:
-		return "a whole number"
-	}
-	return "valid: " + err.Error()
-}
-
 // validate reports the first setting that cannot work, in one line that
 // names its variable and flag and says what would. It checks everything
-// that can be checked without the network or the file system, so that bad
-// configuration stops ldlm with exit status 2 before anything starts;
-// whatever fails later is a runtime failure (exit status 1).
-func (c serverConfig) validate() error {
+// that can be checked before anything starts (reading the files of the
+// embedded server's TLS and configuration too), so that bad configuration
+// stops ldlm with exit status 2; whatever fails later is a runtime failure
+// (exit status 1).
+func (c *serverConfig) validate() error {
 	switch {
 	case c.Prefix == "" || strings.ContainsAny(c.Prefix, " \t\r\n*>") || strings.HasPrefix(c.Prefix, ".") || strings.HasSuffix(c.Prefix, ".") || strings.Contains(c.Prefix, ".."):
-		return fmt.Errorf("subject prefix (LDLM_SUBJECT_PREFIX, --subject-prefix) %q is not a valid NATS subject prefix: use dot-separated tokens without spaces, '*' or '>', e.g. ldlm or team.locks", c.Prefix)
-	case c.MaxNameLength < 1:
-		return fmt.Errorf("max name length (LDLM_MAX_NAME_LENGTH, --max-name-length) must be at least 1, got %d", c.MaxNameLength)
+		return c.bad(&c.Prefix, "%q is not a valid NATS subject prefix: use dot-separated tokens without spaces, '*' or '>', e.g. ldlm or team.locks", c.Prefix)
+	case len(c.Prefix) > subjects.MaxPrefixLength:
+		return c.bad(&c.Prefix, "is %d bytes long; at most %d keep every subject under NATS's limit", len(c.Prefix), subjects.MaxPrefixLength)
+	case c.MaxNameLength < 1 || c.MaxNameLength > subjects.MaxNameLengthLimit:
+		return c.bad(&c.MaxNameLength, "must be from 1 to %d (longer names would make subjects NATS refuses), got %d", subjects.MaxNameLengthLimit, c.MaxNameLength)
 	case c.MaxBodyBytes < 1:
-		return fmt.Errorf("max body bytes (LDLM_MAX_BODY_BYTES, --max-body-bytes) must be at least 1, got %d", c.MaxBodyBytes)
+		return c.bad(&c.MaxBodyBytes, "must be at least 1, got %d", c.MaxBodyBytes)
 	case !validLimit(c.MaxLocks):
-		return fmt.Errorf("max locks (LDLM_MAX_LOCKS, --max-locks) must be at least 1, or -1 for no limit; got %d", c.MaxLocks)
+		return c.bad(&c.MaxLocks, "must be at least 1, or -1 for no limit; got %d", c.MaxLocks)
 	case !validLimit(c.MaxWaitersPerLock):
-		return fmt.Errorf("max waiters per lock (LDLM_MAX_WAITERS_PER_LOCK, --max-waiters-per-lock) must be at least 1, or -1 for no limit; got %d", c.MaxWaitersPerLock)
+		return c.bad(&c.MaxWaitersPerLock, "must be at least 1, or -1 for no limit; got %d", c.MaxWaitersPerLock)
 	case !validLimit(c.MaxWaitsPerConn):
-		return fmt.Errorf("max waits per connection (LDLM_MAX_WAITS_PER_CONNECTION, --max-waits-per-connection) must be at least 1, or -1 for no limit; got %d", c.MaxWaitsPerConn)
+		return c.bad(&c.MaxWaitsPerConn, "must be at least 1, or -1 for no limit; got %d", c.MaxWaitsPerConn)
 	case c.AnonymousLockTimeout <= 0 || c.AnonymousLockTimeout > subjects.MaxTimeoutSeconds*time.Second:
-		return fmt.Errorf("anonymous lock timeout (LDLM_ANONYMOUS_LOCK_TIMEOUT, --anonymous-lock-timeout) must be positive and at most a year (%s), got %s", subjects.MaxTimeoutSeconds*time.Second, c.AnonymousLockTimeout)
-	case c.LateRequestWindow == 0:
-		return errors.New("late request window (LDLM_LATE_REQUEST_WINDOW, --late-request-window) must not be 0: give a duration such as 10s, or a negative one to remember nothing")
-	case c.LateRequestMemory < 1:
-		return fmt.Errorf("late request memory (LDLM_LATE_REQUEST_MEMORY, --late-request-memory) must be at least 1, got %d", c.LateRequestMemory)
+		return c.bad(&c.AnonymousLockTimeout, "must be positive and at most a year (%s), got %s", subjects.MaxTimeoutSeconds*time.Second, c.AnonymousLockTimeout)
 	case c.SweepInterval == 0:
-		return errors.New("sweep interval (LDLM_SWEEP_INTERVAL, --sweep-interval) must not be 0: give a duration such as 30s, or a negative one to sweep only at start and after reconnects")
+		return c.bad(&c.SweepInterval, "must not be 0: give a duration such as 30s, or a negative one to sweep only at start and after reconnects")
 	case c.LogFormat != "text" && c.LogFormat != "json":
-		return fmt.Errorf("log format (LDLM_LOG_FORMAT, --log-format) must be text or json, got %q", c.LogFormat)
+		return c.bad(&c.LogFormat, "must be text or json, got %q", c.LogFormat)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
-		return err
+		return c.bad(&c.LogLevel, "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
 	if c.MetricsListen != "" {
 		if _, _, err := embeddednats.ParseListen(c.MetricsListen); err != nil {
-			return fmt.Errorf("metrics (LDLM_METRICS_LISTEN, --metrics-listen): %w", err)
+			return c.bad(&c.MetricsListen, "%v", err)
 		}
 	}
 	if c.NATSURL == "" {
@@ -301,52 +99,127 @@ func (c serverConfig) validate() error {
 // validLimit: a limit is positive, or -1 for none.
 func validLimit(n int) bool { return n >= 1 || n == -1 }
 
+// embeddedSecurity are the settings that secure the embedded server. In
+// external mode they would be ignored, so they are refused there.
+func (c *serverConfig) embeddedSecurity() []*string {
+	return []*string{&c.EmbeddedTLSCert, &c.EmbeddedTLSKey, &c.EmbeddedTLSCA, &c.EmbeddedUser,
+		&c.EmbeddedPassword, &c.EmbeddedToken, &c.EmbeddedNkeys, &c.EmbeddedConfig}
+}
+
 // validateEmbedded checks the settings of embedded mode (no NATS URL).
-func (c serverConfig) validateEmbedded() error {
+func (c *serverConfig) validateEmbedded() error {
+	for _, creds := range []*natsCredentials{&c.App, &c.System} {
+		if !creds.isZero() {
+			return fmt.Errorf("%s are set but no NATS URL: set %s, or unset them to run the embedded server", c.group(creds), c.name(&c.NATSURL))
+		}
+	}
 	switch {
-	case !c.App.isZero() || !c.System.isZero() || c.SystemURL != "":
-		return errors.New("NATS credentials are set but no NATS URL: set LDLM_NATS_URL, or unset the credentials to run the embedded server")
+	case c.SystemURL != "":
+		return c.bad(&c.SystemURL, "is set but no NATS URL: set %s, or unset it to run the embedded server", c.name(&c.NATSURL))
 	case strings.ContainsAny(c.EmbeddedServerName, " \t\r\n"):
-		return fmt.Errorf("embedded server name (LDLM_EMBEDDED_SERVER_NAME, --embedded-server-name) %q must not contain spaces", c.EmbeddedServerName)
+		return c.bad(&c.EmbeddedServerName, "%q must not contain spaces", c.EmbeddedServerName)
 	case c.EmbeddedPingInterval <= 0:
-		return fmt.Errorf("embedded ping interval (LDLM_EMBEDDED_PING_INTERVAL, --embedded-ping-interval) must be positive, e.g. 15s; got %s", c.EmbeddedPingInterval)
+		return c.bad(&c.EmbeddedPingInterval, "must be positive, e.g. 15s; got %s", c.EmbeddedPingInterval)
 	case c.EmbeddedPingMax < 1:
-		return fmt.Errorf("embedded ping max (LDLM_EMBEDDED_PING_MAX, --embedded-ping-max) must be at least 1, got %d", c.EmbeddedPingMax)
+		return c.bad(&c.EmbeddedPingMax, "must be at least 1, got %d", c.EmbeddedPingMax)
 	}
 	if c.EmbeddedListen != "" {
 		if _, _, err := embeddednats.ParseListen(c.EmbeddedListen); err != nil {
-			return fmt.Errorf("embedded NATS (LDLM_EMBEDDED_LISTEN, --embedded-listen): %w", err)
+			return c.bad(&c.EmbeddedListen, "%v", err)
 		}
 	}
 	tenants, err := embeddednats.ParseTenants(c.EmbeddedTenants)
 	switch {
 	case err != nil:
-		return fmt.Errorf("embedded tenants (LDLM_EMBEDDED_TENANTS, --embedded-tenants): %w", err)
+		return c.bad(&c.EmbeddedTenants, "%v", err)
 	case len(tenants) == 0 && strings.TrimSpace(c.EmbeddedTenants) != "":
-		return fmt.Errorf("embedded tenants (LDLM_EMBEDDED_TENANTS, --embedded-tenants) %q name no tenant: want ACCOUNT:USER:PASSWORD,…", c.EmbeddedTenants)
+		return c.bad(&c.EmbeddedTenants, "%q names no tenant: want ACCOUNT:USER:PASSWORD,…", c.EmbeddedTenants)
 	case c.Tenants && len(tenants) == 0:
-		return errors.New("tenants (LDLM_TENANTS, --tenants) need tenant accounts: set LDLM_EMBEDDED_TENANTS (or LDLM_NATS_URL for an external server)")
+		return c.bad(&c.Tenants, "needs tenant accounts: set %s (or %s for an external server)", c.name(&c.EmbeddedTenants), c.name(&c.NATSURL))
+	}
+	return c.validateEmbeddedSecurity(len(tenants) > 0)
+}
+
+// validateEmbeddedSecurity checks the embedded server's TLS and
+// authentication settings, reading their files.
+func (c *serverConfig) validateEmbeddedSecurity(tenants bool) error {
+	nkeys, err := embeddednats.ParseNkeys(c.EmbeddedNkeys)
+	switch {
+	case err != nil:
+		return c.bad(&c.EmbeddedNkeys, "%v", err)
+	case embeddednats.CheckUser(c.EmbeddedUser) != nil:
+		return c.bad(&c.EmbeddedUser, "%v", embeddednats.CheckUser(c.EmbeddedUser))
+	case c.EmbeddedUser != "" && c.EmbeddedPassword == "":
+		return c.bad(&c.EmbeddedUser, "needs a password: set %s", c.name(&c.EmbeddedPassword))
+	case c.EmbeddedPassword != "" && c.EmbeddedUser == "":
+		return c.bad(&c.EmbeddedPassword, "needs a user: set %s (or, for a password without user, use %s)", c.name(&c.EmbeddedUser), c.name(&c.EmbeddedToken))
+	case c.EmbeddedToken != "" && (c.EmbeddedUser != "" || len(nkeys) > 0):
+		return c.bad(&c.EmbeddedToken, "excludes %s and %s, as in nats-server: give one or the other", c.name(&c.EmbeddedUser), c.name(&c.EmbeddedNkeys))
+	case c.EmbeddedTLSCert != "" && c.EmbeddedTLSKey == "":
+		return c.bad(&c.EmbeddedTLSCert, "needs its key: set %s", c.name(&c.EmbeddedTLSKey))
+	case c.EmbeddedTLSKey != "" && c.EmbeddedTLSCert == "":
+		return c.bad(&c.EmbeddedTLSKey, "needs its certificate: set %s", c.name(&c.EmbeddedTLSCert))
+	case c.EmbeddedTLSCA != "" && c.EmbeddedTLSCert == "":
+		return c.bad(&c.EmbeddedTLSCA, "requires client certificates over TLS, which needs the server's own: set %s and %s", c.name(&c.EmbeddedTLSCert), c.name(&c.EmbeddedTLSKey))
+	}
+	if tenants {
+		for _, f := range []*string{&c.EmbeddedUser, &c.EmbeddedToken, &c.EmbeddedNkeys, &c.EmbeddedConfig} {
+			if *f != "" {
+				return c.bad(f, "cannot be combined with %s: tenants bring their own users", c.name(&c.EmbeddedTenants))
+			}
+		}
+	}
+	if c.EmbeddedTLSCert != "" {
+		if _, err := embeddednats.LoadTLS(c.EmbeddedTLSCert, c.EmbeddedTLSKey, c.EmbeddedTLSCA); err != nil {
+			return fmt.Errorf("%s, %s, %s: %w", c.name(&c.EmbeddedTLSCert), c.name(&c.EmbeddedTLSKey), c.name(&c.EmbeddedTLSCA), err)
+		}
+	}
+	if c.EmbeddedConfig != "" {
+		opts, err := embeddednats.LoadConfigFile(c.EmbeddedConfig)
+		switch {
+		case err != nil:
+			return c.bad(&c.EmbeddedConfig, "%v", oneLine(err))
+		case opts.TLSConfig != nil && c.EmbeddedTLSCert != "":
+			return c.bad(&c.EmbeddedConfig, "has a tls block, and %s is set too: use one or the other", c.name(&c.EmbeddedTLSCert))
+		case c.EmbeddedToken != "" && (len(opts.Users) > 0 || len(opts.Nkeys) > 0):
+			return c.bad(&c.EmbeddedToken, "excludes the users of %s, as in nats-server: give the token's clients a user instead", c.name(&c.EmbeddedConfig))
+		}
 	}
 	return nil
 }
 
-// validateExternal checks the settings of external mode (a NATS URL).
-func (c serverConfig) validateExternal() error {
+// oneLine joins the lines of err: nats-server reports each problem of a
+// configuration file on a line of its own.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}
+
+// validateExternal checks the settings of external mode (a NATS URL). The
+// embedded server's settings are not used then; those that secure it are
+// refused, since ignoring them would leave a false sense of security.
+func (c *serverConfig) validateExternal() error {
 	if c.EmbeddedTenants != "" {
-		return errors.New("embedded tenants are set but so is a NATS URL: configure the accounts in your NATS server (see deploy/tenants.conf) and set LDLM_TENANTS=true")
+		return c.bad(&c.EmbeddedTenants, "is set but so is %s: configure the accounts in your NATS server (see deploy/tenants.conf) and set %s", c.name(&c.NATSURL), c.name(&c.Tenants))
+	}
+	for _, f := range c.embeddedSecurity() {
+		if *f != "" {
+			return c.bad(f, "secures the embedded NATS server, but %s is set: configure TLS and users in your NATS server", c.name(&c.NATSURL))
+		}
 	}
 	if err := checkNATSURLs(c.NATSURL); err != nil {
-		return fmt.Errorf("NATS URL (LDLM_NATS_URL, --nats-url): %w", err)
+		return c.bad(&c.NATSURL, "%v", err)
 	}
 	if c.SystemURL != "" {
 		if err := checkNATSURLs(c.SystemURL); err != nil {
-			return fmt.Errorf("system URL (LDLM_SYSTEM_URL, --system-url): %w", err)
+			return c.bad(&c.SystemURL, "%v", err)
 		}
 	}
-	if err := c.App.validate("LDLM_NATS_"); err != nil {
-		return err
+	for _, creds := range []*natsCredentials{&c.App, &c.System} {
+		if (creds.TLSCert == "") != (creds.TLSKey == "") {
+			return fmt.Errorf("%s and %s: give the TLS client certificate and key together", c.name(&creds.TLSCert), c.name(&creds.TLSKey))
+		}
 	}
-	return c.System.validate("LDLM_SYSTEM_")
+	return nil
 }
 
 // natsSchemes are the URL schemes nats.go connects with.
@@ -398,10 +271,8 @@ func checkNATSURLs(urls string) error {
 
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("log level (LDLM_LOG_LEVEL, --log-level) must be debug, info, warn or error, got %q", s)
-	}
-	return l, nil
+	err := l.UnmarshalText([]byte(s))
+	return l, err
 }
 
 func newLogger(cfg serverConfig, w io.Writer) *slog.Logger {
@@ -413,8 +284,8 @@ func newLogger(cfg serverConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func runServer(args []string, _, stderr io.Writer) int {
-	cfg, err := parseServerConfig(args, stderr)
+func runServer(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseServerConfig(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -436,10 +307,10 @@ func runServer(args []string, _, stderr io.Writer) int {
 func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	metricsSrv, err := listenMetrics(cfg.MetricsListen)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.MetricsListen))
 	}
 	defer metricsSrv.close(log)
-	conns, err := connect(ctx, cfg, log)
+	conns, err := connect(ctx, &cfg, log)
 	if errors.Is(err, errStoppedWaiting) {
 		log.Info("stopped while waiting for NATS")
 		return nil
@@ -459,8 +330,6 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		AnonymousLockTimeout:  cfg.AnonymousLockTimeout,
 		NoClearOnDisconnect:   cfg.NoClearOnDisconnect,
 		SweepInterval:         cfg.SweepInterval,
-		LateRequestWindow:     cfg.LateRequestWindow,
-		LateRequestMemory:     cfg.LateRequestMemory,
 		Events:                cfg.Events,
 		Tenants:               cfg.Tenants || cfg.EmbeddedTenants != "",
 		Version:               version(),
@@ -469,10 +338,21 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	metricsSrv.serve(svc.Engine().Stats, log)
+	if err := conns.openEmbedded(log); err != nil {
+		svc.Stop()
+		return fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.EmbeddedListen))
+	}
+	metricsSrv.serve(svc.Engine().Stats, svc.Err, log)
+	return runService(ctx, svc, log)
+}
+
+// runService waits until ctx ends (a signal: stop, return nil) or the
+// service stops by itself (its connection closed for good, or a rival
+// instance: return why, so that ldlm exits 1 and a supervisor restarts it).
+func runService(ctx context.Context, svc *service.Service, log *slog.Logger) error {
 	select {
 	case <-ctx.Done():
-		log.Info("stopping: draining requests")
+		log.Info("stopping: announcing the stop, then draining requests")
 		svc.Stop()
 		return nil
 	case <-svc.Done():
@@ -487,6 +367,21 @@ type connections struct {
 	embedded *embeddednats.Server
 	app      *nats.Conn
 	system   *nats.Conn
+}
+
+// openEmbedded opens the embedded server's client port, now that the
+// service answers: a client that connects finds it, where with the port
+// open from the server's start the first requests of a script or container
+// that starts with ldlm got "no responders".
+func (c *connections) openEmbedded(log *slog.Logger) error {
+	if c.embedded == nil {
+		return nil
+	}
+	if err := c.embedded.Listen(); err != nil {
+		return err
+	}
+	log.Info("embedded NATS server ready", "url", c.embedded.ClientURL(), "server_name", c.embedded.Name())
+	return nil
 }
 
 func (c *connections) close() {
@@ -505,10 +400,14 @@ func (c *connections) close() {
 // connect starts the embedded server and connects to it, or connects to
 // the external one, waiting for it as long as it cannot be reached (see
 // dialNATS). It returns errStoppedWaiting when ctx ends while it waits.
-func connect(ctx context.Context, cfg serverConfig, log *slog.Logger) (*connections, error) {
+func connect(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*connections, error) {
 	c := &connections{}
 	if cfg.NATSURL == "" {
 		tenants, err := embeddednats.ParseTenants(cfg.EmbeddedTenants)
+		if err != nil {
+			return nil, err
+		}
+		nkeys, err := embeddednats.ParseNkeys(cfg.EmbeddedNkeys)
 		if err != nil {
 			return nil, err
 		}
@@ -516,13 +415,33 @@ func connect(ctx context.Context, cfg serverConfig, log *slog.Logger) (*connecti
 			Tenants:      tenants,
 			Prefix:       cfg.Prefix,
 			Listen:       cfg.EmbeddedListen,
+			ListenLater:  true, // see openEmbedded
 			ServerName:   cfg.EmbeddedServerName,
 			PingInterval: cfg.EmbeddedPingInterval,
 			MaxPingsOut:  cfg.EmbeddedPingMax,
 			Logger:       log,
+			TLSCert:      cfg.EmbeddedTLSCert,
+			TLSKey:       cfg.EmbeddedTLSKey,
+			TLSCA:        cfg.EmbeddedTLSCA,
+			Auth: embeddednats.Auth{
+				User:     cfg.EmbeddedUser,
+				Password: cfg.EmbeddedPassword,
+				Token:    cfg.EmbeddedToken,
+				Nkeys:    nkeys,
+			},
+			ConfigFile: cfg.EmbeddedConfig,
 		})
+		if errors.Is(err, embeddednats.ErrListen) {
+			return nil, fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.EmbeddedListen))
+		}
 		if err != nil {
 			return nil, err
+		}
+		if srv.Unprotected() {
+			log.Warn(fmt.Sprintf("the embedded NATS server listens beyond this machine and lets in every client without credentials: "+
+				"anyone who reaches it can take, release and administer every lock. Set %s and %s, %s, %s or %s (README: Embedded security)",
+				cfg.name(&cfg.EmbeddedUser), cfg.name(&cfg.EmbeddedPassword), cfg.name(&cfg.EmbeddedToken), cfg.name(&cfg.EmbeddedNkeys), cfg.name(&cfg.EmbeddedConfig)),
+				"listen", cfg.EmbeddedListen)
 		}
 		c.embedded = srv
 		if c.app, err = srv.ConnectApp(); err == nil {
@@ -532,7 +451,6 @@ func connect(ctx context.Context, cfg serverConfig, log *slog.Logger) (*connecti
 			c.close()
 			return nil, fmt.Errorf("connecting to the embedded NATS server: %w", err)
 		}
-		log.Info("embedded NATS server ready", "url", srv.ClientURL(), "server_name", srv.Name())
 		return c, nil
 	}
 
@@ -568,7 +486,7 @@ func connect(ctx context.Context, cfg serverConfig, log *slog.Logger) (*connecti
 	if err != nil {
 		return nil, err
 	}
-	c.app, err = dialNATS(ctx, cfg.NATSURL, "application", "LDLM_NATS_URL and the LDLM_NATS_* credentials", append(append(base, nats.Name("ldlm")), appOpts...), log)
+	c.app, err = dialNATS(ctx, cfg.NATSURL, "application", cfg.name(&cfg.NATSURL).String()+" and "+cfg.group(&cfg.App), append(append(base, nats.Name("ldlm"), nats.NoEcho()), appOpts...), log)
 	if err != nil {
 		return nil, err
 	}
@@ -584,7 +502,7 @@ func connect(ctx context.Context, cfg serverConfig, log *slog.Logger) (*connecti
 	if sysURL == "" {
 		sysURL = cfg.NATSURL
 	}
-	c.system, err = dialNATS(ctx, sysURL, "system account", "LDLM_SYSTEM_URL and the LDLM_SYSTEM_* credentials", append(append(base, nats.Name("ldlm-system")), sysOpts...), log)
+	c.system, err = dialNATS(ctx, sysURL, "system account", cfg.name(&cfg.SystemURL).String()+" and "+cfg.group(&cfg.System), append(append(base, nats.Name("ldlm-system")), sysOpts...), log)
 	if err != nil {
 		c.close()
 		return nil, err

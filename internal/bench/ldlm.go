@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,13 +22,18 @@ import (
 // Target is the LDLM server under measurement and an echo responder on the
 // same NATS server, connected the same way as the lock service: in-process
 // for an embedded server, over TCP for an external one. An embedded target
-// also has a second echo responder connected over TCP.
+// also has a second echo responder connected over TCP. The embedded server
+// runs in a process of its own (Process, what users run) or in this one
+// with the clients (Embedded).
 type Target struct {
 	// URL is where the benchmark's clients connect, always over TCP.
 	URL    string
 	Prefix string
 	// Embedded is set when the target runs in this process.
 	Embedded *Embedded
+	// Process is set when the target runs in a server process of its own
+	// that this one started (see NewProcessTarget).
+	Process *ServerProcess
 
 	echoConns []*nats.Conn
 	echoes    map[string]string // workload name → subject of its responder
@@ -40,6 +46,9 @@ type Target struct {
 	// with encoding/json, as clients did before subjects.DecodeLockResponse
 	// (see SetJSONBaseline).
 	baselineJSON bool
+	// clientlib, when set, adds rows of the uncontended and contended
+	// workloads run through the Go client (see SetClientlib).
+	clientlib bool
 }
 
 // BaselineSystem is the system column of the rows measured against the
@@ -240,11 +249,40 @@ func (t *Target) baselineOf(ws []string) []string {
 	return names
 }
 
+// ClientlibSystem is the system column of the rows measured through the
+// Go client, clientlib (see SetClientlib).
+const ClientlibSystem = "clientlib"
+
+// clientlibTag starts the workload names that run through clientlib.
+const clientlibTag = ClientlibSystem + ":"
+
+// SetClientlib makes Run measure the uncontended and contended workloads
+// also through clientlib (TryLock or Lock, then Unlock), on the same
+// connections as the raw requests and alternating with them round by
+// round: the client's own cost is the gap between the two rows.
+func (t *Target) SetClientlib() {
+	t.clientlib = true
+}
+
+// clientlibOf names the clientlib runs of lock workloads ws, if asked.
+func (t *Target) clientlibOf(ws []string) []string {
+	var names []string
+	for _, w := range ws {
+		if t.clientlib && (w == WorkUncontended || w == WorkContended) {
+			names = append(names, clientlibTag+w)
+		}
+	}
+	return names
+}
+
 // splitSystem splits a workload name into the system it runs against and
 // the workload.
 func splitSystem(name string) (system, workload string) {
 	if w, ok := strings.CutPrefix(name, baselineTag); ok {
 		return BaselineSystem, w
+	}
+	if w, ok := strings.CutPrefix(name, clientlibTag); ok {
+		return ClientlibSystem, w
 	}
 	return "ldlm", name
 }
@@ -273,13 +311,56 @@ func (t *Target) Echoes() []string {
 	return []string{WorkEcho}
 }
 
-// Close stops the echo responders and, for an embedded target, the server.
-func (t *Target) Close() {
+// Close stops the echo responders and, for an embedded target, the server
+// (for a server process: the process). The error is the server process's,
+// if it failed.
+func (t *Target) Close() error {
 	for _, nc := range t.echoConns {
 		nc.Close()
 	}
 	if t.Embedded != nil {
 		t.Embedded.Close()
+	}
+	if t.Process != nil {
+		return t.Process.stop()
+	}
+	return nil
+}
+
+// Where says where the server and the clients of t run, for the heading
+// of every table: the figures depend on it. Clients in the server's own
+// process hand requests over between goroutines, not processes, which
+// flatters serial work (a contended hand-over, one worker); users' clients
+// run in processes of their own.
+func (t *Target) Where() (server, clients string) {
+	service := "lock service on an in-process connection, as `ldlm` runs it"
+	switch {
+	case t.Process != nil && t.Process.ServiceOverTCP, t.Embedded != nil && t.Embedded.ServiceOverTCP:
+		service = "lock service connected over TCP (an experiment: `ldlm` does not run so)"
+	}
+	pid := os.Getpid()
+	switch {
+	case t.Process != nil:
+		return fmt.Sprintf("its own process (pid %d, started by ldlm bench from the same binary): embedded NATS server, %s", t.Process.PID, service),
+			fmt.Sprintf("in this process (pid %d), over TCP to %s; CPU/cycle is both processes", pid, t.URL)
+	case t.Embedded != nil:
+		return fmt.Sprintf("IN THIS PROCESS with the clients (pid %d, --in-process): embedded NATS server, %s", pid, service),
+			fmt.Sprintf("in the server's process, over TCP to %s: NOT what users get, it flatters serial work; CPU/cycle is that one process", t.URL)
+	}
+	return fmt.Sprintf("external, at %s under prefix %q, started outside ldlm bench", t.URL, t.Prefix),
+		fmt.Sprintf("in this process (pid %d), over TCP; CPU/cycle is this process only", pid)
+}
+
+// cpu reads the CPU time used so far by the processes of the measurement:
+// this one and, if there is one, the server process. Nil when that is this
+// process alone.
+func (t *Target) cpu() func() (time.Duration, error) {
+	if t.Process == nil {
+		return nil
+	}
+	return func() (time.Duration, error) {
+		d, err := t.Process.cpu()
+		return processCPU() + d, err
 	}
 }
 
@@ -309,7 +390,7 @@ func newClient(nc *nats.Conn, prefix string, timeout time.Duration) (*client, er
 	if err != nil {
 		return nil, fmt.Errorf("client id: %w", err)
 	}
-	owner := nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerName(), cid)}}
+	owner := nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerId(), cid)}}
 	return &client{nc: nc, prefix: prefix, owner: owner, timeout: timeout}, nil
 }
 
@@ -465,17 +546,22 @@ func (t *Target) Open(names []string, n int, mode ConnMode, timeout time.Duratio
 	if err != nil {
 		return nil, nil, err
 	}
-	ws, err := t.workloads(names, clients)
-	if err != nil {
+	libs := libClients{}
+	closeAll := func() {
+		libs.close()
 		closeConns()
+	}
+	ws, err := t.workloads(names, clients, libs)
+	if err != nil {
+		closeAll()
 		return nil, nil, err
 	}
-	return ws, closeConns, nil
+	return ws, closeAll, nil
 }
 
 // workloads returns the named workloads for the given clients, in the
-// order given.
-func (t *Target) workloads(names []string, clients []*client) ([]Workload, error) {
+// order given. The clientlib ones make their Go clients in libs.
+func (t *Target) workloads(names []string, clients []*client, libs libClients) ([]Workload, error) {
 	var ws []Workload
 	for _, name := range names {
 		system, n := splitSystem(name)
@@ -484,6 +570,15 @@ func (t *Target) workloads(names []string, clients []*client) ([]Workload, error
 			clients = t.baselineClients(clients)
 		}
 		var w []Cycle
+		switch {
+		case system == ClientlibSystem:
+			var err error
+			if w, err = t.clientlibWorkers(n, clients, libs); err != nil {
+				return nil, err
+			}
+			ws = append(ws, Workload{Name: name, Workers: w})
+			continue
+		}
 		switch n {
 		case WorkEcho, WorkEchoTCP:
 			subject, ok := t.echoes[n]
@@ -500,7 +595,7 @@ func (t *Target) workloads(names []string, clients []*client) ([]Workload, error
 		default:
 			return nil, fmt.Errorf("unknown workload %q", n)
 		}
-		ws = append(ws, Workload{Name: name, Workers: w})
+		ws = append(ws, Workload{Name: name, Workers: w, CPU: t.cpu()})
 	}
 	return ws, nil
 }

@@ -22,8 +22,9 @@ type Sample struct {
 	Elapsed time.Duration
 	// Latencies holds the duration of every cycle, in no order.
 	Latencies []time.Duration
-	// CPU is the user and system CPU time the whole process spent
-	// meanwhile: servers, service and clients when they run in it.
+	// CPU is the user and system CPU time spent meanwhile by the process,
+	// or by the processes its CPU function reads (see Workload.CPU); -1
+	// when it could not be read.
 	CPU time.Duration
 	Err error // the first error of any worker
 }
@@ -33,6 +34,14 @@ type Sample struct {
 // has begun is always finished (an unlock always follows its lock). Elapsed
 // runs from the common start until the last worker stopped.
 func Measure(workers []Cycle, d time.Duration, maxCycles int) Sample {
+	return measure(workers, d, maxCycles, ownCPU)
+}
+
+// ownCPU is processCPU as a CPU function of a Workload.
+func ownCPU() (time.Duration, error) { return processCPU(), nil }
+
+// measure is Measure with the CPU time read from cpu.
+func measure(workers []Cycle, d time.Duration, maxCycles int, cpu func() (time.Duration, error)) Sample {
 	var (
 		wg    sync.WaitGroup
 		start = make(chan struct{})
@@ -60,12 +69,15 @@ func Measure(workers []Cycle, d time.Duration, maxCycles int) Sample {
 			lats[i] = own
 		}()
 	}
-	cpu0 := processCPU()
+	cpu0, cpuErr := cpu()
 	t0 := time.Now()
 	deadline = t0.Add(d) // written before the workers read it: they wait on start
 	close(start)
 	wg.Wait()
-	s := Sample{Elapsed: time.Since(t0), CPU: processCPU() - cpu0}
+	s := Sample{Elapsed: time.Since(t0), CPU: -1}
+	if cpu1, err := cpu(); err == nil && cpuErr == nil {
+		s.CPU = cpu1 - cpu0
+	}
 	for i := range workers {
 		s.Cycles += len(lats[i])
 		s.Latencies = append(s.Latencies, lats[i]...)
@@ -85,7 +97,8 @@ type Stats struct {
 	RoundRates          []float64
 	P50, P99, P999, Max time.Duration
 	Mean                time.Duration
-	// CPUPerCycle is the process's CPU time per cycle.
+	// CPUPerCycle is the CPU time per cycle of the process, or of the
+	// processes the workload's CPU function reads; -1 when unknown.
 	CPUPerCycle time.Duration
 	Err         error
 }
@@ -95,8 +108,10 @@ func Summarise(samples []Sample) Stats {
 	var st Stats
 	var all []time.Duration
 	var cpu time.Duration
+	cpuKnown := true
 	for _, s := range samples {
 		cpu += s.CPU
+		cpuKnown = cpuKnown && s.CPU >= 0
 		st.Cycles += s.Cycles
 		st.Elapsed += s.Elapsed
 		all = append(all, s.Latencies...)
@@ -110,7 +125,10 @@ func Summarise(samples []Sample) Stats {
 	if st.Elapsed > 0 {
 		st.Rate = float64(st.Cycles) / st.Elapsed.Seconds()
 	}
-	if st.Cycles > 0 {
+	switch {
+	case !cpuKnown:
+		st.CPUPerCycle = -1
+	case st.Cycles > 0:
 		st.CPUPerCycle = cpu / time.Duration(st.Cycles)
 	}
 	if len(all) == 0 {
@@ -140,6 +158,9 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 type Workload struct {
 	Name    string
 	Workers []Cycle
+	// CPU reads the CPU time of the processes that the workload's CPU per
+	// cycle covers; nil: this process's.
+	CPU func() (time.Duration, error)
 }
 
 // Alternate runs the workloads one after the other, round after round (A B
@@ -156,7 +177,11 @@ func Alternate(workloads []Workload, rounds int, d, warm time.Duration, maxCycle
 	}
 	for range rounds {
 		for i, w := range workloads {
-			samples[i] = append(samples[i], Measure(w.Workers, d, maxCycles))
+			cpu := w.CPU
+			if cpu == nil {
+				cpu = ownCPU
+			}
+			samples[i] = append(samples[i], measure(w.Workers, d, maxCycles, cpu))
 		}
 	}
 	stats := make([]Stats, len(workloads))

@@ -112,16 +112,11 @@ func (cfg Config) Groups(echoes []string) []Group {
 // Run measures every group of cfg against t and prints the table to out,
 // each group as it completes, then the derived figures.
 func Run(t *Target, cfg Config, out io.Writer) ([]Row, error) {
-	mode := "external"
-	switch {
-	case t.Embedded != nil && t.Embedded.ServiceOverTCP:
-		mode = "embedded, but the service connected over TCP (clients over TCP)"
-	case t.Embedded != nil:
-		mode = "embedded (service on an in-process connection, clients over TCP)"
-	}
-	fmt.Fprintf(out, "ldlm bench: %s, %s\n", mode, t.URL)
-	fmt.Fprintf(out, "%s, %s/%s, %d CPUs, GOMAXPROCS %d, %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
+	server, clients := t.Where()
+	fmt.Fprintf(out, "ldlm bench, %s, %s/%s, %d CPUs, GOMAXPROCS %d, %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Fprintf(out, "server:  %s\n", server)
+	fmt.Fprintf(out, "clients: %s\n", clients)
 	fmt.Fprintf(out, "%d rounds of %v per workload, alternating within each group; a cycle is lock+unlock, or two echo round trips\n",
 		cfg.Rounds, cfg.Duration)
 	if b := t.baselineDescription(); b != "" {
@@ -138,7 +133,8 @@ func Run(t *Target, cfg Config, out io.Writer) ([]Row, error) {
 	for _, g := range cfg.Groups(echoes) {
 		// A baseline's workloads follow the ones under test, in the same
 		// alternation.
-		g.Workloads = append(g.Workloads, t.baselineOf(g.Workloads[len(g.Workloads)-countLock(g.Workloads):])...)
+		lockWork := g.Workloads[len(g.Workloads)-countLock(g.Workloads):]
+		g.Workloads = append(g.Workloads, append(t.clientlibOf(lockWork), t.baselineOf(lockWork)...)...)
 		ws, closeConns, err := t.Open(g.Workloads, g.Workers, g.Conns, cfg.Timeout)
 		if err != nil {
 			return rows, err
@@ -227,8 +223,12 @@ func (t *Table) Add(r Row) {
 	if r.Err != nil {
 		spread += "  ERROR: " + r.Err.Error()
 	}
+	cpu := "-"
+	if r.CPUPerCycle >= 0 {
+		cpu = Dur(r.CPUPerCycle)
+	}
 	fmt.Fprintf(t.out, tableFormat, r.System, r.Conns, strconv.Itoa(r.Workers), r.Workload,
-		fmt.Sprintf("%.0f", r.Rate), Dur(r.P50), Dur(r.P99), Dur(r.P999), ratio, ratioTCP, Dur(r.CPUPerCycle), spread)
+		fmt.Sprintf("%.0f", r.Rate), Dur(r.P50), Dur(r.P99), Dur(r.P999), ratio, ratioTCP, cpu, spread)
 }
 
 // Dur prints a latency in microseconds, or milliseconds from 10 ms.
@@ -253,7 +253,7 @@ func PrintDerived(out io.Writer, rows []Row) {
 		rtt := time.Duration(0)
 		for _, e := range rows {
 			// The baseline shares the echo of the service under test.
-			sameSystem := e.System == r.System || (r.System == BaselineSystem && e.System == "ldlm")
+			sameSystem := e.System == r.System || (r.System != "ldlm" && e.System == "ldlm")
 			if sameSystem && e.Workload == WorkEcho && e.Conns == r.Conns && e.Workers == 1 {
 				rtt = e.P50 / 2 // an echo cycle is two round trips
 			}

@@ -132,6 +132,10 @@ func (s *Server) Kick(t testing.TB, nc *nats.Conn) {
 	}
 }
 
+// ServiceConns returns the service's own connections (sys is nil without
+// a system account), for tests that break them.
+func (s *Server) ServiceConns() (app, sys *nats.Conn) { return s.app, s.sys }
+
 // Close stops the service, its connections and the NATS server.
 func (s *Server) Close() {
 	if s.Service != nil {

@@ -16,8 +16,8 @@ func BenchmarkTryLockUnlock(b *testing.B) {
 	}{
 		{"ServerKey", Request{Name: "bench"}},
 		{"ClientKey", Request{Name: "bench", Key: "client-key"}},
-		{"ClientKeyOwner", Request{Name: "bench", Key: "client-key", Owner: "server:42"}},
-		{"ServerKeyOwner", Request{Name: "bench", Owner: "server:42"}},
+		{"ClientKeyOwner", Request{Name: "bench", Key: "client-key", Owner: own("server:42")}},
+		{"ServerKeyOwner", Request{Name: "bench", Owner: own("server:42")}},
 	}
 	for _, bc := range cases {
 		b.Run(bc.name, func(b *testing.B) {

@@ -46,11 +46,9 @@
 // A client that gives up waiting sends Unlock with the key of its lock
 // request: it releases the grant if one raced in, or cancels the wait. Either
 // way nothing is left behind, which is why clients should choose the key of
-// a blocking request themselves. If the unlock can overtake the lock
-// request on its way (the service reads each operation on its own
-// subscription), WithLateRequestMemory makes the engine remember for a
-// while the keys that an Unlock found nothing for, and refuse their lock
-// request when it arrives.
+// a blocking request themselves. This needs the unlock to reach the engine
+// after the lock request it cancels: the service reads one connection's
+// requests in the order they were sent.
 //
 // # Timeouts
 //
@@ -65,7 +63,16 @@
 // one call. OwnerMark and ReleaseStaleOwners let a periodic sweep release
 // owners whose disconnection was missed, without releasing an owner that
 // appeared while the sweep was looking at the live connections. With
-// WithLateRequestMemory, requests of a released owner that arrive soon after
+// WithGoneOwnerMemory, requests of a released owner that arrive soon after
 // (sent before it went away) are refused with ErrOwnerGone instead of
 // creating grants that nobody would ever release.
+//
+// # Files
+//
+// engine.go holds the types, options and the Engine itself; acquire.go
+// takes slots, release.go gives them back, owners.go ends what a departed
+// owner holds, pool.go makes and recycles records, state.go holds the
+// records and their lists, snapshot.go the views for operators, gone.go the
+// memory of departed owners. An owner is a subjects.Owner, the one wire
+// type the engine uses; it imports nothing of NATS.
 package engine

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"testing"
 	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 func TestRequestValidation(t *testing.T) {
@@ -164,7 +166,7 @@ func TestNotLockedWithoutHolders(t *testing.T) {
 	e := New(WithClock(NewFakeClock(time.Time{})))
 	e.mu.Lock()
 	l := e.newLock("a", 1)
-	en := e.newEntry(l, "w", "")
+	en := e.newEntry(l, "w", subjects.Owner{})
 	en.wait = &waitState{id: 1, done: func(Grant, error) {}}
 	l.pushWaiter(en)
 	e.waiters++
@@ -435,19 +437,19 @@ func TestUnlockCancelsWait(t *testing.T) {
 
 func TestReleaseOwner(t *testing.T) {
 	e, _ := newTestEngine(t)
-	mustTryLock(t, e, Request{Name: "x", Key: "ax", Owner: "A"})
-	mustTryLock(t, e, Request{Name: "y", Key: "ay", Owner: "A", LockTimeout: time.Minute})
-	mustTryLock(t, e, Request{Name: "z", Key: "bz", Owner: "B"})
-	aWaitsZ := mustPark(t, e, Request{Name: "z", Key: "az", Owner: "A"}, time.Minute)
-	aWaitsX := mustPark(t, e, Request{Name: "x", Key: "ax2", Owner: "A"}, 0) // A waits behind itself
-	bWaitsX := mustPark(t, e, Request{Name: "x", Key: "bx", Owner: "B"}, 0)
-	cWaitsX := mustPark(t, e, Request{Name: "x", Key: "cx", Owner: "C"}, 0)
+	mustTryLock(t, e, Request{Name: "x", Key: "ax", Owner: own("A")})
+	mustTryLock(t, e, Request{Name: "y", Key: "ay", Owner: own("A"), LockTimeout: time.Minute})
+	mustTryLock(t, e, Request{Name: "z", Key: "bz", Owner: own("B")})
+	aWaitsZ := mustPark(t, e, Request{Name: "z", Key: "az", Owner: own("A")}, time.Minute)
+	aWaitsX := mustPark(t, e, Request{Name: "x", Key: "ax2", Owner: own("A")}, 0) // A waits behind itself
+	bWaitsX := mustPark(t, e, Request{Name: "x", Key: "bx", Owner: own("B")}, 0)
+	cWaitsX := mustPark(t, e, Request{Name: "x", Key: "cx", Owner: own("C")}, 0)
 	noneWaitsY := mustPark(t, e, Request{Name: "y", Key: "ny"}, 0)
 	if s := e.Stats(); s.Owners != 3 {
 		t.Fatalf("stats %+v; want 3 owners", s)
 	}
 
-	grants, waits := e.ReleaseOwner("A")
+	grants, waits := e.ReleaseOwner(own("A"))
 	if grants != 2 || waits != 2 {
 		t.Fatalf("ReleaseOwner(A) = %d grants, %d waits; want 2, 2", grants, waits)
 	}
@@ -461,18 +463,18 @@ func TestReleaseOwner(t *testing.T) {
 	if s := e.Stats(); s != (Stats{Locks: 3, Holders: 3, Waiters: 1, Owners: 2}) {
 		t.Fatalf("stats %+v", s)
 	}
-	if g, w := e.ReleaseOwner("A"); g != 0 || w != 0 {
+	if g, w := e.ReleaseOwner(own("A")); g != 0 || w != 0 {
 		t.Fatalf("second ReleaseOwner(A) = %d, %d", g, w)
 	}
-	if g, w := e.ReleaseOwner(""); g != 0 || w != 0 {
+	if g, w := e.ReleaseOwner(own("")); g != 0 || w != 0 {
 		t.Fatalf("ReleaseOwner(\"\") = %d, %d; the empty owner is nobody", g, w)
 	}
 
-	if g, w := e.ReleaseOwner("B"); g != 2 || w != 0 {
+	if g, w := e.ReleaseOwner(own("B")); g != 2 || w != 0 {
 		t.Fatalf("ReleaseOwner(B) = %d, %d", g, w)
 	}
 	wantDone(t, cWaitsX, nil)
-	e.ReleaseOwner("C")
+	e.ReleaseOwner(own("C"))
 	mustUnlock(t, e, "y", "ny")
 	if s := e.Stats(); s != (Stats{}) {
 		t.Fatalf("stats %+v", s)
@@ -481,27 +483,27 @@ func TestReleaseOwner(t *testing.T) {
 
 func TestReleaseStaleOwners(t *testing.T) {
 	e, _ := newTestEngine(t)
-	mustTryLock(t, e, Request{Name: "a", Owner: "old-dead"})
-	mustTryLock(t, e, Request{Name: "b", Owner: "old-alive"})
-	mustTryLock(t, e, Request{Name: "c", Owner: "recycled"})
+	mustTryLock(t, e, Request{Name: "a", Owner: own("old-dead")})
+	mustTryLock(t, e, Request{Name: "b", Owner: own("old-alive")})
+	mustTryLock(t, e, Request{Name: "c", Owner: own("recycled")})
 	mark := e.OwnerMark()
-	mustTryLock(t, e, Request{Name: "d", Owner: "new"})
+	mustTryLock(t, e, Request{Name: "d", Owner: own("new")})
 	if e.OwnerMark() <= mark {
 		t.Fatal("the mark did not grow with a new owner")
 	}
 	var asked []string
-	released := e.ReleaseStaleOwners(mark, func(owner string) bool {
+	released := e.ReleaseStaleOwners(mark, closedUnless(func(owner string) bool {
 		asked = append(asked, owner)
 		if owner == "recycled" {
 			// Gone and back while the sweep looks: it registers anew, after
 			// the mark. Calling the engine here must not deadlock.
-			e.ReleaseOwner("recycled")
-			mustTryLock(t, e, Request{Name: "c", Owner: "recycled"})
+			e.ReleaseOwner(own("recycled"))
+			mustTryLock(t, e, Request{Name: "c", Owner: own("recycled")})
 			return false
 		}
 		return owner == "old-alive"
-	})
-	if len(released) != 1 || released[0] != "old-dead" {
+	}))
+	if len(released) != 1 || released[0] != own("old-dead") {
 		t.Fatalf("released %v; want [old-dead]", released)
 	}
 	for _, o := range asked {
@@ -512,7 +514,7 @@ func TestReleaseStaleOwners(t *testing.T) {
 	if s := e.Stats(); s != (Stats{Locks: 3, Holders: 3, Owners: 3}) {
 		t.Fatalf("stats %+v", s)
 	}
-	if got := e.ReleaseStaleOwners(e.OwnerMark(), func(string) bool { return false }); len(got) != 3 {
+	if got := e.ReleaseStaleOwners(e.OwnerMark(), closedUnless(func(string) bool { return false })); len(got) != 3 {
 		t.Fatalf("released %v; want all three", got)
 	}
 	if s := e.Stats(); s != (Stats{}) {
@@ -526,21 +528,21 @@ func TestIdleLocksAreForgotten(t *testing.T) {
 		name := fmt.Sprint("lock-", i)
 		switch i % 4 {
 		case 0:
-			g := mustTryLock(t, e, Request{Name: name, Owner: fmt.Sprint("o", i)})
+			g := mustTryLock(t, e, Request{Name: name, Owner: own(fmt.Sprint("o", i))})
 			mustUnlock(t, e, name, g.Key)
 		case 1:
 			mustTryLock(t, e, Request{Name: name, Size: 3, LockTimeout: time.Second})
 		case 2:
 			mustTryLock(t, e, Request{Name: name, Key: "h"})
-			mustPark(t, e, Request{Name: name, Key: "w", Owner: "waiters"}, time.Second)
+			mustPark(t, e, Request{Name: name, Key: "w", Owner: own("waiters")}, time.Second)
 			mustUnlock(t, e, name, "h")
 			mustUnlock(t, e, name, "w")
 		case 3:
-			mustTryLock(t, e, Request{Name: name, Owner: "shared"})
+			mustTryLock(t, e, Request{Name: name, Owner: own("shared")})
 		}
 	}
 	clock.Advance(time.Second)
-	e.ReleaseOwner("shared")
+	e.ReleaseOwner(own("shared"))
 	if s := e.Stats(); s != (Stats{}) {
 		t.Fatalf("stats %+v; want nothing left", s)
 	}
@@ -601,11 +603,11 @@ func TestBigLockIndex(t *testing.T) {
 func TestSnapshot(t *testing.T) {
 	e, clock := newTestEngine(t)
 	t0 := clock.Now()
-	mustTryLock(t, e, Request{Name: "b", Key: "b1", Size: 2, Owner: "o1", LockTimeout: time.Minute})
+	mustTryLock(t, e, Request{Name: "b", Key: "b1", Size: 2, Owner: own("o1"), LockTimeout: time.Minute})
 	clock.Advance(time.Second)
 	mustTryLock(t, e, Request{Name: "b", Key: "b2", Size: 2})
 	mustTryLock(t, e, Request{Name: "a", Key: "a1"})
-	mustPark(t, e, Request{Name: "a", Key: "a2", Owner: "o2"}, 10*time.Second)
+	mustPark(t, e, Request{Name: "a", Key: "a2", Owner: own("o2")}, 10*time.Second)
 	mustPark(t, e, Request{Name: "a", Key: "a3"}, 0)
 	t1 := clock.Now()
 
@@ -617,17 +619,17 @@ func TestSnapshot(t *testing.T) {
 	if a.Size != 1 || len(a.Holders) != 1 || len(a.Waiters) != 2 {
 		t.Fatalf("lock a: %+v", a)
 	}
-	if w := a.Waiters[0]; w.Key != "a2" || w.Owner != "o2" || !w.Since.Equal(t1) || !w.Deadline.Equal(t1.Add(10*time.Second)) {
+	if w := a.Waiters[0]; w.Key != "a2" || w.Owner != own("o2") || !w.Since.Equal(t1) || !w.Deadline.Equal(t1.Add(10*time.Second)) {
 		t.Fatalf("first waiter of a: %+v", w)
 	}
-	if w := a.Waiters[1]; w.Key != "a3" || w.Owner != "" || !w.Deadline.IsZero() {
+	if w := a.Waiters[1]; w.Key != "a3" || !w.Owner.IsZero() || !w.Deadline.IsZero() {
 		t.Fatalf("second waiter of a: %+v", w)
 	}
 	if b.Size != 2 || len(b.Holders) != 2 || b.Waiters != nil {
 		t.Fatalf("lock b: %+v", b)
 	}
 	h1, h2 := b.Holders[0], b.Holders[1]
-	if h1.Key != "b1" || h1.Owner != "o1" || !h1.AcquiredAt.Equal(t0) || !h1.ExpiresAt.Equal(t0.Add(time.Minute)) {
+	if h1.Key != "b1" || h1.Owner != own("o1") || !h1.AcquiredAt.Equal(t0) || !h1.ExpiresAt.Equal(t0.Add(time.Minute)) {
 		t.Fatalf("first holder of b: %+v", h1)
 	}
 	if h2.Key != "b2" || h2.Token <= h1.Token || !h2.AcquiredAt.Equal(t1) || !h2.ExpiresAt.IsZero() {
@@ -642,7 +644,7 @@ func TestClose(t *testing.T) {
 	e, clock := newTestEngine(t)
 	mustTryLock(t, e, Request{Name: "a", Key: "h", LockTimeout: time.Minute})
 	w1 := mustPark(t, e, Request{Name: "a", Key: "w1"}, time.Minute)
-	w2 := mustPark(t, e, Request{Name: "a", Key: "w2", Owner: "o"}, 0)
+	w2 := mustPark(t, e, Request{Name: "a", Key: "w2", Owner: own("o")}, 0)
 	e.Close()
 	wantDone(t, w1, ErrEngineClosed)
 	wantDone(t, w2, ErrEngineClosed)
@@ -662,7 +664,7 @@ func TestClose(t *testing.T) {
 	if _, err := e.Renew("a", "h", time.Second); err != ErrEngineClosed {
 		t.Errorf("Renew after Close: %v", err)
 	}
-	if g, w := e.ReleaseOwner("o"); g != 0 || w != 0 {
+	if g, w := e.ReleaseOwner(own("o")); g != 0 || w != 0 {
 		t.Errorf("ReleaseOwner after Close: %d, %d", g, w)
 	}
 	if s := e.Stats(); s != (Stats{}) {
@@ -705,13 +707,13 @@ func TestCallbacksRunOutsideTheMutex(t *testing.T) {
 			}
 		}
 		clock.Advance(time.Second) // expiry: grants chain through all waiters
-		mustTryLock(t, e, Request{Name: "b", Key: "h", Owner: "o"})
-		e.Lock(Request{Name: "b", Owner: "o"}, time.Second, reenter)
+		mustTryLock(t, e, Request{Name: "b", Key: "h", Owner: own("o")})
+		e.Lock(Request{Name: "b", Owner: own("o")}, time.Second, reenter)
 		e.Lock(Request{Name: "b", Key: "c"}, 0, reenter)
 		e.Lock(Request{Name: "b"}, time.Second, reenter)
 		e.Unlock("b", "c")         // cancel
 		clock.Advance(time.Second) // wait timeout
-		e.ReleaseOwner("o")        // owner gone
+		e.ReleaseOwner(own("o"))   // owner gone
 		if calls != 6 {
 			t.Errorf("%d callbacks, want 6", calls)
 		}
@@ -839,18 +841,18 @@ func TestRealClock(t *testing.T) {
 // one was granted, or waits for, after the mark, and must not remember the
 // name as gone while the new connection uses it.
 func TestReleaseStaleOwnersSparesNewerRequestsOfTheSameName(t *testing.T) {
-	e, _ := newLateEngine(t, 100)
-	old := mustTryLock(t, e, Request{Name: "a", Owner: "srv:7"})
-	mustTryLock(t, e, Request{Name: "b", Owner: "other"})
-	if _, ok, err := e.Lock(Request{Name: "b", Key: "old-wait", Owner: "srv:7"}, 0, func(Grant, error) {}); ok || err != nil {
+	e, _ := newGoneEngine(t, 100)
+	old := mustTryLock(t, e, Request{Name: "a", Owner: own("srv:7")})
+	mustTryLock(t, e, Request{Name: "b", Owner: own("other")})
+	if _, ok, err := e.Lock(Request{Name: "b", Key: "old-wait", Owner: own("srv:7")}, 0, func(Grant, error) {}); ok || err != nil {
 		t.Fatalf("old wait: %v, %v", ok, err)
 	}
 	mark := e.OwnerMark()
 
 	// The new connection of the same name.
-	fresh := mustTryLock(t, e, Request{Name: "c", Owner: "srv:7"})
+	fresh := mustTryLock(t, e, Request{Name: "c", Owner: own("srv:7")})
 	var newWait Grant
-	if _, ok, err := e.Lock(Request{Name: "a", Key: "new-wait", Owner: "srv:7"}, 0, func(g Grant, err error) {
+	if _, ok, err := e.Lock(Request{Name: "a", Key: "new-wait", Owner: own("srv:7")}, 0, func(g Grant, err error) {
 		if err != nil {
 			t.Errorf("new wait ended: %v", err)
 		}
@@ -859,8 +861,8 @@ func TestReleaseStaleOwnersSparesNewerRequestsOfTheSameName(t *testing.T) {
 		t.Fatalf("new wait: %v, %v", ok, err)
 	}
 
-	released := e.ReleaseStaleOwners(mark, func(o string) bool { return o != "srv:7" })
-	if len(released) != 1 || released[0] != "srv:7" {
+	released := e.ReleaseStaleOwners(mark, closedUnless(func(o string) bool { return o != "srv:7" }))
+	if len(released) != 1 || released[0] != own("srv:7") {
 		t.Fatalf("released %v; want [srv:7]", released)
 	}
 	checkInvariants(t, e)
@@ -876,7 +878,7 @@ func TestReleaseStaleOwnersSparesNewerRequestsOfTheSameName(t *testing.T) {
 		t.Fatal("the old wait is still queued")
 	}
 	// The name is in use by a live connection: its requests are served.
-	if _, ok, err := e.TryLock(Request{Name: "d", Owner: "srv:7"}); !ok || err != nil {
+	if _, ok, err := e.TryLock(Request{Name: "d", Owner: own("srv:7")}); !ok || err != nil {
 		t.Fatalf("trylock of the new connection after the sweep: %v, %v", ok, err)
 	}
 	if s := e.Stats(); s.Holders != 4 || s.Waiters != 0 {

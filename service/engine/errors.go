@@ -27,11 +27,10 @@ var (
 	// ErrWaitTimeout: a parked request was not granted within its wait
 	// timeout.
 	ErrWaitTimeout = errors.New("lock wait timeout: the lock was not granted in time; retry or wait longer")
-	// ErrWaitCancelled: an Unlock with the waiter's key cancelled the wait,
-	// or (WithLateRequestMemory) came before the request.
+	// ErrWaitCancelled: an Unlock with the waiter's key cancelled the wait.
 	ErrWaitCancelled = errors.New("lock wait cancelled: an unlock with this request's key cancelled it")
 	// ErrOwnerGone: the request's owner was released while it waited, or
-	// (WithLateRequestMemory) shortly before the request arrived.
+	// (WithGoneOwnerMemory) shortly before the request arrived.
 	ErrOwnerGone = errors.New("owner gone: the connection this request belongs to has closed; reconnect and ask again")
 	// ErrLimitExceeded: a Limits bound would be passed.
 	ErrLimitExceeded = errors.New("limit exceeded: the server refuses to hold more; release locks or raise the server's limits")

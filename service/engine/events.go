@@ -1,6 +1,10 @@
 package engine
 
-import "time"
+import (
+	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
+)
 
 // EventKind says what happened to a grant or a wait.
 type EventKind uint8
@@ -61,7 +65,7 @@ type Event struct {
 	Kind  EventKind
 	Name  string
 	Token uint64 // the grant's fencing token; 0 for wait events
-	Owner string
+	Owner subjects.Owner
 	// Duration is how long the request waited (EventGranted, wait events)
 	// or how long the grant was held (releases).
 	Duration time.Duration

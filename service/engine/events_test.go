@@ -45,9 +45,9 @@ func TestEvents(t *testing.T) {
 		}
 	}
 
-	a := mustTryLock(t, e, Request{Name: "x", Owner: "o1"})
+	a := mustTryLock(t, e, Request{Name: "x", Owner: own("o1")})
 	expect("trylock", EventGranted)
-	w := mustPark(t, e, Request{Name: "x", Key: "w", Owner: "o2"}, 0)
+	w := mustPark(t, e, Request{Name: "x", Key: "w", Owner: own("o2")}, 0)
 	expect("parking is no event")
 	clock.Advance(3 * time.Second)
 	if _, err := e.Unlock("x", a.Key); err != nil {
@@ -66,10 +66,10 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("cancel", EventWaitCancelled)
-	mustPark(t, e, Request{Name: "x", Key: "gone", Owner: "o3"}, 0)
-	e.ReleaseOwner("o3")
+	mustPark(t, e, Request{Name: "x", Key: "gone", Owner: own("o3")}, 0)
+	e.ReleaseOwner(own("o3"))
 	expect("waiter's owner gone", EventWaitOwnerGone)
-	e.ReleaseOwner("o2")
+	e.ReleaseOwner(own("o2"))
 	expect("holder's owner gone", EventOwnerGone)
 
 	mustTryLock(t, e, Request{Name: "y", LockTimeout: time.Second})
@@ -127,7 +127,7 @@ func TestForceUnlock(t *testing.T) {
 			e, _ := newTestEngine(t)
 			var gs []Grant
 			for _, k := range []string{"k0", "k1", "k2"} {
-				gs = append(gs, mustTryLock(t, e, Request{Name: "s", Size: 3, Key: k, Owner: "o"}))
+				gs = append(gs, mustTryLock(t, e, Request{Name: "s", Size: 3, Key: k, Owner: own("o")}))
 			}
 			waiter := mustPark(t, e, Request{Name: "s", Size: 3, Key: "w"}, 0)
 			var token uint64
@@ -141,7 +141,7 @@ func TestForceUnlock(t *testing.T) {
 			if calls, g, _ := waiter.get(); (tt.wantCount > 0) != (calls == 1 && g.Token != 0) {
 				t.Fatalf("the waiter must be granted exactly when a slot was freed; calls %d", calls)
 			}
-			e.ReleaseOwner("o")
+			e.ReleaseOwner(own("o"))
 			if _, err := e.Unlock("s", "w"); tt.wantCount > 0 && err != nil {
 				t.Fatal(err)
 			}

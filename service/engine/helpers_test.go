@@ -4,6 +4,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // newTestEngine returns an engine on a fake clock, checked for consistency
@@ -147,8 +149,8 @@ func checkInvariants(t testing.TB, e *Engine) {
 		for _, en := range keys {
 			if en.owner != nil {
 				owned++
-				if e.owners[en.owner.name] != en.owner {
-					t.Errorf("lock %q: entry owner %q is not registered", name, en.owner.name)
+				if e.owners[en.owner.id] != en.owner {
+					t.Errorf("lock %q: entry owner %v is not registered", name, en.owner.id)
 				}
 			}
 		}
@@ -160,7 +162,7 @@ func checkInvariants(t testing.TB, e *Engine) {
 	}
 	inOwners := 0
 	for name, o := range e.owners {
-		if o.name != name || o.n == 0 || o.oldestSeq() == 0 || o.entries.seq > e.lastSeq {
+		if o.id != name || o.n == 0 || o.oldestSeq() == 0 || o.entries.seq > e.lastSeq {
 			t.Errorf("bad owner %q: %+v", name, o)
 		}
 		n, waits := 0, 0
@@ -197,4 +199,31 @@ func checkInvariants(t testing.TB, e *Engine) {
 			t.Errorf("free owner record not cleared: %+v", o)
 		}
 	}
+}
+
+// closedUnless is a sweep verdict: live when alive says so, else closed.
+func closedUnless(alive func(owner string) bool) func(subjects.Owner) OwnerState {
+	return func(owner subjects.Owner) OwnerState {
+		if alive(ownerText(owner)) {
+			return OwnerLive
+		}
+		return OwnerClosed
+	}
+}
+
+// own makes an owner for tests: "srv:7" is server srv, client 7; a name
+// without a client id is client 1 of that server.
+func own(s string) subjects.Owner {
+	if o, err := subjects.ParseOwner(s); err == nil {
+		return o
+	}
+	return subjects.Owner{ServerID: s, ClientID: 1}
+}
+
+// ownerText undoes own.
+func ownerText(o subjects.Owner) string {
+	if o.ClientID == 1 {
+		return o.ServerID
+	}
+	return o.String()
 }

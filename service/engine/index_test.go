@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // A lock that once had more than indexMin entries keeps its key index; a
@@ -56,13 +58,13 @@ func TestBigSemaphoreKeysProperty(t *testing.T) {
 func runKeysProperty(t *testing.T, size int, rng *rand.Rand) {
 	e, _ := newTestEngine(t)
 	const name = "big"
-	held := map[string]string{}    // key → owner of the slots the model says are held
-	waiting := map[string]string{} // key → owner of the waits
+	held := map[string]subjects.Owner{}    // key → owner of the slots the model says are held
+	waiting := map[string]subjects.Owner{} // key → owner of the waits
 	outcomes := map[string]*outcome{}
 	next := 0
 	newKey := func() string { next++; return fmt.Sprint("k", next) }
-	owner := func() string { return fmt.Sprint("o", rng.IntN(4)) }
-	pick := func(m map[string]string) string {
+	owner := func() subjects.Owner { return own(fmt.Sprint("o", rng.IntN(4))) }
+	pick := func(m map[string]subjects.Owner) string {
 		keys := make([]string, 0, len(m))
 		for k := range m {
 			keys = append(keys, k)

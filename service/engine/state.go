@@ -1,6 +1,10 @@
 package engine
 
-import "time"
+import (
+	"time"
+
+	"github.com/ldlm-io/ldlm/subjects"
+)
 
 // This file holds the engine's internal records and the list operations on
 // them. Everything here is guarded by Engine.mu.
@@ -59,7 +63,7 @@ type waitState struct {
 // owner is one owner's grants and waits. It exists (is in Engine.owners)
 // only while it has at least one.
 type owner struct {
-	name    string
+	id      subjects.Owner
 	entries *entry // linked by ownerPrev/ownerNext, newest first
 	oldest  *entry // the last of entries
 	n       int    // number of entries

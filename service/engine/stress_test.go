@@ -77,7 +77,7 @@ func TestStress(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 42))
-			owner := fmt.Sprint("owner-", w)
+			owner := own(fmt.Sprint("owner-", w))
 			var mine []held
 			seq := 0
 			freshKey := func() string { seq++; return fmt.Sprintf("w%d-%d", w, seq) }

@@ -19,71 +19,12 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// Each operation has its own subscription, so the unlock a client sends to
-// cancel its lock request can be read first. The lock request, read later,
-// must then be refused, not left behind as a grant or a wait that nobody
-// will ever use.
-func TestUnlockBeforeLock(t *testing.T) {
-	t.Parallel()
-	// A memory longer than any pause of a loaded machine.
-	srv := ldlmtest.Start(t, ldlmtest.WithConfig(service.Config{LateRequestWindow: time.Hour}))
-	nc := srv.Connect(t)
-	owner := ownerOf(t, nc)
-	tests := []struct {
-		name      string
-		op        string
-		held      bool // another key holds the lock, so a lock would wait
-		unlockErr subjects.ErrorCode
-	}{
-		{"lock of a free lock", subjects.OpLock, false, subjects.CodeLockDoesNotExist},
-		{"lock of a held lock", subjects.OpLock, true, subjects.CodeInvalidLockKey},
-		{"trylock of a free lock", subjects.OpTryLock, false, subjects.CodeLockDoesNotExist},
-	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			name := fmt.Sprint("late-", i)
-			key := fmt.Sprintf(`{"key":"cancelled-before-it-came-%d"}`, i)
-			var holder reply
-			if tt.held {
-				holder = send(t, nc, subjects.OpTryLock, name, "", owner)
-			}
-			if u := send(t, nc, subjects.OpUnlock, name, key, owner); code(u) != tt.unlockErr {
-				t.Fatalf("early unlock: %+v, want %s", u, tt.unlockErr)
-			}
-			if got := send(t, nc, tt.op, name, key, owner); got.Locked || code(got) != subjects.CodeLockWaitCancelled {
-				t.Fatalf("%s after its unlock: %+v, want LockWaitCancelled", tt.op, got)
-			}
-			want := 0
-			if tt.held {
-				want = 1
-			}
-			if st := srv.Service.Engine().Stats(); st.Holders != want || st.Waiters != 0 {
-				t.Fatalf("the refused request left state behind: %+v", st)
-			}
-			if tt.held {
-				send(t, nc, subjects.OpUnlock, name, `{"key":"`+holder.Key+`"}`, owner)
-			}
-		})
-	}
-}
-
-// With the memory turned off, the late lock request is served as before.
-func TestUnlockBeforeLockWithoutMemory(t *testing.T) {
-	t.Parallel()
-	srv := ldlmtest.Start(t, ldlmtest.WithConfig(service.Config{LateRequestWindow: -1}))
-	nc := srv.Connect(t)
-	send(t, nc, subjects.OpUnlock, "x", `{"key":"k-1"}`, "")
-	if got := send(t, nc, subjects.OpTryLock, "x", `{"key":"k-1"}`, ""); !got.Locked {
-		t.Fatalf("%+v", got)
-	}
-}
-
 // A request sent just before its connection closed can be read after the
 // service processed the close: it must be refused, not granted to a
 // connection that will never unlock.
 func TestRequestOfClosedConnectionRefused(t *testing.T) {
 	t.Parallel()
-	srv := ldlmtest.Start(t, ldlmtest.WithConfig(service.Config{SweepInterval: -1, LateRequestWindow: time.Hour}))
+	srv := ldlmtest.Start(t, ldlmtest.WithConfig(service.Config{SweepInterval: -1}))
 	other := srv.Connect(t)
 
 	// A connection whose close the service has seen: its lock is released.
@@ -119,14 +60,16 @@ func TestRequestOfClosedConnectionRefused(t *testing.T) {
 }
 
 // A connection released by the sweep (its close was not seen) is refused
-// in the same way.
+// in the same way, once the sweep knows that its client id was handed out:
+// here a later connection is listed with a higher id (see
+// TestForgedFutureOwnersDoNotLockOutGenuineClients for ids not handed out).
 func TestRequestOfSweptConnectionRefused(t *testing.T) {
 	t.Parallel()
 	srv := ldlmtest.Start(t, ldlmtest.WithoutSystemAccount(),
-		ldlmtest.WithConfig(service.Config{SweepInterval: -1, LateRequestWindow: time.Hour}))
-	other := srv.Connect(t)
+		ldlmtest.WithConfig(service.Config{SweepInterval: -1}))
 	dying := srv.Connect(t)
 	owner := ownerOf(t, dying)
+	other := srv.Connect(t)
 	send(t, dying, subjects.OpTryLock, "d", "", owner)
 	ns := srv.NATS.NATSServer()
 	before := ns.NumClients()
@@ -181,7 +124,7 @@ func TestClosedConnectionsForgottenOnServerRestart(t *testing.T) {
 	}
 	defer sysConn.Close()
 	// A memory longer than the test: only the restart can clear it.
-	cfg := service.Config{SweepInterval: -1, LateRequestWindow: time.Hour}
+	cfg := service.Config{SweepInterval: -1}
 	svc, err := service.Start(cfg, svcConn, sysConn, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +155,11 @@ func TestClosedConnectionsForgottenOnServerRestart(t *testing.T) {
 	ns.WaitForShutdown()
 	ns = start(port)
 	t.Cleanup(ns.Shutdown) // after the deferred closes
-	// Open connections until one has the closed connection's client id.
+	// Let the reconnecting connections take their new ids first, then
+	// open connections until one has the closed connection's client id.
+	eventually(t, "the old connections are back", func() bool {
+		return svcConn.IsConnected() && sysConn.IsConnected() && other.IsConnected()
+	})
 	var reborn *nats.Conn
 	for reborn == nil {
 		nc, err := nats.Connect(url)
@@ -361,47 +308,80 @@ func TestForgedRequestInfoIgnoredWithoutTenants(t *testing.T) {
 	}
 }
 
-// A client that gives up sends unlock right after lock, with the same key.
-// In whatever order the service reads them, nothing is left behind.
-func TestLockThenUnlockLeavesNothing(t *testing.T) {
+// Issue 12, item 1: a client that gives up sends unlock right after lock,
+// with the same key, on the same connection. The service reads them in that
+// order, every time: the unlock releases the grant (a free lock) or
+// cancels the wait (a held one), it never finds nothing, and nothing is
+// left behind over many tries.
+func TestUnlockRightAfterLockAlwaysCleansUp(t *testing.T) {
 	t.Parallel()
-	srv := ldlmtest.Start(t, ldlmtest.WithConfig(service.Config{LateRequestWindow: time.Hour}))
+	srv := ldlmtest.Start(t)
 	nc := srv.Connect(t)
 	owner := ownerOf(t, nc)
 	holder := send(t, nc, subjects.OpTryLock, "busy", "", owner)
-	replies := make(chan *nats.Msg, 1000)
-	inbox := nats.NewInbox()
-	sub, err := nc.ChanSubscribe(inbox, replies)
-	if err != nil {
-		t.Fatal(err)
+	lockReplies := make(chan *nats.Msg, 4096)
+	unlockReplies := make(chan *nats.Msg, 4096)
+	lockInbox, unlockInbox := nats.NewInbox(), nats.NewInbox()
+	for inbox, ch := range map[string]chan *nats.Msg{lockInbox: lockReplies, unlockInbox: unlockReplies} {
+		sub, err := nc.ChanSubscribe(inbox, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	const n = 300
+	publish := func(op, name, reply, body string) {
+		msg := nats.NewMsg(subjects.Subject(subjects.DefaultPrefix, op, name))
+		msg.Reply = reply
+		msg.Data = []byte(body)
+		msg.Header.Set(subjects.HeaderOwner, owner)
+		if err := nc.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 1000
 	for i := range n {
 		body := fmt.Sprintf(`{"key":"given-up-%d"}`, i)
 		for _, name := range []string{"busy", "free"} { // parks, or is granted
-			msg := nats.NewMsg(subjects.Subject(subjects.DefaultPrefix, subjects.OpLock, name))
-			msg.Reply = inbox
-			msg.Data = []byte(body)
-			msg.Header.Set(subjects.HeaderOwner, owner)
-			if err := nc.PublishMsg(msg); err != nil {
-				t.Fatal(err)
-			}
-			send(t, nc, subjects.OpUnlock, name, body, owner)
+			publish(subjects.OpLock, name, lockInbox, body)
+			publish(subjects.OpUnlock, name, unlockInbox, body)
 		}
 	}
-	// Every lock request is answered: granted then released, cancelled
-	// while it waited, or refused because its unlock came first.
+	var granted, cancelled int
 	for range 2 * n {
 		select {
-		case <-replies:
+		case msg := <-lockReplies:
+			var r subjects.LockResponse
+			if err := json.Unmarshal(msg.Data, &r); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case r.Locked && r.Name == "free":
+				granted++
+			case r.Error != nil && r.Error.Code == subjects.CodeLockWaitCancelled && r.Name == "busy":
+				cancelled++
+			default:
+				t.Fatalf("lock reply %+v; want a grant of free or a cancelled wait for busy", r)
+			}
 		case <-time.After(testTimeout):
 			t.Fatalf("a lock request was never answered: %+v", srv.Service.Engine().Stats())
 		}
 	}
-	eventually(t, "only the holder is left", func() bool {
-		st := srv.Service.Engine().Stats()
-		return st.Holders == 1 && st.Waiters == 0
-	})
+	for range 2 * n {
+		select {
+		case msg := <-unlockReplies:
+			var r subjects.UnlockResponse
+			if err := json.Unmarshal(msg.Data, &r); err != nil || !r.Unlocked {
+				t.Fatalf("unlock reply %s: it was read before its lock request", msg.Data)
+			}
+		case <-time.After(testTimeout):
+			t.Fatalf("an unlock was never answered: %+v", srv.Service.Engine().Stats())
+		}
+	}
+	if granted != n || cancelled != n {
+		t.Fatalf("%d grants and %d cancelled waits; want %d of each", granted, cancelled, n)
+	}
+	if st := srv.Service.Engine().Stats(); st.Holders != 1 || st.Waiters != 0 || st.Locks != 1 {
+		t.Fatalf("left behind: %+v; want only the holder of busy", st)
+	}
 	send(t, nc, subjects.OpUnlock, "busy", `{"key":"`+holder.Key+`"}`, owner)
 }

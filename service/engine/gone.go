@@ -4,8 +4,8 @@ import "time"
 
 // recent is a set of keys that each stay in it for a fixed time after they
 // were added, bounded in count: when it is full, adding a key first drops
-// the oldest one. The engine uses it to refuse requests that arrive after
-// something that should have come after them (see WithLateRequestMemory).
+// the oldest one. The engine keeps the owners it released in one, to refuse
+// their requests that arrive after the release (see WithGoneOwnerMemory).
 // It is guarded by Engine.mu.
 type recent[K comparable] struct {
 	window time.Duration // 0: the set is off and stays empty
@@ -42,20 +42,6 @@ func (r *recent[K]) add(k K, now time.Time) {
 	r.order = append(r.order, recentItem[K]{key: k, until: until})
 }
 
-// take reports whether k is remembered at now, and forgets it: one
-// remembered event refuses one late request.
-func (r *recent[K]) take(k K, now time.Time) bool {
-	if len(r.until) == 0 {
-		return false
-	}
-	until, ok := r.until[k]
-	if !ok {
-		return false
-	}
-	delete(r.until, k)
-	return now.UnixNano() < until
-}
-
 // has reports whether k is remembered at now.
 func (r *recent[K]) has(k K, now time.Time) bool {
 	if len(r.until) == 0 {
@@ -63,18 +49,6 @@ func (r *recent[K]) has(k K, now time.Time) bool {
 	}
 	until, ok := r.until[k]
 	return ok && now.UnixNano() < until
-}
-
-// forget drops every key for which match returns true.
-func (r *recent[K]) forget(match func(K) bool) int {
-	n := 0
-	for k := range r.until {
-		if match(k) {
-			delete(r.until, k)
-			n++
-		}
-	}
-	return n
 }
 
 // len is the number of keys held, expired or not.

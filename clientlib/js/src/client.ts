@@ -1,0 +1,945 @@
+// Client: lock requests over one NATS connection, and the service's notices.
+
+import { randomBytes } from "node:crypto";
+
+import { connect } from "@nats-io/transport-node";
+import {
+  createInbox,
+  headers as newHeaders,
+  type ConnectionOptions,
+  type Msg,
+  type NatsConnection,
+  type Status,
+  type Subscription,
+} from "@nats-io/nats-core";
+
+import {
+  ClientClosedError,
+  ConnectionLostError,
+  errorFromReply,
+  LdlmError,
+  LockLostError,
+  LockWaitTimeoutError,
+  LOST_CODES,
+  NoServiceError,
+  NotObtainedError,
+  RequestTimeoutError,
+  UnavailableError,
+  UnexpectedReplyError,
+  InvalidTimeoutError,
+  BadRequestError,
+} from "./errors.js";
+import { Lock, type Epoch, type LockHost } from "./lock.js";
+import { DEFAULT_PREFIX, formatOwner, lockSubject, lostSubject } from "./names.js";
+
+/** Options of a Client. */
+export interface ClientOptions {
+  /** First token of the lock subjects (the service's LDLM_SUBJECT_PREFIX). Default "ldlm". */
+  prefix?: string;
+  /**
+   * Budget of tryLock, unlock and renew, retries included (no responders,
+   * Unavailable); also how long lock() without a wait timeout keeps asking
+   * while no service answers. Default 5.
+   */
+  requestTimeoutSeconds?: number;
+  /** Bound of the unlock the client sends on its own to withdraw a request given up on. Default 5. */
+  cleanupTimeoutSeconds?: number;
+  /**
+   * The service runs with LDLM_NO_CLEAR_ON_DISCONNECT=true: a reconnect
+   * does not lose the held locks (give them a lock timeout).
+   */
+  keepOnDisconnect?: boolean;
+  /**
+   * Send Ldlm-Owner as SERVER_NAME:CLIENT_ID, for services older than wire
+   * v2 that identify connections by server name. Default false
+   * (SERVER_ID:CLIENT_ID).
+   */
+  legacyOwner?: boolean;
+}
+
+/** Options of one lock() call. */
+export interface LockOptions {
+  /** Slots of the lock (a semaphore); every request for the lock must agree. Default 1. */
+  size?: number;
+  /** Give up waiting after this long: lock() then resolves to a Lock whose `locked` is false. Default: wait. */
+  waitTimeoutSeconds?: number;
+  /** The service releases the lock unless renewed within this long. Default: no timeout. */
+  lockTimeoutSeconds?: number;
+  /** Renew a lock with a lock timeout in the background. Default true. */
+  autoRenew?: boolean;
+  /** Abort to stop waiting: lock() rejects with the signal's reason and leaves nothing behind. */
+  signal?: AbortSignal;
+}
+
+/** Options of one tryLock() call. */
+export type TryLockOptions = Omit<LockOptions, "waitTimeoutSeconds">;
+
+const RETRY_FIRST_MS = 10;
+const RETRY_MAX_MS = 1000;
+const REMEMBERED = 64; // early lost notices and gone instances kept
+
+interface LockReply {
+  locked?: boolean;
+  unlocked?: boolean;
+  name?: string;
+  key?: string;
+  token?: number;
+  size?: number;
+  instance?: string;
+  error?: { code?: string; message?: string };
+}
+
+interface LostNotice {
+  name: string;
+  token: number;
+  reason: string;
+}
+
+/** Why one request ended without a reply. */
+type Interrupt =
+  | { kind: "aborted"; signal?: AbortSignal } // no signal: its connection or the serving instance changed
+  | { kind: "timeout" }
+  | { kind: "closed"; error: unknown };
+
+class Interrupted extends Error {
+  constructor(readonly why: Interrupt) {
+    super(why.kind);
+  }
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * Takes locks over a NATS connection. One Client serves any number of
+ * concurrent lock() calls and held locks on that one connection.
+ *
+ * `await Client.connect({ servers })` makes a client that owns its
+ * connection (closed by `close()`); `new Client(nc)` uses a connection the
+ * application keeps owning.
+ */
+export class Client implements LockHost, AsyncDisposable {
+  readonly nc: NatsConnection;
+  readonly prefix: string;
+  readonly #ownsConnection: boolean;
+  readonly #requestMs: number;
+  readonly #cleanupMs: number;
+  readonly #keepOnDisconnect: boolean;
+  readonly #legacyOwner: boolean;
+
+  // Replies come to one wildcard subscription, matched by their last token:
+  // cheaper than a subscription per request, and, unlike nc.request, it lets
+  // a waiting lock be abandoned at any moment and wait without a timeout.
+  readonly #inbox: string;
+  readonly #replySub: Subscription;
+  readonly #pending = new Map<string, (m: Msg) => void>();
+  // Requests that end when their connection epoch ends, or (waiting locks)
+  // when another instance takes over: a set, cheaper than signal listeners.
+  readonly #interruptible = new Set<{ epoch: Epoch; instance: boolean; interrupt: () => void }>();
+  #seq = 0;
+
+  readonly #instanceSub: Subscription;
+  readonly #lostSubs = new Map<string, Subscription>();
+  readonly #status: AsyncIterable<Status> & { stop?: () => void };
+  #connUp: boolean;
+
+  #closed = false;
+  #cur: Epoch | undefined; // the connection as it is now; undefined while down
+  #changed = deferred(); // resolved and replaced whenever #cur changes
+  readonly #held = new Set<Lock>();
+  readonly #cleanups = new Set<Promise<unknown>>();
+
+  // What the service's notices said.
+  #instance = ""; // the instance that serves now, as last heard
+  #unsure = false; // #instance came from a reply when none was known
+  readonly #goneInstances: string[] = [];
+  readonly #unmatched: LostNotice[] = []; // recent lost notices that matched no held lock
+
+  /** Connects to NATS and returns a client that owns the connection. */
+  static async connect(natsOptions: ConnectionOptions = {}, options: ClientOptions = {}): Promise<Client> {
+    const nc = await connect(natsOptions);
+    try {
+      return new Client(nc, options, true);
+    } catch (e) {
+      await nc.close();
+      throw e;
+    }
+  }
+
+  /** A client over nc, which the caller keeps owning (close the client first). */
+  constructor(nc: NatsConnection, options: ClientOptions = {}, ownsConnection = false) {
+    if (nc.isClosed()) {
+      throw new ConnectionLostError("ldlm: the NATS connection is closed");
+    }
+    this.nc = nc;
+    this.prefix = options.prefix ?? DEFAULT_PREFIX;
+    if (this.prefix === "") {
+      throw new LdlmError("ldlm: the subject prefix must not be empty");
+    }
+    this.#ownsConnection = ownsConnection;
+    this.#requestMs = seconds(options.requestTimeoutSeconds, 5) * 1000;
+    this.#cleanupMs = seconds(options.cleanupTimeoutSeconds, 5) * 1000;
+    this.#keepOnDisconnect = options.keepOnDisconnect ?? false;
+    this.#legacyOwner = options.legacyOwner ?? false;
+
+    const inboxPrefix = (nc as unknown as { options?: { inboxPrefix?: string } }).options?.inboxPrefix;
+    this.#inbox = createInbox(inboxPrefix);
+    this.#replySub = nc.subscribe(`${this.#inbox}.*`, {
+      callback: (_err, msg) => {
+        const token = msg.subject.slice(this.#inbox.length + 1);
+        this.#pending.get(token)?.(msg);
+      },
+    });
+    // Subscribed before any request goes out: the server handles one
+    // connection's messages in order, so no announcement made after our
+    // first request is missed.
+    this.#instanceSub = nc.subscribe(`${this.prefix}.instance.*`, { callback: (_e, m) => this.#onInstance(m) });
+    this.#connUp = nc.info !== undefined;
+    this.#status = nc.status();
+    void this.#watchStatus();
+    void nc.closed().then(() => this.#refresh());
+    this.#refresh();
+  }
+
+  /**
+   * Unlocks every lock still held, stops listening to the service, and
+   * closes the connection if the client owns it. Waiting lock() calls
+   * reject with ClientClosedError, after withdrawing their requests.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) {
+      return;
+    }
+    this.#closed = true;
+    const held = [...this.#held];
+    await Promise.allSettled(held.map((l) => l.unlock()));
+    this.#refresh(); // ends the epoch: waiting calls give up and withdraw
+    while (this.#cleanups.size > 0) {
+      await Promise.allSettled([...this.#cleanups]);
+    }
+    this.#status.stop?.();
+    for (const sub of [this.#instanceSub, this.#replySub, ...this.#lostSubs.values()]) {
+      safely(() => sub.unsubscribe());
+    }
+    this.#lostSubs.clear();
+    if (this.#ownsConnection && !this.nc.isClosed()) {
+      await this.nc.close();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /**
+   * Acquires the lock `name` (any string), waiting while all its slots are
+   * held. Resolves to a held Lock, or to a Lock whose `locked` is false when
+   * `waitTimeoutSeconds` passed first.
+   *
+   * Aborting `signal` while waiting rejects with the signal's reason; the
+   * client then sends an unlock with the request's key, which releases a
+   * grant that raced with the abort or withdraws the wait: nothing is left
+   * behind. If the connection drops or reconnects, or another instance of
+   * the service starts, while waiting, the request is withdrawn the same way
+   * and asked again for the time that is left. When no service answers (or
+   * it answers Unavailable), lock() asks again with growing pauses, until
+   * the wait timeout, or for requestTimeoutSeconds without one.
+   *
+   * With `lockTimeoutSeconds` the lock is renewed in the background unless
+   * `autoRenew: false`.
+   */
+  lock(name: string, options: LockOptions = {}): Promise<Lock> {
+    return this.#acquire("lock", name, options);
+  }
+
+  /**
+   * Acquires the lock `name` only if a slot is free now. Resolves to a Lock
+   * whose `locked` is false when every slot is held. Waits for the service's
+   * reply at most requestTimeoutSeconds (retries included); if that passes
+   * or `signal` aborts first, it withdraws the request as lock() does.
+   */
+  tryLock(name: string, options: TryLockOptions = {}): Promise<Lock> {
+    if ((options as LockOptions).waitTimeoutSeconds !== undefined) {
+      return Promise.reject(new BadRequestError("tryLock never waits: waitTimeoutSeconds is for lock()", { lockName: name }));
+    }
+    return this.#acquire("trylock", name, options);
+  }
+
+  /**
+   * Runs fn with the lock from lock(name, options) and unlocks it when fn
+   * settles. fn gets the Lock: check `lock.locked` when a wait timeout is
+   * set, and pass `lock.signal` to the work. It resolves to fn's result; if
+   * the lock was lost meanwhile, it rejects with the LockLostError instead.
+   */
+  withLock<T>(name: string, options: LockOptions, fn: (lock: Lock) => Promise<T> | T): Promise<T>;
+  withLock<T>(name: string, fn: (lock: Lock) => Promise<T> | T): Promise<T>;
+  async withLock<T>(name: string, a: LockOptions | ((lock: Lock) => Promise<T> | T), b?: (lock: Lock) => Promise<T> | T): Promise<T> {
+    const [options, fn] = typeof a === "function" ? [{}, a] : [a, b!];
+    return run(await this.lock(name, options), fn);
+  }
+
+  /** withLock with tryLock: fn gets a Lock whose `locked` is false when a slot was not free. */
+  withTryLock<T>(name: string, options: TryLockOptions, fn: (lock: Lock) => Promise<T> | T): Promise<T>;
+  withTryLock<T>(name: string, fn: (lock: Lock) => Promise<T> | T): Promise<T>;
+  async withTryLock<T>(name: string, a: TryLockOptions | ((lock: Lock) => Promise<T> | T), b?: (lock: Lock) => Promise<T> | T): Promise<T> {
+    const [options, fn] = typeof a === "function" ? [{}, a] : [a, b!];
+    return run(await this.tryLock(name, options), fn);
+  }
+
+  // --- acquiring ---
+
+  async #acquire(op: "lock" | "trylock", name: string, o: LockOptions): Promise<Lock> {
+    const size = o.size;
+    const wait = o.waitTimeoutSeconds ?? 0;
+    const lockTimeout = o.lockTimeoutSeconds ?? 0;
+    if (wait < 0 || lockTimeout < 0 || !Number.isFinite(wait) || !Number.isFinite(lockTimeout)) {
+      throw new InvalidTimeoutError(`timeouts must be finite and not negative (wait ${wait}, lock ${lockTimeout})`, { lockName: name });
+    }
+    const signal = o.signal;
+    const start = performance.now();
+    // The caller's budget: the wait timeout of lock(); requestTimeout for tryLock.
+    const budgetEnd = op === "trylock" ? start + this.#requestMs : wait > 0 ? start + wait * 1000 : Infinity;
+    let noServiceSince = 0; // start of the current run of no-responders / Unavailable
+    let lastNoService: LdlmError | undefined;
+    for (let tries = 0; ; tries++) {
+      if (tries > 0) {
+        // The first retry (a changed connection or instance) goes at once.
+        const pause = tries === 1 ? 0 : Math.min(RETRY_FIRST_MS * 2 ** Math.min(tries - 2, 10), RETRY_MAX_MS);
+        await sleep(Math.min(pause, Math.max(0, budgetEnd - performance.now())), signal);
+      }
+      signal?.throwIfAborted(); // nothing sent by this try yet: nothing to clean up
+      if (this.#closed) {
+        throw new ClientClosedError(`ldlm: ${op} ${JSON.stringify(name)}: client closed`, { lockName: name });
+      }
+      const ep = await this.#currentEpoch(op === "lock", signal, budgetEnd, name, op);
+      if (ep === undefined) {
+        return notObtained(name, new LockWaitTimeoutError(`not granted within ${wait}s (the connection was down)`, { lockName: name }));
+      }
+      const req: Record<string, unknown> = { key: newKey() };
+      if (size !== undefined) req.size = size;
+      if (lockTimeout > 0) req.lock_timeout_seconds = lockTimeout;
+      let localTimeout: number | undefined;
+      if (op === "trylock") {
+        localTimeout = Math.max(1, budgetEnd - performance.now());
+      } else if (wait > 0) {
+        const left = budgetEnd - performance.now();
+        if (left < 1) {
+          if (lastNoService) throw lastNoService;
+          return notObtained(name, new LockWaitTimeoutError(`not granted within ${wait}s`, { lockName: name }));
+        }
+        req.wait_timeout_seconds = left / 1000;
+        localTimeout = left + this.#requestMs;
+      }
+      const key = req.key as string;
+      const subject = lockSubject(this.prefix, op, name);
+      const sentAt = performance.now();
+      let msg: Msg;
+      try {
+        msg = await this.#call(subject, req, ep.owner, localTimeout, signal, { epoch: ep, instance: op === "lock" });
+      } catch (e) {
+        if (!(e instanceof Interrupted)) throw e;
+        const why = e.why;
+        this.#withdraw(name, key);
+        if (signal?.aborted) throw signal.reason;
+        if (this.#closed) throw new ClientClosedError(`ldlm: ${op} ${JSON.stringify(name)}: client closed`, { lockName: name });
+        if (why.kind === "aborted" && op === "lock") continue; // connection or instance changed: ask again
+        if (why.kind === "timeout") {
+          if (lastNoService) throw lastNoService; // the budget ran out while asking again
+          throw new RequestTimeoutError(`ldlm: ${op} ${JSON.stringify(name)}: no reply from the lock service in time (withdrawn)`, { lockName: name });
+        }
+        throw new ConnectionLostError(`ldlm: ${op} ${JSON.stringify(name)}: the NATS connection was lost while waiting for the reply (withdrawn)`, { lockName: name, cause: why.kind === "closed" ? why.error : undefined });
+      }
+
+      if (isNoResponders(msg)) {
+        // Nobody received the request: nothing to clean up.
+        noServiceSince ||= performance.now();
+        lastNoService = this.#noService(subject, noServiceSince, name);
+        if (this.#noServiceBudgetLeft(budgetEnd, noServiceSince)) continue;
+        throw lastNoService;
+      }
+      const reply = decodeReply(msg, name);
+      if (reply.error?.code === "Unavailable") {
+        noServiceSince ||= performance.now();
+        lastNoService = new UnavailableError(reply.error.message, { lockName: name });
+        if (this.#noServiceBudgetLeft(budgetEnd, noServiceSince)) continue;
+        throw lastNoService;
+      }
+      noServiceSince = 0;
+      lastNoService = undefined;
+      if (reply.error?.code === "LockWaitTimeout") {
+        return notObtained(name, errorFromReply(reply.error, name));
+      }
+      if (reply.error?.code === "OwnerGone" && op === "lock") {
+        // The service saw our connection close while we waited: once we
+        // see it too, ask again over the new one.
+        this.#refresh();
+        if (ep.ac.signal.aborted) {
+          tries = 0;
+          continue;
+        }
+      }
+      if (reply.error) {
+        throw errorFromReply(reply.error, name);
+      }
+      if (!reply.locked) {
+        if (op === "trylock") {
+          return notObtained(name, new NotObtainedError(`ldlm: trylock ${JSON.stringify(name)}: every slot is held`, { lockName: name }));
+        }
+        this.#withdraw(name, key);
+        throw new UnexpectedReplyError(`ldlm: lock ${JSON.stringify(name)}: the service replied locked=false without an error`, { lockName: name });
+      }
+
+      const lock = new Lock(this, {
+        name,
+        key,
+        token: Number(reply.token ?? 0),
+        size: Number(reply.size ?? size ?? 1),
+        instance: typeof reply.instance === "string" ? reply.instance : "",
+        epoch: ep,
+        lockTimeoutSeconds: lockTimeout,
+        autoRenew: o.autoRenew ?? true,
+        sentAt,
+      });
+      const refused = this.#register(lock);
+      if (refused === undefined) {
+        if (signal?.aborted) {
+          // The caller gave up as the grant came: do not hand it out.
+          this.#held.delete(lock);
+          this.#release(name, key);
+          throw signal.reason;
+        }
+        lock.startWatch();
+        return lock;
+      }
+      if (refused.reason === "expired" || refused.reason === "force-released" || refused.reason === "released-on-disconnect") {
+        // Granted, and released by the service before we saw the reply:
+        // the caller gets the lock as it is, lost.
+        lock.loseWith(refused);
+        return lock;
+      }
+      // Granted over a connection that is gone, by an instance that is gone,
+      // or to a client closed meanwhile: release it in case, ask again.
+      this.#release(name, key);
+      if (this.#closed) throw new ClientClosedError(`ldlm: ${op} ${JSON.stringify(name)}: client closed`, { lockName: name });
+      if (signal?.aborted) throw signal.reason;
+      if (op === "lock") continue;
+      throw refused;
+    }
+  }
+
+  #noServiceBudgetLeft(budgetEnd: number, since: number): boolean {
+    const now = performance.now();
+    const end = budgetEnd === Infinity ? since + this.#requestMs : budgetEnd;
+    return now < end;
+  }
+
+  #noService(subject: string, since: number, name: string): NoServiceError {
+    const secs = Math.max(0, (performance.now() - since) / 1000).toFixed(1);
+    return new NoServiceError(
+      `ldlm: no lock service answered on ${subject} for ${secs}s: is ldlm running, with subject prefix ${JSON.stringify(this.prefix)}?`,
+      { lockName: name },
+    );
+  }
+
+  // --- releasing and renewing (LockHost) ---
+
+  /** @internal */
+  async unlockHeld(lock: Lock): Promise<void> {
+    if (this.nc.isClosed()) {
+      return; // the service releases what a closed connection held
+    }
+    const reply = await this.#simple("unlock", lock.name, { key: lock.key }, this.#requestMs);
+    // InvalidLockKey, LockDoesNotExist or NotLocked here say the grant was
+    // gone before the unlock (the work under it may not have been
+    // protected): the caller gets that error (wire vectors, "replies").
+    if (reply.error) {
+      throw errorFromReply(reply.error, lock.name);
+    }
+  }
+
+  /** @internal */
+  async renewHeld(lock: Lock, secondsValue: number): Promise<number> {
+    if (!(secondsValue > 0) || !Number.isFinite(secondsValue)) {
+      throw new InvalidTimeoutError(`renew needs a lock timeout above 0, got ${secondsValue}`, { lockName: lock.name });
+    }
+    const sentAt = performance.now();
+    const reply = await this.#simple("renew", lock.name, { key: lock.key, lock_timeout_seconds: secondsValue }, this.#requestMs);
+    if (reply.error && LOST_CODES.has(reply.error.code ?? "")) {
+      const cause = errorFromReply(reply.error, lock.name);
+      lock.lose("refused", "the service refused the renewal", cause);
+      throw lock.lostError ?? cause;
+    }
+    if (reply.error) {
+      throw errorFromReply(reply.error, lock.name);
+    }
+    if (!reply.locked) {
+      throw new UnexpectedReplyError(`ldlm: renew ${JSON.stringify(lock.name)}: the service replied locked=false without an error`, { lockName: lock.name });
+    }
+    return sentAt;
+  }
+
+  /** @internal */
+  forget(lock: Lock): void {
+    this.#held.delete(lock);
+  }
+
+  /**
+   * One unlock or renew, retried on no responders and Unavailable within
+   * budgetMs. Throws transport errors; the service's error is in the reply.
+   */
+  async #simple(op: "unlock" | "renew", name: string, body: Record<string, unknown>, budgetMs: number): Promise<LockReply> {
+    const subject = lockSubject(this.prefix, op, name);
+    const end = performance.now() + budgetMs;
+    let since = 0;
+    let unavailable: LockReply | undefined; // the last Unavailable answer
+    for (let tries = 0; ; tries++) {
+      if (tries > 0) {
+        await sleep(Math.min(RETRY_FIRST_MS * 2 ** Math.min(tries - 1, 10), RETRY_MAX_MS, Math.max(0, end - performance.now())));
+      }
+      const left = end - performance.now();
+      let msg: Msg;
+      try {
+        msg = await this.#call(subject, body, this.#cur?.owner, Math.max(1, left));
+      } catch (e) {
+        if (e instanceof Interrupted && e.why.kind === "timeout") {
+          if (unavailable) return unavailable; // the budget ran out while asking again
+          if (since) throw this.#noService(subject, since, name);
+          throw new RequestTimeoutError(`ldlm: ${op} ${JSON.stringify(name)}: no reply from the lock service in ${budgetMs / 1000}s`, { lockName: name });
+        }
+        if (e instanceof Interrupted && e.why.kind === "closed") {
+          throw new ConnectionLostError(`ldlm: ${op} ${JSON.stringify(name)}: the NATS connection is closed`, { lockName: name, cause: e.why.error });
+        }
+        throw e;
+      }
+      if (isNoResponders(msg)) {
+        since ||= performance.now();
+        if (performance.now() < end) continue;
+        throw this.#noService(subject, since, name);
+      }
+      const reply = decodeReply(msg, name);
+      if (reply.error?.code === "Unavailable" && performance.now() < end) {
+        unavailable = reply;
+        continue;
+      }
+      return reply;
+    }
+  }
+
+  /**
+   * Sends unlock with the key of a request given up on: it releases a
+   * grant that raced in, or cancels the queued wait (docs/protocol.md,
+   * "Waiting and giving up"). The service handles a connection's requests
+   * in order, so the unlock is read after the lock request. Runs in the
+   * background, bounded by the cleanup timeout; close() waits for it.
+   */
+  #withdraw(name: string, key: string): void {
+    if (this.nc.isClosed()) {
+      return; // the service releases what a closed connection held or waited for
+    }
+    const p = this.#simple("unlock", name, { key }, this.#cleanupMs).catch(() => undefined);
+    this.#cleanups.add(p);
+    void p.finally(() => this.#cleanups.delete(p));
+  }
+
+  /** Unlocks a grant whose reply we received but will not hand out. */
+  #release(name: string, key: string): void {
+    this.#withdraw(name, key);
+  }
+
+  // --- requests ---
+
+  /**
+   * Publishes one request and resolves with its reply. It rejects with
+   * Interrupted when timeoutMs passes, when one of the signals aborts, or
+   * when the connection is closed; a reply after that is dropped.
+   */
+  #call(
+    subject: string,
+    body: Record<string, unknown>,
+    owner: string | undefined,
+    timeoutMs: number | undefined,
+    signal?: AbortSignal,
+    watch?: { epoch: Epoch; instance: boolean },
+  ): Promise<Msg> {
+    return new Promise<Msg>((resolve, reject) => {
+      if (signal?.aborted || watch?.epoch.ac.signal.aborted) {
+        reject(new Interrupted({ kind: "aborted", signal: signal?.aborted ? signal : undefined }));
+        return;
+      }
+      const token = (++this.#seq).toString(36);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const onAbort = () => {
+        done();
+        reject(new Interrupted({ kind: "aborted", signal }));
+      };
+      const entry = watch && {
+        ...watch,
+        interrupt: () => {
+          done();
+          reject(new Interrupted({ kind: "aborted" }));
+        },
+      };
+      const done = () => {
+        this.#pending.delete(token);
+        if (timer !== undefined) clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        if (entry) this.#interruptible.delete(entry);
+      };
+      this.#pending.set(token, (m) => {
+        done();
+        resolve(m);
+      });
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          done();
+          reject(new Interrupted({ kind: "timeout" }));
+        }, timeoutMs);
+      }
+      signal?.addEventListener("abort", onAbort, { once: true });
+      if (entry) this.#interruptible.add(entry);
+      try {
+        const h = newHeaders();
+        if (owner !== undefined) h.set("Ldlm-Owner", owner);
+        this.nc.publish(subject, encoder.encode(JSON.stringify(body)), { reply: `${this.#inbox}.${token}`, headers: h });
+      } catch (e) {
+        done();
+        reject(new Interrupted({ kind: "closed", error: e }));
+      }
+    });
+  }
+
+  // --- the connection ---
+
+  async #watchStatus(): Promise<void> {
+    try {
+      for await (const s of this.#status) {
+        if (s.type === "disconnect") this.#connUp = false;
+        if (s.type === "reconnect") this.#connUp = true;
+        this.#refresh();
+      }
+    } catch {
+      // the iterator ends with the connection
+    }
+  }
+
+  /** The owner identity of the connection as it is now; undefined while down. */
+  #connState(): { up: boolean; owner: string | undefined } {
+    const info = this.nc.info;
+    if (this.nc.isClosed() || !this.#connUp || info === undefined) {
+      return { up: false, owner: undefined };
+    }
+    if (info.client_id === undefined || info.client_id === 0) {
+      return { up: true, owner: undefined }; // a server without client ids: send no owner header
+    }
+    return { up: true, owner: formatOwner(info.server_id, info.client_id, info.server_name, this.#legacyOwner) };
+  }
+
+  /**
+   * Compares the connection as it is now with the current epoch. When it
+   * dropped or reconnected as another client, the epoch ends: its waits are
+   * aborted (and asked again), and its locks are lost, since the service
+   * releases the locks of a connection that goes away (unless
+   * keepOnDisconnect). The lost-notice subscription follows the owner.
+   */
+  #refresh(): void {
+    const { up, owner } = this.#connState();
+    if (up && !this.#closed && owner !== undefined) {
+      this.#listenLost(owner); // before any request names owner
+    }
+    let lost: Lock[] = [];
+    const cur = this.#cur;
+    if (cur !== undefined && (!up || owner !== cur.owner || this.#closed)) {
+      cur.ac.abort(new ConnectionLostError("ldlm: the NATS connection changed"));
+      for (const e of [...this.#interruptible]) {
+        if (e.epoch === cur) e.interrupt();
+      }
+      if (!this.#keepOnDisconnect && !this.#closed) {
+        lost = [...this.#held].filter((l) => l.epoch === cur);
+      }
+      this.#cur = undefined;
+      this.#changed.resolve();
+      this.#changed = deferred();
+    }
+    if (this.#cur === undefined && up && !this.#closed) {
+      this.#cur = { owner, ac: new AbortController() };
+      this.#changed.resolve();
+      this.#changed = deferred();
+    }
+    for (const l of lost) {
+      l.lose("connection-lost", "the NATS connection it was granted over dropped or reconnected");
+    }
+    this.#dropLostSubs();
+  }
+
+  /** The current epoch; lock() waits for the connection to come back, within its budget. */
+  async #currentEpoch(wait: boolean, signal: AbortSignal | undefined, budgetEnd: number, name: string, op: string): Promise<Epoch | undefined> {
+    for (;;) {
+      if (this.#closed) throw new ClientClosedError(`ldlm: ${op} ${JSON.stringify(name)}: client closed`, { lockName: name });
+      if (this.#cur !== undefined) return this.#cur;
+      if (this.nc.isClosed()) throw new ConnectionLostError(`ldlm: ${op} ${JSON.stringify(name)}: the NATS connection is closed`, { lockName: name });
+      if (!wait) throw new ConnectionLostError(`ldlm: ${op} ${JSON.stringify(name)}: not connected`, { lockName: name });
+      const left = budgetEnd - performance.now();
+      if (left <= 0) return undefined;
+      await until(this.#changed.promise, left, signal);
+      signal?.throwIfAborted();
+    }
+  }
+
+  // --- the service's notices ---
+
+  #listenLost(owner: string): void {
+    if (this.#lostSubs.has(owner)) return;
+    try {
+      const sub = this.nc.subscribe(lostSubject(this.prefix, owner), { callback: (_e, m) => this.#onLost(m) });
+      this.#lostSubs.set(owner, sub);
+    } catch {
+      // Only a closed connection fails here, and it holds no lock to hear about.
+    }
+  }
+
+  /**
+   * Ends the lost-notice subscriptions no longer needed: those of owners
+   * that are not the current connection and hold no lock (with
+   * keepOnDisconnect, locks taken before a reconnect keep their old owner).
+   */
+  #dropLostSubs(): void {
+    const needed = new Set<string | undefined>([this.#cur?.owner]);
+    for (const l of this.#held) needed.add(l.epoch?.owner);
+    for (const [owner, sub] of this.#lostSubs) {
+      if (!needed.has(owner)) {
+        safely(() => sub.unsubscribe());
+        this.#lostSubs.delete(owner);
+      }
+    }
+  }
+
+  /**
+   * Ends the held lock a lost notice names (by name and fencing token). The
+   * notice can come before the grant's reply is handled: one that matches no
+   * held lock is kept for #register.
+   */
+  #onLost(msg: Msg): void {
+    const n = parseJSON(msg.data) as Partial<LostNotice> | undefined;
+    if (!n || typeof n.name !== "string" || n.name === "" || typeof n.token !== "number" || n.token === 0) {
+      return;
+    }
+    const notice: LostNotice = { name: n.name, token: n.token, reason: String(n.reason ?? "") };
+    for (const l of this.#held) {
+      if (l.name === notice.name && l.token === notice.token) {
+        l.loseWith(lostFromNotice(l.name, notice.reason));
+        return;
+      }
+    }
+    pushBounded(this.#unmatched, notice);
+  }
+
+  #onInstance(msg: Msg): void {
+    const n = parseJSON(msg.data) as { instance?: unknown; event?: unknown } | undefined;
+    if (!n || typeof n.instance !== "string" || n.instance === "") return;
+    let lost: Lock[] = [];
+    let detail = "";
+    if (n.event === "started") {
+      lost = this.#instanceServes(n.instance, true);
+      detail = `another instance (${n.instance}) started`;
+    } else if (n.event === "stopped") {
+      lost = this.#instanceStopped(n.instance);
+      detail = `it (${n.instance}) stopped`;
+    }
+    for (const l of lost) l.lose("instance-gone", detail);
+  }
+
+  /**
+   * Records that instance id serves now (it announced its start, or a reply
+   * came from it). Only one instance serves a prefix at a time, so the
+   * grants of any other are gone, and so are waits parked there: the
+   * instance signal aborts so waiting lock() calls ask again. Returns the
+   * held locks that are lost.
+   */
+  #instanceServes(id: string, announced: boolean): Lock[] {
+    if (this.#goneInstances.includes(id)) return []; // late news of a gone instance
+    if (id === this.#instance) {
+      if (announced && this.#unsure) {
+        // Learned from a reply when none was known, so waits were not woken
+        // then; its start says it replaced another, where a wait may be parked.
+        this.#unsure = false;
+        this.#wakeWaits();
+      }
+      return [];
+    }
+    if (this.#instance !== "" || announced) this.#wakeWaits();
+    if (this.#instance !== "") pushBounded(this.#goneInstances, this.#instance);
+    this.#unsure = this.#instance === "" && !announced;
+    this.#instance = id;
+    return [...this.#held].filter((l) => l.instance !== "" && l.instance !== id);
+  }
+
+  #instanceStopped(id: string): Lock[] {
+    if (!this.#goneInstances.includes(id)) pushBounded(this.#goneInstances, id);
+    if (this.#instance === id) this.#instance = "";
+    return [...this.#held].filter((l) => l.instance === id);
+  }
+
+  #wakeWaits(): void {
+    for (const e of [...this.#interruptible]) {
+      if (e.instance) e.interrupt();
+    }
+  }
+
+  /**
+   * Records a fresh grant as held, or returns why not: the client closed,
+   * the connection it came over is gone, its instance is gone, or a lost
+   * notice for it came first.
+   */
+  #register(lock: Lock): LockLostError | undefined {
+    const { up, owner } = this.#connState();
+    if (this.#closed) return new LockLostError(lock.name, "connection-lost", "the client was closed");
+    if (!this.#keepOnDisconnect && (this.#cur !== lock.epoch || !up || owner !== lock.epoch?.owner)) {
+      return new LockLostError(lock.name, "connection-lost", "the connection changed while the reply came");
+    }
+    if (lock.instance !== "" && this.#goneInstances.includes(lock.instance)) {
+      return new LockLostError(lock.name, "instance-gone", `the instance ${lock.instance} that granted it is gone`);
+    }
+    const early = this.#unmatched.find((n) => n.name === lock.name && n.token === lock.token);
+    if (early !== undefined) return lostFromNotice(lock.name, early.reason);
+    if (lock.instance !== "") {
+      for (const l of this.#instanceServes(lock.instance, false)) {
+        l.lose("instance-gone", `another instance (${lock.instance}) grants locks now`);
+      }
+    }
+    this.#held.add(lock);
+    return undefined;
+  }
+}
+
+// --- helpers ---
+
+async function run<T>(lock: Lock, fn: (lock: Lock) => Promise<T> | T): Promise<T> {
+  let result: T;
+  try {
+    result = await fn(lock);
+  } catch (e) {
+    await lock.unlock().catch(() => undefined);
+    throw e;
+  }
+  await lock.unlock();
+  return result;
+}
+
+function notObtained(name: string, reason: Error): Lock {
+  return new Lock(undefined, { name, reason });
+}
+
+function lostFromNotice(name: string, reason: string): LockLostError {
+  switch (reason) {
+    case "expired":
+      return new LockLostError(name, "expired", "the service says its lock timeout passed");
+    case "force-released":
+      return new LockLostError(name, "force-released", "an operator released it");
+    case "released-on-disconnect":
+      return new LockLostError(name, "released-on-disconnect", "the service saw the connection close and released it");
+  }
+  return new LockLostError(name, reason || "unknown", "the service released it");
+}
+
+let keyPool = Buffer.alloc(0);
+let keyPos = 0;
+
+/**
+ * A fresh random key of 128 bits, in hex: the client chooses every key, to
+ * be able to withdraw. Drawn from a pool of CSPRNG bytes, refilled 4 KiB at
+ * a time, since a syscall per key shows in the lock cycle's cost.
+ */
+function newKey(): string {
+  if (keyPos + 16 > keyPool.length) {
+    keyPool = randomBytes(4096);
+    keyPos = 0;
+  }
+  keyPos += 16;
+  return keyPool.toString("hex", keyPos - 16, keyPos);
+}
+
+/** The no-responders status message nats sends in place of a reply. */
+function isNoResponders(msg: Msg): boolean {
+  return msg.headers?.code === 503 && msg.data.length === 0;
+}
+
+function decodeReply(msg: Msg, name: string): LockReply {
+  const v = parseJSON(msg.data);
+  if (v === undefined || typeof v !== "object" || v === null || Array.isArray(v)) {
+    const text = decoder.decode(msg.data).slice(0, 80);
+    throw new UnexpectedReplyError(`ldlm: unreadable reply ${JSON.stringify(text)}`, { lockName: name });
+  }
+  return v as LockReply;
+}
+
+function parseJSON(data: Uint8Array): unknown {
+  try {
+    return JSON.parse(decoder.decode(data));
+  } catch {
+    return undefined;
+  }
+}
+
+function seconds(v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!(v > 0) || !Number.isFinite(v)) throw new LdlmError(`ldlm: a timeout option must be a positive number of seconds, got ${v}`);
+  return v;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (ms <= 0 || signal?.aborted) {
+      resolve();
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(t);
+      resolve();
+    };
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, Math.min(ms, 2 ** 31 - 1));
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** Resolves when p settles, ms pass, or signal aborts, whichever is first; leaves no timer behind. */
+function until(p: Promise<void>, ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    let t: ReturnType<typeof setTimeout> | undefined;
+    const finish = () => {
+      if (t !== undefined) clearTimeout(t);
+      signal?.removeEventListener("abort", finish);
+      resolve();
+    };
+    if (signal?.aborted) return finish();
+    if (ms !== Infinity) t = setTimeout(finish, Math.min(ms, 2 ** 31 - 1));
+    signal?.addEventListener("abort", finish, { once: true });
+    void p.then(finish);
+  });
+}
+
+interface Deferred {
+  promise: Promise<void>;
+  resolve: () => void;
+}
+
+function deferred(): Deferred {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+function pushBounded<T>(list: T[], v: T): void {
+  if (list.length >= REMEMBERED) list.shift();
+  list.push(v);
+}
+
+function safely(f: () => void): void {
+  try {
+    f();
+  } catch {
+    // closed connection: nothing left to undo
+  }
+}

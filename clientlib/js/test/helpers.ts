@@ -1,0 +1,249 @@
+// Test setup: builds the real `ldlm` binary from the repository (or takes
+// LDLM_BINARY) and runs it, embedded NATS server and lock service, on a free
+// port. Every wait is bounded by a deadline; nothing asserts on timing.
+
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, openSync, readFileSync, existsSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { randomUUID } from "node:crypto";
+
+import { connect } from "@nats-io/transport-node";
+import { headers, type NatsConnection } from "@nats-io/nats-core";
+import { Client, type ClientOptions } from "@ldlm/client";
+
+export const PKG_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const REPO_ROOT = resolve(PKG_DIR, "../..");
+const START_DEADLINE_MS = 60_000;
+
+let builtBinary: string | undefined;
+
+/** The ldlm binary: LDLM_BINARY, or one built with go into a temp dir (once per process). */
+export function ldlmBinary(): string {
+  if (process.env.LDLM_BINARY) return process.env.LDLM_BINARY;
+  if (builtBinary) return builtBinary;
+  const out = join(mkdtempSync(join(tmpdir(), "ldlm-js-bin-")), "ldlm");
+  const res = spawnSync("go", ["build", "-o", out, "./cmd/ldlm"], { cwd: REPO_ROOT, encoding: "utf8", timeout: 1_200_000 });
+  if (res.status !== 0) {
+    throw new Error(`go build ./cmd/ldlm failed:\n${res.stdout}\n${res.stderr}\n${res.error ?? ""}`);
+  }
+  builtBinary = out;
+  return out;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls cond until it returns a truthy value; fails after timeoutMs. */
+export async function poll<T>(cond: () => T | Promise<T>, timeoutMs: number, what = "condition", intervalMs = 50): Promise<T> {
+  const end = performance.now() + timeoutMs;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+/** Rejects if p does not settle within ms: a bound for waits that must end. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: ReturnType<typeof setTimeout>;
+  const limit = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 1000}s`)), ms);
+  });
+  return Promise.race([p, limit]).finally(() => clearTimeout(t));
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.unref();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export function uniqueName(prefix = "test"): string {
+  return `${prefix}-${randomUUID().slice(0, 12)}`;
+}
+
+export class Server {
+  constructor(
+    readonly url: string,
+    readonly port: number,
+    readonly proc: ChildProcess,
+    readonly logPath: string,
+  ) {}
+
+  log(): string {
+    try {
+      return readFileSync(this.logPath, "utf8").slice(-5000);
+    } catch {
+      return "";
+    }
+  }
+
+  /** Stops the server (SIGTERM unless told) and waits for it to exit. */
+  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    const exited = new Promise<void>((r) => this.proc.once("exit", () => r()));
+    this.proc.kill(signal);
+    const t = setTimeout(() => this.proc.kill("SIGKILL"), 10_000);
+    await exited;
+    clearTimeout(t);
+  }
+}
+
+function portOpen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ port, host: "127.0.0.1" });
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+/**
+ * Starts `ldlm` on port (a free one if not given) and waits until the lock
+ * service answers a trylock.
+ */
+export async function startServer(port?: number, env: Record<string, string> = {}): Promise<Server> {
+  const binary = ldlmBinary();
+  const logDir = mkdtempSync(join(tmpdir(), "ldlm-js-log-"));
+  for (let attempt = 0; ; attempt++) {
+    const p = port ?? (await freePort());
+    const logPath = join(logDir, `ldlm-${p}-${attempt}.log`);
+    const fd = openSync(logPath, "w");
+    const childEnv: Record<string, string> = {};
+    for (const [k, v] of Object.entries(process.env)) {
+      if (!k.startsWith("LDLM_") && v !== undefined) childEnv[k] = v;
+    }
+    Object.assign(childEnv, { LDLM_EMBEDDED_LISTEN: `127.0.0.1:${p}`, LDLM_LOG_LEVEL: "debug" }, env);
+    const proc = spawn(binary, [], { env: childEnv, stdio: ["ignore", fd, fd] });
+    const server = new Server(`nats://127.0.0.1:${p}`, p, proc, logPath);
+    const end = performance.now() + START_DEADLINE_MS;
+    let up = false;
+    while (performance.now() < end && proc.exitCode === null) {
+      if (await portOpen(p)) {
+        up = true;
+        break;
+      }
+      await sleep(50);
+    }
+    if (up) {
+      await waitService(server, end);
+      return server;
+    }
+    await server.stop("SIGKILL");
+    if (attempt >= 2) throw new Error(`ldlm did not start:\n${server.log()}`);
+    await sleep(500);
+  }
+}
+
+/** The port accepts before the lock service has subscribed: probe it. */
+async function waitService(server: Server, end: number): Promise<void> {
+  const nc = await connect({ servers: server.url });
+  try {
+    for (;;) {
+      try {
+        const m = await nc.request(`ldlm.trylock.probe-${randomUUID()}`, "", { timeout: 2000 });
+        const r = m.json<{ locked?: boolean; key?: string; name?: string }>();
+        if (r.locked) {
+          await nc.request(`ldlm.unlock.${r.name}`, JSON.stringify({ key: r.key }), { timeout: 2000 });
+          return;
+        }
+      } catch (e) {
+        if (performance.now() > end || server.proc.exitCode !== null) {
+          throw new Error(`lock service not ready: ${e}\n${server.log()}`);
+        }
+      }
+      await sleep(100);
+    }
+  } finally {
+    await nc.close();
+  }
+}
+
+const legacyByUrl = new Map<string, boolean>();
+
+/**
+ * Whether the service identifies connections by server name (before wire
+ * v2): a lock taken with a SERVER_ID:CLIENT_ID owner over a connection that
+ * then closes must be released. If it is not within a few seconds, the
+ * tests use legacy owners (which services of both kinds accept), so that
+ * they pass either way; a slow machine only makes them use the old form.
+ * LDLM_TEST_LEGACY_OWNER=0/1 decides without probing.
+ */
+export async function legacyOwner(url: string): Promise<boolean> {
+  const forced = process.env.LDLM_TEST_LEGACY_OWNER;
+  if (forced === "0" || forced === "1") return forced === "1";
+  const known = legacyByUrl.get(url);
+  if (known !== undefined) return known;
+  const name = uniqueName("owner-probe");
+  const nc = await connect({ servers: url });
+  const owner = `${nc.info!.server_id}:${nc.info!.client_id}`;
+  const h = headers();
+  h.set("Ldlm-Owner", owner);
+  const r = (await nc.request(`ldlm.trylock.${name}`, "", { timeout: 5000, headers: h })).json<{ locked?: boolean }>();
+  await nc.close();
+  let legacy = true;
+  if (r.locked) {
+    const admin = await connect({ servers: url });
+    try {
+      const end = performance.now() + 5000;
+      while (performance.now() < end) {
+        if (!(await adminHolds(admin, name))) {
+          legacy = false;
+          break;
+        }
+        await sleep(100);
+      }
+      if (legacy) await adminUnlock(admin, name);
+    } finally {
+      await admin.close();
+    }
+  }
+  legacyByUrl.set(url, legacy);
+  return legacy;
+}
+
+/** A Client for the server, with the owner form that server understands. */
+export async function newClient(url: string, options: ClientOptions = {}): Promise<Client> {
+  return Client.connect({ servers: url }, { legacyOwner: await legacyOwner(url), ...options });
+}
+
+interface AdminLock {
+  name: string;
+  size: number;
+  holders: { owner: string; token: number }[] | null;
+  waiters: unknown[] | null;
+}
+
+export async function adminList(nc: NatsConnection): Promise<AdminLock[]> {
+  const m = await nc.request("ldlm.admin.list", "", { timeout: 10_000 });
+  return m.json<{ locks: AdminLock[] | null }>().locks ?? [];
+}
+
+/** Whether the service holds or queues anything for the lock name. */
+export async function adminHolds(nc: NatsConnection, name: string): Promise<boolean> {
+  return (await adminList(nc)).some((l) => l.name === name && ((l.holders?.length ?? 0) > 0 || (l.waiters?.length ?? 0) > 0));
+}
+
+/** Force-releases every holder of the lock name (PREFIX.admin.unlock.NAME). */
+export async function adminUnlock(nc: NatsConnection, name: string): Promise<unknown> {
+  const { encodeName } = await import("@ldlm/client");
+  const m = await nc.request(`ldlm.admin.unlock.${encodeName(name)}`, "{}", { timeout: 10_000 });
+  return m.json();
+}
+
+export function fileExists(p: string): boolean {
+  return existsSync(p);
+}

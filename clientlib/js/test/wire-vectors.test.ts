@@ -1,0 +1,284 @@
+// The shared wire test vectors (subjects/testdata/wire-vectors.json; WIRE-V2
+// item 6), run by this client:
+//
+//   - names and owners: the client's encoding functions;
+//   - requests and the names' service errors: against the real service;
+//   - replies and notices: against a stand-in service on another prefix
+//     (a responder on the real NATS server that answers with the case's
+//     body and publishes its notices), through the client's own code.
+//
+// LDLM_WIRE_VECTORS points at another copy of the file.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+
+import { connect } from "@nats-io/transport-node";
+import type { Msg, NatsConnection } from "@nats-io/nats-core";
+import { Client, ERRORS_BY_CODE, LdlmError, LockLostError, encodeName, formatOwner, lockSubject, lostSubject, type Lock } from "@ldlm/client";
+import * as ldlm from "@ldlm/client";
+import { REPO_ROOT, newClient, startServer, uniqueName, within, type Server } from "./helpers.js";
+
+const PATH = process.env.LDLM_WIRE_VECTORS || join(REPO_ROOT, "subjects", "testdata", "wire-vectors.json");
+
+// Client ids above 2^53 do not survive JSON.parse as numbers: keep them as text.
+const vectors = existsSync(PATH) ? JSON.parse(readFileSync(PATH, "utf8").replace(/("client_id":\s*)(\d{16,})/g, '$1"$2"')) : undefined;
+
+interface Case {
+  name: string;
+  pending?: string;
+  checked_by?: string;
+  [k: string]: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+/** The TS class named by a case: "LDLMError" (the file's name for the base class) is LdlmError here. */
+function tsClass(name: string): new (...args: never[]) => Error {
+  const n = name === "LDLMError" ? "LdlmError" : name;
+  const cls = (ldlm as unknown as Record<string, unknown>)[n];
+  assert.equal(typeof cls, "function", `@ldlm/client exports ${n}`);
+  return cls as new (...args: never[]) => Error;
+}
+
+function bodyOf(c: Case): string {
+  return (c.body ?? "") + (c.pad ? c.pad.char.repeat(c.pad.count) : "");
+}
+
+if (vectors === undefined) {
+  test("wire vectors", { skip: `${PATH} is not in this tree` }, () => {});
+} else {
+  describe(`wire vectors (version ${vectors.version})`, () => {
+    let server: Server;
+    let client: Client;
+    let raw: NatsConnection;
+    before(async () => {
+      server = await startServer();
+      client = await newClient(server.url);
+      raw = await connect({ servers: server.url });
+    });
+    after(async () => {
+      await client.close();
+      await raw.close();
+      await server.stop();
+    });
+
+    test("error codes: one class per code, named as the file says", () => {
+      for (const [code, names] of Object.entries(vectors.error_codes as Record<string, { ts: string }>)) {
+        const cls = tsClass(names.ts);
+        assert.equal(ERRORS_BY_CODE[code as keyof typeof ERRORS_BY_CODE], cls, code);
+      }
+    });
+
+    test("names: encoding", () => {
+      for (const c of vectors.names as Case[]) {
+        assert.equal(encodeName(c.lock_name), c.expect.token, c.name);
+        assert.equal(lockSubject("ldlm", "lock", c.lock_name), c.expect.subject, c.name);
+      }
+    });
+
+    test("names: what the service answers", async () => {
+      for (const c of (vectors.names as Case[]).filter((c) => !c.pending)) {
+        if (c.expect.service_error) {
+          await assert.rejects(client.tryLock(c.lock_name), tsClass(vectors.error_codes[c.expect.service_error].ts), c.name);
+        } else {
+          const l = await client.tryLock(c.lock_name);
+          assert.ok(l.locked, c.name);
+          await l.unlock();
+        }
+      }
+    });
+
+    test("subject tails: what the service decodes", async () => {
+      for (const c of (vectors.subject_tails as Case[]).filter((c) => !c.pending)) {
+        const m = await raw.request(`ldlm.trylock.${c.tail}`, "", { timeout: 10_000 });
+        const r = m.json<{ locked?: boolean; name?: string; key?: string; error?: { code: string } }>();
+        if (c.expect.error) {
+          assert.equal(r.error?.code, c.expect.error, c.name);
+        } else {
+          assert.equal(r.name, c.expect.lock_name, c.name);
+          if (r.locked) await raw.request(`ldlm.unlock.${c.tail}`, JSON.stringify({ key: r.key }), { timeout: 10_000 });
+        }
+      }
+    });
+
+    test("owners: header and lost subject", () => {
+      for (const c of vectors.owners as Case[]) {
+        const header = formatOwner(c.server_id, c.client_id);
+        assert.equal(header, c.expect.header, c.name);
+        assert.equal(lostSubject(c.prefix, header), c.expect.lost_subject, c.name);
+      }
+    });
+
+    test("requests: what the service answers", async (t) => {
+      for (const c of vectors.requests as Case[]) {
+        if (c.pending) {
+          t.diagnostic(`pending, skipped: ${c.name} (${c.pending})`);
+          continue;
+        }
+        const name = uniqueName("vec");
+        const m = await raw.request(`ldlm.${c.op}.${name}`, bodyOf(c), { timeout: 10_000 });
+        const r = m.json<{ locked?: boolean; key?: string; error?: { code: string } }>();
+        const want = c.expect.error ?? c.expect.on_free_lock;
+        assert.equal(r.error?.code, want, `${c.name}: ${JSON.stringify(r)}`);
+        if (r.locked) await raw.request(`ldlm.unlock.${name}`, JSON.stringify({ key: r.key }), { timeout: 10_000 });
+      }
+    });
+
+    describe("replies and notices, through the client", () => {
+      // A stand-in service on prefix "vec": answers the case's op with the
+      // case's body, everything else with a plain success.
+      let svc: NatsConnection;
+      let answer: (op: string, msg: Msg) => string | undefined = () => undefined;
+      let lastOwner = "";
+      const granted = (name: string, token: number, instance: string) =>
+        JSON.stringify({ locked: true, name, key: "k1", token, size: 1, instance });
+
+      before(async () => {
+        svc = await connect({ servers: server.url });
+        svc.subscribe("vec.>", {
+          callback: (_e, m) => {
+            const op = m.subject.split(".")[1];
+            if (op === "sync") {
+              m.respond("{}");
+              return;
+            }
+            lastOwner = m.headers?.get("Ldlm-Owner") ?? "";
+            const body = answer(op, m) ?? (op === "unlock" ? '{"unlocked":true,"name":"job"}' : granted("job", 17, "I1"));
+            m.respond(body);
+          },
+        });
+        await svc.flush();
+      });
+      after(async () => {
+        await svc.close();
+      });
+
+      const vecClient = () => Client.connect({ servers: server.url }, { prefix: "vec", requestTimeoutSeconds: 0.5 });
+      // Everything the stand-in published before answering this has reached the client.
+      const sync = async (c: Client) => void (await c.nc.request("vec.sync", "", { timeout: 10_000 }));
+
+      test("the owner header is SERVER_ID:CLIENT_ID", async () => {
+        const c = await vecClient();
+        try {
+          answer = () => undefined;
+          const l = await c.tryLock("job");
+          assert.equal(lastOwner, `${c.nc.info!.server_id}:${c.nc.info!.client_id}`);
+          await l.unlock();
+        } finally {
+          await c.close();
+        }
+      });
+
+      for (const rc of vectors.replies as Case[]) {
+        test(`reply: ${rc.name}`, { skip: rc.pending ? `pending: ${rc.pending}` : false }, async () => {
+          const c = await vecClient();
+          let asked = 0;
+          answer = (op) => {
+            if (op !== rc.op) return undefined;
+            asked++;
+            return bodyOf(rc);
+          };
+          try {
+            const want = rc.expect.client;
+            const act = async (): Promise<Lock | void> => {
+              if (rc.op === "lock") return c.lock("job", { waitTimeoutSeconds: 0.5 });
+              if (rc.op === "trylock") return c.tryLock("job");
+              const held = await c.tryLock("job");
+              assert.ok(held.locked);
+              if (rc.op === "renew") {
+                await held.renew(10);
+                return held;
+              }
+              await held.unlock();
+              return held;
+            };
+            switch (want.outcome) {
+              case "granted": {
+                const l = (await act()) as Lock;
+                assert.ok(l.locked);
+                assert.equal(l.token, rc.expect.fields.token);
+                assert.equal(l.size, rc.expect.fields.size);
+                assert.equal(l.instance, rc.expect.fields.instance ?? "");
+                break;
+              }
+              case "not_obtained": {
+                const l = (await act()) as Lock;
+                assert.equal(l.locked, false);
+                break;
+              }
+              case "renewed":
+              case "unlocked":
+                await act();
+                break;
+              case "error":
+                await assert.rejects(act(), tsClass(want.error_names.ts));
+                break;
+              case "retry": {
+                const e = await act().catch((err: unknown) => err);
+                assert.ok(e instanceof tsClass(want.error_names.ts), String(e));
+                assert.ok(asked >= 2, `asked again (${asked} times)`);
+                break;
+              }
+              case "lost": {
+                const e = await act().catch((err: unknown) => err);
+                assert.ok(e instanceof LockLostError, String(e));
+                assert.equal(e.reason, want.cause.reason);
+                assert.ok(e.cause instanceof tsClass(want.cause.ts));
+                break;
+              }
+              default:
+                assert.fail(`unknown outcome ${want.outcome}`);
+            }
+          } finally {
+            answer = () => undefined;
+            await c.close();
+          }
+        });
+      }
+
+      for (const nc of vectors.notices as Case[]) {
+        test(`notice: ${nc.name}`, { skip: nc.pending ? `pending: ${nc.pending}` : false }, async () => {
+          const c = await vecClient();
+          const ev = nc.event;
+          const subject = () => (ev.kind === "lost" ? lostSubject("vec", lastOwner) : String(ev.subject).replace(/^ldlm\./, "vec."));
+          answer = (op, m) => {
+            if (op !== "trylock") return undefined;
+            if (m.subject === "vec.trylock.other") return ev.body;
+            if (nc.timing === "before_reply") svc.publish(subject(), ev.body);
+            return granted(nc.held.name, nc.held.token, nc.held.instance);
+          };
+          try {
+            const lock = await c.tryLock(nc.held.name);
+            if (nc.timing === "after_reply") {
+              if (ev.kind === "reply") {
+                await c.tryLock("other");
+              } else {
+                svc.publish(subject(), ev.body);
+              }
+            }
+            await within(sync(c), 10_000, "sync");
+            if (nc.expect.action === "keep") {
+              assert.ok(lock.locked, "kept");
+            } else {
+              assert.equal(lock.locked, false, "lost");
+              assert.ok(lock.lostError instanceof LockLostError);
+              assert.equal(lock.lostError.reason, nc.expect.ts);
+              assert.equal(lock.signal.reason, lock.lostError);
+            }
+          } finally {
+            answer = () => undefined;
+            await c.close();
+          }
+        });
+      }
+    });
+  });
+}
+
+// Used when the vectors file is absent too: the protocol document's table.
+test("names: the protocol document's examples", () => {
+  assert.equal(encodeName("job"), "job");
+  assert.equal(lockSubject("ldlm", "lock", "orders.123"), "ldlm.lock.orders.123");
+  assert.equal(lockSubject("ldlm", "lock", "My lock"), "ldlm.lock.~TXkgbG9jaw");
+  assert.ok(new ldlm.LockWaitTimeoutError() instanceof LdlmError);
+});

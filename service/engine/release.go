@@ -1,0 +1,181 @@
+package engine
+
+import (
+	"fmt"
+	"time"
+)
+
+// This file gives slots back: Unlock and Renew by key, ForceUnlock for
+// operators, and the release and hand-over to the next waiters that they
+// share.
+
+// Unlock releases the slot that key holds, or, if key is waiting for the
+// lock, cancels that wait. Both succeed, so a client that gave up waiting
+// can clean up with one call whether or not the grant raced in.
+func (e *Engine) Unlock(name, key string) (UnlockResult, error) {
+	if name == "" {
+		return 0, ErrInvalidLockName
+	}
+	e.mu.Lock()
+	res, notes, err := e.unlock(name, key)
+	e.mu.Unlock()
+	e.notify(notes)
+	return res, err
+}
+
+func (e *Engine) unlock(name, key string) (UnlockResult, []notification, error) {
+	if e.closed {
+		return 0, nil, ErrEngineClosed
+	}
+	l := e.locks[name]
+	var en *entry
+	if l != nil {
+		en = l.find(key)
+	}
+	switch {
+	case l == nil:
+		return 0, nil, ErrLockDoesNotExist
+	case en != nil && en.wait == nil:
+		return Released, e.release(en, EventReleased, nil), nil
+	case en != nil:
+		return Cancelled, e.dropWaiter(en, ErrWaitCancelled, nil), nil
+	case l.held == 0:
+		return 0, nil, ErrNotLocked
+	default:
+		return 0, nil, ErrInvalidLockKey
+	}
+}
+
+// Renew sets the expiry of the grant that key holds to now + lockTimeout,
+// giving a grant without a lock timeout one.
+func (e *Engine) Renew(name, key string, lockTimeout time.Duration) (Grant, error) {
+	if name == "" {
+		return Grant{}, ErrInvalidLockName
+	}
+	if lockTimeout <= 0 {
+		return Grant{}, fmt.Errorf("%w: renew needs a positive lock timeout, not %v", ErrInvalidTimeout, lockTimeout)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return Grant{}, ErrEngineClosed
+	}
+	l := e.locks[name]
+	if l == nil {
+		return Grant{}, ErrLockDoesNotExist
+	}
+	en := l.find(key)
+	switch {
+	case en != nil && en.wait != nil:
+		return Grant{}, fmt.Errorf("%w: the key is still waiting", ErrNotLocked)
+	case en == nil && l.held == 0:
+		return Grant{}, ErrNotLocked
+	case en == nil:
+		return Grant{}, ErrInvalidLockKey
+	}
+	en.stopTimer()
+	expiry := e.armExpiry(en, e.clock.Now(), lockTimeout)
+	return Grant{Name: l.name, Key: en.key, Token: en.token, Size: l.size, ExpiresAt: expiry}, nil
+}
+
+// release frees the slot of holder en, hands free slots to waiters, and
+// forgets the lock if it is left empty. It appends the resulting done calls
+// and events, the release being of kind why, to notes.
+func (e *Engine) release(en *entry, why EventKind, notes []notification) []notification {
+	l := en.lock
+	if e.onEvent != nil {
+		notes = e.event(notes, Event{Kind: why, Name: l.name, Token: en.token, Owner: en.ownerID(),
+			Duration: e.clock.Now().Sub(unixTime(en.start))})
+	}
+	en.stopTimer()
+	l.unlinkHolder(en)
+	l.indexRemove(en)
+	e.holders--
+	e.disown(en)
+	e.freeEntry(en)
+	notes = e.promote(l, notes)
+	e.forgetIfIdle(l)
+	return notes
+}
+
+// dropWaiter removes waiter en from its lock and appends its done call with
+// err to notes.
+func (e *Engine) dropWaiter(en *entry, err error, notes []notification) []notification {
+	l := en.lock
+	n := notification{done: en.wait.done, err: err}
+	if e.onEvent != nil {
+		n.event = Event{Kind: waitEndKind(err), Name: l.name, Owner: en.ownerID(),
+			Duration: e.clock.Now().Sub(unixTime(en.start))}
+	}
+	notes = append(notes, n)
+	en.stopTimer()
+	l.unlinkWaiter(en)
+	l.indexRemove(en)
+	e.waiters--
+	e.disown(en)
+	e.freeEntry(en)
+	e.forgetIfIdle(l)
+	return notes
+}
+
+// promote grants free slots of l to its oldest waiters.
+func (e *Engine) promote(l *lock, notes []notification) []notification {
+	if l.waitHead == nil || l.held >= l.size {
+		return notes
+	}
+	now := e.clock.Now()
+	for l.waitHead != nil && l.held < l.size {
+		en := l.waitHead
+		ws := en.wait
+		waited := now.Sub(unixTime(en.start))
+		en.stopTimer()
+		l.unlinkWaiter(en)
+		e.waiters--
+		g := e.grant(en, now, ws.lockTimeout)
+		n := notification{done: ws.done, grant: g}
+		if e.onEvent != nil {
+			n.event = Event{Kind: EventGranted, Name: l.name, Token: g.Token, Owner: en.ownerID(), Duration: waited}
+		}
+		notes = append(notes, n)
+	}
+	return notes
+}
+
+// ForceUnlock releases grants of lock name for an operator: the one with
+// key, else the one with token, else (both empty) every holder. Waiters
+// are granted the freed slots as usual. It returns the released grants'
+// tokens, which fail with ErrInvalidLockKey when neither key nor token
+// matches a holder.
+func (e *Engine) ForceUnlock(name, key string, token uint64) ([]uint64, error) {
+	e.mu.Lock()
+	var (
+		notes    []notification
+		released []uint64
+	)
+	err := func() error {
+		if e.closed {
+			return ErrEngineClosed
+		}
+		l := e.locks[name]
+		if l == nil {
+			return ErrLockDoesNotExist
+		}
+		var victims []*entry
+		for en := l.holders; en != nil; en = en.next {
+			if (key == "" && token == 0) || (key != "" && en.key == key) || (key == "" && en.token == token) {
+				victims = append(victims, en)
+			}
+		}
+		if len(victims) == 0 {
+			return fmt.Errorf("%w: no holder has that key or token", ErrInvalidLockKey)
+		}
+		for _, en := range victims {
+			released = append(released, en.token)
+			notes = e.release(en, EventForced, notes)
+		}
+		return nil
+	}()
+	e.mu.Unlock()
+	e.notify(notes)
+	return released, err
+}
