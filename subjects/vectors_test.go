@@ -269,12 +269,12 @@ func TestVectorsOwners(t *testing.T) {
 			if tc.Pending != "" {
 				t.Skip("pending: " + tc.Pending)
 			}
-			server, cid, err := ParseOwner(tc.Header)
+			owner, err := ParseOwner(tc.Header)
 			if got := codeOf(t, err); got != tc.Expect.Error {
 				t.Fatalf("ParseOwner(%.40q): %v, want code %q", tc.Header, err, tc.Expect.Error)
 			}
-			if err == nil && (server != tc.Expect.Server || cid != tc.Expect.ClientID) {
-				t.Errorf("ParseOwner(%.40q) = %.40q, %d, want %.40q, %d", tc.Header, server, cid, tc.Expect.Server, tc.Expect.ClientID)
+			if err == nil && (owner.ServerID != tc.Expect.Server || owner.ClientID != tc.Expect.ClientID) {
+				t.Errorf("ParseOwner(%.40q) = %.40q, %d, want %.40q, %d", tc.Header, owner.ServerID, owner.ClientID, tc.Expect.Server, tc.Expect.ClientID)
 			}
 		})
 	}

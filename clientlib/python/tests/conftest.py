@@ -26,19 +26,6 @@ import ldlm
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
 
-#: The owner header names the connection's server by its id (WIRE-V2 item 1).
-#: The service on main still reads that part as a server *name* for its
-#: liveness checks (disconnect advisories, sweeps), so until the service
-#: branch is merged the tests make the client send the name, and locks of a
-#: closed connection are released at once. Set to True when merging the
-#: service's WIRE-V2 change.
-SERVICE_TAKES_SERVER_IDS = False
-OWNER_PRELUDE = "" if SERVICE_TAKES_SERVER_IDS else "import ldlm.aio; ldlm.aio.OWNER_SERVER_FIELD = 'server_name'\n"
-if not SERVICE_TAKES_SERVER_IDS:
-    import ldlm.aio
-
-    ldlm.aio.OWNER_SERVER_FIELD = "server_name"
-
 BUILD_TIMEOUT = 1200  # a cold Go module cache on a small machine is slow
 START_DEADLINE = 60.0
 

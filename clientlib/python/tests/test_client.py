@@ -222,7 +222,7 @@ def test_address_forms(ldlm_server, name):
 def test_owner_header_identity(client):
     owner = client.owner()
     server_id, _, cid = owner.rpartition(":")
-    assert server_id == client.nc._server_info[ldlm.aio.OWNER_SERVER_FIELD]
+    assert server_id == client.nc._server_info['server_id']
     assert int(cid) == client.nc.client_id
 
 
@@ -271,7 +271,7 @@ def test_client_from_existing_connection(url, name):
         c = ldlm.Client(nc)  # loop found from the connection
         lock = c.lock(name)
         assert lock
-        assert c.owner() == f"{nc._server_info[ldlm.aio.OWNER_SERVER_FIELD]}:{nc.client_id}"
+        assert c.owner() == f"{nc._server_info['server_id']}:{nc.client_id}"
         c2 = ldlm.Client(nc, loop=loop)
         assert not c2.try_lock(name)
         lock.unlock()

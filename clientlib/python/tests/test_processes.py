@@ -11,7 +11,7 @@ import time
 
 import ldlm
 
-from conftest import OWNER_PRELUDE, deadline_poll, python_env
+from conftest import deadline_poll, python_env
 
 HOLDER = """
 import sys, time, ldlm
@@ -50,7 +50,7 @@ class Child:
 
     def __init__(self, code: str, *args: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", OWNER_PRELUDE + code, *args],
+            [sys.executable, "-c", code, *args],
             env=python_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

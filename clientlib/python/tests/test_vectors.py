@@ -147,7 +147,7 @@ def test_owner(case):
 
 def test_owner_of_the_connection(client):
     nc = client.nc
-    assert client.owner() == ldlm.format_owner(nc._server_info[ldlm.aio.OWNER_SERVER_FIELD], nc.client_id)
+    assert client.owner() == ldlm.format_owner(nc._server_info['server_id'], nc.client_id)
 
 
 @pytest.mark.parametrize("case", VECTORS["owner_headers"], ids=ids(VECTORS["owner_headers"]))
