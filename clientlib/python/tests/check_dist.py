@@ -24,6 +24,7 @@ def main(dist: Path) -> None:
         meta = Parser().parsestr(whl.read(meta_name).decode())
     assert "ldlm/py.typed" in names, names
     assert "ldlm/exceptions.py" in names, names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     packages = {n.split("/")[0] for n in names}
     assert packages <= {"ldlm", meta_name.split("/")[0]}, packages
     assert meta["Name"] == "ldlm"
