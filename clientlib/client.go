@@ -21,6 +21,15 @@ const (
 // Client takes locks over a NATS connection that the caller owns. It is safe
 // for use by many goroutines; every lock and every waiting Lock call shares
 // the one connection.
+//
+// Concurrency lives in one place: Client.mu guards every piece of mutable
+// state of the client and of its locks (the connection's epoch, what the
+// service announced, the held locks, their expiry and renewal timers, the
+// requests in flight), and one goroutine, run, follows the connection's
+// status and fires the timers. Callers and NATS callbacks take mu for short
+// sections that never wait on the network; a Lock has no lock of its own.
+// An automatic renewal is a request, so run hands it to a goroutine that
+// lives as long as that request.
 type Client struct {
 	nc               *nats.Conn
 	prefix           string
@@ -28,45 +37,58 @@ type Client struct {
 	requestTimeout   time.Duration
 	cleanupTimeout   time.Duration
 
-	status      chan nats.Status // connection status events, read by watchConnection
-	watcherDone chan struct{}    // closed when watchConnection returns
-
+	status      chan nats.Status   // connection status events, read by run
+	poke        chan struct{}      // wakes run when a timer moved earlier (buffer 1)
+	runDone     chan struct{}      // closed when run returns
 	instanceSub *nats.Subscription // PREFIX.instance.*, from New to Close (notices.go)
 
-	// refreshMu makes refreshConnection run one call at a time, so that
-	// the lost-notice subscriptions follow the latest connection.
-	refreshMu sync.Mutex
-	lostSubs  map[string]*nats.Subscription // owner → PREFIX.lost.OWNER; guarded by refreshMu
-
-	mu      sync.Mutex         // guards the fields below
-	closed  bool               // Close was called
-	cur     *epoch             // the connection as it is now; nil while disconnected
-	changed chan struct{}      // closed and replaced whenever cur changes
-	held    map[*Lock]struct{} // granted locks not yet unlocked or lost
+	mu       sync.Mutex                    // guards everything below, and the fields of every Lock marked so
+	closed   bool                          // Close was called
+	cur      *epoch                        // the connection as it is now; nil while disconnected
+	changed  chan struct{}                 // closed and replaced whenever cur changes
+	held     map[*Lock]struct{}            // granted locks not yet unlocked or lost
+	pending  map[*pending]struct{}         // requests waiting for their reply
+	timers   timerHeap                     // renewals and expiries of held locks, deadlines of requests; soonest first
+	wakeAt   time.Time                     // when run's timer fires next
+	lostSubs map[string]*nats.Subscription // owner → PREFIX.lost.OWNER
 
 	// What the service's notices said (notices.go).
-	instance       string                // the instance that serves now, as last heard; "" not known
-	unsure         bool                  // instance was learned from a reply while none was known, with no wake (see instanceServesLocked)
-	goneInstances  []string              // instances known to be gone, oldest first
-	instanceCtx    context.Context       // cancelled when another instance takes over
-	instanceCancel context.CancelFunc    // cancels instanceCtx
-	unmatched      []subjects.LostNotice // recent lost notices that matched no held lock, oldest first
+	instance      string                // the instance that serves now, as last heard; "" not known
+	unsure        bool                  // instance was learned from a reply while none was known, with no wake (see instanceServesLocked)
+	goneInstances []string              // instances known to be gone, oldest first
+	instanceWakes int                   // times waiting Lock calls were told to ask again
+	unmatched     []subjects.LostNotice // recent lost notices that matched no held lock, oldest first
 }
 
 // epoch is one unbroken stretch of the connection: connected, with one
 // client id. A lock taken during an epoch belongs to that connection
 // identity, and the service releases it when that connection goes away.
 type epoch struct {
-	gen   uint64 // nc.Stats().Reconnects during the epoch
-	owner string // value of the Ldlm-Owner header; "" if the server gave no client id
-	// ctx is cancelled when the epoch ends, to abort waits whose reply
-	// could be lost with the connection.
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	gen    uint64      // nc.Stats().Reconnects during the epoch
+	header nats.Header // with the Ldlm-Owner header; nil if the server gave no client id; shared, never written
+	owner  string      // value of the Ldlm-Owner header
 }
 
-// errEpochEnded is the cancel cause of an epoch's context.
-var errEpochEnded = errors.New("connection changed")
+// pending is a request waiting for its reply. The client cancels it, with
+// reason set, when its deadline passes (run's timer); when the reply could
+// be lost with the connection (a lock or trylock request, over ep); and,
+// for a lock request, when its wait may be parked at an instance that is
+// gone.
+type pending struct {
+	ep     *epoch // nil: not tied to the connection's epoch
+	waits  bool   // a lock request, which may be parked at the service
+	cancel context.CancelFunc
+	reason error // why it was cancelled; guarded by Client.mu
+	timer  timer // its deadline; guarded by Client.mu
+}
+
+var (
+	errEpochEnded      = errors.New("connection changed")
+	errInstanceChanged = errors.New("another instance of the lock service serves now")
+)
+
+// farFuture is when run's timer fires while no lock has a timeout.
+var farFuture = time.Now().AddDate(100, 0, 0)
 
 // New returns a Client that uses nc, a connection the caller keeps owning:
 // Close the Client before closing nc. New does not contact the service.
@@ -79,12 +101,14 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 		prefix:         subjects.DefaultPrefix,
 		requestTimeout: defaultRequestTimeout,
 		cleanupTimeout: defaultCleanupTimeout,
-		watcherDone:    make(chan struct{}),
+		poke:           make(chan struct{}, 1),
+		runDone:        make(chan struct{}),
 		changed:        make(chan struct{}),
 		held:           make(map[*Lock]struct{}),
+		pending:        make(map[*pending]struct{}),
+		wakeAt:         farFuture,
 		lostSubs:       make(map[string]*nats.Subscription),
 	}
-	c.instanceCtx, c.instanceCancel = context.WithCancel(context.Background())
 	for _, opt := range opts {
 		opt(c)
 	}
@@ -104,8 +128,10 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	// replace handlers the application set on its connection.
 	c.status = nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING,
 		nats.CONNECTING, nats.CLOSED, nats.DRAINING_SUBS, nats.DRAINING_PUBS)
-	c.refreshConnection()
-	go c.watchConnection()
+	c.mu.Lock()
+	c.refreshLocked()
+	c.mu.Unlock()
+	go c.run()
 	return c, nil
 }
 
@@ -119,86 +145,108 @@ func (c *Client) Close() error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.closed = true // from now on no lock is registered: late grants are cleaned up
+	c.closed = true         // from now on no lock is registered: late grants are cleaned up
+	c.setEpochLocked(c.cur) // wakes Lock calls waiting for a connection
 	held := make([]*Lock, 0, len(c.held))
 	for l := range c.held {
 		held = append(held, l)
 	}
 	c.mu.Unlock()
 
+	// One budget for all: a service that went away without a word (its
+	// locks look held) must not cost a request timeout per lock.
+	ctx, cancel := context.WithTimeout(context.Background(), c.cleanupTimeout)
+	defer cancel()
 	var errs []error
 	for _, l := range held {
-		if err := l.Unlock(context.Background()); err != nil && !errors.Is(err, ErrLockLost) && !errors.Is(err, ErrUnlocked) {
+		if err := l.Unlock(ctx); err != nil && !errors.Is(err, ErrLockLost) && !errors.Is(err, ErrUnlocked) {
 			errs = append(errs, err)
 		}
 	}
 
-	c.nc.RemoveStatusListener(c.status) // closes c.status: watchConnection returns
-	<-c.watcherDone
+	c.nc.RemoveStatusListener(c.status) // closes c.status: run returns
+	<-c.runDone
 	// End the epoch (waiting Lock calls give up and clean up) and the
 	// lost-notice subscriptions, then the announcements' one. Unsubscribe
 	// fails only on a closed connection, which has no subscriptions left.
-	c.refreshConnection()
-	_ = c.instanceSub.Unsubscribe()
 	c.mu.Lock()
-	c.instanceCancel()
+	c.refreshLocked()
 	c.mu.Unlock()
+	_ = c.instanceSub.Unsubscribe()
 	return errors.Join(errs...)
 }
 
-// watchConnection follows the connection's status changes until Close.
-func (c *Client) watchConnection() {
-	defer close(c.watcherDone)
-	for range c.status {
-		c.refreshConnection()
+// run is the client's goroutine: it follows the connection's status
+// changes and fires the lock timers, until Close.
+func (c *Client) run() {
+	defer close(c.runDone)
+	timer := time.NewTimer(time.Until(farFuture))
+	defer timer.Stop()
+	for {
+		select {
+		case _, ok := <-c.status:
+			if !ok {
+				return
+			}
+			c.mu.Lock()
+			c.refreshLocked()
+			c.mu.Unlock()
+		case <-c.poke:
+		case <-timer.C:
+		}
+		c.mu.Lock()
+		renewals := c.fireLocked(time.Now())
+		wake := c.wakeAt
+		c.mu.Unlock()
+		for _, r := range renewals {
+			go c.autoRenew(r)
+		}
+		timer.Reset(time.Until(wake))
 	}
 }
 
-// refreshConnection compares the connection as it is now with c.cur. When
-// the connection dropped or was replaced, it ends the epoch, which aborts the
-// waits of that epoch and (unless keepOnDisconnect) marks its locks lost.
-// It reads the connection's state afresh on every call, so a status event
+// refreshLocked compares the connection as it is now with c.cur. When the
+// connection dropped or was replaced, it ends the epoch, which aborts the
+// requests of that epoch and (unless keepOnDisconnect) loses its locks. It
+// reads the connection's state afresh on every call, so a status event
 // that arrives late or is dropped by nats.go (its buffer holds 10) does no
 // harm as long as one later event or call follows. It also makes the
 // lost-notice subscriptions follow the connection's owner identity, which
-// changes with every reconnect.
-func (c *Client) refreshConnection() {
-	c.refreshMu.Lock()
-	defer c.refreshMu.Unlock()
+// changes with every reconnect. c.mu must be held.
+func (c *Client) refreshLocked() {
 	connected, gen, owner := c.connState()
-
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if connected && !closed {
-		c.listenLost(owner) // before the epoch whose requests name owner begins
+	if connected && !c.closed {
+		c.listenLostLocked(owner) // before the epoch whose requests name owner begins
 	}
-
-	c.mu.Lock()
-	var lost []*Lock
 	if c.cur != nil && (!connected || gen != c.cur.gen || c.closed) {
-		c.cur.cancel(errEpochEnded)
+		for p := range c.pending {
+			if p.ep == c.cur {
+				p.stopLocked(errEpochEnded)
+			}
+		}
 		if !c.keepOnDisconnect && !c.closed {
 			for l := range c.held {
-				if l.epoch == c.cur {
-					lost = append(lost, l)
+				if l.ep == c.cur {
+					c.finishLocked(l, &LostError{Name: l.name, Cause: ErrConnectionLost})
 				}
 			}
 		}
-		c.cur = nil
-		close(c.changed)
-		c.changed = make(chan struct{})
+		c.setEpochLocked(nil)
 	}
 	if c.cur == nil && connected && !c.closed {
-		ctx, cancel := context.WithCancelCause(context.Background())
-		c.cur = &epoch{gen: gen, owner: owner, ctx: ctx, cancel: cancel}
-		close(c.changed)
-		c.changed = make(chan struct{})
+		ep := &epoch{gen: gen, owner: owner}
+		if owner != "" {
+			ep.header = nats.Header{subjects.HeaderOwner: {owner}}
+		}
+		c.setEpochLocked(ep)
 	}
-	c.mu.Unlock()
+	c.dropLostSubsLocked()
+}
 
-	loseAll(lost, ErrConnectionLost)
-	c.dropLostSubs()
+func (c *Client) setEpochLocked(ep *epoch) {
+	c.cur = ep
+	close(c.changed)
+	c.changed = make(chan struct{})
 }
 
 // connState reads, from nats.go, whether the connection is up, how many
@@ -212,24 +260,40 @@ func (c *Client) connState() (connected bool, gen uint64, owner string) {
 		if c.nc.Status() != nats.CONNECTED {
 			return false, 0, ""
 		}
-		server := c.nc.ConnectedServerName()
-		cid, err := c.nc.GetClientID()
+		owner, err := formatOwner(c.nc)
 		if c.nc.Stats().Reconnects != before {
 			continue // reconnected meanwhile: read again
 		}
 		if err != nil {
 			return true, before, "" // a server without client ids: send no owner header
 		}
-		return true, before, subjects.FormatOwner(server, cid)
+		return true, before, owner
 	}
 }
 
-// currentEpoch returns the connection's current epoch. When the connection
-// is down it waits for it to come back, if wait is set, until ctx ends.
-func (c *Client) currentEpoch(ctx context.Context, wait bool) (*epoch, error) {
+// formatOwner is the Ldlm-Owner value of nc's current connection:
+// SERVER_ID:CLIENT_ID, the server id and client id that the NATS server
+// gave it (docs/protocol.md). The id, not the server's name: a restarted
+// server keeps its name and hands out client ids from 1 again.
+func formatOwner(nc *nats.Conn) (string, error) {
+	cid, err := nc.GetClientID()
+	if err != nil {
+		return "", err
+	}
+	return subjects.FormatOwner(nc.ConnectedServerId(), cid), nil
+}
+
+// begin registers p, a lock or trylock request about to be sent, with the
+// current epoch and its deadline (zero: none). When the connection is down
+// it waits for it to come back, if p waits, until ctx ends.
+func (c *Client) begin(ctx context.Context, p *pending, deadline time.Time) (*epoch, error) {
 	for {
 		c.mu.Lock()
 		closed, cur, changed := c.closed, c.cur, c.changed
+		if !closed && cur != nil {
+			p.ep = cur
+			c.trackLocked(p, deadline)
+		}
 		c.mu.Unlock()
 		switch {
 		case closed:
@@ -238,7 +302,7 @@ func (c *Client) currentEpoch(ctx context.Context, wait bool) (*epoch, error) {
 			return cur, nil
 		case c.nc.IsClosed():
 			return nil, nats.ErrConnectionClosed
-		case !wait:
+		case !p.waits:
 			return nil, fmt.Errorf("%w: not connected", ErrConnectionLost)
 		}
 		select {
@@ -249,17 +313,50 @@ func (c *Client) currentEpoch(ctx context.Context, wait bool) (*epoch, error) {
 	}
 }
 
-// owner is the Ldlm-Owner header value to send now (unlock, renew).
-func (c *Client) owner() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cur == nil {
-		return ""
+// trackLocked registers p, with its deadline (zero: none). c.mu must be held.
+func (c *Client) trackLocked(p *pending, deadline time.Time) {
+	c.pending[p] = struct{}{}
+	if !deadline.IsZero() {
+		p.timer.req = p
+		c.setTimerLocked(&p.timer, deadline)
 	}
-	return c.cur.owner
 }
 
-// register records a freshly granted lock as held, or says why it is not:
+// end unregisters p and returns why its request was cancelled, if it was
+// by the client.
+func (c *Client) end(p *pending) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.pending, p)
+	c.stopTimerLocked(&p.timer)
+	return p.reason
+}
+
+// stopLocked cancels p's request for reason. c.mu must be held.
+func (p *pending) stopLocked(reason error) {
+	if p.reason == nil {
+		p.reason = reason
+		p.cancel()
+	}
+}
+
+// header is the Ldlm-Owner header to send now (unlock, renew).
+func (c *Client) header() nats.Header {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.headerLocked()
+}
+
+func (c *Client) headerLocked() nats.Header {
+	if c.cur == nil {
+		return nil
+	}
+	return c.cur.header
+}
+
+// register records a freshly granted lock as held, and ends p, the request
+// that brought it (nil: none). Or it ends the lock and says why it is not
+// held:
 //
 //   - ErrClientClosed: the client was closed;
 //   - ErrConnectionLost: the connection the lock was requested over is no
@@ -272,32 +369,41 @@ func (c *Client) owner() string {
 //
 // A grant from an instance the client has not heard of tells it that this
 // instance serves now: the locks granted by any other one are lost.
-func (c *Client) register(l *Lock) error {
-	// Read the connection first: refreshConnection may lag behind it.
-	connected, gen, _ := c.connState()
-
+func (c *Client) register(l *Lock, p *pending) error {
 	c.mu.Lock()
-	err := c.admitLocked(l, connected, gen)
-	var lost []*Lock
-	if err == nil {
-		if l.instance != "" {
-			lost = c.instanceServesLocked(l.instance, false)
+	defer c.mu.Unlock()
+	if p != nil {
+		delete(c.pending, p)
+		c.stopTimerLocked(&p.timer)
+	}
+	if len(c.status) > 0 {
+		c.refreshLocked() // run has not seen the connection's latest change yet
+	}
+	err := c.admitLocked(l)
+	if err != nil {
+		lost, ok := err.(*LostError)
+		if !ok {
+			lost = &LostError{Name: l.name, Cause: err}
 		}
-		c.held[l] = struct{}{}
+		c.finishLocked(l, lost)
+		return err
 	}
-	c.mu.Unlock()
-	if len(lost) > 0 {
-		loseAll(lost, fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, l.instance))
+	if l.instance != "" {
+		if lost := c.instanceServesLocked(l.instance, false); len(lost) > 0 {
+			c.loseLocked(lost, fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, l.instance))
+		}
 	}
-	return err
+	c.held[l] = struct{}{}
+	c.scheduleLocked(l)
+	return nil
 }
 
 // admitLocked is the check of register. c.mu must be held.
-func (c *Client) admitLocked(l *Lock, connected bool, gen uint64) error {
+func (c *Client) admitLocked(l *Lock) error {
 	switch {
 	case c.closed:
 		return ErrClientClosed
-	case !c.keepOnDisconnect && (c.cur != l.epoch || !connected || gen != l.epoch.gen):
+	case !c.keepOnDisconnect && c.cur != l.ep:
 		return ErrConnectionLost
 	case l.instance != "" && c.instanceGoneLocked(l.instance):
 		return fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
@@ -308,29 +414,43 @@ func (c *Client) admitLocked(l *Lock, connected bool, gen uint64) error {
 	return nil
 }
 
-// forget removes l from the held locks.
-func (c *Client) forget(l *Lock) {
-	c.mu.Lock()
+// finishLocked ends l for reason err: it closes Done, forgets the lock and
+// its timer. Only the first call has an effect; it reports whether this
+// call was the one. c.mu must be held.
+func (c *Client) finishLocked(l *Lock, err error) bool {
+	if l.err != nil {
+		return false
+	}
+	l.err = err
+	close(l.done)
 	delete(c.held, l)
-	c.mu.Unlock()
+	c.scheduleLocked(l) // takes it off the timers
+	return true
+}
+
+// loseLocked ends each of locks as lost for cause. c.mu must be held.
+func (c *Client) loseLocked(locks []*Lock, cause error) {
+	for _, l := range locks {
+		c.finishLocked(l, &LostError{Name: l.name, Cause: cause})
+	}
 }
 
 // request sends one request and decodes the reply into out (a
-// *subjects.LockResponse or *subjects.UnlockResponse). Errors are those of
+// *subjects.LockResponse or *subjects.UnlockResponse). It waits for the
+// reply until ctx ends, or, when timeout is set, for timeout (then ctx must
+// be one that never ends). Errors are those of
 // the transport; the service's own error is in out.
-func (c *Client) request(ctx context.Context, owner, op, name string, req subjects.Request, out any) error {
+func (c *Client) request(ctx context.Context, timeout time.Duration, header nats.Header, op, name string, req subjects.Request, out any) error {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
-	msg := nats.NewMsg(subjects.Subject(c.prefix, op, name))
-	msg.Data = body
-	if owner != "" {
-		msg.Header.Set(subjects.HeaderOwner, owner)
-	}
-	reply, err := c.nc.RequestMsgWithContext(ctx, msg)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return noServiceError(msg.Subject, c.prefix, err)
+	msg := &nats.Msg{Subject: subjects.Subject(c.prefix, op, name), Header: header, Data: body}
+	var reply *nats.Msg
+	if timeout > 0 {
+		reply, err = c.nc.RequestMsg(msg, timeout)
+	} else {
+		reply, err = c.nc.RequestMsgWithContext(ctx, msg)
 	}
 	if err != nil {
 		return err
@@ -339,6 +459,33 @@ func (c *Client) request(ctx context.Context, owner, op, name string, req subjec
 		return fmt.Errorf("unreadable reply %.80q: %w", reply.Data, err)
 	}
 	return nil
+}
+
+// ask sends one request that does not depend on the connection's epoch
+// (unlock, renew) and waits for the reply until ctx ends or deadline
+// passes.
+func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header, op, name string, req subjects.Request, out any) error {
+	if ctx.Done() == nil {
+		// Only the deadline can end it (Unlock from a Close or a
+		// context.Background(), say): nats.go's pooled timer does that at
+		// a fraction of a context's cost.
+		err := c.request(ctx, max(time.Until(deadline), time.Millisecond), header, op, name, req, out)
+		if errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("%w (%w)", errNoReply, err)
+		}
+		return err
+	}
+	reqCtx, cancel := context.WithCancel(ctx) // not WithDeadline: run's timer ends it, which costs less
+	defer cancel()
+	p := &pending{cancel: cancel}
+	c.mu.Lock()
+	c.trackLocked(p, deadline)
+	c.mu.Unlock()
+	err := c.request(reqCtx, 0, header, op, name, req, out)
+	if reason := c.end(p); err != nil && reason != nil && ctx.Err() == nil {
+		return fmt.Errorf("%w (%w)", reason, nats.ErrTimeout)
+	}
+	return err
 }
 
 // decodeReply is json.Unmarshal(data, out), through the subjects
@@ -355,75 +502,91 @@ func decodeReply(data []byte, out any) error {
 	}
 }
 
+// Pauses between the tries of a request that nobody answered (no
+// responders) or that a stopping service refused (Unavailable), and
+// between repeated tries of Lock: they double from retryPause up to
+// maxRetryPause.
+const (
+	retryPause    = 10 * time.Millisecond
+	maxRetryPause = time.Second
+)
+
+// unanswered reports whether err says that no lock service took the
+// request: nobody listens (no responders), or the one that does is
+// stopping (Unavailable). Another instance may take over: ask again.
+func unanswered(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, ErrUnavailable)
+}
+
+// gaveUp is the error of a request that went unanswered (see unanswered)
+// for as long as the caller let it, since first: err is the last answer.
+func (c *Client) gaveUp(op, name string, first time.Time, err error) error {
+	d := time.Since(first).Round(time.Millisecond)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("%w on %s (asked for %v): is the ldlm service running, with subject prefix %q? (%w)",
+			ErrNoService, subjects.Subject(c.prefix, op, name), d, c.prefix, err)
+	}
+	return fmt.Errorf("%w; asked again for %v, and no other instance answered", err, d)
+}
+
+// persist calls try, and again with growing pauses while its answer is
+// unanswered, until ctx ends or deadline passes; then the error says so.
+func (c *Client) persist(ctx context.Context, deadline time.Time, op, name string, try func() error) error {
+	first := time.Now()
+	for pause := retryPause; ; pause = min(2*pause, maxRetryPause) {
+		err := try()
+		if !unanswered(err) {
+			return err
+		}
+		if time.Until(deadline) < pause {
+			return c.gaveUp(op, name, first, err)
+		}
+		select {
+		case <-ctx.Done():
+			return c.gaveUp(op, name, first, err)
+		case <-time.After(pause):
+		}
+	}
+}
+
 // unlockKey sends an unlock for key and returns the service's verdict: nil
-// if it unlocked, else a transport error or an *Error.
-func (c *Client) unlockKey(ctx context.Context, name, key string) error {
-	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
-	defer cancel()
-	var resp subjects.UnlockResponse
-	if err := c.request(ctx, c.owner(), subjects.OpUnlock, name, subjects.Request{Key: key}, &resp); err != nil {
+// if it unlocked, else a transport error or an *Error. It asks again while
+// unanswered, within the request timeout.
+func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key string) error {
+	deadline := time.Now().Add(c.requestTimeout)
+	req := subjects.Request{Key: key}
+	err := c.persist(ctx, deadline, subjects.OpUnlock, name, func() error {
+		var resp subjects.UnlockResponse
+		if err := c.ask(ctx, deadline, header, subjects.OpUnlock, name, req, &resp); err != nil {
+			return err
+		}
+		if resp.Error != nil {
+			return serviceError(subjects.OpUnlock, name, resp.Error)
+		}
+		if !resp.Unlocked {
+			return errors.New("the service replied unlocked=false without an error")
+		}
+		return nil
+	})
+	if err != nil {
 		return wrap(subjects.OpUnlock, name, err)
-	}
-	if resp.Error != nil {
-		return serviceError(subjects.OpUnlock, name, resp.Error)
-	}
-	if !resp.Unlocked {
-		return wrap(subjects.OpUnlock, name, errors.New("the service replied unlocked=false without an error"))
 	}
 	return nil
 }
 
-// withdraw takes back a lock request whose requester gave up on it: it
-// sends unlock with the request's key, which releases a grant that raced in
-// or cancels the queued wait (docs/protocol.md, "Waiting and giving up"). It
-// uses a context of its own, detached from ctx's cancellation and bounded by
-// the cleanup timeout.
-//
-// "Unknown key" is an ambiguous answer: the wait may have ended already (it
-// timed out, its connection went away), or the service has not processed the
-// lock request yet, for it may serve an unlock before the lock sent just
-// before it. So withdraw then keeps sending the unlock in the background,
-// with growing pauses, until it succeeds or the cleanup timeout passes. The
-// caller does not wait for that.
-func (c *Client) withdraw(ctx context.Context, name, key string) error {
+// release unlocks key, a grant or a wait nobody will use, on a context of
+// its own: detached from ctx's cancellation and bounded by the cleanup
+// timeout. It sends unlock with the request's key, which releases a grant
+// that raced in or cancels the queued wait (docs/protocol.md, "Waiting and
+// giving up"). The service handles a connection's requests in the order
+// they were sent, so "unknown key" means that nothing is left.
+func (c *Client) release(ctx context.Context, name, key string) error {
 	if c.nc.IsClosed() {
 		return nil // the service releases what a closed connection held
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cleanupTimeout)
-	err := c.unlockKey(ctx, name, key)
-	if !unknownKey(err) {
-		cancel()
-		return err
-	}
-	go func() {
-		defer cancel()
-		pause := time.Millisecond
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(pause):
-			}
-			if err := c.unlockKey(ctx, name, key); !unknownKey(err) {
-				return
-			}
-			pause = min(2*pause, 250*time.Millisecond)
-		}
-	}()
-	return nil
-}
-
-// release unlocks a grant whose reply we received, so the service has
-// processed the lock request: an "unknown key" answer means the grant is
-// already gone. Like withdraw, it is bounded by the cleanup timeout and not
-// by ctx's cancellation.
-func (c *Client) release(ctx context.Context, name, key string) error {
-	if c.nc.IsClosed() {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cleanupTimeout)
 	defer cancel()
-	if err := c.unlockKey(ctx, name, key); !unknownKey(err) {
+	if err := c.unlockKey(ctx, c.header(), name, key); !unknownKey(err) {
 		return err
 	}
 	return nil

@@ -27,7 +27,7 @@
 //
 // Lock waits until the lock is granted, its wait timeout (WithWaitTimeout)
 // passes, or ctx ends. TryLock never waits for the lock. Both return a
-// *Lock whose Locked method tells whether it was obtained: not obtaining a
+// *Lock whose Locked method tells whether it is held: not obtaining a
 // lock (it is held, the wait timed out) is not an error. WithLock and
 // WithTryLock run a function while holding the lock, and release it after.
 //
@@ -35,6 +35,13 @@
 // key chosen by the client, and when Lock gives up (ctx cancelled, deadline
 // passed) it sends an unlock with that key, which releases a grant that
 // raced with the cancellation or withdraws the queued wait.
+//
+// While no service answers (no responders) or the one that answers is
+// stopping (Unavailable), every call asks again with growing pauses (10 ms
+// doubling to 1 s), within its budget: ctx's deadline, the wait timeout,
+// and at most the request timeout (WithRequestTimeout) of silence. So a
+// Lock that waits while the service restarts gets the lock from the next
+// instance.
 //
 // # Holding
 //
@@ -53,7 +60,8 @@
 // a loss is known at once, not at the next renewal (a lock without a lock
 // timeout is never renewed):
 //
-//   - PREFIX.lost.OWNER, where OWNER names the client's connection: the
+//   - PREFIX.lost.OWNER, where OWNER names the client's connection
+//     (SERVER_ID:CLIENT_ID, as the NATS server calls them): the
 //     service released a grant without an unlock from its holder. The lock
 //     with that name and fencing token is lost, its cause ErrForceReleased
 //     (an operator's admin unlock), ErrExpired (the lock timeout passed) or
@@ -75,6 +83,12 @@
 // client's own subject) and PREFIX.instance.>; without it the client still
 // counts lock timeouts and follows its connection, and NATS reports the
 // denial to the connection's error handler.
+//
+// # Concurrency
+//
+// One mutex of the Client guards all state of the client and of its locks,
+// and one goroutine per Client follows the connection and fires every
+// timer (renewals, expiries, request deadlines); a Lock owns none.
 //
 // # Errors
 //

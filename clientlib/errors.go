@@ -73,8 +73,9 @@ var (
 	// ErrClientClosed: the Client was closed.
 	ErrClientClosed = errors.New("ldlm: client closed")
 
-	// ErrNoService: nobody answers the lock subjects. It comes wrapped
-	// together with nats.ErrNoResponders.
+	// ErrNoService: nobody answered the lock subjects (no responders) for
+	// as long as the call could wait. It comes wrapped together with
+	// nats.ErrNoResponders.
 	ErrNoService = errors.New("ldlm: no lock service answers")
 )
 
@@ -130,12 +131,6 @@ func (e *LostError) Unwrap() error { return e.Cause }
 
 // Is matches ErrLockLost.
 func (e *LostError) Is(target error) bool { return target == ErrLockLost }
-
-// noServiceError explains nats.ErrNoResponders.
-func noServiceError(subject, prefix string, err error) error {
-	return fmt.Errorf("%w on %s: is the ldlm service running, with subject prefix %q? (%w)",
-		ErrNoService, subject, prefix, err)
-}
 
 // opError puts the operation and the lock name in front of err.
 type opError struct {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,33 +13,28 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// Lock is the result of Lock or TryLock: a held lock when Locked is true.
+// Lock is the result of Lock or TryLock: a held lock while Locked is true.
 // Its methods are safe for use by many goroutines.
 type Lock struct {
-	c         *Client
+	c         *Client // nil when not obtained
 	name      string
 	key       string // "" when not obtained
 	token     uint64
 	size      int
-	locked    bool
 	autoRenew bool
-	epoch     *epoch // the connection the lock was granted over
-	instance  string // the service instance that granted it; "" if the service did not say
+	ep        *epoch        // the connection the lock was granted over
+	instance  string        // the service instance that granted it; "" if the service did not say
+	done      chan struct{} // closed by finishLocked
 
-	done     chan struct{}   // closed by finish
-	poke     chan struct{}   // wakes watch after a renewal (buffer 1)
-	watchCtx context.Context // cancelled by finish: stops watch and its renewals
-
-	// renewMu makes renewals (automatic and by Renew) one at a time, so the
-	// expiry we compute follows the service's last renewal.
-	renewMu sync.Mutex
-
-	mu        sync.Mutex         // guards the fields below
-	err       error              // nil while held; why it ended otherwise
-	timeout   time.Duration      // the lock timeout; 0: none
-	expiresAt time.Time          // when the service releases it, as estimated by us; zero: never
-	watching  bool               // watch is running
-	stopWatch context.CancelFunc // cancels watchCtx
+	// Guarded by c.mu (see Client); for a lock not obtained, err is set
+	// once at the start.
+	err       error         // nil while held; why it ended otherwise
+	timeout   time.Duration // the lock timeout; 0: none
+	expiresAt time.Time     // when the service releases it, as estimated by us; zero: never
+	sentAt    time.Time     // when the request that set expiresAt was sent
+	renewing  bool          // an automatic renewal is in flight
+	retryAt   time.Time     // after a failed automatic renewal: not before then
+	timer     timer         // its next renewal or its expiry, while it has a lock timeout
 }
 
 // Lock acquires the lock called name (any UTF-8 string), waiting while all
@@ -58,6 +52,13 @@ type Lock struct {
 // another instance of the service announces its start, since the wait may
 // be parked at an instance that is gone.
 //
+// When no service answers (no responders), or the one that answers is
+// stopping (Unavailable), Lock asks again with growing pauses, so that a
+// waiter rides out a restart of the service. It gives up when the wait
+// timeout passes, ctx ends, or the service stayed away for the client's
+// request timeout, whichever comes first; the error then says so (it
+// matches ErrNoService or ErrUnavailable).
+//
 // With a lock timeout (WithLockTimeout) the lock is renewed in the
 // background unless WithAutoRenew(false). Watch Lock.Done to learn that the
 // lock was lost.
@@ -70,9 +71,10 @@ func (c *Client) Lock(ctx context.Context, name string, opts ...LockOption) (*Lo
 // is false and a nil error.
 //
 // TryLock still waits for the service's reply, at most the client's request
-// timeout. If ctx ends first, it sends an unlock with the request's key, so a
-// grant that was on its way is released. It fails at once, with
-// ErrConnectionLost, while the connection is down.
+// timeout, and asks again within that time while no service answers or the
+// one that answers is stopping. If ctx ends first, it sends an unlock with
+// the request's key, so a grant that was on its way is released. It fails
+// at once, with ErrConnectionLost, while the connection is down.
 func (c *Client) TryLock(ctx context.Context, name string, opts ...LockOption) (*Lock, error) {
 	o := newLockOptions(opts)
 	if o.waitTimeout != 0 {
@@ -82,18 +84,11 @@ func (c *Client) TryLock(ctx context.Context, name string, opts ...LockOption) (
 	return c.acquire(ctx, subjects.OpTryLock, name, o)
 }
 
-// errNoReply is the cause of a request context whose time for a reply ran out.
+// errNoReply is the reason of a request whose time for a reply ran out.
 var errNoReply = errors.New("no reply from the lock service in time")
 
-// Pauses between the tries of acquire after the second: they double from
-// retryPause up to maxRetryPause.
-const (
-	retryPause    = 10 * time.Millisecond
-	maxRetryPause = time.Second
-)
-
 // acquire is Lock and TryLock: it asks until it gets an answer that does
-// not depend on a connection that has gone away.
+// not depend on a connection or an instance that has gone away.
 func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*Lock, error) {
 	if o.waitTimeout < 0 || o.lockTimeout < 0 {
 		return nil, &Error{Op: op, Name: name, Code: subjects.CodeInvalidTimeout,
@@ -103,23 +98,25 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 	if o.waitTimeout > 0 {
 		waitUntil = time.Now().Add(o.waitTimeout)
 	}
-	for retries := 0; ; retries++ {
-		if retries > 1 {
+	var unansweredSince time.Time // since when no service took the request
+	var last error                // the last unanswered try's error
+	for tries := 0; ; tries++ {
+		if tries > 1 || !unansweredSince.IsZero() {
 			// Asking again at once is right after one change of connection
 			// or instance; a change after every try (two instances serving
-			// one prefix for a while) must not become a busy loop.
-			pause := min(retryPause<<min(retries-2, 10), maxRetryPause)
+			// one prefix for a while) must not become a busy loop, nor must
+			// a service that is away.
+			pause := min(retryPause<<min(max(tries-2, 0), 10), maxRetryPause)
 			select {
 			case <-ctx.Done():
 			case <-time.After(pause):
 			}
 		}
 		if err := ctx.Err(); err != nil {
-			return nil, wrap(op, name, err) // nothing sent yet: nothing to clean up
-		}
-		ep, err := c.currentEpoch(ctx, op == subjects.OpLock)
-		if err != nil {
-			return nil, wrap(op, name, err)
+			if last != nil {
+				err = fmt.Errorf("%w: %w", err, c.gaveUp(op, name, unansweredSince, last))
+			}
+			return nil, wrap(op, name, err) // nothing sent, or nothing left: nothing to clean up
 		}
 		req := subjects.Request{Size: o.size, Key: newKey()}
 		if o.lockTimeout > 0 {
@@ -128,154 +125,168 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 		if !waitUntil.IsZero() {
 			left := time.Until(waitUntil)
 			if left < time.Millisecond { // the service's smallest wait timeout
+				if last != nil {
+					return nil, wrap(op, name, c.gaveUp(op, name, unansweredSince, last))
+				}
 				return notObtained(name, &Error{Op: op, Name: name, Code: subjects.CodeLockWaitTimeout,
 					Message: fmt.Sprintf("not granted within %v", o.waitTimeout)}), nil
 			}
 			req.WaitTimeoutSeconds = left.Seconds()
 		}
-		l, retry, err := c.attempt(ctx, ep, op, name, req, o, waitUntil)
-		if !retry {
+		l, retry, err := c.attempt(ctx, op, name, req, o, waitUntil)
+		switch {
+		case unanswered(err):
+			if unansweredSince.IsZero() {
+				unansweredSince = time.Now()
+			} else if time.Since(unansweredSince) >= c.requestTimeout {
+				return nil, wrap(op, name, c.gaveUp(op, name, unansweredSince, err))
+			}
+			last = err
+		case retry:
+			unansweredSince, last = time.Time{}, nil
+		default:
 			return l, err
 		}
 	}
 }
 
-// attempt sends one lock or trylock request over the connection epoch ep.
-// retry reports that the connection changed under it, so that Lock should
-// ask again; whatever the request may have left behind is cleaned up first.
-func (c *Client) attempt(ctx context.Context, ep *epoch, op, name string, req subjects.Request, o lockOptions, waitUntil time.Time) (l *Lock, retry bool, err error) {
-	// The request ends when ctx ends; when the connection changes, since
-	// the reply could be lost with it; and when the service should have
-	// answered: a trylock at once, a lock soon after its wait timeout. A
-	// lock without a wait timeout waits as long as ctx lets it.
-	reqCtx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stop := context.AfterFunc(ep.ctx, func() { cancel(errEpochEnded) })
-	defer stop()
-	if op == subjects.OpLock {
-		// A wait parked at an instance of the service that is gone would
-		// never be answered; a trylock is bounded by the request timeout.
-		stopInstance := context.AfterFunc(c.instanceContext(), func() { cancel(errInstanceChanged) })
-		defer stopInstance()
-	}
+// attempt sends one lock or trylock request. retry reports that the
+// connection or the instance changed under it, so that Lock should ask
+// again; whatever the request may have left behind is cleaned up first.
+// An unanswered error (see unanswered) means the request left nothing.
+func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Request, o lockOptions, waitUntil time.Time) (l *Lock, retry bool, err error) {
+	// The request ends when ctx ends; when the client cancels it (see
+	// pending); and when the service should have answered: a trylock at
+	// once, a lock soon after its wait timeout. A lock without a wait
+	// timeout waits as long as ctx lets it.
+	var deadline time.Time
 	switch {
 	case op == subjects.OpTryLock:
-		var cancelTimeout context.CancelFunc
-		reqCtx, cancelTimeout = context.WithTimeoutCause(reqCtx, c.requestTimeout, errNoReply)
-		defer cancelTimeout()
+		deadline = time.Now().Add(c.requestTimeout)
 	case !waitUntil.IsZero():
-		var cancelTimeout context.CancelFunc
-		reqCtx, cancelTimeout = context.WithDeadlineCause(reqCtx, waitUntil.Add(c.requestTimeout), errNoReply)
-		defer cancelTimeout()
+		deadline = waitUntil.Add(c.requestTimeout)
 	}
-
+	reqCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p := &pending{waits: op == subjects.OpLock, cancel: cancel}
+	ep, err := c.begin(ctx, p, deadline)
+	if err != nil {
+		return nil, false, wrap(op, name, err)
+	}
 	sentAt := time.Now()
 	var resp subjects.LockResponse
-	err = c.request(reqCtx, ep.owner, op, name, req, &resp)
-
-	// giveUp cleans up after a request that may have reached the service,
-	// and tells whether to ask again (only Lock does, and only when the
-	// connection changed while the caller still wants the lock).
-	giveUp := func(reason error) (*Lock, bool, error) {
-		cleanupErr := c.withdraw(ctx, name, req.Key)
-		if (errors.Is(reason, errEpochEnded) || errors.Is(reason, errInstanceChanged)) && op == subjects.OpLock && ctx.Err() == nil {
-			return nil, true, nil
-		}
-		if ctx.Err() != nil {
-			reason = ctx.Err()
-		}
-		if errors.Is(reason, errEpochEnded) {
-			reason = fmt.Errorf("%w while waiting for the reply", ErrConnectionLost)
-		}
-		if errors.Is(reason, errNoReply) {
-			reason = fmt.Errorf("%w (%w)", errNoReply, nats.ErrTimeout)
-		}
-		if cleanupErr != nil {
-			reason = fmt.Errorf("%w; and the unlock sent to clean up failed, so a grant may stay until this connection closes: %w", reason, cleanupErr)
-		}
-		return nil, false, wrap(op, name, reason)
+	err = c.request(reqCtx, 0, ep.header, op, name, req, &resp)
+	if err == nil && resp.Error == nil && resp.Locked {
+		return c.granted(ctx, op, newLock(c, ep, name, req.Key, resp, o, sentAt), p)
 	}
+	reason := c.end(p)
 
 	switch {
-	case errors.Is(err, ErrNoService):
-		return nil, false, wrap(op, name, err) // nobody received the request
-	case err != nil && reqCtx.Err() != nil:
-		return giveUp(context.Cause(reqCtx))
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, false, err // nobody received the request
 	case err != nil:
-		return giveUp(err)
+		switch {
+		case ctx.Err() != nil:
+			reason = ctx.Err()
+		case errors.Is(reason, errNoReply):
+			reason = fmt.Errorf("%w (%w)", errNoReply, nats.ErrTimeout)
+		case reason == nil:
+			reason = err
+		}
+		return c.giveUp(ctx, op, name, req.Key, reason)
 	case resp.Error != nil && resp.Error.Code == subjects.CodeLockWaitTimeout:
 		return notObtained(name, serviceError(op, name, resp.Error)), false, nil
 	case resp.Error != nil && resp.Error.Code == subjects.CodeOwnerGone:
 		// The service saw our connection close while we waited. Make sure
 		// we see it too before asking again over the new connection.
-		c.refreshConnection()
-		if ep.ctx.Err() != nil {
-			return giveUp(errEpochEnded)
+		c.mu.Lock()
+		c.refreshLocked()
+		gone := c.cur != ep
+		c.mu.Unlock()
+		if gone {
+			return c.giveUp(ctx, op, name, req.Key, errEpochEnded)
 		}
 		return nil, false, serviceError(op, name, resp.Error)
 	case resp.Error != nil:
 		return nil, false, serviceError(op, name, resp.Error)
-	case !resp.Locked && op == subjects.OpTryLock:
+	case op == subjects.OpTryLock:
 		return notObtained(name, wrap(op, name, fmt.Errorf("%w: every slot is held", ErrNotObtained))), false, nil
-	case !resp.Locked:
-		return giveUp(errors.New("the service replied locked=false without an error"))
 	}
+	return c.giveUp(ctx, op, name, req.Key, errors.New("the service replied locked=false without an error"))
+}
 
-	l = newLock(c, ep, name, req.Key, resp, o, sentAt)
-	if refused := c.register(l); refused != nil {
-		var lost *LostError
-		if errors.As(refused, &lost) {
-			// Granted, and released by the service before we saw the
-			// reply: the caller gets the lock as it is, lost.
-			l.finish(lost)
-			return l, false, nil
-		}
-		// Granted over a connection that is gone (the service releases it
-		// with that connection; unlock it anyway in case it has not seen
-		// that yet), by an instance that is gone, or to a client that was
-		// closed meanwhile.
-		l.finish(&LostError{Name: name, Cause: refused})
-		_ = c.release(ctx, name, req.Key)
-		switch {
-		case errors.Is(refused, ErrClientClosed):
-			return nil, false, wrap(op, name, ErrClientClosed)
-		case op == subjects.OpLock && ctx.Err() == nil:
-			return nil, true, nil
-		case ctx.Err() != nil:
-			return nil, false, wrap(op, name, ctx.Err())
-		}
-		return nil, false, wrap(op, name, fmt.Errorf("%w while the reply came", refused))
+// granted registers l, the grant that the reply to request p brought, or
+// cleans up after it.
+func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*Lock, bool, error) {
+	refused := c.register(l, p)
+	var lost *LostError
+	switch {
+	case refused == nil:
+		return l, false, nil
+	case errors.As(refused, &lost):
+		// Released by the service before we saw the reply: the caller
+		// gets the lock as it is, lost.
+		return l, false, nil
 	}
-	l.startWatch()
-	return l, false, nil
+	// Granted over a connection that is gone (the service releases it with
+	// that connection; unlock it anyway in case it has not seen that yet),
+	// by an instance that is gone, or to a client that was closed meanwhile.
+	_ = c.release(ctx, l.name, l.key)
+	switch {
+	case errors.Is(refused, ErrClientClosed):
+		return nil, false, wrap(op, l.name, ErrClientClosed)
+	case op == subjects.OpLock && ctx.Err() == nil:
+		return nil, true, nil
+	case ctx.Err() != nil:
+		return nil, false, wrap(op, l.name, ctx.Err())
+	}
+	return nil, false, wrap(op, l.name, fmt.Errorf("%w while the reply came", refused))
+}
+
+// giveUp cleans up after a request that may have reached the service, and
+// tells whether to ask again: only Lock does, and only when the connection
+// or the instance changed while the caller still wants the lock.
+func (c *Client) giveUp(ctx context.Context, op, name, key string, reason error) (*Lock, bool, error) {
+	cleanupErr := c.release(ctx, name, key)
+	changed := errors.Is(reason, errEpochEnded) || errors.Is(reason, errInstanceChanged)
+	if changed && op == subjects.OpLock && ctx.Err() == nil {
+		return nil, true, nil
+	}
+	if ctx.Err() != nil {
+		reason = ctx.Err()
+	}
+	if errors.Is(reason, errEpochEnded) {
+		reason = fmt.Errorf("%w while waiting for the reply", ErrConnectionLost)
+	}
+	if cleanupErr != nil {
+		reason = fmt.Errorf("%w; and the unlock sent to clean up failed, so a grant may stay until this connection closes: %w", reason, cleanupErr)
+	}
+	return nil, false, wrap(op, name, reason)
 }
 
 // newKey returns a fresh random key of 128 bits, in hex. The client always
 // chooses the key itself, so that it can withdraw a request it gave up on.
 func newKey() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b) // never fails (crypto/rand.Read crashes the program instead)
-	return hex.EncodeToString(b)
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand.Read crashes the program instead)
+	return hex.EncodeToString(b[:])
 }
 
 func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse, o lockOptions, sentAt time.Time) *Lock {
-	watchCtx, stopWatch := context.WithCancel(context.Background())
 	l := &Lock{
 		c:         c,
 		name:      name,
 		key:       key,
 		token:     resp.Token,
 		size:      resp.Size,
-		locked:    true,
 		autoRenew: o.autoRenew,
-		epoch:     ep,
+		ep:        ep,
 		instance:  resp.Instance,
 		done:      make(chan struct{}),
-		poke:      make(chan struct{}, 1),
-		watchCtx:  watchCtx,
 		timeout:   o.lockTimeout,
-		stopWatch: stopWatch,
+		sentAt:    sentAt,
 	}
+	l.timer.lock = l
 	if o.lockTimeout > 0 {
 		// Counted from before the request left: the service counts from
 		// when it granted, later, so this errs on the early side whatever
@@ -293,9 +304,9 @@ func notObtained(name string, reason error) *Lock {
 	return &Lock{name: name, done: done, err: reason}
 }
 
-// Locked reports whether the lock was obtained. It stays true after Unlock
-// or loss; Done and Err tell about those. A nil Lock is not locked.
-func (l *Lock) Locked() bool { return l != nil && l.locked }
+// Locked reports whether the lock is held, as far as the client knows: it
+// was obtained and is not unlocked or lost. A nil Lock is not locked.
+func (l *Lock) Locked() bool { return l != nil && l.c != nil && l.Err() == nil }
 
 // Name returns the lock's name.
 func (l *Lock) Name() string { return l.name }
@@ -317,17 +328,21 @@ func (l *Lock) Size() int { return l.size }
 // renewed, as estimated on this machine (slightly early, never late); zero
 // when the lock has no lock timeout.
 func (l *Lock) ExpiresAt() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	if l.c == nil {
+		return time.Time{}
+	}
+	l.c.mu.Lock()
+	defer l.c.mu.Unlock()
 	return l.expiresAt
 }
 
-// Done returns a channel that is closed when the lock is no longer held:
-// Unlock was called, its lock timeout passed without renewal, a renewal was
-// refused, the service said it released the lock (an operator forced it,
-// or the lock expired), the service instance that granted it stopped or
-// was replaced, or its connection dropped or reconnected. It is already
-// closed when the lock was not obtained. Err tells which.
+// Done returns a channel that is closed when the lock is no longer held,
+// for any reason: Unlock was called, its lock timeout passed without
+// renewal, a renewal was refused, the service said it released the lock
+// (an operator forced it, or the lock expired), the service instance that
+// granted it stopped or was replaced, its connection dropped or
+// reconnected, or the client was closed. It is already closed when the
+// lock was not obtained. Err tells which.
 func (l *Lock) Done() <-chan struct{} { return l.done }
 
 // Err returns nil while the lock is held. Once Done is closed it returns
@@ -335,34 +350,21 @@ func (l *Lock) Done() <-chan struct{} { return l.done }
 // the lock was lost, or an error matching ErrNotObtained when it never was
 // obtained.
 func (l *Lock) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	if l.c == nil {
+		return l.err
+	}
+	l.c.mu.Lock()
+	defer l.c.mu.Unlock()
 	return l.err
 }
 
-// finish ends the lock for reason err: it closes Done, stops renewals and
-// forgets the lock. Only the first call has an effect; it reports whether
-// this call was the one.
-func (l *Lock) finish(err error) bool {
-	l.mu.Lock()
-	if l.err != nil {
-		l.mu.Unlock()
-		return false
-	}
-	l.err = err
-	close(l.done)
-	l.mu.Unlock()
-
-	l.stopWatch()
-	l.c.forget(l)
-	return true
-}
-
-// Unlock releases the lock. Done is closed as Unlock starts.
+// Unlock releases the lock. Done is closed and Locked turns false as
+// Unlock starts.
 //
 // The unlock is sent even when ctx is already done (then Unlock waits for
 // the reply at most the client's cleanup timeout), so that `defer
-// l.Unlock(ctx)` releases the lock even after ctx was cancelled. If the
+// l.Unlock(ctx)` releases the lock even after ctx was cancelled. While no
+// service answers, Unlock asks again within the request timeout. If the
 // reply does not come, the lock stays held until its lock timeout passes
 // or its connection closes.
 //
@@ -371,159 +373,89 @@ func (l *Lock) finish(err error) bool {
 // obtained, or a second Unlock, returns an error matching ErrNotObtained or
 // ErrUnlocked.
 func (l *Lock) Unlock(ctx context.Context) error {
-	if !l.Locked() {
+	if l.c == nil {
 		return wrap(subjects.OpUnlock, l.name, ErrNotObtained)
 	}
-	if !l.finish(ErrUnlocked) {
-		prev := l.Err()
-		if errors.Is(prev, ErrUnlocked) {
-			return wrap(subjects.OpUnlock, l.name, ErrUnlocked)
-		}
+	c := l.c
+	c.mu.Lock()
+	prev := l.err
+	c.finishLocked(l, ErrUnlocked)
+	header := c.headerLocked()
+	c.mu.Unlock()
+	switch {
+	case prev == ErrUnlocked:
+		return wrap(subjects.OpUnlock, l.name, ErrUnlocked)
+	case prev != nil:
 		// Lost. The service should not hold it any more, but our expiry
 		// estimate runs ahead of the service's: unlock in case.
-		_ = l.c.release(ctx, l.name, l.key)
+		_ = c.release(ctx, l.name, l.key)
 		return prev
 	}
 	if ctx.Err() != nil {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), l.c.cleanupTimeout)
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), c.cleanupTimeout)
 		defer cancel()
 	}
-	return l.c.unlockKey(ctx, l.name, l.key)
+	return c.unlockKey(ctx, header, l.name, l.key)
 }
 
 // Renew sets the lock timeout to timeout from now, and keeps it so for
 // later automatic renewals. It waits for the reply at most the client's
-// request timeout; if ctx ends first the renewal may or may not have been
-// made, and the lock keeps its earlier expiry as far as the client knows.
+// request timeout (asking again within it while no service answers); if
+// ctx ends first the renewal may or may not have been made, and the lock
+// keeps its earlier expiry as far as the client knows.
 //
 // When the service answers that this key holds no slot (the lock expired
 // or was released), the lock is lost: Done is closed and Renew returns a
 // *LostError. Other failures leave the lock as it was.
 func (l *Lock) Renew(ctx context.Context, timeout time.Duration) error {
-	if !l.Locked() {
+	if l.c == nil {
 		return wrap(subjects.OpRenew, l.name, ErrNotObtained)
 	}
-	return l.renew(ctx, timeout, time.Time{})
+	return l.renew(ctx, timeout)
 }
 
-// renew sends a renewal with timeout. For an automatic renewal, ifExpiresAt
-// is the expiry that watch saw: renew then uses the current timeout (Renew
-// may have changed it) and does nothing if the expiry moved meanwhile.
-func (l *Lock) renew(ctx context.Context, timeout time.Duration, ifExpiresAt time.Time) error {
-	l.renewMu.Lock()
-	defer l.renewMu.Unlock()
-	l.mu.Lock()
-	err, expiresAt, current := l.err, l.expiresAt, l.timeout
-	l.mu.Unlock()
-	if err != nil {
+// renew sends a renewal with timeout and applies its result.
+func (l *Lock) renew(ctx context.Context, timeout time.Duration) error {
+	c := l.c
+	if err := l.Err(); err != nil {
 		return err
 	}
-	if !ifExpiresAt.IsZero() {
-		if !expiresAt.Equal(ifExpiresAt) {
-			return nil // renewed by Renew meanwhile
-		}
-		timeout = current
-	}
-
-	ctx, cancel := context.WithTimeout(ctx, l.c.requestTimeout)
-	defer cancel()
+	deadline := time.Now().Add(c.requestTimeout)
+	header := c.header()
 	req := subjects.Request{Key: l.key}
 	if timeout > 0 {
 		req.LockTimeoutSeconds = timeout.Seconds()
 	} // else the service answers InvalidTimeout: renew needs a timeout
-	sentAt := time.Now()
+	var sentAt time.Time
 	var resp subjects.LockResponse
-	if err := l.c.request(ctx, l.c.owner(), subjects.OpRenew, l.name, req, &resp); err != nil {
-		return wrap(subjects.OpRenew, l.name, err)
-	}
-	if resp.Error != nil {
-		e := serviceError(subjects.OpRenew, l.name, resp.Error)
-		switch resp.Error.Code {
-		case subjects.CodeInvalidLockKey, subjects.CodeLockDoesNotExist, subjects.CodeNotLocked:
-			l.finish(&LostError{Name: l.name, Cause: e})
-			return l.Err() // the loss, or ErrUnlocked if Unlock came first
+	err := c.persist(ctx, deadline, subjects.OpRenew, l.name, func() error {
+		sentAt, resp = time.Now(), subjects.LockResponse{}
+		if err := c.ask(ctx, deadline, header, subjects.OpRenew, l.name, req, &resp); err != nil {
+			return err
 		}
-		return e
-	}
-	if !resp.Locked {
-		return wrap(subjects.OpRenew, l.name, errors.New("the service replied locked=false without an error"))
-	}
-
-	l.mu.Lock()
-	if l.err == nil {
-		l.timeout = timeout
-		l.expiresAt = sentAt.Add(timeout)
-	}
-	l.mu.Unlock()
-	l.startWatch()
-	select { // tell watch about the new expiry
-	case l.poke <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-// startWatch starts watch once the lock has a timeout.
-func (l *Lock) startWatch() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.watching || l.timeout <= 0 || l.err != nil {
-		return
-	}
-	l.watching = true
-	go l.watch()
-}
-
-// watch runs while a lock with a timeout is held: it renews the lock a
-// third of the way into each timeout (if auto-renew is on), and ends the
-// lock with ErrExpired when the timeout passes without a renewal. A renewal
-// that fails without the service refusing it (no reply, connection down)
-// is retried every tenth of the timeout until the lock expires.
-func (l *Lock) watch() {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	var retryAt time.Time // after a failed renewal: not before then
-	for {
-		l.mu.Lock()
-		expiresAt, timeout := l.expiresAt, l.timeout
-		l.mu.Unlock()
-
-		wake := expiresAt
-		var renewAt time.Time
-		if l.autoRenew {
-			renewAt = expiresAt.Add(-timeout * 2 / 3)
-			if renewAt.Before(retryAt) {
-				renewAt = retryAt
-			}
-			if renewAt.Before(wake) {
-				wake = renewAt
-			}
+		if resp.Error != nil {
+			return serviceError(subjects.OpRenew, l.name, resp.Error)
 		}
-		timer.Reset(time.Until(wake))
-		select {
-		case <-l.watchCtx.Done():
-			return
-		case <-l.poke:
-			retryAt = time.Time{}
-			continue
-		case <-timer.C:
+		if !resp.Locked {
+			return errors.New("the service replied locked=false without an error")
 		}
-
-		now := time.Now()
-		if !now.Before(l.ExpiresAt()) { // read again: a Renew may have just moved it
-			l.finish(&LostError{Name: l.name, Cause: ErrExpired})
-			return
+		return nil
+	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err == nil:
+		// Renewals may overlap (Renew and an automatic one): the service
+		// keeps the expiry of the one sent last, and so do we.
+		if l.err == nil && sentAt.After(l.sentAt) {
+			l.timeout, l.sentAt, l.expiresAt = timeout, sentAt, sentAt.Add(timeout)
+			c.scheduleLocked(l)
 		}
-		if l.autoRenew && !now.Before(renewAt) {
-			// No point waiting for a reply after the lock expired.
-			ctx, cancel := context.WithDeadline(l.watchCtx, expiresAt)
-			err := l.renew(ctx, 0, expiresAt)
-			cancel()
-			retryAt = time.Time{}
-			if err != nil {
-				retryAt = time.Now().Add(timeout / 10)
-			}
-		}
+		return nil
+	case unknownKey(err):
+		c.finishLocked(l, &LostError{Name: l.name, Cause: err})
+		return l.err // the loss, or ErrUnlocked if Unlock came first
 	}
+	return wrap(subjects.OpRenew, l.name, err)
 }

@@ -52,8 +52,8 @@ func TestLockAndUnlock(t *testing.T) {
 	if !errors.Is(l.Err(), clientlib.ErrUnlocked) {
 		t.Errorf("Err() after Unlock = %v, want ErrUnlocked", l.Err())
 	}
-	if !l.Locked() {
-		t.Error("Locked() turned false after Unlock; it tells whether the lock was obtained")
+	if l.Locked() {
+		t.Error("Locked() is true after Unlock; it tells whether the lock is held")
 	}
 	if err := l.Unlock(ctx); !errors.Is(err, clientlib.ErrUnlocked) {
 		t.Errorf("second Unlock = %v, want ErrUnlocked", err)
@@ -233,7 +233,8 @@ func TestServiceErrors(t *testing.T) {
 
 func TestNoService(t *testing.T) {
 	srv := ldlmtest.Start(t)
-	c, _ := newClient(t, srv, clientlib.WithPrefix("nobody"))
+	// The request timeout bounds how long Lock asks again while nobody answers.
+	c, _ := newClient(t, srv, clientlib.WithPrefix("nobody"), clientlib.WithRequestTimeout(200*time.Millisecond))
 	_, err := c.Lock(testContext(t), "job")
 	if !errors.Is(err, clientlib.ErrNoService) || !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("Lock with no service = %v, want ErrNoService and nats.ErrNoResponders", err)
@@ -279,11 +280,7 @@ func TestOwnerHeader(t *testing.T) {
 	if err := spy.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	cid, err := nc.GetClientID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := subjects.FormatOwner(nc.ConnectedServerName(), cid)
+	want := ownerOf(t, nc)
 
 	l := mustLock(t, c, "owned")
 	if err := l.Unlock(testContext(t)); err != nil {
@@ -585,5 +582,38 @@ func TestManyWaitersOneConnection(t *testing.T) {
 	t.Logf("%d goroutines, size %d: at most %d held at once", goroutines, size, most.Load())
 	if !isFree(t, c, "crowded", clientlib.WithSize(size)) {
 		t.Fatal("lock still held at the end")
+	}
+}
+
+// TestNoReply: a request that a responder takes but never answers ends
+// after the request timeout, and says so.
+func TestNoReply(t *testing.T) {
+	srv := ldlmtest.Start(t)
+	silent := srv.Connect(t)
+	// It grants "granted" and answers nothing else.
+	if _, err := silent.Subscribe("silent.>", func(m *nats.Msg) {
+		if m.Subject == "silent.trylock.granted" {
+			_ = m.Respond([]byte(`{"locked":true,"name":"granted","key":"k","token":1,"size":1}`))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := silent.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := newClient(t, srv, clientlib.WithPrefix("silent"), clientlib.WithRequestTimeout(100*time.Millisecond))
+	_, err := c.TryLock(testContext(t), "job")
+	if !errors.Is(err, nats.ErrTimeout) || !strings.Contains(err.Error(), "no reply") {
+		t.Errorf("TryLock with no reply = %v, want nats.ErrTimeout", err)
+	}
+	l, err := c.Lock(testContext(t), "job", clientlib.WithWaitTimeout(50*time.Millisecond))
+	if !errors.Is(err, nats.ErrTimeout) || l != nil {
+		t.Errorf("Lock with no reply after its wait timeout = %v, %v, want nats.ErrTimeout", l, err)
+	}
+	for _, ctx := range []context.Context{context.Background(), testContext(t)} { // the two ways of waiting
+		held := tryLockNow(t, c, "granted")
+		if err := held.Unlock(ctx); !errors.Is(err, nats.ErrTimeout) {
+			t.Errorf("Unlock with no reply = %v, want nats.ErrTimeout", err)
+		}
 	}
 }

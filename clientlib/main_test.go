@@ -11,6 +11,7 @@ import (
 
 	"github.com/ldlm-io/ldlm/clientlib"
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // exampleServer starts an LDLM server (an embedded NATS server with the lock
@@ -109,4 +110,14 @@ func isFree(t testing.TB, c *clientlib.Client, name string, opts ...clientlib.Lo
 		t.Fatalf("Unlock(%q): %v", name, err)
 	}
 	return true
+}
+
+// ownerOf is the Ldlm-Owner value that the client sends over nc.
+func ownerOf(t testing.TB, nc *nats.Conn) string {
+	t.Helper()
+	cid, err := nc.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return subjects.FormatOwner(nc.ConnectedServerId(), cid)
 }

@@ -1,9 +1,7 @@
 package clientlib
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -32,10 +30,6 @@ import (
 // in flight when the news comes, so a few entries are plenty.
 const remembered = 64
 
-// errInstanceChanged is the cancel cause of a lock request that may be
-// parked at an instance of the service that is gone.
-var errInstanceChanged = errors.New("another instance of the lock service serves now")
-
 // listenInstances subscribes to the instance announcements. New calls it
 // once; the subscription lives until Close and survives reconnects (nats.go
 // subscribes again on the new connection).
@@ -48,11 +42,11 @@ func (c *Client) listenInstances() error {
 	return nil
 }
 
-// listenLost subscribes to the lost notices of owner, unless it already
-// does. refreshConnection calls it before it makes owner the current one,
-// so the subscription is in place before any request names that owner.
-// Only refreshConnection calls it, under refreshMu.
-func (c *Client) listenLost(owner string) {
+// listenLostLocked subscribes to the lost notices of owner, unless it
+// already does. refreshLocked calls it before it makes owner the current
+// one, so the subscription is in place before any request names that
+// owner. c.mu must be held.
+func (c *Client) listenLostLocked(owner string) {
 	if owner == "" || c.lostSubs[owner] != nil {
 		return
 	}
@@ -67,23 +61,20 @@ func (c *Client) listenLost(owner string) {
 	c.lostSubs[owner] = sub
 }
 
-// dropLostSubs ends the lost-notice subscriptions that are no longer
-// needed: those of owners that are not the current connection and hold no
-// lock the client knows of. With the default settings that leaves one
-// subscription, the current owner's; with WithKeepOnDisconnect the locks
-// taken before a reconnect keep their old owner at the service, and so
-// their notices keep coming on that owner's subject. Only
-// refreshConnection calls it, under refreshMu.
-func (c *Client) dropLostSubs() {
-	c.mu.Lock()
+// dropLostSubsLocked ends the lost-notice subscriptions that are no
+// longer needed: those of owners that are not the current connection and
+// hold no lock the client knows of. With the default settings that leaves
+// one subscription, the current owner's; with WithKeepOnDisconnect the
+// locks taken before a reconnect keep their old owner at the service, and
+// so their notices keep coming on that owner's subject. c.mu must be held.
+func (c *Client) dropLostSubsLocked() {
 	needed := make(map[string]bool)
 	if c.cur != nil {
 		needed[c.cur.owner] = true
 	}
 	for l := range c.held {
-		needed[l.epoch.owner] = true
+		needed[l.ep.owner] = true
 	}
-	c.mu.Unlock()
 	for owner, sub := range c.lostSubs {
 		if !needed[owner] {
 			_ = sub.Unsubscribe() // fails only on a closed connection, which has no subscriptions left
@@ -102,20 +93,14 @@ func (c *Client) onLost(msg *nats.Msg) {
 		return // not a notice of this protocol: nothing to end
 	}
 	c.mu.Lock()
-	var hit *Lock
+	defer c.mu.Unlock()
 	for l := range c.held {
 		if l.name == n.Name && l.token == n.Token {
-			hit = l
-			break
+			c.finishLocked(l, &LostError{Name: l.name, Cause: lostCause(n.Reason)})
+			return
 		}
 	}
-	if hit == nil {
-		c.unmatched = appendBounded(c.unmatched, n)
-	}
-	c.mu.Unlock()
-	if hit != nil {
-		hit.finish(&LostError{Name: hit.name, Cause: lostCause(n.Reason)})
-	}
+	c.unmatched = appendBounded(c.unmatched, n)
 }
 
 // noticedLocked returns the loss of l if a lost notice for it came before
@@ -150,26 +135,23 @@ func (c *Client) onInstance(msg *nats.Msg) {
 	if err := json.Unmarshal(msg.Data, &n); err != nil || n.Instance == "" {
 		return
 	}
-	var lost []*Lock
-	var cause error
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	switch n.Event {
 	case subjects.InstanceStarted:
-		lost = c.instanceServesLocked(n.Instance, true)
-		cause = fmt.Errorf("%w: another instance (%s) started", ErrServiceRestarted, n.Instance)
+		c.loseLocked(c.instanceServesLocked(n.Instance, true),
+			fmt.Errorf("%w: another instance (%s) started", ErrServiceRestarted, n.Instance))
 	case subjects.InstanceStopped:
-		lost = c.instanceStoppedLocked(n.Instance)
-		cause = fmt.Errorf("%w: it (%s) stopped", ErrServiceRestarted, n.Instance)
+		c.loseLocked(c.instanceStoppedLocked(n.Instance),
+			fmt.Errorf("%w: it (%s) stopped", ErrServiceRestarted, n.Instance))
 	}
-	c.mu.Unlock()
-	loseAll(lost, cause)
 }
 
 // instanceServesLocked records that instance id serves the prefix now: it
 // announced its start (announced), or a lock reply came from it. Only one
 // instance serves a prefix at a time, so the grants of any other one are
-// gone, and so are the waits parked there: instanceCtx is cancelled so
-// that waiting Lock calls ask again. It returns the held locks that are
+// gone, and so are the waits parked there: waiting Lock calls are told to
+// ask again (wakeWaitsLocked). It returns the held locks that are
 // lost. c.mu must be held.
 func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 	if slices.Contains(c.goneInstances, id) {
@@ -182,8 +164,7 @@ func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 			// announcement says it replaced another: a wait sent before
 			// may be parked at that one.
 			c.unsure = false
-			c.instanceCancel()
-			c.instanceCtx, c.instanceCancel = context.WithCancel(context.Background())
+			c.wakeWaitsLocked()
 		}
 		return nil
 	}
@@ -191,8 +172,7 @@ func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 	// an announcement, or a change, means that one may be parked at an
 	// instance that is gone.
 	if c.instance != "" || announced {
-		c.instanceCancel()
-		c.instanceCtx, c.instanceCancel = context.WithCancel(context.Background())
+		c.wakeWaitsLocked()
 	}
 	if c.instance != "" {
 		c.goneInstances = appendBounded(c.goneInstances, c.instance)
@@ -232,18 +212,15 @@ func (c *Client) instanceGoneLocked(id string) bool {
 	return slices.Contains(c.goneInstances, id)
 }
 
-// instanceContext is cancelled when another instance of the service takes
-// over, which may leave a lock request parked at an instance that is gone.
-func (c *Client) instanceContext() context.Context {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.instanceCtx
-}
-
-// loseAll ends each of locks as lost for cause.
-func loseAll(locks []*Lock, cause error) {
-	for _, l := range locks {
-		l.finish(&LostError{Name: l.name, Cause: cause})
+// wakeWaitsLocked cancels every lock request in flight, whose wait may be
+// parked at an instance of the service that is gone: Lock withdraws it and
+// asks again. c.mu must be held.
+func (c *Client) wakeWaitsLocked() {
+	c.instanceWakes++
+	for p := range c.pending {
+		if p.waits {
+			p.stopLocked(errInstanceChanged)
+		}
 	}
 }
 

@@ -352,3 +352,86 @@ func BenchmarkForceUnlockNotice(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Microseconds())/float64(b.N), "µs/force-to-done")
 }
+
+// TestWaitSurvivesGracefulStop: a Lock call waiting when the service stops
+// gracefully (it answers the waiter Unavailable) asks again while no
+// service answers, and gets the lock from the instance started next.
+// Before the client asked again, the waiter failed with Unavailable.
+func TestWaitSurvivesGracefulStop(t *testing.T) {
+	srv := ldlmtest.Start(t)
+	holder, _ := newClient(t, srv)
+	waiter, _ := newClient(t, srv, clientlib.WithRequestTimeout(testTimeout))
+
+	held := mustLock(t, holder, "queue")
+	got := make(chan *clientlib.Lock, 1)
+	go func() {
+		l, err := waiter.Lock(testContext(t), "queue")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	eventually(t, "the waiter is parked", func() bool {
+		snap := srv.Service.Engine().Snapshot()
+		return len(snap) == 1 && len(snap[0].Waiters) == 1
+	})
+	srv.Service.Stop()
+	waitLost(t, held, clientlib.ErrServiceRestarted)
+	// Let the waiter meet the stopped service (no responders) a few times;
+	// the test holds whatever this pause was.
+	time.Sleep(50 * time.Millisecond)
+
+	startInstance(t, srv)
+	select {
+	case l := <-got:
+		if l == nil || !l.Locked() {
+			t.Fatal("the waiter did not get the lock from the new instance")
+		}
+		assertHeld(t, l)
+	case <-time.After(testTimeout):
+		t.Fatal("the waiter was not granted after the restart")
+	}
+}
+
+// TestRequestsRideOutRestart: TryLock, Unlock and Renew sent while no
+// service answers ask again until one does, within the request timeout.
+func TestRequestsRideOutRestart(t *testing.T) {
+	srv := ldlmtest.Start(t)
+	srv.Service.Stop() // make way for an instance the test starts
+	c, _ := newClient(t, srv, clientlib.WithRequestTimeout(testTimeout))
+	_, appConn := startInstance(t, srv)
+
+	held := mustLock(t, c, "kept", clientlib.WithLockTimeout(time.Minute), clientlib.WithAutoRenew(false))
+	appConn.Close() // the instance dies without a word: c still holds its lock
+
+	type result struct {
+		op  string
+		err error
+	}
+	results := make(chan result, 3)
+	go func() {
+		l, err := c.TryLock(testContext(t), "free")
+		if err == nil {
+			err = l.Unlock(testContext(t))
+		}
+		results <- result{"trylock", err}
+	}()
+	go func() { results <- result{"renew", held.Renew(testContext(t), time.Minute)} }()
+	time.Sleep(50 * time.Millisecond) // let them meet no responders; the test holds whatever this was
+	startInstance(t, srv)
+	for range 2 {
+		r := <-results
+		switch r.op {
+		case "trylock":
+			if r.err != nil {
+				t.Errorf("TryLock across the restart: %v", r.err)
+			}
+		case "renew":
+			// The new instance knows nothing of the lock: a refused renewal,
+			// or the loss already learned from its announcement.
+			if !errors.Is(r.err, clientlib.ErrLockLost) {
+				t.Errorf("Renew across the restart = %v, want the loss", r.err)
+			}
+		}
+	}
+}

@@ -20,8 +20,9 @@ func WithKeepOnDisconnect(keep bool) Option {
 }
 
 // WithRequestTimeout bounds every request that does not wait for a lock
-// (trylock, unlock, renew), in addition to the caller's context.
-// Default: 5 seconds.
+// (trylock, unlock, renew), in addition to the caller's context, and how
+// long any call keeps asking while no service answers or the one that
+// answers is stopping (a restart of the service). Default: 5 seconds.
 func WithRequestTimeout(d time.Duration) Option {
 	return func(c *Client) { c.requestTimeout = d }
 }

@@ -570,7 +570,7 @@ func TestComposeStack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		owner := nats.Header{subjects.HeaderOwner: {subjects.FormatOwner(holder.nc.ConnectedServerName(), cid)}}
+		owner := nats.Header{subjects.HeaderOwner: {subjects.FormatOwner(holder.nc.ConnectedServerId(), cid)}}
 		var r subjects.LockResponse
 		if err := requestJSON(holder.nc, "ldlm.trylock.held", owner, nil, requestTimeout, &r); err != nil || !r.Locked {
 			t.Fatalf("trylock held: %+v, %v", r, err)

@@ -54,6 +54,13 @@ type Config struct {
 	// Listen is the host:port for NATS clients, e.g. "127.0.0.1:4222".
 	// Port 0 picks a free port (see Server.ClientURL). Empty: no listener.
 	Listen string
+	// ListenLater makes Start leave the client port closed: Server.Listen
+	// opens it. ldlm opens it once the lock service answers, so that a
+	// client that can connect finds the service there and never gets "no
+	// responders" at start (the service itself uses in-process
+	// connections, which need no port). Two kinds of configuration file
+	// keep the port opening at start (see canListenLater).
+	ListenLater bool
 	// ServerName is the server's name as clients and advisories see it.
 	// Empty: "ldlm".
 	ServerName string
@@ -130,9 +137,13 @@ type Server struct {
 	// unprotected: TCP clients get in without credentials or client
 	// certificate, on an address that is not loopback only.
 	unprotected bool
+	// listenLater: Listen has a client port to open, at listen.
+	listenLater bool
+	listen      string
 }
 
-// Start starts the server and waits until it accepts connections.
+// Start starts the server and waits until it accepts connections: in-process
+// ones, and TCP ones too unless cfg.ListenLater defers those to Listen.
 func Start(cfg Config) (*Server, error) {
 	systemPass, err := randomSecret()
 	if err != nil {
@@ -145,6 +156,15 @@ func Start(cfg Config) (*Server, error) {
 	opts, err := serverOptions(cfg, systemPass, servicePass)
 	if err != nil {
 		return nil, err
+	}
+	listens := !opts.DontListen
+	// nats-server opens the client port at the end of Start unless
+	// DontListen is set, and exports the call that opens it (AcceptLoop):
+	// with DontListen, Start does everything but that, and Listen makes
+	// the call later. The options keep the host and port for it.
+	later := listens && cfg.ListenLater && canListenLater(opts)
+	if later {
+		opts.DontListen = true
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -161,12 +181,46 @@ func Start(cfg Config) (*Server, error) {
 		ns.SetLoggerV2(slogAdapter{cfg.Logger.With("component", "nats-server"), !operatorPlain}, cfg.Debug, false, false)
 	}
 	go ns.Start()
-	if !ns.ReadyForConnections(10*time.Second) || (!opts.DontListen && ns.Addr() == nil) {
+	if !ns.ReadyForConnections(10*time.Second) || (listens && !later && ns.Addr() == nil) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("%w on %q (is the port in use?)", ErrListen, cfg.Listen)
 	}
-	unprotected := opts.NoAuthUser != "" && !opts.TLSVerify && !opts.DontListen && !loopbackOnly(opts.Host)
-	return &Server{ns: ns, systemPass: systemPass, servicePass: servicePass, unprotected: unprotected}, nil
+	unprotected := opts.NoAuthUser != "" && !opts.TLSVerify && listens && !loopbackOnly(opts.Host)
+	return &Server{ns: ns, systemPass: systemPass, servicePass: servicePass, unprotected: unprotected, listenLater: later, listen: cfg.Listen}, nil
+}
+
+// canListenLater reports that the server of opts works with its client
+// port opened after Start, by Listen. Two settings of a configuration file
+// need the port opened within Start:
+//   - a cluster: nats-server starts its routes only once Start has opened
+//     the client port, so with DontListen they would never start and
+//     Shutdown would wait for them forever;
+//   - verify_and_map on the client port: with DontListen, nats-server
+//     counts that port as absent when it decides whether a user without a
+//     password is one that only a client certificate may log in as, and
+//     would let such a user in with an empty password on another listener
+//     (websocket, MQTT).
+func canListenLater(opts *server.Options) bool {
+	return opts.Cluster.Port == 0 && !opts.TLSMap
+}
+
+// Listen opens the client port of a server started with
+// Config.ListenLater and returns once the port accepts connections. It
+// does nothing if the port is open already, or there is none. Call it
+// from one goroutine, before Shutdown.
+func (s *Server) Listen() error {
+	if !s.listenLater {
+		return nil
+	}
+	s.listenLater = false
+	// The call Start makes without DontListen. It returns once the
+	// listener is open and its accept loop runs, or when listening failed
+	// (the server logs why): the server then has no address.
+	s.ns.AcceptLoop(make(chan struct{}))
+	if s.ns.Addr() == nil {
+		return fmt.Errorf("%w on %q (is the port in use?)", ErrListen, s.listen)
+	}
+	return nil
 }
 
 // ErrListen: the server could not open its client port. Its errors name

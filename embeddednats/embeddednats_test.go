@@ -225,3 +225,114 @@ func TestListenErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestListenLater: with ListenLater the client port stays closed, while
+// in-process connections work, until Listen opens it; a configuration
+// with a cluster keeps the port opening at start; Listen on a port taken
+// meanwhile fails with ErrListen.
+func TestListenLater(t *testing.T) {
+	t.Parallel()
+	cluster := writeFile(t, "cluster.conf", `
+cluster { name: c, listen: "127.0.0.1:-1" }
+accounts { APP { users: [{user: guest}] } }
+no_auth_user: guest
+`)
+	tests := []struct {
+		name     string
+		cfg      Config
+		openedBy string // "Listen", "Start" or "" (no port)
+	}{
+		{"plain", Config{}, "Listen"},
+		{"token", Config{Auth: Auth{Token: "t0ken"}}, "Listen"},
+		{"cluster in the configuration file", Config{ConfigFile: cluster}, "Start"},
+		{"no listener", Config{}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := tc.cfg
+			cfg.ListenLater = true
+			addr := ""
+			if tc.openedBy != "" {
+				addr = freeAddr(t)
+				cfg.Listen = addr
+			}
+			srv, err := Start(cfg)
+			if err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			defer srv.Shutdown()
+			app, err := srv.ConnectApp()
+			if err != nil {
+				t.Fatalf("in-process connection before Listen: %v", err)
+			}
+			defer app.Close()
+			if open := srv.ClientURL() != ""; open != (tc.openedBy == "Start") {
+				t.Fatalf("after Start: ClientURL %q; want a port open only if opened by Start", srv.ClientURL())
+			}
+			if tc.openedBy == "Listen" {
+				if c, err := net.DialTimeout("tcp", addr, waitTimeout); err == nil {
+					c.Close()
+					t.Fatalf("the port %s accepted a TCP connection before Listen", addr)
+				}
+			}
+			if err := srv.Listen(); err != nil {
+				t.Fatalf("Listen: %v", err)
+			}
+			if tc.openedBy == "" {
+				if srv.ClientURL() != "" {
+					t.Fatalf("no listen address, yet ClientURL %q", srv.ClientURL())
+				}
+				return
+			}
+			if want := "nats://" + addr; srv.ClientURL() != want {
+				t.Fatalf("ClientURL %q, want %q", srv.ClientURL(), want)
+			}
+			// A TCP client reaches the service's in-process connection.
+			sub, err := app.SubscribeSync("probe")
+			if err != nil || app.Flush() != nil {
+				t.Fatalf("subscribe: %v", err)
+			}
+			nc, err := nats.Connect(srv.ClientURL(), nats.Token(cfg.Auth.Token), nats.Timeout(waitTimeout))
+			if err != nil {
+				t.Fatalf("TCP client after Listen: %v", err)
+			}
+			defer nc.Close()
+			if err := nc.Publish("probe", []byte("hi")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sub.NextMsg(waitTimeout); err != nil {
+				t.Fatalf("the in-process subscriber got nothing from the TCP client: %v", err)
+			}
+		})
+	}
+
+	t.Run("port taken before Listen", func(t *testing.T) {
+		t.Parallel()
+		addr := freeAddr(t)
+		srv, err := Start(Config{Listen: addr, ListenLater: true})
+		if err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		defer srv.Shutdown()
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("taking %s: %v", addr, err)
+		}
+		defer l.Close()
+		if err := srv.Listen(); !errors.Is(err, ErrListen) {
+			t.Fatalf("Listen on a taken port: %v, want ErrListen", err)
+		}
+	})
+}
+
+// freeAddr returns a loopback host:port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}

@@ -26,6 +26,14 @@ else
         "$py" -m pip install -q --disable-pip-version-check --user --break-system-packages "$here" "pytest>=7"
 fi
 
+# The package builds as sdist and wheel with complete metadata (skip with
+# LDLM_PY_SKIP_BUILD=1, e.g. offline: the build fetches setuptools).
+if [ -z "${LDLM_PY_SKIP_BUILD:-}" ]; then
+    "$py" -m pip install -q --disable-pip-version-check build
+    "$py" -m build -q --outdir "$tmp/dist" "$here" >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log" >&2; exit 1; }
+    "$py" "$here/tests/check_dist.py" "$tmp/dist"
+fi
+
 # Keep the work tree clean: no bytecode or pytest cache in it, and no
 # in-tree build leftovers from pip.
 rm -rf "$here/build" "$here/src/"*.egg-info

@@ -32,7 +32,8 @@ which flatters serial work; every table says where its clients ran.
 See BENCHMARKS.md.
 
 The clients are part of the measurement: they decode the replies as
-clientlib does; --baseline-json-replies adds rows (system "baseline")
+clientlib does; --clientlib adds rows of the same cycles through the Go
+client itself; --baseline-json-replies adds rows (system "baseline")
 whose clients decode with encoding/json instead, round by round.
 
 To compare two builds side by side, run both lock services on one NATS
@@ -62,6 +63,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	prefix := fs.String("prefix", subjects.DefaultPrefix, "subject prefix of the external lock service")
 	baseline := fs.String("baseline-prefix", "", "subject prefix of a second lock service on the same server to compare with, round by round (needs --server)")
 	jsonBaseline := fs.Bool("baseline-json-replies", false, "add baseline rows whose clients decode replies with encoding/json (the client decoder before subjects.DecodeLockResponse); against the service under test unless --baseline-prefix names another")
+	withClientlib := fs.Bool("clientlib", false, "add rows (system \"clientlib\") of the uncontended and contended workloads run through the Go client, on the same connections, round by round")
 	short := fs.Bool("short", false, "a few seconds in all (for CI): same rows, figures too short to quote")
 	rounds := fs.Int("rounds", cfg.Rounds, "rounds of alternation per group")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "run time of each workload in each round")
@@ -137,6 +139,9 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	}
 	if *jsonBaseline {
 		t.SetJSONBaseline()
+	}
+	if *withClientlib {
+		t.SetClientlib()
 	}
 
 	err = profiled(ownCPUProfile, ownMemProfile, func() error {

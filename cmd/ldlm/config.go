@@ -26,7 +26,7 @@ import (
 type serverConfig struct {
 	NATSURL string `env:"LDLM_NATS_URL" help:"external NATS server URL(s), comma separated; while none can be reached at start, ldlm waits and tries again every second; empty runs the embedded NATS server"`
 
-	EmbeddedListen     string `env:"LDLM_EMBEDDED_LISTEN" envDefault:"127.0.0.1:4222" help:"host:port of the embedded NATS server's client port"`
+	EmbeddedListen     string `env:"LDLM_EMBEDDED_LISTEN" envDefault:"127.0.0.1:4222" help:"host:port of the embedded NATS server's client port, opened once the lock service answers"`
 	EmbeddedServerName string `env:"LDLM_EMBEDDED_SERVER_NAME" envDefault:"ldlm" help:"name of the embedded NATS server"`
 	// The defaults must equal embeddednats.DefaultPingInterval and
 	// DefaultMaxPingsOut (a test checks).
@@ -166,6 +166,7 @@ var retiredVars = map[string]struct {
 	"LDLM_DEFAULT_LOCK_TIMEOUT":   {why: "no replacement: it applied to locks loaded from a state file, which this ldlm has not"},
 	"LDLM_LOCK_GC_INTERVAL":       {why: "no replacement: a lock is deleted as soon as no one holds or waits for it"},
 	"LDLM_LOCK_GC_MIN_IDLE":       {why: "no replacement: a lock is deleted as soon as no one holds or waits for it"},
+	"LDLM_SHARDS":                 {why: "no replacement: one engine behind one mutex serves every lock"},
 	"LDLM_IPC_SOCKET_FILE":        {why: "no replacement: ldlm list and ldlm unlock --force talk to the service over NATS"},
 	"LDLM_REST_LISTEN_ADDRESS":    {why: "no replacement: clients speak NATS (any NATS client can send a lock request)"},
 	"LDLM_REST_SESSION_TIMEOUT":   {why: "no replacement: clients speak NATS (any NATS client can send a lock request)"},

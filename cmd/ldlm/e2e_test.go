@@ -199,21 +199,7 @@ func startLDLMWith(t testing.TB, env []string, opts []nats.Option, args ...strin
 	// server's listen: try again on another port then.
 	for attempt := 1; ; attempt++ {
 		port := freePort(t)
-		s := &ldlmServer{url: fmt.Sprintf("nats://127.0.0.1:%d", port), opts: opts, stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{})}
-		s.cmd = exec.Command(bin, args...)
-		s.cmd.Env = cleanEnv(append([]string{
-			fmt.Sprintf("LDLM_EMBEDDED_LISTEN=127.0.0.1:%d", port),
-			"LDLM_LOG_LEVEL=debug",
-		}, env...)...)
-		s.cmd.Stdout = s.stderr
-		s.cmd.Stderr = s.stderr
-		if err := s.cmd.Start(); err != nil {
-			t.Fatalf("starting %s: %v", bin, err)
-		}
-		go func() {
-			s.err = s.cmd.Wait()
-			close(s.exited)
-		}()
+		s := spawnLDLM(t, bin, port, env, opts, args...)
 		err := s.waitReady()
 		if err == nil {
 			t.Cleanup(func() {
@@ -231,6 +217,28 @@ func startLDLMWith(t testing.TB, env []string, opts []nats.Option, args ...strin
 		}
 		t.Fatalf("ldlm did not start: %v\nldlm output:\n%s", err, s.stderr)
 	}
+}
+
+// spawnLDLM starts the binary bin with its embedded server on the loopback
+// port, and returns at once: the caller waits for it and stops it.
+func spawnLDLM(t testing.TB, bin string, port int, env []string, opts []nats.Option, args ...string) *ldlmServer {
+	t.Helper()
+	s := &ldlmServer{url: fmt.Sprintf("nats://127.0.0.1:%d", port), opts: opts, stderr: &ldlmtest.SyncBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(bin, args...)
+	s.cmd.Env = cleanEnv(append([]string{
+		fmt.Sprintf("LDLM_EMBEDDED_LISTEN=127.0.0.1:%d", port),
+		"LDLM_LOG_LEVEL=debug",
+	}, env...)...)
+	s.cmd.Stdout = s.stderr
+	s.cmd.Stderr = s.stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", bin, err)
+	}
+	go func() {
+		s.err = s.cmd.Wait()
+		close(s.exited)
+	}()
+	return s
 }
 
 // waitReady polls until the micro service lists the four lock endpoints

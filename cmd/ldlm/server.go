@@ -338,6 +338,10 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := conns.openEmbedded(log); err != nil {
+		svc.Stop()
+		return fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.EmbeddedListen))
+	}
 	metricsSrv.serve(svc.Engine().Stats, svc.Err, log)
 	return runService(ctx, svc, log)
 }
@@ -363,6 +367,21 @@ type connections struct {
 	embedded *embeddednats.Server
 	app      *nats.Conn
 	system   *nats.Conn
+}
+
+// openEmbedded opens the embedded server's client port, now that the
+// service answers: a client that connects finds it, where with the port
+// open from the server's start the first requests of a script or container
+// that starts with ldlm got "no responders".
+func (c *connections) openEmbedded(log *slog.Logger) error {
+	if c.embedded == nil {
+		return nil
+	}
+	if err := c.embedded.Listen(); err != nil {
+		return err
+	}
+	log.Info("embedded NATS server ready", "url", c.embedded.ClientURL(), "server_name", c.embedded.Name())
+	return nil
 }
 
 func (c *connections) close() {
@@ -396,6 +415,7 @@ func connect(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*connect
 			Tenants:      tenants,
 			Prefix:       cfg.Prefix,
 			Listen:       cfg.EmbeddedListen,
+			ListenLater:  true, // see openEmbedded
 			ServerName:   cfg.EmbeddedServerName,
 			PingInterval: cfg.EmbeddedPingInterval,
 			MaxPingsOut:  cfg.EmbeddedPingMax,
@@ -431,7 +451,6 @@ func connect(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*connect
 			c.close()
 			return nil, fmt.Errorf("connecting to the embedded NATS server: %w", err)
 		}
-		log.Info("embedded NATS server ready", "url", srv.ClientURL(), "server_name", srv.Name())
 		return c, nil
 	}
 

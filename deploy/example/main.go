@@ -182,7 +182,7 @@ func ownerOf(nc *nats.Conn) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("client id: %w", err)
 	}
-	return subjects.FormatOwner(nc.ConnectedServerName(), cid), nil
+	return subjects.FormatOwner(nc.ConnectedServerId(), cid), nil
 }
 
 // newKey is a key of 128 random bits.

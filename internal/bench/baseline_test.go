@@ -179,3 +179,38 @@ func TestClientDecoders(t *testing.T) {
 		}
 	}
 }
+
+// SetClientlib adds rows of the uncontended and contended workloads run
+// through the Go client, with a positive rate and nothing left behind. It
+// asserts nothing about timing.
+func TestShortClientlib(t *testing.T) {
+	target, err := NewEmbeddedTarget(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	target.SetClientlib()
+
+	cfg := ShortConfig()
+	cfg.Workers = []int{8}
+	cfg.Conns = []ConnMode{SharedConn}
+	cfg.Workloads = []string{WorkUncontended, WorkContended}
+	var out bytes.Buffer
+	rows, err := Run(target, cfg, &out)
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Row{}
+	for _, r := range rows {
+		got[r.System+" "+r.Workload] = r
+	}
+	for _, k := range []string{"ldlm uncontended", "ldlm contended", "clientlib uncontended", "clientlib contended"} {
+		if r, ok := got[k]; !ok || r.Err != nil || r.Rate <= 0 || r.Ratio <= 0 {
+			t.Errorf("%q: %+v", k, r)
+		}
+	}
+	if s := target.Embedded.Service.Engine().Stats(); s.Locks != 0 || s.Waiters != 0 {
+		t.Errorf("left behind: %+v", s)
+	}
+}

@@ -46,6 +46,9 @@ type Target struct {
 	// with encoding/json, as clients did before subjects.DecodeLockResponse
 	// (see SetJSONBaseline).
 	baselineJSON bool
+	// clientlib, when set, adds rows of the uncontended and contended
+	// workloads run through the Go client (see SetClientlib).
+	clientlib bool
 }
 
 // BaselineSystem is the system column of the rows measured against the
@@ -246,11 +249,40 @@ func (t *Target) baselineOf(ws []string) []string {
 	return names
 }
 
+// ClientlibSystem is the system column of the rows measured through the
+// Go client, clientlib (see SetClientlib).
+const ClientlibSystem = "clientlib"
+
+// clientlibTag starts the workload names that run through clientlib.
+const clientlibTag = ClientlibSystem + ":"
+
+// SetClientlib makes Run measure the uncontended and contended workloads
+// also through clientlib (TryLock or Lock, then Unlock), on the same
+// connections as the raw requests and alternating with them round by
+// round: the client's own cost is the gap between the two rows.
+func (t *Target) SetClientlib() {
+	t.clientlib = true
+}
+
+// clientlibOf names the clientlib runs of lock workloads ws, if asked.
+func (t *Target) clientlibOf(ws []string) []string {
+	var names []string
+	for _, w := range ws {
+		if t.clientlib && (w == WorkUncontended || w == WorkContended) {
+			names = append(names, clientlibTag+w)
+		}
+	}
+	return names
+}
+
 // splitSystem splits a workload name into the system it runs against and
 // the workload.
 func splitSystem(name string) (system, workload string) {
 	if w, ok := strings.CutPrefix(name, baselineTag); ok {
 		return BaselineSystem, w
+	}
+	if w, ok := strings.CutPrefix(name, clientlibTag); ok {
+		return ClientlibSystem, w
 	}
 	return "ldlm", name
 }
@@ -358,7 +390,7 @@ func newClient(nc *nats.Conn, prefix string, timeout time.Duration) (*client, er
 	if err != nil {
 		return nil, fmt.Errorf("client id: %w", err)
 	}
-	owner := nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerName(), cid)}}
+	owner := nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerId(), cid)}}
 	return &client{nc: nc, prefix: prefix, owner: owner, timeout: timeout}, nil
 }
 
@@ -514,17 +546,22 @@ func (t *Target) Open(names []string, n int, mode ConnMode, timeout time.Duratio
 	if err != nil {
 		return nil, nil, err
 	}
-	ws, err := t.workloads(names, clients)
-	if err != nil {
+	libs := libClients{}
+	closeAll := func() {
+		libs.close()
 		closeConns()
+	}
+	ws, err := t.workloads(names, clients, libs)
+	if err != nil {
+		closeAll()
 		return nil, nil, err
 	}
-	return ws, closeConns, nil
+	return ws, closeAll, nil
 }
 
 // workloads returns the named workloads for the given clients, in the
-// order given.
-func (t *Target) workloads(names []string, clients []*client) ([]Workload, error) {
+// order given. The clientlib ones make their Go clients in libs.
+func (t *Target) workloads(names []string, clients []*client, libs libClients) ([]Workload, error) {
 	var ws []Workload
 	for _, name := range names {
 		system, n := splitSystem(name)
@@ -533,6 +570,14 @@ func (t *Target) workloads(names []string, clients []*client) ([]Workload, error
 			clients = t.baselineClients(clients)
 		}
 		var w []Cycle
+		if system == ClientlibSystem {
+			var err error
+			if w, err = t.clientlibWorkers(n, clients, libs); err != nil {
+				return nil, err
+			}
+			ws = append(ws, Workload{Name: name, Workers: w, CPU: t.cpu()})
+			continue
+		}
 		switch n {
 		case WorkEcho, WorkEchoTCP:
 			subject, ok := t.echoes[n]

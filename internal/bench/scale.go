@@ -230,7 +230,7 @@ func ownerHeader(nc *nats.Conn) (nats.Header, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerName(), cid)}}, nil
+	return nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerId(), cid)}}, nil
 }
 
 // takeLocks trylocks n locks named prefix.INDEX on nc, pipelined.

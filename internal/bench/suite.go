@@ -133,7 +133,8 @@ func Run(t *Target, cfg Config, out io.Writer) ([]Row, error) {
 	for _, g := range cfg.Groups(echoes) {
 		// A baseline's workloads follow the ones under test, in the same
 		// alternation.
-		g.Workloads = append(g.Workloads, t.baselineOf(g.Workloads[len(g.Workloads)-countLock(g.Workloads):])...)
+		lockWork := g.Workloads[len(g.Workloads)-countLock(g.Workloads):]
+		g.Workloads = append(g.Workloads, append(t.clientlibOf(lockWork), t.baselineOf(lockWork)...)...)
 		ws, closeConns, err := t.Open(g.Workloads, g.Workers, g.Conns, cfg.Timeout)
 		if err != nil {
 			return rows, err
@@ -252,7 +253,7 @@ func PrintDerived(out io.Writer, rows []Row) {
 		rtt := time.Duration(0)
 		for _, e := range rows {
 			// The baseline shares the echo of the service under test.
-			sameSystem := e.System == r.System || (r.System == BaselineSystem && e.System == "ldlm")
+			sameSystem := e.System == r.System || (r.System != "ldlm" && e.System == "ldlm")
 			if sameSystem && e.Workload == WorkEcho && e.Conns == r.Conns && e.Workers == 1 {
 				rtt = e.P50 / 2 // an echo cycle is two round trips
 			}

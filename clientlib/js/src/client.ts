@@ -49,12 +49,6 @@ export interface ClientOptions {
    * does not lose the held locks (give them a lock timeout).
    */
   keepOnDisconnect?: boolean;
-  /**
-   * Send Ldlm-Owner as SERVER_NAME:CLIENT_ID, for services older than wire
-   * v2 that identify connections by server name. Default false
-   * (SERVER_ID:CLIENT_ID).
-   */
-  legacyOwner?: boolean;
 }
 
 /** Options of one lock() call. */
@@ -125,7 +119,6 @@ export class Client implements LockHost, AsyncDisposable {
   readonly #requestMs: number;
   readonly #cleanupMs: number;
   readonly #keepOnDisconnect: boolean;
-  readonly #legacyOwner: boolean;
 
   // Replies come to one wildcard subscription, matched by their last token:
   // cheaper than a subscription per request, and, unlike nc.request, it lets
@@ -180,7 +173,6 @@ export class Client implements LockHost, AsyncDisposable {
     this.#requestMs = seconds(options.requestTimeoutSeconds, 5) * 1000;
     this.#cleanupMs = seconds(options.cleanupTimeoutSeconds, 5) * 1000;
     this.#keepOnDisconnect = options.keepOnDisconnect ?? false;
-    this.#legacyOwner = options.legacyOwner ?? false;
 
     const inboxPrefix = (nc as unknown as { options?: { inboxPrefix?: string } }).options?.inboxPrefix;
     this.#inbox = createInbox(inboxPrefix);
@@ -631,7 +623,7 @@ export class Client implements LockHost, AsyncDisposable {
     if (info.client_id === undefined || info.client_id === 0) {
       return { up: true, owner: undefined }; // a server without client ids: send no owner header
     }
-    return { up: true, owner: formatOwner(info.server_id, info.client_id, info.server_name, this.#legacyOwner) };
+    return { up: true, owner: formatOwner(info.server_id, info.client_id) };
   }
 
   /**

@@ -41,17 +41,16 @@ export function lockSubject(prefix: string, op: string, name: string): string {
 }
 
 /**
- * The Ldlm-Owner header value of a connection: SERVER_ID:CLIENT_ID
- * (wire v2). With `legacy`, the server's name takes the place of its id,
- * for services that still identify connections by server name.
+ * The Ldlm-Owner header value of a connection: SERVER_ID:CLIENT_ID, the
+ * id (not the name: a restarted server keeps its name and hands out client
+ * ids from 1 again) of the NATS server and the client id it gave.
  */
-export function formatOwner(serverId: string, clientId: number | string, serverName?: string, legacy = false): string {
-  return `${legacy ? (serverName ?? serverId) : serverId}:${clientId}`;
+export function formatOwner(serverId: string, clientId: number | string): string {
+  return `${serverId}:${clientId}`;
 }
 
 /** PREFIX.lost.OWNER, where the service sends the lost notices of an owner. */
 export function lostSubject(prefix: string, owner: string): string {
-  // A SERVER_ID:CLIENT_ID owner is plain, so this is the owner itself; a
-  // legacy owner with an odd server name is encoded as the service does.
+  // A SERVER_ID:CLIENT_ID owner is plain, so this is the owner itself.
   return `${prefix}.lost.${encodeName(owner)}`;
 }

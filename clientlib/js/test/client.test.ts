@@ -23,7 +23,7 @@ import {
   errorFromReply,
   type ErrorCode,
 } from "@ldlm/client";
-import { adminHolds, adminList, adminUnlock, legacyOwner, newClient, poll, sleep, startServer, uniqueName, within, type Server } from "./helpers.js";
+import { adminHolds, adminList, adminUnlock, newClient, poll, sleep, startServer, uniqueName, within, type Server } from "./helpers.js";
 
 let server: Server;
 let client: Client;
@@ -84,8 +84,7 @@ describe("client", () => {
     const name = uniqueName();
     const lock = await client.lock(name);
     const info = client.nc.info!;
-    const legacy = await legacyOwner(server.url);
-    const want = `${legacy ? info.server_name : info.server_id}:${info.client_id}`;
+    const want = `${info.server_id}:${info.client_id}`;
     const listed = (await adminList(admin)).find((l) => l.name === name);
     assert.equal(listed?.holders?.[0]?.owner, want);
     await lock.unlock();

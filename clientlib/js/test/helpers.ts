@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { randomUUID } from "node:crypto";
 
 import { connect } from "@nats-io/transport-node";
-import { headers, type NatsConnection } from "@nats-io/nats-core";
+import { type NatsConnection } from "@nats-io/nats-core";
 import { Client, type ClientOptions } from "@ldlm/client";
 
 export const PKG_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -172,52 +172,9 @@ async function waitService(server: Server, end: number): Promise<void> {
   }
 }
 
-const legacyByUrl = new Map<string, boolean>();
-
-/**
- * Whether the service identifies connections by server name (before wire
- * v2): a lock taken with a SERVER_ID:CLIENT_ID owner over a connection that
- * then closes must be released. If it is not within a few seconds, the
- * tests use legacy owners (which services of both kinds accept), so that
- * they pass either way; a slow machine only makes them use the old form.
- * LDLM_TEST_LEGACY_OWNER=0/1 decides without probing.
- */
-export async function legacyOwner(url: string): Promise<boolean> {
-  const forced = process.env.LDLM_TEST_LEGACY_OWNER;
-  if (forced === "0" || forced === "1") return forced === "1";
-  const known = legacyByUrl.get(url);
-  if (known !== undefined) return known;
-  const name = uniqueName("owner-probe");
-  const nc = await connect({ servers: url });
-  const owner = `${nc.info!.server_id}:${nc.info!.client_id}`;
-  const h = headers();
-  h.set("Ldlm-Owner", owner);
-  const r = (await nc.request(`ldlm.trylock.${name}`, "", { timeout: 5000, headers: h })).json<{ locked?: boolean }>();
-  await nc.close();
-  let legacy = true;
-  if (r.locked) {
-    const admin = await connect({ servers: url });
-    try {
-      const end = performance.now() + 5000;
-      while (performance.now() < end) {
-        if (!(await adminHolds(admin, name))) {
-          legacy = false;
-          break;
-        }
-        await sleep(100);
-      }
-      if (legacy) await adminUnlock(admin, name);
-    } finally {
-      await admin.close();
-    }
-  }
-  legacyByUrl.set(url, legacy);
-  return legacy;
-}
-
-/** A Client for the server, with the owner form that server understands. */
+/** A Client for the server. */
 export async function newClient(url: string, options: ClientOptions = {}): Promise<Client> {
-  return Client.connect({ servers: url }, { legacyOwner: await legacyOwner(url), ...options });
+  return Client.connect({ servers: url }, options);
 }
 
 interface AdminLock {

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 
 import { LockLostError } from "@ldlm/client";
-import { PKG_DIR, legacyOwner, newClient, startServer, uniqueName, within, type Server } from "./helpers.js";
+import { PKG_DIR, newClient, startServer, uniqueName, within, type Server } from "./helpers.js";
 
 describe("processes", () => {
   let server: Server;
@@ -29,14 +29,14 @@ describe("processes", () => {
       script,
       [
         `import { Client } from "@ldlm/client";`,
-        `const [url, name, legacy] = process.argv.slice(2);`,
-        `const client = await Client.connect({ servers: url }, { legacyOwner: legacy === "1" });`,
+        `const [url, name] = process.argv.slice(2);`,
+        `const client = await Client.connect({ servers: url });`,
         `const lock = await client.lock(name);`,
         `console.log(lock.locked ? "locked" : "not locked");`,
         `setInterval(() => {}, 1000); // hold until killed`,
       ].join("\n"),
     );
-    const child = spawn(process.execPath, [script, server.url, name, (await legacyOwner(server.url)) ? "1" : "0"], {
+    const child = spawn(process.execPath, [script, server.url, name], {
       stdio: ["ignore", "pipe", "inherit"],
     });
     const exited = new Promise((r) => child.once("exit", r));

@@ -11,10 +11,9 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 import { Client, LockSizeMismatchError, type Lock } from "@ldlm/client";
-import { PKG_DIR, legacyOwner, newClient, poll, startServer, type Server } from "./helpers.js";
+import { PKG_DIR, newClient, poll, startServer, type Server } from "./helpers.js";
 
 let server: Server;
-let legacy = false;
 let made: Client[] = [];
 let printed: string[] = [];
 
@@ -23,7 +22,7 @@ let printed: string[] = [];
 const ldlm = {
   async connect(opts: { servers: string }): Promise<Client> {
     assert.equal(opts.servers, "ldlm-server:4222");
-    const c = await Client.connect({ servers: server.url }, { legacyOwner: legacy });
+    const c = await Client.connect({ servers: server.url });
     made.push(c);
     return c;
   },
@@ -207,7 +206,6 @@ async function runBlock<T>(block: (client: Client) => Promise<T>): Promise<T> {
 describe("concept guide examples in TypeScript", () => {
   before(async () => {
     server = await startServer();
-    legacy = await legacyOwner(server.url);
   });
   after(async () => {
     await server.stop();
@@ -333,7 +331,7 @@ describe("concept guide examples in TypeScript", () => {
       script,
       [
         `import { Client } from "@ldlm/client";`,
-        `const client = await Client.connect({ servers: ${JSON.stringify(server.url)} }, { legacyOwner: ${legacy} });`,
+        `const client = await Client.connect({ servers: ${JSON.stringify(server.url)} });`,
         `const lock = await client.lock("my-task");`,
         `console.log("done", lock.locked);`,
         `process.exit(0); // without close(): the connection just goes away`,

@@ -195,7 +195,7 @@ def test_from_existing_connection(url, name):
     async def main():
         nc = await nats.connect(url)
         c = ldlm.AsyncClient(nc)
-        assert c.owner() == f"{nc._server_info['server_name']}:{nc.client_id}"
+        assert c.owner() == f"{nc._server_info['server_id']}:{nc.client_id}"
         lock = await c.lock(name, lock_timeout_seconds=30)
         assert lock
         await c.close()  # releases the lock, keeps the connection

@@ -221,8 +221,8 @@ def test_address_forms(ldlm_server, name):
 
 def test_owner_header_identity(client):
     owner = client.owner()
-    server_name, _, cid = owner.rpartition(":")
-    assert server_name == client.nc._server_info["server_name"]
+    server_id, _, cid = owner.rpartition(":")
+    assert server_id == client.nc._server_info['server_id']
     assert int(cid) == client.nc.client_id
 
 
@@ -239,10 +239,17 @@ def test_close_releases_locks(make_client, url, name):
 
 
 def test_no_service(ldlm_server):
-    # a prefix nobody serves: nats-py's NoRespondersError, at once
-    with ldlm.Client(ldlm_server.url, subject_prefix="nobody") as c:
-        with pytest.raises(nats.errors.NoRespondersError):
-            c.lock("x")
+    # a prefix nobody serves: asked again until the budget is spent, then an
+    # error that says so (also a nats-py NoRespondersError)
+    with ldlm.Client(ldlm_server.url, subject_prefix="nobody", request_timeout_seconds=0.3) as c:
+        with pytest.raises(ldlm.NoServiceError, match="no lock service answered on nobody") as info:
+            c.try_lock("x")
+        assert isinstance(info.value, nats.errors.NoRespondersError)
+        with pytest.raises(ldlm.NoServiceError):
+            c.lock("x", wait_timeout_seconds=0.3)
+    with ldlm.Client(ldlm_server.url, subject_prefix="nobody", retries=0) as c:
+        with pytest.raises(ldlm.NoServiceError):
+            c.try_lock("x")
 
 
 def test_connect_failure_is_prompt():
@@ -264,7 +271,7 @@ def test_client_from_existing_connection(url, name):
         c = ldlm.Client(nc)  # loop found from the connection
         lock = c.lock(name)
         assert lock
-        assert c.owner() == f"{nc._server_info['server_name']}:{nc.client_id}"
+        assert c.owner() == f"{nc._server_info['server_id']}:{nc.client_id}"
         c2 = ldlm.Client(nc, loop=loop)
         assert not c2.try_lock(name)
         lock.unlock()

@@ -81,9 +81,9 @@ def test_restarted_server(own_server, name):
 
 
 def test_stopped_server_fails_the_waiter_or_keeps_waiting(own_server, name):
-    """SIGTERM: the service tells waiters it is Unavailable (or the
-    connection goes first); either way lock() does not hang past its wait
-    timeout, and held locks are lost."""
+    """SIGTERM and no restart: the waiter keeps asking for its wait timeout,
+    then says that no service answered (or that it stayed unavailable); it
+    does not hang past its wait timeout, and held locks are lost."""
     server = own_server()
     holder = ldlm.Client(server.url)
     waiter = ldlm.Client(server.url)
@@ -104,9 +104,44 @@ def test_stopped_server_fails_the_waiter_or_keeps_waiting(own_server, name):
         t.join(60)
         assert not t.is_alive()
         if "error" in result:
-            assert isinstance(result["error"], (ldlm.UnavailableError, ldlm.ConnectionLostError)), result["error"]
+            assert isinstance(result["error"], (ldlm.NoServiceError, ldlm.UnavailableError)), result["error"]
         else:
             assert not result["lock"]
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_graceful_stop_then_restart_the_waiter_gets_the_lock(own_server, name):
+    """D4: SIGTERM of the lock server while a lock() waits (the service
+    replies Unavailable, or the connection goes), then a new server on the
+    same port: the waiter asks the new instance and gets the lock."""
+    server = own_server()
+    holder = ldlm.Client(server.url)
+    waiter = ldlm.Client(server.url)
+    try:
+        held = holder.lock(name)
+        assert held
+        result = {}
+
+        def wait():
+            try:
+                result["lock"] = waiter.lock(name, wait_timeout_seconds=120)
+            except BaseException as e:  # noqa: BLE001
+                result["error"] = e
+
+        t = threading.Thread(target=wait)
+        t.start()
+        stop_server(server, signal.SIGTERM)
+        deadline_poll(lambda: not held, 60, what="the held lock to count as lost")
+        assert t.is_alive(), result  # still asking
+        own_server(server.port)
+        t.join(120)
+        assert not t.is_alive()
+        assert "error" not in result, result.get("error")
+        lock = result["lock"]
+        assert lock, "the waiter did not get the lock from the new instance"
+        assert lock.unlock() is True
     finally:
         holder.close()
         waiter.close()

@@ -13,7 +13,8 @@ nats-py.
 """
 
 from ._names import decode_name, encode_name
-from .aio import DEFAULT_ADDRESS, AsyncClient, AsyncLock, AsyncLockContext
+from . import exceptions
+from .aio import DEFAULT_ADDRESS, AsyncClient, AsyncLock, AsyncLockContext, TLSConfig, format_owner
 from .errors import (
     ERRORS_BY_CODE,
     BadRequestError,
@@ -26,11 +27,13 @@ from .errors import (
     LDLMError,
     LimitExceededError,
     LockDoesNotExistError,
+    LockDoesNotExistOrInvalidKeyError,
     LockKeyInUseError,
     LockLostError,
     LockSizeMismatchError,
     LockWaitCancelledError,
     LockWaitTimeoutError,
+    NoServiceError,
     NotLockedError,
     OwnerGoneError,
     UnavailableError,
@@ -48,6 +51,9 @@ __all__ = [
     "Client",
     "Lock",
     "LockContext",
+    "TLSConfig",
+    "exceptions",
+    "format_owner",
     "encode_name",
     "decode_name",
     "ERRORS_BY_CODE",
@@ -60,6 +66,7 @@ __all__ = [
     "InvalidLockKeyError",
     "LockKeyInUseError",
     "LockDoesNotExistError",
+    "LockDoesNotExistOrInvalidKeyError",
     "NotLockedError",
     "LockWaitTimeoutError",
     "LockWaitCancelledError",
@@ -69,5 +76,6 @@ __all__ = [
     "InternalError",
     "UnexpectedReplyError",
     "LockLostError",
+    "NoServiceError",
     "ConnectionLostError",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from .errors import InvalidLockNameError
 
@@ -16,20 +17,14 @@ OP_RENEW = "renew"
 _ENCODED_MARKER = "~"
 
 
+# Same rule as subjects.isPlainName: printable ASCII other than space, '*'
+# and '>', no empty token, not starting with '~'. A token is made of
+# 0x21-0x7e without '*' (0x2a), '.' (0x2e) and '>' (0x3e).
+_PLAIN = re.compile(r"(?!~)[!-)+-\-/-=?-~]+(?:\.[!-)+-\-/-=?-~]+)*")
+
+
 def _is_plain(name: str) -> bool:
-    # Same rule as subjects.isPlainName: printable ASCII other than space, '*'
-    # and '>', no empty token, not starting with '~'.
-    if not name or name[0] == _ENCODED_MARKER or name[0] == "." or name[-1] == ".":
-        return False
-    prev = ""
-    for c in name:
-        o = ord(c)
-        if o <= 0x20 or o > 0x7E or c == "*" or c == ">":
-            return False
-        if c == "." and prev == ".":
-            return False
-        prev = c
-    return True
+    return _PLAIN.fullmatch(name) is not None
 
 
 def encode_name(name: str) -> str:

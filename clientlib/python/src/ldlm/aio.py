@@ -4,19 +4,27 @@ The synchronous :class:`ldlm.Client` is a thin layer over this module that
 runs it on an event loop in a background thread.
 
 How the client follows what the service does with its locks
-(docs/protocol.md):
+(docs/protocol.md); the rules are those of the Go client (clientlib), and
+the shared wire vectors (subjects/testdata/wire-vectors.json) check both:
 
 - every lock request carries a key chosen here, so that a request given up
   on (cancelled, interrupted, timed out locally) can be withdrawn with an
   unlock of that key;
-- requests carry ``Ldlm-Owner: SERVER_NAME:CLIENT_ID`` so that the service
+- requests carry ``Ldlm-Owner: SERVER_ID:CLIENT_ID`` so that the service
   releases this connection's locks when it closes. The client therefore
   treats a dropped or replaced connection (a reconnect) as the loss of the
   locks granted over it, and asks again, over the new connection, for the
-  locks it was waiting for (unless ``keep_on_disconnect``);
+  locks it was waiting for (unless ``keep_on_disconnect``). It learns of
+  those changes from nats-py's connection callbacks, and checks the
+  connection's identity before each request and after each grant;
 - it listens to the lost-lock notices for its connection
-  (``PREFIX.lost.OWNER``) and to instance announcements
-  (``PREFIX.instance.*``);
+  (``PREFIX.lost.OWNER``), which end a held lock of the same name *and*
+  fencing token (a notice that comes before the grant's reply is kept for a
+  while), and to instance announcements (``PREFIX.instance.*``);
+- a waiting lock asks again when the service is stopping (``Unavailable``),
+  when nobody answers (no responders) and when another instance takes over;
+  trylock, unlock and renew retry the first two within the request timeout.
+  Each retry waits longer (10 ms doubling to 1 s);
 - a lock with a lock timeout is renewed in the background (unless auto-renew
   is off) and counted lost once its timeout passes without a renewal.
 """
@@ -24,24 +32,28 @@ How the client follows what the service does with its locks
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
-import secrets
+import ssl
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from secrets import token_hex
 from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar, Union
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ._names import DEFAULT_PREFIX, OP_LOCK, OP_RENEW, OP_TRYLOCK, OP_UNLOCK, encode_name, subject
+from ._names import DEFAULT_PREFIX, OP_LOCK, OP_RENEW, OP_TRYLOCK, OP_UNLOCK, encode_name
 from .errors import (
     LOST_CODES,
     ConnectionLostError,
     LockLostError,
+    NoServiceError,
     NotLockedError,
-    OwnerGoneError,
+    UnavailableError,
     UnexpectedReplyError,
     error_from_reply,
 )
@@ -52,10 +64,11 @@ T = TypeVar("T")
 
 #: where a client connects when given no address
 DEFAULT_ADDRESS = "nats://127.0.0.1:4222"
-#: how long trylock, unlock and renew wait for the service's reply
-DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0
+#: how long trylock, unlock and renew wait for the service's reply (and keep
+#: retrying while no service answers); the Go client's default too
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 5.0
 #: added to wait_timeout_seconds to bound a blocking lock request locally
-DEFAULT_WAIT_MARGIN_SECONDS = 10.0
+DEFAULT_WAIT_MARGIN_SECONDS = 5.0
 #: how long the client keeps trying to withdraw a request it gave up on
 DEFAULT_CLEANUP_TIMEOUT_SECONDS = 5.0
 #: request timeout of a lock that waits without limit (ten years: "forever",
@@ -63,16 +76,25 @@ DEFAULT_CLEANUP_TIMEOUT_SECONDS = 5.0
 _UNLIMITED_REQUEST_TIMEOUT = 10 * 365 * 24 * 3600.0
 #: nats-py's default max_reconnect_attempts, restored after the first connect
 _NATS_DEFAULT_RECONNECT_ATTEMPTS = 60
-#: how often the client checks its connection for a reconnect
-_WATCH_INTERVAL = 0.25
 #: how long a withdrawal waits for the connection to come back
 _WITHDRAW_RECONNECT_WAIT = 180.0
 #: the service's smallest timeout
 _MIN_TIMEOUT = 0.001
+#: pauses between retries: from _RETRY_PAUSE, doubling, up to _MAX_RETRY_PAUSE
+_RETRY_PAUSE = 0.01
+_MAX_RETRY_PAUSE = 1.0
+#: how many unmatched lost notices and gone instances are remembered: they
+#: only need to cover the replies in flight when the news comes
+_REMEMBERED = 64
 
 HEADER_OWNER = "Ldlm-Owner"
 HEADER_ERROR_CODE = "Nats-Service-Error-Code"
 HEADER_ERROR = "Nats-Service-Error"
+
+#: the INFO field that names the server in the owner header. WIRE-V2: the
+#: server id (unique per server start, so a client id reused after a server
+#: restart is not mistaken for the old connection).
+OWNER_SERVER_FIELD = "server_id"
 
 Address = Union[str, Sequence[str], NATS]
 
@@ -81,6 +103,39 @@ _HELD = "held"
 _UNLOCKED = "unlocked"
 _LOST = "lost"
 _NOT_OBTAINED = "not obtained"
+
+
+def format_owner(server: str, client_id: int) -> str:
+    """The Ldlm-Owner header value of a connection: ``SERVER_ID:CLIENT_ID``."""
+    return f"{server}:{client_id}"
+
+
+def owner_of(server_info: Any) -> Optional[str]:
+    """The owner of the connection whose server INFO is ``server_info``
+    (nats-py keeps it as ``nc._server_info``); None when the INFO lacks the
+    server id or the client id."""
+    if not isinstance(server_info, dict):
+        return None
+    server, cid = server_info.get(OWNER_SERVER_FIELD), server_info.get("client_id")
+    if not server or not cid:
+        return None
+    return format_owner(server, cid)
+
+
+@dataclass
+class TLSConfig:
+    """TLS files, as py-ldlm's ``TLSConfig``: ``AsyncClient(url, tls=TLSConfig(...))``.
+    nats-py's own ``tls=ssl.SSLContext`` works as well."""
+
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    ca_file: Optional[str] = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
 
 
 def normalize_servers(address: Union[str, Sequence[str]]) -> list[str]:
@@ -106,6 +161,17 @@ def _parse_time(value: Any) -> Optional[datetime]:
         return None
 
 
+def _number(v: Any) -> str:
+    """A number as JSON text (a bad value goes as JSON too: the service
+    refuses it with the right code)."""
+    t = type(v)
+    if t is int:
+        return str(v)
+    if t is float:
+        return repr(v) if v == v and v not in (float("inf"), float("-inf")) else json.dumps(str(v))
+    return json.dumps(v)
+
+
 async def _finish(aw: Awaitable[T]) -> T:
     """Await aw to completion even if the caller is cancelled meanwhile; then
     re-raise the cancellation. Used for the clean-up requests (the unlock that
@@ -125,10 +191,52 @@ async def _finish(aw: Awaitable[T]) -> T:
     return task.result()
 
 
+def _key_json(key: Optional[str]) -> str:
+    """A key as a JSON string; the client's own keys (hex) need no escaping."""
+    if key is not None and key.isalnum() and key.isascii():
+        return '"' + key + '"'
+    return json.dumps(key)
+
+
 def _unknown_key(err: Any) -> bool:
     """Whether an error object of a reply says that the key holds or waits
     for nothing."""
     return isinstance(err, dict) and err.get("code") in LOST_CODES
+
+
+def _pause(retries: int) -> float:
+    return min(_RETRY_PAUSE * (2 ** min(retries, 10)), _MAX_RETRY_PAUSE)
+
+
+class _Epoch:
+    """One unbroken stretch of the connection: connected, to one server, with
+    one client id. nats-py replaces its INFO dict on every (re)connect, so the
+    dict itself names the stretch."""
+
+    __slots__ = ("info", "owner", "headers")
+
+    def __init__(self, info: Any, owner: Optional[str]):
+        self.info = info
+        self.owner = owner
+        self.headers = {HEADER_OWNER: owner} if owner else None
+
+
+class _Wait:
+    """A lock request parked at the service, which the client interrupts
+    (cancels, then asks again) when its reply could be lost: the connection
+    changed, or another instance of the service took over."""
+
+    __slots__ = ("task", "epoch", "interrupted")
+
+    def __init__(self, task: "asyncio.Task[Any]", epoch: _Epoch):
+        self.task = task
+        self.epoch = epoch
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            self.task.cancel()
 
 
 class AsyncLock:
@@ -152,19 +260,20 @@ class AsyncLock:
         key: Optional[str] = None,
         token: Optional[int] = None,
         size: Optional[int] = None,
-        expires_at: Optional[datetime] = None,
+        expires_at: Optional[str] = None,
         lock_timeout_seconds: Optional[float] = None,
         auto_renew: bool = False,
-        epoch: Optional[str] = None,
+        epoch: Optional[_Epoch] = None,
         instance: Optional[str] = None,
         sent_at: float = 0.0,
     ):
         self._client = client
         self.name = name
+        self._subject_name = encode_name(name)
         self.key = key
         self.token = token
         self.size = size
-        self.expires_at = expires_at
+        self._expires_at_text = expires_at
         self.lock_timeout_seconds = lock_timeout_seconds
         self.instance = instance
         self.lost_error: Optional[LockLostError] = None
@@ -177,8 +286,13 @@ class AsyncLock:
             sent_at + lock_timeout_seconds if granted and lock_timeout_seconds else None
         )
         self._watch_task: Optional[asyncio.Task] = None
-        self._poke = asyncio.Event()
-        self._renew_mu = asyncio.Lock()
+        self._poke: Optional[asyncio.Event] = None
+        self._renew_mu: Optional[asyncio.Lock] = None
+
+    @property
+    def expires_at(self) -> Optional[datetime]:
+        """The service's expiry (its clock), None without a lock timeout."""
+        return _parse_time(self._expires_at_text)
 
     @property
     def locked(self) -> bool:
@@ -214,10 +328,9 @@ class AsyncLock:
             assert self.lost_error is not None
             raise self.lost_error
         self._end(_UNLOCKED)
-        await self._stop_watch()
-        reply = await self._client._request(
-            OP_UNLOCK, self.name, {"key": self.key}, self._client._request_timeout
-        )
+        if self._watch_task is not None:
+            await self._stop_watch()
+        reply = await self._client._call(OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name)
         err = reply.get("error")
         if err:
             exc = error_from_reply(err, self.name)
@@ -243,19 +356,17 @@ class AsyncLock:
         await self._renew(lock_timeout_seconds, self._client._request_timeout)
         if self._state == _HELD:
             self._start_watch()
-            self._poke.set()
+            if self._poke is not None:
+                self._poke.set()
         return self
 
     async def __aenter__(self) -> "AsyncLock":
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
-        await _release_on_exit(self, exc_type)
+        await release_on_exit(self, exc_type)
 
     # -- internals --------------------------------------------------------
-
-    def _needs_release(self) -> bool:
-        return self._state in (_HELD, _LOST)
 
     def _check_expiry(self) -> None:
         if self._state == _HELD and self._expires_mono is not None and time.monotonic() >= self._expires_mono:
@@ -278,10 +389,12 @@ class AsyncLock:
             self.lost_error = err
             log.warning("ldlm: %s", err.message)
 
-    async def _renew(self, lock_timeout_seconds: Optional[float], timeout: float, if_expires: Optional[float] = None) -> None:
+    async def _renew(self, lock_timeout_seconds: Optional[float], budget: float, if_expires: Optional[float] = None) -> None:
         """Send a renewal. For a background renewal, if_expires is the expiry
         the watch saw: the current timeout is used, and nothing is sent if a
         renew() moved the expiry meanwhile."""
+        if self._renew_mu is None:
+            self._renew_mu = asyncio.Lock()
         async with self._renew_mu:
             self._check_expiry()
             if self._state == _LOST:
@@ -294,12 +407,8 @@ class AsyncLock:
                     return
                 lock_timeout_seconds = self.lock_timeout_seconds
             sent_at = time.monotonic()
-            reply = await self._client._request(
-                OP_RENEW,
-                self.name,
-                {"key": self.key, "lock_timeout_seconds": lock_timeout_seconds},
-                timeout,
-            )
+            body = '{"key":%s,"lock_timeout_seconds":%s}' % (_key_json(self.key), _number(lock_timeout_seconds))
+            reply = await self._client._call(OP_RENEW, self.name, body, budget, encoded=self._subject_name)
             err = reply.get("error")
             if err:
                 exc = error_from_reply(err, self.name)
@@ -313,12 +422,14 @@ class AsyncLock:
             if self._state == _HELD and lock_timeout_seconds:
                 self.lock_timeout_seconds = lock_timeout_seconds
                 self._expires_mono = sent_at + lock_timeout_seconds
-                self.expires_at = _parse_time(reply.get("expires_at"))
+                self._expires_at_text = reply.get("expires_at")
                 if reply.get("token"):
                     self.token = reply["token"]
 
     def _start_watch(self) -> None:
         if (self._watch_task is None or self._watch_task.done()) and self._state == _HELD and self.lock_timeout_seconds:
+            if self._poke is None:
+                self._poke = asyncio.Event()
             self._watch_task = asyncio.get_running_loop().create_task(self._watch(), name=f"ldlm-watch-{self.name}")
 
     async def _stop_watch(self) -> None:
@@ -332,6 +443,7 @@ class AsyncLock:
         the way into each timeout (with auto-renew), and counts it lost once
         the timeout passes without a renewal. A renewal that fails without the
         service refusing it is retried every tenth of the timeout."""
+        assert self._poke is not None
         retry_at = 0.0
         while self._state == _HELD and self._expires_mono is not None and self.lock_timeout_seconds:
             expires, timeout = self._expires_mono, self.lock_timeout_seconds
@@ -355,9 +467,8 @@ class AsyncLock:
                 return
             if self._auto_renew and now >= renew_at:
                 try:
-                    await self._renew(
-                        None, max(min(self._client._request_timeout, expires - now), _MIN_TIMEOUT), if_expires=expires
-                    )
+                    # no point retrying past the expiry
+                    await self._renew(None, max(expires - now, _MIN_TIMEOUT), if_expires=expires)
                     retry_at = 0.0
                 except asyncio.CancelledError:
                     raise
@@ -368,11 +479,11 @@ class AsyncLock:
                     retry_at = time.monotonic() + timeout / 10
 
 
-async def _release_on_exit(lock: AsyncLock, exc_type: Any) -> None:
+async def release_on_exit(lock: AsyncLock, exc_type: Any) -> None:
     """Context-manager exit: unlock a held lock. A failure (including the
     loss of the lock) is raised unless the body is already raising (then it
     is only logged)."""
-    if not lock._needs_release():
+    if lock._state not in (_HELD, _LOST):
         return
     try:
         await _finish(lock.unlock())
@@ -399,7 +510,7 @@ class AsyncLockContext:
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if self._lock is not None:
-            await _release_on_exit(self._lock, exc_type)
+            await release_on_exit(self._lock, exc_type)
 
 
 class AsyncClient:
@@ -407,36 +518,50 @@ class AsyncClient:
 
     ``AsyncClient("nats://host:4222")`` (or "host:port", or a list of URLs)
     connects on first use or on ``await client.connect()``; extra keyword
-    arguments go to :func:`nats.connect` (``user``, ``password``, ``tls``,
-    ``user_credentials``...). ``AsyncClient(nc)`` uses an existing nats-py
-    connection, which ``close()`` then leaves open.
+    arguments go to :func:`nats.connect` (``user``, ``password``, ``token``,
+    ``tls``, ``user_credentials``...). ``AsyncClient(nc)`` uses an existing
+    nats-py connection, which ``close()`` then leaves open.
 
     Options:
 
-    - ``auto_renew`` (default True): renew locks that have a lock timeout in
+    - ``auto_renew`` (default True; py-ldlm's ``auto_renew_locks`` and
+      ``auto_refresh_locks`` too): renew locks that have a lock timeout in
       the background, a third of the way into each timeout;
+    - ``lock_timeout_seconds`` (default None): the lock timeout of every lock
+      that does not give its own;
     - ``subject_prefix`` (default "ldlm");
-    - ``request_timeout_seconds``: bounds trylock, unlock and renew requests;
-    - ``wait_margin_seconds``: added to ``wait_timeout_seconds`` to bound a
-      blocking lock request locally (a lock without a wait timeout waits
-      without limit);
-    - ``cleanup_timeout_seconds``: how long to keep trying to withdraw a
-      request given up on;
+    - ``request_timeout_seconds`` (default 5): bounds trylock, unlock and
+      renew requests, including their retries while no service answers;
+    - ``retries`` and ``retry_delay_seconds`` (py-ldlm's): instead of the
+      request timeout, keep retrying while no service answers for
+      ``retries * retry_delay_seconds`` seconds (``retries=-1``: for ever);
+    - ``wait_margin_seconds`` (default 5): added to ``wait_timeout_seconds``
+      to bound a blocking lock request locally (a lock without a wait
+      timeout waits without limit);
+    - ``cleanup_timeout_seconds`` (default 5): how long to keep trying to
+      withdraw a request given up on;
     - ``keep_on_disconnect`` (default False): for a service that runs with
       ``LDLM_NO_CLEAR_ON_DISCONNECT=true``, where locks outlive their
-      connection: do not count locks lost when the connection drops.
+      connection: do not count locks lost when the connection drops;
+    - ``tls``: an ``ssl.SSLContext`` or a :class:`TLSConfig`; ``password``
+      without ``user`` is sent as a NATS token (py-ldlm's single password).
     """
 
     def __init__(
         self,
         address: Address = DEFAULT_ADDRESS,
         *,
-        auto_renew: bool = True,
+        auto_renew: Optional[bool] = None,
+        lock_timeout_seconds: Optional[float] = None,
         subject_prefix: str = DEFAULT_PREFIX,
         request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        retries: Optional[int] = None,
+        retry_delay_seconds: float = 5.0,
         wait_margin_seconds: float = DEFAULT_WAIT_MARGIN_SECONDS,
         cleanup_timeout_seconds: float = DEFAULT_CLEANUP_TIMEOUT_SECONDS,
         keep_on_disconnect: bool = False,
+        auto_renew_locks: Optional[bool] = None,
+        auto_refresh_locks: Optional[bool] = None,
         **connect_options: Any,
     ):
         if isinstance(address, NATS):
@@ -452,27 +577,44 @@ class AsyncClient:
             self._nc = None
             self._servers = normalize_servers(address)
             self._owns_nc = True
+        tls = connect_options.get("tls")
+        if isinstance(tls, TLSConfig):
+            connect_options["tls"] = tls.context()
+        if connect_options.get("password") and not connect_options.get("user") and not connect_options.get("token"):
+            connect_options["token"] = connect_options.pop("password")
         self._connect_options = connect_options
-        self._auto_renew = auto_renew
+        renew = next((v for v in (auto_renew, auto_renew_locks, auto_refresh_locks) if v is not None), True)
+        self._auto_renew = bool(renew)
+        self._lock_timeout = lock_timeout_seconds or None
         self._prefix = subject_prefix
         self._request_timeout = float(request_timeout_seconds)
+        if retries is None:
+            self._no_service_budget = self._request_timeout
+        elif retries < 0:
+            self._no_service_budget = float("inf")
+        else:
+            self._no_service_budget = retries * float(retry_delay_seconds)
         self._wait_margin = float(wait_margin_seconds)
         self._cleanup_timeout = float(cleanup_timeout_seconds)
         self._keep_on_disconnect = keep_on_disconnect
-        self._connect_lock = asyncio.Lock()
-        self._held: set[AsyncLock] = set()
+        self._connect_lock: Optional[asyncio.Lock] = None
         self._closed = False
-        self._warned_no_owner = False
-        # the connection as last seen (see _epoch_now); None: not connected
-        self._epoch: Optional[str] = None
-        self._epoch_changed = asyncio.Event()  # set and replaced on each change
-        self._instance: Optional[str] = None  # the service instance last heard of
-        self._instance_started = asyncio.Event()  # set and replaced on each start
         self._set_up = False
-        self._refresh_mu = asyncio.Lock()
+        self._warned_no_owner = False
+        self._held: set[AsyncLock] = set()
+        # the connection as last seen; None: not connected
+        self._epoch: Optional[_Epoch] = None
+        self._epoch_changed: Optional[asyncio.Event] = None  # set and dropped on each change
+        self._conn_mu: Optional[asyncio.Lock] = None
+        self._waits: set[_Wait] = set()
+        # What the service's notices said (as in the Go client's notices.go).
+        self._instance: Optional[str] = None  # the instance serving now, as last heard
+        self._unsure = False  # _instance was learned from a reply while none was known
+        self._gone: collections.deque[str] = collections.deque(maxlen=_REMEMBERED)
+        self._unmatched: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=_REMEMBERED)
         self._subs: list[Any] = []
-        self._lost_subs: set[str] = set()
-        self._tasks: set[asyncio.Task] = set()  # watcher and background withdrawals
+        self._lost_subs: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task] = set()  # background withdrawals
 
     # -- connection -------------------------------------------------------
 
@@ -486,24 +628,20 @@ class AsyncClient:
         if self._closed:
             raise nats.errors.ConnectionClosedError()
         if self._nc is None:
+            if self._connect_lock is None:
+                self._connect_lock = asyncio.Lock()
             async with self._connect_lock:
                 if self._nc is None:
                     self._nc = await self._open()
-        await self._setup()
+        if not self._set_up:
+            await self._setup()
         return self
 
     async def _open(self) -> NATS:
         opts: dict[str, Any] = {"name": "ldlm-python"}
         opts.update(self._connect_options)
-        for cb_name in ("disconnected_cb", "reconnected_cb"):
-            user_cb = opts.get(cb_name)
-
-            async def cb(user_cb=user_cb) -> None:
-                await self._refresh()
-                if user_cb is not None:
-                    await user_cb()
-
-            opts[cb_name] = cb
+        for cb_name in ("disconnected_cb", "reconnected_cb", "closed_cb"):
+            opts[cb_name] = self._follow(opts.get(cb_name))
         if "error_cb" not in opts:
             # nats-py's default prints a traceback per failed attempt
             async def error_cb(e: Exception) -> None:
@@ -517,10 +655,26 @@ class AsyncClient:
         later_attempts = opts.get("max_reconnect_attempts")
         if later_attempts is None:
             opts["max_reconnect_attempts"] = 1
+        assert self._servers is not None  # an AsyncClient(nc) never opens one
         nc = await nats.connect(servers=self._servers, **opts)
         if later_attempts is None and isinstance(getattr(nc, "options", None), dict):
             nc.options["max_reconnect_attempts"] = _NATS_DEFAULT_RECONNECT_ATTEMPTS
         return nc
+
+    def _follow(self, user_cb: Optional[Callable[[], Awaitable[None]]]) -> Callable[[], Awaitable[None]]:
+        """A nats-py connection callback that checks the connection, then
+        calls the application's own callback (if any)."""
+
+        async def cb() -> None:
+            if not self._closed:
+                try:
+                    await self._sync_connection()
+                except Exception as e:  # noqa: BLE001 - never break nats-py's reconnect loop
+                    log.debug("ldlm: following the connection: %r", e)
+            if user_cb is not None:
+                await user_cb()
+
+        return cb
 
     async def _setup(self) -> None:
         """Once connected: listen to instance announcements, follow the
@@ -528,14 +682,20 @@ class AsyncClient:
         if self._set_up or self._closed:
             return
         self._set_up = True
-        assert self._nc is not None
+        nc = self._nc
+        assert nc is not None
+        if not self._owns_nc:
+            # A connection of the application: chain our check in front of
+            # the callbacks it set (nats-py keeps them in these attributes).
+            for attr in ("_disconnected_cb", "_reconnected_cb", "_closed_cb"):
+                if hasattr(nc, attr):
+                    setattr(nc, attr, self._follow(getattr(nc, attr)))
         try:
-            sub = await self._nc.subscribe(f"{self._prefix}.instance.*", cb=self._on_instance)
+            sub = await nc.subscribe(f"{self._prefix}.instance.*", cb=self._on_instance)
             self._subs.append(sub)
         except Exception as e:  # noqa: BLE001 - e.g. no permission: live without it
             log.warning("ldlm: cannot subscribe to instance announcements: %r", e)
-        self._spawn(self._watch_connection())
-        await self._refresh()
+        await self._sync_connection()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -543,13 +703,23 @@ class AsyncClient:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def wait_background(self, timeout: float = DEFAULT_CLEANUP_TIMEOUT_SECONDS) -> None:
+        """Wait (at most ``timeout`` seconds) for the clean-up this client
+        does in the background: the withdrawals of requests given up on."""
+        await asyncio.sleep(0)  # let a just-cancelled request start its withdrawal
+        tasks = {t for t in self._tasks if not t.done()}
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def close(self) -> None:
         """Release the locks this client holds, stop renewing, and close the
         connection if the client opened it. Waiting lock() calls give up."""
         if self._closed:
             return
         self._closed = True
-        self._wake_waiters()
+        for w in list(self._waits):
+            w.interrupt()
+        self._signal_epoch_change()
         held = list(self._held)
         for lock in held:
             await lock._stop_watch()
@@ -564,9 +734,12 @@ class AsyncClient:
             task.cancel()
         if nc is not None and not nc.is_closed:
             if self._owns_nc:
-                await nc.close()
+                try:
+                    await nc.close()
+                except Exception as e:  # noqa: BLE001 - e.g. the server went away meanwhile
+                    log.debug("ldlm: closing the connection: %r", e)
             else:
-                for sub in self._subs:
+                for sub in [*self._subs, *self._lost_subs.values()]:
                     try:
                         await sub.unsubscribe()
                     except Exception:  # noqa: BLE001
@@ -579,82 +752,137 @@ class AsyncClient:
         await self.close()
 
     def owner(self) -> Optional[str]:
-        """The Ldlm-Owner value of the current connection, SERVER_NAME:CLIENT_ID
-        (None when the server's INFO lacks either)."""
-        nc = self._nc
-        if nc is None:
-            return None
-        info = getattr(nc, "_server_info", None) or {}
-        server_name = info.get("server_name")
-        client_id = getattr(nc, "client_id", None) or info.get("client_id")
-        if not server_name or not client_id:
-            return None
-        return f"{server_name}:{client_id}"
-
-    def _epoch_now(self) -> Optional[str]:
-        """Names the connection as it is now; None while it is down. A
-        reconnect gives a new client id, so a new name."""
+        """The Ldlm-Owner value of the current connection, SERVER_ID:CLIENT_ID
+        (None while disconnected, or when the server's INFO lacks either)."""
         nc = self._nc
         if nc is None or not nc.is_connected:
             return None
-        owner = self.owner()
-        if owner:
-            return owner
-        stats = getattr(nc, "stats", None) or {}
-        return f"reconnects:{stats.get('reconnects', 0)}"
+        return owner_of(getattr(nc, "_server_info", None))
 
-    async def _refresh(self) -> None:
-        """Compare the connection with the one last seen. When it dropped or
-        was replaced, the locks granted over the old one are lost (the
-        service releases them) and waiting lock() calls ask again."""
-        async with self._refresh_mu:
-            now = self._epoch_now()
-            if now != self._epoch:
-                old, self._epoch = self._epoch, now
-                if old is not None and not self._keep_on_disconnect:
+    def _current(self) -> Optional[_Epoch]:
+        """The epoch to send on, if the connection is still the one it names."""
+        ep = self._epoch
+        nc = self._nc
+        if ep is not None and nc is not None and nc.is_connected and nc._server_info is ep.info:
+            return ep
+        return None
+
+    async def _sync_connection(self) -> None:
+        """Compare the connection with the epoch last seen. When it dropped or
+        was replaced, the epoch ends: its locks are lost (the service releases
+        them with the connection) and its waiting lock() calls ask again. A
+        new epoch starts once connected, after subscribing to its owner's
+        lost-lock notices (so none is missed)."""
+        if self._conn_mu is None:
+            self._conn_mu = asyncio.Lock()
+        async with self._conn_mu:
+            nc = self._nc
+            connected = nc is not None and nc.is_connected and not self._closed
+            info = getattr(nc, "_server_info", None) if connected else None
+            old = self._epoch
+            if old is not None and old.info is info:
+                return
+            if old is not None:
+                self._epoch = None
+                if not self._keep_on_disconnect:
                     for lock in list(self._held):
-                        if lock._epoch != now:
+                        if lock._epoch is old:
                             lock._lose("connection-lost", "its NATS connection closed or was replaced")
-                self._wake_waiters(epoch=True)
-            owner = self.owner() if now is not None else None
-            if owner and owner not in self._lost_subs and self._nc is not None and not self._closed:
-                self._lost_subs.add(owner)
-                try:
-                    sub = await self._nc.subscribe(
-                        f"{self._prefix}.lost.{encode_name(owner)}", cb=self._on_lost
+                for w in list(self._waits):
+                    if w.epoch is old:
+                        w.interrupt()
+                self._signal_epoch_change()
+            if connected and nc is not None:
+                owner = owner_of(info)
+                if owner is None and not self._warned_no_owner:
+                    self._warned_no_owner = True
+                    log.warning(
+                        "ldlm: the NATS server's INFO has no %s/client_id; locks are sent without an owner"
+                        " and will not be released when this process disconnects",
+                        OWNER_SERVER_FIELD,
                     )
-                    self._subs.append(sub)
-                except Exception as e:  # noqa: BLE001
-                    log.warning("ldlm: cannot subscribe to lost-lock notices: %r", e)
+                if owner is not None and owner not in self._lost_subs:
+                    try:
+                        self._lost_subs[owner] = await nc.subscribe(
+                            f"{self._prefix}.lost.{encode_name(owner)}", cb=self._on_lost
+                        )
+                    except Exception as e:  # noqa: BLE001
+                        log.warning("ldlm: cannot subscribe to lost-lock notices: %r", e)
+                if nc.is_connected and nc._server_info is info:
+                    self._epoch = _Epoch(info, owner)
+                    self._signal_epoch_change()
+            await self._drop_lost_subs()
 
-    def _wake_waiters(self, epoch: bool = True, instance: bool = False) -> None:
-        if epoch:
-            ev, self._epoch_changed = self._epoch_changed, asyncio.Event()
-            ev.set()
-        if instance:
-            ev, self._instance_started = self._instance_started, asyncio.Event()
-            ev.set()
-
-    async def _watch_connection(self) -> None:
-        # nats-py has no status listeners that leave the application's own
-        # callbacks alone, so look: it costs no network.
-        while not self._closed:
-            await asyncio.sleep(_WATCH_INTERVAL)
+    async def _drop_lost_subs(self) -> None:
+        """End the lost-notice subscriptions of owners that are not the
+        current connection and hold no lock (with keep_on_disconnect, locks
+        taken before a reconnect keep their old owner at the service)."""
+        needed = {lock._epoch.owner for lock in self._held if lock._epoch is not None}
+        if self._epoch is not None:
+            needed.add(self._epoch.owner)
+        for owner in [o for o in self._lost_subs if o not in needed]:
+            sub = self._lost_subs.pop(owner)
             try:
-                await self._refresh()
-            except Exception as e:  # noqa: BLE001
-                log.debug("ldlm: refresh: %r", e)
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - a closed connection has none left
+                pass
+
+    def _signal_epoch_change(self) -> None:
+        ev, self._epoch_changed = self._epoch_changed, None
+        if ev is not None:
+            ev.set()
+
+    async def _epoch_for(self, wait: bool, deadline: Optional[float], name: str) -> Optional[_Epoch]:
+        """The epoch to send a request on. When the connection is down it
+        waits for it to come back if ``wait`` (until ``deadline``: None is
+        returned then), else raises ConnectionLostError."""
+        while True:
+            if self._closed:
+                raise nats.errors.ConnectionClosedError()
+            nc = self._nc
+            if nc is not None and nc.is_closed:
+                raise nats.errors.ConnectionClosedError()
+            await self._sync_connection()
+            ep = self._current()
+            if ep is not None:
+                return ep
+            if not wait:
+                raise ConnectionLostError("not connected to NATS (reconnecting)", lock_name=name)
+            pause = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if pause <= 0:
+                return None
+            await self._epoch_change(pause)
+
+    async def _epoch_change(self, timeout: float) -> None:
+        """Wait until the epoch changes (the connection callbacks say so), at
+        most timeout seconds (a check in case a callback is missed)."""
+        if self._epoch_changed is None:
+            self._epoch_changed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._epoch_changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- the service's notices -------------------------------------------
 
     async def _on_lost(self, msg: Any) -> None:
+        """A lost notice ends the held lock of the same name and fencing
+        token. It can be handled before the grant's reply (they come on
+        different subscriptions): a notice that matches no held lock is kept
+        for _register."""
         try:
             notice = json.loads(msg.data)
-            name, token, reason = notice["name"], notice.get("token"), str(notice.get("reason") or "lost")
+            name, token, reason = notice["name"], notice["token"], str(notice.get("reason") or "lost")
         except Exception:  # noqa: BLE001
             log.debug("ldlm: unreadable lost-lock notice %r", msg.data)
             return
+        if not isinstance(name, str) or not name or type(token) is not int or token <= 0:
+            return  # not a notice of this protocol: nothing to end
         for lock in list(self._held):
-            if lock.name == name and (not token or lock.token == token):
+            if lock.name == name and lock.token == token:
                 lock._lose(reason, f"the service says: {reason}")
+                return
+        self._unmatched.append((name, token, reason))
 
     async def _on_instance(self, msg: Any) -> None:
         try:
@@ -663,265 +891,416 @@ class AsyncClient:
         except Exception:  # noqa: BLE001
             log.debug("ldlm: unreadable instance notice %r", msg.data)
             return
+        if not isinstance(instance, str) or not instance:
+            return
         if event == "started":
-            self._saw_instance(instance, announced=True)
+            self._serves(instance, announced=True)
         elif event == "stopped":
+            if instance not in self._gone:
+                self._gone.append(instance)
+            if self._instance == instance:
+                self._instance = None
             for lock in list(self._held):
                 if lock.instance == instance:
                     lock._lose("instance-gone", f"the lock service instance ({instance}) that granted it stopped")
 
-    def _saw_instance(self, instance: str, announced: bool = False) -> None:
+    def _serves(self, instance: str, announced: bool) -> None:
         """The service instance serving now is `instance` (it announced its
-        start, or it answered us). Only one instance serves a prefix and it
-        keeps its locks in memory, so grants of any other instance are gone,
-        and waits parked there will never be answered."""
-        if instance == self._instance and not announced:
+        start, or a grant came from it). Only one instance serves a prefix and
+        it keeps its locks in memory, so grants of any other instance are
+        gone, and waits parked there will never be answered: they ask again.
+        The first reply the client sees teaches it nothing about its waits;
+        an announcement, or a change, does."""
+        if instance in self._gone:
+            return  # late news of an instance known to be gone
+        if instance == self._instance:
+            if announced and self._unsure:
+                self._unsure = False
+                self._interrupt_lock_waits()
             return
+        if self._instance is not None or announced:
+            self._interrupt_lock_waits()
+        if self._instance is not None:
+            self._gone.append(self._instance)
+        self._unsure = self._instance is None and not announced
+        self._instance = instance
         for lock in list(self._held):
             if lock.instance and lock.instance != instance:
                 lock._lose("instance-gone", f"another lock service instance ({instance}) serves now")
-        if instance != self._instance:
-            first = self._instance is None and not announced
-            self._instance = instance
-            if not first:
-                self._wake_waiters(epoch=False, instance=True)
+
+    def _interrupt_lock_waits(self) -> None:
+        for w in list(self._waits):
+            w.interrupt()
+
+    def _register(self, lock: AsyncLock, ep: _Epoch) -> Optional[str]:
+        """Record a fresh grant as held, or say why not: "closed", "connection"
+        (granted over a connection that is gone), "instance" (by an instance
+        known to be gone). A lost notice that came before the reply makes the
+        lock lost at once (it is returned, lost)."""
+        if self._closed:
+            return "closed"
+        if not self._keep_on_disconnect and self._current() is not ep:
+            return "connection"
+        if lock.instance and lock.instance in self._gone:
+            return "instance"
+        for name, token, reason in self._unmatched:
+            if name == lock.name and token == lock.token:
+                lock._state = _LOST
+                lock.lost_error = LockLostError(
+                    f"lock {lock.name!r} was lost: the service says: {reason}", reason=reason, lock_name=lock.name
+                )
+                return None
+        if lock.instance:
+            self._serves(lock.instance, announced=False)
+        self._held.add(lock)
+        return None
 
     # -- operations -------------------------------------------------------
 
     async def lock(
         self,
         name: str,
-        size: int = 1,
         wait_timeout_seconds: Optional[float] = None,
         lock_timeout_seconds: Optional[float] = None,
+        size: Optional[int] = None,
         *,
         auto_renew: Optional[bool] = None,
     ) -> AsyncLock:
         """Acquire ``name``, waiting while all its slots are held (at most
-        ``wait_timeout_seconds``, when given). Returns a falsy lock when the
-        wait timed out. Cancelling the call gives up the wait race-free."""
-        return await self._acquire(OP_LOCK, name, size, wait_timeout_seconds, lock_timeout_seconds, auto_renew)
+        ``wait_timeout_seconds``, when given; None or 0: no limit). Returns a
+        falsy lock when the wait timed out. Cancelling the call gives up the
+        wait race-free. While the service is stopping or nobody answers, it
+        asks again within the wait timeout (for ever without one); then it
+        raises :class:`~ldlm.NoServiceError` or
+        :class:`~ldlm.UnavailableError`."""
+        return await self._acquire(OP_LOCK, name, wait_timeout_seconds, lock_timeout_seconds, size, auto_renew)
 
     async def try_lock(
         self,
         name: str,
-        size: int = 1,
         lock_timeout_seconds: Optional[float] = None,
+        size: Optional[int] = None,
         *,
         auto_renew: Optional[bool] = None,
     ) -> AsyncLock:
         """Acquire ``name`` only if a slot is free now; a falsy lock otherwise."""
-        return await self._acquire(OP_TRYLOCK, name, size, None, lock_timeout_seconds, auto_renew)
+        return await self._acquire(OP_TRYLOCK, name, None, lock_timeout_seconds, size, auto_renew)
 
     def lock_context(
         self,
         name: str,
-        size: int = 1,
         wait_timeout_seconds: Optional[float] = None,
         lock_timeout_seconds: Optional[float] = None,
+        size: Optional[int] = None,
         *,
         auto_renew: Optional[bool] = None,
     ) -> AsyncLockContext:
         """``async with client.lock_context(name) as lock:``: lock() on entry,
         unlock on exit (when it was obtained)."""
         return AsyncLockContext(
-            lambda: self.lock(name, size, wait_timeout_seconds, lock_timeout_seconds, auto_renew=auto_renew)
+            lambda: self.lock(name, wait_timeout_seconds, lock_timeout_seconds, size, auto_renew=auto_renew)
         )
 
     def try_lock_context(
         self,
         name: str,
-        size: int = 1,
         lock_timeout_seconds: Optional[float] = None,
+        size: Optional[int] = None,
         *,
         auto_renew: Optional[bool] = None,
     ) -> AsyncLockContext:
         """``async with client.try_lock_context(name) as lock:`` (check ``if lock:``)."""
-        return AsyncLockContext(lambda: self.try_lock(name, size, lock_timeout_seconds, auto_renew=auto_renew))
+        return AsyncLockContext(lambda: self.try_lock(name, lock_timeout_seconds, size, auto_renew=auto_renew))
+
+    async def unlock(self, name: str, key: str) -> bool:
+        """Release the grant of ``name`` that ``key`` holds (py-ldlm's
+        ``Client.unlock(name, key)``); a held lock of this client with that
+        key stops renewing. Returns True; raises the service's error when the
+        key holds nothing (:class:`~ldlm.InvalidLockKeyError`,
+        :class:`~ldlm.LockDoesNotExistError`, :class:`~ldlm.NotLockedError`)."""
+        for lock in list(self._held):
+            if lock.name == name and lock.key == key:
+                lock._end(_UNLOCKED)
+                await lock._stop_watch()
+        reply = await self._call(OP_UNLOCK, name, json.dumps({"key": key}))
+        err = reply.get("error")
+        if err:
+            raise error_from_reply(err, name)
+        if not reply.get("unlocked"):
+            raise UnexpectedReplyError(f"unlock reply without unlocked=true: {reply!r}", lock_name=name)
+        return True
+
+    async def renew(self, name: str, key: str, lock_timeout_seconds: float) -> AsyncLock:
+        """Set the grant of ``name`` that ``key`` holds to expire
+        ``lock_timeout_seconds`` from now (py-ldlm's ``Client.renew``). For a
+        lock of this client that is ``lock.renew(seconds)``; for another key
+        it returns a Lock describing the renewed grant (not renewed in the
+        background). Raises the service's error when it refuses."""
+        for lock in list(self._held):
+            if lock.name == name and lock.key == key:
+                return await lock.renew(lock_timeout_seconds)
+        sent_at = time.monotonic()
+        body = json.dumps({"key": key, "lock_timeout_seconds": lock_timeout_seconds})
+        reply = await self._call(OP_RENEW, name, body)
+        err = reply.get("error")
+        if err:
+            raise error_from_reply(err, name)
+        if not reply.get("locked"):
+            raise UnexpectedReplyError(f"renew reply without locked=true: {reply!r}", lock_name=name)
+        return self._lock_from(reply, name, key, None, lock_timeout_seconds, False, None, sent_at)
 
     # -- internals --------------------------------------------------------
 
-    def _owner_headers(self, owner: Optional[str]) -> Optional[dict[str, str]]:
-        if owner is None:
-            if not self._warned_no_owner:
-                self._warned_no_owner = True
-                log.warning(
-                    "ldlm: the NATS server's INFO has no server_name/client_id; locks are sent without"
-                    " an owner and will not be released when this process disconnects"
-                )
-            return None
-        return {HEADER_OWNER: owner}
+    def _lock_from(
+        self,
+        reply: dict,
+        name: str,
+        key: str,
+        size: Optional[int],
+        lock_timeout_seconds: Optional[float],
+        auto_renew: bool,
+        ep: Optional[_Epoch],
+        sent_at: float,
+    ) -> AsyncLock:
+        return AsyncLock(
+            self,
+            reply.get("name") or name,
+            granted=True,
+            key=key,  # the key we chose and sent, which the reply repeats
+            token=reply.get("token"),
+            size=reply.get("size") or size,
+            expires_at=reply.get("expires_at"),
+            lock_timeout_seconds=lock_timeout_seconds or None,
+            auto_renew=auto_renew,
+            epoch=ep,
+            instance=reply.get("instance"),
+            sent_at=sent_at,
+        )
 
-    async def _request(self, op: str, name: str, body: dict, timeout: float, owner: Any = ...) -> dict:
+    def _no_service(self, name: str, since: float, unavailable: bool) -> Exception:
+        """The error for a budget spent waiting for a lock service."""
+        took = time.monotonic() - since
+        if unavailable:
+            return UnavailableError(
+                f"the lock service on {self._prefix}.* stayed unavailable (stopping) for {took:.1f}s", lock_name=name
+            )
+        return NoServiceError(
+            f"no lock service answered on {self._prefix}.* for {took:.1f}s: is ldlm running"
+            f" (with subject prefix {self._prefix!r})?",
+            lock_name=name,
+        )
+
+    async def _call(
+        self, op: str, name: str, body: str, budget: Optional[float] = None, encoded: Optional[str] = None
+    ) -> dict:
+        """Send unlock or renew with the current owner and return the decoded
+        reply (the service's error stays in it). While no service answers, or
+        it is stopping, it retries within the budget (default: the request
+        timeout, or what ``retries`` says)."""
         if self._nc is None:
             await self.connect()
-        assert self._nc is not None
-        subj = subject(self._prefix, op, name)
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        headers = self._owner_headers(self.owner() if owner is ... else owner)
-        msg = await self._nc.request(subj, payload, timeout=timeout, headers=headers)
-        return _decode_reply(msg, name)
+        nc = self._nc
+        assert nc is not None
+        subj = f"{self._prefix}.{op}.{encode_name(name) if encoded is None else encoded}"
+        payload = body.encode()
+        start = time.monotonic()
+        end = start + (self._no_service_budget if budget is None else budget)
+        tries = 0
+        while True:
+            ep = self._current()
+            headers = ep.headers if ep is not None else None
+            timeout = max(min(self._request_timeout, end - time.monotonic()), _MIN_TIMEOUT)
+            unavailable = False
+            try:
+                reply = _decode_reply(await nc.request(subj, payload, timeout=timeout, headers=headers), name)
+                err = reply.get("error")
+                if not err or err.get("code") != "Unavailable":
+                    return reply
+                unavailable = True
+            except nats.errors.NoRespondersError:
+                pass
+            pause = _pause(tries)
+            tries += 1
+            if time.monotonic() + pause >= end:
+                raise self._no_service(name, start, unavailable)
+            await asyncio.sleep(pause)
 
     async def _acquire(
         self,
         op: str,
         name: str,
-        size: Optional[int],
         wait_timeout_seconds: Optional[float],
         lock_timeout_seconds: Optional[float],
+        size: Optional[int],
         auto_renew: Optional[bool],
     ) -> AsyncLock:
         if self._closed:
             raise nats.errors.ConnectionClosedError()
-        await self.connect()
+        if self._nc is None or not self._set_up:
+            await self.connect()
+        nc = self._nc
+        assert nc is not None
+        if lock_timeout_seconds is None:
+            lock_timeout_seconds = self._lock_timeout
+        renew = self._auto_renew if auto_renew is None else auto_renew
+        is_lock = op == OP_LOCK
         deadline: Optional[float] = None
-        if op == OP_LOCK and wait_timeout_seconds is not None and wait_timeout_seconds > 0:
+        if is_lock and wait_timeout_seconds is not None and wait_timeout_seconds > 0:
             deadline = time.monotonic() + float(wait_timeout_seconds)
-
-        def not_obtained() -> AsyncLock:
-            return AsyncLock(self, name)
+        subj = f"{self._prefix}.{op}.{encode_name(name)}"
+        tail = ""
+        if size is not None:
+            tail += ',"size":' + _number(size)
+        if lock_timeout_seconds is not None:
+            tail += ',"lock_timeout_seconds":' + _number(lock_timeout_seconds)
+        if is_lock and deadline is None and wait_timeout_seconds is not None:
+            tail += ',"wait_timeout_seconds":' + _number(wait_timeout_seconds)  # 0 or invalid: the service decides
+        tail += "}"
+        no_service_since: Optional[float] = None  # when nobody started answering
+        unavailable = False
+        warned = False
+        retries = 0  # consecutive retries, for the pause before the next
 
         while True:
-            if self._closed:
-                raise nats.errors.ConnectionClosedError()
-            await self._refresh()
-            epoch = self._epoch
-            if epoch is None:
-                # Down: a request now would name the old connection as owner.
-                if op == OP_TRYLOCK:
-                    raise ConnectionLostError("not connected to NATS (reconnecting)", lock_name=name)
-                changed = self._epoch_changed
-                pause = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-                if pause <= 0:
-                    return not_obtained()
-                try:
-                    await asyncio.wait_for(changed.wait(), pause)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-
+            if retries > 1 or no_service_since is not None:
+                pause = _pause(retries - 1)
+                if deadline is not None:
+                    pause = min(pause, max(deadline - time.monotonic(), 0))
+                await asyncio.sleep(pause)
+            ep = self._current()
+            if ep is None:
+                ep = await self._epoch_for(is_lock, deadline, name)
+                if ep is None:
+                    return AsyncLock(self, name)  # the wait timed out while disconnected
             # A key of our own: if we give up before the reply, an unlock
             # with it releases a grant that raced in or cancels the wait.
-            key = secrets.token_hex(16)
-            body: dict[str, Any] = {"key": key}
-            if size is not None:
-                body["size"] = size
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left < _MIN_TIMEOUT:
-                    return not_obtained()
-                body["wait_timeout_seconds"] = round(left, 3)
-            elif wait_timeout_seconds is not None:
-                body["wait_timeout_seconds"] = wait_timeout_seconds  # 0 or invalid: the service decides
-            if lock_timeout_seconds is not None:
-                body["lock_timeout_seconds"] = lock_timeout_seconds
-            if op == OP_LOCK:
-                timeout = (
-                    _UNLIMITED_REQUEST_TIMEOUT
-                    if deadline is None
-                    else body["wait_timeout_seconds"] + self._wait_margin
-                )
+            key = token_hex(16)
+            if is_lock:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left < _MIN_TIMEOUT:
+                        if no_service_since is not None:
+                            raise self._no_service(name, no_service_since, unavailable)
+                        return AsyncLock(self, name)
+                    left = max(round(left, 3), _MIN_TIMEOUT)
+                    body = '{"key":"%s","wait_timeout_seconds":%r%s' % (key, left, tail)
+                    timeout = left + self._wait_margin
+                else:
+                    body = '{"key":"%s"%s' % (key, tail)
+                    timeout = _UNLIMITED_REQUEST_TIMEOUT
             else:
+                body = '{"key":"%s"%s' % (key, tail)
                 timeout = self._request_timeout
-            owner = self.owner()
-            epoch_changed, instance_started = self._epoch_changed, self._instance_started
+                if no_service_since is not None:
+                    timeout = min(timeout, max(no_service_since + self._no_service_budget - time.monotonic(), _MIN_TIMEOUT))
             sent_at = time.monotonic()
-            req = asyncio.ensure_future(self._request(op, name, body, timeout, owner=owner))
+            wait: Optional[_Wait] = None
+            if is_lock:
+                task = asyncio.current_task()
+                assert task is not None
+                wait = _Wait(task, ep)
+                self._waits.add(wait)
             try:
-                if op == OP_LOCK:
-                    # A wait ends with the reply -- or when the connection or
-                    # the service instance changes: the reply could be lost.
-                    watchers = {
-                        asyncio.ensure_future(epoch_changed.wait()),
-                        asyncio.ensure_future(instance_started.wait()),
-                    }
-                    try:
-                        done, _ = await asyncio.wait({req, *watchers}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        for w in watchers:
-                            w.cancel()
-                    if req not in done:
-                        req.cancel()
-                        await asyncio.wait({req})
-                        await _finish(self._withdraw(name, key))
-                        continue  # ask again, for the time that is left
-                reply = await req
+                msg = await nc.request(subj, body.encode(), timeout=timeout, headers=ep.headers)
+            except asyncio.CancelledError:
+                interrupted = wait is not None and wait.interrupted and wait.task.uncancel() == 0
+                # Cancelled, or the wait may be parked where no reply will
+                # come from: give back whatever the service did with our key.
+                await _finish(self._withdraw(name, key))
+                if interrupted:
+                    if self._closed:
+                        raise nats.errors.ConnectionClosedError() from None
+                    retries += 1
+                    continue  # ask again, for the time that is left
+                raise
             except nats.errors.NoRespondersError:
-                raise  # nobody received the request: nothing to undo
+                # Nobody received the request: nothing to undo.
+                if no_service_since is None:
+                    no_service_since = sent_at
+                unavailable = False
             except BaseException:
-                # Cancelled, timed out locally, interrupted: give back whatever
-                # the service may have done with our key.
-                if not req.done():
-                    req.cancel()
+                # Timed out locally, interrupted: give back whatever the
+                # service may have done with our key.
                 await _finish(self._withdraw(name, key))
                 raise
-
-            err = reply.get("error")
-            if err:
-                exc = error_from_reply(err, name)
-                if exc.code == "LockWaitTimeout":
-                    return not_obtained()
-                if isinstance(exc, OwnerGoneError) and op == OP_LOCK:
-                    # The service saw our connection close while we waited:
-                    # ask again once we see the new one.
-                    await self._refresh()
-                    if self._epoch != epoch:
+            else:
+                if wait is not None and wait.interrupted:
+                    wait.task.uncancel()  # the interruption came too late to cancel the request
+                reply = _decode_reply(msg, name)
+                err = reply.get("error")
+                if not err:
+                    if not reply.get("locked"):
+                        if is_lock:
+                            await _finish(self._withdraw(name, key))
+                            raise UnexpectedReplyError(f"lock reply without locked=true: {reply!r}", lock_name=name)
+                        return AsyncLock(self, name)
+                    lock = self._lock_from(reply, name, key, size, lock_timeout_seconds, renew, ep, sent_at)
+                    refused = self._register(lock, ep)
+                    if refused is None:
+                        lock._start_watch()
+                        return lock
+                    # Granted over a connection that is gone (the service
+                    # releases it with that connection; unlock anyway in case
+                    # it has not seen that yet), by an instance that is gone,
+                    # or to a client closed meanwhile.
+                    await _finish(self._release(name, lock.key))
+                    if refused == "closed":
+                        raise nats.errors.ConnectionClosedError()
+                    if is_lock:
+                        retries += 1
                         continue
-                raise exc
-            if not reply.get("locked"):
-                if op == OP_LOCK:
-                    await _finish(self._withdraw(name, key))
-                    raise UnexpectedReplyError(f"lock reply without locked=true: {reply!r}", lock_name=name)
-                return not_obtained()
-            if reply.get("instance"):
-                self._saw_instance(reply["instance"])
-            lock = AsyncLock(
-                self,
-                reply.get("name") or name,
-                granted=True,
-                key=reply.get("key") or key,
-                token=reply.get("token"),
-                size=reply.get("size") or size,
-                expires_at=_parse_time(reply.get("expires_at")),
-                lock_timeout_seconds=lock_timeout_seconds or None,
-                auto_renew=self._auto_renew if auto_renew is None else auto_renew,
-                epoch=epoch,
-                instance=reply.get("instance"),
-                sent_at=sent_at,
-            )
-            await self._refresh()
-            if self._closed or (not self._keep_on_disconnect and self._epoch != epoch):
-                # Granted over a connection that is gone (the service releases
-                # it with that connection; unlock anyway in case it has not
-                # seen that yet), or to a client closed meanwhile.
-                await _finish(self._release(name, lock.key))
-                if self._closed:
-                    raise nats.errors.ConnectionClosedError()
-                if op == OP_LOCK:
-                    continue
-                raise ConnectionLostError("the NATS connection changed while the reply came", lock_name=name)
-            self._held.add(lock)
-            lock._start_watch()
-            return lock
-
-    async def _unlock_key(self, name: str, key: str, timeout: float) -> Optional[dict]:
-        """Send unlock for key; the reply's error object, or None if unlocked.
-        Transport errors are raised."""
-        reply = await self._request(OP_UNLOCK, name, {"key": key}, timeout)
-        return reply.get("error") or None
+                    if refused == "instance":
+                        raise LockLostError(
+                            "granted by a lock service instance that is gone", reason="instance-gone", lock_name=name
+                        )
+                    raise ConnectionLostError("the NATS connection changed while the reply came", lock_name=name)
+                code = err.get("code")
+                if code == "LockWaitTimeout":
+                    return AsyncLock(self, name)
+                if code == "Unavailable":
+                    # The service is stopping: the next instance will answer.
+                    if no_service_since is None:
+                        no_service_since = sent_at
+                    unavailable = True
+                else:
+                    if code == "OwnerGone" and is_lock:
+                        # The service saw our connection close while we
+                        # waited: once we see it too, ask again over the new one.
+                        await self._sync_connection()
+                        if self._current() is not ep:
+                            retries += 1
+                            continue
+                    raise error_from_reply(err, name)
+            finally:
+                if wait is not None:
+                    self._waits.discard(wait)
+            # Nobody answered, or the service is stopping: ask again within
+            # the budget.
+            assert no_service_since is not None
+            retries += 1
+            now = time.monotonic()
+            if not is_lock and now - no_service_since + _pause(retries - 1) >= self._no_service_budget:
+                raise self._no_service(name, no_service_since, unavailable)
+            if is_lock and deadline is None and not warned and now - no_service_since >= self._request_timeout:
+                warned = True
+                log.warning(
+                    "ldlm: lock %r: no lock service answered on %s.* for %.0fs: is ldlm running? Still asking.",
+                    name,
+                    self._prefix,
+                    now - no_service_since,
+                )
 
     async def _withdraw(self, name: str, key: str) -> None:
         """Take back a lock request we gave up on: unlock with its key, which
         releases a grant that raced in or cancels the wait.
 
         The first unlock is sent at once. When it cannot settle the matter,
-        the client keeps trying in the background (see _keep_withdrawing),
-        for two reasons:
+        the client keeps trying in the background (see _keep_withdrawing):
 
-        - "unknown key" is ambiguous: the request may have ended already (it
-          timed out, never left), or the service has not processed it yet --
-          it serves each operation on its own subscription, so an unlock can
-          overtake the lock sent just before it;
+        - "unknown key" is ambiguous until the service has read the lock
+          request: a service that serves each operation on its own
+          subscription can read an unlock before the lock sent just before
+          it (WIRE-V2 orders them; older services do not);
         - while the connection is down, nats-py buffers what is published
           and sends it after reconnecting: the request may still reach the
           service then (and, carrying the old connection's owner name, be
@@ -929,7 +1308,7 @@ class AsyncClient:
         nc = self._nc
         if nc is None or nc.is_closed:
             return  # nothing buffered survives a closed connection
-        if self._epoch_now() is not None:
+        if self._current() is not None:
             try:
                 err = await self._unlock_key(name, key, min(self._request_timeout, self._cleanup_timeout))
             except Exception as e:  # noqa: BLE001
@@ -941,10 +1320,11 @@ class AsyncClient:
 
     async def _keep_withdrawing(self, name: str, key: str) -> None:
         reconnect_until = time.monotonic() + _WITHDRAW_RECONNECT_WAIT
-        while self._epoch_now() is None:
+        while self._current() is None:
             if self._nc is None or self._nc.is_closed or time.monotonic() > reconnect_until:
                 return
-            await asyncio.sleep(0.05)
+            await self._epoch_change(1.0)  # told by the connection callbacks
+            await self._sync_connection()
         end = time.monotonic() + self._cleanup_timeout
         pause = 0.001
         while True:
@@ -961,6 +1341,12 @@ class AsyncClient:
             await asyncio.sleep(pause)
             pause = min(2 * pause, 0.25)
 
+    async def _unlock_key(self, name: str, key: str, budget: float) -> Optional[dict]:
+        """Send unlock for key; the reply's error object, or None if unlocked.
+        Transport errors are raised."""
+        reply = await self._call(OP_UNLOCK, name, '{"key":%s}' % _key_json(key), budget)
+        return reply.get("error") or None
+
     async def _release(self, name: str, key: Optional[str]) -> None:
         """Best-effort unlock of a grant whose reply we received (so the
         service processed the request): an unknown key means it is gone."""
@@ -973,22 +1359,22 @@ class AsyncClient:
             log.debug("ldlm: releasing %r failed: %r", name, e)
 
 
+_json_decode = json.JSONDecoder().decode
+
+
 def _decode_reply(msg: Any, name: str) -> dict:
-    data = msg.data or b""
-    reply: dict
-    if data.strip():
-        try:
-            decoded = json.loads(data)
-        except ValueError:
+    data = msg.data
+    try:
+        reply: Any = _json_decode(data.decode()) if data else {}
+    except ValueError:
+        if data.strip():
             raise UnexpectedReplyError(f"reply is not JSON: {data[:80]!r}", lock_name=name) from None
-        if not isinstance(decoded, dict):
-            raise UnexpectedReplyError(f"reply is not a JSON object: {data[:80]!r}", lock_name=name)
-        reply = decoded
-    else:
         reply = {}
+    if type(reply) is not dict:
+        raise UnexpectedReplyError(f"reply is not a JSON object: {data[:80]!r}", lock_name=name)
     if not reply.get("error"):
-        headers = msg.headers or {}
-        code = headers.get(HEADER_ERROR_CODE)
+        headers = msg.headers
+        code = headers.get(HEADER_ERROR_CODE) if headers else None
         if code:
             reply["error"] = {"code": code, "message": headers.get(HEADER_ERROR, "")}
         elif not reply:

@@ -9,13 +9,17 @@ Two outcomes are deliberately *not* exceptions, because they are normal
 answers: ``lock(..., wait_timeout_seconds=N)`` that is not granted in time and
 ``try_lock()`` on a lock that is held both return a falsy :class:`ldlm.Lock`.
 
-Failures of the transport (no NATS server, no lock service answering, a
-request timing out) are nats-py's own exceptions (``nats.errors.*``).
+Failures of the transport (no NATS server, a request timing out) are
+nats-py's own exceptions (``nats.errors.*``). When no lock service answers
+for the whole budget of a call, :class:`NoServiceError` says so; it is also a
+``nats.errors.NoRespondersError``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
+
+import nats.errors
 
 
 class LDLMError(Exception):
@@ -67,7 +71,12 @@ class InvalidTimeoutError(LDLMError):
     CODE = "InvalidTimeout"
 
 
-class InvalidLockKeyError(LDLMError):
+class LockDoesNotExistOrInvalidKeyError(LDLMError):
+    """Base of :class:`InvalidLockKeyError` and :class:`LockDoesNotExistError`
+    (the name of py-ldlm's class for either): the key holds nothing."""
+
+
+class InvalidLockKeyError(LockDoesNotExistOrInvalidKeyError):
     """unlock/renew: the key holds no slot of the lock (or is malformed)."""
 
     CODE = "InvalidLockKey"
@@ -79,7 +88,7 @@ class LockKeyInUseError(LDLMError):
     CODE = "LockKeyInUse"
 
 
-class LockDoesNotExistError(LDLMError):
+class LockDoesNotExistError(LockDoesNotExistOrInvalidKeyError):
     """unlock/renew: no one holds or waits for the lock."""
 
     CODE = "LockDoesNotExist"
@@ -172,6 +181,16 @@ class LockLostError(LDLMError):
         self.cause = cause
 
 
+class NoServiceError(LDLMError, nats.errors.NoRespondersError):
+    """No lock service answered (no responders, or it kept replying that it
+    is stopping) for the whole budget of the call: the request timeout for
+    trylock, unlock and renew, the wait timeout for lock. Not a protocol code
+    (``code`` is None). It is also a ``nats.errors.NoRespondersError``."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class ConnectionLostError(LDLMError):
     """The NATS connection is down (the client is reconnecting), so the
     request was not sent. Not a protocol code (``code`` is None)."""
@@ -216,3 +235,16 @@ def error_from_reply(error: Any, lock_name: Optional[str] = None) -> LDLMError:
     if cls is LDLMError:
         return LDLMError(message, code=code, lock_name=lock_name)
     return cls(message, lock_name=lock_name)
+
+
+__all__ = [
+    "LDLMError",
+    *(cls.__name__ for cls in ERRORS_BY_CODE.values()),
+    "LockDoesNotExistOrInvalidKeyError",
+    "UnexpectedReplyError",
+    "LockLostError",
+    "NoServiceError",
+    "ConnectionLostError",
+    "ERRORS_BY_CODE",
+    "error_from_reply",
+]

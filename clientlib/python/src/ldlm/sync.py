@@ -3,6 +3,12 @@
 A Client runs an :class:`~ldlm.AsyncClient` on an asyncio event loop in a
 background thread (which also renews locks that have a lock timeout). Its
 methods may be called from any number of threads at once.
+
+Nothing here repeats the asyncio client: each blocking method is made from
+the AsyncClient (or AsyncLock) method of the same name, with its signature
+and documentation, and runs it on the loop thread. Only what is particular
+to blocking calls lives here: the loop thread, and giving back a grant when
+the caller is interrupted (Ctrl-C) while it waits.
 """
 
 from __future__ import annotations
@@ -10,64 +16,61 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import functools
 import logging
 import threading
 import weakref
-from datetime import datetime
-from typing import Any, Coroutine, Optional, TypeVar
+from typing import Any, Callable, Coroutine, Optional, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ._names import DEFAULT_PREFIX, OP_LOCK, OP_TRYLOCK
-from .aio import (
-    DEFAULT_ADDRESS,
-    DEFAULT_CLEANUP_TIMEOUT_SECONDS,
-    DEFAULT_REQUEST_TIMEOUT_SECONDS,
-    DEFAULT_WAIT_MARGIN_SECONDS,
-    Address,
-    AsyncClient,
-    AsyncLock,
-    _finish,
-)
+from .aio import DEFAULT_ADDRESS, Address, AsyncClient, AsyncLock, release_on_exit
 from .errors import LDLMError
 
 log = logging.getLogger("ldlm")
 
 T = TypeVar("T")
 
-#: how long close() and the clean-up after an interrupted lock() wait
+#: how long close() and the clean-up after an interrupted call wait
 _CLEANUP_SECONDS = 15.0
+
+
+def _blocking(async_method: Callable[..., Coroutine[Any, Any, Any]], of: str) -> Callable[..., Any]:
+    """A blocking method that runs ``async_method`` (of AsyncClient or
+    AsyncLock) on the client's loop, with the same signature and docs. A
+    returned AsyncLock comes back as a :class:`Lock`."""
+    name = async_method.__name__
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if of == "client":
+            return self._run(getattr(self._aclient, name), args, kwargs)
+        result = self._client._run(getattr(self._alock, name), args, kwargs)
+        return self if isinstance(result, Lock) and result._alock is self._alock else result
+
+    functools.update_wrapper(method, async_method)
+    return method
 
 
 class Lock:
     """The outcome of a lock request: truthy when the lock is held.
 
-    ``name``, ``key``, ``token`` (fencing token), ``size``, ``expires_at``,
-    ``lock_timeout_seconds``, ``instance`` and ``lost_error`` are as on
-    :class:`~ldlm.AsyncLock`. ``unlock()`` releases it, ``renew(seconds)``
-    pushes its expiry back. A Lock is also a context manager that unlocks on
-    exit."""
+    Its attributes (``name``, ``key``, ``token``, ``size``, ``expires_at``,
+    ``lock_timeout_seconds``, ``instance``, ``lost_error``, ``locked``) are
+    those of the :class:`~ldlm.AsyncLock` it wraps; ``unlock()`` and
+    ``renew(seconds)`` block. A Lock is also a context manager that unlocks
+    on exit."""
+
+    __slots__ = ("_client", "_alock")
 
     def __init__(self, client: "Client", alock: AsyncLock):
         self._client = client
         self._alock = alock
 
-    name = property(lambda self: self._alock.name)
-    key = property(lambda self: self._alock.key)
-    token = property(lambda self: self._alock.token)
-    size = property(lambda self: self._alock.size)
-    lock_timeout_seconds = property(lambda self: self._alock.lock_timeout_seconds)
-    lost_error = property(lambda self: self._alock.lost_error)
-    instance = property(lambda self: self._alock.instance)
-
-    @property
-    def expires_at(self) -> Optional[datetime]:
-        return self._alock.expires_at
-
-    @property
-    def locked(self) -> bool:
-        return self._alock.locked
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self._alock, attr)
 
     def __bool__(self) -> bool:
         return self._alock.locked
@@ -75,38 +78,14 @@ class Lock:
     def __repr__(self) -> str:
         return repr(self._alock).replace("AsyncLock", "Lock", 1)
 
-    def unlock(self) -> bool:
-        """Release the lock: True when released, False when this Lock was not
-        held (never granted, or already unlocked). Raises
-        :class:`~ldlm.LockLostError` if the lock was lost meanwhile, and the
-        service's error (an :class:`~ldlm.LDLMError`) if it refuses."""
-        if self._alock._state in ("not obtained", "unlocked"):
-            return False
-        return self._client._call(self._alock.unlock())
-
-    def renew(self, lock_timeout_seconds: float) -> "Lock":
-        """Set the lock to expire ``lock_timeout_seconds`` from now (and keep
-        that timeout for background renewals). Raises
-        :class:`~ldlm.LockLostError` if the lock was lost."""
-        self._client._call(self._alock.renew(lock_timeout_seconds))
-        return self
+    unlock = _blocking(AsyncLock.unlock, "lock")
+    renew = _blocking(AsyncLock.renew, "lock")
 
     def __enter__(self) -> "Lock":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        _release_on_exit(self, exc_type)
-
-
-def _release_on_exit(lock: Lock, exc_type: Any) -> None:
-    if not lock._alock._needs_release():
-        return
-    try:
-        lock.unlock()
-    except Exception as e:  # noqa: BLE001
-        if exc_type is None:
-            raise
-        log.warning("ldlm: unlocking %r on context exit failed: %r", lock.name, e)
+        self._client._run(release_on_exit, (self._alock, exc_type), {})
 
 
 class LockContext:
@@ -114,7 +93,7 @@ class LockContext:
     a held lock on exit. ``lock`` may be falsy (wait timeout, or
     try_lock_context on a held lock)."""
 
-    def __init__(self, acquire):
+    def __init__(self, acquire: Callable[[], Lock]):
         self._acquire = acquire
         self._lock: Optional[Lock] = None
 
@@ -124,27 +103,17 @@ class LockContext:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._lock is not None:
-            _release_on_exit(self._lock, exc_type)
+            self._lock.__exit__(exc_type, exc, tb)
 
 
-class _Handoff:
-    """Hands a lock request's outcome from the loop thread to the caller, or
-    tells the loop thread that the caller gave up (Ctrl-C) so that a grant
-    arriving after that is given back."""
+def _context(acquire_name: str, async_method: Callable[..., Any]) -> Callable[..., LockContext]:
+    def method(self: "Client", *args: Any, **kwargs: Any) -> LockContext:
+        acquire = getattr(self, acquire_name)
+        return LockContext(lambda: acquire(*args, **kwargs))
 
-    __slots__ = ("mu", "abandoned", "delivered", "result", "task", "finished")
-
-    def __init__(self) -> None:
-        self.mu = threading.Lock()
-        self.abandoned = False
-        self.delivered = False
-        self.result: Optional[AsyncLock] = None
-        self.task: Optional[asyncio.Task] = None
-        self.finished = threading.Event()
-
-    def cancel(self) -> None:  # runs in the loop thread
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+    functools.update_wrapper(method, async_method)
+    method.__doc__ = (async_method.__doc__ or "").replace("async with", "with")
+    return method
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -194,29 +163,14 @@ class Client:
     """A synchronous LDLM client, safe to share between threads.
 
     ``Client("nats://host:4222")`` (or "host:port", or a list of URLs)
-    connects at once; extra keyword arguments go to :func:`nats.connect`.
+    connects at once; options and extra keyword arguments are those of
+    :class:`~ldlm.AsyncClient` (extra ones go to :func:`nats.connect`).
     ``Client(nc, loop=loop)`` uses an existing nats-py connection whose event
     loop runs in another thread (``loop`` is found from ``nc`` when omitted);
     ``close()`` then leaves the connection open.
-
-    Options are those of :class:`~ldlm.AsyncClient`: ``auto_renew``,
-    ``subject_prefix``, ``request_timeout_seconds``, ``wait_margin_seconds``,
-    ``cleanup_timeout_seconds``, ``keep_on_disconnect``.
     """
 
-    def __init__(
-        self,
-        address: Address = DEFAULT_ADDRESS,
-        *,
-        loop: Optional[asyncio.AbstractEventLoop] = None,
-        auto_renew: bool = True,
-        subject_prefix: str = DEFAULT_PREFIX,
-        request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
-        wait_margin_seconds: float = DEFAULT_WAIT_MARGIN_SECONDS,
-        cleanup_timeout_seconds: float = DEFAULT_CLEANUP_TIMEOUT_SECONDS,
-        keep_on_disconnect: bool = False,
-        **connect_options: Any,
-    ):
+    def __init__(self, address: Address = DEFAULT_ADDRESS, *, loop: Optional[asyncio.AbstractEventLoop] = None, **options: Any):
         self._closed = False
         self._close_mu = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -231,27 +185,25 @@ class Client:
                 raise TypeError("loop= is only for an existing nats-py connection")
             self._loop = asyncio.new_event_loop()
             self._owns_loop = True
-            self._thread = threading.Thread(
-                target=_run_loop, args=(self._loop,), name="ldlm-client", daemon=True
-            )
+            self._thread = threading.Thread(target=_run_loop, args=(self._loop,), name="ldlm-client", daemon=True)
             self._thread.start()
-        self._aclient = AsyncClient(
-            address,
-            auto_renew=auto_renew,
-            subject_prefix=subject_prefix,
-            request_timeout_seconds=request_timeout_seconds,
-            wait_margin_seconds=wait_margin_seconds,
-            cleanup_timeout_seconds=cleanup_timeout_seconds,
-            keep_on_disconnect=keep_on_disconnect,
-            **connect_options,
-        )
+        self._aclient = AsyncClient(address, **options)
         if self._owns_loop:
             try:
-                self._call(self._aclient.connect())
+                self._run(self._aclient.connect, (), {})
             except BaseException:
                 self._stop_loop()
                 raise
             _live_clients.add(self)
+
+    # -- the operations, made from AsyncClient's ------------------------
+
+    lock = _blocking(AsyncClient.lock, "client")
+    try_lock = _blocking(AsyncClient.try_lock, "client")
+    unlock = _blocking(AsyncClient.unlock, "client")
+    renew = _blocking(AsyncClient.renew, "client")
+    lock_context = _context("lock", AsyncClient.lock_context)
+    try_lock_context = _context("try_lock", AsyncClient.try_lock_context)
 
     # -- connection -------------------------------------------------------
 
@@ -327,62 +279,14 @@ class Client:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
 
-    # -- operations -------------------------------------------------------
+    # -- running on the loop ---------------------------------------------
 
-    def lock(
-        self,
-        name: str,
-        size: int = 1,
-        wait_timeout_seconds: Optional[float] = None,
-        lock_timeout_seconds: Optional[float] = None,
-        *,
-        auto_renew: Optional[bool] = None,
-    ) -> Lock:
-        """Acquire ``name``, blocking while all its slots are held (at most
-        ``wait_timeout_seconds``, when given). Returns a falsy Lock when the
-        wait timed out. Ctrl-C while waiting gives up the wait race-free."""
-        return self._acquire(OP_LOCK, name, size, wait_timeout_seconds, lock_timeout_seconds, auto_renew)
-
-    def try_lock(
-        self,
-        name: str,
-        size: int = 1,
-        lock_timeout_seconds: Optional[float] = None,
-        *,
-        auto_renew: Optional[bool] = None,
-    ) -> Lock:
-        """Acquire ``name`` only if a slot is free now; a falsy Lock otherwise."""
-        return self._acquire(OP_TRYLOCK, name, size, None, lock_timeout_seconds, auto_renew)
-
-    def lock_context(
-        self,
-        name: str,
-        size: int = 1,
-        wait_timeout_seconds: Optional[float] = None,
-        lock_timeout_seconds: Optional[float] = None,
-        *,
-        auto_renew: Optional[bool] = None,
-    ) -> LockContext:
-        """``with client.lock_context(name) as lock:``: lock() on entry,
-        unlock on exit (when it was obtained)."""
-        return LockContext(
-            lambda: self.lock(name, size, wait_timeout_seconds, lock_timeout_seconds, auto_renew=auto_renew)
-        )
-
-    def try_lock_context(
-        self,
-        name: str,
-        size: int = 1,
-        lock_timeout_seconds: Optional[float] = None,
-        *,
-        auto_renew: Optional[bool] = None,
-    ) -> LockContext:
-        """``with client.try_lock_context(name) as lock:`` (check ``if lock:``)."""
-        return LockContext(lambda: self.try_lock(name, size, lock_timeout_seconds, auto_renew=auto_renew))
-
-    # -- internals --------------------------------------------------------
-
-    def _check_usable(self) -> None:
+    def _run(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict) -> Any:
+        """Run func(*args, **kwargs) on the loop and wait for its result. If
+        the caller is interrupted meanwhile (KeyboardInterrupt, SystemExit),
+        the call is cancelled (a waiting lock withdraws its request) or, if
+        it already returned a lock, that lock is unlocked: nothing is left
+        behind for a caller that is gone."""
         if self._closed:
             raise nats.errors.ConnectionClosedError()
         try:
@@ -390,84 +294,73 @@ class Client:
         except RuntimeError:
             running = None
         if running is self._loop:
-            raise RuntimeError(
-                "ldlm.Client called from its own event loop would deadlock: use ldlm.AsyncClient there"
-            )
+            raise RuntimeError("ldlm.Client called from its own event loop would deadlock: use ldlm.AsyncClient there")
+        cf: concurrent.futures.Future = concurrent.futures.Future()
+        tasks: list[asyncio.Task] = []
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        def start() -> None:
+            tasks.append(self._loop.create_task(_hand_over(func, args, kwargs, cf)))
+
+        self._loop.call_soon_threadsafe(start)
         try:
-            self._check_usable()
-            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        except BaseException:
-            coro.close()
-            raise
-        return fut.result()
-
-    def _acquire(
-        self,
-        op: str,
-        name: str,
-        size: Optional[int],
-        wait_timeout_seconds: Optional[float],
-        lock_timeout_seconds: Optional[float],
-        auto_renew: Optional[bool],
-    ) -> Lock:
-        self._check_usable()
-        h = _Handoff()
-        aclient = self._aclient
-
-        async def runner() -> Optional[AsyncLock]:
-            try:
-                with h.mu:
-                    if h.abandoned:
-                        return None
-                    h.task = asyncio.current_task()
-                alock = await aclient._acquire(
-                    op, name, size, wait_timeout_seconds, lock_timeout_seconds, auto_renew
-                )
-                with h.mu:
-                    if not h.abandoned:
-                        h.delivered = True
-                        h.result = alock
-                        return alock
-                # The caller gave up just as the grant arrived: give it back.
-                if alock:
-                    try:
-                        await _finish(alock.unlock())
-                    except Exception as e:  # noqa: BLE001
-                        log.debug("ldlm: giving back %r failed: %r", name, e)
-                return None
-            finally:
-                h.finished.set()
-
-        fut = asyncio.run_coroutine_threadsafe(runner(), self._loop)
-        try:
-            alock = fut.result()
-            assert alock is not None
-            lock = Lock(self, alock)
+            result = cf.result()
         except BaseException as e:
-            if isinstance(e, Exception) and fut.done() and not fut.cancelled() and fut.exception() is e:
-                raise  # the request itself failed
-            # Interrupted while waiting (KeyboardInterrupt, SystemExit...):
-            # make sure the service keeps nothing for us, then re-raise.
-            with h.mu:
-                h.abandoned = True
-                delivered, result = h.delivered, h.result
-            if delivered:
-                if result:
-                    try:
-                        asyncio.run_coroutine_threadsafe(result.unlock(), self._loop).result(_CLEANUP_SECONDS)
-                    except Exception as ue:  # noqa: BLE001
-                        log.debug("ldlm: giving back %r failed: %r", name, ue)
-            else:
-                try:
-                    self._loop.call_soon_threadsafe(h.cancel)
-                except RuntimeError:
-                    pass
-                else:
-                    h.finished.wait(_CLEANUP_SECONDS)
+            if cf.done() and not cf.cancelled() and cf.exception() is e:
+                raise  # the call itself failed
+            # Interrupted while waiting (KeyboardInterrupt, SystemExit...).
+            # Cancelling cf is atomic with the hand-over: either the call
+            # has not delivered (it is cancelled, and gives back what it gets
+            # itself), or it has, and the result is ours to give back.
+            if cf.cancel():
+                self._settle(tasks)
+            elif cf.exception() is None and isinstance(cf.result(), AsyncLock):
+                self._give_back(cf.result())
             raise
-        return lock
+        if isinstance(result, AsyncLock):
+            return Lock(self, result)
+        return result
+
+    def _settle(self, tasks: list) -> None:
+        """Cancel the call and wait a little for it to end (a waiting lock
+        withdraws its request), so that an exiting program leaves nothing."""
+
+        async def cancel_and_wait() -> None:
+            if tasks:
+                tasks[0].cancel()
+                await asyncio.wait(tasks, timeout=_CLEANUP_SECONDS)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_and_wait(), self._loop).result(_CLEANUP_SECONDS + 1)
+        except Exception as e:  # noqa: BLE001
+            log.debug("ldlm: waiting for the withdrawal: %r", e)
+
+    def _give_back(self, alock: AsyncLock) -> None:
+        if not alock:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(alock.unlock(), self._loop).result(_CLEANUP_SECONDS)
+        except Exception as e:  # noqa: BLE001
+            log.debug("ldlm: giving back %r failed: %r", alock.name, e)
+
+
+async def _hand_over(func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, cf: concurrent.futures.Future) -> None:
+    """Runs on the loop: func's outcome goes to cf, unless the caller gave up
+    (cancelled cf) first; a lock nobody will receive is then unlocked."""
+    if cf.cancelled():
+        return
+    try:
+        result = await func(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - handed over, or nobody wants it
+        if cf.set_running_or_notify_cancel():
+            cf.set_exception(e)
+        return
+    if cf.set_running_or_notify_cancel():
+        cf.set_result(result)
+    elif isinstance(result, AsyncLock) and result:
+        try:
+            await result.unlock()
+        except Exception as e:  # noqa: BLE001
+            log.debug("ldlm: giving back %r failed: %r", result.name, e)
 
 
 __all__ = ["Client", "Lock", "LockContext", "LDLMError"]

@@ -1,0 +1,387 @@
+"""The shared wire vectors (subjects/testdata/wire-vectors.json), which the Go
+and TypeScript suites run too:
+
+- requests, names, subject tails and owner headers are sent to the real
+  lock service, which must answer as the vectors say;
+- replies and notices are played to this client by a scripted responder on
+  a prefix of its own (on the same NATS server), and the client must do
+  what the vectors say: return a lock, a falsy lock, raise the named error,
+  ask again, keep or lose a held lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import nats
+import pytest
+
+import ldlm
+from ldlm import encode_name
+
+from conftest import REPO_ROOT
+
+VECTORS = json.loads((REPO_ROOT / "subjects" / "testdata" / "wire-vectors.json").read_text())
+assert VECTORS["version"] == 1
+
+
+def run(coro, timeout: float = 120):
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+def ids(cases: list[dict]) -> list[str]:
+    return [c["name"] for c in cases]
+
+
+def body_of(case: dict) -> bytes:
+    body = case["body"]
+    pad = case.get("pad")
+    if pad:
+        body += pad["char"] * pad["count"]
+    return body.encode()
+
+
+def error_code(msg: Any) -> Optional[str]:
+    reply = json.loads(msg.data)
+    return (reply.get("error") or {}).get("code")
+
+
+def test_error_names_follow_the_rule():
+    for code, names in VECTORS["error_codes"].items():
+        assert names["python"] == code + "Error"
+        cls = getattr(ldlm, names["python"])
+        assert cls.CODE == code
+        assert ldlm.ERRORS_BY_CODE[code] is cls
+    assert set(VECTORS["error_codes"]) == set(ldlm.ERRORS_BY_CODE)
+
+
+# -- against the service ------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", VECTORS["requests"], ids=ids(VECTORS["requests"]))
+def test_request(url, case):
+    if case.get("pending"):
+        pytest.skip("pending: " + case["pending"])
+    want = case["expect"]
+
+    async def main():
+        nc = await nats.connect(url)
+        try:
+            name = f"vec-{uuid.uuid4().hex}"
+            msg = await nc.request(f"ldlm.{case['op']}.{name}", body_of(case), timeout=10)
+            reply = json.loads(msg.data)
+            code = (reply.get("error") or {}).get("code")
+            if "error" in want:
+                assert code == want["error"], reply
+                return
+            if case["op"] in ("unlock", "renew"):
+                assert code == want.get("on_free_lock"), reply
+                return
+            assert code is None and reply["locked"], reply
+            req = want["request"]
+            assert reply["size"] == req.get("size", 1)
+            if req.get("lock_timeout_seconds"):
+                assert "expires_at" in reply
+            if req.get("key"):
+                assert reply["key"] == req["key"]
+            unlocked = await nc.request(f"ldlm.unlock.{name}", json.dumps({"key": reply["key"]}).encode(), timeout=10)
+            assert json.loads(unlocked.data)["unlocked"]
+        finally:
+            await nc.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("case", VECTORS["names"], ids=ids(VECTORS["names"]))
+def test_name(url, case):
+    want = case["expect"]
+    assert encode_name(case["lock_name"]) == want["token"]
+    assert f"ldlm.lock.{encode_name(case['lock_name'])}" == want["subject"]
+
+    async def main():
+        async with ldlm.AsyncClient(url) as c:
+            if want.get("service_error"):
+                with pytest.raises(ldlm.ERRORS_BY_CODE[want["service_error"]]):
+                    await c.try_lock(case["lock_name"])
+                return
+            lock = await c.try_lock(case["lock_name"])
+            assert lock and lock.name == case["lock_name"]
+            await lock.unlock()
+
+    run(main())
+
+
+@pytest.mark.parametrize("case", VECTORS["subject_tails"], ids=ids(VECTORS["subject_tails"]))
+def test_subject_tail(url, case):
+    want = case["expect"]
+
+    async def main():
+        nc = await nats.connect(url)
+        try:
+            msg = await nc.request(f"ldlm.trylock.{case['tail']}", b"", timeout=10)
+            reply = json.loads(msg.data)
+            if "error" in want:
+                assert (reply.get("error") or {}).get("code") == want["error"], reply
+                return
+            assert reply["locked"] and reply["name"] == want["lock_name"], reply
+            await nc.request(f"ldlm.unlock.{case['tail']}", json.dumps({"key": reply["key"]}).encode(), timeout=10)
+        finally:
+            await nc.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("case", VECTORS["owners"], ids=ids(VECTORS["owners"]))
+def test_owner(case):
+    owner = ldlm.format_owner(case["server_id"], case["client_id"])
+    assert owner == case["expect"]["header"]
+    assert f"{case['prefix']}.lost.{encode_name(owner)}" == case["expect"]["lost_subject"]
+
+
+def test_owner_of_the_connection(client):
+    nc = client.nc
+    assert client.owner() == ldlm.format_owner(nc._server_info['server_id'], nc.client_id)
+
+
+@pytest.mark.parametrize("case", VECTORS["owner_headers"], ids=ids(VECTORS["owner_headers"]))
+def test_owner_header(url, case):
+    if case.get("pending"):
+        pytest.skip("pending: " + case["pending"])
+    if "error" not in case["expect"]:
+        # A valid header names a connection that does not exist: the service
+        # would keep (and later sweep) a lock for it. Only refusals are sent.
+        pytest.skip("only refused headers are sent to the service")
+
+    async def main():
+        nc = await nats.connect(url)
+        try:
+            msg = await nc.request(
+                f"ldlm.trylock.vec-{uuid.uuid4().hex}", b"", timeout=10, headers={"Ldlm-Owner": case["header"]}
+            )
+            assert error_code(msg) == case["expect"]["error"]
+        finally:
+            await nc.close()
+
+    run(main())
+
+
+# -- replies and notices, played by a scripted responder ----------------------
+
+
+class Responder:
+    """Answers the requests of one client on a prefix of its own. ``script``
+    maps an operation to the bodies of its successive replies (the last one
+    repeats); before_reply, when set, runs before the first reply of an op."""
+
+    def __init__(self, nc: Any, prefix: str, script: dict[str, list[str]]):
+        self.nc = nc
+        self.prefix = prefix
+        self.script = script
+        self.requests: list[tuple[str, dict]] = []
+        self.before_reply: dict[str, Callable[[], Any]] = {}
+
+    async def start(self) -> None:
+        await self.nc.subscribe(f"{self.prefix}.>", cb=self.on_request)
+        await self.nc.flush()
+
+    async def on_request(self, msg: Any) -> None:
+        op = msg.subject.split(".")[1]
+        if op not in ("lock", "trylock", "unlock", "renew"):
+            return
+        body = json.loads(msg.data) if msg.data else {}
+        seen = sum(1 for o, _ in self.requests if o == op)
+        self.requests.append((op, body))
+        replies = self.script.get(op) or []
+        if not replies:
+            return
+        hook = self.before_reply.pop(op, None)
+        if hook is not None:
+            await hook()
+        await msg.respond(replies[min(seen, len(replies) - 1)].encode())
+
+
+def granted(name: str, token: int, instance: str = "I1") -> str:
+    return json.dumps({"locked": True, "name": name, "key": "k-" + name, "token": token, "size": 1, "instance": instance})
+
+
+async def scripted(url: str, script: dict[str, list[str]], listen: bool = True, **options: Any):
+    prefix = f"vec{uuid.uuid4().hex[:12]}"
+    server_nc = await nats.connect(url)
+    responder = Responder(server_nc, prefix, script)
+    if listen:
+        await responder.start()
+    client = ldlm.AsyncClient(url, subject_prefix=prefix, **options)
+    await client.connect()
+    return responder, client
+
+
+def check_fields(lock: ldlm.AsyncLock, fields: dict) -> None:
+    from datetime import datetime
+
+    assert lock.name == fields["name"]
+    # not "key": the client keeps the key it chose (as the Go client does)
+    for attr in ("token", "size", "instance"):
+        if attr in fields:
+            assert getattr(lock, attr) == fields[attr], attr
+    if "expires_at" in fields:
+        want = datetime.fromisoformat(fields["expires_at"].replace("Z", "+00:00"))
+        assert lock.expires_at == want
+
+
+def error_class(name: str) -> type:
+    return getattr(ldlm, name)
+
+
+@pytest.mark.parametrize("case", VECTORS["replies"], ids=ids(VECTORS["replies"]))
+def test_reply(url, case):
+    want = case["expect"]
+    client_want = want["client"]
+    op, outcome = case["op"], client_want["outcome"]
+
+    async def main():
+        script: dict[str, list[str]] = {}
+        if op in ("lock", "trylock"):
+            script[op] = [case["body"]]
+            if outcome == "retry":
+                script[op].append(granted("job", 9))
+        else:
+            # a held lock first, then the case's reply to unlock or renew
+            script["trylock"] = [granted("job", 17)]
+            script[op] = [case["body"]]
+            if outcome == "retry":
+                script[op].append('{"unlocked":true,"name":"job"}')
+        responder, client = await scripted(url, script)
+        try:
+            if op in ("lock", "trylock"):
+                call = (lambda: client.lock("job")) if op == "lock" else (lambda: client.try_lock("job"))
+            else:
+                held = await client.try_lock("job")
+                assert held
+                call = held.unlock if op == "unlock" else (lambda: held.renew(30))
+
+            if outcome in ("error", "lost"):
+                with pytest.raises(ldlm.LDLMError) as info:
+                    await call()
+                assert type(info.value).__name__ == client_want["error_names"]["python"], info.value
+                if outcome == "lost":
+                    cause = client_want["cause"]
+                    assert type(info.value.cause).__name__ == cause["python"]
+                    assert info.value.reason == cause["reason"]
+                    assert not held
+                return
+            result = await call()
+            if outcome == "not_obtained":
+                assert not result
+            elif outcome in ("granted", "renewed"):
+                assert result
+                check_fields(result, want["fields"])
+            elif outcome == "unlocked":
+                assert result is True
+            elif outcome == "retry":
+                assert result
+                assert sum(1 for o, _ in responder.requests if o == op) >= 2
+            else:
+                raise AssertionError(f"unknown outcome {outcome}")
+        finally:
+            await client.close()
+            await responder.nc.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("case", VECTORS["notices"], ids=ids(VECTORS["notices"]))
+def test_notice(url, case):
+    held, event, want = case["held"], case["event"], case["expect"]
+
+    async def main():
+        sentinel = "sentinel-lock"
+        script = {
+            "trylock": [granted(held["name"], held["token"], held["instance"]), granted(sentinel, 999, held["instance"])]
+        }
+        responder, client = await scripted(url, script)
+        owner = client.owner()
+
+        def subject_of(ev: dict) -> str:
+            tail = ev["subject"].split(".", 1)[1]
+            if tail.startswith("lost."):
+                tail = "lost." + encode_name(owner)
+            return f"{responder.prefix}.{tail}"
+
+        async def publish_event() -> None:
+            await responder.nc.publish(subject_of(event), event["body"].encode())
+            await responder.nc.flush()
+
+        try:
+            if case["timing"] == "before_reply":
+                responder.before_reply["trylock"] = publish_event
+            lock = await client.try_lock(held["name"])
+            if case["timing"] == "before_reply":
+                check_outcome(lock, want)
+                return
+            assert lock
+            other = await client.try_lock(sentinel)
+            assert other
+            if event["kind"] == "reply":
+                responder.script["trylock"] = [event["body"]]
+                assert await client.try_lock("other")
+            else:
+                await publish_event()
+            # A notice that ends the sentinel, sent after the event on the
+            # lost subject: once it is handled, so is the event.
+            notice = json.dumps({"name": sentinel, "token": 999, "reason": "force-released"})
+            await responder.nc.publish(f"{responder.prefix}.lost.{encode_name(owner)}", notice.encode())
+            await responder.nc.flush()
+            for _ in range(2000):
+                if not other and (want["action"] == "keep" or not lock):
+                    break
+                await asyncio.sleep(0.005)
+            check_outcome(lock, want)
+        finally:
+            await client.close()
+            await responder.nc.close()
+
+    run(main())
+
+
+def check_outcome(lock: ldlm.AsyncLock, want: dict) -> None:
+    if want["action"] == "keep":
+        assert lock, lock.lost_error
+    else:
+        assert not lock
+        assert lock.lost_error is not None and lock.lost_error.reason == want["python"], lock.lost_error
+
+
+def test_vectors_file_is_where_go_reads_it():
+    assert (Path(REPO_ROOT) / "subjects" / "vectors_test.go").exists()
+
+
+@pytest.mark.parametrize("case", VECTORS["no_service"], ids=ids(VECTORS["no_service"]))
+def test_no_service(url, case):
+    want = case["expect"]["client"]
+    op = case["op"]
+
+    async def main():
+        script = {op: [case["every_reply"]]} if case["every_reply"] is not None else {}
+        # nobody answers: no subscriber at all, so NATS says "no responders"
+        responder, client = await scripted(url, script, listen=bool(script), request_timeout_seconds=0.5)
+        try:
+            with pytest.raises(ldlm.LDLMError) as info:
+                if op == "lock":
+                    await client.lock("job", case["wait_timeout_seconds"])
+                else:
+                    await client.try_lock("job")
+            assert type(info.value).__name__ == want["error_names"]["python"], info.value
+            if case["every_reply"] is not None:
+                assert sum(1 for o, _ in responder.requests if o == op) >= 2, "it did not ask again"
+        finally:
+            await client.close()
+            await responder.nc.close()
+
+    run(main())
