@@ -296,8 +296,9 @@ func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 // The engine is closed before the announcement, so that no grant can be
 // made after it, and a grant made just before whose reply is not sent yet
 // is answered Unavailable instead (see respondGrant): a client never hears
-// of a grant after it heard that the instance that made it stopped. Only then are the subscriptions drained (which takes a while): the
-// requests read meanwhile get Unavailable, and clients ask again.
+// of a grant after it heard that the instance that made it stopped. Only
+// then are the subscriptions drained (which takes a while): the requests
+// read meanwhile get Unavailable, and clients ask again.
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)

@@ -18,16 +18,16 @@ import (
 // json.Unmarshal itself, so the result never depends on the path taken.
 // FuzzDecodeResponses checks that both agree on any input.
 func DecodeLockResponse(data []byte, r *LockResponse) error {
-	if v, ok := scanLockResponse(data, *r); ok {
-		*r = v
-		return nil
-	}
-	return json.Unmarshal(data, r)
+	return decodeReply(data, r, scanLockResponse)
 }
 
 // DecodeUnlockResponse is DecodeLockResponse for the reply to unlock.
 func DecodeUnlockResponse(data []byte, r *UnlockResponse) error {
-	if v, ok := scanUnlockResponse(data, *r); ok {
+	return decodeReply(data, r, scanUnlockResponse)
+}
+
+func decodeReply[R any](data []byte, r *R, scan func([]byte, R) (R, bool)) error {
+	if v, ok := scan(data, *r); ok {
 		*r = v
 		return nil
 	}
