@@ -204,6 +204,31 @@ def _unknown_key(err: Any) -> bool:
     return isinstance(err, dict) and err.get("code") in LOST_CODES
 
 
+#: the most an asyncio socket transport reads at once for the client (see _small_reads)
+_READ_SIZE = 32 * 1024
+
+
+def _small_reads(nc: Any) -> None:
+    """Make the connection's socket reads 32 KiB instead of asyncio's 256 KiB.
+
+    asyncio's socket transport reads with ``recv(256 KiB)``: a 256 KiB buffer
+    per read, cut down to the few hundred bytes a reply has. On an event
+    loop in a thread other than the main one (the synchronous client's),
+    glibc serves a buffer that large from fresh mmap'ed pages every time:
+    page faults and system calls on every reply (about 10 % of the CPU of a
+    synchronous lock+unlock, bench/bench.py). nats-py takes at most 32 KiB
+    a read from the stream anyway. The transport is nats-py's private
+    attribute: when it is not there (another nats-py version, WebSocket),
+    nothing changes."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None and getattr(transport, "max_size", 0) > _READ_SIZE:
+        try:
+            transport.max_size = _READ_SIZE
+        except AttributeError:
+            pass
+
+
 def _pause(retries: int) -> float:
     return min(_RETRY_PAUSE * (2 ** min(retries, 10)), _MAX_RETRY_PAUSE)
 
@@ -811,6 +836,7 @@ class AsyncClient:
                 if nc.is_connected and nc._server_info is info:
                     self._epoch = _Epoch(info, owner)
                     self._signal_epoch_change()
+                    _small_reads(nc)
             await self._drop_lost_subs()
 
     async def _drop_lost_subs(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -173,6 +174,9 @@ class Client:
     def __init__(self, address: Address = DEFAULT_ADDRESS, *, loop: Optional[asyncio.AbstractEventLoop] = None, **options: Any):
         self._closed = False
         self._close_mu = threading.Lock()
+        self._hand_mu = threading.Lock()
+        self._inbox: "collections.deque[_Call]" = collections.deque()
+        self._draining = False
         self._thread: Optional[threading.Thread] = None
         if isinstance(address, NATS):
             loop = loop or _loop_of(address)
@@ -286,48 +290,108 @@ class Client:
         the caller is interrupted meanwhile (KeyboardInterrupt, SystemExit),
         the call is cancelled (a waiting lock withdraws its request) or, if
         it already returned a lock, that lock is unlocked: nothing is left
-        behind for a caller that is gone."""
+        behind for a caller that is gone.
+
+        This is on the path of every call, so it is kept cheap (bench/bench.py):
+        the call goes into an inbox that the loop drains (woken with
+        call_soon_threadsafe only when no drain is pending), and the caller
+        sleeps on a plain lock of its thread that the loop releases with the
+        outcome, rather than a run_coroutine_threadsafe future (a condition
+        variable, callbacks, and a wake-up of the loop per call)."""
         if self._closed:
             raise nats.errors.ConnectionClosedError()
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
+        if _running_loop() is self._loop:
             raise RuntimeError("ldlm.Client called from its own event loop would deadlock: use ldlm.AsyncClient there")
-        cf: concurrent.futures.Future = concurrent.futures.Future()
-        tasks: list[asyncio.Task] = []
-
-        def start() -> None:
-            tasks.append(self._loop.create_task(_hand_over(func, args, kwargs, cf)))
-
-        self._loop.call_soon_threadsafe(start)
+        waiter = getattr(_waiters, "lock", None)
+        if waiter is None:
+            waiter = _waiters.lock = threading.Lock()
+            waiter.acquire()
+        call = _Call(func, args, kwargs, waiter)
+        self._inbox.append(call)
+        if not self._draining:
+            # Wake the loop only when no drain is pending: a busy loop
+            # (many threads) is spared a self-pipe write and wake-up per call.
+            self._draining = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except BaseException:  # the loop is closed: nothing will run this call
+                self._draining = False
+                try:
+                    self._inbox.remove(call)
+                except ValueError:
+                    pass
+                raise
         try:
-            result = cf.result()
-        except BaseException as e:
-            if cf.done() and not cf.cancelled() and cf.exception() is e:
-                raise  # the call itself failed
+            waiter.acquire()
+        except BaseException:
             # Interrupted while waiting (KeyboardInterrupt, SystemExit...).
-            # Cancelling cf is atomic with the hand-over: either the call
-            # has not delivered (it is cancelled, and gives back what it gets
-            # itself), or it has, and the result is ours to give back.
-            if cf.cancel():
-                self._settle(tasks)
-            elif cf.exception() is None and isinstance(cf.result(), AsyncLock):
-                self._give_back(cf.result())
+            # The loop may still release this waiter: the thread needs a new one.
+            _waiters.lock = None
+            with self._hand_mu:
+                gave_up = call.state == _PENDING
+                if gave_up:
+                    call.state = _ABANDONED
+            # Either the call has not delivered (it is cancelled, and gives
+            # back what it gets itself), or it has, and the result is ours
+            # to give back.
+            if gave_up:
+                self._settle(call)
+            elif call.error is None and isinstance(call.result, AsyncLock):
+                self._give_back(call.result)
             raise
+        if call.error is not None:
+            error, call.error = call.error, None  # no reference cycle through the traceback
+            raise error
+        result = call.result
         if isinstance(result, AsyncLock):
             return Lock(self, result)
         return result
 
-    def _settle(self, tasks: list) -> None:
+    def _drain(self) -> None:
+        """On the loop: start the calls handed over, unless their callers gave
+        up already. The flag is cleared before the inbox is emptied, so a call
+        appended meanwhile is either taken here or schedules another drain."""
+        self._draining = False
+        inbox, create_task = self._inbox, self._loop.create_task
+        while inbox:
+            call = inbox.popleft()
+            if call.state == _PENDING:
+                call.task = create_task(self._hand_over(call))
+
+    async def _hand_over(self, call: "_Call") -> None:
+        """On the loop: the call's outcome goes to its caller, unless the
+        caller gave up first; a lock nobody will receive is then unlocked."""
+        try:
+            result = await call.func(*call.args, **call.kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed over, or nobody wants it
+            with self._hand_mu:
+                if call.state == _PENDING:
+                    call.state = _DELIVERED
+                    call.error = e
+                    call.waiter.release()
+            return
+        with self._hand_mu:
+            delivered = call.state == _PENDING
+            if delivered:
+                call.state = _DELIVERED
+                call.result = result
+                call.waiter.release()
+        if not delivered and isinstance(result, AsyncLock) and result:
+            try:
+                await result.unlock()
+            except Exception as e:  # noqa: BLE001
+                log.debug("ldlm: giving back %r failed: %r", result.name, e)
+
+    def _settle(self, call: "_Call") -> None:
         """Cancel the call and wait a little for it to end (a waiting lock
         withdraws its request), so that an exiting program leaves nothing."""
 
         async def cancel_and_wait() -> None:
-            if tasks:
-                tasks[0].cancel()
-                await asyncio.wait(tasks, timeout=_CLEANUP_SECONDS)
+            # A call not started yet never will be: it is abandoned.
+            task = call.task
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task], timeout=_CLEANUP_SECONDS)
 
         try:
             asyncio.run_coroutine_threadsafe(cancel_and_wait(), self._loop).result(_CLEANUP_SECONDS + 1)
@@ -343,24 +407,34 @@ class Client:
             log.debug("ldlm: giving back %r failed: %r", alock.name, e)
 
 
-async def _hand_over(func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, cf: concurrent.futures.Future) -> None:
-    """Runs on the loop: func's outcome goes to cf, unless the caller gave up
-    (cancelled cf) first; a lock nobody will receive is then unlocked."""
-    if cf.cancelled():
-        return
-    try:
-        result = await func(*args, **kwargs)
-    except BaseException as e:  # noqa: BLE001 - handed over, or nobody wants it
-        if cf.set_running_or_notify_cancel():
-            cf.set_exception(e)
-        return
-    if cf.set_running_or_notify_cancel():
-        cf.set_result(result)
-    elif isinstance(result, AsyncLock) and result:
-        try:
-            await result.unlock()
-        except Exception as e:  # noqa: BLE001
-            log.debug("ldlm: giving back %r failed: %r", result.name, e)
+# the states of a _Call
+_PENDING, _DELIVERED, _ABANDONED = 0, 1, 2
+
+#: each thread's waiter: a lock held while no call is under way, which the
+#: loop releases when the thread's call has an outcome
+_waiters = threading.local()
+
+
+class _Call:
+    """One blocking call handed to the loop. ``state`` changes under the
+    client's hand-over lock: the caller giving up and the loop delivering
+    exclude each other."""
+
+    __slots__ = ("func", "args", "kwargs", "waiter", "state", "result", "error", "task")
+
+    def __init__(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, waiter: threading.Lock):
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.waiter = waiter
+        self.state = _PENDING
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.task: Optional[asyncio.Task] = None
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    return asyncio._get_running_loop()
 
 
 __all__ = ["Client", "Lock", "LockContext", "LDLMError"]
