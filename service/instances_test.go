@@ -182,6 +182,12 @@ func TestNATSServerRestart(t *testing.T) {
 	eventually(t, "the dead holder's lock is released after the restart", func() bool {
 		return svc.Engine().Stats().Locks == 0
 	})
+	// The release can come before the restarted server has read the
+	// service's subscriptions again; a round trip on the service's
+	// connection makes sure it has, so the request below finds a responder.
+	if err := svcConn.FlushTimeout(testTimeout); err != nil {
+		t.Fatal(err)
+	}
 	client, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
