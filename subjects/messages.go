@@ -111,6 +111,19 @@ func decodeRequestJSON(trimmed []byte) (Request, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Request{}, Errorf(CodeBadRequest, "body has data after the JSON object")
 	}
+	// encoding/json matches field names without regard to case ("Size");
+	// the protocol's names are exact, as the scanner reads them.
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &fields); err != nil {
+		return Request{}, Errorf(CodeBadRequest, "body is not a valid request: %s", describeJSONError(err))
+	}
+	for f := range fields {
+		switch f {
+		case "size", "wait_timeout_seconds", "lock_timeout_seconds", "key":
+		default:
+			return Request{}, Errorf(CodeBadRequest, "body is not a valid request: unknown field %s", quoteShort(f))
+		}
+	}
 	var g given
 	if w.Size != nil {
 		w.Request.Size, g = *w.Size, g|givenSize

@@ -118,7 +118,7 @@ func TestDecodeRequest(t *testing.T) {
 		{body: `{"lock_timeout_seconds":0.0001}`, code: CodeInvalidTimeout},
 		{body: `{"key":""}`, code: CodeInvalidLockKey},
 		{body: `{"key":"` + strings.Repeat("k", MaxKeyLength+1) + `"}`, code: CodeInvalidLockKey},
-		{body: `{"Size":2}`, want: Request{Size: 2}}, // encoding/json matches names case-insensitively
+		{body: `{"Size":2}`, code: CodeBadRequest}, // names are exact, though encoding/json alone would match "Size"
 		{body: `{"sise":2}`, code: CodeBadRequest},
 		{body: `{} x`, code: CodeBadRequest},
 		{body: `null`, code: CodeBadRequest},
