@@ -150,17 +150,22 @@ type processHolder struct {
 	lines chan string
 }
 
+// startPiped starts cmd with pipes to its standard input and output, the
+// way the bench talks to the processes it starts.
+func startPiped(cmd *exec.Cmd) (stdin io.WriteCloser, stdout io.ReadCloser, err error) {
+	if stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, nil, err
+	}
+	if stdout, err = cmd.StdoutPipe(); err != nil {
+		return nil, nil, err
+	}
+	return stdin, stdout, cmd.Start()
+}
+
 func startHelper(url string, n int, timeout time.Duration) (*processHolder, error) {
 	cmd := HelperCommand(url, n)
-	stdin, err := cmd.StdinPipe()
+	stdin, stdout, err := startPiped(cmd)
 	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	h := &processHolder{cmd: cmd, stdin: stdin, lines: make(chan string, 4)}

@@ -87,15 +87,8 @@ func NewProcessTarget(opts ProcessOptions) (*Target, error) {
 		return nil, errors.New("no command to start a server process (run through ldlm bench)")
 	}
 	cmd := ServerCommand(opts.args())
-	stdin, err := cmd.StdinPipe()
+	stdin, stdout, err := startPiped(cmd)
 	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting the server process: %w", err)
 	}
 	p := &ServerProcess{PID: cmd.Process.Pid, ServiceOverTCP: opts.ServiceOverTCP, cmd: cmd, stdin: stdin, done: make(chan struct{})}
