@@ -489,7 +489,7 @@ func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header
 // decodeLock and decodeUnlock decode a reply through the subjects
 // decoders: they give the same result as encoding/json at a fraction of
 // the CPU, and a client decodes two replies per lock cycle. Typed, unlike
-// decodeReply, so that the reply stays on the caller's stack.
+// decodeReply, so that each caller says which reply it reads.
 func decodeLock(data []byte, r *subjects.LockResponse) error {
 	if err := subjects.DecodeLockResponse(data, r); err != nil {
 		return unreadable(data, err)

@@ -229,11 +229,10 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 // cleans up after it.
 func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*Lock, bool, error) {
 	refused := c.register(l, p)
-	var lost *LostError
 	switch {
 	case refused == nil:
 		return l, false, nil
-	case errors.As(refused, &lost):
+	case isLost(refused):
 		// Released by the service before we saw the reply: the caller
 		// gets the lock as it is, lost.
 		return l, false, nil
@@ -251,6 +250,13 @@ func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*
 		return nil, false, wrap(op, l.name, ctx.Err())
 	}
 	return nil, false, wrap(op, l.name, fmt.Errorf("%w while the reply came", refused))
+}
+
+// isLost reports whether err is a *LostError. Apart from granted, so that
+// granted's success path allocates nothing for errors.As.
+func isLost(err error) bool {
+	var lost *LostError
+	return errors.As(err, &lost)
 }
 
 // giveUp cleans up after a request that may have reached the service, and
