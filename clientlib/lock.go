@@ -22,9 +22,8 @@ type Lock struct {
 	token     uint64
 	size      int
 	autoRenew bool
-	ep        *epoch        // the connection the lock was granted over
-	instance  string        // the service instance that granted it; "" if the service did not say
-	done      chan struct{} // closed by finishLocked
+	ep        *epoch // the connection the lock was granted over
+	instance  string // the service instance that granted it; "" if the service did not say
 
 	// Guarded by c.mu (see Client); for a lock not obtained, err is set
 	// once at the start.
@@ -35,7 +34,15 @@ type Lock struct {
 	renewing  bool          // an automatic renewal is in flight
 	retryAt   time.Time     // after a failed automatic renewal: not before then
 	timer     timer         // its next renewal or its expiry, while it has a lock timeout
+	done      chan struct{} // made by the first call of Done while held, closed by finishLocked; most callers never ask
 }
+
+// closedDone is Done of every lock that ended before anybody asked for Done.
+var closedDone = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
 
 // Lock acquires the lock called name (any UTF-8 string), waiting while all
 // its slots are held.
@@ -175,7 +182,10 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	}
 	sentAt := time.Now()
 	var resp subjects.LockResponse
-	err = c.request(reqCtx, 0, ep.header, op, name, req, &resp)
+	data, err := c.request(reqCtx, 0, ep.header, op, name, req)
+	if err == nil {
+		err = decodeLock(data, &resp)
+	}
 	if err == nil && resp.Error == nil && resp.Locked {
 		return c.granted(ctx, op, newLock(c, ep, name, req.Key, resp, o, sentAt), p)
 	}
@@ -219,11 +229,10 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 // cleans up after it.
 func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*Lock, bool, error) {
 	refused := c.register(l, p)
-	var lost *LostError
 	switch {
 	case refused == nil:
 		return l, false, nil
-	case errors.As(refused, &lost):
+	case isLost(refused):
 		// Released by the service before we saw the reply: the caller
 		// gets the lock as it is, lost.
 		return l, false, nil
@@ -241,6 +250,13 @@ func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*
 		return nil, false, wrap(op, l.name, ctx.Err())
 	}
 	return nil, false, wrap(op, l.name, fmt.Errorf("%w while the reply came", refused))
+}
+
+// isLost reports whether err is a *LostError. Apart from granted, so that
+// granted's success path allocates nothing for errors.As.
+func isLost(err error) bool {
+	var lost *LostError
+	return errors.As(err, &lost)
 }
 
 // giveUp cleans up after a request that may have reached the service, and
@@ -282,7 +298,6 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 		autoRenew: o.autoRenew,
 		ep:        ep,
 		instance:  resp.Instance,
-		done:      make(chan struct{}),
 		timeout:   o.lockTimeout,
 		sentAt:    sentAt,
 	}
@@ -299,9 +314,7 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 // notObtained is the Lock that Lock and TryLock return when they did not
 // get the lock; reason is what its Err reports.
 func notObtained(name string, reason error) *Lock {
-	done := make(chan struct{})
-	close(done)
-	return &Lock{name: name, done: done, err: reason}
+	return &Lock{name: name, done: closedDone, err: reason}
 }
 
 // Locked reports whether the lock is held, as far as the client knows: it
@@ -343,7 +356,20 @@ func (l *Lock) ExpiresAt() time.Time {
 // granted it stopped or was replaced, its connection dropped or
 // reconnected, or the client was closed. It is already closed when the
 // lock was not obtained. Err tells which.
-func (l *Lock) Done() <-chan struct{} { return l.done }
+func (l *Lock) Done() <-chan struct{} {
+	if l.c == nil {
+		return l.done
+	}
+	l.c.mu.Lock()
+	defer l.c.mu.Unlock()
+	if l.done == nil {
+		l.done = closedDone
+		if l.err == nil {
+			l.done = make(chan struct{})
+		}
+	}
+	return l.done
+}
 
 // Err returns nil while the lock is held. Once Done is closed it returns
 // why: ErrUnlocked after Unlock, a *LostError (matching ErrLockLost) when
@@ -431,7 +457,11 @@ func (l *Lock) renew(ctx context.Context, timeout time.Duration) error {
 	var resp subjects.LockResponse
 	err := c.persist(ctx, deadline, subjects.OpRenew, l.name, func() error {
 		sentAt, resp = time.Now(), subjects.LockResponse{}
-		if err := c.ask(ctx, deadline, header, subjects.OpRenew, l.name, req, &resp); err != nil {
+		data, err := c.ask(ctx, deadline, header, subjects.OpRenew, l.name, req)
+		if err != nil {
+			return err
+		}
+		if err := decodeLock(data, &resp); err != nil {
 			return err
 		}
 		if resp.Error != nil {

@@ -46,11 +46,14 @@ type lockOptions struct {
 }
 
 func newLockOptions(opts []LockOption) lockOptions {
-	o := lockOptions{autoRenew: true}
-	for _, opt := range opts {
-		opt(&o)
+	if len(opts) == 0 {
+		return lockOptions{autoRenew: true} // without the allocation that o below costs
 	}
-	return o
+	o := &lockOptions{autoRenew: true}
+	for _, opt := range opts {
+		opt(o)
+	}
+	return *o
 }
 
 // WithSize sets the number of slots of the lock: up to n holders at once
