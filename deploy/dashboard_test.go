@@ -19,7 +19,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -29,9 +28,9 @@ import (
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"gopkg.in/yaml.v3"
+
+	"github.com/ldlm-io/ldlm/internal/metricstest"
 )
 
 // dashboardPath is the dashboard, relative to the repository.
@@ -201,7 +200,7 @@ func TestDashboard(t *testing.T) {
 // exists there: a typo in a name or a reason would leave a panel empty.
 func checkDashboardMetrics(t *testing.T, url string) {
 	t.Helper()
-	families := scrape(t, url)
+	families := metricstest.Scrape(t, url)
 	d := loadDashboard(t)
 	checked := map[string]bool{}
 	for where, expr := range d.queries(t) {
@@ -230,25 +229,6 @@ func checkDashboardMetrics(t *testing.T, url string) {
 		}
 	}
 	t.Logf("the dashboard's %d metrics are exported: %v", len(checked), mapKeys(checked))
-}
-
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	client := http.Client{Timeout: requestTimeout}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parsing %s: %v", url, err)
-	}
-	return families
 }
 
 // family finds the family of a series name: the name itself, or a

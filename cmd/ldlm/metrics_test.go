@@ -20,10 +20,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/internal/metricstest"
 	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/subjects"
 )
@@ -87,7 +86,7 @@ func TestServeMetrics(t *testing.T) {
 		t.Errorf("GET /healthz of a running service: %d %q; want 200 ok", code, body)
 	}
 
-	families := scrapeMetrics(t, metricsURL)
+	families := metricstest.Scrape(t, metricsURL)
 	for name, want := range map[string]float64{"ldlm_locks": 0, "ldlm_holders": 0, `ldlm_grants_total{waited="false"}`: 0} {
 		if got, ok := metricValue(families, name); !ok || got != want {
 			t.Errorf("before any lock: %s = %v (present %t), want %v", name, got, ok, want)
@@ -109,7 +108,7 @@ func TestServeMetrics(t *testing.T) {
 	}
 	deadline := time.Now().Add(metricsTestTimeout)
 	for {
-		families = scrapeMetrics(t, metricsURL)
+		families = metricstest.Scrape(t, metricsURL)
 		grants, _ := metricValue(families, `ldlm_grants_total{waited="false"}`)
 		holders, _ := metricValue(families, "ldlm_holders")
 		if grants == 1 && holders == 1 {
@@ -227,25 +226,6 @@ func awaitLogURL(t *testing.T, logs *ldlmtest.SyncBuffer, served <-chan error, m
 			t.Fatalf("no %q in the log; log:\n%s", msg, text)
 		}
 	}
-}
-
-func scrapeMetrics(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	client := &http.Client{Timeout: metricsTestTimeout}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parsing %s: %v", url, err)
-	}
-	return families
 }
 
 // metricValue is the value of a counter or gauge series written as name or

@@ -3,17 +3,15 @@ package metrics_test
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/internal/metricstest"
 	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/service/metrics"
 	"github.com/ldlm-io/ldlm/subjects"
@@ -66,7 +64,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 		return nil
 	})
-	if got := scrape(t, web.URL); value(got, "ldlm_waiters", "", "") != 1 {
+	if got := metricstest.Scrape(t, web.URL+"/metrics"); value(got, "ldlm_waiters", "", "") != 1 {
 		t.Errorf("ldlm_waiters = %v with one parked request, want 1", value(got, "ldlm_waiters", "", ""))
 	}
 	unlock(t, nc, "a", a.Key)
@@ -87,7 +85,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	// answer a request before or after it counts: poll until all arrived.
 	var families map[string]*dto.MetricFamily
 	poll(t, "the metrics to count 3 grants, 1 waited", func() error {
-		families = scrape(t, web.URL)
+		families = metricstest.Scrape(t, web.URL+"/metrics")
 		atOnce := value(families, "ldlm_grants_total", "waited", "false")
 		afterWait := value(families, "ldlm_grants_total", "waited", "true")
 		if atOnce != 2 || afterWait != 1 {
@@ -171,30 +169,6 @@ func poll(t *testing.T, what string, check func() error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// scrape GETs /metrics in the text format and parses it.
-func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, base+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "text/plain; version=0.0.4")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %s", resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parsing /metrics: %v", err)
-	}
-	return families
 }
 
 // value is the value of the series name{label="v"} (label "": the first
