@@ -508,19 +508,6 @@ func unreadable(data []byte, err error) error {
 	return fmt.Errorf("unreadable reply %.80q: %w", data, err)
 }
 
-// decodeReply is json.Unmarshal(data, out), through decodeLock or
-// decodeUnlock for the two reply types.
-func decodeReply(data []byte, out any) error {
-	switch out := out.(type) {
-	case *subjects.LockResponse:
-		return subjects.DecodeLockResponse(data, out)
-	case *subjects.UnlockResponse:
-		return subjects.DecodeUnlockResponse(data, out)
-	default:
-		return json.Unmarshal(data, out)
-	}
-}
-
 // Pauses between the tries of a request that nobody answered (no
 // responders) or that a stopping service refused (Unavailable), and
 // between repeated tries of Lock: they double from retryPause up to

@@ -350,3 +350,16 @@ func TestVectorsOwners(t *testing.T) {
 		})
 	}
 }
+
+// decodeReply decodes a reply as the client does: the two reply types
+// through their scanners, anything else with json.Unmarshal.
+func decodeReply(data []byte, out any) error {
+	switch out := out.(type) {
+	case *subjects.LockResponse:
+		return subjects.DecodeLockResponse(data, out)
+	case *subjects.UnlockResponse:
+		return subjects.DecodeUnlockResponse(data, out)
+	default:
+		return json.Unmarshal(data, out)
+	}
+}
