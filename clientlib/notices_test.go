@@ -398,11 +398,18 @@ func TestWaitSurvivesGracefulStop(t *testing.T) {
 func TestRequestsRideOutRestart(t *testing.T) {
 	srv := ldlmtest.Start(t)
 	srv.Service.Stop() // make way for an instance the test starts
-	c, _ := newClient(t, srv, clientlib.WithRequestTimeout(testTimeout))
+	c, nc := newClient(t, srv, clientlib.WithRequestTimeout(testTimeout))
 	_, appConn := startInstance(t, srv)
 
 	held := mustLock(t, c, "kept", clientlib.WithLockTimeout(time.Minute), clientlib.WithAutoRenew(false))
 	appConn.Close() // the instance dies without a word: c still holds its lock
+	// Until the NATS server has noticed the close, a request still goes to
+	// the dead instance's subscription and is lost (a timeout, not a retry):
+	// start the requests once nobody answers.
+	eventually(t, "the dead instance's subscription is gone", func() bool {
+		_, err := nc.Request("ldlm.admin.status", nil, time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
 
 	type result struct {
 		op  string
