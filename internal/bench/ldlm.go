@@ -494,14 +494,21 @@ func (t *Target) echoWorkers(clients []*client, subject string) []Cycle {
 	return workers
 }
 
-// uncontendedWorkers trylock a name of their own, with a service-made key,
-// and unlock it.
+// uncontendedWorkers trylock a name of their own with a key of their own,
+// as a client that must be able to withdraw does (clientlib does: its rows
+// then send the same two requests as these), and unlock it.
 func (t *Target) uncontendedWorkers(clients []*client) []Cycle {
 	workers := make([]Cycle, len(clients))
 	for i, c := range clients {
 		name := "bench.u." + t.runID + "." + strconv.Itoa(i)
+		seq := 0
 		workers[i] = func() error {
-			key, err := c.lock(subjects.OpTryLock, name, nil)
+			seq++
+			body, err := json.Marshal(subjects.Request{Key: t.runID + "-" + strconv.Itoa(i) + "-" + strconv.Itoa(seq)})
+			if err != nil {
+				return err
+			}
+			key, err := c.lock(subjects.OpTryLock, name, body)
 			if err != nil {
 				return err
 			}
