@@ -78,6 +78,8 @@ func LoadTLS(cert, key, ca string) (*tls.Config, error) {
 //   - users outside accounts (authorization {users}): they would land in
 //     the global account, where no lock service answers;
 //   - operator (JWT) mode: it has no users of its own;
+//   - verify_and_map in the tls block: the service's in-process
+//     connections have no certificate to log in with;
 //   - the users ldlm-system and ldlm-service, which are the service's.
 func LoadConfigFile(path string) (*server.Options, error) {
 	opts, err := server.ProcessConfigFile(path)
@@ -98,6 +100,8 @@ func LoadConfigFile(path string) (*server.Options, error) {
 		return bad("an authorization block with a single user or a token cannot work beside the lock service's users: put users in accounts { APP { users: [...] } }, or use ldlm's token setting")
 	case len(opts.TrustedOperators) > 0 || len(opts.TrustedKeys) > 0:
 		return bad("operator (JWT) mode is not supported by the embedded server: run an external NATS server")
+	case opts.TLSMap:
+		return bad("remove verify_and_map: it makes every client log in with a certificate, and the lock service's own in-process connections have none; for mutual TLS set verify: true (or LDLM_EMBEDDED_TLS_CA) and keep users with passwords or nkeys")
 	}
 	for _, u := range opts.Users {
 		switch {

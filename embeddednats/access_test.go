@@ -333,6 +333,7 @@ func TestConfigErrors(t *testing.T) {
 // what ldlm sets itself or what cannot live beside the service's users.
 func TestLoadConfigFile(t *testing.T) {
 	t.Parallel()
+	pki := testpki.New(t, t.TempDir())
 	bad := []struct {
 		text, want string
 	}{
@@ -346,6 +347,7 @@ func TestLoadConfigFile(t *testing.T) {
 		{"accounts { APP { users: [{user: ldlm-system, password: p}] } }", "lock service's own"},
 		{"accounts { APP { users: [{user: ldlm-service, password: p}] } }", "lock service's own"},
 		{"this is { not a config", "embedded NATS configuration"},
+		{"tls { cert_file: \"" + pki.ServerCert + "\", key_file: \"" + pki.ServerKey + "\", ca_file: \"" + pki.CA + "\", verify_and_map: true }", "verify_and_map"},
 	}
 	for _, tc := range bad {
 		_, err := LoadConfigFile(writeFile(t, "bad.conf", tc.text))
