@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -98,12 +99,35 @@ type Config struct {
 	// none of Auth and no ConfigFile, clients need no credentials.
 	Auth Auth
 
+	// DataDir turns JetStream on, with file storage in this folder, for
+	// the account where the service answers: what lock state that outlives
+	// the process needs (docs/ha.md). Empty: no JetStream, unless a
+	// configuration file turns it on.
+	DataDir string
+
+	// Cluster makes the server a member of a NATS cluster (with DataDir, a
+	// JetStream cluster). Every member needs a ServerName of its own.
+	Cluster Cluster
+
 	// ConfigFile is a nats-server configuration file for what Config does
 	// not cover: accounts, users and their permissions, JetStream,
 	// clustering. See LoadConfigFile for what it must not contain. The
 	// server adds the service's own users, the application account APP
 	// and, if the file names none, the system account SYS.
 	ConfigFile string
+}
+
+// Cluster says how a server joins the other members of a NATS cluster. The
+// zero value: no cluster.
+type Cluster struct {
+	// Name is the cluster's name, the same on every member. Empty: "ldlm".
+	Name string
+	// Listen is the host:port on which other members connect (routes).
+	// Empty: not a cluster member.
+	Listen string
+	// Routes are the other members' route URLs (nats-route://host:port).
+	// A member that lists itself ignores that route.
+	Routes []string
 }
 
 // Auth says how TCP clients log in to the application account. A token
@@ -185,8 +209,39 @@ func Start(cfg Config) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("%w on %q (is the port in use?)", ErrListen, cfg.Listen)
 	}
+	if cfg.DataDir != "" {
+		if err := enableJetStream(ns, serviceAccount(cfg)); err != nil {
+			ns.Shutdown()
+			return nil, err
+		}
+	}
 	unprotected := opts.NoAuthUser != "" && !opts.TLSVerify && listens && !loopbackOnly(opts.Host)
 	return &Server{ns: ns, systemPass: systemPass, servicePass: servicePass, unprotected: unprotected, listenLater: later, listen: cfg.Listen}, nil
+}
+
+// serviceAccount is the account where the lock service answers.
+func serviceAccount(cfg Config) string {
+	if len(cfg.Tenants) > 0 {
+		return ServiceAccount
+	}
+	return AppAccount
+}
+
+// enableJetStream gives the account JetStream (with the server's limits),
+// unless a configuration file did already. Enabling it recovers the
+// account's streams from the data folder.
+func enableJetStream(ns *server.Server, account string) error {
+	acc, err := ns.LookupAccount(account)
+	if err != nil {
+		return fmt.Errorf("embedded NATS: account %s: %w", account, err)
+	}
+	if acc.JetStreamEnabled() {
+		return nil
+	}
+	if err := acc.EnableJetStream(nil, nil); err != nil {
+		return fmt.Errorf("embedded NATS: JetStream for account %s: %w", account, err)
+	}
+	return nil
 }
 
 // canListenLater reports that the server of opts works with its client
@@ -304,6 +359,15 @@ func serverOptions(cfg Config, systemPass, servicePass string) (*server.Options,
 	if opts.ServerName == "" {
 		opts.ServerName = "ldlm"
 	}
+	if cfg.DataDir != "" {
+		if opts.JetStream && opts.StoreDir != "" && opts.StoreDir != cfg.DataDir {
+			return nil, fmt.Errorf("embedded NATS: the configuration file's jetstream store_dir %s and the data folder %s differ: give one", opts.StoreDir, cfg.DataDir)
+		}
+		opts.JetStream, opts.StoreDir = true, cfg.DataDir
+	}
+	if err := setCluster(opts, cfg); err != nil {
+		return nil, err
+	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
 	} else {
@@ -320,6 +384,48 @@ func serverOptions(cfg Config, systemPass, servicePass string) (*server.Options,
 		opts.Host, opts.Port = host, port
 	}
 	return opts, nil
+}
+
+// setCluster puts cfg.Cluster into opts. A cluster member needs a name of
+// its own: JetStream tells members apart by it.
+func setCluster(opts *server.Options, cfg Config) error {
+	c := cfg.Cluster
+	if c.Listen == "" {
+		if len(c.Routes) > 0 || c.Name != "" {
+			return errors.New("embedded NATS cluster: routes or a cluster name need a cluster listen address")
+		}
+		return nil
+	}
+	if opts.Cluster.Port != 0 {
+		return errors.New("embedded NATS cluster: the configuration file has a cluster block and a cluster listen address is given too: use one or the other")
+	}
+	if cfg.ServerName == "" {
+		return errors.New("embedded NATS cluster: every member needs a server name of its own")
+	}
+	if cfg.Listen == "" {
+		// nats-server starts its routes once it has opened the client port.
+		return errors.New("embedded NATS cluster: a member needs a client listen address too")
+	}
+	if cfg.DataDir != "" && len(c.Routes) == 0 {
+		return errors.New("embedded NATS cluster: a JetStream cluster member needs the routes of the other members")
+	}
+	host, port, err := ParseListen(c.Listen)
+	if err != nil {
+		return fmt.Errorf("embedded NATS cluster %w", err)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT // see Server.ClusterURL
+	}
+	opts.Cluster.Name = cmp.Or(c.Name, "ldlm")
+	opts.Cluster.Host, opts.Cluster.Port = host, port
+	for _, r := range c.Routes {
+		u, err := url.Parse(r)
+		if err != nil || u.Scheme != "nats-route" || u.Host == "" {
+			return fmt.Errorf("embedded NATS cluster route %q: want nats-route://host:port", r)
+		}
+		opts.Routes = append(opts.Routes, u)
+	}
+	return nil
 }
 
 // tlsTimeout bounds a client's TLS handshake (nats-server's default).
@@ -408,6 +514,16 @@ func (s *Server) ClientURL() string {
 		return ""
 	}
 	return s.ns.ClientURL()
+}
+
+// ClusterURL is the nats-route:// URL on which other cluster members reach
+// the server, or "" when it is not a cluster member.
+func (s *Server) ClusterURL() string {
+	addr := s.ns.ClusterAddr()
+	if addr == nil {
+		return ""
+	}
+	return "nats-route://" + addr.String()
 }
 
 // Name is the server's name, as advisories and Nats-Request-Info carry it.
