@@ -186,4 +186,3 @@ func TestClusterConfigErrors(t *testing.T) {
 		})
 	}
 }
-
