@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -56,7 +57,6 @@ type Client struct {
 	instance      string                // the instance that serves now, as last heard; "" not known
 	unsure        bool                  // instance was learned from a reply while none was known, with no wake (see instanceServesLocked)
 	goneInstances []string              // instances known to be gone, oldest first
-	instanceWakes int                   // times waiting Lock calls were told to ask again
 	unmatched     []subjects.LostNotice // recent lost notices that matched no held lock, oldest first
 }
 
@@ -120,10 +120,13 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	}
 	// Subscribed before any request goes out: the server handles a
 	// connection's messages in order, so no announcement made after our
-	// first request is missed.
-	if err := c.listenInstances(); err != nil {
-		return nil, err
+	// first request is missed. The subscription lives until Close and
+	// survives reconnects (nats.go subscribes again).
+	sub, err := nc.Subscribe(subjects.InstanceSubject(c.prefix, "*"), c.onInstance)
+	if err != nil {
+		return nil, fmt.Errorf("ldlm: New: subscribing to the lock service's instance announcements: %w", err)
 	}
+	c.instanceSub = sub
 	// A status listener, unlike nats.ReconnectHandler and friends, does not
 	// replace handlers the application set on its connection.
 	c.status = nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING,
@@ -405,7 +408,7 @@ func (c *Client) admitLocked(l *Lock) error {
 		return ErrClientClosed
 	case !c.keepOnDisconnect && c.cur != l.ep:
 		return ErrConnectionLost
-	case l.instance != "" && c.instanceGoneLocked(l.instance):
+	case l.instance != "" && slices.Contains(c.goneInstances, l.instance):
 		return fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
 	}
 	if lost := c.noticedLocked(l); lost != nil {

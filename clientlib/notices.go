@@ -10,37 +10,14 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// The service tells its clients about grants that end without an unlock, on
-// two kinds of subjects (docs/protocol.md):
-//
-//   - PREFIX.lost.OWNER names a grant of one connection that an operator
-//     force-released, whose lock timeout passed, or that the service
-//     released believing the connection gone;
-//   - PREFIX.instance.started and PREFIX.instance.stopped announce that an
-//     instance of the service started or stopped. The service keeps its
-//     locks in memory only, so when another instance starts, or the one
-//     that granted a lock stops, that grant is gone.
-//
-// This file follows both and ends the held locks they concern. Without
-// them the client would learn of such a loss at the next renewal at best,
-// and never for a lock without a lock timeout.
+// This file follows the service's notices (see the package doc): the lost
+// notices of the client's owners and the instance announcements, and ends
+// the held locks they concern.
 
 // remembered bounds the lists of recent unmatched lost notices and of
 // instances known to be gone. They only need to cover the replies that are
 // in flight when the news comes, so a few entries are plenty.
 const remembered = 64
-
-// listenInstances subscribes to the instance announcements. New calls it
-// once; the subscription lives until Close and survives reconnects (nats.go
-// subscribes again on the new connection).
-func (c *Client) listenInstances() error {
-	sub, err := c.nc.Subscribe(subjects.InstanceSubject(c.prefix, "*"), c.onInstance)
-	if err != nil {
-		return fmt.Errorf("ldlm: New: subscribing to the lock service's instance announcements: %w", err)
-	}
-	c.instanceSub = sub
-	return nil
-}
 
 // listenLostLocked subscribes to the lost notices of owner, unless it
 // already does. refreshLocked calls it before it makes owner the current
@@ -179,13 +156,7 @@ func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 	}
 	c.unsure = c.instance == "" && !announced
 	c.instance = id
-	var lost []*Lock
-	for l := range c.held {
-		if l.instance != "" && l.instance != id {
-			lost = append(lost, l)
-		}
-	}
-	return lost
+	return c.heldLocked(func(l *Lock) bool { return l.instance != "" && l.instance != id })
 }
 
 // instanceStoppedLocked records that instance id stopped and returns the
@@ -197,26 +168,25 @@ func (c *Client) instanceStoppedLocked(id string) []*Lock {
 	if c.instance == id {
 		c.instance = ""
 	}
-	var lost []*Lock
-	for l := range c.held {
-		if l.instance == id {
-			lost = append(lost, l)
-		}
-	}
-	return lost
+	return c.heldLocked(func(l *Lock) bool { return l.instance == id })
 }
 
-// instanceGoneLocked reports whether instance id is known to be gone.
-// c.mu must be held.
-func (c *Client) instanceGoneLocked(id string) bool {
-	return slices.Contains(c.goneInstances, id)
+// heldLocked returns the held locks for which granted is true. c.mu must be
+// held.
+func (c *Client) heldLocked(granted func(*Lock) bool) []*Lock {
+	var out []*Lock
+	for l := range c.held {
+		if granted(l) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // wakeWaitsLocked cancels every lock request in flight, whose wait may be
 // parked at an instance of the service that is gone: Lock withdraws it and
 // asks again. c.mu must be held.
 func (c *Client) wakeWaitsLocked() {
-	c.instanceWakes++
 	for p := range c.pending {
 		if p.waits {
 			p.stopLocked(errInstanceChanged)
