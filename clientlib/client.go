@@ -82,9 +82,11 @@ type pending struct {
 	timer  timer // its deadline; guarded by Client.mu
 }
 
+// Why the client cancelled a request (pending.reason).
 var (
 	errEpochEnded      = errors.New("connection changed")
 	errInstanceChanged = errors.New("another instance of the lock service serves now")
+	errNoReply         = errors.New("no reply from the lock service in time")
 )
 
 // farFuture is when run's timer fires while no lock has a timeout.
@@ -253,7 +255,11 @@ func (c *Client) setEpochLocked(ep *epoch) {
 }
 
 // connState reads, from nats.go, whether the connection is up, how many
-// times it reconnected, and the owner identity of the current connection.
+// times it reconnected, and the owner identity of the current connection:
+// SERVER_ID:CLIENT_ID, the server id and client id that the NATS server
+// gave it (docs/protocol.md). The id, not the server's name: a restarted
+// server keeps its name and hands out client ids from 1 again.
+//
 // nats.go counts a reconnect before it takes the new server's INFO (and
 // client id) and before it reports CONNECTED, so an unchanged count around
 // a CONNECTED status means the identity read in between is the current one.
@@ -263,27 +269,16 @@ func (c *Client) connState() (connected bool, gen uint64, owner string) {
 		if c.nc.Status() != nats.CONNECTED {
 			return false, 0, ""
 		}
-		owner, err := formatOwner(c.nc)
+		cid, err := c.nc.GetClientID()
+		server := c.nc.ConnectedServerId()
 		if c.nc.Stats().Reconnects != before {
 			continue // reconnected meanwhile: read again
 		}
 		if err != nil {
 			return true, before, "" // a server without client ids: send no owner header
 		}
-		return true, before, owner
+		return true, before, subjects.FormatOwner(server, cid)
 	}
-}
-
-// formatOwner is the Ldlm-Owner value of nc's current connection:
-// SERVER_ID:CLIENT_ID, the server id and client id that the NATS server
-// gave it (docs/protocol.md). The id, not the server's name: a restarted
-// server keeps its name and hands out client ids from 1 again.
-func formatOwner(nc *nats.Conn) (string, error) {
-	cid, err := nc.GetClientID()
-	if err != nil {
-		return "", err
-	}
-	return subjects.FormatOwner(nc.ConnectedServerId(), cid), nil
 }
 
 // begin registers p, a lock or trylock request about to be sent, with the
@@ -330,6 +325,10 @@ func (c *Client) trackLocked(p *pending, deadline time.Time) {
 func (c *Client) end(p *pending) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.endLocked(p)
+}
+
+func (c *Client) endLocked(p *pending) error {
 	delete(c.pending, p)
 	c.stopTimerLocked(&p.timer)
 	return p.reason
@@ -359,16 +358,11 @@ func (c *Client) headerLocked() nats.Header {
 
 // register records a freshly granted lock as held, and ends p, the request
 // that brought it (nil: none). Or it ends the lock and says why it is not
-// held:
-//
-//   - ErrClientClosed: the client was closed;
-//   - ErrConnectionLost: the connection the lock was requested over is no
-//     longer the current one (unless keepOnDisconnect), and the service
-//     releases, or already released, the grant with that connection;
-//   - an error matching ErrServiceRestarted: the instance that granted it is
-//     known to be gone;
-//   - a *LostError: a lost notice for the grant came before its reply was
-//     handled (an operator released it at once, or it expired).
+// held: the client was closed; the connection the lock was requested over
+// is no longer the current one (unless keepOnDisconnect), so the service
+// releases the grant with that connection; the instance that granted it is
+// known to be gone; or a lost notice for the grant came before its reply
+// was handled (a *LostError).
 //
 // A grant from an instance the client has not heard of tells it that this
 // instance serves now: the locks granted by any other one are lost.
@@ -376,13 +370,22 @@ func (c *Client) register(l *Lock, p *pending) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p != nil {
-		delete(c.pending, p)
-		c.stopTimerLocked(&p.timer)
+		c.endLocked(p)
 	}
 	if len(c.status) > 0 {
 		c.refreshLocked() // run has not seen the connection's latest change yet
 	}
-	err := c.admitLocked(l)
+	var err error
+	switch {
+	case c.closed:
+		err = ErrClientClosed
+	case !c.keepOnDisconnect && c.cur != l.ep:
+		err = ErrConnectionLost
+	case l.instance != "" && slices.Contains(c.goneInstances, l.instance):
+		err = fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
+	default:
+		err = c.noticedLocked(l)
+	}
 	if err != nil {
 		lost, ok := err.(*LostError)
 		if !ok {
@@ -398,22 +401,6 @@ func (c *Client) register(l *Lock, p *pending) error {
 	}
 	c.held[l] = struct{}{}
 	c.scheduleLocked(l)
-	return nil
-}
-
-// admitLocked is the check of register. c.mu must be held.
-func (c *Client) admitLocked(l *Lock) error {
-	switch {
-	case c.closed:
-		return ErrClientClosed
-	case !c.keepOnDisconnect && c.cur != l.ep:
-		return ErrConnectionLost
-	case l.instance != "" && slices.Contains(c.goneInstances, l.instance):
-		return fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
-	}
-	if lost := c.noticedLocked(l); lost != nil {
-		return lost
-	}
 	return nil
 }
 
@@ -489,24 +476,8 @@ func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header
 	return data, err
 }
 
-// decodeLock and decodeUnlock decode a reply through the subjects
-// decoders: they give the same result as encoding/json at a fraction of
-// the CPU, and a client decodes two replies per lock cycle. Typed, unlike
-// decodeReply, so that each caller says which reply it reads.
-func decodeLock(data []byte, r *subjects.LockResponse) error {
-	if err := subjects.DecodeLockResponse(data, r); err != nil {
-		return unreadable(data, err)
-	}
-	return nil
-}
-
-func decodeUnlock(data []byte, r *subjects.UnlockResponse) error {
-	if err := subjects.DecodeUnlockResponse(data, r); err != nil {
-		return unreadable(data, err)
-	}
-	return nil
-}
-
+// unreadable is the error of a reply that the subjects decoders (which give
+// encoding/json's result at a fraction of its CPU) could not read.
 func unreadable(data []byte, err error) error {
 	return fmt.Errorf("unreadable reply %.80q: %w", data, err)
 }
@@ -570,8 +541,8 @@ func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key st
 			return err
 		}
 		var resp subjects.UnlockResponse
-		if err := decodeUnlock(data, &resp); err != nil {
-			return err
+		if err := subjects.DecodeUnlockResponse(data, &resp); err != nil {
+			return unreadable(data, err)
 		}
 		if resp.Error != nil {
 			return serviceError(subjects.OpUnlock, name, resp.Error)

@@ -91,9 +91,6 @@ func (c *Client) TryLock(ctx context.Context, name string, opts ...LockOption) (
 	return c.acquire(ctx, subjects.OpTryLock, name, o)
 }
 
-// errNoReply is the reason of a request whose time for a reply ran out.
-var errNoReply = errors.New("no reply from the lock service in time")
-
 // acquire is Lock and TryLock: it asks until it gets an answer that does
 // not depend on a connection or an instance that has gone away.
 func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*Lock, error) {
@@ -184,7 +181,9 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	var resp subjects.LockResponse
 	data, err := c.request(reqCtx, 0, ep.header, op, name, req)
 	if err == nil {
-		err = decodeLock(data, &resp)
+		if derr := subjects.DecodeLockResponse(data, &resp); derr != nil {
+			err = unreadable(data, derr)
+		}
 	}
 	if err == nil && resp.Error == nil && resp.Locked {
 		return c.granted(ctx, op, newLock(c, ep, name, req.Key, resp, o, sentAt), p)
@@ -435,15 +434,10 @@ func (l *Lock) Unlock(ctx context.Context) error {
 // or was released), the lock is lost: Done is closed and Renew returns a
 // *LostError. Other failures leave the lock as it was.
 func (l *Lock) Renew(ctx context.Context, timeout time.Duration) error {
-	if l.c == nil {
+	c := l.c
+	if c == nil {
 		return wrap(subjects.OpRenew, l.name, ErrNotObtained)
 	}
-	return l.renew(ctx, timeout)
-}
-
-// renew sends a renewal with timeout and applies its result.
-func (l *Lock) renew(ctx context.Context, timeout time.Duration) error {
-	c := l.c
 	if err := l.Err(); err != nil {
 		return err
 	}
@@ -461,8 +455,8 @@ func (l *Lock) renew(ctx context.Context, timeout time.Duration) error {
 		if err != nil {
 			return err
 		}
-		if err := decodeLock(data, &resp); err != nil {
-			return err
+		if err := subjects.DecodeLockResponse(data, &resp); err != nil {
+			return unreadable(data, err)
 		}
 		if resp.Error != nil {
 			return serviceError(subjects.OpRenew, l.name, resp.Error)

@@ -82,7 +82,7 @@ func (c *Client) onLost(msg *nats.Msg) {
 
 // noticedLocked returns the loss of l if a lost notice for it came before
 // its reply was handled, else nil. c.mu must be held.
-func (c *Client) noticedLocked(l *Lock) *LostError {
+func (c *Client) noticedLocked(l *Lock) error {
 	for _, n := range c.unmatched {
 		if n.Name == l.name && n.Token == l.token {
 			return &LostError{Name: l.name, Cause: lostCause(n.Reason)}

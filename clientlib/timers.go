@@ -133,7 +133,7 @@ func (c *Client) fireLocked(now time.Time) []renewal {
 // timer. There is no point waiting for a reply after the lock expired.
 func (c *Client) autoRenew(r renewal) {
 	ctx, cancel := context.WithDeadline(context.Background(), r.expiresAt)
-	err := r.l.renew(ctx, r.timeout)
+	err := r.l.Renew(ctx, r.timeout)
 	cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
