@@ -215,14 +215,9 @@ func (c *Client) run() {
 // requests of that epoch and (unless keepOnDisconnect) loses its locks. It
 // reads the connection's state afresh on every call, so a status event
 // that arrives late or is dropped by nats.go (its buffer holds 10) does no
-// harm as long as one later event or call follows. It also makes the
-// lost-notice subscriptions follow the connection's owner identity, which
-// changes with every reconnect. c.mu must be held.
+// harm as long as one later event or call follows. c.mu must be held.
 func (c *Client) refreshLocked() {
 	connected, gen, owner := c.connState()
-	if connected && !c.closed {
-		c.listenLostLocked(owner) // before the epoch whose requests name owner begins
-	}
 	if c.cur != nil && (!connected || gen != c.cur.gen || c.closed) {
 		for p := range c.pending {
 			if p.ep == c.cur {
@@ -245,7 +240,7 @@ func (c *Client) refreshLocked() {
 		}
 		c.setEpochLocked(ep)
 	}
-	c.dropLostSubsLocked()
+	c.followOwnersLocked()
 }
 
 func (c *Client) setEpochLocked(ep *epoch) {
@@ -509,37 +504,37 @@ func (c *Client) gaveUp(op, name string, first time.Time, err error) error {
 	return fmt.Errorf("%w; asked again for %v, and no other instance answered", err, d)
 }
 
-// persist calls try, and again with growing pauses while its answer is
-// unanswered, until ctx ends or deadline passes; then the error says so.
-func (c *Client) persist(ctx context.Context, deadline time.Time, op, name string, try func() error) error {
+// call sends req (unlock or renew) and returns what read makes of the
+// reply. It asks again, with growing pauses, while the request goes
+// unanswered, until ctx ends or the request timeout passes; then the error
+// says so. sentAt is when the last try left.
+func (c *Client) call(ctx context.Context, header nats.Header, op, name string, req subjects.Request, read func(data []byte) error) (sentAt time.Time, err error) {
 	first := time.Now()
+	deadline := first.Add(c.requestTimeout)
 	for pause := retryPause; ; pause = min(2*pause, maxRetryPause) {
-		err := try()
+		sentAt = time.Now()
+		data, err := c.ask(ctx, deadline, header, op, name, req)
+		if err == nil {
+			err = read(data)
+		}
 		if !unanswered(err) {
-			return err
+			return sentAt, err
 		}
 		if time.Until(deadline) < pause {
-			return c.gaveUp(op, name, first, err)
+			return sentAt, c.gaveUp(op, name, first, err)
 		}
 		select {
 		case <-ctx.Done():
-			return c.gaveUp(op, name, first, err)
+			return sentAt, c.gaveUp(op, name, first, err)
 		case <-time.After(pause):
 		}
 	}
 }
 
 // unlockKey sends an unlock for key and returns the service's verdict: nil
-// if it unlocked, else a transport error or an *Error. It asks again while
-// unanswered, within the request timeout.
+// if it unlocked, else a transport error or an *Error.
 func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key string) error {
-	deadline := time.Now().Add(c.requestTimeout)
-	req := subjects.Request{Key: key}
-	err := c.persist(ctx, deadline, subjects.OpUnlock, name, func() error {
-		data, err := c.ask(ctx, deadline, header, subjects.OpUnlock, name, req)
-		if err != nil {
-			return err
-		}
+	_, err := c.call(ctx, header, subjects.OpUnlock, name, subjects.Request{Key: key}, func(data []byte) error {
 		var resp subjects.UnlockResponse
 		if err := subjects.DecodeUnlockResponse(data, &resp); err != nil {
 			return unreadable(data, err)

@@ -441,20 +441,12 @@ func (l *Lock) Renew(ctx context.Context, timeout time.Duration) error {
 	if err := l.Err(); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(c.requestTimeout)
-	header := c.header()
 	req := subjects.Request{Key: l.key}
 	if timeout > 0 {
 		req.LockTimeoutSeconds = timeout.Seconds()
 	} // else the service answers InvalidTimeout: renew needs a timeout
-	var sentAt time.Time
-	var resp subjects.LockResponse
-	err := c.persist(ctx, deadline, subjects.OpRenew, l.name, func() error {
-		sentAt, resp = time.Now(), subjects.LockResponse{}
-		data, err := c.ask(ctx, deadline, header, subjects.OpRenew, l.name, req)
-		if err != nil {
-			return err
-		}
+	sentAt, err := c.call(ctx, c.header(), subjects.OpRenew, l.name, req, func(data []byte) error {
+		var resp subjects.LockResponse
 		if err := subjects.DecodeLockResponse(data, &resp); err != nil {
 			return unreadable(data, err)
 		}

@@ -19,32 +19,15 @@ import (
 // in flight when the news comes, so a few entries are plenty.
 const remembered = 64
 
-// listenLostLocked subscribes to the lost notices of owner, unless it
-// already does. refreshLocked calls it before it makes owner the current
-// one, so the subscription is in place before any request names that
-// owner. c.mu must be held.
-func (c *Client) listenLostLocked(owner string) {
-	if owner == "" || c.lostSubs[owner] != nil {
-		return
-	}
-	sub, err := c.nc.Subscribe(subjects.LostSubject(c.prefix, owner), c.onLost)
-	if err != nil {
-		// Only a closed connection fails here, and then it holds no lock
-		// to hear about. A denied subscription is reported later, to the
-		// connection's error handler; the client's own expiry timers and
-		// connection tracking still work then.
-		return
-	}
-	c.lostSubs[owner] = sub
-}
-
-// dropLostSubsLocked ends the lost-notice subscriptions that are no
-// longer needed: those of owners that are not the current connection and
-// hold no lock the client knows of. With the default settings that leaves
-// one subscription, the current owner's; with WithKeepOnDisconnect the
-// locks taken before a reconnect keep their old owner at the service, and
-// so their notices keep coming on that owner's subject. c.mu must be held.
-func (c *Client) dropLostSubsLocked() {
+// followOwnersLocked keeps one lost-notice subscription for each owner
+// that matters: the current connection's and those of the held locks. With
+// the default settings that is one, the current owner's; with
+// WithKeepOnDisconnect the locks taken before a reconnect keep their old
+// owner at the service, and their notices keep coming on its subject.
+// refreshLocked calls it in the critical section that starts an epoch, so
+// the subscription is in place before any request names the new owner.
+// c.mu must be held.
+func (c *Client) followOwnersLocked() {
 	needed := make(map[string]bool)
 	if c.cur != nil {
 		needed[c.cur.owner] = true
@@ -56,6 +39,18 @@ func (c *Client) dropLostSubsLocked() {
 		if !needed[owner] {
 			_ = sub.Unsubscribe() // fails only on a closed connection, which has no subscriptions left
 			delete(c.lostSubs, owner)
+		}
+	}
+	for owner := range needed {
+		if owner == "" || c.lostSubs[owner] != nil {
+			continue
+		}
+		// Only a closed connection fails here, and then it holds no lock
+		// to hear about. A denied subscription is reported later, to the
+		// connection's error handler; the client's own expiry timers and
+		// connection tracking still work then.
+		if sub, err := c.nc.Subscribe(subjects.LostSubject(c.prefix, owner), c.onLost); err == nil {
+			c.lostSubs[owner] = sub
 		}
 	}
 }
