@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -14,23 +15,15 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-const (
-	defaultRequestTimeout = 5 * time.Second
-	defaultCleanupTimeout = 5 * time.Second
-)
-
 // Client takes locks over a NATS connection that the caller owns. It is safe
 // for use by many goroutines; every lock and every waiting Lock call shares
 // the one connection.
 //
-// Concurrency lives in one place: Client.mu guards every piece of mutable
-// state of the client and of its locks (the connection's epoch, what the
-// service announced, the held locks, their expiry and renewal timers, the
-// requests in flight), and one goroutine, run, follows the connection's
-// status and fires the timers. Callers and NATS callbacks take mu for short
-// sections that never wait on the network; a Lock has no lock of its own.
-// An automatic renewal is a request, so run hands it to a goroutine that
-// lives as long as that request.
+// Concurrency lives in one place: Client.mu guards all mutable state of
+// the client and of its locks, and one goroutine, run, follows the
+// connection's status and fires the timers (it starts a goroutine for each
+// automatic renewal, which is a request). Callers and NATS callbacks take
+// mu for short sections that never wait on the network.
 type Client struct {
 	nc               *nats.Conn
 	prefix           string
@@ -70,10 +63,8 @@ type epoch struct {
 }
 
 // pending is a request waiting for its reply. The client cancels it, with
-// reason set, when its deadline passes (run's timer); when the reply could
-// be lost with the connection (a lock or trylock request, over ep); and,
-// for a lock request, when its wait may be parked at an instance that is
-// gone.
+// reason set, when its deadline passes, when its epoch ends, or (a lock
+// request) when its wait may be parked at an instance that is gone.
 type pending struct {
 	ep     *epoch // nil: not tied to the connection's epoch
 	waits  bool   // a lock request, which may be parked at the service
@@ -101,8 +92,8 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	c := &Client{
 		nc:             nc,
 		prefix:         subjects.DefaultPrefix,
-		requestTimeout: defaultRequestTimeout,
-		cleanupTimeout: defaultCleanupTimeout,
+		requestTimeout: 5 * time.Second,
+		cleanupTimeout: 5 * time.Second,
 		poke:           make(chan struct{}, 1),
 		runDone:        make(chan struct{}),
 		changed:        make(chan struct{}),
@@ -140,10 +131,10 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// Close stops the client: it unlocks every lock still held (waiting for
-// each reply at most the cleanup timeout), stops listening to the service's
-// notices, and later calls fail with ErrClientClosed. Close does not close
-// the NATS connection.
+// Close stops the client: it unlocks every lock still held (all within the
+// cleanup timeout), stops listening to the service's notices, and later
+// calls fail with ErrClientClosed. Close does not close the NATS
+// connection.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -152,10 +143,7 @@ func (c *Client) Close() error {
 	}
 	c.closed = true         // from now on no lock is registered: late grants are cleaned up
 	c.setEpochLocked(c.cur) // wakes Lock calls waiting for a connection
-	held := make([]*Lock, 0, len(c.held))
-	for l := range c.held {
-		held = append(held, l)
-	}
+	held := slices.Collect(maps.Keys(c.held))
 	c.mu.Unlock()
 
 	// One budget for all: a service that went away without a word (its
@@ -172,8 +160,8 @@ func (c *Client) Close() error {
 	c.nc.RemoveStatusListener(c.status) // closes c.status: run returns
 	<-c.runDone
 	// End the epoch (waiting Lock calls give up and clean up) and the
-	// lost-notice subscriptions, then the announcements' one. Unsubscribe
-	// fails only on a closed connection, which has no subscriptions left.
+	// subscriptions. Unsubscribe fails only on a closed connection, which
+	// has no subscriptions left.
 	c.mu.Lock()
 	c.refreshLocked()
 	c.mu.Unlock()
@@ -181,8 +169,7 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
-// run is the client's goroutine: it follows the connection's status
-// changes and fires the lock timers, until Close.
+// run is the client's goroutine (see Client), until Close.
 func (c *Client) run() {
 	defer close(c.runDone)
 	timer := time.NewTimer(time.Until(farFuture))
@@ -200,12 +187,9 @@ func (c *Client) run() {
 		case <-timer.C:
 		}
 		c.mu.Lock()
-		renewals := c.fireLocked(time.Now())
+		c.fireLocked(time.Now())
 		wake := c.wakeAt
 		c.mu.Unlock()
-		for _, r := range renewals {
-			go c.autoRenew(r)
-		}
 		timer.Reset(time.Until(wake))
 	}
 }
@@ -250,14 +234,11 @@ func (c *Client) setEpochLocked(ep *epoch) {
 }
 
 // connState reads, from nats.go, whether the connection is up, how many
-// times it reconnected, and the owner identity of the current connection:
-// SERVER_ID:CLIENT_ID, the server id and client id that the NATS server
-// gave it (docs/protocol.md). The id, not the server's name: a restarted
-// server keeps its name and hands out client ids from 1 again.
-//
-// nats.go counts a reconnect before it takes the new server's INFO (and
-// client id) and before it reports CONNECTED, so an unchanged count around
-// a CONNECTED status means the identity read in between is the current one.
+// times it reconnected, and its owner identity: SERVER_ID:CLIENT_ID
+// (docs/protocol.md; the server's id, not its name, which a restarted
+// server keeps while it hands out client ids from 1 again). nats.go counts
+// a reconnect before it takes the new server's INFO and reports CONNECTED,
+// so an unchanged count around the reads means they are of one connection.
 func (c *Client) connState() (connected bool, gen uint64, owner string) {
 	for {
 		before := c.nc.Stats().Reconnects
@@ -277,8 +258,8 @@ func (c *Client) connState() (connected bool, gen uint64, owner string) {
 }
 
 // begin registers p, a lock or trylock request about to be sent, with the
-// current epoch and its deadline (zero: none). When the connection is down
-// it waits for it to come back, if p waits, until ctx ends.
+// current epoch and its deadline (zero: none). While the connection is
+// down, a lock request waits for it until ctx ends.
 func (c *Client) begin(ctx context.Context, p *pending, deadline time.Time) (*epoch, error) {
 	for {
 		c.mu.Lock()
@@ -352,12 +333,12 @@ func (c *Client) headerLocked() nats.Header {
 }
 
 // register records a freshly granted lock as held, and ends p, the request
-// that brought it (nil: none). Or it ends the lock and says why it is not
-// held: the client was closed; the connection the lock was requested over
-// is no longer the current one (unless keepOnDisconnect), so the service
-// releases the grant with that connection; the instance that granted it is
-// known to be gone; or a lost notice for the grant came before its reply
-// was handled (a *LostError).
+// that brought it (nil: none). When a lost notice for the grant came before
+// its reply, the lock ends as lost, and the caller gets it so. Else it
+// refuses the grant, ends the lock and says why: the client was closed; the
+// connection the lock was requested over is no longer the current one
+// (unless keepOnDisconnect), so the service releases the grant with that
+// connection; or the instance that granted it is known to be gone.
 //
 // A grant from an instance the client has not heard of tells it that this
 // instance serves now: the locks granted by any other one are lost.
@@ -381,12 +362,12 @@ func (c *Client) register(l *Lock, p *pending) error {
 	default:
 		err = c.noticedLocked(l)
 	}
-	if err != nil {
-		lost, ok := err.(*LostError)
-		if !ok {
-			lost = &LostError{Name: l.name, Cause: err}
-		}
+	if lost, ok := err.(*LostError); ok {
 		c.finishLocked(l, lost)
+		return nil
+	}
+	if err != nil {
+		c.finishLocked(l, &LostError{Name: l.name, Cause: err})
 		return err
 	}
 	if l.instance != "" {
@@ -399,12 +380,11 @@ func (c *Client) register(l *Lock, p *pending) error {
 	return nil
 }
 
-// finishLocked ends l for reason err: it closes Done, forgets the lock and
-// its timer. Only the first call has an effect; it reports whether this
-// call was the one. c.mu must be held.
-func (c *Client) finishLocked(l *Lock, err error) bool {
+// finishLocked ends l for reason err, unless it ended already: it closes
+// Done, forgets the lock and its timer. c.mu must be held.
+func (c *Client) finishLocked(l *Lock, err error) {
 	if l.err != nil {
-		return false
+		return
 	}
 	l.err = err
 	if l.done != nil {
@@ -412,7 +392,6 @@ func (c *Client) finishLocked(l *Lock, err error) bool {
 	} // else Done, if ever called, returns closedDone
 	delete(c.held, l)
 	c.scheduleLocked(l) // takes it off the timers
-	return true
 }
 
 // loseLocked ends each of locks as lost for cause. c.mu must be held.
@@ -425,7 +404,7 @@ func (c *Client) loseLocked(locks []*Lock, cause error) {
 // request sends one request and returns the reply's body. It waits for
 // the reply until ctx ends, or, when timeout is set, for timeout (then ctx
 // must be one that never ends). Errors are those of the transport; the
-// service's own error is in the body (decodeLock, decodeUnlock).
+// service's own error is in the body.
 func (c *Client) request(ctx context.Context, timeout time.Duration, header nats.Header, op, name string, req subjects.Request) ([]byte, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -444,9 +423,8 @@ func (c *Client) request(ctx context.Context, timeout time.Duration, header nats
 	return reply.Data, nil
 }
 
-// ask sends one request that does not depend on the connection's epoch
-// (unlock, renew) and waits for the reply until ctx ends or deadline
-// passes.
+// ask sends one unlock or renew and waits for the reply until ctx ends or
+// deadline passes.
 func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header, op, name string, req subjects.Request) ([]byte, error) {
 	if ctx.Done() == nil {
 		// Only the deadline can end it (Unlock from a Close or a
@@ -471,24 +449,21 @@ func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header
 	return data, err
 }
 
-// unreadable is the error of a reply that the subjects decoders (which give
-// encoding/json's result at a fraction of its CPU) could not read.
+// unreadable is the error of a reply that the subjects decoders could not
+// read (they give encoding/json's result at a fraction of its CPU).
 func unreadable(data []byte, err error) error {
 	return fmt.Errorf("unreadable reply %.80q: %w", data, err)
 }
 
-// Pauses between the tries of a request that nobody answered (no
-// responders) or that a stopping service refused (Unavailable), and
-// between repeated tries of Lock: they double from retryPause up to
-// maxRetryPause.
+// Pauses between the tries of an unanswered request, and between repeated
+// tries of Lock, double from retryPause up to maxRetryPause.
 const (
 	retryPause    = 10 * time.Millisecond
 	maxRetryPause = time.Second
 )
 
-// unanswered reports whether err says that no lock service took the
-// request: nobody listens (no responders), or the one that does is
-// stopping (Unavailable). Another instance may take over: ask again.
+// unanswered reports whether no lock service took the request: nobody
+// listens, or the one that does is stopping. Another may take over.
 func unanswered(err error) bool {
 	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, ErrUnavailable)
 }
@@ -553,12 +528,11 @@ func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key st
 	return nil
 }
 
-// release unlocks key, a grant or a wait nobody will use, on a context of
-// its own: detached from ctx's cancellation and bounded by the cleanup
-// timeout. It sends unlock with the request's key, which releases a grant
-// that raced in or cancels the queued wait (docs/protocol.md, "Waiting and
-// giving up"). The service handles a connection's requests in the order
-// they were sent, so "unknown key" means that nothing is left.
+// release unlocks key, a grant or a queued wait nobody will use
+// (docs/protocol.md, "Waiting and giving up"), on a context detached from
+// ctx's cancellation and bounded by the cleanup timeout. The service
+// handles a connection's requests in order, so "unknown key" means that
+// nothing is left.
 func (c *Client) release(ctx context.Context, name, key string) error {
 	if c.nc.IsClosed() {
 		return nil // the service releases what a closed connection held

@@ -16,7 +16,7 @@ import (
 // Lock is the result of Lock or TryLock: a held lock while Locked is true.
 // Its methods are safe for use by many goroutines.
 type Lock struct {
-	c         *Client // nil when not obtained
+	c         *Client
 	name      string
 	key       string // "" when not obtained
 	token     uint64
@@ -132,7 +132,7 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 				if last != nil {
 					return nil, wrap(op, name, c.gaveUp(op, name, unansweredSince, last))
 				}
-				return notObtained(name, &Error{Op: op, Name: name, Code: subjects.CodeLockWaitTimeout,
+				return c.notObtained(name, &Error{Op: op, Name: name, Code: subjects.CodeLockWaitTimeout,
 					Message: fmt.Sprintf("not granted within %v", o.waitTimeout)}), nil
 			}
 			req.WaitTimeoutSeconds = left.Seconds()
@@ -159,10 +159,8 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 // again; whatever the request may have left behind is cleaned up first.
 // An unanswered error (see unanswered) means the request left nothing.
 func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Request, o lockOptions, waitUntil time.Time) (l *Lock, retry bool, err error) {
-	// The request ends when ctx ends; when the client cancels it (see
-	// pending); and when the service should have answered: a trylock at
-	// once, a lock soon after its wait timeout. A lock without a wait
-	// timeout waits as long as ctx lets it.
+	// The service should answer a trylock at once and a lock soon after
+	// its wait timeout; a lock without one waits as long as ctx lets it.
 	var deadline time.Time
 	switch {
 	case op == subjects.OpTryLock:
@@ -204,7 +202,7 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 		}
 		return c.giveUp(ctx, op, name, req.Key, reason)
 	case resp.Error != nil && resp.Error.Code == subjects.CodeLockWaitTimeout:
-		return notObtained(name, serviceError(op, name, resp.Error)), false, nil
+		return c.notObtained(name, serviceError(op, name, resp.Error)), false, nil
 	case resp.Error != nil && resp.Error.Code == subjects.CodeOwnerGone:
 		// The service saw our connection close while we waited. Make sure
 		// we see it too before asking again over the new connection.
@@ -219,7 +217,7 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	case resp.Error != nil:
 		return nil, false, serviceError(op, name, resp.Error)
 	case op == subjects.OpTryLock:
-		return notObtained(name, wrap(op, name, fmt.Errorf("%w: every slot is held", ErrNotObtained))), false, nil
+		return c.notObtained(name, wrap(op, name, fmt.Errorf("%w: every slot is held", ErrNotObtained))), false, nil
 	}
 	return c.giveUp(ctx, op, name, req.Key, errors.New("the service replied locked=false without an error"))
 }
@@ -228,17 +226,11 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 // cleans up after it.
 func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*Lock, bool, error) {
 	refused := c.register(l, p)
-	switch {
-	case refused == nil:
-		return l, false, nil
-	case isLost(refused):
-		// Released by the service before we saw the reply: the caller
-		// gets the lock as it is, lost.
+	if refused == nil {
 		return l, false, nil
 	}
-	// Granted over a connection that is gone (the service releases it with
-	// that connection; unlock it anyway in case it has not seen that yet),
-	// by an instance that is gone, or to a client that was closed meanwhile.
+	// Unlock it even if granted over a connection that is gone, in case the
+	// service has not seen that yet.
 	_ = c.release(ctx, l.name, l.key)
 	switch {
 	case errors.Is(refused, ErrClientClosed):
@@ -249,13 +241,6 @@ func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*
 		return nil, false, wrap(op, l.name, ctx.Err())
 	}
 	return nil, false, wrap(op, l.name, fmt.Errorf("%w while the reply came", refused))
-}
-
-// isLost reports whether err is a *LostError. Apart from granted, so that
-// granted's success path allocates nothing for errors.As.
-func isLost(err error) bool {
-	var lost *LostError
-	return errors.As(err, &lost)
 }
 
 // giveUp cleans up after a request that may have reached the service, and
@@ -302,9 +287,8 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 	}
 	l.timer.lock = l
 	if o.lockTimeout > 0 {
-		// Counted from before the request left: the service counts from
-		// when it granted, later, so this errs on the early side whatever
-		// the clocks of the two machines say.
+		// Counted from before the request left, so that it errs on the
+		// early side whatever the clocks of the two machines say.
 		l.expiresAt = sentAt.Add(o.lockTimeout)
 	}
 	return l
@@ -312,13 +296,13 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 
 // notObtained is the Lock that Lock and TryLock return when they did not
 // get the lock; reason is what its Err reports.
-func notObtained(name string, reason error) *Lock {
-	return &Lock{name: name, done: closedDone, err: reason}
+func (c *Client) notObtained(name string, reason error) *Lock {
+	return &Lock{c: c, name: name, done: closedDone, err: reason}
 }
 
 // Locked reports whether the lock is held, as far as the client knows: it
 // was obtained and is not unlocked or lost. A nil Lock is not locked.
-func (l *Lock) Locked() bool { return l != nil && l.c != nil && l.Err() == nil }
+func (l *Lock) Locked() bool { return l != nil && l.key != "" && l.Err() == nil }
 
 // Name returns the lock's name.
 func (l *Lock) Name() string { return l.name }
@@ -340,9 +324,6 @@ func (l *Lock) Size() int { return l.size }
 // renewed, as estimated on this machine (slightly early, never late); zero
 // when the lock has no lock timeout.
 func (l *Lock) ExpiresAt() time.Time {
-	if l.c == nil {
-		return time.Time{}
-	}
 	l.c.mu.Lock()
 	defer l.c.mu.Unlock()
 	return l.expiresAt
@@ -356,9 +337,6 @@ func (l *Lock) ExpiresAt() time.Time {
 // reconnected, or the client was closed. It is already closed when the
 // lock was not obtained. Err tells which.
 func (l *Lock) Done() <-chan struct{} {
-	if l.c == nil {
-		return l.done
-	}
 	l.c.mu.Lock()
 	defer l.c.mu.Unlock()
 	if l.done == nil {
@@ -375,9 +353,6 @@ func (l *Lock) Done() <-chan struct{} {
 // the lock was lost, or an error matching ErrNotObtained when it never was
 // obtained.
 func (l *Lock) Err() error {
-	if l.c == nil {
-		return l.err
-	}
 	l.c.mu.Lock()
 	defer l.c.mu.Unlock()
 	return l.err
@@ -398,7 +373,7 @@ func (l *Lock) Err() error {
 // obtained, or a second Unlock, returns an error matching ErrNotObtained or
 // ErrUnlocked.
 func (l *Lock) Unlock(ctx context.Context) error {
-	if l.c == nil {
+	if l.key == "" {
 		return wrap(subjects.OpUnlock, l.name, ErrNotObtained)
 	}
 	c := l.c
@@ -410,9 +385,7 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	switch {
 	case prev == ErrUnlocked:
 		return wrap(subjects.OpUnlock, l.name, ErrUnlocked)
-	case prev != nil:
-		// Lost. The service should not hold it any more, but our expiry
-		// estimate runs ahead of the service's: unlock in case.
+	case prev != nil: // lost, but our expiry estimate runs ahead of the service's
 		_ = c.release(ctx, l.name, l.key)
 		return prev
 	}
@@ -435,7 +408,7 @@ func (l *Lock) Unlock(ctx context.Context) error {
 // *LostError. Other failures leave the lock as it was.
 func (l *Lock) Renew(ctx context.Context, timeout time.Duration) error {
 	c := l.c
-	if c == nil {
+	if l.key == "" {
 		return wrap(subjects.OpRenew, l.name, ErrNotObtained)
 	}
 	if err := l.Err(); err != nil {

@@ -20,13 +20,10 @@ import (
 const remembered = 64
 
 // followOwnersLocked keeps one lost-notice subscription for each owner
-// that matters: the current connection's and those of the held locks. With
-// the default settings that is one, the current owner's; with
-// WithKeepOnDisconnect the locks taken before a reconnect keep their old
-// owner at the service, and their notices keep coming on its subject.
-// refreshLocked calls it in the critical section that starts an epoch, so
-// the subscription is in place before any request names the new owner.
-// c.mu must be held.
+// that matters: the current connection's and, with WithKeepOnDisconnect,
+// those of locks taken before a reconnect. refreshLocked calls it in the
+// critical section that starts an epoch, so the subscription is in place
+// before any request names the new owner. c.mu must be held.
 func (c *Client) followOwnersLocked() {
 	needed := make(map[string]bool)
 	if c.cur != nil {
@@ -45,10 +42,8 @@ func (c *Client) followOwnersLocked() {
 		if owner == "" || c.lostSubs[owner] != nil {
 			continue
 		}
-		// Only a closed connection fails here, and then it holds no lock
-		// to hear about. A denied subscription is reported later, to the
-		// connection's error handler; the client's own expiry timers and
-		// connection tracking still work then.
+		// Only a closed connection fails here. A denied subscription is
+		// reported later, to the connection's error handler.
 		if sub, err := c.nc.Subscribe(subjects.LostSubject(c.prefix, owner), c.onLost); err == nil {
 			c.lostSubs[owner] = sub
 		}
@@ -56,9 +51,8 @@ func (c *Client) followOwnersLocked() {
 }
 
 // onLost ends the held lock that a lost notice names, by name and fencing
-// token. The grant's reply and the notice arrive on different
-// subscriptions, so a notice can be handled before the reply that it
-// follows: a notice that matches no held lock is remembered for register.
+// token. A notice can be handled before the grant's reply (they come on
+// different subscriptions): one that matches no held lock is remembered.
 func (c *Client) onLost(msg *nats.Msg) {
 	var n subjects.LostNotice
 	if err := json.Unmarshal(msg.Data, &n); err != nil || n.Name == "" || n.Token == 0 {
