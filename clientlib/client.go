@@ -371,9 +371,7 @@ func (c *Client) register(l *Lock, p *pending) error {
 		return err
 	}
 	if l.instance != "" {
-		if lost := c.instanceServesLocked(l.instance, false); len(lost) > 0 {
-			c.loseLocked(lost, fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, l.instance))
-		}
+		c.instanceServesLocked(l.instance, false)
 	}
 	c.held[l] = struct{}{}
 	c.scheduleLocked(l)
@@ -392,13 +390,6 @@ func (c *Client) finishLocked(l *Lock, err error) {
 	} // else Done, if ever called, returns closedDone
 	delete(c.held, l)
 	c.scheduleLocked(l) // takes it off the timers
-}
-
-// loseLocked ends each of locks as lost for cause. c.mu must be held.
-func (c *Client) loseLocked(locks []*Lock, cause error) {
-	for _, l := range locks {
-		c.finishLocked(l, &LostError{Name: l.name, Cause: cause})
-	}
 }
 
 // request sends one request and returns the reply's body. It waits for

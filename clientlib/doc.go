@@ -23,47 +23,37 @@
 // the locks taken over it lost (unless WithKeepOnDisconnect, for a service
 // run with LDLM_NO_CLEAR_ON_DISCONNECT=true).
 //
-// # Acquiring
+// # Acquiring and holding
 //
-// Lock waits until the lock is granted, its wait timeout passes, or ctx
-// ends; TryLock never waits for the lock. Both return a *Lock whose Locked
-// method tells whether it is held: not obtaining a lock is not an error.
-// WithLock and WithTryLock run a function while holding the lock.
-//
-// Giving up never leaves a lock behind: every request carries a fresh random
-// key chosen by the client, and when Lock gives up it sends an unlock with
-// that key, which releases a grant that raced with the cancellation or
-// withdraws the queued wait. While no service answers, or the one that
-// answers is stopping, every call asks again with growing pauses (10 ms
-// doubling to 1 s) within its budget, so a Lock that waits while the
-// service restarts gets the lock from the next instance.
-//
-// # Holding
+// Lock waits for the lock, TryLock does not; both return a *Lock whose
+// Locked method tells whether it is held (not obtaining a lock is not an
+// error). WithLock and WithTryLock run a function while holding the lock.
+// Giving up never leaves a lock behind: every request carries a fresh
+// random key chosen by the client, and a call that gives up sends an
+// unlock with it. While no service answers, or the one that answers is
+// stopping, calls ask again with growing pauses (10 ms doubling to 1 s)
+// within their budget, so a waiting Lock rides out a restart of the
+// service.
 //
 // Lock.Done is closed when the lock is no longer held, and Lock.Err says
-// why. Code that must stop when the lock is lost selects on Done, or runs
-// under WithLock, whose function context is cancelled on loss. Lock.Token
-// is the grant's fencing token: pass it to the resource you protect so that
-// it can refuse a holder that lost the lock without noticing in time.
+// why. Lock.Token is the grant's fencing token: pass it to the resource you
+// protect so that it can refuse a holder that lost the lock without
+// noticing in time.
 //
 // # Notices from the service
 //
 // The client listens to what the service publishes about its locks, so that
-// a loss is known at once, not at the next renewal (a lock without a lock
-// timeout is never renewed):
+// a loss is known at once, not at the next renewal:
 //
 //   - PREFIX.lost.OWNER, where OWNER names the client's connection
-//     (SERVER_ID:CLIENT_ID, as the NATS server calls them): the service
-//     released a grant without an unlock from its holder (ErrForceReleased,
-//     ErrExpired, or ErrConnectionLost when it saw the connection close).
-//     The owner changes with every reconnect, and the client moves its
-//     subscription along; with WithKeepOnDisconnect it also keeps listening
-//     for the owners of locks taken before a reconnect.
+//     (SERVER_ID:CLIENT_ID): the service released a grant without an
+//     unlock from its holder (ErrForceReleased, ErrExpired, or
+//     ErrConnectionLost when it saw the connection close). The client
+//     follows the owner across reconnects.
 //   - PREFIX.instance.started and PREFIX.instance.stopped: the service
 //     keeps its locks in memory only, so a lock is lost (ErrServiceRestarted)
 //     when the instance that granted it stops, or another instance starts
-//     or grants a lock to this client. A waiting Lock call then asks again,
-//     since its wait may be parked at an instance that is gone.
+//     or grants a lock to this client. A waiting Lock call then asks again.
 //
 // The subscriptions need permission to subscribe to PREFIX.lost.> (or the
 // client's own subject) and PREFIX.instance.>; without it the client still

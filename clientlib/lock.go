@@ -45,30 +45,26 @@ var closedDone = func() chan struct{} {
 }()
 
 // Lock acquires the lock called name (any UTF-8 string), waiting while all
-// its slots are held.
+// its slots are held. It returns a held Lock when granted, and a Lock whose
+// Locked is false (with a nil error) when the wait timeout
+// (WithWaitTimeout) passes first.
 //
-// It returns a held Lock when granted. When the wait timeout
-// (WithWaitTimeout) passes first, it returns a Lock whose Locked is false and
-// a nil error. When ctx is cancelled or its deadline passes while waiting, it
-// returns ctx's error; before returning, Lock sends an unlock with the
-// request's key (on a short context of its own, see WithCleanupTimeout), so
-// that a grant that raced with the cancellation is released and a queued
-// wait is withdrawn: nothing is left behind. If the connection drops or
-// reconnects while waiting, Lock withdraws its request the same way and
-// asks again once reconnected, for the time that is left; likewise when
-// another instance of the service announces its start, since the wait may
-// be parked at an instance that is gone.
+// When ctx ends while waiting, Lock returns ctx's error after it sent an
+// unlock with the request's key (within the cleanup timeout), which
+// releases a grant that raced with the cancellation or withdraws the
+// queued wait: nothing is left behind. When the connection drops or
+// reconnects, or another instance of the service announces its start (the
+// wait may be parked at one that is gone), Lock withdraws its request the
+// same way and asks again for the time that is left.
 //
-// When no service answers (no responders), or the one that answers is
+// While no service answers (no responders), or the one that answers is
 // stopping (Unavailable), Lock asks again with growing pauses, so that a
 // waiter rides out a restart of the service. It gives up when the wait
-// timeout passes, ctx ends, or the service stayed away for the client's
-// request timeout, whichever comes first; the error then says so (it
-// matches ErrNoService or ErrUnavailable).
+// timeout passes, ctx ends, or the service stayed away for the request
+// timeout; the error then matches ErrNoService or ErrUnavailable.
 //
 // With a lock timeout (WithLockTimeout) the lock is renewed in the
-// background unless WithAutoRenew(false). Watch Lock.Done to learn that the
-// lock was lost.
+// background unless WithAutoRenew(false); Lock.Done tells of its loss.
 func (c *Client) Lock(ctx context.Context, name string, opts ...LockOption) (*Lock, error) {
 	return c.acquire(ctx, subjects.OpLock, name, newLockOptions(opts))
 }
@@ -83,18 +79,16 @@ func (c *Client) Lock(ctx context.Context, name string, opts ...LockOption) (*Lo
 // the request's key, so a grant that was on its way is released. It fails
 // at once, with ErrConnectionLost, while the connection is down.
 func (c *Client) TryLock(ctx context.Context, name string, opts ...LockOption) (*Lock, error) {
-	o := newLockOptions(opts)
-	if o.waitTimeout != 0 {
-		return nil, &Error{Op: subjects.OpTryLock, Name: name, Code: subjects.CodeBadRequest,
-			Message: "TryLock never waits: WithWaitTimeout is for Lock"}
-	}
-	return c.acquire(ctx, subjects.OpTryLock, name, o)
+	return c.acquire(ctx, subjects.OpTryLock, name, newLockOptions(opts))
 }
 
 // acquire is Lock and TryLock: it asks until it gets an answer that does
 // not depend on a connection or an instance that has gone away.
 func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*Lock, error) {
-	if o.waitTimeout < 0 || o.lockTimeout < 0 {
+	switch {
+	case op == subjects.OpTryLock && o.waitTimeout != 0:
+		return nil, &Error{Op: op, Name: name, Code: subjects.CodeBadRequest, Message: "TryLock never waits: WithWaitTimeout is for Lock"}
+	case o.waitTimeout < 0 || o.lockTimeout < 0:
 		return nil, &Error{Op: op, Name: name, Code: subjects.CodeInvalidTimeout,
 			Message: fmt.Sprintf("timeouts must not be negative (wait %v, lock %v)", o.waitTimeout, o.lockTimeout)}
 	}
@@ -330,12 +324,8 @@ func (l *Lock) ExpiresAt() time.Time {
 }
 
 // Done returns a channel that is closed when the lock is no longer held,
-// for any reason: Unlock was called, its lock timeout passed without
-// renewal, a renewal was refused, the service said it released the lock
-// (an operator forced it, or the lock expired), the service instance that
-// granted it stopped or was replaced, its connection dropped or
-// reconnected, or the client was closed. It is already closed when the
-// lock was not obtained. Err tells which.
+// for any reason: Unlock, a loss (see LostError), or Close of the client.
+// It is already closed when the lock was not obtained. Err tells which.
 func (l *Lock) Done() <-chan struct{} {
 	l.c.mu.Lock()
 	defer l.c.mu.Unlock()

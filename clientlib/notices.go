@@ -105,23 +105,20 @@ func (c *Client) onInstance(msg *nats.Msg) {
 	defer c.mu.Unlock()
 	switch n.Event {
 	case subjects.InstanceStarted:
-		c.loseLocked(c.instanceServesLocked(n.Instance, true),
-			fmt.Errorf("%w: another instance (%s) started", ErrServiceRestarted, n.Instance))
+		c.instanceServesLocked(n.Instance, true)
 	case subjects.InstanceStopped:
-		c.loseLocked(c.instanceStoppedLocked(n.Instance),
-			fmt.Errorf("%w: it (%s) stopped", ErrServiceRestarted, n.Instance))
+		c.instanceStoppedLocked(n.Instance)
 	}
 }
 
 // instanceServesLocked records that instance id serves the prefix now: it
 // announced its start (announced), or a lock reply came from it. Only one
 // instance serves a prefix at a time, so the grants of any other one are
-// gone, and so are the waits parked there: waiting Lock calls are told to
-// ask again (wakeWaitsLocked). It returns the held locks that are
-// lost. c.mu must be held.
-func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
+// lost, and the waits parked there are told to ask again
+// (wakeWaitsLocked). c.mu must be held.
+func (c *Client) instanceServesLocked(id string, announced bool) {
 	if slices.Contains(c.goneInstances, id) {
-		return nil // late news of an instance known to be gone
+		return // late news of an instance known to be gone
 	}
 	if id == c.instance {
 		if announced && c.unsure {
@@ -132,7 +129,7 @@ func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 			c.unsure = false
 			c.wakeWaitsLocked()
 		}
-		return nil
+		return
 	}
 	// The first reply the client sees teaches it nothing about its waits;
 	// an announcement, or a change, means that one may be parked at an
@@ -145,31 +142,33 @@ func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 	}
 	c.unsure = c.instance == "" && !announced
 	c.instance = id
-	return c.heldLocked(func(l *Lock) bool { return l.instance != "" && l.instance != id })
+	cause := fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, id)
+	if announced {
+		cause = fmt.Errorf("%w: another instance (%s) started", ErrServiceRestarted, id)
+	}
+	c.loseLocked(cause, func(l *Lock) bool { return l.instance != "" && l.instance != id })
 }
 
-// instanceStoppedLocked records that instance id stopped and returns the
-// held locks it had granted. c.mu must be held.
-func (c *Client) instanceStoppedLocked(id string) []*Lock {
+// instanceStoppedLocked records that instance id stopped: the locks it
+// granted are lost. c.mu must be held.
+func (c *Client) instanceStoppedLocked(id string) {
 	if !slices.Contains(c.goneInstances, id) {
 		c.goneInstances = appendBounded(c.goneInstances, id)
 	}
 	if c.instance == id {
 		c.instance = ""
 	}
-	return c.heldLocked(func(l *Lock) bool { return l.instance == id })
+	c.loseLocked(fmt.Errorf("%w: it (%s) stopped", ErrServiceRestarted, id), func(l *Lock) bool { return l.instance == id })
 }
 
-// heldLocked returns the held locks for which granted is true. c.mu must be
-// held.
-func (c *Client) heldLocked(granted func(*Lock) bool) []*Lock {
-	var out []*Lock
+// loseLocked ends as lost, for cause, each held lock that granted picks.
+// c.mu must be held.
+func (c *Client) loseLocked(cause error, granted func(*Lock) bool) {
 	for l := range c.held {
 		if granted(l) {
-			out = append(out, l)
+			c.finishLocked(l, &LostError{Name: l.name, Cause: cause})
 		}
 	}
-	return out
 }
 
 // wakeWaitsLocked cancels every lock request in flight, whose wait may be

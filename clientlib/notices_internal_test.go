@@ -64,22 +64,18 @@ func TestInstanceKnowledge(t *testing.T) {
 				woken := false // a waiting lock request is told to ask again
 				wait := &pending{waits: true, cancel: func() { woken = true }}
 				c.pending[wait] = struct{}{}
-				var lost []*Lock
 				switch ev.kind {
 				case "started":
-					lost = c.instanceServesLocked(ev.id, true)
+					c.instanceServesLocked(ev.id, true)
 				case "stopped":
-					lost = c.instanceStoppedLocked(ev.id)
+					c.instanceStoppedLocked(ev.id)
 				case "reply": // as register does
 					if slices.Contains(c.goneInstances, ev.id) {
 						refused = append(refused, ev.id)
 						break
 					}
-					lost = c.instanceServesLocked(ev.id, false)
+					c.instanceServesLocked(ev.id, false)
 					c.held[&Lock{instance: ev.id}] = struct{}{}
-				}
-				for _, l := range lost {
-					delete(c.held, l) // as finish does
 				}
 				delete(c.pending, wait)
 				if woken {
