@@ -333,15 +333,12 @@ func (c *Client) headerLocked() nats.Header {
 }
 
 // register records a freshly granted lock as held, and ends p, the request
-// that brought it (nil: none). When a lost notice for the grant came before
-// its reply, the lock ends as lost, and the caller gets it so. Else it
-// refuses the grant, ends the lock and says why: the client was closed; the
-// connection the lock was requested over is no longer the current one
-// (unless keepOnDisconnect), so the service releases the grant with that
-// connection; or the instance that granted it is known to be gone.
-//
-// A grant from an instance the client has not heard of tells it that this
-// instance serves now: the locks granted by any other one are lost.
+// that brought it (nil: none); a grant that a lost notice overtook is
+// registered as lost. It refuses, ending the lock and saying why, a grant
+// to a closed client, over a connection that is no longer the current one
+// (unless keepOnDisconnect: the service releases it with that connection),
+// or from an instance known to be gone. A grant from an instance the client
+// has not heard of tells it that this instance serves now.
 func (c *Client) register(l *Lock, p *pending) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -186,9 +186,7 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	case errors.Is(err, nats.ErrNoResponders):
 		return nil, false, err // nobody received the request
 	case err != nil:
-		switch {
-		case ctx.Err() != nil:
-			reason = ctx.Err()
+		switch { // giveUp reports ctx's error if ctx ended
 		case errors.Is(reason, errNoReply):
 			reason = fmt.Errorf("%w (%w)", errNoReply, nats.ErrTimeout)
 		case reason == nil:

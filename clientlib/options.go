@@ -15,16 +15,14 @@ func WithPrefix(prefix string) Option { return func(c *Client) { c.prefix = pref
 // bounded by their lock timeout instead (give them one).
 func WithKeepOnDisconnect(keep bool) Option { return func(c *Client) { c.keepOnDisconnect = keep } }
 
-// WithRequestTimeout bounds every request that does not wait for a lock
-// (trylock, unlock, renew), in addition to the caller's context, and how
-// long any call keeps asking while no service answers or the one that
-// answers is stopping (a restart of the service). Default: 5 seconds.
+// WithRequestTimeout bounds each trylock, unlock and renew request, besides
+// the caller's context, and how long any call keeps asking while no service
+// answers or the one that answers is stopping. Default: 5 seconds.
 func WithRequestTimeout(d time.Duration) Option { return func(c *Client) { c.requestTimeout = d } }
 
-// WithCleanupTimeout bounds the unlock that the client sends on its own to
-// release a lock nobody will use: after Lock gives up (cancelled context,
-// reconnect), from Unlock when the caller's context is already done, and on
-// Close. Default: 5 seconds.
+// WithCleanupTimeout bounds the unlock that the client sends on its own:
+// after Lock gives up, from Unlock when the caller's context is already
+// done, and on Close. Default: 5 seconds.
 func WithCleanupTimeout(d time.Duration) Option { return func(c *Client) { c.cleanupTimeout = d } }
 
 // LockOption configures one Lock or TryLock call.
@@ -36,9 +34,8 @@ type LockOption func(*lockOptions)
 func WithSize(n int) LockOption { return func(o *lockOptions) { o.size = n } }
 
 // WithLockTimeout makes the service release the lock unless it is renewed
-// within d. The client renews it in the background (see WithAutoRenew) and
-// closes Lock.Done if the timeout passes anyway. Default: no timeout; the
-// lock lives until Unlock or until its connection closes.
+// within d; the client renews it in the background (see WithAutoRenew).
+// Default: none; the lock lives until Unlock or its connection closes.
 func WithLockTimeout(d time.Duration) LockOption { return func(o *lockOptions) { o.lockTimeout = d } }
 
 // WithWaitTimeout makes Lock give up after waiting d: it then returns a Lock
@@ -46,10 +43,9 @@ func WithLockTimeout(d time.Duration) LockOption { return func(o *lockOptions) {
 // ends. TryLock never waits and refuses this option (ErrBadRequest).
 func WithWaitTimeout(d time.Duration) LockOption { return func(o *lockOptions) { o.waitTimeout = d } }
 
-// WithAutoRenew turns background renewal of a lock with a lock timeout on
-// or off. Default: on; the lock is renewed every third of its timeout. Turn
-// it off to let the lock expire on purpose (rate limiting), or to renew by
-// hand with Lock.Renew.
+// WithAutoRenew turns background renewal (every third of the lock timeout)
+// on or off. Default: on. Turn it off to let the lock expire on purpose
+// (rate limiting), or to renew by hand with Lock.Renew.
 func WithAutoRenew(on bool) LockOption { return func(o *lockOptions) { o.autoRenew = on } }
 
 type lockOptions struct {

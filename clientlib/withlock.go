@@ -55,17 +55,15 @@ func (l *Lock) run(ctx context.Context, fn func(ctx context.Context) error) (err
 	return fn(fnCtx)
 }
 
-// NewLocker returns a sync.Locker for the lock called name, for code that
-// takes a sync.Locker. Its Lock waits with no context (but with
-// WithWaitTimeout if given) and Unlock waits at most the client's request
-// timeout.
+// NewLocker returns a sync.Locker for the lock called name. Its Lock waits
+// with no context (but with WithWaitTimeout if given).
 //
 // Like etcd's concurrency.NewLocker, it panics where sync.Mutex cannot
 // return an error: Lock panics if the lock cannot be acquired (the service
 // is not running, the wait timeout passed, ...), and Unlock panics if
-// nothing is held or the unlock request fails. A lock lost while held (see
-// Lock.Done) is not a panic: Unlock just forgets it. Use Client.Lock to
-// handle these cases as errors.
+// nothing is held or the unlock request fails. A lock lost while held is
+// not a panic: Unlock just forgets it. Use Client.Lock to handle these
+// cases as errors.
 func (c *Client) NewLocker(name string, opts ...LockOption) sync.Locker {
 	return &locker{c: c, name: name, opts: opts}
 }
