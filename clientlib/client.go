@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,23 +15,15 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-const (
-	defaultRequestTimeout = 5 * time.Second
-	defaultCleanupTimeout = 5 * time.Second
-)
-
 // Client takes locks over a NATS connection that the caller owns. It is safe
 // for use by many goroutines; every lock and every waiting Lock call shares
 // the one connection.
 //
-// Concurrency lives in one place: Client.mu guards every piece of mutable
-// state of the client and of its locks (the connection's epoch, what the
-// service announced, the held locks, their expiry and renewal timers, the
-// requests in flight), and one goroutine, run, follows the connection's
-// status and fires the timers. Callers and NATS callbacks take mu for short
-// sections that never wait on the network; a Lock has no lock of its own.
-// An automatic renewal is a request, so run hands it to a goroutine that
-// lives as long as that request.
+// Concurrency lives in one place: Client.mu guards all mutable state of
+// the client and of its locks, and one goroutine, run, follows the
+// connection's status and fires the timers (it starts a goroutine for each
+// automatic renewal, which is a request). Callers and NATS callbacks take
+// mu for short sections that never wait on the network.
 type Client struct {
 	nc               *nats.Conn
 	prefix           string
@@ -56,7 +50,6 @@ type Client struct {
 	instance      string                // the instance that serves now, as last heard; "" not known
 	unsure        bool                  // instance was learned from a reply while none was known, with no wake (see instanceServesLocked)
 	goneInstances []string              // instances known to be gone, oldest first
-	instanceWakes int                   // times waiting Lock calls were told to ask again
 	unmatched     []subjects.LostNotice // recent lost notices that matched no held lock, oldest first
 }
 
@@ -70,10 +63,8 @@ type epoch struct {
 }
 
 // pending is a request waiting for its reply. The client cancels it, with
-// reason set, when its deadline passes (run's timer); when the reply could
-// be lost with the connection (a lock or trylock request, over ep); and,
-// for a lock request, when its wait may be parked at an instance that is
-// gone.
+// reason set, when its deadline passes, when its epoch ends, or (a lock
+// request) when its wait may be parked at an instance that is gone.
 type pending struct {
 	ep     *epoch // nil: not tied to the connection's epoch
 	waits  bool   // a lock request, which may be parked at the service
@@ -82,9 +73,11 @@ type pending struct {
 	timer  timer // its deadline; guarded by Client.mu
 }
 
+// Why the client cancelled a request (pending.reason).
 var (
 	errEpochEnded      = errors.New("connection changed")
 	errInstanceChanged = errors.New("another instance of the lock service serves now")
+	errNoReply         = errors.New("no reply from the lock service in time")
 )
 
 // farFuture is when run's timer fires while no lock has a timeout.
@@ -99,8 +92,8 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	c := &Client{
 		nc:             nc,
 		prefix:         subjects.DefaultPrefix,
-		requestTimeout: defaultRequestTimeout,
-		cleanupTimeout: defaultCleanupTimeout,
+		requestTimeout: 5 * time.Second,
+		cleanupTimeout: 5 * time.Second,
 		poke:           make(chan struct{}, 1),
 		runDone:        make(chan struct{}),
 		changed:        make(chan struct{}),
@@ -120,10 +113,13 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	}
 	// Subscribed before any request goes out: the server handles a
 	// connection's messages in order, so no announcement made after our
-	// first request is missed.
-	if err := c.listenInstances(); err != nil {
-		return nil, err
+	// first request is missed. The subscription lives until Close and
+	// survives reconnects (nats.go subscribes again).
+	sub, err := nc.Subscribe(subjects.InstanceSubject(c.prefix, "*"), c.onInstance)
+	if err != nil {
+		return nil, fmt.Errorf("ldlm: New: subscribing to the lock service's instance announcements: %w", err)
 	}
+	c.instanceSub = sub
 	// A status listener, unlike nats.ReconnectHandler and friends, does not
 	// replace handlers the application set on its connection.
 	c.status = nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING,
@@ -135,10 +131,10 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// Close stops the client: it unlocks every lock still held (waiting for
-// each reply at most the cleanup timeout), stops listening to the service's
-// notices, and later calls fail with ErrClientClosed. Close does not close
-// the NATS connection.
+// Close stops the client: it unlocks every lock still held (all within the
+// cleanup timeout), stops listening to the service's notices, and later
+// calls fail with ErrClientClosed. Close does not close the NATS
+// connection.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -147,10 +143,7 @@ func (c *Client) Close() error {
 	}
 	c.closed = true         // from now on no lock is registered: late grants are cleaned up
 	c.setEpochLocked(c.cur) // wakes Lock calls waiting for a connection
-	held := make([]*Lock, 0, len(c.held))
-	for l := range c.held {
-		held = append(held, l)
-	}
+	held := slices.Collect(maps.Keys(c.held))
 	c.mu.Unlock()
 
 	// One budget for all: a service that went away without a word (its
@@ -167,8 +160,8 @@ func (c *Client) Close() error {
 	c.nc.RemoveStatusListener(c.status) // closes c.status: run returns
 	<-c.runDone
 	// End the epoch (waiting Lock calls give up and clean up) and the
-	// lost-notice subscriptions, then the announcements' one. Unsubscribe
-	// fails only on a closed connection, which has no subscriptions left.
+	// subscriptions. Unsubscribe fails only on a closed connection, which
+	// has no subscriptions left.
 	c.mu.Lock()
 	c.refreshLocked()
 	c.mu.Unlock()
@@ -176,8 +169,7 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
-// run is the client's goroutine: it follows the connection's status
-// changes and fires the lock timers, until Close.
+// run is the client's goroutine (see Client), until Close.
 func (c *Client) run() {
 	defer close(c.runDone)
 	timer := time.NewTimer(time.Until(farFuture))
@@ -195,12 +187,9 @@ func (c *Client) run() {
 		case <-timer.C:
 		}
 		c.mu.Lock()
-		renewals := c.fireLocked(time.Now())
+		c.fireLocked(time.Now())
 		wake := c.wakeAt
 		c.mu.Unlock()
-		for _, r := range renewals {
-			go c.autoRenew(r)
-		}
 		timer.Reset(time.Until(wake))
 	}
 }
@@ -210,14 +199,9 @@ func (c *Client) run() {
 // requests of that epoch and (unless keepOnDisconnect) loses its locks. It
 // reads the connection's state afresh on every call, so a status event
 // that arrives late or is dropped by nats.go (its buffer holds 10) does no
-// harm as long as one later event or call follows. It also makes the
-// lost-notice subscriptions follow the connection's owner identity, which
-// changes with every reconnect. c.mu must be held.
+// harm as long as one later event or call follows. c.mu must be held.
 func (c *Client) refreshLocked() {
 	connected, gen, owner := c.connState()
-	if connected && !c.closed {
-		c.listenLostLocked(owner) // before the epoch whose requests name owner begins
-	}
 	if c.cur != nil && (!connected || gen != c.cur.gen || c.closed) {
 		for p := range c.pending {
 			if p.ep == c.cur {
@@ -240,7 +224,7 @@ func (c *Client) refreshLocked() {
 		}
 		c.setEpochLocked(ep)
 	}
-	c.dropLostSubsLocked()
+	c.followOwnersLocked()
 }
 
 func (c *Client) setEpochLocked(ep *epoch) {
@@ -250,42 +234,32 @@ func (c *Client) setEpochLocked(ep *epoch) {
 }
 
 // connState reads, from nats.go, whether the connection is up, how many
-// times it reconnected, and the owner identity of the current connection.
-// nats.go counts a reconnect before it takes the new server's INFO (and
-// client id) and before it reports CONNECTED, so an unchanged count around
-// a CONNECTED status means the identity read in between is the current one.
+// times it reconnected, and its owner identity: SERVER_ID:CLIENT_ID
+// (docs/protocol.md; the server's id, not its name, which a restarted
+// server keeps while it hands out client ids from 1 again). nats.go counts
+// a reconnect before it takes the new server's INFO and reports CONNECTED,
+// so an unchanged count around the reads means they are of one connection.
 func (c *Client) connState() (connected bool, gen uint64, owner string) {
 	for {
 		before := c.nc.Stats().Reconnects
 		if c.nc.Status() != nats.CONNECTED {
 			return false, 0, ""
 		}
-		owner, err := formatOwner(c.nc)
+		cid, err := c.nc.GetClientID()
+		server := c.nc.ConnectedServerId()
 		if c.nc.Stats().Reconnects != before {
 			continue // reconnected meanwhile: read again
 		}
 		if err != nil {
 			return true, before, "" // a server without client ids: send no owner header
 		}
-		return true, before, owner
+		return true, before, subjects.FormatOwner(server, cid)
 	}
-}
-
-// formatOwner is the Ldlm-Owner value of nc's current connection:
-// SERVER_ID:CLIENT_ID, the server id and client id that the NATS server
-// gave it (docs/protocol.md). The id, not the server's name: a restarted
-// server keeps its name and hands out client ids from 1 again.
-func formatOwner(nc *nats.Conn) (string, error) {
-	cid, err := nc.GetClientID()
-	if err != nil {
-		return "", err
-	}
-	return subjects.FormatOwner(nc.ConnectedServerId(), cid), nil
 }
 
 // begin registers p, a lock or trylock request about to be sent, with the
-// current epoch and its deadline (zero: none). When the connection is down
-// it waits for it to come back, if p waits, until ctx ends.
+// current epoch and its deadline (zero: none). While the connection is
+// down, a lock request waits for it until ctx ends.
 func (c *Client) begin(ctx context.Context, p *pending, deadline time.Time) (*epoch, error) {
 	for {
 		c.mu.Lock()
@@ -327,6 +301,10 @@ func (c *Client) trackLocked(p *pending, deadline time.Time) {
 func (c *Client) end(p *pending) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.endLocked(p)
+}
+
+func (c *Client) endLocked(p *pending) error {
 	delete(c.pending, p)
 	c.stopTimerLocked(&p.timer)
 	return p.reason
@@ -355,71 +333,53 @@ func (c *Client) headerLocked() nats.Header {
 }
 
 // register records a freshly granted lock as held, and ends p, the request
-// that brought it (nil: none). Or it ends the lock and says why it is not
-// held:
-//
-//   - ErrClientClosed: the client was closed;
-//   - ErrConnectionLost: the connection the lock was requested over is no
-//     longer the current one (unless keepOnDisconnect), and the service
-//     releases, or already released, the grant with that connection;
-//   - an error matching ErrServiceRestarted: the instance that granted it is
-//     known to be gone;
-//   - a *LostError: a lost notice for the grant came before its reply was
-//     handled (an operator released it at once, or it expired).
-//
-// A grant from an instance the client has not heard of tells it that this
-// instance serves now: the locks granted by any other one are lost.
+// that brought it (nil: none); a grant that a lost notice overtook is
+// registered as lost. It refuses, ending the lock and saying why, a grant
+// to a closed client, over a connection that is no longer the current one
+// (unless keepOnDisconnect: the service releases it with that connection),
+// or from an instance known to be gone. A grant from an instance the client
+// has not heard of tells it that this instance serves now.
 func (c *Client) register(l *Lock, p *pending) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p != nil {
-		delete(c.pending, p)
-		c.stopTimerLocked(&p.timer)
+		c.endLocked(p)
 	}
 	if len(c.status) > 0 {
 		c.refreshLocked() // run has not seen the connection's latest change yet
 	}
-	err := c.admitLocked(l)
-	if err != nil {
-		lost, ok := err.(*LostError)
-		if !ok {
-			lost = &LostError{Name: l.name, Cause: err}
-		}
+	var err error
+	switch {
+	case c.closed:
+		err = ErrClientClosed
+	case !c.keepOnDisconnect && c.cur != l.ep:
+		err = ErrConnectionLost
+	case l.instance != "" && slices.Contains(c.goneInstances, l.instance):
+		err = fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
+	default:
+		err = c.noticedLocked(l)
+	}
+	if lost, ok := err.(*LostError); ok {
 		c.finishLocked(l, lost)
+		return nil
+	}
+	if err != nil {
+		c.finishLocked(l, &LostError{Name: l.name, Cause: err})
 		return err
 	}
 	if l.instance != "" {
-		if lost := c.instanceServesLocked(l.instance, false); len(lost) > 0 {
-			c.loseLocked(lost, fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, l.instance))
-		}
+		c.instanceServesLocked(l.instance, false)
 	}
 	c.held[l] = struct{}{}
 	c.scheduleLocked(l)
 	return nil
 }
 
-// admitLocked is the check of register. c.mu must be held.
-func (c *Client) admitLocked(l *Lock) error {
-	switch {
-	case c.closed:
-		return ErrClientClosed
-	case !c.keepOnDisconnect && c.cur != l.ep:
-		return ErrConnectionLost
-	case l.instance != "" && c.instanceGoneLocked(l.instance):
-		return fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
-	}
-	if lost := c.noticedLocked(l); lost != nil {
-		return lost
-	}
-	return nil
-}
-
-// finishLocked ends l for reason err: it closes Done, forgets the lock and
-// its timer. Only the first call has an effect; it reports whether this
-// call was the one. c.mu must be held.
-func (c *Client) finishLocked(l *Lock, err error) bool {
+// finishLocked ends l for reason err, unless it ended already: it closes
+// Done, forgets the lock and its timer. c.mu must be held.
+func (c *Client) finishLocked(l *Lock, err error) {
 	if l.err != nil {
-		return false
+		return
 	}
 	l.err = err
 	if l.done != nil {
@@ -427,20 +387,12 @@ func (c *Client) finishLocked(l *Lock, err error) bool {
 	} // else Done, if ever called, returns closedDone
 	delete(c.held, l)
 	c.scheduleLocked(l) // takes it off the timers
-	return true
-}
-
-// loseLocked ends each of locks as lost for cause. c.mu must be held.
-func (c *Client) loseLocked(locks []*Lock, cause error) {
-	for _, l := range locks {
-		c.finishLocked(l, &LostError{Name: l.name, Cause: cause})
-	}
 }
 
 // request sends one request and returns the reply's body. It waits for
 // the reply until ctx ends, or, when timeout is set, for timeout (then ctx
 // must be one that never ends). Errors are those of the transport; the
-// service's own error is in the body (decodeLock, decodeUnlock).
+// service's own error is in the body.
 func (c *Client) request(ctx context.Context, timeout time.Duration, header nats.Header, op, name string, req subjects.Request) ([]byte, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -459,9 +411,8 @@ func (c *Client) request(ctx context.Context, timeout time.Duration, header nats
 	return reply.Data, nil
 }
 
-// ask sends one request that does not depend on the connection's epoch
-// (unlock, renew) and waits for the reply until ctx ends or deadline
-// passes.
+// ask sends one unlock or renew and waits for the reply until ctx ends or
+// deadline passes.
 func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header, op, name string, req subjects.Request) ([]byte, error) {
 	if ctx.Done() == nil {
 		// Only the deadline can end it (Unlock from a Close or a
@@ -486,40 +437,21 @@ func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header
 	return data, err
 }
 
-// decodeLock and decodeUnlock decode a reply through the subjects
-// decoders: they give the same result as encoding/json at a fraction of
-// the CPU, and a client decodes two replies per lock cycle. Typed, unlike
-// decodeReply, so that each caller says which reply it reads.
-func decodeLock(data []byte, r *subjects.LockResponse) error {
-	if err := subjects.DecodeLockResponse(data, r); err != nil {
-		return unreadable(data, err)
-	}
-	return nil
-}
-
-func decodeUnlock(data []byte, r *subjects.UnlockResponse) error {
-	if err := subjects.DecodeUnlockResponse(data, r); err != nil {
-		return unreadable(data, err)
-	}
-	return nil
-}
-
+// unreadable is the error of a reply that the subjects decoders could not
+// read (they give encoding/json's result at a fraction of its CPU).
 func unreadable(data []byte, err error) error {
 	return fmt.Errorf("unreadable reply %.80q: %w", data, err)
 }
 
-// Pauses between the tries of a request that nobody answered (no
-// responders) or that a stopping service refused (Unavailable), and
-// between repeated tries of Lock: they double from retryPause up to
-// maxRetryPause.
+// Pauses between the tries of an unanswered request, and between repeated
+// tries of Lock, double from retryPause up to maxRetryPause.
 const (
 	retryPause    = 10 * time.Millisecond
 	maxRetryPause = time.Second
 )
 
-// unanswered reports whether err says that no lock service took the
-// request: nobody listens (no responders), or the one that does is
-// stopping (Unavailable). Another instance may take over: ask again.
+// unanswered reports whether no lock service took the request: nobody
+// listens, or the one that does is stopping. Another may take over.
 func unanswered(err error) bool {
 	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, ErrUnavailable)
 }
@@ -535,40 +467,40 @@ func (c *Client) gaveUp(op, name string, first time.Time, err error) error {
 	return fmt.Errorf("%w; asked again for %v, and no other instance answered", err, d)
 }
 
-// persist calls try, and again with growing pauses while its answer is
-// unanswered, until ctx ends or deadline passes; then the error says so.
-func (c *Client) persist(ctx context.Context, deadline time.Time, op, name string, try func() error) error {
+// call sends req (unlock or renew) and returns what read makes of the
+// reply. It asks again, with growing pauses, while the request goes
+// unanswered, until ctx ends or the request timeout passes; then the error
+// says so. sentAt is when the last try left.
+func (c *Client) call(ctx context.Context, header nats.Header, op, name string, req subjects.Request, read func(data []byte) error) (sentAt time.Time, err error) {
 	first := time.Now()
+	deadline := first.Add(c.requestTimeout)
 	for pause := retryPause; ; pause = min(2*pause, maxRetryPause) {
-		err := try()
+		sentAt = time.Now()
+		data, err := c.ask(ctx, deadline, header, op, name, req)
+		if err == nil {
+			err = read(data)
+		}
 		if !unanswered(err) {
-			return err
+			return sentAt, err
 		}
 		if time.Until(deadline) < pause {
-			return c.gaveUp(op, name, first, err)
+			return sentAt, c.gaveUp(op, name, first, err)
 		}
 		select {
 		case <-ctx.Done():
-			return c.gaveUp(op, name, first, err)
+			return sentAt, c.gaveUp(op, name, first, err)
 		case <-time.After(pause):
 		}
 	}
 }
 
 // unlockKey sends an unlock for key and returns the service's verdict: nil
-// if it unlocked, else a transport error or an *Error. It asks again while
-// unanswered, within the request timeout.
+// if it unlocked, else a transport error or an *Error.
 func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key string) error {
-	deadline := time.Now().Add(c.requestTimeout)
-	req := subjects.Request{Key: key}
-	err := c.persist(ctx, deadline, subjects.OpUnlock, name, func() error {
-		data, err := c.ask(ctx, deadline, header, subjects.OpUnlock, name, req)
-		if err != nil {
-			return err
-		}
+	_, err := c.call(ctx, header, subjects.OpUnlock, name, subjects.Request{Key: key}, func(data []byte) error {
 		var resp subjects.UnlockResponse
-		if err := decodeUnlock(data, &resp); err != nil {
-			return err
+		if err := subjects.DecodeUnlockResponse(data, &resp); err != nil {
+			return unreadable(data, err)
 		}
 		if resp.Error != nil {
 			return serviceError(subjects.OpUnlock, name, resp.Error)
@@ -584,12 +516,11 @@ func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key st
 	return nil
 }
 
-// release unlocks key, a grant or a wait nobody will use, on a context of
-// its own: detached from ctx's cancellation and bounded by the cleanup
-// timeout. It sends unlock with the request's key, which releases a grant
-// that raced in or cancels the queued wait (docs/protocol.md, "Waiting and
-// giving up"). The service handles a connection's requests in the order
-// they were sent, so "unknown key" means that nothing is left.
+// release unlocks key, a grant or a queued wait nobody will use
+// (docs/protocol.md, "Waiting and giving up"), on a context detached from
+// ctx's cancellation and bounded by the cleanup timeout. The service
+// handles a connection's requests in order, so "unknown key" means that
+// nothing is left.
 func (c *Client) release(ctx context.Context, name, key string) error {
 	if c.nc.IsClosed() {
 		return nil // the service releases what a closed connection held

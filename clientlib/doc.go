@@ -23,72 +23,42 @@
 // the locks taken over it lost (unless WithKeepOnDisconnect, for a service
 // run with LDLM_NO_CLEAR_ON_DISCONNECT=true).
 //
-// # Acquiring
+// # Acquiring and holding
 //
-// Lock waits until the lock is granted, its wait timeout (WithWaitTimeout)
-// passes, or ctx ends. TryLock never waits for the lock. Both return a
-// *Lock whose Locked method tells whether it is held: not obtaining a
-// lock (it is held, the wait timed out) is not an error. WithLock and
-// WithTryLock run a function while holding the lock, and release it after.
+// Lock waits for the lock, TryLock does not; both return a *Lock whose
+// Locked method tells whether it is held (not obtaining a lock is not an
+// error). WithLock and WithTryLock run a function while holding the lock.
+// Giving up never leaves a lock behind: every request carries a fresh
+// random key chosen by the client, and a call that gives up sends an
+// unlock with it. While no service answers, or the one that answers is
+// stopping, calls ask again with growing pauses (10 ms doubling to 1 s)
+// within their budget, so a waiting Lock rides out a restart of the
+// service.
 //
-// Giving up never leaves a lock behind: every request carries a fresh random
-// key chosen by the client, and when Lock gives up (ctx cancelled, deadline
-// passed) it sends an unlock with that key, which releases a grant that
-// raced with the cancellation or withdraws the queued wait.
-//
-// While no service answers (no responders) or the one that answers is
-// stopping (Unavailable), every call asks again with growing pauses (10 ms
-// doubling to 1 s), within its budget: ctx's deadline, the wait timeout,
-// and at most the request timeout (WithRequestTimeout) of silence. So a
-// Lock that waits while the service restarts gets the lock from the next
-// instance.
-//
-// # Holding
-//
-// Lock.Done is closed when the lock is no longer held: after Unlock, when
-// the lock timeout passed without renewal, when the service refused a
-// renewal or said it released the lock, when the service instance that
-// granted it went away, or when the connection dropped. Lock.Err says
-// which. Code that must stop when the lock is lost selects on Done, or runs
-// under WithLock, whose function context is cancelled on loss. Lock.Token
-// is the grant's fencing token: pass it to the resource you protect so that
-// it can refuse a holder that lost the lock without noticing in time.
+// Lock.Done is closed when the lock is no longer held, and Lock.Err says
+// why. Lock.Token is the grant's fencing token: pass it to the resource you
+// protect so that it can refuse a holder that lost the lock without
+// noticing in time.
 //
 // # Notices from the service
 //
 // The client listens to what the service publishes about its locks, so that
-// a loss is known at once, not at the next renewal (a lock without a lock
-// timeout is never renewed):
+// a loss is known at once, not at the next renewal:
 //
 //   - PREFIX.lost.OWNER, where OWNER names the client's connection
-//     (SERVER_ID:CLIENT_ID, as the NATS server calls them): the
-//     service released a grant without an unlock from its holder. The lock
-//     with that name and fencing token is lost, its cause ErrForceReleased
-//     (an operator's admin unlock), ErrExpired (the lock timeout passed) or
-//     ErrConnectionLost (the service saw the connection close). The owner
-//     changes with every reconnect, and the client moves its one
-//     subscription along; with WithKeepOnDisconnect it also keeps listening
-//     for the owners of locks taken before a reconnect, which the service
-//     keeps under their old owner.
+//     (SERVER_ID:CLIENT_ID): the service released a grant without an
+//     unlock from its holder (ErrForceReleased, ErrExpired, or
+//     ErrConnectionLost when it saw the connection close). The client
+//     follows the owner across reconnects.
 //   - PREFIX.instance.started and PREFIX.instance.stopped: the service
-//     keeps its locks in memory only, so a restart of the service loses
-//     them even while NATS stays up. A lock is lost, with cause
-//     ErrServiceRestarted, when the instance that granted it announces that
-//     it stops, or when another instance announces its start (which covers
-//     an instance that died without a word) or grants a lock to this
-//     client. A Lock call that was waiting then asks again, since its wait
-//     may be parked at an instance that is gone.
+//     keeps its locks in memory only, so a lock is lost (ErrServiceRestarted)
+//     when the instance that granted it stops, or another instance starts
+//     or grants a lock to this client. A waiting Lock call then asks again.
 //
 // The subscriptions need permission to subscribe to PREFIX.lost.> (or the
 // client's own subject) and PREFIX.instance.>; without it the client still
 // counts lock timeouts and follows its connection, and NATS reports the
 // denial to the connection's error handler.
-//
-// # Concurrency
-//
-// One mutex of the Client guards all state of the client and of its locks,
-// and one goroutine per Client follows the connection and fires every
-// timer (renewals, expiries, request deadlines); a Lock owns none.
 //
 // # Errors
 //

@@ -41,32 +41,6 @@ var (
 	// not as an error; WithLock and WithTryLock return it.
 	ErrNotObtained = errors.New("ldlm: lock not obtained")
 
-	// ErrLockLost matches every error that says a held lock was lost
-	// (see LostError): its lock timeout passed, the service refused a
-	// renewal or told the client that it released the lock, the service
-	// instance that granted it went away, or the connection that held it
-	// dropped.
-	ErrLockLost = errors.New("ldlm: lock lost")
-
-	// ErrExpired: the lock timeout passed without a successful renewal,
-	// as counted by the client or as the service reported it.
-	ErrExpired = errors.New("ldlm: lock timeout passed without renewal")
-
-	// ErrForceReleased: an operator released the lock through the admin
-	// subjects (PREFIX.admin.unlock.NAME).
-	ErrForceReleased = errors.New("ldlm: an operator force-released the lock")
-
-	// ErrServiceRestarted: the service instance that granted the lock
-	// stopped, or another instance started. The service keeps its locks in
-	// memory only, so the grants of an instance die with it; the new
-	// instance knows nothing of them and grants the lock to others.
-	ErrServiceRestarted = errors.New("ldlm: the lock service instance that granted the lock is gone")
-
-	// ErrConnectionLost: the NATS connection that holds the lock dropped,
-	// closed, or reconnected under a new identity; the service releases
-	// the locks of a connection that goes away.
-	ErrConnectionLost = errors.New("ldlm: NATS connection lost")
-
 	// ErrUnlocked: Unlock was called on the lock.
 	ErrUnlocked = errors.New("ldlm: lock was unlocked")
 
@@ -112,11 +86,35 @@ func serviceError(op, name string, se *subjects.Error) *Error {
 	return &Error{Op: op, Name: name, Code: se.Code, Message: se.Message}
 }
 
+// ErrLockLost matches every *LostError: a held lock was lost.
+var ErrLockLost = errors.New("ldlm: lock lost")
+
+// The causes of a loss (LostError.Cause), besides the *Error of a refused
+// renewal (ErrInvalidLockKey, ErrNotLocked, ErrLockDoesNotExist).
+var (
+	// ErrExpired: the lock timeout passed without a successful renewal,
+	// as counted by the client or as the service reported it.
+	ErrExpired = errors.New("ldlm: lock timeout passed without renewal")
+
+	// ErrForceReleased: an operator released the lock through the admin
+	// subjects (PREFIX.admin.unlock.NAME).
+	ErrForceReleased = errors.New("ldlm: an operator force-released the lock")
+
+	// ErrServiceRestarted: the service instance that granted the lock
+	// stopped, or another instance started. The service keeps its locks in
+	// memory only, so the grants of an instance die with it; the new
+	// instance knows nothing of them and grants the lock to others.
+	ErrServiceRestarted = errors.New("ldlm: the lock service instance that granted the lock is gone")
+
+	// ErrConnectionLost: the NATS connection that holds the lock dropped,
+	// closed, or reconnected under a new identity; the service releases
+	// the locks of a connection that goes away.
+	ErrConnectionLost = errors.New("ldlm: NATS connection lost")
+)
+
 // LostError is what Lock.Err returns once a held lock is lost. It matches
-// ErrLockLost, and its Cause says why: ErrExpired, ErrForceReleased,
-// ErrServiceRestarted, ErrConnectionLost, or the *Error of the refused
-// renewal (ErrInvalidLockKey, ErrNotLocked, ErrLockDoesNotExist). Test the
-// cause with errors.Is: it may be wrapped with details.
+// ErrLockLost, and its Cause says why (see above). Test the cause with
+// errors.Is: it may be wrapped with details.
 type LostError struct {
 	Name  string
 	Cause error

@@ -16,7 +16,7 @@ import (
 // Lock is the result of Lock or TryLock: a held lock while Locked is true.
 // Its methods are safe for use by many goroutines.
 type Lock struct {
-	c         *Client // nil when not obtained
+	c         *Client
 	name      string
 	key       string // "" when not obtained
 	token     uint64
@@ -45,30 +45,26 @@ var closedDone = func() chan struct{} {
 }()
 
 // Lock acquires the lock called name (any UTF-8 string), waiting while all
-// its slots are held.
+// its slots are held. It returns a held Lock when granted, and a Lock whose
+// Locked is false (with a nil error) when the wait timeout
+// (WithWaitTimeout) passes first.
 //
-// It returns a held Lock when granted. When the wait timeout
-// (WithWaitTimeout) passes first, it returns a Lock whose Locked is false and
-// a nil error. When ctx is cancelled or its deadline passes while waiting, it
-// returns ctx's error; before returning, Lock sends an unlock with the
-// request's key (on a short context of its own, see WithCleanupTimeout), so
-// that a grant that raced with the cancellation is released and a queued
-// wait is withdrawn: nothing is left behind. If the connection drops or
-// reconnects while waiting, Lock withdraws its request the same way and
-// asks again once reconnected, for the time that is left; likewise when
-// another instance of the service announces its start, since the wait may
-// be parked at an instance that is gone.
+// When ctx ends while waiting, Lock returns ctx's error after it sent an
+// unlock with the request's key (within the cleanup timeout), which
+// releases a grant that raced with the cancellation or withdraws the
+// queued wait: nothing is left behind. When the connection drops or
+// reconnects, or another instance of the service announces its start (the
+// wait may be parked at one that is gone), Lock withdraws its request the
+// same way and asks again for the time that is left.
 //
-// When no service answers (no responders), or the one that answers is
+// While no service answers (no responders), or the one that answers is
 // stopping (Unavailable), Lock asks again with growing pauses, so that a
 // waiter rides out a restart of the service. It gives up when the wait
-// timeout passes, ctx ends, or the service stayed away for the client's
-// request timeout, whichever comes first; the error then says so (it
-// matches ErrNoService or ErrUnavailable).
+// timeout passes, ctx ends, or the service stayed away for the request
+// timeout; the error then matches ErrNoService or ErrUnavailable.
 //
 // With a lock timeout (WithLockTimeout) the lock is renewed in the
-// background unless WithAutoRenew(false). Watch Lock.Done to learn that the
-// lock was lost.
+// background unless WithAutoRenew(false); Lock.Done tells of its loss.
 func (c *Client) Lock(ctx context.Context, name string, opts ...LockOption) (*Lock, error) {
 	return c.acquire(ctx, subjects.OpLock, name, newLockOptions(opts))
 }
@@ -83,21 +79,16 @@ func (c *Client) Lock(ctx context.Context, name string, opts ...LockOption) (*Lo
 // the request's key, so a grant that was on its way is released. It fails
 // at once, with ErrConnectionLost, while the connection is down.
 func (c *Client) TryLock(ctx context.Context, name string, opts ...LockOption) (*Lock, error) {
-	o := newLockOptions(opts)
-	if o.waitTimeout != 0 {
-		return nil, &Error{Op: subjects.OpTryLock, Name: name, Code: subjects.CodeBadRequest,
-			Message: "TryLock never waits: WithWaitTimeout is for Lock"}
-	}
-	return c.acquire(ctx, subjects.OpTryLock, name, o)
+	return c.acquire(ctx, subjects.OpTryLock, name, newLockOptions(opts))
 }
-
-// errNoReply is the reason of a request whose time for a reply ran out.
-var errNoReply = errors.New("no reply from the lock service in time")
 
 // acquire is Lock and TryLock: it asks until it gets an answer that does
 // not depend on a connection or an instance that has gone away.
 func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*Lock, error) {
-	if o.waitTimeout < 0 || o.lockTimeout < 0 {
+	switch {
+	case op == subjects.OpTryLock && o.waitTimeout != 0:
+		return nil, &Error{Op: op, Name: name, Code: subjects.CodeBadRequest, Message: "TryLock never waits: WithWaitTimeout is for Lock"}
+	case o.waitTimeout < 0 || o.lockTimeout < 0:
 		return nil, &Error{Op: op, Name: name, Code: subjects.CodeInvalidTimeout,
 			Message: fmt.Sprintf("timeouts must not be negative (wait %v, lock %v)", o.waitTimeout, o.lockTimeout)}
 	}
@@ -135,7 +126,7 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 				if last != nil {
 					return nil, wrap(op, name, c.gaveUp(op, name, unansweredSince, last))
 				}
-				return notObtained(name, &Error{Op: op, Name: name, Code: subjects.CodeLockWaitTimeout,
+				return c.notObtained(name, &Error{Op: op, Name: name, Code: subjects.CodeLockWaitTimeout,
 					Message: fmt.Sprintf("not granted within %v", o.waitTimeout)}), nil
 			}
 			req.WaitTimeoutSeconds = left.Seconds()
@@ -162,10 +153,8 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 // again; whatever the request may have left behind is cleaned up first.
 // An unanswered error (see unanswered) means the request left nothing.
 func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Request, o lockOptions, waitUntil time.Time) (l *Lock, retry bool, err error) {
-	// The request ends when ctx ends; when the client cancels it (see
-	// pending); and when the service should have answered: a trylock at
-	// once, a lock soon after its wait timeout. A lock without a wait
-	// timeout waits as long as ctx lets it.
+	// The service should answer a trylock at once and a lock soon after
+	// its wait timeout; a lock without one waits as long as ctx lets it.
 	var deadline time.Time
 	switch {
 	case op == subjects.OpTryLock:
@@ -184,7 +173,9 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	var resp subjects.LockResponse
 	data, err := c.request(reqCtx, 0, ep.header, op, name, req)
 	if err == nil {
-		err = decodeLock(data, &resp)
+		if derr := subjects.DecodeLockResponse(data, &resp); derr != nil {
+			err = unreadable(data, derr)
+		}
 	}
 	if err == nil && resp.Error == nil && resp.Locked {
 		return c.granted(ctx, op, newLock(c, ep, name, req.Key, resp, o, sentAt), p)
@@ -195,9 +186,7 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	case errors.Is(err, nats.ErrNoResponders):
 		return nil, false, err // nobody received the request
 	case err != nil:
-		switch {
-		case ctx.Err() != nil:
-			reason = ctx.Err()
+		switch { // giveUp reports ctx's error if ctx ended
 		case errors.Is(reason, errNoReply):
 			reason = fmt.Errorf("%w (%w)", errNoReply, nats.ErrTimeout)
 		case reason == nil:
@@ -205,7 +194,7 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 		}
 		return c.giveUp(ctx, op, name, req.Key, reason)
 	case resp.Error != nil && resp.Error.Code == subjects.CodeLockWaitTimeout:
-		return notObtained(name, serviceError(op, name, resp.Error)), false, nil
+		return c.notObtained(name, serviceError(op, name, resp.Error)), false, nil
 	case resp.Error != nil && resp.Error.Code == subjects.CodeOwnerGone:
 		// The service saw our connection close while we waited. Make sure
 		// we see it too before asking again over the new connection.
@@ -220,7 +209,7 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	case resp.Error != nil:
 		return nil, false, serviceError(op, name, resp.Error)
 	case op == subjects.OpTryLock:
-		return notObtained(name, wrap(op, name, fmt.Errorf("%w: every slot is held", ErrNotObtained))), false, nil
+		return c.notObtained(name, wrap(op, name, fmt.Errorf("%w: every slot is held", ErrNotObtained))), false, nil
 	}
 	return c.giveUp(ctx, op, name, req.Key, errors.New("the service replied locked=false without an error"))
 }
@@ -229,17 +218,11 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 // cleans up after it.
 func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*Lock, bool, error) {
 	refused := c.register(l, p)
-	switch {
-	case refused == nil:
-		return l, false, nil
-	case isLost(refused):
-		// Released by the service before we saw the reply: the caller
-		// gets the lock as it is, lost.
+	if refused == nil {
 		return l, false, nil
 	}
-	// Granted over a connection that is gone (the service releases it with
-	// that connection; unlock it anyway in case it has not seen that yet),
-	// by an instance that is gone, or to a client that was closed meanwhile.
+	// Unlock it even if granted over a connection that is gone, in case the
+	// service has not seen that yet.
 	_ = c.release(ctx, l.name, l.key)
 	switch {
 	case errors.Is(refused, ErrClientClosed):
@@ -250,13 +233,6 @@ func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*
 		return nil, false, wrap(op, l.name, ctx.Err())
 	}
 	return nil, false, wrap(op, l.name, fmt.Errorf("%w while the reply came", refused))
-}
-
-// isLost reports whether err is a *LostError. Apart from granted, so that
-// granted's success path allocates nothing for errors.As.
-func isLost(err error) bool {
-	var lost *LostError
-	return errors.As(err, &lost)
 }
 
 // giveUp cleans up after a request that may have reached the service, and
@@ -303,9 +279,8 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 	}
 	l.timer.lock = l
 	if o.lockTimeout > 0 {
-		// Counted from before the request left: the service counts from
-		// when it granted, later, so this errs on the early side whatever
-		// the clocks of the two machines say.
+		// Counted from before the request left, so that it errs on the
+		// early side whatever the clocks of the two machines say.
 		l.expiresAt = sentAt.Add(o.lockTimeout)
 	}
 	return l
@@ -313,13 +288,13 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 
 // notObtained is the Lock that Lock and TryLock return when they did not
 // get the lock; reason is what its Err reports.
-func notObtained(name string, reason error) *Lock {
-	return &Lock{name: name, done: closedDone, err: reason}
+func (c *Client) notObtained(name string, reason error) *Lock {
+	return &Lock{c: c, name: name, done: closedDone, err: reason}
 }
 
 // Locked reports whether the lock is held, as far as the client knows: it
 // was obtained and is not unlocked or lost. A nil Lock is not locked.
-func (l *Lock) Locked() bool { return l != nil && l.c != nil && l.Err() == nil }
+func (l *Lock) Locked() bool { return l != nil && l.key != "" && l.Err() == nil }
 
 // Name returns the lock's name.
 func (l *Lock) Name() string { return l.name }
@@ -341,25 +316,15 @@ func (l *Lock) Size() int { return l.size }
 // renewed, as estimated on this machine (slightly early, never late); zero
 // when the lock has no lock timeout.
 func (l *Lock) ExpiresAt() time.Time {
-	if l.c == nil {
-		return time.Time{}
-	}
 	l.c.mu.Lock()
 	defer l.c.mu.Unlock()
 	return l.expiresAt
 }
 
 // Done returns a channel that is closed when the lock is no longer held,
-// for any reason: Unlock was called, its lock timeout passed without
-// renewal, a renewal was refused, the service said it released the lock
-// (an operator forced it, or the lock expired), the service instance that
-// granted it stopped or was replaced, its connection dropped or
-// reconnected, or the client was closed. It is already closed when the
-// lock was not obtained. Err tells which.
+// for any reason: Unlock, a loss (see LostError), or Close of the client.
+// It is already closed when the lock was not obtained. Err tells which.
 func (l *Lock) Done() <-chan struct{} {
-	if l.c == nil {
-		return l.done
-	}
 	l.c.mu.Lock()
 	defer l.c.mu.Unlock()
 	if l.done == nil {
@@ -376,9 +341,6 @@ func (l *Lock) Done() <-chan struct{} {
 // the lock was lost, or an error matching ErrNotObtained when it never was
 // obtained.
 func (l *Lock) Err() error {
-	if l.c == nil {
-		return l.err
-	}
 	l.c.mu.Lock()
 	defer l.c.mu.Unlock()
 	return l.err
@@ -399,7 +361,7 @@ func (l *Lock) Err() error {
 // obtained, or a second Unlock, returns an error matching ErrNotObtained or
 // ErrUnlocked.
 func (l *Lock) Unlock(ctx context.Context) error {
-	if l.c == nil {
+	if l.key == "" {
 		return wrap(subjects.OpUnlock, l.name, ErrNotObtained)
 	}
 	c := l.c
@@ -411,9 +373,7 @@ func (l *Lock) Unlock(ctx context.Context) error {
 	switch {
 	case prev == ErrUnlocked:
 		return wrap(subjects.OpUnlock, l.name, ErrUnlocked)
-	case prev != nil:
-		// Lost. The service should not hold it any more, but our expiry
-		// estimate runs ahead of the service's: unlock in case.
+	case prev != nil: // lost, but our expiry estimate runs ahead of the service's
 		_ = c.release(ctx, l.name, l.key)
 		return prev
 	}
@@ -435,34 +395,21 @@ func (l *Lock) Unlock(ctx context.Context) error {
 // or was released), the lock is lost: Done is closed and Renew returns a
 // *LostError. Other failures leave the lock as it was.
 func (l *Lock) Renew(ctx context.Context, timeout time.Duration) error {
-	if l.c == nil {
+	c := l.c
+	if l.key == "" {
 		return wrap(subjects.OpRenew, l.name, ErrNotObtained)
 	}
-	return l.renew(ctx, timeout)
-}
-
-// renew sends a renewal with timeout and applies its result.
-func (l *Lock) renew(ctx context.Context, timeout time.Duration) error {
-	c := l.c
 	if err := l.Err(); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(c.requestTimeout)
-	header := c.header()
 	req := subjects.Request{Key: l.key}
 	if timeout > 0 {
 		req.LockTimeoutSeconds = timeout.Seconds()
 	} // else the service answers InvalidTimeout: renew needs a timeout
-	var sentAt time.Time
-	var resp subjects.LockResponse
-	err := c.persist(ctx, deadline, subjects.OpRenew, l.name, func() error {
-		sentAt, resp = time.Now(), subjects.LockResponse{}
-		data, err := c.ask(ctx, deadline, header, subjects.OpRenew, l.name, req)
-		if err != nil {
-			return err
-		}
-		if err := decodeLock(data, &resp); err != nil {
-			return err
+	sentAt, err := c.call(ctx, c.header(), subjects.OpRenew, l.name, req, func(data []byte) error {
+		var resp subjects.LockResponse
+		if err := subjects.DecodeLockResponse(data, &resp); err != nil {
+			return unreadable(data, err)
 		}
 		if resp.Error != nil {
 			return serviceError(subjects.OpRenew, l.name, resp.Error)

@@ -10,64 +10,21 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// The service tells its clients about grants that end without an unlock, on
-// two kinds of subjects (docs/protocol.md):
-//
-//   - PREFIX.lost.OWNER names a grant of one connection that an operator
-//     force-released, whose lock timeout passed, or that the service
-//     released believing the connection gone;
-//   - PREFIX.instance.started and PREFIX.instance.stopped announce that an
-//     instance of the service started or stopped. The service keeps its
-//     locks in memory only, so when another instance starts, or the one
-//     that granted a lock stops, that grant is gone.
-//
-// This file follows both and ends the held locks they concern. Without
-// them the client would learn of such a loss at the next renewal at best,
-// and never for a lock without a lock timeout.
+// This file follows the service's notices (see the package doc): the lost
+// notices of the client's owners and the instance announcements, and ends
+// the held locks they concern.
 
 // remembered bounds the lists of recent unmatched lost notices and of
 // instances known to be gone. They only need to cover the replies that are
 // in flight when the news comes, so a few entries are plenty.
 const remembered = 64
 
-// listenInstances subscribes to the instance announcements. New calls it
-// once; the subscription lives until Close and survives reconnects (nats.go
-// subscribes again on the new connection).
-func (c *Client) listenInstances() error {
-	sub, err := c.nc.Subscribe(subjects.InstanceSubject(c.prefix, "*"), c.onInstance)
-	if err != nil {
-		return fmt.Errorf("ldlm: New: subscribing to the lock service's instance announcements: %w", err)
-	}
-	c.instanceSub = sub
-	return nil
-}
-
-// listenLostLocked subscribes to the lost notices of owner, unless it
-// already does. refreshLocked calls it before it makes owner the current
-// one, so the subscription is in place before any request names that
-// owner. c.mu must be held.
-func (c *Client) listenLostLocked(owner string) {
-	if owner == "" || c.lostSubs[owner] != nil {
-		return
-	}
-	sub, err := c.nc.Subscribe(subjects.LostSubject(c.prefix, owner), c.onLost)
-	if err != nil {
-		// Only a closed connection fails here, and then it holds no lock
-		// to hear about. A denied subscription is reported later, to the
-		// connection's error handler; the client's own expiry timers and
-		// connection tracking still work then.
-		return
-	}
-	c.lostSubs[owner] = sub
-}
-
-// dropLostSubsLocked ends the lost-notice subscriptions that are no
-// longer needed: those of owners that are not the current connection and
-// hold no lock the client knows of. With the default settings that leaves
-// one subscription, the current owner's; with WithKeepOnDisconnect the
-// locks taken before a reconnect keep their old owner at the service, and
-// so their notices keep coming on that owner's subject. c.mu must be held.
-func (c *Client) dropLostSubsLocked() {
+// followOwnersLocked keeps one lost-notice subscription for each owner
+// that matters: the current connection's and, with WithKeepOnDisconnect,
+// those of locks taken before a reconnect. refreshLocked calls it in the
+// critical section that starts an epoch, so the subscription is in place
+// before any request names the new owner. c.mu must be held.
+func (c *Client) followOwnersLocked() {
 	needed := make(map[string]bool)
 	if c.cur != nil {
 		needed[c.cur.owner] = true
@@ -81,12 +38,21 @@ func (c *Client) dropLostSubsLocked() {
 			delete(c.lostSubs, owner)
 		}
 	}
+	for owner := range needed {
+		if owner == "" || c.lostSubs[owner] != nil {
+			continue
+		}
+		// Only a closed connection fails here. A denied subscription is
+		// reported later, to the connection's error handler.
+		if sub, err := c.nc.Subscribe(subjects.LostSubject(c.prefix, owner), c.onLost); err == nil {
+			c.lostSubs[owner] = sub
+		}
+	}
 }
 
 // onLost ends the held lock that a lost notice names, by name and fencing
-// token. The grant's reply and the notice arrive on different
-// subscriptions, so a notice can be handled before the reply that it
-// follows: a notice that matches no held lock is remembered for register.
+// token. A notice can be handled before the grant's reply (they come on
+// different subscriptions): one that matches no held lock is remembered.
 func (c *Client) onLost(msg *nats.Msg) {
 	var n subjects.LostNotice
 	if err := json.Unmarshal(msg.Data, &n); err != nil || n.Name == "" || n.Token == 0 {
@@ -105,7 +71,7 @@ func (c *Client) onLost(msg *nats.Msg) {
 
 // noticedLocked returns the loss of l if a lost notice for it came before
 // its reply was handled, else nil. c.mu must be held.
-func (c *Client) noticedLocked(l *Lock) *LostError {
+func (c *Client) noticedLocked(l *Lock) error {
 	for _, n := range c.unmatched {
 		if n.Name == l.name && n.Token == l.token {
 			return &LostError{Name: l.name, Cause: lostCause(n.Reason)}
@@ -139,23 +105,20 @@ func (c *Client) onInstance(msg *nats.Msg) {
 	defer c.mu.Unlock()
 	switch n.Event {
 	case subjects.InstanceStarted:
-		c.loseLocked(c.instanceServesLocked(n.Instance, true),
-			fmt.Errorf("%w: another instance (%s) started", ErrServiceRestarted, n.Instance))
+		c.instanceServesLocked(n.Instance, true)
 	case subjects.InstanceStopped:
-		c.loseLocked(c.instanceStoppedLocked(n.Instance),
-			fmt.Errorf("%w: it (%s) stopped", ErrServiceRestarted, n.Instance))
+		c.instanceStoppedLocked(n.Instance)
 	}
 }
 
 // instanceServesLocked records that instance id serves the prefix now: it
 // announced its start (announced), or a lock reply came from it. Only one
 // instance serves a prefix at a time, so the grants of any other one are
-// gone, and so are the waits parked there: waiting Lock calls are told to
-// ask again (wakeWaitsLocked). It returns the held locks that are
-// lost. c.mu must be held.
-func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
+// lost, and the waits parked there are told to ask again
+// (wakeWaitsLocked). c.mu must be held.
+func (c *Client) instanceServesLocked(id string, announced bool) {
 	if slices.Contains(c.goneInstances, id) {
-		return nil // late news of an instance known to be gone
+		return // late news of an instance known to be gone
 	}
 	if id == c.instance {
 		if announced && c.unsure {
@@ -166,7 +129,7 @@ func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 			c.unsure = false
 			c.wakeWaitsLocked()
 		}
-		return nil
+		return
 	}
 	// The first reply the client sees teaches it nothing about its waits;
 	// an announcement, or a change, means that one may be parked at an
@@ -179,44 +142,39 @@ func (c *Client) instanceServesLocked(id string, announced bool) []*Lock {
 	}
 	c.unsure = c.instance == "" && !announced
 	c.instance = id
-	var lost []*Lock
-	for l := range c.held {
-		if l.instance != "" && l.instance != id {
-			lost = append(lost, l)
-		}
+	cause := fmt.Errorf("%w: another instance (%s) grants locks now", ErrServiceRestarted, id)
+	if announced {
+		cause = fmt.Errorf("%w: another instance (%s) started", ErrServiceRestarted, id)
 	}
-	return lost
+	c.loseLocked(cause, func(l *Lock) bool { return l.instance != "" && l.instance != id })
 }
 
-// instanceStoppedLocked records that instance id stopped and returns the
-// held locks it had granted. c.mu must be held.
-func (c *Client) instanceStoppedLocked(id string) []*Lock {
+// instanceStoppedLocked records that instance id stopped: the locks it
+// granted are lost. c.mu must be held.
+func (c *Client) instanceStoppedLocked(id string) {
 	if !slices.Contains(c.goneInstances, id) {
 		c.goneInstances = appendBounded(c.goneInstances, id)
 	}
 	if c.instance == id {
 		c.instance = ""
 	}
-	var lost []*Lock
-	for l := range c.held {
-		if l.instance == id {
-			lost = append(lost, l)
-		}
-	}
-	return lost
+	c.loseLocked(fmt.Errorf("%w: it (%s) stopped", ErrServiceRestarted, id), func(l *Lock) bool { return l.instance == id })
 }
 
-// instanceGoneLocked reports whether instance id is known to be gone.
+// loseLocked ends as lost, for cause, each held lock that granted picks.
 // c.mu must be held.
-func (c *Client) instanceGoneLocked(id string) bool {
-	return slices.Contains(c.goneInstances, id)
+func (c *Client) loseLocked(cause error, granted func(*Lock) bool) {
+	for l := range c.held {
+		if granted(l) {
+			c.finishLocked(l, &LostError{Name: l.name, Cause: cause})
+		}
+	}
 }
 
 // wakeWaitsLocked cancels every lock request in flight, whose wait may be
 // parked at an instance of the service that is gone: Lock withdraws it and
 // asks again. c.mu must be held.
 func (c *Client) wakeWaitsLocked() {
-	c.instanceWakes++
 	for p := range c.pending {
 		if p.waits {
 			p.stopLocked(errInstanceChanged)

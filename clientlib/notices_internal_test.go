@@ -57,29 +57,28 @@ func TestInstanceKnowledge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &Client{held: make(map[*Lock]struct{})}
+			c := &Client{held: make(map[*Lock]struct{}), pending: make(map[*pending]struct{})}
 			var refused []string
 			wakes := 0
 			for _, ev := range tt.events {
-				before := c.instanceWakes
-				var lost []*Lock
+				woken := false // a waiting lock request is told to ask again
+				wait := &pending{waits: true, cancel: func() { woken = true }}
+				c.pending[wait] = struct{}{}
 				switch ev.kind {
 				case "started":
-					lost = c.instanceServesLocked(ev.id, true)
+					c.instanceServesLocked(ev.id, true)
 				case "stopped":
-					lost = c.instanceStoppedLocked(ev.id)
+					c.instanceStoppedLocked(ev.id)
 				case "reply": // as register does
-					if c.instanceGoneLocked(ev.id) {
+					if slices.Contains(c.goneInstances, ev.id) {
 						refused = append(refused, ev.id)
-						continue
+						break
 					}
-					lost = c.instanceServesLocked(ev.id, false)
+					c.instanceServesLocked(ev.id, false)
 					c.held[&Lock{instance: ev.id}] = struct{}{}
 				}
-				for _, l := range lost {
-					delete(c.held, l) // as finish does
-				}
-				if c.instanceWakes != before {
+				delete(c.pending, wait)
+				if woken {
 					wakes++
 				}
 			}

@@ -7,36 +7,46 @@ type Option func(*Client)
 
 // WithPrefix sets the first token of the lock subjects, for a service
 // started with LDLM_SUBJECT_PREFIX. Default: subjects.DefaultPrefix ("ldlm").
-func WithPrefix(prefix string) Option {
-	return func(c *Client) { c.prefix = prefix }
-}
+func WithPrefix(prefix string) Option { return func(c *Client) { c.prefix = prefix } }
 
 // WithKeepOnDisconnect tells the client that the service runs with
 // LDLM_NO_CLEAR_ON_DISCONNECT=true, so a lock survives its connection
 // dropping: a reconnect then does not mark held locks lost. Such locks are
 // bounded by their lock timeout instead (give them one).
-func WithKeepOnDisconnect(keep bool) Option {
-	return func(c *Client) { c.keepOnDisconnect = keep }
-}
+func WithKeepOnDisconnect(keep bool) Option { return func(c *Client) { c.keepOnDisconnect = keep } }
 
-// WithRequestTimeout bounds every request that does not wait for a lock
-// (trylock, unlock, renew), in addition to the caller's context, and how
-// long any call keeps asking while no service answers or the one that
-// answers is stopping (a restart of the service). Default: 5 seconds.
-func WithRequestTimeout(d time.Duration) Option {
-	return func(c *Client) { c.requestTimeout = d }
-}
+// WithRequestTimeout bounds each trylock, unlock and renew request, besides
+// the caller's context, and how long any call keeps asking while no service
+// answers or the one that answers is stopping. Default: 5 seconds.
+func WithRequestTimeout(d time.Duration) Option { return func(c *Client) { c.requestTimeout = d } }
 
-// WithCleanupTimeout bounds the unlock that the client sends on its own to
-// release a lock nobody will use: after Lock gives up (cancelled context,
-// reconnect), from Unlock when the caller's context is already done, and on
-// Close. Default: 5 seconds.
-func WithCleanupTimeout(d time.Duration) Option {
-	return func(c *Client) { c.cleanupTimeout = d }
-}
+// WithCleanupTimeout bounds the unlock that the client sends on its own:
+// after Lock gives up, from Unlock when the caller's context is already
+// done, and on Close. Default: 5 seconds.
+func WithCleanupTimeout(d time.Duration) Option { return func(c *Client) { c.cleanupTimeout = d } }
 
 // LockOption configures one Lock or TryLock call.
 type LockOption func(*lockOptions)
+
+// WithSize sets the number of slots of the lock: up to n holders at once
+// (a semaphore). Every request for the same lock must use the same size
+// while it is held or waited for, else ErrLockSizeMismatch. Default: 1.
+func WithSize(n int) LockOption { return func(o *lockOptions) { o.size = n } }
+
+// WithLockTimeout makes the service release the lock unless it is renewed
+// within d; the client renews it in the background (see WithAutoRenew).
+// Default: none; the lock lives until Unlock or its connection closes.
+func WithLockTimeout(d time.Duration) LockOption { return func(o *lockOptions) { o.lockTimeout = d } }
+
+// WithWaitTimeout makes Lock give up after waiting d: it then returns a Lock
+// whose Locked is false (not an error). Default: wait until the context
+// ends. TryLock never waits and refuses this option (ErrBadRequest).
+func WithWaitTimeout(d time.Duration) LockOption { return func(o *lockOptions) { o.waitTimeout = d } }
+
+// WithAutoRenew turns background renewal (every third of the lock timeout)
+// on or off. Default: on. Turn it off to let the lock expire on purpose
+// (rate limiting), or to renew by hand with Lock.Renew.
+func WithAutoRenew(on bool) LockOption { return func(o *lockOptions) { o.autoRenew = on } }
 
 type lockOptions struct {
 	size        int
@@ -54,34 +64,4 @@ func newLockOptions(opts []LockOption) lockOptions {
 		opt(o)
 	}
 	return *o
-}
-
-// WithSize sets the number of slots of the lock: up to n holders at once
-// (a semaphore). Every request for the same lock must use the same size
-// while it is held or waited for, else ErrLockSizeMismatch. Default: 1.
-func WithSize(n int) LockOption {
-	return func(o *lockOptions) { o.size = n }
-}
-
-// WithLockTimeout makes the service release the lock unless it is renewed
-// within d. The client renews it in the background (see WithAutoRenew) and
-// closes Lock.Done if the timeout passes anyway. Default: no timeout; the
-// lock lives until Unlock or until its connection closes.
-func WithLockTimeout(d time.Duration) LockOption {
-	return func(o *lockOptions) { o.lockTimeout = d }
-}
-
-// WithWaitTimeout makes Lock give up after waiting d: it then returns a Lock
-// whose Locked is false (not an error). Default: wait until the context
-// ends. TryLock never waits and refuses this option (ErrBadRequest).
-func WithWaitTimeout(d time.Duration) LockOption {
-	return func(o *lockOptions) { o.waitTimeout = d }
-}
-
-// WithAutoRenew turns background renewal of a lock with a lock timeout on
-// or off. Default: on; the lock is renewed every third of its timeout. Turn
-// it off to let the lock expire on purpose (rate limiting), or to renew by
-// hand with Lock.Renew.
-func WithAutoRenew(on bool) LockOption {
-	return func(o *lockOptions) { o.autoRenew = on }
 }

@@ -6,14 +6,12 @@ import (
 	"time"
 )
 
-// run owns every timer of the client, in one heap: the renewal and the
-// expiry of each held lock that has a lock timeout, and the deadline of
-// each request waiting for its reply. It sleeps until the soonest is due.
-// A lock is renewed a third of the way into each timeout (unless
+// run owns every timer of the client, in one heap: the renewal and expiry
+// of each held lock that has a lock timeout, and the deadline of each
+// request. A lock is renewed a third of the way into each timeout (unless
 // auto-renew is off), and ends with ErrExpired when its timeout passed
-// without a renewal; a renewal that fails without the service refusing it
-// (no reply, connection down) is tried again every tenth of the timeout
-// until the lock expires. A request whose deadline passed is cancelled.
+// without a renewal; a failed renewal that the service did not refuse is
+// tried again every tenth of the timeout until the lock expires.
 
 // timer is an entry of c.timers: a lock's or a request's. Guarded by c.mu.
 type timer struct {
@@ -93,19 +91,12 @@ func (c *Client) scheduleLocked(l *Lock) {
 	c.setTimerLocked(&l.timer, due)
 }
 
-// renewal is an automatic renewal that run hands to autoRenew.
-type renewal struct {
-	l         *Lock
-	timeout   time.Duration
-	expiresAt time.Time
-}
-
 // fireLocked handles the timers due at now: it cancels the requests whose
-// deadline passed, ends the locks that expired, and returns the renewals
-// to send. It sets wakeAt to when the next timer is due. c.mu must be held.
-func (c *Client) fireLocked(now time.Time) []renewal {
+// deadline passed, ends the locks that expired, and starts the renewals
+// that are due, each in a goroutine of its own. It sets wakeAt to when the
+// next timer is due. c.mu must be held.
+func (c *Client) fireLocked(now time.Time) {
 	c.wakeAt = time.Time{} // no pokes while run is awake anyway
-	var out []renewal
 	for len(c.timers) > 0 && !c.timers[0].due.After(now) {
 		t := c.timers[0]
 		if p := t.req; p != nil {
@@ -119,28 +110,27 @@ func (c *Client) fireLocked(now time.Time) []renewal {
 			continue
 		}
 		l.renewing = true
-		out = append(out, renewal{l: l, timeout: l.timeout, expiresAt: l.expiresAt})
+		go c.autoRenew(l, l.timeout, l.expiresAt)
 		c.scheduleLocked(l) // due at its expiry while the renewal is out
 	}
 	c.wakeAt = farFuture
 	if len(c.timers) > 0 {
 		c.wakeAt = c.timers[0].due
 	}
-	return out
 }
 
-// autoRenew sends an automatic renewal and schedules the lock's next
-// timer. There is no point waiting for a reply after the lock expired.
-func (c *Client) autoRenew(r renewal) {
-	ctx, cancel := context.WithDeadline(context.Background(), r.expiresAt)
-	err := r.l.renew(ctx, r.timeout)
+// autoRenew renews l for timeout and schedules its next timer. There is no
+// point waiting for a reply after the lock expired.
+func (c *Client) autoRenew(l *Lock, timeout time.Duration, expiresAt time.Time) {
+	ctx, cancel := context.WithDeadline(context.Background(), expiresAt)
+	err := l.Renew(ctx, timeout)
 	cancel()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r.l.renewing = false
-	r.l.retryAt = time.Time{}
+	l.renewing = false
+	l.retryAt = time.Time{}
 	if err != nil {
-		r.l.retryAt = time.Now().Add(r.l.timeout / 10)
+		l.retryAt = time.Now().Add(l.timeout / 10)
 	}
-	c.scheduleLocked(r.l)
+	c.scheduleLocked(l)
 }
