@@ -14,7 +14,8 @@ import (
 )
 
 // Lock is the result of Lock or TryLock: a held lock while Locked is true.
-// Its methods are safe for use by many goroutines.
+// Its methods are safe for use by many goroutines. Only Lock and TryLock
+// make one: a Lock declared by other code has no client to ask.
 type Lock struct {
 	c         *Client
 	name      string
