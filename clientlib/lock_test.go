@@ -491,7 +491,10 @@ func TestReleasedByKey(t *testing.T) {
 	operator := srv.Connect(t)
 
 	for _, auto := range []bool{true, false} {
-		l := mustLock(t, c, "stolen", clientlib.WithLockTimeout(300*time.Millisecond), clientlib.WithAutoRenew(auto))
+		// The automatic renewal goes out a third into the timeout and must
+		// be answered before the lock would expire (2 s later), or the
+		// client counts the lock as expired: ample on a loaded machine.
+		l := mustLock(t, c, "stolen", clientlib.WithLockTimeout(3*time.Second), clientlib.WithAutoRenew(auto))
 		msg := nats.NewMsg("ldlm.unlock.stolen")
 		msg.Data = []byte(`{"key":"` + l.Key() + `"}`)
 		if _, err := operator.RequestMsg(msg, testTimeout); err != nil {
