@@ -66,9 +66,9 @@ func (c *clientConfig) natsFlags() []natsFlag {
 		{&c.creds.Token, "token", "NATS_TOKEN", "authentication token (env %s)"},
 		{&c.creds.CredsFile, "creds", "NATS_CREDS", "user credentials file (env %s)"},
 		{&c.creds.NKeyFile, "nkey", "NATS_NKEY", "user nkey seed file (env %s)"},
-		{&c.creds.TLSCert, "tlscert", "NATS_CERT", "TLS client certificate file (env %s)"},
-		{&c.creds.TLSKey, "tlskey", "NATS_KEY", "TLS client key file (env %s)"},
-		{&c.creds.TLSCA, "tlsca", "NATS_CA", "TLS CA file to verify the server (env %s)"},
+		{&c.creds.TLS.Cert, "tlscert", "NATS_CERT", "TLS client certificate file (env %s)"},
+		{&c.creds.TLS.Key, "tlskey", "NATS_KEY", "TLS client key file (env %s)"},
+		{&c.creds.TLS.CA, "tlsca", "NATS_CA", "TLS CA file to verify the server (env %s)"},
 	}
 }
 
@@ -99,7 +99,7 @@ func (c *clientConfig) resolve() error {
 	if c.prefix == "" || strings.ContainsAny(c.prefix, " \t*>") || strings.HasPrefix(c.prefix, ".") || strings.HasSuffix(c.prefix, ".") {
 		return fmt.Errorf("--prefix %q is not a valid subject prefix", c.prefix)
 	}
-	if (c.creds.TLSCert == "") != (c.creds.TLSKey == "") {
+	if (c.creds.TLS.Cert == "") != (c.creds.TLS.Key == "") {
 		return errors.New("--tlscert and --tlskey must be given together")
 	}
 	return nil

@@ -44,11 +44,11 @@ func (c natsCredentials) options() ([]nats.Option, error) {
 		}
 		opts = append(opts, opt)
 	}
-	if c.TLSCA != "" {
-		opts = append(opts, nats.RootCAs(c.TLSCA))
+	if c.TLS.CA != "" {
+		opts = append(opts, nats.RootCAs(c.TLS.CA))
 	}
-	if c.TLSCert != "" {
-		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
+	if c.TLS.Cert != "" {
+		opts = append(opts, nats.ClientCert(c.TLS.Cert, c.TLS.Key))
 	}
 	return opts, nil
 }
@@ -215,8 +215,8 @@ func (c *serverConfig) validateExternal() error {
 		}
 	}
 	for _, creds := range []*natsCredentials{&c.App, &c.System} {
-		if (creds.TLSCert == "") != (creds.TLSKey == "") {
-			return fmt.Errorf("%s and %s: give the TLS client certificate and key together", c.name(&creds.TLSCert), c.name(&creds.TLSKey))
+		if (creds.TLS.Cert == "") != (creds.TLS.Key == "") {
+			return fmt.Errorf("%s and %s: give the TLS client certificate and key together", c.name(&creds.TLS.Cert), c.name(&creds.TLS.Key))
 		}
 	}
 	return nil
