@@ -12,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"slices"
 	"strconv"
@@ -68,11 +67,11 @@ type serverConfig struct {
 // external NATS server. The client commands use them too, with the nats
 // CLI's flags and variables.
 type natsCredentials struct {
-	User      string `env:"USER" help:"user"`
-	Password  string `env:"PASSWORD" help:"password"`
-	Token     string `env:"TOKEN" help:"token"`
-	CredsFile string `env:"CREDS" help:"credentials file (JWT)"`
-	NKeyFile  string `env:"NKEY" help:"nkey seed file"`
+	User      string   `env:"USER" help:"user"`
+	Password  string   `env:"PASSWORD" help:"password"`
+	Token     string   `env:"TOKEN" help:"token"`
+	CredsFile string   `env:"CREDS" help:"credentials file (JWT)"`
+	NKeyFile  string   `env:"NKEY" help:"nkey seed file"`
 	TLS       tlsFiles `envPrefix:"TLS_"`
 }
 
@@ -232,14 +231,9 @@ Settings:
 func printServerHelp(w io.Writer, all []setting) {
 	fmt.Fprint(w, serverUsage)
 	for _, s := range all {
-		typ := ""
-		switch s.value.Interface().(type) {
-		case time.Duration:
-			typ = " duration"
-		case int:
-			typ = " int"
-		case string:
-			typ = " string"
+		typ := " " + strings.ToLower(s.value.Type().Name()) // int, string, duration
+		if s.value.Kind() == reflect.Bool {
+			typ = ""
 		}
 		fmt.Fprintf(w, "  --%s%s\n        %s (env %s", s.flag, typ, s.help, s.env)
 		if s.def != "" && s.def != "false" {
@@ -249,20 +243,17 @@ func printServerHelp(w io.Writer, all []setting) {
 	}
 }
 
-// flagValue makes a setting a flag: it parses as env does.
+// flagValue makes a setting a flag: it parses as the variable does. (No
+// flagValue is ever zero: flag makes zero values only for PrintDefaults,
+// which the help of `ldlm server` does not use.)
 type flagValue struct {
 	s   setting
 	bad *error // the first value that did not parse, in the setting's words
 }
 
-func (v flagValue) String() string {
-	if !v.s.value.IsValid() {
-		return ""
-	}
-	return fmt.Sprint(v.s.value.Interface())
-}
+func (v flagValue) String() string { return fmt.Sprint(v.s.value.Interface()) }
 
-func (v flagValue) IsBoolFlag() bool { return v.s.value.IsValid() && v.s.value.Kind() == reflect.Bool }
+func (v flagValue) IsBoolFlag() bool { return v.s.value.Kind() == reflect.Bool }
 
 func (v flagValue) Set(text string) error {
 	err := v.s.set(text)
@@ -307,11 +298,6 @@ func setValue(f reflect.Value, text string) error {
 		return nil
 	}
 	return fmt.Errorf("ldlm: a setting of type %s has no parser", f.Type())
-}
-
-// parseServerConfig reads the process environment, then the flags.
-func parseServerConfig(args []string, help io.Writer) (serverConfig, error) {
-	return parseServerConfigFrom(os.Environ(), args, help)
 }
 
 // parseServerConfigFrom reads the LDLM_* variables of environ ("KEY=value"
