@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -76,8 +77,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	serviceOverTCP := fs.Bool("embedded-service-tcp", false, "experiment: connect the embedded lock service over TCP instead of in-process")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server process to this file (--in-process: of this process, clients included); not with --server")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the server process to this file (--in-process: of this process); not with --server")
-	if code, ok := parseBenchFlags(fs, args); !ok {
-		return code
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
 	}
 	if *short {
 		s := bench.ShortConfig()
@@ -170,17 +171,13 @@ func benchFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseBenchFlags parses args into fs; when ok is false the command is
-// over, with exit status code (0 after --help).
-func parseBenchFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return 0, false
-	case err != nil:
-		return exitUsage, false
+// parseExit is the exit status after fs.Parse failed with err: 0 for
+// --help, which printed the usage.
+func parseExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
 	}
-	return 0, true
+	return exitUsage
 }
 
 // runBenchScale is `ldlm bench scale`.
@@ -197,8 +194,8 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 	sweepConns := fs.String("sweep-conns", ints(cfg.SweepConns), "connections for the cost of a sweep")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
-	if code, ok := parseBenchFlags(fs, args); !ok {
-		return code
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
 	}
 	if *short {
 		cfg = bench.ShortScaleConfig()
@@ -292,12 +289,11 @@ func absPath(p string) (string, error) {
 
 // runBenchHelper is `ldlm bench scale-client URL N`.
 func runBenchHelper(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 2 {
-		fmt.Fprintln(stderr, "ldlm bench scale-client: want URL N")
-		return exitUsage
+	n := 0
+	if len(args) == 2 {
+		n, _ = strconv.Atoi(args[1])
 	}
-	n, err := strconv.Atoi(args[1])
-	if err != nil || n < 1 {
+	if n < 1 {
 		fmt.Fprintln(stderr, "ldlm bench scale-client: want URL N")
 		return exitUsage
 	}
@@ -308,56 +304,36 @@ func runBenchHelper(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// profiled runs run with the profiles asked for (see startProfiles) and
-// returns the first error.
+// profiled runs run, writing a CPU profile of it to cpuPath and then an
+// allocation profile to memPath when they are not empty, and returns the
+// first error.
 func profiled(cpuPath, memPath string, run func() error) error {
-	stop, err := startProfiles(cpuPath, memPath)
-	if err != nil {
-		return err
-	}
-	err = run()
-	if perr := stop(); err == nil {
-		err = perr
-	}
-	return err
-}
-
-// startProfiles starts the CPU profile, if asked, and returns a function
-// that stops it and writes the allocation profile, if asked.
-func startProfiles(cpuPath, memPath string) (func() error, error) {
 	var cpu *os.File
 	if cpuPath != "" {
 		f, err := os.Create(cpuPath)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := pprof.StartCPUProfile(f); err != nil {
 			f.Close()
-			return nil, err
+			return err
 		}
 		cpu = f
 	}
-	return func() error {
-		if cpu != nil {
-			pprof.StopCPUProfile()
-			if err := cpu.Close(); err != nil {
-				return err
-			}
+	err := run()
+	if cpu != nil {
+		pprof.StopCPUProfile()
+		err = cmp.Or(err, cpu.Close())
+	}
+	if memPath != "" {
+		f, ferr := os.Create(memPath)
+		if ferr == nil {
+			runtime.GC()
+			ferr = cmp.Or(pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
 		}
-		if memPath == "" {
-			return nil
-		}
-		f, err := os.Create(memPath)
-		if err != nil {
-			return err
-		}
-		runtime.GC()
-		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
-			f.Close()
-			return err
-		}
-		return f.Close()
-	}, nil
+		err = cmp.Or(err, ferr)
+	}
+	return err
 }
 
 func splitList(s string) []string {

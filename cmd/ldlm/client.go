@@ -167,8 +167,8 @@ func errText(err error) string {
 
 // adminRequest sends one request to PREFIX.admin.OP (PREFIX.admin.unlock.NAME
 // for OpAdminUnlock) and decodes the reply into out. It returns the raw
-// reply too, for --json. The caller checks the error field of out: the
-// service's own refusals come there.
+// reply too, for --json, and the refusal in the reply's error field as an
+// error.
 func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]byte, error) {
 	subject := subjects.AdminSubject(prefix, op, name)
 	var data []byte
@@ -194,8 +194,18 @@ func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]
 	case err != nil:
 		return nil, fmt.Errorf("request on %s: %w", subject, err)
 	}
-	if err := json.Unmarshal(msg.Data, out); err != nil {
+	var refusal struct {
+		Error *subjects.Error `json:"error"`
+	}
+	err = json.Unmarshal(msg.Data, out)
+	if err == nil {
+		err = json.Unmarshal(msg.Data, &refusal)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("unreadable reply on %s: %.200q: %w", subject, msg.Data, err)
+	}
+	if e := refusal.Error; e != nil {
+		return nil, fmt.Errorf("the lock service refused: %s: %s", e.Code, e.Message)
 	}
 	return msg.Data, nil
 }
@@ -214,9 +224,4 @@ func withLikelyCauses(err error, prefix string) error {
 			"this user may not publish to %s.lock.> and %s.trylock.> (NATS permissions: a denied request gets no reply)", err, prefix, prefix, prefix)
 	}
 	return err
-}
-
-// refused is the error for a refusal in a reply's error field.
-func refused(e *subjects.Error) error {
-	return fmt.Errorf("the lock service refused: %s: %s", e.Code, e.Message)
 }

@@ -28,13 +28,8 @@ import (
 func (c natsCredentials) isZero() bool { return c == natsCredentials{} }
 
 func (c natsCredentials) options() ([]nats.Option, error) {
-	var opts []nats.Option
-	if c.User != "" || c.Password != "" {
-		opts = append(opts, nats.UserInfo(c.User, c.Password))
-	}
-	if c.Token != "" {
-		opts = append(opts, nats.Token(c.Token))
-	}
+	// An empty user, password or token is what nats.go has by default.
+	opts := []nats.Option{nats.UserInfo(c.User, c.Password), nats.Token(c.Token)}
 	if c.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(c.CredsFile))
 	}
@@ -384,14 +379,9 @@ func (c *connections) close() {
 func connect(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*connections, error) {
 	c := &connections{}
 	if cfg.NATSURL == "" {
-		tenants, err := embeddednats.ParseTenants(cfg.EmbeddedTenants)
-		if err != nil {
-			return nil, err
-		}
-		nkeys, err := embeddednats.ParseNkeys(cfg.EmbeddedNkeys)
-		if err != nil {
-			return nil, err
-		}
+		// validate parsed both, so neither fails.
+		tenants, _ := embeddednats.ParseTenants(cfg.EmbeddedTenants)
+		nkeys, _ := embeddednats.ParseNkeys(cfg.EmbeddedNkeys)
 		srv, err := embeddednats.Start(embeddednats.Config{
 			Tenants:      tenants,
 			Prefix:       cfg.Prefix,
