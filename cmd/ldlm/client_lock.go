@@ -95,13 +95,8 @@ func runLockCommand(op, usage string, args []string, stdout, stderr io.Writer) i
 		return usageError(stderr, r.command, "%v", err)
 	}
 	r.name, r.argv = rest[0], rest[2:]
-	r.opts = []clientlib.LockOption{clientlib.WithSize(*size)}
-	if r.wait > 0 {
-		r.opts = append(r.opts, clientlib.WithWaitTimeout(r.wait))
-	}
-	if *timeout > 0 {
-		r.opts = append(r.opts, clientlib.WithLockTimeout(*timeout))
-	}
+	// A timeout of 0 is clientlib's default: none.
+	r.opts = []clientlib.LockOption{clientlib.WithSize(*size), clientlib.WithWaitTimeout(r.wait), clientlib.WithLockTimeout(*timeout)}
 	return r.run(conn)
 }
 
