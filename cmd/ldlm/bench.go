@@ -149,10 +149,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		_, err := bench.Run(t, cfg, stdout)
 		return err
 	})
-	if cerr := t.Close(); cerr != nil && err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err = cmp.Or(err, t.Close()); err != nil {
 		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
 		return 1
 	}
