@@ -178,15 +178,13 @@ func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]
 			return nil, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	msg, err := nc.RequestWithContext(ctx, subject, data)
+	msg, err := nc.Request(subject, data, requestTimeout)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
 		return nil, fmt.Errorf("no lock service answers on %s; likely causes, most likely first: "+
 			"ldlm is not running (or has just stopped); this is not its NATS server (--server %s) or not its subject prefix (--prefix %q)",
 			subject, redactURLs(nc.ConnectedUrl()), prefix)
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
+	case errors.Is(err, nats.ErrTimeout):
 		return nil, fmt.Errorf("no reply on %s within %s; likely causes, most likely first: "+
 			"ldlm is not running, or is stopping or overloaded; this is not its NATS server (--server %s) or not its subject prefix (--prefix %q); "+
 			"this user may not publish to %s.admin.> (NATS permissions: a denied request gets no reply)",

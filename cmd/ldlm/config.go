@@ -243,26 +243,6 @@ func printServerHelp(w io.Writer, all []setting) {
 	}
 }
 
-// flagValue makes a setting a flag: it parses as the variable does. (No
-// flagValue is ever zero: flag makes zero values only for PrintDefaults,
-// which the help of `ldlm server` does not use.)
-type flagValue struct {
-	s   setting
-	bad *error // the first value that did not parse, in the setting's words
-}
-
-func (v flagValue) String() string { return fmt.Sprint(v.s.value.Interface()) }
-
-func (v flagValue) IsBoolFlag() bool { return v.s.value.Kind() == reflect.Bool }
-
-func (v flagValue) Set(text string) error {
-	err := v.s.set(text)
-	if err != nil && *v.bad == nil {
-		*v.bad = err
-	}
-	return err
-}
-
 // set parses text into the setting's field; the error names the setting
 // and says what a valid value looks like.
 func (s setting) set(text string) error {
@@ -331,9 +311,19 @@ func parseServerConfigFrom(environ, args []string, help io.Writer) (serverConfig
 	}
 	fs := flag.NewFlagSet("ldlm server", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // the caller prints the one line
+	// A flag parses as its variable does. flag wraps the error of the one
+	// value that does not parse; flagErr keeps it in the setting's words.
 	var flagErr error
 	for _, s := range all {
-		fs.Var(flagValue{s, &flagErr}, s.flag, s.help)
+		set := func(text string) error {
+			flagErr = s.set(text)
+			return flagErr
+		}
+		if s.value.Kind() == reflect.Bool {
+			fs.BoolFunc(s.flag, s.help, set)
+		} else {
+			fs.Func(s.flag, s.help, set)
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		switch {
