@@ -206,10 +206,9 @@ func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 
 	// The one loop that reacts to everything while COMMAND runs.
 	var (
-		lost       error
-		lockDone   = l.Done()
-		graceTimer *time.Timer
-		kill       <-chan time.Time
+		lost     error
+		lockDone = l.Done()
+		kill     <-chan time.Time
 	)
 	for running := true; running; {
 		select {
@@ -220,8 +219,7 @@ func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 			lost = l.Err()
 			fmt.Fprintf(r.stderr, "%s: %s: sending SIGTERM to COMMAND (pid %d), SIGKILL in %s\n", r.command, errText(lost), cmd.Process.Pid, r.grace)
 			_ = signalCommand(cmd.Process, cmd.SysProcAttr, syscall.SIGTERM)
-			graceTimer = time.NewTimer(r.grace)
-			kill = graceTimer.C
+			kill = time.After(r.grace)
 		case <-kill:
 			kill = nil
 			fmt.Fprintf(r.stderr, "%s: COMMAND (pid %d) still ran %s after SIGTERM: sending SIGKILL\n", r.command, cmd.Process.Pid, r.grace)
@@ -229,9 +227,6 @@ func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 		case <-exited:
 			running = false
 		}
-	}
-	if graceTimer != nil {
-		graceTimer.Stop()
 	}
 	if lost != nil {
 		return exitLost

@@ -254,30 +254,24 @@ func (s setting) set(text string) error {
 
 // setValue parses text into the field f, of one of the types settings have.
 func setValue(f reflect.Value, text string) error {
+	var v any
+	var err error
 	switch f.Interface().(type) {
 	case time.Duration:
-		d, err := time.ParseDuration(text)
-		if err == nil {
-			f.SetInt(int64(d))
-		}
-		return err
+		v, err = time.ParseDuration(text)
 	case int:
-		n, err := strconv.ParseInt(text, 10, strconv.IntSize)
-		if err == nil {
-			f.SetInt(n)
-		}
-		return err
+		v, err = strconv.Atoi(text)
 	case bool:
-		b, err := strconv.ParseBool(text)
-		if err == nil {
-			f.SetBool(b)
-		}
-		return err
+		v, err = strconv.ParseBool(text)
 	case string:
-		f.SetString(text)
-		return nil
+		v = text
+	default:
+		return fmt.Errorf("ldlm: a setting of type %s has no parser", f.Type())
 	}
-	return fmt.Errorf("ldlm: a setting of type %s has no parser", f.Type())
+	if err == nil {
+		f.Set(reflect.ValueOf(v))
+	}
+	return err
 }
 
 // parseServerConfigFrom reads the LDLM_* variables of environ ("KEY=value"
