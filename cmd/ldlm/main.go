@@ -17,6 +17,8 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+
+	"github.com/ldlm-io/ldlm/internal/bench"
 )
 
 // exitUsage is the exit status for bad configuration or usage.
@@ -64,7 +66,7 @@ var commands = map[string]func(args []string, stdout, stderr io.Writer) int{
 	"list":    runList,
 	"unlock":  runUnlock,
 	"status":  runStatus,
-	"bench":   runBench,
+	"bench":   bench.Main,
 }
 
 const usage = `Usage:

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"cmp"
@@ -14,9 +14,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/ldlm-io/ldlm/internal/bench"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -45,8 +45,26 @@ round, and the older one's rows say "baseline".
 Flags:
 `
 
-// runBench is `ldlm bench`.
-func runBench(args []string, stdout, stderr io.Writer) int {
+// exitUsage is the exit status of a usage error, as everywhere in ldlm.
+const exitUsage = 2
+
+// Main is `ldlm bench`: args are what follows "bench", and it returns the
+// exit status. The processes it starts run this same program as `PROGRAM
+// bench server-process …` and `PROGRAM bench scale-client …`: a program
+// that runs Main must run it for its command bench.
+func Main(args []string, stdout, stderr io.Writer) int {
+	useSelfCommands.Do(func() {
+		if HelperCommand == nil {
+			HelperCommand = func(url string, n int) *exec.Cmd {
+				return benchCommand(helperCommand, url, strconv.Itoa(n))
+			}
+		}
+		if ServerCommand == nil {
+			ServerCommand = func(args []string) *exec.Cmd {
+				return benchCommand(serverProcessCommand, args...)
+			}
+		}
+	})
 	if len(args) > 0 {
 		switch args[0] {
 		case "scale":
@@ -57,7 +75,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 			return runBenchServerProcess(args[1:], stdout, stderr)
 		}
 	}
-	cfg := bench.DefaultConfig()
+	cfg := DefaultConfig()
 	fs := benchFlags("ldlm bench", stderr)
 	server := fs.String("server", "", "NATS URL of a running lock service to measure (external); empty: start one in a process of its own")
 	inProcess := fs.Bool("in-process", false, "run the server in this process with the clients (flatters serial work: not what users get)")
@@ -81,7 +99,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		return parseExit(err)
 	}
 	if *short {
-		s := bench.ShortConfig()
+		s := ShortConfig()
 		cfg.Rounds, cfg.Duration, cfg.Warmup = s.Rounds, s.Duration, s.Warmup
 	} else {
 		cfg.Rounds = *rounds
@@ -110,24 +128,24 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	var t *bench.Target
+	var t *Target
 	// Profiles are this process's with --in-process, else the server
 	// process's, which writes them when it stops.
 	ownCPUProfile, ownMemProfile := *cpuProfile, *memProfile
 	switch {
 	case *server == "" && *inProcess:
-		t, err = bench.NewEmbeddedTarget(*serviceOverTCP)
+		t, err = NewEmbeddedTarget(*serviceOverTCP)
 	case *server == "":
-		opts := bench.ProcessOptions{ServiceOverTCP: *serviceOverTCP}
+		opts := ProcessOptions{ServiceOverTCP: *serviceOverTCP}
 		if opts.CPUProfile, err = absPath(*cpuProfile); err == nil {
 			opts.MemProfile, err = absPath(*memProfile)
 		}
 		ownCPUProfile, ownMemProfile = "", ""
 		if err == nil {
-			t, err = bench.NewProcessTarget(opts)
+			t, err = NewProcessTarget(opts)
 		}
 	default:
-		t, err = bench.NewExternalTarget(*server, *prefix)
+		t, err = NewExternalTarget(*server, *prefix)
 		if err == nil && *baseline != "" {
 			if err = t.SetBaseline(*baseline); err != nil {
 				t.Close()
@@ -146,7 +164,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	}
 
 	err = profiled(ownCPUProfile, ownMemProfile, func() error {
-		_, err := bench.Run(t, cfg, stdout)
+		_, err := Run(t, cfg, stdout)
 		return err
 	})
 	if err = cmp.Or(err, t.Close()); err != nil {
@@ -179,10 +197,10 @@ func parseExit(err error) int {
 
 // runBenchScale is `ldlm bench scale`.
 func runBenchScale(args []string, stdout, stderr io.Writer) int {
-	cfg := bench.DefaultScaleConfig()
+	cfg := DefaultScaleConfig()
 	fs := benchFlags("ldlm bench scale", stderr)
 	short := fs.Bool("short", false, "small sizes, a few seconds in all (for CI)")
-	figures := fs.String("only", "", "run only these figures, comma separated: "+strings.Join(bench.ScaleFigures, ","))
+	figures := fs.String("only", "", "run only these figures, comma separated: "+strings.Join(ScaleFigures, ","))
 	serviceLocks := fs.String("locks", ints(cfg.ServiceLocks), "held locks through the service, for memory per lock")
 	fs.IntVar(&cfg.EngineLocks, "engine-locks", cfg.EngineLocks, "held locks in the engine alone, for memory per lock")
 	fs.IntVar(&cfg.Waiters, "waiters", cfg.Waiters, "waiters parked on one lock")
@@ -195,7 +213,7 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 		return parseExit(err)
 	}
 	if *short {
-		cfg = bench.ShortScaleConfig()
+		cfg = ShortScaleConfig()
 	} else {
 		var err error
 		if cfg.ServiceLocks, err = parseInts(*serviceLocks); err == nil {
@@ -210,7 +228,7 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Only = splitList(*figures)
 	for _, f := range cfg.Only {
-		if !slices.Contains(bench.ScaleFigures, f) {
+		if !slices.Contains(ScaleFigures, f) {
 			fmt.Fprintf(stderr, "ldlm bench scale: unknown figure %q\n", f)
 			return exitUsage
 		}
@@ -219,7 +237,7 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ldlm bench scale: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
-	err := profiled(*cpuProfile, *memProfile, func() error { return bench.RunScale(cfg, stdout) })
+	err := profiled(*cpuProfile, *memProfile, func() error { return RunScale(cfg, stdout) })
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench scale: %v\n", err)
 		return 1
@@ -235,14 +253,9 @@ const (
 	serverProcessCommand = "server-process"
 )
 
-func init() {
-	bench.HelperCommand = func(url string, n int) *exec.Cmd {
-		return benchCommand(helperCommand, url, strconv.Itoa(n))
-	}
-	bench.ServerCommand = func(args []string) *exec.Cmd {
-		return benchCommand(serverProcessCommand, args...)
-	}
-}
+// useSelfCommands makes the first Main set HelperCommand and ServerCommand
+// to this program, unless a test has set them.
+var useSelfCommands sync.Once
 
 // benchCommand runs this binary as `ldlm bench sub args...`.
 func benchCommand(sub string, args ...string) *exec.Cmd {
@@ -267,7 +280,7 @@ func runBenchServerProcess(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ldlm bench server-process: started by ldlm bench, not by hand")
 		return exitUsage
 	}
-	err := profiled(*cpuProfile, *memProfile, func() error { return bench.ServeProcess(os.Stdin, stdout, *overTCP) })
+	err := profiled(*cpuProfile, *memProfile, func() error { return ServeProcess(os.Stdin, stdout, *overTCP) })
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench server-process: %v\n", err)
 		return 1
@@ -294,7 +307,7 @@ func runBenchHelper(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ldlm bench scale-client: want URL N")
 		return exitUsage
 	}
-	if err := bench.ScaleClient(args[0], n, 10*time.Minute, os.Stdin, stdout); err != nil {
+	if err := ScaleClient(args[0], n, 10*time.Minute, os.Stdin, stdout); err != nil {
 		fmt.Fprintln(stdout, "error:", err)
 		return 1
 	}
@@ -367,7 +380,7 @@ func ints(ns []int) string {
 }
 
 func parseWorkloads(s string) ([]string, error) {
-	known := []string{bench.WorkEcho, bench.WorkEchoTCP, bench.WorkUncontended, bench.WorkContended, bench.WorkSemaphore}
+	known := []string{WorkEcho, WorkEchoTCP, WorkUncontended, WorkContended, WorkSemaphore}
 	names := splitList(s)
 	for _, n := range names {
 		if !slices.Contains(known, n) {
@@ -377,11 +390,11 @@ func parseWorkloads(s string) ([]string, error) {
 	return names, nil
 }
 
-func parseConns(s string) ([]bench.ConnMode, error) {
-	var out []bench.ConnMode
+func parseConns(s string) ([]ConnMode, error) {
+	var out []ConnMode
 	for _, f := range splitList(s) {
-		m := bench.ConnMode(f)
-		if m != bench.SharedConn && m != bench.ConnPerWorker {
+		m := ConnMode(f)
+		if m != SharedConn && m != ConnPerWorker {
 			return nil, fmt.Errorf("connection mode %q: want shared or per-worker", f)
 		}
 		out = append(out, m)
