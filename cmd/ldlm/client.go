@@ -5,6 +5,7 @@ package main
 // the admin request.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -89,13 +90,9 @@ func addClientFlags(fs *flag.FlagSet) *clientConfig {
 // defaults, then finds mistakes before anything is sent.
 func (c *clientConfig) resolve() error {
 	for _, f := range c.natsFlags() {
-		if *f.field == "" {
-			*f.field = os.Getenv(f.env)
-		}
+		*f.field = cmp.Or(*f.field, os.Getenv(f.env))
 	}
-	if c.server == "" {
-		c.server = defaultServerURL
-	}
+	c.server = cmp.Or(c.server, defaultServerURL)
 	if c.prefix == "" || strings.ContainsAny(c.prefix, " \t*>") || strings.HasPrefix(c.prefix, ".") || strings.HasSuffix(c.prefix, ".") {
 		return fmt.Errorf("--prefix %q is not a valid subject prefix", c.prefix)
 	}

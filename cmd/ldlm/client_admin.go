@@ -5,6 +5,7 @@ package main
 // permissions may keep applications from sending.
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -148,7 +149,7 @@ func printLocks(w io.Writer, locks []subjects.LockInfo, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	row := func(l subjects.LockInfo, cells ...string) {
 		if withAccount {
-			cells = append([]string{dash(l.Account)}, cells...)
+			cells = append([]string{cmp.Or(l.Account, "-")}, cells...)
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
@@ -181,32 +182,15 @@ func printLocks(w io.Writer, locks []subjects.LockInfo, now time.Time) {
 
 // showName quotes a lock name that would break the table's columns.
 func showName(name string) string {
-	for _, r := range name {
-		if unicode.IsSpace(r) || !unicode.IsPrint(r) {
-			return strconv.Quote(name)
-		}
-	}
-	if name == "" {
-		return `""`
+	if name == "" || strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0 {
+		return strconv.Quote(name)
 	}
 	return name
 }
 
 // showOwner names the connection of a grant; a lock taken without one
 // (a plain `nats req`) is anonymous.
-func showOwner(owner string) string {
-	if owner == "" {
-		return "(anonymous)"
-	}
-	return owner
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
+func showOwner(owner string) string { return cmp.Or(owner, "(anonymous)") }
 
 // since is how long ago t was, in whole seconds.
 func since(now, t time.Time) string {

@@ -12,6 +12,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"os"
@@ -104,8 +105,5 @@ func version() string {
 	if info, ok := debug.ReadBuildInfo(); v == "" && ok && info.Main.Version != "(devel)" {
 		v = info.Main.Version
 	}
-	if v == "" {
-		return "0.0.0-dev"
-	}
-	return strings.TrimPrefix(v, "v")
+	return strings.TrimPrefix(cmp.Or(v, "0.0.0-dev"), "v")
 }
