@@ -75,11 +75,9 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		req.After = page.Next
 	}
 	if *asJSON {
-		b, err := json.Marshal(all)
-		if err != nil {
+		if err := json.NewEncoder(stdout).Encode(all); err != nil {
 			return failed(stderr, command, err)
 		}
-		fmt.Fprintln(stdout, string(b))
 		return 0
 	}
 	printLocks(stdout, all.Locks, time.Now())

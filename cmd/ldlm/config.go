@@ -188,10 +188,7 @@ func checkVars(vars map[string]string, all []setting) error {
 	}
 	var msgs []string
 	for name := range vars {
-		if !strings.HasPrefix(name, "LDLM_") || slices.Contains(childVars, name) {
-			continue
-		}
-		if _, ok := known[name]; ok {
+		if _, ok := known[name]; ok || !strings.HasPrefix(name, "LDLM_") || slices.Contains(childVars, name) {
 			continue
 		}
 		r, ok := retiredVars[name]
