@@ -5,6 +5,7 @@ package main
 // the admin request.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,9 +67,9 @@ func (c *clientConfig) natsFlags() []natsFlag {
 		{&c.creds.Token, "token", "NATS_TOKEN", "authentication token (env %s)"},
 		{&c.creds.CredsFile, "creds", "NATS_CREDS", "user credentials file (env %s)"},
 		{&c.creds.NKeyFile, "nkey", "NATS_NKEY", "user nkey seed file (env %s)"},
-		{&c.creds.TLSCert, "tlscert", "NATS_CERT", "TLS client certificate file (env %s)"},
-		{&c.creds.TLSKey, "tlskey", "NATS_KEY", "TLS client key file (env %s)"},
-		{&c.creds.TLSCA, "tlsca", "NATS_CA", "TLS CA file to verify the server (env %s)"},
+		{&c.creds.TLS.Cert, "tlscert", "NATS_CERT", "TLS client certificate file (env %s)"},
+		{&c.creds.TLS.Key, "tlskey", "NATS_KEY", "TLS client key file (env %s)"},
+		{&c.creds.TLS.CA, "tlsca", "NATS_CA", "TLS CA file to verify the server (env %s)"},
 	}
 }
 
@@ -89,17 +90,13 @@ func addClientFlags(fs *flag.FlagSet) *clientConfig {
 // defaults, then finds mistakes before anything is sent.
 func (c *clientConfig) resolve() error {
 	for _, f := range c.natsFlags() {
-		if *f.field == "" {
-			*f.field = os.Getenv(f.env)
-		}
+		*f.field = cmp.Or(*f.field, os.Getenv(f.env))
 	}
-	if c.server == "" {
-		c.server = defaultServerURL
-	}
+	c.server = cmp.Or(c.server, defaultServerURL)
 	if c.prefix == "" || strings.ContainsAny(c.prefix, " \t*>") || strings.HasPrefix(c.prefix, ".") || strings.HasSuffix(c.prefix, ".") {
 		return fmt.Errorf("--prefix %q is not a valid subject prefix", c.prefix)
 	}
-	if (c.creds.TLSCert == "") != (c.creds.TLSKey == "") {
+	if (c.creds.TLS.Cert == "") != (c.creds.TLS.Key == "") {
 		return errors.New("--tlscert and --tlskey must be given together")
 	}
 	return nil
@@ -167,8 +164,8 @@ func errText(err error) string {
 
 // adminRequest sends one request to PREFIX.admin.OP (PREFIX.admin.unlock.NAME
 // for OpAdminUnlock) and decodes the reply into out. It returns the raw
-// reply too, for --json. The caller checks the error field of out: the
-// service's own refusals come there.
+// reply too, for --json, and the refusal in the reply's error field as an
+// error.
 func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]byte, error) {
 	subject := subjects.AdminSubject(prefix, op, name)
 	var data []byte
@@ -178,15 +175,13 @@ func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]
 			return nil, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-	defer cancel()
-	msg, err := nc.RequestWithContext(ctx, subject, data)
+	msg, err := nc.Request(subject, data, requestTimeout)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
 		return nil, fmt.Errorf("no lock service answers on %s; likely causes, most likely first: "+
 			"ldlm is not running (or has just stopped); this is not its NATS server (--server %s) or not its subject prefix (--prefix %q)",
 			subject, redactURLs(nc.ConnectedUrl()), prefix)
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
+	case errors.Is(err, nats.ErrTimeout):
 		return nil, fmt.Errorf("no reply on %s within %s; likely causes, most likely first: "+
 			"ldlm is not running, or is stopping or overloaded; this is not its NATS server (--server %s) or not its subject prefix (--prefix %q); "+
 			"this user may not publish to %s.admin.> (NATS permissions: a denied request gets no reply)",
@@ -194,8 +189,18 @@ func adminRequest(nc *nats.Conn, prefix, op, name string, body any, out any) ([]
 	case err != nil:
 		return nil, fmt.Errorf("request on %s: %w", subject, err)
 	}
-	if err := json.Unmarshal(msg.Data, out); err != nil {
+	var refusal struct {
+		Error *subjects.Error `json:"error"`
+	}
+	err = json.Unmarshal(msg.Data, out)
+	if err == nil {
+		err = json.Unmarshal(msg.Data, &refusal)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("unreadable reply on %s: %.200q: %w", subject, msg.Data, err)
+	}
+	if e := refusal.Error; e != nil {
+		return nil, fmt.Errorf("the lock service refused: %s: %s", e.Code, e.Message)
 	}
 	return msg.Data, nil
 }
@@ -214,9 +219,4 @@ func withLikelyCauses(err error, prefix string) error {
 			"this user may not publish to %s.lock.> and %s.trylock.> (NATS permissions: a denied request gets no reply)", err, prefix, prefix, prefix)
 	}
 	return err
-}
-
-// refused is the error for a refusal in a reply's error field.
-func refused(e *subjects.Error) error {
-	return fmt.Errorf("the lock service refused: %s: %s", e.Code, e.Message)
 }

@@ -5,7 +5,9 @@ package main
 // permissions may keep applications from sending.
 
 import (
+	"cmp"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -54,8 +56,8 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	conn := addClientFlags(fs)
 	asJSON := fs.Bool("json", false, "print the locks as JSON")
 	namePrefix := fs.String("name-prefix", "", "list only the locks whose names start with this")
-	nc, code, ok := adminConnect(fs, conn, args, listUsage, stdout, stderr)
-	if !ok {
+	nc, code := adminConnect(fs, conn, args, listUsage, stdout, stderr, nil)
+	if nc == nil {
 		return code
 	}
 	defer nc.Close()
@@ -63,11 +65,7 @@ func runList(args []string, stdout, stderr io.Writer) int {
 	req := subjects.ListRequest{Prefix: *namePrefix}
 	for {
 		var page subjects.ListResponse
-		_, err := adminRequest(nc, conn.prefix, subjects.OpAdminList, "", req, &page)
-		if err == nil && page.Error != nil {
-			err = refused(page.Error)
-		}
-		if err != nil {
+		if _, err := adminRequest(nc, conn.prefix, subjects.OpAdminList, "", req, &page); err != nil {
 			return failed(stderr, command, err)
 		}
 		all.Locks = append(all.Locks, page.Locks...)
@@ -77,11 +75,9 @@ func runList(args []string, stdout, stderr io.Writer) int {
 		req.After = page.Next
 	}
 	if *asJSON {
-		b, err := json.Marshal(all)
-		if err != nil {
+		if err := json.NewEncoder(stdout).Encode(all); err != nil {
 			return failed(stderr, command, err)
 		}
-		fmt.Fprintln(stdout, string(b))
 		return 0
 	}
 	printLocks(stdout, all.Locks, time.Now())
@@ -89,58 +85,52 @@ func runList(args []string, stdout, stderr io.Writer) int {
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) int {
-	return runAdminQuery("ldlm status", statusUsage, subjects.OpAdminStatus, args, stdout, stderr,
-		func(r *subjects.StatusResponse) *subjects.Error { return r.Error },
-		func(w io.Writer, r *subjects.StatusResponse) { printStatus(w, *r) })
-}
-
-// runAdminQuery runs an admin command that takes no arguments and asks the
-// service one question (op): it prints the reply with show, or as the
-// service's JSON with --json. errOf returns the error the reply carries.
-func runAdminQuery[R any](command, usage, op string, args []string, stdout, stderr io.Writer,
-	errOf func(*R) *subjects.Error, show func(io.Writer, *R)) int {
+	const command = "ldlm status"
 	fs := flag.NewFlagSet(command, flag.ContinueOnError)
 	conn := addClientFlags(fs)
 	asJSON := fs.Bool("json", false, "print the service's JSON reply")
-	nc, code, ok := adminConnect(fs, conn, args, usage, stdout, stderr)
-	if !ok {
+	nc, code := adminConnect(fs, conn, args, statusUsage, stdout, stderr, nil)
+	if nc == nil {
 		return code
 	}
 	defer nc.Close()
-	var resp R
-	raw, err := adminRequest(nc, conn.prefix, op, "", nil, &resp)
-	if err == nil && errOf(&resp) != nil {
-		err = refused(errOf(&resp))
-	}
-	if err != nil {
+	var st subjects.StatusResponse
+	raw, err := adminRequest(nc, conn.prefix, subjects.OpAdminStatus, "", nil, &st)
+	switch {
+	case err != nil:
 		return failed(stderr, command, err)
-	}
-	if *asJSON {
+	case *asJSON:
 		fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
-		return 0
+	default:
+		printStatus(stdout, st)
 	}
-	show(stdout, &resp)
 	return 0
 }
 
-// adminConnect parses the flags of an admin command that takes no
-// arguments, fs named after the command, and connects to NATS. When ok is
-// false the command is over, with exit status code.
-func adminConnect(fs *flag.FlagSet, conn *clientConfig, args []string, usage string, stdout, stderr io.Writer) (nc *nats.Conn, code int, ok bool) {
+// adminConnect parses the flags of an admin command, fs named after the
+// command, checks its arguments with check (nil: it takes none) and
+// connects to NATS. When nc is nil the command is over, with exit status
+// code.
+func adminConnect(fs *flag.FlagSet, conn *clientConfig, args []string, usage string, stdout, stderr io.Writer, check func() error) (nc *nats.Conn, code int) {
 	if code, done := parseCommandFlags(fs, args, usage, stdout, stderr); done {
-		return nil, code, false
+		return nil, code
 	}
-	if fs.NArg() > 0 {
-		return nil, usageError(stderr, fs.Name(), "unexpected argument %q", fs.Arg(0)), false
+	if check == nil && fs.NArg() > 0 {
+		return nil, usageError(stderr, fs.Name(), "unexpected argument %q", fs.Arg(0))
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return nil, usageError(stderr, fs.Name(), "%v", err)
+		}
 	}
 	if err := conn.resolve(); err != nil {
-		return nil, usageError(stderr, fs.Name(), "%v", err), false
+		return nil, usageError(stderr, fs.Name(), "%v", err)
 	}
 	nc, err := conn.connect(fs.Name(), fs.Name(), stderr)
 	if err != nil {
-		return nil, failed(stderr, fs.Name(), err), false
+		return nil, failed(stderr, fs.Name(), err)
 	}
-	return nc, 0, true
+	return nc, 0
 }
 
 // printLocks writes locks as a table: a row per holder and per waiter.
@@ -157,7 +147,7 @@ func printLocks(w io.Writer, locks []subjects.LockInfo, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	row := func(l subjects.LockInfo, cells ...string) {
 		if withAccount {
-			cells = append([]string{dash(l.Account)}, cells...)
+			cells = append([]string{cmp.Or(l.Account, "-")}, cells...)
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
@@ -190,32 +180,15 @@ func printLocks(w io.Writer, locks []subjects.LockInfo, now time.Time) {
 
 // showName quotes a lock name that would break the table's columns.
 func showName(name string) string {
-	for _, r := range name {
-		if unicode.IsSpace(r) || !unicode.IsPrint(r) {
-			return strconv.Quote(name)
-		}
-	}
-	if name == "" {
-		return `""`
+	if name == "" || strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0 {
+		return strconv.Quote(name)
 	}
 	return name
 }
 
 // showOwner names the connection of a grant; a lock taken without one
 // (a plain `nats req`) is anonymous.
-func showOwner(owner string) string {
-	if owner == "" {
-		return "(anonymous)"
-	}
-	return owner
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
+func showOwner(owner string) string { return cmp.Or(owner, "(anonymous)") }
 
 // since is how long ago t was, in whole seconds.
 func since(now, t time.Time) string {
@@ -243,33 +216,26 @@ func runUnlock(args []string, stdout, stderr io.Writer) int {
 	fs.Uint64Var(&req.Token, "fencing-token", 0, "release only the grant with this fencing token (as ldlm list shows it)")
 	fs.StringVar(&req.Account, "account", "", "the lock's account, when the service keeps one lock namespace per account")
 	asJSON := fs.Bool("json", false, "print the service's JSON reply")
-	if code, done := parseCommandFlags(fs, args, unlockUsage, stdout, stderr); done {
+	nc, code := adminConnect(fs, conn, args, unlockUsage, stdout, stderr, func() error {
+		switch {
+		case fs.NArg() == 0:
+			return errors.New("missing lock NAME")
+		case fs.NArg() > 1:
+			return fmt.Errorf("want one lock NAME, got %d arguments (flags go before NAME)", fs.NArg())
+		case !*force:
+			return errors.New("this releases a lock that others hold: add --force to do it")
+		case req.Key != "" && req.Token != 0:
+			return errors.New("give --key or --fencing-token, not both")
+		}
+		return nil
+	})
+	if nc == nil {
 		return code
 	}
-	switch {
-	case fs.NArg() == 0:
-		return usageError(stderr, command, "missing lock NAME")
-	case fs.NArg() > 1:
-		return usageError(stderr, command, "want one lock NAME, got %d arguments (flags go before NAME)", fs.NArg())
-	case !*force:
-		return usageError(stderr, command, "this releases a lock that others hold: add --force to do it")
-	case req.Key != "" && req.Token != 0:
-		return usageError(stderr, command, "give --key or --fencing-token, not both")
-	}
-	if err := conn.resolve(); err != nil {
-		return usageError(stderr, command, "%v", err)
-	}
-	name := fs.Arg(0)
-	nc, err := conn.connect(command, command, stderr)
-	if err != nil {
-		return failed(stderr, command, err)
-	}
 	defer nc.Close()
+	name := fs.Arg(0)
 	var resp subjects.ForceUnlockResponse
 	raw, err := adminRequest(nc, conn.prefix, subjects.OpAdminUnlock, name, req, &resp)
-	if err == nil && resp.Error != nil {
-		err = refused(resp.Error)
-	}
 	if err != nil {
 		return failed(stderr, command, fmt.Errorf("lock %q: %w", name, err))
 	}

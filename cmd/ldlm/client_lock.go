@@ -95,13 +95,8 @@ func runLockCommand(op, usage string, args []string, stdout, stderr io.Writer) i
 		return usageError(stderr, r.command, "%v", err)
 	}
 	r.name, r.argv = rest[0], rest[2:]
-	r.opts = []clientlib.LockOption{clientlib.WithSize(*size)}
-	if r.wait > 0 {
-		r.opts = append(r.opts, clientlib.WithWaitTimeout(r.wait))
-	}
-	if *timeout > 0 {
-		r.opts = append(r.opts, clientlib.WithLockTimeout(*timeout))
-	}
+	// A timeout of 0 is clientlib's default: none.
+	r.opts = []clientlib.LockOption{clientlib.WithSize(*size), clientlib.WithWaitTimeout(r.wait), clientlib.WithLockTimeout(*timeout)}
 	return r.run(conn)
 }
 
@@ -136,45 +131,42 @@ func (r *lockRun) run(conn *clientConfig) int {
 // acquire takes the lock. It returns a nil Lock and the exit status when
 // the lock was not obtained.
 func (r *lockRun) acquire(client *clientlib.Client, sigs <-chan os.Signal, prefix string) (*clientlib.Lock, int) {
-	type result struct {
-		l   *clientlib.Lock
-		err error
+	lock := client.Lock
+	if r.try {
+		lock = client.TryLock
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	results := make(chan result, 1)
+	var (
+		l    *clientlib.Lock
+		err  error
+		done = make(chan struct{})
+	)
 	go func() {
-		var res result
-		if r.try {
-			res.l, res.err = client.TryLock(ctx, r.name, r.opts...)
-		} else {
-			res.l, res.err = client.Lock(ctx, r.name, r.opts...)
-		}
-		results <- res
+		l, err = lock(ctx, r.name, r.opts...)
+		close(done)
 	}()
-
-	var res result
 	select {
-	case res = <-results:
+	case <-done:
 	case sig := <-sigs:
 		// Lock withdraws its request before it returns, and client.Close
 		// releases a grant that won the race with the cancel.
 		cancel()
-		<-results
+		<-done
 		fmt.Fprintf(r.stderr, "%s: signal %d (%v) while waiting for lock %q: gave up\n", r.command, signalNumber(sig), sig, r.name)
 		return nil, exitSignalBase + signalNumber(sig)
 	}
 	switch {
-	case res.err != nil:
-		return nil, failed(r.stderr, r.command, withLikelyCauses(res.err, prefix))
-	case !res.l.Locked() && r.try:
+	case err != nil:
+		return nil, failed(r.stderr, r.command, withLikelyCauses(err, prefix))
+	case !l.Locked() && r.try:
 		fmt.Fprintf(r.stderr, "%s: lock %q not obtained: every slot is held\n", r.command, r.name)
 		return nil, exitNotObtained
-	case !res.l.Locked():
+	case !l.Locked():
 		fmt.Fprintf(r.stderr, "%s: lock %q not obtained within %s\n", r.command, r.name, r.wait)
 		return nil, exitNotObtained
 	}
-	return res.l, 0
+	return l, 0
 }
 
 // The variables that tell COMMAND which lock it holds.
@@ -214,10 +206,9 @@ func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 
 	// The one loop that reacts to everything while COMMAND runs.
 	var (
-		lost       error
-		lockDone   = l.Done()
-		graceTimer *time.Timer
-		kill       <-chan time.Time
+		lost     error
+		lockDone = l.Done()
+		kill     <-chan time.Time
 	)
 	for running := true; running; {
 		select {
@@ -228,8 +219,7 @@ func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 			lost = l.Err()
 			fmt.Fprintf(r.stderr, "%s: %s: sending SIGTERM to COMMAND (pid %d), SIGKILL in %s\n", r.command, errText(lost), cmd.Process.Pid, r.grace)
 			_ = signalCommand(cmd.Process, cmd.SysProcAttr, syscall.SIGTERM)
-			graceTimer = time.NewTimer(r.grace)
-			kill = graceTimer.C
+			kill = time.After(r.grace)
 		case <-kill:
 			kill = nil
 			fmt.Fprintf(r.stderr, "%s: COMMAND (pid %d) still ran %s after SIGTERM: sending SIGKILL\n", r.command, cmd.Process.Pid, r.grace)
@@ -237,9 +227,6 @@ func (r *lockRun) runHolding(l *clientlib.Lock, sigs <-chan os.Signal) int {
 		case <-exited:
 			running = false
 		}
-	}
-	if graceTimer != nil {
-		graceTimer.Stop()
 	}
 	if lost != nil {
 		return exitLost

@@ -20,13 +20,8 @@ import (
 // terminal COMMAND stays in ldlm's group, the terminal's foreground group,
 // so that it can read the terminal and Ctrl-C reaches it.
 func commandProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: !isTerminal(os.Stdin)}
-}
-
-// isTerminal reports whether f is a terminal.
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	_, notTerminal := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS)
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: notTerminal != nil}
 }
 
 // signalCommand sends sig to COMMAND, and to its whole process group when

@@ -2,22 +2,21 @@ package main
 
 // The settings of `ldlm server`, each declared once, as a field of
 // serverConfig: its env tag names the variable, envDefault gives the
-// default and help the text of --help. The flags, the help, the README
-// table's test and every message about a setting come from these tags.
+// default and help the text of --help; envPrefix prefixes the variables of
+// a nested struct. The variables, the flags, the help, the README table's
+// test and every message about a setting come from these tags.
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/caarlos0/env/v11"
 )
 
 // serverConfig is every setting of `ldlm server`. Each comes from its LDLM_*
@@ -68,14 +67,19 @@ type serverConfig struct {
 // external NATS server. The client commands use them too, with the nats
 // CLI's flags and variables.
 type natsCredentials struct {
-	User      string `env:"USER" help:"user"`
-	Password  string `env:"PASSWORD" help:"password"`
-	Token     string `env:"TOKEN" help:"token"`
-	CredsFile string `env:"CREDS" help:"credentials file (JWT)"`
-	NKeyFile  string `env:"NKEY" help:"nkey seed file"`
-	TLSCA     string `env:"TLS_CA" help:"CA file to verify the server"`
-	TLSCert   string `env:"TLS_CERT" help:"TLS client certificate file"`
-	TLSKey    string `env:"TLS_KEY" help:"TLS client key file"`
+	User      string   `env:"USER" help:"user"`
+	Password  string   `env:"PASSWORD" help:"password"`
+	Token     string   `env:"TOKEN" help:"token"`
+	CredsFile string   `env:"CREDS" help:"credentials file (JWT)"`
+	NKeyFile  string   `env:"NKEY" help:"nkey seed file"`
+	TLS       tlsFiles `envPrefix:"TLS_"`
+}
+
+// tlsFiles are the TLS files of a client connection.
+type tlsFiles struct {
+	CA   string `env:"CA" help:"CA file to verify the server"`
+	Cert string `env:"CERT" help:"TLS client certificate file"`
+	Key  string `env:"KEY" help:"TLS client key file"`
 }
 
 // setting is one field of serverConfig as its tags declare it.
@@ -84,7 +88,6 @@ type setting struct {
 	flag  string        // the flag without dashes, e.g. max-locks
 	def   string        // the default as text; "" for none
 	help  string        // what --help says
-	field string        // the Go field, as env's errors name it
 	value reflect.Value // the field of the config the setting was made from
 }
 
@@ -103,20 +106,16 @@ func collectSettings(v reflect.Value, envPrefix, helpPrefix string) []setting {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		if p, ok := f.Tag.Lookup("envPrefix"); ok {
-			out = append(out, collectSettings(v.Field(i), envPrefix+p, f.Tag.Get("help")+" ")...)
+			help := strings.TrimSpace(helpPrefix+f.Tag.Get("help")) + " "
+			out = append(out, collectSettings(v.Field(i), envPrefix+p, help)...)
 			continue
 		}
-		name, ok := f.Tag.Lookup("env")
-		if !ok {
-			continue
-		}
-		name = envPrefix + strings.Split(name, ",")[0]
+		name := envPrefix + f.Tag.Get("env")
 		out = append(out, setting{
 			env:   name,
 			flag:  strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, "LDLM_")), "_", "-"),
 			def:   f.Tag.Get("envDefault"),
 			help:  helpPrefix + f.Tag.Get("help"),
-			field: f.Name,
 			value: v.Field(i),
 		})
 	}
@@ -189,10 +188,7 @@ func checkVars(vars map[string]string, all []setting) error {
 	}
 	var msgs []string
 	for name := range vars {
-		if !strings.HasPrefix(name, "LDLM_") || slices.Contains(childVars, name) {
-			continue
-		}
-		if _, ok := known[name]; ok {
+		if _, ok := known[name]; ok || !strings.HasPrefix(name, "LDLM_") || slices.Contains(childVars, name) {
 			continue
 		}
 		r, ok := retiredVars[name]
@@ -232,14 +228,9 @@ Settings:
 func printServerHelp(w io.Writer, all []setting) {
 	fmt.Fprint(w, serverUsage)
 	for _, s := range all {
-		typ := ""
-		switch s.value.Interface().(type) {
-		case time.Duration:
-			typ = " duration"
-		case int:
-			typ = " int"
-		case string:
-			typ = " string"
+		typ := " " + strings.ToLower(s.value.Type().Name()) // int, string, duration
+		if s.value.Kind() == reflect.Bool {
+			typ = ""
 		}
 		fmt.Fprintf(w, "  --%s%s\n        %s (env %s", s.flag, typ, s.help, s.env)
 		if s.def != "" && s.def != "false" {
@@ -249,60 +240,35 @@ func printServerHelp(w io.Writer, all []setting) {
 	}
 }
 
-// flagValue makes a setting a flag: it parses as env does.
-type flagValue struct {
-	s   setting
-	bad *error // the first value that did not parse, in the setting's words
-}
-
-func (v flagValue) String() string {
-	if !v.s.value.IsValid() {
-		return ""
+// set parses text into the setting's field; the error names the setting
+// and says what a valid value looks like.
+func (s setting) set(text string) error {
+	if err := setValue(s.value, text); err != nil {
+		return fmt.Errorf("%s: %q is not %s", s, text, describeType(s.value.Type(), err))
 	}
-	return fmt.Sprint(v.s.value.Interface())
-}
-
-func (v flagValue) IsBoolFlag() bool { return v.s.value.IsValid() && v.s.value.Kind() == reflect.Bool }
-
-func (v flagValue) Set(text string) error {
-	err := setValue(v.s.value, text)
-	if err != nil && *v.bad == nil {
-		*v.bad = fmt.Errorf("%s: %q is not %s", v.s, text, describeType(v.s.value.Type(), err))
-	}
-	return err
+	return nil
 }
 
 // setValue parses text into the field f, of one of the types settings have.
 func setValue(f reflect.Value, text string) error {
+	var v any
+	var err error
 	switch f.Interface().(type) {
 	case time.Duration:
-		d, err := time.ParseDuration(text)
-		if err == nil {
-			f.SetInt(int64(d))
-		}
-		return err
+		v, err = time.ParseDuration(text)
 	case int:
-		n, err := strconv.ParseInt(text, 10, strconv.IntSize)
-		if err == nil {
-			f.SetInt(n)
-		}
-		return err
+		v, err = strconv.Atoi(text)
 	case bool:
-		b, err := strconv.ParseBool(text)
-		if err == nil {
-			f.SetBool(b)
-		}
-		return err
+		v, err = strconv.ParseBool(text)
 	case string:
-		f.SetString(text)
-		return nil
+		v = text
+	default:
+		return fmt.Errorf("ldlm: a setting of type %s has no parser", f.Type())
 	}
-	return fmt.Errorf("ldlm: a setting of type %s has no parser", f.Type())
-}
-
-// parseServerConfig reads the process environment, then the flags.
-func parseServerConfig(args []string, help io.Writer) (serverConfig, error) {
-	return parseServerConfigFrom(os.Environ(), args, help)
+	if err == nil {
+		f.Set(reflect.ValueOf(v))
+	}
+	return err
 }
 
 // parseServerConfigFrom reads the LDLM_* variables of environ ("KEY=value"
@@ -312,25 +278,50 @@ func parseServerConfig(args []string, help io.Writer) (serverConfig, error) {
 func parseServerConfigFrom(environ, args []string, help io.Writer) (serverConfig, error) {
 	var cfg serverConfig
 	all := settingsOf(&cfg)
-	vars := env.ToMap(environ)
+	vars := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
 	if err := checkVars(vars, all); err != nil {
 		return cfg, err
 	}
-	if err := env.ParseWithOptions(&cfg, env.Options{Environment: vars}); err != nil {
-		return cfg, envError(err, vars, all)
+	// An empty variable is an unset one: the setting keeps its default.
+	// Every variable that does not parse is named, in one line.
+	var bad []string
+	for _, s := range all {
+		if text := cmp.Or(vars[s.env], s.def); text != "" {
+			if err := s.set(text); err != nil {
+				bad = append(bad, err.Error())
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return cfg, errors.New(strings.Join(bad, "; "))
 	}
 	fs := flag.NewFlagSet("ldlm server", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // the caller prints the one line
-	var bad error
+	// A flag parses as its variable does. flag wraps the error of the one
+	// value that does not parse; flagErr keeps it in the setting's words.
+	var flagErr error
 	for _, s := range all {
-		fs.Var(flagValue{s, &bad}, s.flag, s.help)
+		set := func(text string) error {
+			flagErr = s.set(text)
+			return flagErr
+		}
+		if s.value.Kind() == reflect.Bool {
+			fs.BoolFunc(s.flag, s.help, set)
+		} else {
+			fs.Func(s.flag, s.help, set)
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		switch {
 		case errors.Is(err, flag.ErrHelp):
 			printServerHelp(help, all)
-		case bad != nil:
-			err = bad
+		case flagErr != nil:
+			err = flagErr
 		}
 		return cfg, err
 	}
@@ -338,34 +329,6 @@ func parseServerConfigFrom(environ, args []string, help io.Writer) (serverConfig
 		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	return cfg, cfg.validate()
-}
-
-// envError rewrites the errors of env.Parse, which name the Go struct
-// field ("parse error on field \"SweepInterval\" of type ..."), to name
-// the setting and its value: `LDLM_SWEEP_INTERVAL (--sweep-interval):
-// "abc" is not a duration, e.g. 30s, 2m or 1h30m`. Several bad variables
-// give one line.
-func envError(err error, vars map[string]string, all []setting) error {
-	errs := []error{err}
-	var agg env.AggregateError
-	if errors.As(err, &agg) {
-		errs = agg.Errors
-	}
-	msgs := make([]string, 0, len(errs))
-	for _, e := range errs {
-		var pe env.ParseError
-		if errors.As(e, &pe) {
-			// Only top-level fields can fail (the credentials are strings),
-			// so the field's name finds the setting.
-			if i := slices.IndexFunc(all, func(s setting) bool { return s.field == pe.Name }); i >= 0 {
-				s := all[i]
-				msgs = append(msgs, fmt.Sprintf("%s: %q is not %s", s, vars[s.env], describeType(pe.Type, pe.Err)))
-				continue
-			}
-		}
-		msgs = append(msgs, e.Error())
-	}
-	return errors.New(strings.Join(msgs, "; "))
 }
 
 // describeType says what a valid value of a setting of type t looks like.

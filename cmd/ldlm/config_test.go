@@ -518,3 +518,8 @@ func TestConfigREADMETable(t *testing.T) {
 		t.Errorf("README's configuration table lists %s, which is no setting of ldlm", name)
 	}
 }
+
+// parseServerConfig reads the process environment, then the flags.
+func parseServerConfig(args []string, help io.Writer) (serverConfig, error) {
+	return parseServerConfigFrom(os.Environ(), args, help)
+}

@@ -346,10 +346,10 @@ func extTLSEnv(t *testing.T, mutual bool) extEnv {
 	opts, pw := extUserOptions(t, false)
 	extTLSOptions(t, opts, pki, mutual)
 	ns := extStartNATS(t, opts)
-	tlsCreds := natsCredentials{TLSCA: pki.ca}
+	tlsCreds := natsCredentials{TLS: tlsFiles{CA: pki.ca}}
 	client := []nats.Option{nats.UserInfo("app", pw.app), nats.RootCAs(pki.ca)}
 	if mutual {
-		tlsCreds.TLSCert, tlsCreds.TLSKey = pki.clientCert, pki.clientKey
+		tlsCreds.TLS.Cert, tlsCreds.TLS.Key = pki.clientCert, pki.clientKey
 		client = append(client, nats.ClientCert(pki.clientCert, pki.clientKey))
 	}
 	app, sys := tlsCreds, tlsCreds
@@ -644,9 +644,9 @@ func extCredArgs(prefix string, c natsCredentials) []string {
 	add("token", c.Token)
 	add("creds", c.CredsFile)
 	add("nkey", c.NKeyFile)
-	add("tls-ca", c.TLSCA)
-	add("tls-cert", c.TLSCert)
-	add("tls-key", c.TLSKey)
+	add("tls-ca", c.TLS.CA)
+	add("tls-cert", c.TLS.Cert)
+	add("tls-key", c.TLS.Key)
 	return args
 }
 

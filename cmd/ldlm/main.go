@@ -12,11 +12,14 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"os"
 	"runtime/debug"
 	"strings"
+
+	"github.com/ldlm-io/ldlm/internal/bench"
 )
 
 // exitUsage is the exit status for bad configuration or usage.
@@ -64,7 +67,7 @@ var commands = map[string]func(args []string, stdout, stderr io.Writer) int{
 	"list":    runList,
 	"unlock":  runUnlock,
 	"status":  runStatus,
-	"bench":   runBench,
+	"bench":   bench.Main,
 }
 
 const usage = `Usage:
@@ -102,8 +105,5 @@ func version() string {
 	if info, ok := debug.ReadBuildInfo(); v == "" && ok && info.Main.Version != "(devel)" {
 		v = info.Main.Version
 	}
-	if v == "" {
-		return "0.0.0-dev"
-	}
-	return strings.TrimPrefix(v, "v")
+	return strings.TrimPrefix(cmp.Or(v, "0.0.0-dev"), "v")
 }

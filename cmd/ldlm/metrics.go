@@ -93,15 +93,14 @@ func (s *metricsServer) close(log *slog.Logger) {
 	if s == nil {
 		return
 	}
-	if s.served == nil { // never served
-		_ = s.ln.Close()
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), metricsShutdownTimeout)
 	defer cancel()
 	if err := s.http.Shutdown(ctx); err != nil {
 		log.Warn("metrics server: scrapes still running at shutdown", "err", err)
 		_ = s.http.Close()
 	}
-	<-s.served
+	_ = s.ln.Close() // Shutdown closes it only once Serve has it
+	if s.served != nil {
+		<-s.served
+	}
 }

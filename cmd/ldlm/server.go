@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -27,13 +28,8 @@ import (
 func (c natsCredentials) isZero() bool { return c == natsCredentials{} }
 
 func (c natsCredentials) options() ([]nats.Option, error) {
-	var opts []nats.Option
-	if c.User != "" || c.Password != "" {
-		opts = append(opts, nats.UserInfo(c.User, c.Password))
-	}
-	if c.Token != "" {
-		opts = append(opts, nats.Token(c.Token))
-	}
+	// An empty user, password or token is what nats.go has by default.
+	opts := []nats.Option{nats.UserInfo(c.User, c.Password), nats.Token(c.Token)}
 	if c.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(c.CredsFile))
 	}
@@ -44,11 +40,11 @@ func (c natsCredentials) options() ([]nats.Option, error) {
 		}
 		opts = append(opts, opt)
 	}
-	if c.TLSCA != "" {
-		opts = append(opts, nats.RootCAs(c.TLSCA))
+	if c.TLS.CA != "" {
+		opts = append(opts, nats.RootCAs(c.TLS.CA))
 	}
-	if c.TLSCert != "" {
-		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
+	if c.TLS.Cert != "" {
+		opts = append(opts, nats.ClientCert(c.TLS.Cert, c.TLS.Key))
 	}
 	return opts, nil
 }
@@ -69,12 +65,13 @@ func (c *serverConfig) validate() error {
 		return c.bad(&c.MaxNameLength, "must be from 1 to %d (longer names would make subjects NATS refuses), got %d", subjects.MaxNameLengthLimit, c.MaxNameLength)
 	case c.MaxBodyBytes < 1:
 		return c.bad(&c.MaxBodyBytes, "must be at least 1, got %d", c.MaxBodyBytes)
-	case !validLimit(c.MaxLocks):
-		return c.bad(&c.MaxLocks, "must be at least 1, or -1 for no limit; got %d", c.MaxLocks)
-	case !validLimit(c.MaxWaitersPerLock):
-		return c.bad(&c.MaxWaitersPerLock, "must be at least 1, or -1 for no limit; got %d", c.MaxWaitersPerLock)
-	case !validLimit(c.MaxWaitsPerConn):
-		return c.bad(&c.MaxWaitsPerConn, "must be at least 1, or -1 for no limit; got %d", c.MaxWaitsPerConn)
+	}
+	for _, limit := range []*int{&c.MaxLocks, &c.MaxWaitersPerLock, &c.MaxWaitsPerConn} {
+		if *limit < 1 && *limit != -1 {
+			return c.bad(limit, "must be at least 1, or -1 for no limit; got %d", *limit)
+		}
+	}
+	switch {
 	case c.AnonymousLockTimeout <= 0 || c.AnonymousLockTimeout > subjects.MaxTimeoutSeconds*time.Second:
 		return c.bad(&c.AnonymousLockTimeout, "must be positive and at most a year (%s), got %s", subjects.MaxTimeoutSeconds*time.Second, c.AnonymousLockTimeout)
 	case c.SweepInterval == 0:
@@ -82,7 +79,7 @@ func (c *serverConfig) validate() error {
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return c.bad(&c.LogFormat, "must be text or json, got %q", c.LogFormat)
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if new(slog.Level).UnmarshalText([]byte(c.LogLevel)) != nil {
 		return c.bad(&c.LogLevel, "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
 	if c.MetricsListen != "" {
@@ -94,16 +91,6 @@ func (c *serverConfig) validate() error {
 		return c.validateEmbedded()
 	}
 	return c.validateExternal()
-}
-
-// validLimit: a limit is positive, or -1 for none.
-func validLimit(n int) bool { return n >= 1 || n == -1 }
-
-// embeddedSecurity are the settings that secure the embedded server. In
-// external mode they would be ignored, so they are refused there.
-func (c *serverConfig) embeddedSecurity() []*string {
-	return []*string{&c.EmbeddedTLSCert, &c.EmbeddedTLSKey, &c.EmbeddedTLSCA, &c.EmbeddedUser,
-		&c.EmbeddedPassword, &c.EmbeddedToken, &c.EmbeddedNkeys, &c.EmbeddedConfig}
 }
 
 // validateEmbedded checks the settings of embedded mode (no NATS URL).
@@ -201,7 +188,8 @@ func (c *serverConfig) validateExternal() error {
 	if c.EmbeddedTenants != "" {
 		return c.bad(&c.EmbeddedTenants, "is set but so is %s: configure the accounts in your NATS server (see deploy/tenants.conf) and set %s", c.name(&c.NATSURL), c.name(&c.Tenants))
 	}
-	for _, f := range c.embeddedSecurity() {
+	for _, f := range []*string{&c.EmbeddedTLSCert, &c.EmbeddedTLSKey, &c.EmbeddedTLSCA, &c.EmbeddedUser,
+		&c.EmbeddedPassword, &c.EmbeddedToken, &c.EmbeddedNkeys, &c.EmbeddedConfig} {
 		if *f != "" {
 			return c.bad(f, "secures the embedded NATS server, but %s is set: configure TLS and users in your NATS server", c.name(&c.NATSURL))
 		}
@@ -215,8 +203,8 @@ func (c *serverConfig) validateExternal() error {
 		}
 	}
 	for _, creds := range []*natsCredentials{&c.App, &c.System} {
-		if (creds.TLSCert == "") != (creds.TLSKey == "") {
-			return fmt.Errorf("%s and %s: give the TLS client certificate and key together", c.name(&creds.TLSCert), c.name(&creds.TLSKey))
+		if (creds.TLS.Cert == "") != (creds.TLS.Key == "") {
+			return fmt.Errorf("%s and %s: give the TLS client certificate and key together", c.name(&creds.TLS.Cert), c.name(&creds.TLS.Key))
 		}
 	}
 	return nil
@@ -225,19 +213,24 @@ func (c *serverConfig) validateExternal() error {
 // natsSchemes are the URL schemes nats.go connects with.
 var natsSchemes = []string{"nats", "tls", "ws", "wss"}
 
+// parseNATSURL parses one NATS URL as nats.go reads it: without a scheme,
+// it is nats://.
+func parseNATSURL(s string) (*url.URL, error) {
+	if !strings.Contains(s, "://") {
+		s = "nats://" + s
+	}
+	return url.Parse(s)
+}
+
 // checkNATSURLs checks a comma-separated list of NATS URLs as nats.go
-// reads them (a URL without a scheme is nats://), without connecting.
+// reads them, without connecting.
 // Whether a host exists is not checked: under docker compose, say, its name
 // may not resolve until its container has started.
 func checkNATSURLs(urls string) error {
 	var websocket, other bool
 	for _, raw := range strings.Split(urls, ",") {
 		raw = strings.TrimSpace(raw)
-		s := raw
-		if !strings.Contains(s, "://") {
-			s = "nats://" + s
-		}
-		u, err := url.Parse(s)
+		u, err := parseNATSURL(raw)
 		if err != nil {
 			// url's errors quote the URL, and with it any password.
 			return fmt.Errorf("%q is not a URL: want nats://host:port", redactURLs(raw))
@@ -269,14 +262,9 @@ func checkNATSURLs(urls string) error {
 	return nil
 }
 
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	err := l.UnmarshalText([]byte(s))
-	return l, err
-}
-
 func newLogger(cfg serverConfig, w io.Writer) *slog.Logger {
-	level, _ := parseLevel(cfg.LogLevel)
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validate checked it
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
@@ -285,7 +273,7 @@ func newLogger(cfg serverConfig, w io.Writer) *slog.Logger {
 }
 
 func runServer(args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseServerConfig(args, stdout)
+	cfg, err := parseServerConfigFrom(os.Environ(), args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -338,9 +326,16 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := conns.openEmbedded(log); err != nil {
-		svc.Stop()
-		return fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.EmbeddedListen))
+	// The embedded server's client port opens now that the service answers:
+	// a client that connects finds it, where with the port open from the
+	// server's start the first requests of a script or container that starts
+	// with ldlm got "no responders".
+	if conns.embedded != nil {
+		if err := conns.embedded.Listen(); err != nil {
+			svc.Stop()
+			return fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.EmbeddedListen))
+		}
+		log.Info("embedded NATS server ready", "url", conns.embedded.ClientURL(), "server_name", conns.embedded.Name())
 	}
 	metricsSrv.serve(svc.Engine().Stats, svc.Err, log)
 	return runService(ctx, svc, log)
@@ -369,29 +364,10 @@ type connections struct {
 	system   *nats.Conn
 }
 
-// openEmbedded opens the embedded server's client port, now that the
-// service answers: a client that connects finds it, where with the port
-// open from the server's start the first requests of a script or container
-// that starts with ldlm got "no responders".
-func (c *connections) openEmbedded(log *slog.Logger) error {
-	if c.embedded == nil {
-		return nil
-	}
-	if err := c.embedded.Listen(); err != nil {
-		return err
-	}
-	log.Info("embedded NATS server ready", "url", c.embedded.ClientURL(), "server_name", c.embedded.Name())
-	return nil
-}
-
 func (c *connections) close() {
 	// The service has stopped answering by now: nothing is left to drain.
-	if c.app != nil {
-		c.app.Close()
-	}
-	if c.system != nil {
-		c.system.Close()
-	}
+	c.app.Close() // a nil *nats.Conn closes as a no-op
+	c.system.Close()
 	if c.embedded != nil {
 		c.embedded.Shutdown()
 	}
@@ -403,19 +379,14 @@ func (c *connections) close() {
 func connect(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*connections, error) {
 	c := &connections{}
 	if cfg.NATSURL == "" {
-		tenants, err := embeddednats.ParseTenants(cfg.EmbeddedTenants)
-		if err != nil {
-			return nil, err
-		}
-		nkeys, err := embeddednats.ParseNkeys(cfg.EmbeddedNkeys)
-		if err != nil {
-			return nil, err
-		}
+		// validate parsed both, so neither fails.
+		tenants, _ := embeddednats.ParseTenants(cfg.EmbeddedTenants)
+		nkeys, _ := embeddednats.ParseNkeys(cfg.EmbeddedNkeys)
 		srv, err := embeddednats.Start(embeddednats.Config{
 			Tenants:      tenants,
 			Prefix:       cfg.Prefix,
 			Listen:       cfg.EmbeddedListen,
-			ListenLater:  true, // see openEmbedded
+			ListenLater:  true, // serve opens the port once the service answers
 			ServerName:   cfg.EmbeddedServerName,
 			PingInterval: cfg.EmbeddedPingInterval,
 			MaxPingsOut:  cfg.EmbeddedPingMax,
@@ -482,27 +453,15 @@ func connect(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*connect
 			log.Error("NATS error", "err", err)
 		}),
 	}
-	appOpts, err := cfg.App.options()
-	if err != nil {
-		return nil, err
+	var err error
+	c.app, err = dialNATS(ctx, cfg.NATSURL, "application", cfg.name(&cfg.NATSURL).String()+" and "+cfg.group(&cfg.App),
+		cfg.App, append(base, nats.Name("ldlm"), nats.NoEcho()), log)
+	// Without a system account connection, service.Start warns that it
+	// relies on sweeps alone.
+	if err == nil && (!cfg.System.isZero() || cfg.SystemURL != "") {
+		c.system, err = dialNATS(ctx, cmp.Or(cfg.SystemURL, cfg.NATSURL), "system account", cfg.name(&cfg.SystemURL).String()+" and "+cfg.group(&cfg.System),
+			cfg.System, append(base, nats.Name("ldlm-system")), log)
 	}
-	c.app, err = dialNATS(ctx, cfg.NATSURL, "application", cfg.name(&cfg.NATSURL).String()+" and "+cfg.group(&cfg.App), append(append(base, nats.Name("ldlm"), nats.NoEcho()), appOpts...), log)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.System.isZero() && cfg.SystemURL == "" {
-		return c, nil // service.Start warns that it relies on sweeps alone
-	}
-	sysOpts, err := cfg.System.options()
-	if err != nil {
-		c.close()
-		return nil, err
-	}
-	sysURL := cfg.SystemURL
-	if sysURL == "" {
-		sysURL = cfg.NATSURL
-	}
-	c.system, err = dialNATS(ctx, sysURL, "system account", cfg.name(&cfg.SystemURL).String()+" and "+cfg.group(&cfg.System), append(append(base, nats.Name("ldlm-system")), sysOpts...), log)
 	if err != nil {
 		c.close()
 		return nil, err
@@ -523,13 +482,19 @@ var errStoppedWaiting = errors.New("stopped while waiting for NATS")
 // ldlm. Each failed attempt is logged. Any other failure — credentials,
 // TLS, a missing file — is configuration that another attempt cannot fix,
 // and is returned at once. what ("application" or "system account") names
-// the connection in messages, settings the settings to check.
+// the connection in messages, settings the settings to check; creds are
+// added to opts.
 //
 // nats.RetryOnFailedConnect would retry in the background instead, but it
 // retries refused credentials just as silently, and it returns a
 // connection that is not connected yet, which the service cannot start on:
 // it asks the servers for its rivals and its owners' connections first.
-func dialNATS(ctx context.Context, urls, what, settings string, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+func dialNATS(ctx context.Context, urls, what, settings string, creds natsCredentials, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+	credOpts, err := creds.options()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, credOpts...)
 	for attempt := 1; ; attempt++ {
 		nc, err := nats.Connect(urls, opts...)
 		if err == nil {
@@ -571,11 +536,7 @@ func unreachable(err error) bool {
 func redactURLs(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, p := range parts {
-		s := strings.TrimSpace(p)
-		if !strings.Contains(s, "://") {
-			s = "nats://" + s // as nats.go reads a URL without a scheme
-		}
-		u, err := url.Parse(s)
+		u, err := parseNATSURL(strings.TrimSpace(p))
 		switch {
 		case err != nil && strings.Contains(p, "@"):
 			parts[i] = "(unparsable URL)"

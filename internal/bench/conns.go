@@ -18,8 +18,8 @@ import (
 )
 
 // HelperCommand, when set, makes the command of a helper process that runs
-// ScaleClient(url, n, …) with its standard input and output; `ldlm bench`
-// sets it. Figures with more connections than this process has file
+// ScaleClient(url, n, …) with its standard input and output; Main sets
+// it. Figures with more connections than this process has file
 // descriptors for (each connection costs two here: the client's socket and
 // the embedded server's) hold them in a helper process.
 var HelperCommand func(url string, n int) *exec.Cmd

@@ -103,12 +103,8 @@ func (e *Embedded) Close() {
 	if e.Service != nil {
 		e.Service.Stop()
 	}
-	if e.app != nil {
-		e.app.Close()
-	}
-	if e.sys != nil {
-		e.sys.Close()
-	}
+	e.app.Close() // a nil *nats.Conn closes as a no-op
+	e.sys.Close()
 	e.NATS.Shutdown()
 }
 

@@ -16,8 +16,9 @@ import (
 
 // ServerCommand, when set, makes the command of a server process: the
 // same program run so that it calls ServeProcess with its standard input
-// and output and the given arguments. `ldlm bench` sets it to a child
-// `ldlm` (os.Executable()). Without it, NewProcessTarget fails.
+// and output and the given arguments. Main sets it to this program
+// (os.Executable()) run as `PROGRAM bench server-process`. Without it,
+// NewProcessTarget fails.
 var ServerCommand func(args []string) *exec.Cmd
 
 // serverStartTimeout bounds how long a server process may take to report

@@ -1,6 +1,7 @@
-package main
+package bench
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,9 +14,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/ldlm-io/ldlm/internal/bench"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -44,8 +45,26 @@ round, and the older one's rows say "baseline".
 Flags:
 `
 
-// runBench is `ldlm bench`.
-func runBench(args []string, stdout, stderr io.Writer) int {
+// exitUsage is the exit status of a usage error, as everywhere in ldlm.
+const exitUsage = 2
+
+// Main is `ldlm bench`: args are what follows "bench", and it returns the
+// exit status. The processes it starts run this same program as `PROGRAM
+// bench server-process …` and `PROGRAM bench scale-client …`: a program
+// that runs Main must run it for its command bench.
+func Main(args []string, stdout, stderr io.Writer) int {
+	useSelfCommands.Do(func() {
+		if HelperCommand == nil {
+			HelperCommand = func(url string, n int) *exec.Cmd {
+				return benchCommand(helperCommand, url, strconv.Itoa(n))
+			}
+		}
+		if ServerCommand == nil {
+			ServerCommand = func(args []string) *exec.Cmd {
+				return benchCommand(serverProcessCommand, args...)
+			}
+		}
+	})
 	if len(args) > 0 {
 		switch args[0] {
 		case "scale":
@@ -56,7 +75,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 			return runBenchServerProcess(args[1:], stdout, stderr)
 		}
 	}
-	cfg := bench.DefaultConfig()
+	cfg := DefaultConfig()
 	fs := benchFlags("ldlm bench", stderr)
 	server := fs.String("server", "", "NATS URL of a running lock service to measure (external); empty: start one in a process of its own")
 	inProcess := fs.Bool("in-process", false, "run the server in this process with the clients (flatters serial work: not what users get)")
@@ -76,11 +95,11 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	serviceOverTCP := fs.Bool("embedded-service-tcp", false, "experiment: connect the embedded lock service over TCP instead of in-process")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server process to this file (--in-process: of this process, clients included); not with --server")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the server process to this file (--in-process: of this process); not with --server")
-	if code, ok := parseBenchFlags(fs, args); !ok {
-		return code
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
 	}
 	if *short {
-		s := bench.ShortConfig()
+		s := ShortConfig()
 		cfg.Rounds, cfg.Duration, cfg.Warmup = s.Rounds, s.Duration, s.Warmup
 	} else {
 		cfg.Rounds = *rounds
@@ -109,24 +128,24 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	var t *bench.Target
+	var t *Target
 	// Profiles are this process's with --in-process, else the server
 	// process's, which writes them when it stops.
 	ownCPUProfile, ownMemProfile := *cpuProfile, *memProfile
 	switch {
 	case *server == "" && *inProcess:
-		t, err = bench.NewEmbeddedTarget(*serviceOverTCP)
+		t, err = NewEmbeddedTarget(*serviceOverTCP)
 	case *server == "":
-		opts := bench.ProcessOptions{ServiceOverTCP: *serviceOverTCP}
+		opts := ProcessOptions{ServiceOverTCP: *serviceOverTCP}
 		if opts.CPUProfile, err = absPath(*cpuProfile); err == nil {
 			opts.MemProfile, err = absPath(*memProfile)
 		}
 		ownCPUProfile, ownMemProfile = "", ""
 		if err == nil {
-			t, err = bench.NewProcessTarget(opts)
+			t, err = NewProcessTarget(opts)
 		}
 	default:
-		t, err = bench.NewExternalTarget(*server, *prefix)
+		t, err = NewExternalTarget(*server, *prefix)
 		if err == nil && *baseline != "" {
 			if err = t.SetBaseline(*baseline); err != nil {
 				t.Close()
@@ -145,13 +164,10 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	}
 
 	err = profiled(ownCPUProfile, ownMemProfile, func() error {
-		_, err := bench.Run(t, cfg, stdout)
+		_, err := Run(t, cfg, stdout)
 		return err
 	})
-	if cerr := t.Close(); cerr != nil && err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err = cmp.Or(err, t.Close()); err != nil {
 		fmt.Fprintf(stderr, "ldlm bench: %v\n", err)
 		return 1
 	}
@@ -170,25 +186,21 @@ func benchFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseBenchFlags parses args into fs; when ok is false the command is
-// over, with exit status code (0 after --help).
-func parseBenchFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return 0, false
-	case err != nil:
-		return exitUsage, false
+// parseExit is the exit status after fs.Parse failed with err: 0 for
+// --help, which printed the usage.
+func parseExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
 	}
-	return 0, true
+	return exitUsage
 }
 
 // runBenchScale is `ldlm bench scale`.
 func runBenchScale(args []string, stdout, stderr io.Writer) int {
-	cfg := bench.DefaultScaleConfig()
+	cfg := DefaultScaleConfig()
 	fs := benchFlags("ldlm bench scale", stderr)
 	short := fs.Bool("short", false, "small sizes, a few seconds in all (for CI)")
-	figures := fs.String("only", "", "run only these figures, comma separated: "+strings.Join(bench.ScaleFigures, ","))
+	figures := fs.String("only", "", "run only these figures, comma separated: "+strings.Join(ScaleFigures, ","))
 	serviceLocks := fs.String("locks", ints(cfg.ServiceLocks), "held locks through the service, for memory per lock")
 	fs.IntVar(&cfg.EngineLocks, "engine-locks", cfg.EngineLocks, "held locks in the engine alone, for memory per lock")
 	fs.IntVar(&cfg.Waiters, "waiters", cfg.Waiters, "waiters parked on one lock")
@@ -197,11 +209,11 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 	sweepConns := fs.String("sweep-conns", ints(cfg.SweepConns), "connections for the cost of a sweep")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile of the whole run to this file")
-	if code, ok := parseBenchFlags(fs, args); !ok {
-		return code
+	if err := fs.Parse(args); err != nil {
+		return parseExit(err)
 	}
 	if *short {
-		cfg = bench.ShortScaleConfig()
+		cfg = ShortScaleConfig()
 	} else {
 		var err error
 		if cfg.ServiceLocks, err = parseInts(*serviceLocks); err == nil {
@@ -216,7 +228,7 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Only = splitList(*figures)
 	for _, f := range cfg.Only {
-		if !slices.Contains(bench.ScaleFigures, f) {
+		if !slices.Contains(ScaleFigures, f) {
 			fmt.Fprintf(stderr, "ldlm bench scale: unknown figure %q\n", f)
 			return exitUsage
 		}
@@ -225,7 +237,7 @@ func runBenchScale(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ldlm bench scale: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
-	err := profiled(*cpuProfile, *memProfile, func() error { return bench.RunScale(cfg, stdout) })
+	err := profiled(*cpuProfile, *memProfile, func() error { return RunScale(cfg, stdout) })
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench scale: %v\n", err)
 		return 1
@@ -241,14 +253,9 @@ const (
 	serverProcessCommand = "server-process"
 )
 
-func init() {
-	bench.HelperCommand = func(url string, n int) *exec.Cmd {
-		return benchCommand(helperCommand, url, strconv.Itoa(n))
-	}
-	bench.ServerCommand = func(args []string) *exec.Cmd {
-		return benchCommand(serverProcessCommand, args...)
-	}
-}
+// useSelfCommands makes the first Main set HelperCommand and ServerCommand
+// to this program, unless a test has set them.
+var useSelfCommands sync.Once
 
 // benchCommand runs this binary as `ldlm bench sub args...`.
 func benchCommand(sub string, args ...string) *exec.Cmd {
@@ -273,7 +280,7 @@ func runBenchServerProcess(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ldlm bench server-process: started by ldlm bench, not by hand")
 		return exitUsage
 	}
-	err := profiled(*cpuProfile, *memProfile, func() error { return bench.ServeProcess(os.Stdin, stdout, *overTCP) })
+	err := profiled(*cpuProfile, *memProfile, func() error { return ServeProcess(os.Stdin, stdout, *overTCP) })
 	if err != nil {
 		fmt.Fprintf(stderr, "ldlm bench server-process: %v\n", err)
 		return 1
@@ -292,72 +299,51 @@ func absPath(p string) (string, error) {
 
 // runBenchHelper is `ldlm bench scale-client URL N`.
 func runBenchHelper(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 2 {
+	n := 0
+	if len(args) == 2 {
+		n, _ = strconv.Atoi(args[1])
+	}
+	if n < 1 {
 		fmt.Fprintln(stderr, "ldlm bench scale-client: want URL N")
 		return exitUsage
 	}
-	n, err := strconv.Atoi(args[1])
-	if err != nil || n < 1 {
-		fmt.Fprintln(stderr, "ldlm bench scale-client: want URL N")
-		return exitUsage
-	}
-	if err := bench.ScaleClient(args[0], n, 10*time.Minute, os.Stdin, stdout); err != nil {
+	if err := ScaleClient(args[0], n, 10*time.Minute, os.Stdin, stdout); err != nil {
 		fmt.Fprintln(stdout, "error:", err)
 		return 1
 	}
 	return 0
 }
 
-// profiled runs run with the profiles asked for (see startProfiles) and
-// returns the first error.
+// profiled runs run, writing a CPU profile of it to cpuPath and then an
+// allocation profile to memPath when they are not empty, and returns the
+// first error.
 func profiled(cpuPath, memPath string, run func() error) error {
-	stop, err := startProfiles(cpuPath, memPath)
-	if err != nil {
-		return err
-	}
-	err = run()
-	if perr := stop(); err == nil {
-		err = perr
-	}
-	return err
-}
-
-// startProfiles starts the CPU profile, if asked, and returns a function
-// that stops it and writes the allocation profile, if asked.
-func startProfiles(cpuPath, memPath string) (func() error, error) {
 	var cpu *os.File
 	if cpuPath != "" {
 		f, err := os.Create(cpuPath)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := pprof.StartCPUProfile(f); err != nil {
 			f.Close()
-			return nil, err
+			return err
 		}
 		cpu = f
 	}
-	return func() error {
-		if cpu != nil {
-			pprof.StopCPUProfile()
-			if err := cpu.Close(); err != nil {
-				return err
-			}
+	err := run()
+	if cpu != nil {
+		pprof.StopCPUProfile()
+		err = cmp.Or(err, cpu.Close())
+	}
+	if memPath != "" {
+		f, ferr := os.Create(memPath)
+		if ferr == nil {
+			runtime.GC()
+			ferr = cmp.Or(pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
 		}
-		if memPath == "" {
-			return nil
-		}
-		f, err := os.Create(memPath)
-		if err != nil {
-			return err
-		}
-		runtime.GC()
-		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
-			f.Close()
-			return err
-		}
-		return f.Close()
-	}, nil
+		err = cmp.Or(err, ferr)
+	}
+	return err
 }
 
 func splitList(s string) []string {
@@ -394,7 +380,7 @@ func ints(ns []int) string {
 }
 
 func parseWorkloads(s string) ([]string, error) {
-	known := []string{bench.WorkEcho, bench.WorkEchoTCP, bench.WorkUncontended, bench.WorkContended, bench.WorkSemaphore}
+	known := []string{WorkEcho, WorkEchoTCP, WorkUncontended, WorkContended, WorkSemaphore}
 	names := splitList(s)
 	for _, n := range names {
 		if !slices.Contains(known, n) {
@@ -404,11 +390,11 @@ func parseWorkloads(s string) ([]string, error) {
 	return names, nil
 }
 
-func parseConns(s string) ([]bench.ConnMode, error) {
-	var out []bench.ConnMode
+func parseConns(s string) ([]ConnMode, error) {
+	var out []ConnMode
 	for _, f := range splitList(s) {
-		m := bench.ConnMode(f)
-		if m != bench.SharedConn && m != bench.ConnPerWorker {
+		m := ConnMode(f)
+		if m != SharedConn && m != ConnPerWorker {
 			return nil, fmt.Errorf("connection mode %q: want shared or per-worker", f)
 		}
 		out = append(out, m)
