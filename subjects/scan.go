@@ -1,13 +1,16 @@
 package subjects
 
-import "strconv"
+import (
+	"strconv"
+	"unicode/utf8"
+)
 
 // scanRequest reads the request bodies clients send on every lock cycle
 // ({}, {"key":"…"}, {"key":"…","size":8}, …) without encoding/json, which
 // costs a decoder, its buffer and reflection per request. It accepts only
 // a plain subset of JSON: one object of the known fields, each at most
 // once, spelt exactly, with
-//   - a key of printable ASCII without escapes,
+//   - a key without escapes,
 //   - a size of up to 9 digits, optionally negative,
 //   - timeouts without an exponent, of up to 24 characters.
 //
@@ -21,11 +24,10 @@ func scanRequest(trimmed []byte) (r Request, g given, ok bool) {
 		var ok bool
 		switch string(name) {
 		case "key":
-			var v []byte
-			// Copied: the key outlives the message buffer (the engine
+			// A string: the key outlives the message buffer (the engine
 			// keeps it).
-			v, ok = s.plainString()
-			r.Key, g = string(v), g|givenKey
+			r.Key, ok = s.text()
+			g |= givenKey
 		case "size":
 			r.Size, ok = s.smallInt()
 			g |= givenSize
@@ -45,6 +47,65 @@ func scanRequest(trimmed []byte) (r Request, g given, ok bool) {
 type scanner struct {
 	b []byte
 	i int
+}
+
+// whole reads an object (see object) that, but for white space, must be
+// all of b.
+func (s *scanner) whole(value func(name []byte) bool) bool {
+	s.space()
+	if !s.object(value) {
+		return false
+	}
+	s.space()
+	return s.i == len(s.b)
+}
+
+// object reads a JSON object starting at s.i. For each member it reads the
+// name and the colon and calls value with the name, positioned at the
+// value; value reads the value and returns false if it cannot (an unknown
+// name included). A name seen twice also gives false: encoding/json's rules
+// for duplicates are left to encoding/json.
+//
+// A value must be followed by ',' or '}', so a number's readers below need
+// not look for a fraction or exponent they do not take: what is left of
+// it fails here.
+func (s *scanner) object(value func(name []byte) bool) bool {
+	if !s.next('{') {
+		return false
+	}
+	s.space()
+	if s.next('}') {
+		return true
+	}
+	var seen [8][]byte // more members than this goes to encoding/json
+	for n := 0; ; n++ {
+		name, ok := s.plainText()
+		if !ok || n == len(seen) {
+			return false
+		}
+		for _, prev := range seen[:n] {
+			if string(prev) == string(name) {
+				return false
+			}
+		}
+		seen[n] = name
+		s.space()
+		if !s.next(':') {
+			return false
+		}
+		s.space()
+		if !value(name) {
+			return false
+		}
+		s.space()
+		if s.next('}') {
+			return true
+		}
+		if !s.next(',') {
+			return false
+		}
+		s.space()
+	}
 }
 
 // next consumes c if it comes next.
@@ -68,25 +129,51 @@ func (s *scanner) space() {
 	}
 }
 
-// plainString reads a JSON string of printable ASCII without escapes and
-// returns its contents, which alias b.
-func (s *scanner) plainString() ([]byte, bool) {
+// plainText reads a JSON string without escapes or control characters
+// whose contents are valid UTF-8: encoding/json takes such contents as
+// they are. The contents alias b.
+func (s *scanner) plainText() ([]byte, bool) {
 	if !s.next('"') {
 		return nil, false
 	}
 	start := s.i
+	ascii := true
 	for s.i < len(s.b) {
 		c := s.b[s.i]
 		switch {
 		case c == '"':
 			s.i++
-			return s.b[start : s.i-1], true
-		case c < ' ' || c > '~' || c == '\\':
+			contents := s.b[start : s.i-1]
+			// encoding/json replaces invalid UTF-8; leave that to it.
+			return contents, ascii || utf8.Valid(contents)
+		case c < ' ' || c == '\\':
 			return nil, false
+		case c >= utf8.RuneSelf:
+			ascii = false
 		}
 		s.i++
 	}
 	return nil, false
+}
+
+// text is plainText as a string.
+func (s *scanner) text() (string, bool) {
+	b, ok := s.plainText()
+	return string(b), ok
+}
+
+// boolean reads true or false.
+func (s *scanner) boolean() (bool, bool) {
+	rest := s.b[s.i:]
+	switch {
+	case len(rest) >= 4 && string(rest[:4]) == "true":
+		s.i += 4
+		return true, true
+	case len(rest) >= 5 && string(rest[:5]) == "false":
+		s.i += 5
+		return false, true
+	}
+	return false, false
 }
 
 // digits consumes a run of decimal digits and returns how many there were.
@@ -110,28 +197,33 @@ func (s *scanner) integer() ([]byte, bool) {
 	return s.b[start:s.i], true
 }
 
+// uint64 reads a JSON integer of 1 to 19 digits without a sign, which
+// always fits a uint64.
+func (s *scanner) uint64() (uint64, bool) {
+	text, ok := s.integer()
+	if !ok || text[0] == '-' || len(text) > 19 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range text {
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
+}
+
 // smallInt reads a JSON integer of at most 9 digits, which fits an int on
 // every platform.
 func (s *scanner) smallInt() (int, bool) {
-	text, ok := s.integer()
-	if !ok || len(text) > 10 || (len(text) == 10 && text[0] != '-') {
+	neg := s.next('-')
+	start := s.i
+	n, ok := s.uint64()
+	if !ok || s.i-start > 9 {
 		return 0, false
 	}
-	if s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E') {
-		return 0, false // encoding/json refuses a fraction for an int
-	}
-	n := 0
-	neg := text[0] == '-'
 	if neg {
-		text = text[1:]
+		return -int(n), true
 	}
-	for _, c := range text {
-		n = n*10 + int(c-'0')
-	}
-	if neg {
-		n = -n
-	}
-	return n, true
+	return int(n), true
 }
 
 // plainFloat reads a JSON number without an exponent, of at most 24
@@ -142,9 +234,6 @@ func (s *scanner) plainFloat() (float64, bool) {
 		return 0, false
 	}
 	if s.next('.') && s.digits() == 0 {
-		return 0, false
-	}
-	if s.i < len(s.b) && (s.b[s.i] == 'e' || s.b[s.i] == 'E') {
 		return 0, false
 	}
 	text := s.b[start:s.i]

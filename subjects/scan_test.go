@@ -46,6 +46,8 @@ func TestScanRequest(t *testing.T) {
 		{`{"key":""}`, true},
 		{`{"key":"with space"}`, true},
 		{`{"key":"` + strings.Repeat("k", MaxKeyLength+1) + `"}`, true},
+		{`{"key":"é"}`, true},
+		{"{\"key\":\"\x7f\"}", true},
 
 		{`{"size":1234567890}`, false},
 		{`{"size":1.0}`, false},
@@ -64,7 +66,7 @@ func TestScanRequest(t *testing.T) {
 		{`{"key":"a\\b"}`, false},
 		{`{"key":"a\u0041"}`, false},
 		{"{\"key\":\"a\tb\"}", false},
-		{`{"key":"é"}`, false},
+		{"{\"key\":\"\xff\"}", false},
 		{`{"key":"a","key":"b"}`, false},
 		{`{"size":1,"size":2}`, false},
 		{`{"Size":2}`, false},
