@@ -3,7 +3,6 @@ package subjects
 import (
 	"encoding/json"
 	"strconv"
-	"time"
 )
 
 // AppendLockResponse appends the JSON of r to dst, byte for byte what
@@ -31,12 +30,14 @@ func AppendLockResponse(dst []byte, r LockResponse) ([]byte, error) {
 		dst = strconv.AppendInt(dst, int64(r.Size), 10)
 	}
 	if !r.ExpiresAt.IsZero() {
-		dst = append(dst, `,"expires_at":`...)
-		var ok bool
-		if dst, ok = appendJSONTime(dst, r.ExpiresAt); !ok {
-			b, err := json.Marshal(r)
-			return append(dst[:start], b...), err
+		// AppendText writes what time.Time.MarshalJSON quotes, and fails
+		// where it fails (a year outside 0-9999, a zone offset of a day).
+		b, err := r.ExpiresAt.AppendText(append(dst, `,"expires_at":"`...))
+		if err != nil {
+			_, err = json.Marshal(r)
+			return dst[:start], err
 		}
+		dst = append(b, '"')
 	}
 	if r.Instance != "" {
 		dst = append(dst, `,"instance":`...)
@@ -80,30 +81,11 @@ func appendJSONString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c < ' ' || c > '~' || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			b, err := json.Marshal(s)
-			if err != nil {
-				// A Go string always marshals; this cannot happen.
-				panic("subjects: marshalling a string: " + err.Error())
-			}
+			b, _ := json.Marshal(s) // a string always marshals
 			return append(dst, b...)
 		}
 	}
 	dst = append(dst, '"')
 	dst = append(dst, s...)
 	return append(dst, '"')
-}
-
-// appendJSONTime appends t as time.Time.MarshalJSON writes it. ok is false
-// when MarshalJSON would fail: a year outside 0-9999 or a zone offset of
-// 24 hours or more.
-func appendJSONTime(dst []byte, t time.Time) ([]byte, bool) {
-	if y := t.Year(); y < 0 || y > 9999 {
-		return dst, false
-	}
-	if _, offset := t.Zone(); offset <= -24*60*60 || offset >= 24*60*60 {
-		return dst, false
-	}
-	dst = append(dst, '"')
-	dst = t.AppendFormat(dst, time.RFC3339Nano)
-	return append(dst, '"'), true
 }
