@@ -160,34 +160,28 @@ func (r Request) CheckFor(op string) error {
 	}
 	switch op {
 	case OpLock:
+		return nil
 	case OpTryLock:
 		if r.WaitTimeoutSeconds != 0 {
 			return notFor("wait_timeout_seconds (trylock never waits; use lock)")
 		}
-	case OpUnlock:
-		switch {
-		case r.Key == "":
-			return Errorf(CodeInvalidLockKey, "unlock needs the key that the lock reply gave")
-		case r.Size != 0:
-			return notFor("size")
-		case r.WaitTimeoutSeconds != 0:
-			return notFor("wait_timeout_seconds")
-		case r.LockTimeoutSeconds != 0:
-			return notFor("lock_timeout_seconds")
-		}
-	case OpRenew:
-		switch {
-		case r.Key == "":
-			return Errorf(CodeInvalidLockKey, "renew needs the key that the lock reply gave")
-		case r.LockTimeoutSeconds == 0:
-			return Errorf(CodeInvalidTimeout, "renew needs lock_timeout_seconds, the new timeout counted from now")
-		case r.Size != 0:
-			return notFor("size")
-		case r.WaitTimeoutSeconds != 0:
-			return notFor("wait_timeout_seconds")
-		}
+		return nil
+	case OpUnlock, OpRenew:
 	default:
 		return Errorf(CodeBadRequest, "unknown operation %q", op)
+	}
+	// Unlock and renew act on the grant of the key.
+	switch {
+	case r.Key == "":
+		return Errorf(CodeInvalidLockKey, "%s needs the key that the lock reply gave", op)
+	case op == OpRenew && r.LockTimeoutSeconds == 0:
+		return Errorf(CodeInvalidTimeout, "renew needs lock_timeout_seconds, the new timeout counted from now")
+	case r.Size != 0:
+		return notFor("size")
+	case r.WaitTimeoutSeconds != 0:
+		return notFor("wait_timeout_seconds")
+	case op == OpUnlock && r.LockTimeoutSeconds != 0:
+		return notFor("lock_timeout_seconds")
 	}
 	return nil
 }
@@ -197,9 +191,6 @@ func (r Request) WaitTimeout() time.Duration { return seconds(r.WaitTimeoutSecon
 
 // LockTimeout is LockTimeoutSeconds as a Duration (0: no timeout).
 func (r Request) LockTimeout() time.Duration { return seconds(r.LockTimeoutSeconds) }
-
-// Seconds converts a Duration to the seconds of a request field.
-func Seconds(d time.Duration) float64 { return d.Seconds() }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
