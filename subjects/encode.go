@@ -12,22 +12,32 @@ import (
 // value json.Marshal cannot encode (an expiry outside years 0-9999) gives
 // json.Marshal's error.
 func AppendLockResponse(dst []byte, r LockResponse) ([]byte, error) {
+	return appendReply(dst, `{"locked":`, r)
+}
+
+// AppendUnlockResponse appends the JSON of r to dst, byte for byte what
+// json.Marshal(r) gives.
+func AppendUnlockResponse(dst []byte, r UnlockResponse) []byte {
+	// Written as a lock reply whose flag is "unlocked": the fields an
+	// unlock reply lacks are zero, so omitted, and no expiry can fail.
+	dst, _ = appendReply(dst, `{"unlocked":`, LockResponse{Locked: r.Unlocked, Name: r.Name, Error: r.Error})
+	return dst
+}
+
+// appendReply appends r as json.Marshal writes a LockResponse, but for
+// the start, head, which names the flag r.Locked goes to.
+func appendReply(dst []byte, head string, r LockResponse) ([]byte, error) {
 	start := len(dst)
-	dst = append(dst, `{"locked":`...)
-	dst = strconv.AppendBool(dst, r.Locked)
-	dst = append(dst, `,"name":`...)
-	dst = appendJSONString(dst, r.Name)
+	dst = strconv.AppendBool(append(dst, head...), r.Locked)
+	dst = appendJSONString(append(dst, `,"name":`...), r.Name)
 	if r.Key != "" {
-		dst = append(dst, `,"key":`...)
-		dst = appendJSONString(dst, r.Key)
+		dst = appendJSONString(append(dst, `,"key":`...), r.Key)
 	}
 	if r.Token != 0 {
-		dst = append(dst, `,"token":`...)
-		dst = strconv.AppendUint(dst, r.Token, 10)
+		dst = strconv.AppendUint(append(dst, `,"token":`...), r.Token, 10)
 	}
 	if r.Size != 0 {
-		dst = append(dst, `,"size":`...)
-		dst = strconv.AppendInt(dst, int64(r.Size), 10)
+		dst = strconv.AppendInt(append(dst, `,"size":`...), int64(r.Size), 10)
 	}
 	if !r.ExpiresAt.IsZero() {
 		// AppendText writes what time.Time.MarshalJSON quotes, and fails
@@ -40,36 +50,14 @@ func AppendLockResponse(dst []byte, r LockResponse) ([]byte, error) {
 		dst = append(b, '"')
 	}
 	if r.Instance != "" {
-		dst = append(dst, `,"instance":`...)
-		dst = appendJSONString(dst, r.Instance)
+		dst = appendJSONString(append(dst, `,"instance":`...), r.Instance)
 	}
 	if r.Error != nil {
-		dst = append(dst, `,"error":`...)
-		dst = appendJSONError(dst, r.Error)
+		dst = appendJSONString(append(dst, `,"error":{"code":`...), string(r.Error.Code))
+		dst = appendJSONString(append(dst, `,"message":`...), r.Error.Message)
+		dst = append(dst, '}')
 	}
 	return append(dst, '}'), nil
-}
-
-// AppendUnlockResponse appends the JSON of r to dst, byte for byte what
-// json.Marshal(r) gives.
-func AppendUnlockResponse(dst []byte, r UnlockResponse) []byte {
-	dst = append(dst, `{"unlocked":`...)
-	dst = strconv.AppendBool(dst, r.Unlocked)
-	dst = append(dst, `,"name":`...)
-	dst = appendJSONString(dst, r.Name)
-	if r.Error != nil {
-		dst = append(dst, `,"error":`...)
-		dst = appendJSONError(dst, r.Error)
-	}
-	return append(dst, '}')
-}
-
-func appendJSONError(dst []byte, e *Error) []byte {
-	dst = append(dst, `{"code":`...)
-	dst = appendJSONString(dst, string(e.Code))
-	dst = append(dst, `,"message":`...)
-	dst = appendJSONString(dst, e.Message)
-	return append(dst, '}')
 }
 
 // appendJSONString appends s as json.Marshal quotes it. Plain ASCII, the
