@@ -66,9 +66,8 @@ func (s *scanner) whole(value func(name []byte) bool) bool {
 // name included). A name seen twice also gives false: encoding/json's rules
 // for duplicates are left to encoding/json.
 //
-// A value must be followed by ',' or '}', so a number's readers below need
-// not look for a fraction or exponent they do not take: what is left of
-// it fails here.
+// A value must be followed by ',' or '}', so the number readers below need
+// not look for an exponent, which they do not take: it fails here.
 func (s *scanner) object(value func(name []byte) bool) bool {
 	if !s.next('{') {
 		return false
@@ -185,13 +184,13 @@ func (s *scanner) digits() int {
 	return s.i - start
 }
 
-// integer consumes -?(0|[1-9][0-9]*), the integer part of a JSON number,
-// and returns its text.
-func (s *scanner) integer() ([]byte, bool) {
+// number consumes -?(0|[1-9][0-9]*)(.[0-9]+)?, a JSON number without an
+// exponent, and returns its text.
+func (s *scanner) number() ([]byte, bool) {
 	start := s.i
 	s.next('-')
 	n := s.digits()
-	if n == 0 || (n > 1 && s.b[s.i-n] == '0') {
+	if n == 0 || (n > 1 && s.b[s.i-n] == '0') || (s.next('.') && s.digits() == 0) {
 		return nil, false
 	}
 	return s.b[start:s.i], true
@@ -200,12 +199,15 @@ func (s *scanner) integer() ([]byte, bool) {
 // uint64 reads a JSON integer of 1 to 19 digits without a sign, which
 // always fits a uint64.
 func (s *scanner) uint64() (uint64, bool) {
-	text, ok := s.integer()
-	if !ok || text[0] == '-' || len(text) > 19 {
+	text, ok := s.number()
+	if !ok || len(text) > 19 {
 		return 0, false
 	}
 	var n uint64
 	for _, c := range text {
+		if c < '0' { // a sign or a fraction
+			return 0, false
+		}
 		n = n*10 + uint64(c-'0')
 	}
 	return n, true
@@ -229,15 +231,8 @@ func (s *scanner) smallInt() (int, bool) {
 // plainFloat reads a JSON number without an exponent, of at most 24
 // characters, and converts it as encoding/json does.
 func (s *scanner) plainFloat() (float64, bool) {
-	start := s.i
-	if _, ok := s.integer(); !ok {
-		return 0, false
-	}
-	if s.next('.') && s.digits() == 0 {
-		return 0, false
-	}
-	text := s.b[start:s.i]
-	if len(text) > 24 {
+	text, ok := s.number()
+	if !ok || len(text) > 24 {
 		return 0, false
 	}
 	v, err := strconv.ParseFloat(string(text), 64)
