@@ -75,20 +75,11 @@ func DecodeRequest(body []byte) (Request, error) {
 	if len(trimmed) == 0 {
 		return Request{}, nil
 	}
-	if r, given, ok := scanRequest(trimmed); ok {
-		return r.check(given)
+	if r, sizeGiven, keyGiven, ok := scanRequest(trimmed); ok {
+		return r.check(sizeGiven, keyGiven)
 	}
 	return decodeRequestJSON(trimmed)
 }
-
-// given tells which of the fields whose explicit zero is an error (size,
-// key) a body has.
-type given uint8
-
-const (
-	givenSize given = 1 << iota
-	givenKey
-)
 
 // decodeRequestJSON is DecodeRequest through encoding/json, for a body
 // that is not empty after trimming white space.
@@ -113,10 +104,9 @@ func decodeRequestJSON(trimmed []byte) (Request, error) {
 	}
 	// encoding/json matches field names without regard to case ("Size");
 	// the protocol's names are exact, as the scanner reads them.
+	// Decode read trimmed as one object, so this cannot fail.
 	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(trimmed, &fields); err != nil {
-		return Request{}, Errorf(CodeBadRequest, "body is not a valid request: %s", describeJSONError(err))
-	}
+	_ = json.Unmarshal(trimmed, &fields)
 	for f := range fields {
 		switch f {
 		case "size", "wait_timeout_seconds", "lock_timeout_seconds", "key":
@@ -124,19 +114,20 @@ func decodeRequestJSON(trimmed []byte) (Request, error) {
 			return Request{}, Errorf(CodeBadRequest, "body is not a valid request: unknown field %s", quoteShort(f))
 		}
 	}
-	var g given
 	if w.Size != nil {
-		w.Request.Size, g = *w.Size, g|givenSize
+		w.Request.Size = *w.Size
 	}
 	if w.Key != nil {
-		w.Request.Key, g = *w.Key, g|givenKey
+		w.Request.Key = *w.Key
 	}
-	return w.Request.check(g)
+	return w.Request.check(w.Size != nil, w.Key != nil)
 }
 
-// check applies the limits that hold for every operation.
-func (r Request) check(g given) (Request, error) {
-	if g&givenSize != 0 && (r.Size < 1 || r.Size > MaxLockSize) {
+// check applies the limits that hold for every operation. An explicit
+// zero size or empty key is an error, so check is told whether the body
+// has them.
+func (r Request) check(sizeGiven, keyGiven bool) (Request, error) {
+	if sizeGiven && (r.Size < 1 || r.Size > MaxLockSize) {
 		return Request{}, Errorf(CodeInvalidLockSize, "size must be 1 to %d, got %d", MaxLockSize, r.Size)
 	}
 	if err := checkSeconds("wait_timeout_seconds", r.WaitTimeoutSeconds); err != nil {
@@ -145,7 +136,7 @@ func (r Request) check(g given) (Request, error) {
 	if err := checkSeconds("lock_timeout_seconds", r.LockTimeoutSeconds); err != nil {
 		return Request{}, err
 	}
-	if g&givenKey != 0 {
+	if keyGiven {
 		if err := CheckKey(r.Key); err != nil {
 			return Request{}, err
 		}

@@ -5,20 +5,15 @@ import (
 	"unicode/utf8"
 )
 
-// scanRequest reads the request bodies clients send on every lock cycle
-// ({}, {"key":"…"}, {"key":"…","size":8}, …) without encoding/json, which
-// costs a decoder, its buffer and reflection per request. It accepts only
-// a plain subset of JSON: one object of the known fields, each at most
-// once, spelt exactly, with
-//   - a key without escapes,
-//   - a size of up to 9 digits, optionally negative,
-//   - timeouts without an exponent, of up to 24 characters.
-//
-// For anything else (escapes, other spellings, duplicates, null, other
-// types, trailing data, syntax errors) ok is false and the caller decodes
-// with encoding/json, so every error, and every unusual body, is handled by
-// that one path. FuzzScanRequest checks that both agree wherever ok is true.
-func scanRequest(trimmed []byte) (r Request, g given, ok bool) {
+// scanRequest reads the bodies clients send on every lock cycle ({},
+// {"key":"…"}, {"key":"…","size":8}, …) without encoding/json, which costs
+// a decoder, its buffer and reflection per request. It takes one object of
+// the known fields, each at most once and spelt exactly: a key without
+// escapes, a size of up to 9 digits, timeouts without an exponent of up to
+// 24 characters. For anything else ok is false and the caller decodes with
+// encoding/json, which alone decides on errors and unusual bodies.
+// FuzzScanRequest checks that both agree wherever ok is true.
+func scanRequest(trimmed []byte) (r Request, sizeGiven, keyGiven, ok bool) {
 	s := scanner{b: trimmed}
 	ok = s.whole(func(name []byte) bool {
 		var ok bool
@@ -27,10 +22,10 @@ func scanRequest(trimmed []byte) (r Request, g given, ok bool) {
 			// A string: the key outlives the message buffer (the engine
 			// keeps it).
 			r.Key, ok = s.text()
-			g |= givenKey
+			keyGiven = true
 		case "size":
 			r.Size, ok = s.smallInt()
-			g |= givenSize
+			sizeGiven = true
 		case "wait_timeout_seconds":
 			r.WaitTimeoutSeconds, ok = s.plainFloat()
 		case "lock_timeout_seconds":
@@ -38,7 +33,7 @@ func scanRequest(trimmed []byte) (r Request, g given, ok bool) {
 		}
 		return ok
 	})
-	return r, g, ok
+	return r, sizeGiven, keyGiven, ok
 }
 
 // scanner walks b from position i. It reads the plain JSON of the bodies

@@ -87,7 +87,7 @@ func TestScanRequest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		trimmed := bytes.TrimSpace([]byte(tt.body))
-		if _, _, ok := scanRequest(trimmed); ok != tt.scanned {
+		if _, _, _, ok := scanRequest(trimmed); ok != tt.scanned {
 			t.Errorf("scanRequest(%q): ok = %v, want %v", tt.body, ok, tt.scanned)
 		}
 		decodeBothWays(t, []byte(tt.body))
