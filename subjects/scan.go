@@ -8,9 +8,8 @@ import (
 // scanRequest reads the bodies clients send on every lock cycle ({},
 // {"key":"…"}, {"key":"…","size":8}, …) without encoding/json, which costs
 // a decoder, its buffer and reflection per request. It takes one object of
-// the known fields, each at most once and spelt exactly: a key without
-// escapes, a size of up to 9 digits, timeouts without an exponent of up to
-// 24 characters. For anything else ok is false and the caller decodes with
+// the known fields, spelt exactly: a key without escapes, a size of up to
+// 9 digits, timeouts without an exponent of up to 24 characters. For anything else ok is false and the caller decodes with
 // encoding/json, which alone decides on errors and unusual bodies.
 // FuzzScanRequest checks that both agree wherever ok is true.
 func scanRequest(trimmed []byte) (r Request, sizeGiven, keyGiven, ok bool) {
@@ -58,8 +57,9 @@ func (s *scanner) whole(value func(name []byte) bool) bool {
 // object reads a JSON object starting at s.i. For each member it reads the
 // name and the colon and calls value with the name, positioned at the
 // value; value reads the value and returns false if it cannot (an unknown
-// name included). A name seen twice also gives false: encoding/json's rules
-// for duplicates are left to encoding/json.
+// name included). A name may come twice: encoding/json, too, decodes each
+// member in turn, so the last one wins (but for an object decoded into an
+// *Error already there, which errorObject leaves to encoding/json).
 //
 // A value must be followed by ',' or '}', so the number readers below need
 // not look for an exponent, which they do not take: it fails here.
@@ -71,20 +71,10 @@ func (s *scanner) object(value func(name []byte) bool) bool {
 	if s.next('}') {
 		return true
 	}
-	var seen [8][]byte // more members than this goes to encoding/json
-	for n := 0; ; n++ {
+	for {
 		name, ok := s.plainText()
-		if !ok || n == len(seen) {
-			return false
-		}
-		for _, prev := range seen[:n] {
-			if string(prev) == string(name) {
-				return false
-			}
-		}
-		seen[n] = name
 		s.space()
-		if !s.next(':') {
+		if !ok || !s.next(':') {
 			return false
 		}
 		s.space()
