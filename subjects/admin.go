@@ -155,17 +155,15 @@ type WaiterInfo struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 }
 
-// KeyPrefixLength is how much of a key HolderInfo shows: 24 of the 128
-// bits of a key the service made.
-const KeyPrefixLength = 6
-
-// KeyPrefix returns the shown part of key. A short key, which a client may
-// have chosen, is not shown at all: its prefix would be most of it.
+// KeyPrefix returns the part of key that HolderInfo shows: its first 6
+// characters, 24 of the 128 bits of a key the service made. A short key,
+// which a client may have chosen, is not shown at all: its prefix would be
+// most of it.
 func KeyPrefix(key string) string {
-	if len(key) < 4*KeyPrefixLength {
+	if len(key) < 24 {
 		return "******"
 	}
-	return key[:KeyPrefixLength] + "…"
+	return key[:6] + "…"
 }
 
 // StatusResponse describes the running service.
