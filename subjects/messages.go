@@ -97,7 +97,12 @@ func decodeRequestJSON(trimmed []byte) (Request, error) {
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&w); err != nil {
-		return Request{}, Errorf(CodeBadRequest, "body is not a valid request: %s", describeJSONError(err))
+		msg := strings.TrimPrefix(err.Error(), "json: ")
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			msg = "field " + strconv.Quote(typeErr.Field) + " must be a " + typeErr.Type.String() + ", got a JSON " + typeErr.Value
+		}
+		return Request{}, Errorf(CodeBadRequest, "body is not a valid request: %s", msg)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Request{}, Errorf(CodeBadRequest, "body has data after the JSON object")
@@ -207,14 +212,6 @@ func checkSeconds(field string, s float64) error {
 		return Errorf(CodeInvalidTimeout, "%s must be 0 (none) or at least 0.001 seconds, got %v", field, s)
 	}
 	return nil
-}
-
-func describeJSONError(err error) string {
-	var typeErr *json.UnmarshalTypeError
-	if errors.As(err, &typeErr) {
-		return "field " + strconv.Quote(typeErr.Field) + " must be a " + typeErr.Type.String() + ", got a JSON " + typeErr.Value
-	}
-	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
 // LockResponse is the reply to lock, trylock and renew.
