@@ -8,12 +8,11 @@ import "encoding/json"
 // than the service spends on both requests, so the replies the service
 // writes (see AppendLockResponse) are read by a small scanner instead.
 //
-// The scanner takes one object of the known fields, each at most once and
-// spelt exactly, with strings without escapes, integers without fraction or
-// exponent, and no null. Anything else (a field a newer service adds, other
-// spellings, escapes, null, errors of any kind) is decoded by
-// json.Unmarshal itself, so the result never depends on the path taken.
-// FuzzDecodeResponses checks that both agree on any input.
+// The scanner takes one object of the known fields, spelt exactly, with
+// strings without escapes, integers without fraction or exponent, and no
+// null. Anything else (a field a newer service adds, errors of any kind)
+// goes to json.Unmarshal itself, so the result never depends on the path
+// taken: FuzzDecodeResponses checks that both agree on any input.
 func DecodeLockResponse(data []byte, r *LockResponse) error {
 	if v, ok := scanReply(data, "locked", *r); ok {
 		*r = v
