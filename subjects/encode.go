@@ -61,10 +61,9 @@ func appendReply(dst []byte, head string, r LockResponse) ([]byte, error) {
 }
 
 // appendJSONString appends s as json.Marshal quotes it. Plain ASCII, the
-// usual case, is copied; a string with anything json.Marshal escapes
-// (quotes, backslash, control characters, <, > and & which it escapes for
-// HTML, and all non-ASCII, where it also replaces invalid UTF-8) goes
-// through json.Marshal itself.
+// usual case, is copied; anything json.Marshal may escape or replace
+// (quotes, backslash, control characters, <, >, &, non-ASCII) goes through
+// json.Marshal itself.
 func appendJSONString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]

@@ -135,16 +135,15 @@ func (r Request) check(sizeGiven, keyGiven bool) (Request, error) {
 	if sizeGiven && (r.Size < 1 || r.Size > MaxLockSize) {
 		return Request{}, Errorf(CodeInvalidLockSize, "size must be 1 to %d, got %d", MaxLockSize, r.Size)
 	}
-	if err := checkSeconds("wait_timeout_seconds", r.WaitTimeoutSeconds); err != nil {
-		return Request{}, err
+	err := checkSeconds("wait_timeout_seconds", r.WaitTimeoutSeconds)
+	if err == nil {
+		err = checkSeconds("lock_timeout_seconds", r.LockTimeoutSeconds)
 	}
-	if err := checkSeconds("lock_timeout_seconds", r.LockTimeoutSeconds); err != nil {
-		return Request{}, err
+	if err == nil && keyGiven {
+		err = CheckKey(r.Key)
 	}
-	if keyGiven {
-		if err := CheckKey(r.Key); err != nil {
-			return Request{}, err
-		}
+	if err != nil {
+		return Request{}, err
 	}
 	return r, nil
 }

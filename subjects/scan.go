@@ -35,9 +35,8 @@ func scanRequest(trimmed []byte) (r Request, sizeGiven, keyGiven, ok bool) {
 	return r, sizeGiven, keyGiven, ok
 }
 
-// scanner walks b from position i. It reads the plain JSON of the bodies
-// that requests and replies usually are; whatever it is not sure about, its
-// callers leave to encoding/json.
+// scanner reads the plain JSON that request and reply bodies usually are,
+// from b[i:].
 type scanner struct {
 	b []byte
 	i int
