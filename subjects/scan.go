@@ -197,19 +197,13 @@ func (s *scanner) uint64() (uint64, bool) {
 	return n, true
 }
 
-// smallInt reads a JSON integer of at most 9 digits, which fits an int on
-// every platform.
+// smallInt reads a JSON integer of 1 to 9 digits without a sign, which
+// fits an int on every platform. A negative size is an error in a request
+// and never in a reply, so that is left to encoding/json.
 func (s *scanner) smallInt() (int, bool) {
-	neg := s.next('-')
 	start := s.i
 	n, ok := s.uint64()
-	if !ok || s.i-start > 9 {
-		return 0, false
-	}
-	if neg {
-		return -int(n), true
-	}
-	return int(n), true
+	return int(n), ok && s.i-start <= 9
 }
 
 // plainFloat reads a JSON number without an exponent, of at most 24
