@@ -39,7 +39,7 @@ func DecodeUnlockResponse(data []byte, r *UnlockResponse) error {
 // not read; v is then to be thrown away.
 func scanReply(data []byte, flag string, v LockResponse) (LockResponse, bool) {
 	s := scanner{b: data}
-	ok := s.whole(func(name []byte) bool {
+	ok := s.object(func(name []byte) bool {
 		var ok bool
 		switch string(name) {
 		case flag:
@@ -65,7 +65,7 @@ func scanReply(data []byte, flag string, v LockResponse) (LockResponse, bool) {
 			v.Error, ok = s.errorObject(v.Error)
 		}
 		return ok
-	})
+	}) && s.end()
 	return v, ok
 }
 

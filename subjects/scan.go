@@ -14,7 +14,7 @@ import (
 // FuzzScanRequest checks that both agree wherever ok is true.
 func scanRequest(trimmed []byte) (r Request, sizeGiven, keyGiven, ok bool) {
 	s := scanner{b: trimmed}
-	ok = s.whole(func(name []byte) bool {
+	ok = s.object(func(name []byte) bool {
 		var ok bool
 		switch string(name) {
 		case "key":
@@ -31,7 +31,7 @@ func scanRequest(trimmed []byte) (r Request, sizeGiven, keyGiven, ok bool) {
 			r.LockTimeoutSeconds, ok = s.plainFloat()
 		}
 		return ok
-	})
+	}) && s.end()
 	return r, sizeGiven, keyGiven, ok
 }
 
@@ -42,18 +42,7 @@ type scanner struct {
 	i int
 }
 
-// whole reads an object (see object) that, but for white space, must be
-// all of b.
-func (s *scanner) whole(value func(name []byte) bool) bool {
-	s.space()
-	if !s.object(value) {
-		return false
-	}
-	s.space()
-	return s.i == len(s.b)
-}
-
-// object reads a JSON object starting at s.i. For each member it reads the
+// object reads a JSON object, after white space, from s.i. For each member it reads the
 // name and the colon and calls value with the name, positioned at the
 // value; value reads the value and returns false if it cannot (an unknown
 // name included). A name may come twice: encoding/json, too, decodes each
@@ -63,6 +52,7 @@ func (s *scanner) whole(value func(name []byte) bool) bool {
 // A value must be followed by ',' or '}', so the number readers below need
 // not look for an exponent, which they do not take: it fails here.
 func (s *scanner) object(value func(name []byte) bool) bool {
+	s.space()
 	if !s.next('{') {
 		return false
 	}
@@ -98,6 +88,12 @@ func (s *scanner) next(c byte) bool {
 		return true
 	}
 	return false
+}
+
+// end reports whether nothing but white space is left.
+func (s *scanner) end() bool {
+	s.space()
+	return s.i == len(s.b)
 }
 
 // space skips JSON white space.
