@@ -65,11 +65,8 @@ type Request struct {
 // documented fields: an unknown field is an error rather than silently
 // ignored, so a typo such as "lock_timeout" is caught. The error is an
 // *Error with code BadRequest, InvalidLockSize, InvalidTimeout or
-// InvalidLockKey.
-//
-// The bodies clients send every time ({}, {"key":"…"}, …) are read by a
-// small scanner without allocating (see scanRequest); anything it is not
-// sure about goes through encoding/json, which alone decides on errors.
+// InvalidLockKey. The usual bodies are read without allocating (see
+// scanRequest).
 func DecodeRequest(body []byte) (Request, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
