@@ -112,10 +112,7 @@ func isPlainName(name string) bool {
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if c <= ' ' || c > '~' || c == '*' || c == '>' {
-			return false
-		}
-		if c == '.' && name[i+1] == '.' {
+		if c <= ' ' || c > '~' || c == '*' || c == '>' || (c == '.' && name[i+1] == '.') {
 			return false
 		}
 	}
