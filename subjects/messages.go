@@ -147,15 +147,12 @@ func (r Request) check(sizeGiven, keyGiven bool) (Request, error) {
 
 // CheckFor reports whether the request's fields fit operation op.
 func (r Request) CheckFor(op string) error {
-	notFor := func(field string) error {
-		return Errorf(CodeBadRequest, "%s does not take %s", op, field)
-	}
 	switch op {
 	case OpLock:
 		return nil
 	case OpTryLock:
 		if r.WaitTimeoutSeconds != 0 {
-			return notFor("wait_timeout_seconds (trylock never waits; use lock)")
+			return Errorf(CodeBadRequest, "trylock does not take wait_timeout_seconds (trylock never waits; use lock)")
 		}
 		return nil
 	case OpUnlock, OpRenew:
@@ -169,11 +166,11 @@ func (r Request) CheckFor(op string) error {
 	case op == OpRenew && r.LockTimeoutSeconds == 0:
 		return Errorf(CodeInvalidTimeout, "renew needs lock_timeout_seconds, the new timeout counted from now")
 	case r.Size != 0:
-		return notFor("size")
+		return Errorf(CodeBadRequest, "%s does not take size", op)
 	case r.WaitTimeoutSeconds != 0:
-		return notFor("wait_timeout_seconds")
+		return Errorf(CodeBadRequest, "%s does not take wait_timeout_seconds", op)
 	case op == OpUnlock && r.LockTimeoutSeconds != 0:
-		return notFor("lock_timeout_seconds")
+		return Errorf(CodeBadRequest, "unlock does not take lock_timeout_seconds")
 	}
 	return nil
 }
