@@ -125,8 +125,7 @@ type ListResponse struct {
 
 // LockInfo describes one lock for operators.
 type LockInfo struct {
-	// Account is the lock's namespace when the service keeps one per
-	// account.
+	// Account is the lock's namespace when the service keeps one per account.
 	Account string       `json:"account,omitempty"`
 	Name    string       `json:"name"`
 	Size    int          `json:"size"`

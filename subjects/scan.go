@@ -143,8 +143,7 @@ func (s *scanner) text() (string, bool) {
 
 // boolean reads true or false.
 func (s *scanner) boolean() (bool, bool) {
-	rest := s.b[s.i:]
-	switch {
+	switch rest := s.b[s.i:]; {
 	case len(rest) >= 4 && string(rest[:4]) == "true":
 		s.i += 4
 		return true, true
