@@ -14,7 +14,8 @@ import "encoding/json"
 // goes to json.Unmarshal itself, so the result never depends on the path
 // taken: FuzzDecodeResponses checks that both agree on any input.
 func DecodeLockResponse(data []byte, r *LockResponse) error {
-	if v, ok := scanReply(data, "locked", *r); ok {
+	v, unlocked := *r, false
+	if scanReply(data, &v, &unlocked) {
 		*r = v
 		return nil
 	}
@@ -23,27 +24,29 @@ func DecodeLockResponse(data []byte, r *LockResponse) error {
 
 // DecodeUnlockResponse is DecodeLockResponse for the reply to unlock.
 func DecodeUnlockResponse(data []byte, r *UnlockResponse) error {
-	// The scanner reads it as a lock reply whose flag is "unlocked". A
-	// lock reply's other fields, which json.Unmarshal would skip here,
-	// are read and dropped.
-	if v, ok := scanReply(data, "unlocked", LockResponse{Locked: r.Unlocked, Name: r.Name, Error: r.Error}); ok {
-		*r = UnlockResponse{Unlocked: v.Locked, Name: v.Name, Error: v.Error}
+	v, unlocked := LockResponse{Name: r.Name, Error: r.Error}, r.Unlocked
+	if scanReply(data, &v, &unlocked) {
+		*r = UnlockResponse{Unlocked: unlocked, Name: v.Name, Error: v.Error}
 		return nil
 	}
 	return json.Unmarshal(data, r)
 }
 
-// scanReply reads data over v as json.Unmarshal would: fields that are
-// present replace v's, the others keep v's values. flag is the name of the
-// field that goes to v.Locked. ok is false for anything the scanner does
-// not read; v is then to be thrown away.
-func scanReply(data []byte, flag string, v LockResponse) (LockResponse, bool) {
+// scanReply reads data over *v and *unlocked as json.Unmarshal reads a
+// lock or an unlock reply: fields that are present replace the values
+// there, the others keep them. The fields of the one reply that the other
+// lacks are read and dropped, as json.Unmarshal skips them. It returns
+// false for anything the scanner does not read; the values are then to be
+// thrown away.
+func scanReply(data []byte, v *LockResponse, unlocked *bool) bool {
 	s := scanner{b: data}
-	ok := s.object(func(name []byte) bool {
+	return s.object(func(name []byte) bool {
 		var ok bool
 		switch string(name) {
-		case flag:
+		case "locked":
 			v.Locked, ok = s.boolean()
+		case "unlocked":
+			*unlocked, ok = s.boolean()
 		case "name":
 			v.Name, ok = s.text()
 		case "key":
@@ -66,7 +69,6 @@ func scanReply(data []byte, flag string, v LockResponse) (LockResponse, bool) {
 		}
 		return ok
 	}) && s.end()
-	return v, ok
 }
 
 // errorObject reads the "error" member of a reply. encoding/json decodes

@@ -74,8 +74,8 @@ func TestDecodeResponses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := scanReply(b, "locked", LockResponse{}); !ok && r.Token <= 9999999999999999999 {
-			t.Errorf("scanReply(%s, \"locked\"): the scanner does not read what the service writes", b)
+		if !scanReply(b, new(LockResponse), new(bool)) && r.Token <= 9999999999999999999 {
+			t.Errorf("scanReply(%s): the scanner does not read what the service writes", b)
 		}
 		decodeRepliesBothWays(t, b)
 	}
@@ -84,8 +84,8 @@ func TestDecodeResponses(t *testing.T) {
 		{Name: "job", Error: &Error{Code: CodeInvalidLockKey, Message: "the key does not hold the lock"}},
 	} {
 		b := AppendUnlockResponse(nil, r)
-		if _, ok := scanReply(b, "unlocked", LockResponse{}); !ok {
-			t.Errorf("scanReply(%s, \"unlocked\"): the scanner does not read what the service writes", b)
+		if !scanReply(b, new(LockResponse), new(bool)) {
+			t.Errorf("scanReply(%s): the scanner does not read what the service writes", b)
 		}
 		decodeRepliesBothWays(t, b)
 	}
@@ -156,26 +156,27 @@ func TestDecodeResponses(t *testing.T) {
 		{strings.Repeat("{", 100), false},
 	}
 	for _, tt := range tests {
-		if _, ok := scanReply([]byte(tt.data), "locked", LockResponse{}); ok != tt.scanned {
-			t.Errorf("scanReply(%q, \"locked\"): ok = %v, want %v", tt.data, ok, tt.scanned)
+		if ok := scanReply([]byte(tt.data), new(LockResponse), new(bool)); ok != tt.scanned {
+			t.Errorf("scanReply(%q): ok = %v, want %v", tt.data, ok, tt.scanned)
 		}
 		decodeRepliesBothWays(t, []byte(tt.data))
 	}
 
-	// An unlock reply is scanned as a lock reply with another flag; the
-	// lock reply's fields are read and dropped, as json.Unmarshal skips them.
+	// The scanner reads the fields of both replies; those of the one that
+	// the other lacks are read and dropped, as json.Unmarshal skips them.
 	for _, tt := range []struct {
 		data    string
 		scanned bool
 	}{
 		{`{"unlocked":true,"name":"n"}`, true},
 		{`{"unlocked":false,"name":"n","key":"k","token":7,"expires_at":"2026-11-28T13:00:00Z"}`, true},
-		{`{"locked":true}`, false},
+		{`{"locked":true,"unlocked":true}`, true},
 		{`{"unlocked":true,"unlocked":false}`, true},
+		{`{"Unlocked":true}`, false},
 		{`{"unlocked":true,"expires_at":"yesterday"}`, false},
 	} {
-		if _, ok := scanReply([]byte(tt.data), "unlocked", LockResponse{}); ok != tt.scanned {
-			t.Errorf("scanReply(%q, \"unlocked\"): ok = %v, want %v", tt.data, ok, tt.scanned)
+		if ok := scanReply([]byte(tt.data), new(LockResponse), new(bool)); ok != tt.scanned {
+			t.Errorf("scanReply(%q): ok = %v, want %v", tt.data, ok, tt.scanned)
 		}
 		decodeRepliesBothWays(t, []byte(tt.data))
 	}

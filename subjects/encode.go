@@ -12,23 +12,8 @@ import (
 // value json.Marshal cannot encode (an expiry outside years 0-9999) gives
 // json.Marshal's error.
 func AppendLockResponse(dst []byte, r LockResponse) ([]byte, error) {
-	return appendReply(dst, `{"locked":`, r)
-}
-
-// AppendUnlockResponse appends the JSON of r to dst, byte for byte what
-// json.Marshal(r) gives.
-func AppendUnlockResponse(dst []byte, r UnlockResponse) []byte {
-	// Written as a lock reply whose flag is "unlocked": the fields an
-	// unlock reply lacks are zero, so omitted, and no expiry can fail.
-	dst, _ = appendReply(dst, `{"unlocked":`, LockResponse{Locked: r.Unlocked, Name: r.Name, Error: r.Error})
-	return dst
-}
-
-// appendReply appends r as json.Marshal writes a LockResponse, but for
-// the start, head, which names the flag r.Locked goes to.
-func appendReply(dst []byte, head string, r LockResponse) ([]byte, error) {
 	start := len(dst)
-	dst = strconv.AppendBool(append(dst, head...), r.Locked)
+	dst = strconv.AppendBool(append(dst, `{"locked":`...), r.Locked)
 	dst = appendJSONString(append(dst, `,"name":`...), r.Name)
 	if r.Key != "" {
 		dst = appendJSONString(append(dst, `,"key":`...), r.Key)
@@ -53,11 +38,26 @@ func appendReply(dst []byte, head string, r LockResponse) ([]byte, error) {
 		dst = appendJSONString(append(dst, `,"instance":`...), r.Instance)
 	}
 	if r.Error != nil {
-		dst = appendJSONString(append(dst, `,"error":{"code":`...), string(r.Error.Code))
-		dst = appendJSONString(append(dst, `,"message":`...), r.Error.Message)
-		dst = append(dst, '}')
+		dst = appendJSONError(append(dst, `,"error":`...), r.Error)
 	}
 	return append(dst, '}'), nil
+}
+
+// AppendUnlockResponse appends the JSON of r to dst, byte for byte what
+// json.Marshal(r) gives.
+func AppendUnlockResponse(dst []byte, r UnlockResponse) []byte {
+	dst = strconv.AppendBool(append(dst, `{"unlocked":`...), r.Unlocked)
+	dst = appendJSONString(append(dst, `,"name":`...), r.Name)
+	if r.Error != nil {
+		dst = appendJSONError(append(dst, `,"error":`...), r.Error)
+	}
+	return append(dst, '}')
+}
+
+func appendJSONError(dst []byte, e *Error) []byte {
+	dst = appendJSONString(append(dst, `{"code":`...), string(e.Code))
+	dst = appendJSONString(append(dst, `,"message":`...), e.Message)
+	return append(dst, '}')
 }
 
 // appendJSONString appends s as json.Marshal quotes it. Plain ASCII, the
