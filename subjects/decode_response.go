@@ -33,11 +33,10 @@ func DecodeUnlockResponse(data []byte, r *UnlockResponse) error {
 }
 
 // scanReply reads data over *v and *unlocked as json.Unmarshal reads a
-// lock or an unlock reply: fields that are present replace the values
-// there, the others keep them. The fields of the one reply that the other
-// lacks are read and dropped, as json.Unmarshal skips them. It returns
-// false for anything the scanner does not read; the values are then to be
-// thrown away.
+// lock or an unlock reply: present fields replace the values there, the
+// others keep them; the fields of the one reply that the other lacks are
+// read and dropped, as json.Unmarshal skips them. It returns false, and the
+// values are to be thrown away, for anything the scanner does not read.
 func scanReply(data []byte, v *LockResponse, unlocked *bool) bool {
 	s := scanner{b: data}
 	return s.object(func(name []byte) bool {
@@ -56,8 +55,7 @@ func scanReply(data []byte, v *LockResponse, unlocked *bool) bool {
 		case "size":
 			v.Size, ok = s.smallInt()
 		case "expires_at":
-			// time.Time decodes itself from the quoted text, as it
-			// does under encoding/json.
+			// time.Time decodes the quoted text, as under encoding/json.
 			start := s.i
 			if _, ok = s.plainText(); ok {
 				ok = v.ExpiresAt.UnmarshalJSON(s.b[start:s.i]) == nil

@@ -18,8 +18,7 @@ func scanRequest(trimmed []byte) (r Request, sizeGiven, keyGiven, ok bool) {
 		var ok bool
 		switch string(name) {
 		case "key":
-			// A string: the key outlives the message buffer (the engine
-			// keeps it).
+			// A string copy: the engine keeps the key past the message.
 			r.Key, ok = s.text()
 			keyGiven = true
 		case "size":
