@@ -6,12 +6,12 @@ import (
 )
 
 // scanRequest reads the bodies clients send on every lock cycle ({},
-// {"key":"…"}, {"key":"…","size":8}, …) without encoding/json, which costs
-// a decoder, its buffer and reflection per request. It takes one object of
+// {"key":"…"}, {"key":"…","size":8}, …) without the decoder, buffer and
+// reflection that encoding/json costs per request. It takes one object of
 // the known fields, spelt exactly: a key without escapes, a size of up to
-// 9 digits, timeouts without an exponent of up to 24 characters. For anything else ok is false and the caller decodes with
-// encoding/json, which alone decides on errors and unusual bodies.
-// FuzzScanRequest checks that both agree wherever ok is true.
+// 9 digits, timeouts without an exponent of up to 24 characters. For
+// anything else ok is false and the caller decodes with encoding/json,
+// which alone decides on errors. FuzzScanRequest checks that both agree.
 func scanRequest(trimmed []byte) (r Request, sizeGiven, keyGiven, ok bool) {
 	s := scanner{b: trimmed}
 	ok = s.object(func(name []byte) bool {
@@ -41,12 +41,12 @@ type scanner struct {
 	i int
 }
 
-// object reads a JSON object, after white space, from s.i. For each member it reads the
-// name and the colon and calls value with the name, positioned at the
-// value; value reads the value and returns false if it cannot (an unknown
-// name included). A name may come twice: encoding/json, too, decodes each
-// member in turn, so the last one wins (but for an object decoded into an
-// *Error already there, which errorObject leaves to encoding/json).
+// object reads a JSON object, after white space, from s.i. For each member
+// it reads the name and the colon, then calls value, positioned at the
+// value, which reads it and returns false if it cannot (an unknown name
+// included). A name may come twice: encoding/json, too, decodes each
+// member in turn, so the last wins (but for an object into an *Error
+// already there, which errorObject leaves to encoding/json).
 //
 // A value must be followed by ',' or '}', so the number readers below need
 // not look for an exponent, which they do not take: it fails here.
@@ -192,8 +192,8 @@ func (s *scanner) uint64() (uint64, bool) {
 }
 
 // smallInt reads a JSON integer of 1 to 9 digits without a sign, which
-// fits an int on every platform. A negative size is an error in a request
-// and never in a reply, so that is left to encoding/json.
+// fits an int on every platform. A negative size, an error in a request
+// and never sent in a reply, is left to encoding/json.
 func (s *scanner) smallInt() (int, bool) {
 	start := s.i
 	n, ok := s.uint64()
