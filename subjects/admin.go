@@ -11,16 +11,16 @@ const (
 	OpAdminStatus = "admin.status" // version, uptime, counts, liveness
 )
 
-// LostToken is the second token of the subject on which the service tells a
-// connection that it lost a grant without unlocking it:
-// PREFIX.lost.OWNER (OWNER = SERVER_ID:CLIENT_ID, a plain subject token, so
-// EncodeName leaves it as it is), body LostNotice.
-const LostToken = "lost"
-
-// EventsToken is the second token of published events:
-// PREFIX.events.KIND.NAME (NAME encoded), body Event. Only published when
-// the service runs with events on.
-const EventsToken = "events"
+// The second tokens of the subjects the service publishes on:
+//
+//	PREFIX.lost.OWNER        LostNotice: connection OWNER lost a grant without unlocking it
+//	PREFIX.events.KIND.NAME  Event (NAME encoded), only when the service runs with events on
+//	PREFIX.instance.EVENT    InstanceNotice
+const (
+	LostToken     = "lost"
+	EventsToken   = "events"
+	InstanceToken = "instance"
+)
 
 // LostSubject is where the service tells the connection owner (a
 // FormatOwner value) about grants it lost. Clients subscribe to it for
@@ -125,8 +125,7 @@ type ListResponse struct {
 
 // LockInfo describes one lock for operators.
 type LockInfo struct {
-	// Account is the lock's namespace when the service keeps one per
-	// account.
+	// Account is the lock's namespace when the service keeps one per account.
 	Account string       `json:"account,omitempty"`
 	Name    string       `json:"name"`
 	Size    int          `json:"size"`
@@ -155,17 +154,15 @@ type WaiterInfo struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 }
 
-// KeyPrefixLength is how much of a key HolderInfo shows: 24 of the 128
-// bits of a key the service made.
-const KeyPrefixLength = 6
-
-// KeyPrefix returns the shown part of key. A short key, which a client may
-// have chosen, is not shown at all: its prefix would be most of it.
+// KeyPrefix returns the part of key that HolderInfo shows: its first 6
+// characters, 24 of the 128 bits of a key the service made. A short key,
+// which a client may have chosen, is not shown at all: its prefix would be
+// most of it.
 func KeyPrefix(key string) string {
-	if len(key) < 4*KeyPrefixLength {
+	if len(key) < 24 {
 		return "******"
 	}
-	return key[:KeyPrefixLength] + "…"
+	return key[:6] + "…"
 }
 
 // StatusResponse describes the running service.
@@ -187,26 +184,24 @@ type StatusResponse struct {
 	Error   *Error `json:"error,omitempty"`
 }
 
-// Instance announcements: PREFIX.instance.started and
-// PREFIX.instance.stopped, body InstanceNotice. Lock replies carry the
-// instance that granted them; a client that hears that another instance
-// started, or that its instance stopped, knows its locks are gone (the
-// service keeps its state in memory only).
-const (
-	InstanceToken   = "instance"
-	InstanceStarted = "started"
-	InstanceStopped = "stopped"
-)
-
-// InstanceSubject is PREFIX.instance.EVENT.
+// InstanceSubject is PREFIX.instance.EVENT, EVENT InstanceStarted or
+// InstanceStopped.
 func InstanceSubject(prefix, event string) string {
 	return prefix + "." + InstanceToken + "." + event
 }
 
 // InstanceNotice announces that an instance of the service started or
-// stopped.
+// stopped. Lock replies carry the instance that granted them; a client
+// that hears that another instance started, or that its instance stopped,
+// knows its locks are gone (the service keeps its state in memory only).
 type InstanceNotice struct {
 	Instance string    `json:"instance"`
-	Event    string    `json:"event"` // started or stopped
+	Event    string    `json:"event"` // InstanceStarted or InstanceStopped
 	Time     time.Time `json:"time"`
 }
+
+// The events of InstanceNotice.
+const (
+	InstanceStarted = "started"
+	InstanceStopped = "stopped"
+)

@@ -74,8 +74,8 @@ func TestDecodeResponses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := scanLockResponse(b, LockResponse{}); !ok && r.Token <= 9999999999999999999 {
-			t.Errorf("scanLockResponse(%s): the scanner does not read what the service writes", b)
+		if !scanReply(b, new(LockResponse), new(bool)) && r.Token <= 9999999999999999999 {
+			t.Errorf("scanReply(%s): the scanner does not read what the service writes", b)
 		}
 		decodeRepliesBothWays(t, b)
 	}
@@ -84,8 +84,8 @@ func TestDecodeResponses(t *testing.T) {
 		{Name: "job", Error: &Error{Code: CodeInvalidLockKey, Message: "the key does not hold the lock"}},
 	} {
 		b := AppendUnlockResponse(nil, r)
-		if _, ok := scanUnlockResponse(b, UnlockResponse{}); !ok {
-			t.Errorf("scanUnlockResponse(%s): the scanner does not read what the service writes", b)
+		if !scanReply(b, new(LockResponse), new(bool)) {
+			t.Errorf("scanReply(%s): the scanner does not read what the service writes", b)
 		}
 		decodeRepliesBothWays(t, b)
 	}
@@ -99,12 +99,18 @@ func TestDecodeResponses(t *testing.T) {
 		{`{"locked":false,"name":"n","error":{"code":"NotLocked","message":"m"}}`, true},
 		{`{"error":{},"name":"n"}`, true},
 		{`{"error":{"message":"a } b","code":"C"}}`, true},
-		{`{"token":0,"size":-0}`, true},
-		{`{"size":-999999999}`, true},
+		{`{"token":0,"size":0}`, true},
+		{`{"size":999999999}`, true},
+		{`{"token":0,"size":-0}`, false},
+		{`{"size":-999999999}`, false},
 		{`{"token":9999999999999999999}`, true},
 		{`{"name":"é"}`, true},
 		{"{\"name\":\"\x7f\"}", true},
 		{`{"expires_at":"2026-11-28T13:00:00+01:00"}`, true},
+		{`{"name":"a","name":"b"}`, true}, // the last wins, as in encoding/json
+		{`{"error":{"code":"C","code":"D"}}`, true},
+		{`{"expires_at":"2026-11-28T13:00:00Z","expires_at":"2026-11-29T13:00:00+01:00"}`, true},
+		{`{"error":{"code":"C"},"error":{"message":"m"}}`, false}, // encoding/json merges the two
 
 		{`{"token":18446744073709551615}`, false},
 		{`{"token":18446744073709551616}`, false},
@@ -126,17 +132,14 @@ func TestDecodeResponses(t *testing.T) {
 		{"{\"name\":\"a\tb\"}", false},
 		{"{\"name\":\"\xff\"}", false},
 		{"{\"name\":\"\xed\xa0\x80\"}", false},
-		{`{"name":"a","name":"b"}`, false},
 		{`{"Locked":true}`, false},
 		{`{"NAME":"n"}`, false},
 		{`{"future_field":1}`, false},
 		{`{"error":null}`, false},
 		{`{"error":"x"}`, false},
-		{`{"error":{"code":"C","code":"D"}}`, false},
 		{`{"error":{"code":"C","detail":{}}}`, false},
 		{`{"error":{"code":"C"}`, false},
 		{`{"expires_at":"yesterday"}`, false},
-		{`{"expires_at":"2026-11-28T13:00:00Z","expires_at":"2026-11-28T13:00:00Z"}`, false},
 		{`{"expires_at":1}`, false},
 		{`{"expires_at":null}`, false},
 		{`{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9}`, false},
@@ -153,8 +156,27 @@ func TestDecodeResponses(t *testing.T) {
 		{strings.Repeat("{", 100), false},
 	}
 	for _, tt := range tests {
-		if _, ok := scanLockResponse([]byte(tt.data), LockResponse{}); ok != tt.scanned {
-			t.Errorf("scanLockResponse(%q): ok = %v, want %v", tt.data, ok, tt.scanned)
+		if ok := scanReply([]byte(tt.data), new(LockResponse), new(bool)); ok != tt.scanned {
+			t.Errorf("scanReply(%q): ok = %v, want %v", tt.data, ok, tt.scanned)
+		}
+		decodeRepliesBothWays(t, []byte(tt.data))
+	}
+
+	// The scanner reads the fields of both replies; those of the one that
+	// the other lacks are read and dropped, as json.Unmarshal skips them.
+	for _, tt := range []struct {
+		data    string
+		scanned bool
+	}{
+		{`{"unlocked":true,"name":"n"}`, true},
+		{`{"unlocked":false,"name":"n","key":"k","token":7,"expires_at":"2026-11-28T13:00:00Z"}`, true},
+		{`{"locked":true,"unlocked":true}`, true},
+		{`{"unlocked":true,"unlocked":false}`, true},
+		{`{"Unlocked":true}`, false},
+		{`{"unlocked":true,"expires_at":"yesterday"}`, false},
+	} {
+		if ok := scanReply([]byte(tt.data), new(LockResponse), new(bool)); ok != tt.scanned {
+			t.Errorf("scanReply(%q): ok = %v, want %v", tt.data, ok, tt.scanned)
 		}
 		decodeRepliesBothWays(t, []byte(tt.data))
 	}

@@ -3,7 +3,6 @@ package subjects
 import (
 	"encoding/json"
 	"strconv"
-	"time"
 )
 
 // AppendLockResponse appends the JSON of r to dst, byte for byte what
@@ -14,37 +13,32 @@ import (
 // json.Marshal's error.
 func AppendLockResponse(dst []byte, r LockResponse) ([]byte, error) {
 	start := len(dst)
-	dst = append(dst, `{"locked":`...)
-	dst = strconv.AppendBool(dst, r.Locked)
-	dst = append(dst, `,"name":`...)
-	dst = appendJSONString(dst, r.Name)
+	dst = strconv.AppendBool(append(dst, `{"locked":`...), r.Locked)
+	dst = appendJSONString(append(dst, `,"name":`...), r.Name)
 	if r.Key != "" {
-		dst = append(dst, `,"key":`...)
-		dst = appendJSONString(dst, r.Key)
+		dst = appendJSONString(append(dst, `,"key":`...), r.Key)
 	}
 	if r.Token != 0 {
-		dst = append(dst, `,"token":`...)
-		dst = strconv.AppendUint(dst, r.Token, 10)
+		dst = strconv.AppendUint(append(dst, `,"token":`...), r.Token, 10)
 	}
 	if r.Size != 0 {
-		dst = append(dst, `,"size":`...)
-		dst = strconv.AppendInt(dst, int64(r.Size), 10)
+		dst = strconv.AppendInt(append(dst, `,"size":`...), int64(r.Size), 10)
 	}
 	if !r.ExpiresAt.IsZero() {
-		dst = append(dst, `,"expires_at":`...)
-		var ok bool
-		if dst, ok = appendJSONTime(dst, r.ExpiresAt); !ok {
-			b, err := json.Marshal(r)
-			return append(dst[:start], b...), err
+		// AppendText writes what time.Time.MarshalJSON quotes, and fails
+		// where it fails (a year outside 0-9999, a zone offset of a day).
+		b, err := r.ExpiresAt.AppendText(append(dst, `,"expires_at":"`...))
+		if err != nil {
+			_, err = json.Marshal(r)
+			return dst[:start], err
 		}
+		dst = append(b, '"')
 	}
 	if r.Instance != "" {
-		dst = append(dst, `,"instance":`...)
-		dst = appendJSONString(dst, r.Instance)
+		dst = appendJSONString(append(dst, `,"instance":`...), r.Instance)
 	}
 	if r.Error != nil {
-		dst = append(dst, `,"error":`...)
-		dst = appendJSONError(dst, r.Error)
+		dst = appendJSONError(append(dst, `,"error":`...), r.Error)
 	}
 	return append(dst, '}'), nil
 }
@@ -52,58 +46,33 @@ func AppendLockResponse(dst []byte, r LockResponse) ([]byte, error) {
 // AppendUnlockResponse appends the JSON of r to dst, byte for byte what
 // json.Marshal(r) gives.
 func AppendUnlockResponse(dst []byte, r UnlockResponse) []byte {
-	dst = append(dst, `{"unlocked":`...)
-	dst = strconv.AppendBool(dst, r.Unlocked)
-	dst = append(dst, `,"name":`...)
-	dst = appendJSONString(dst, r.Name)
+	dst = strconv.AppendBool(append(dst, `{"unlocked":`...), r.Unlocked)
+	dst = appendJSONString(append(dst, `,"name":`...), r.Name)
 	if r.Error != nil {
-		dst = append(dst, `,"error":`...)
-		dst = appendJSONError(dst, r.Error)
+		dst = appendJSONError(append(dst, `,"error":`...), r.Error)
 	}
 	return append(dst, '}')
 }
 
 func appendJSONError(dst []byte, e *Error) []byte {
-	dst = append(dst, `{"code":`...)
-	dst = appendJSONString(dst, string(e.Code))
-	dst = append(dst, `,"message":`...)
-	dst = appendJSONString(dst, e.Message)
+	dst = appendJSONString(append(dst, `{"code":`...), string(e.Code))
+	dst = appendJSONString(append(dst, `,"message":`...), e.Message)
 	return append(dst, '}')
 }
 
 // appendJSONString appends s as json.Marshal quotes it. Plain ASCII, the
-// usual case, is copied; a string with anything json.Marshal escapes
-// (quotes, backslash, control characters, <, > and & which it escapes for
-// HTML, and all non-ASCII, where it also replaces invalid UTF-8) goes
-// through json.Marshal itself.
+// usual case, is copied; anything json.Marshal may escape or replace
+// (quotes, backslash, control characters, <, >, &, non-ASCII) goes through
+// json.Marshal itself.
 func appendJSONString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c < ' ' || c > '~' || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			b, err := json.Marshal(s)
-			if err != nil {
-				// A Go string always marshals; this cannot happen.
-				panic("subjects: marshalling a string: " + err.Error())
-			}
+			b, _ := json.Marshal(s) // a string always marshals
 			return append(dst, b...)
 		}
 	}
 	dst = append(dst, '"')
 	dst = append(dst, s...)
 	return append(dst, '"')
-}
-
-// appendJSONTime appends t as time.Time.MarshalJSON writes it. ok is false
-// when MarshalJSON would fail: a year outside 0-9999 or a zone offset of
-// 24 hours or more.
-func appendJSONTime(dst []byte, t time.Time) ([]byte, bool) {
-	if y := t.Year(); y < 0 || y > 9999 {
-		return dst, false
-	}
-	if _, offset := t.Zone(); offset <= -24*60*60 || offset >= 24*60*60 {
-		return dst, false
-	}
-	dst = append(dst, '"')
-	dst = t.AppendFormat(dst, time.RFC3339Nano)
-	return append(dst, '"'), true
 }

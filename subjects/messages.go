@@ -65,30 +65,18 @@ type Request struct {
 // documented fields: an unknown field is an error rather than silently
 // ignored, so a typo such as "lock_timeout" is caught. The error is an
 // *Error with code BadRequest, InvalidLockSize, InvalidTimeout or
-// InvalidLockKey.
-//
-// The bodies clients send every time ({}, {"key":"…"}, …) are read by a
-// small scanner without allocating (see scanRequest); anything it is not
-// sure about goes through encoding/json, which alone decides on errors.
+// InvalidLockKey. The usual bodies are read without allocating (see
+// scanRequest).
 func DecodeRequest(body []byte) (Request, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return Request{}, nil
 	}
-	if r, given, ok := scanRequest(trimmed); ok {
-		return r.check(given)
+	if r, sizeGiven, keyGiven, ok := scanRequest(trimmed); ok {
+		return r.check(sizeGiven, keyGiven)
 	}
 	return decodeRequestJSON(trimmed)
 }
-
-// given tells which of the fields whose explicit zero is an error (size,
-// key) a body has.
-type given uint8
-
-const (
-	givenSize given = 1 << iota
-	givenKey
-)
 
 // decodeRequestJSON is DecodeRequest through encoding/json, for a body
 // that is not empty after trimming white space.
@@ -106,17 +94,21 @@ func decodeRequestJSON(trimmed []byte) (Request, error) {
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&w); err != nil {
-		return Request{}, Errorf(CodeBadRequest, "body is not a valid request: %s", describeJSONError(err))
+		msg := strings.TrimPrefix(err.Error(), "json: ")
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			msg = "field " + strconv.Quote(typeErr.Field) + " must be a " + typeErr.Type.String() + ", got a JSON " + typeErr.Value
+		}
+		return Request{}, Errorf(CodeBadRequest, "body is not a valid request: %s", msg)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Request{}, Errorf(CodeBadRequest, "body has data after the JSON object")
 	}
 	// encoding/json matches field names without regard to case ("Size");
 	// the protocol's names are exact, as the scanner reads them.
+	// Decode read trimmed as one object, so this cannot fail.
 	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(trimmed, &fields); err != nil {
-		return Request{}, Errorf(CodeBadRequest, "body is not a valid request: %s", describeJSONError(err))
-	}
+	_ = json.Unmarshal(trimmed, &fields)
 	for f := range fields {
 		switch f {
 		case "size", "wait_timeout_seconds", "lock_timeout_seconds", "key":
@@ -124,70 +116,61 @@ func decodeRequestJSON(trimmed []byte) (Request, error) {
 			return Request{}, Errorf(CodeBadRequest, "body is not a valid request: unknown field %s", quoteShort(f))
 		}
 	}
-	var g given
 	if w.Size != nil {
-		w.Request.Size, g = *w.Size, g|givenSize
+		w.Request.Size = *w.Size
 	}
 	if w.Key != nil {
-		w.Request.Key, g = *w.Key, g|givenKey
+		w.Request.Key = *w.Key
 	}
-	return w.Request.check(g)
+	return w.Request.check(w.Size != nil, w.Key != nil)
 }
 
-// check applies the limits that hold for every operation.
-func (r Request) check(g given) (Request, error) {
-	if g&givenSize != 0 && (r.Size < 1 || r.Size > MaxLockSize) {
+// check applies the limits that hold for every operation. An explicit
+// zero size or empty key is an error, so check is told whether the body
+// has them.
+func (r Request) check(sizeGiven, keyGiven bool) (Request, error) {
+	if sizeGiven && (r.Size < 1 || r.Size > MaxLockSize) {
 		return Request{}, Errorf(CodeInvalidLockSize, "size must be 1 to %d, got %d", MaxLockSize, r.Size)
 	}
-	if err := checkSeconds("wait_timeout_seconds", r.WaitTimeoutSeconds); err != nil {
-		return Request{}, err
+	err := checkSeconds("wait_timeout_seconds", r.WaitTimeoutSeconds)
+	if err == nil {
+		err = checkSeconds("lock_timeout_seconds", r.LockTimeoutSeconds)
 	}
-	if err := checkSeconds("lock_timeout_seconds", r.LockTimeoutSeconds); err != nil {
-		return Request{}, err
+	if err == nil && keyGiven {
+		err = CheckKey(r.Key)
 	}
-	if g&givenKey != 0 {
-		if err := CheckKey(r.Key); err != nil {
-			return Request{}, err
-		}
+	if err != nil {
+		return Request{}, err
 	}
 	return r, nil
 }
 
 // CheckFor reports whether the request's fields fit operation op.
 func (r Request) CheckFor(op string) error {
-	notFor := func(field string) error {
-		return Errorf(CodeBadRequest, "%s does not take %s", op, field)
-	}
 	switch op {
 	case OpLock:
+		return nil
 	case OpTryLock:
 		if r.WaitTimeoutSeconds != 0 {
-			return notFor("wait_timeout_seconds (trylock never waits; use lock)")
+			return Errorf(CodeBadRequest, "trylock does not take wait_timeout_seconds (trylock never waits; use lock)")
 		}
-	case OpUnlock:
-		switch {
-		case r.Key == "":
-			return Errorf(CodeInvalidLockKey, "unlock needs the key that the lock reply gave")
-		case r.Size != 0:
-			return notFor("size")
-		case r.WaitTimeoutSeconds != 0:
-			return notFor("wait_timeout_seconds")
-		case r.LockTimeoutSeconds != 0:
-			return notFor("lock_timeout_seconds")
-		}
-	case OpRenew:
-		switch {
-		case r.Key == "":
-			return Errorf(CodeInvalidLockKey, "renew needs the key that the lock reply gave")
-		case r.LockTimeoutSeconds == 0:
-			return Errorf(CodeInvalidTimeout, "renew needs lock_timeout_seconds, the new timeout counted from now")
-		case r.Size != 0:
-			return notFor("size")
-		case r.WaitTimeoutSeconds != 0:
-			return notFor("wait_timeout_seconds")
-		}
+		return nil
+	case OpUnlock, OpRenew:
 	default:
 		return Errorf(CodeBadRequest, "unknown operation %q", op)
+	}
+	// Unlock and renew act on the grant of the key.
+	switch {
+	case r.Key == "":
+		return Errorf(CodeInvalidLockKey, "%s needs the key that the lock reply gave", op)
+	case op == OpRenew && r.LockTimeoutSeconds == 0:
+		return Errorf(CodeInvalidTimeout, "renew needs lock_timeout_seconds, the new timeout counted from now")
+	case r.Size != 0:
+		return Errorf(CodeBadRequest, "%s does not take size", op)
+	case r.WaitTimeoutSeconds != 0:
+		return Errorf(CodeBadRequest, "%s does not take wait_timeout_seconds", op)
+	case op == OpUnlock && r.LockTimeoutSeconds != 0:
+		return Errorf(CodeBadRequest, "unlock does not take lock_timeout_seconds")
 	}
 	return nil
 }
@@ -197,9 +180,6 @@ func (r Request) WaitTimeout() time.Duration { return seconds(r.WaitTimeoutSecon
 
 // LockTimeout is LockTimeoutSeconds as a Duration (0: no timeout).
 func (r Request) LockTimeout() time.Duration { return seconds(r.LockTimeoutSeconds) }
-
-// Seconds converts a Duration to the seconds of a request field.
-func Seconds(d time.Duration) float64 { return d.Seconds() }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
@@ -225,14 +205,6 @@ func checkSeconds(field string, s float64) error {
 		return Errorf(CodeInvalidTimeout, "%s must be 0 (none) or at least 0.001 seconds, got %v", field, s)
 	}
 	return nil
-}
-
-func describeJSONError(err error) string {
-	var typeErr *json.UnmarshalTypeError
-	if errors.As(err, &typeErr) {
-		return "field " + strconv.Quote(typeErr.Field) + " must be a " + typeErr.Type.String() + ", got a JSON " + typeErr.Value
-	}
-	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
 // LockResponse is the reply to lock, trylock and renew.

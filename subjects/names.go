@@ -36,11 +36,6 @@ const MaxNameLengthLimit = 2048
 // MaxNameLengthLimit).
 const MaxPrefixLength = 256
 
-// encodedMarker starts the subject form of a name that is not a plain
-// subject tail. A plain name never starts with it, so the two forms cannot
-// be confused.
-const encodedMarker = '~'
-
 // Subject returns the subject for operation op on the lock called name,
 // encoding the name when it cannot stand in a subject as it is.
 func Subject(prefix, op, name string) string {
@@ -51,13 +46,13 @@ func Subject(prefix, op, name string) string {
 // it is a plain subject tail, else '~' followed by the unpadded base64url
 // encoding of its bytes. A plain name is made of printable ASCII other than
 // space, '*' and '>', has no empty token (no leading, trailing or double
-// dot) and does not start with '~'. "orders.123" stays "orders.123";
-// "My lock" becomes "~TXkgbG9jaw".
+// dot) and does not start with '~', so the two forms cannot be confused.
+// "orders.123" stays "orders.123"; "My lock" becomes "~TXkgbG9jaw".
 func EncodeName(name string) string {
 	if isPlainName(name) {
 		return name
 	}
-	return string(encodedMarker) + base64.RawURLEncoding.EncodeToString([]byte(name))
+	return "~" + base64.RawURLEncoding.EncodeToString([]byte(name))
 }
 
 // DecodeName turns the subject form of a name (everything after PREFIX.OP.)
@@ -70,7 +65,7 @@ func DecodeName(tail string, maxLen int) (string, error) {
 		maxLen = DefaultMaxNameLength
 	}
 	name := tail
-	if strings.HasPrefix(tail, string(encodedMarker)) {
+	if strings.HasPrefix(tail, "~") {
 		raw, err := base64.RawURLEncoding.DecodeString(tail[1:])
 		if err != nil {
 			return "", Errorf(CodeInvalidLockName, "lock name %s starts with '~', so the rest must be the name's bytes in unpadded base64url (RFC 4648 §5, no '='): encode the name with EncodeName, or see docs/protocol.md", quoteShort(tail))
@@ -112,15 +107,12 @@ func NameFromSubject(prefix, op, subject string, maxLen int) (string, error) {
 }
 
 func isPlainName(name string) bool {
-	if name == "" || name[0] == encodedMarker || name[0] == '.' || name[len(name)-1] == '.' {
+	if name == "" || name[0] == '~' || name[0] == '.' || name[len(name)-1] == '.' {
 		return false
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
-		if c <= ' ' || c > '~' || c == '*' || c == '>' {
-			return false
-		}
-		if c == '.' && name[i+1] == '.' {
+		if c <= ' ' || c > '~' || c == '*' || c == '>' || (c == '.' && name[i+1] == '.') {
 			return false
 		}
 	}

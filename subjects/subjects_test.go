@@ -175,9 +175,6 @@ func TestDurations(t *testing.T) {
 	if r.WaitTimeout() != 1500*time.Millisecond || r.LockTimeout() != 5*time.Minute {
 		t.Fatalf("got %v and %v", r.WaitTimeout(), r.LockTimeout())
 	}
-	if Seconds(90*time.Second) != 90 {
-		t.Fatal("Seconds")
-	}
 }
 
 func TestOwner(t *testing.T) {
