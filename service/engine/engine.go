@@ -37,30 +37,6 @@ type Grant struct {
 	ExpiresAt time.Time
 }
 
-// UnlockResult says what an Unlock did, since an Unlock with a waiter's key
-// is a cancellation.
-type UnlockResult uint8
-
-const (
-	// Released: the key held a slot, which is now free.
-	Released UnlockResult = iota + 1
-	// Cancelled: the key was waiting; its wait was cancelled and its done
-	// callback called with ErrWaitCancelled.
-	Cancelled
-)
-
-// String returns "released", "cancelled", or "none" for the zero value
-// that comes with an error.
-func (r UnlockResult) String() string {
-	switch r {
-	case Released:
-		return "released"
-	case Cancelled:
-		return "cancelled"
-	}
-	return "none"
-}
-
 // Option configures an Engine in New.
 type Option func(*Engine)
 
@@ -202,10 +178,10 @@ func (e *Engine) Close() {
 	e.closed = true
 	var notes []notification
 	for _, l := range e.locks {
-		for en := l.holders; en != nil; en = en.next {
+		for en := l.holders.head; en != nil; en = en.link[inLock].next {
 			en.stopTimer()
 		}
-		for en := l.waitHead; en != nil; en = en.next {
+		for en := l.waiters.head; en != nil; en = en.link[inLock].next {
 			en.stopTimer()
 			n := notification{done: en.wait.done, err: ErrEngineClosed}
 			if e.onEvent != nil {

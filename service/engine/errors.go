@@ -16,8 +16,7 @@ var (
 	ErrInvalidLockKey = errors.New("invalid lock key: the key does not hold this lock; use the key of the grant (the grant may have expired)")
 	// ErrLockDoesNotExist: no one holds or waits for the lock.
 	ErrLockDoesNotExist = errors.New("lock does not exist: no one holds or waits for it (the grant may have expired or been released)")
-	// ErrNotLocked: the key waits for the lock but holds no slot of it, or
-	// the lock has no holder at all.
+	// ErrNotLocked: Renew with the key of a waiter, which holds no slot.
 	ErrNotLocked = errors.New("not locked: the key holds no slot of this lock yet; wait for the grant before renewing")
 	// ErrKeyInUse: the key already holds or waits for this lock.
 	ErrKeyInUse = errors.New("lock key in use: the key already holds or waits for this lock; use a fresh key for every lock request")

@@ -51,9 +51,6 @@ func (r *recent[K]) has(k K, now time.Time) bool {
 	return ok && now.UnixNano() < until
 }
 
-// len is the number of keys held, expired or not.
-func (r *recent[K]) len() int { return len(r.until) }
-
 // prune drops the keys whose time has passed.
 func (r *recent[K]) prune(now time.Time) {
 	ns := now.UnixNano()

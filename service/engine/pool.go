@@ -62,10 +62,6 @@ func (e *Engine) disown(en *entry) {
 	}
 }
 
-// freeEntry clears en, which is in no list any more, for reuse. Clearing
-// token and wait is what makes stale timers of en do nothing.
-func (e *Engine) freeEntry(en *entry) { recycle(&e.freeEntries, en) }
-
 // reuse takes a record from a free list, or makes one.
 func reuse[T any](free *[]*T) *T {
 	n := len(*free)

@@ -99,11 +99,11 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 			continue // released meanwhile
 		}
 		info := LockInfo{Name: l.name, Size: l.size, HeldTotal: l.held, WaitingTotal: l.waiting}
-		for en := l.holders; en != nil && len(info.Holders) < maxEntries; en = en.next {
+		for en := l.holders.head; en != nil && len(info.Holders) < maxEntries; en = en.link[inLock].next {
 			info.Holders = append(info.Holders, HolderInfo{Key: en.key, Token: en.token, Owner: en.ownerID(),
 				AcquiredAt: unixTime(en.start), ExpiresAt: unixTime(en.deadline)})
 		}
-		for en := l.waitHead; en != nil && len(info.Waiters) < maxEntries; en = en.next {
+		for en := l.waiters.head; en != nil && len(info.Waiters) < maxEntries; en = en.link[inLock].next {
 			info.Waiters = append(info.Waiters, WaiterInfo{Key: en.key, Owner: en.ownerID(),
 				Since: unixTime(en.start), Deadline: unixTime(en.deadline)})
 		}
