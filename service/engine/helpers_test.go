@@ -109,6 +109,9 @@ func checkInvariants(t testing.TB, e *Engine) {
 			if en.link[inLock].prev != prev || en.lock != l || en.wait != nil || en.token == 0 || en.token > e.lastToken {
 				t.Errorf("lock %q: bad holder %+v", name, en)
 			}
+			if prev != nil && en.token <= prev.token {
+				t.Errorf("lock %q: holder token %d after %d: not in grant order", name, en.token, prev.token)
+			}
 			if (en.deadline == 0) != (en.timer == nil) {
 				t.Errorf("lock %q: holder deadline %d with timer %v", name, en.deadline, en.timer)
 			}
@@ -165,7 +168,7 @@ func checkInvariants(t testing.TB, e *Engine) {
 	}
 	inOwners := 0
 	for name, o := range e.owners {
-		if o.id != name || o.n == 0 || o.oldestSeq() == 0 || o.entries.head.seq > e.lastSeq {
+		if o.id != name || o.n == 0 || o.oldestSeq() == 0 || o.entries.tail.seq > e.lastSeq {
 			t.Errorf("bad owner %q: %+v", name, o)
 		}
 		n, waits := 0, 0
@@ -178,13 +181,13 @@ func checkInvariants(t testing.TB, e *Engine) {
 			if en.owner != o || en.link[inOwner].prev != prev || en.lock == nil || e.locks[en.lock.name] != en.lock {
 				t.Errorf("owner %q: bad entry %+v", name, en)
 			}
-			if en.seq == 0 || (prev != nil && en.seq >= prev.seq) {
-				t.Errorf("owner %q: entry seq %d after %+v: not newest first", name, en.seq, prev)
+			if en.seq == 0 || (prev != nil && en.seq <= prev.seq) {
+				t.Errorf("owner %q: entry seq %d after %+v: not oldest first", name, en.seq, prev)
 			}
 			prev = en
 		}
 		if o.entries.tail != prev {
-			t.Errorf("owner %q: oldest %p, last entry %p", name, o.entries.tail, prev)
+			t.Errorf("owner %q: tail %p, last entry %p", name, o.entries.tail, prev)
 		}
 		if n != o.n || waits != o.waits {
 			t.Errorf("owner %q: n %d waits %d, listed %d and %d", name, o.n, o.waits, n, waits)

@@ -126,7 +126,7 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, state func(subjects.Owner) Owne
 // before mark, and says how many of each it ended.
 func (e *Engine) releaseOwner(o *owner, mark uint64, notes []notification) (grants, waits int, _ []notification) {
 	var old []*entry
-	for en := o.entries.head; en != nil; en = en.link[inOwner].next {
+	for en := o.entries.tail; en != nil; en = en.link[inOwner].prev { // newest first
 		if en.seq <= mark {
 			old = append(old, en)
 		}

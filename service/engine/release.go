@@ -142,35 +142,29 @@ func (e *Engine) promote(l *lock, notes []notification) []notification {
 // are granted the freed slots as usual. It returns the released grants'
 // tokens, which fail with ErrInvalidLockKey when neither key nor token
 // matches a holder.
-func (e *Engine) ForceUnlock(name, key string, token uint64) ([]uint64, error) {
+func (e *Engine) ForceUnlock(name, key string, token uint64) (released []uint64, err error) {
 	e.mu.Lock()
-	var (
-		notes    []notification
-		released []uint64
-	)
-	err := func() error {
-		if e.closed {
-			return ErrEngineClosed
-		}
-		l := e.locks[name]
-		if l == nil {
-			return ErrLockDoesNotExist
-		}
+	var notes []notification
+	switch l := e.locks[name]; {
+	case e.closed:
+		err = ErrEngineClosed
+	case l == nil:
+		err = ErrLockDoesNotExist
+	default:
 		var victims []*entry
-		for en := l.holders.head; en != nil; en = en.link[inLock].next {
+		for en := l.holders.tail; en != nil; en = en.link[inLock].prev { // newest first
 			if (key == "" && token == 0) || (key != "" && en.key == key) || (key == "" && en.token == token) {
 				victims = append(victims, en)
 			}
 		}
 		if len(victims) == 0 {
-			return fmt.Errorf("%w: no holder has that key or token", ErrInvalidLockKey)
+			err = fmt.Errorf("%w: no holder has that key or token", ErrInvalidLockKey)
 		}
 		for _, en := range victims {
 			released = append(released, en.token)
 			notes = e.release(en, EventForced, notes)
 		}
-		return nil
-	}()
+	}
 	e.mu.Unlock()
 	e.notify(notes)
 	return released, err

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -99,7 +98,8 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 			continue // released meanwhile
 		}
 		info := LockInfo{Name: l.name, Size: l.size, HeldTotal: l.held, WaitingTotal: l.waiting}
-		for en := l.holders.head; en != nil && len(info.Holders) < maxEntries; en = en.link[inLock].next {
+		// The newest holders, if not all: walk back, and reverse below.
+		for en := l.holders.tail; en != nil && len(info.Holders) < maxEntries; en = en.link[inLock].prev {
 			info.Holders = append(info.Holders, HolderInfo{Key: en.key, Token: en.token, Owner: en.ownerID(),
 				AcquiredAt: unixTime(en.start), ExpiresAt: unixTime(en.deadline)})
 		}
@@ -111,7 +111,7 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 	}
 	e.mu.Unlock()
 	for _, info := range infos {
-		slices.SortFunc(info.Holders, func(a, b HolderInfo) int { return cmp.Compare(a.Token, b.Token) })
+		slices.Reverse(info.Holders)
 	}
 	return infos, more
 }

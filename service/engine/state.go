@@ -17,8 +17,8 @@ type lock struct {
 	size    int
 	held    int  // number of holders
 	waiting int  // number of waiters
-	holders list // newest first
-	waiters list // oldest first: the queue
+	holders list // in grant order, so in token order
+	waiters list // the queue, oldest first
 	// index maps keys to entries once the lock has more than indexMin
 	// holders and waiters, so that key lookups stay cheap for big semaphores
 	// and long queues. Small locks, the common case, scan their lists and
@@ -68,7 +68,7 @@ type waitState struct {
 // only while it has at least one.
 type owner struct {
 	id      subjects.Owner
-	entries list // newest first
+	entries list // oldest first
 	n       int  // number of entries
 	waits   int  // number of those entries that are waiters
 }
@@ -79,16 +79,6 @@ type links struct{ prev, next *entry }
 // list is a doubly linked list of entries through their link[k], where k is
 // inLock or inOwner.
 type list struct{ head, tail *entry }
-
-func (ls *list) pushFront(en *entry, k int) {
-	en.link[k] = links{next: ls.head}
-	if ls.head != nil {
-		ls.head.link[k].prev = en
-	} else {
-		ls.tail = en
-	}
-	ls.head = en
-}
 
 func (ls *list) pushBack(en *entry, k int) {
 	en.link[k] = links{prev: ls.tail}
@@ -160,7 +150,7 @@ func (l *lock) indexRemove(en *entry) {
 }
 
 func (l *lock) linkHolder(en *entry) {
-	l.holders.pushFront(en, inLock)
+	l.holders.pushBack(en, inLock)
 	l.held++
 }
 
@@ -188,15 +178,15 @@ func (l *lock) unlinkWaiter(en *entry) {
 // oldestSeq is the registration number of o's oldest request; 0 when it
 // has none.
 func (o *owner) oldestSeq() uint64 {
-	if o.entries.tail == nil {
+	if o.entries.head == nil {
 		return 0
 	}
-	return o.entries.tail.seq
+	return o.entries.head.seq
 }
 
 func (o *owner) link(en *entry) {
 	en.owner = o
-	o.entries.pushFront(en, inOwner)
+	o.entries.pushBack(en, inOwner)
 	o.n++
 }
 
