@@ -1,8 +1,10 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -10,6 +12,8 @@ import (
 // A service that can no longer do its job stops answering, loudly, rather
 // than living on silently dead: Done and Err tell its owner (ldlm exits 1,
 // for a supervisor to restart it), and micro discovery no longer lists it.
+// Finding an older instance serving the same prefix is such a case (see
+// instances.go).
 
 // Done is closed when the service stopped answering by itself: one of its
 // NATS connections was closed for good (nats.go gave up reconnecting, or
@@ -49,14 +53,22 @@ func (s *Service) stepDown(err error) {
 // connections is closed for good.
 var ErrConnectionClosed = errors.New("a NATS connection of the lock service was closed for good")
 
-// watchConnections steps the service down when its connection, or its
-// system connection, is closed for good: without the first nobody can
-// reach it, without the second it would keep granting locks it can no
-// longer free when their owners die.
-func (s *Service) watchConnections() {
+// watch steps the service down when its connection, or its system
+// connection, is closed for good (without the first nobody can reach it,
+// without the second it would keep granting locks it can no longer free
+// when their owners die), or when an older instance serves its prefix,
+// which it checks every sweep interval.
+func (s *Service) watch() {
 	s.ncClosed = s.nc.StatusChanged(nats.CLOSED)
 	if s.sys != nil {
 		s.sysClosed = s.sys.StatusChanged(nats.CLOSED)
+	}
+	// A connection closed before the listener was added sends nothing.
+	if s.nc.IsClosed() {
+		s.ncClosed <- nats.CLOSED
+	}
+	if s.sys != nil && s.sys.IsClosed() {
+		s.sysClosed <- nats.CLOSED
 	}
 	closed := func(which string, nc *nats.Conn) error {
 		err := fmt.Errorf("%w: the %s connection", ErrConnectionClosed, which)
@@ -65,24 +77,34 @@ func (s *Service) watchConnections() {
 		}
 		return err
 	}
+	every := s.cfg.SweepInterval
+	if every <= 0 {
+		every = rivalCheckInterval
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		// A connection closed before the listener was added sends nothing.
-		switch {
-		case s.nc.IsClosed():
-			s.stepDown(closed("service", s.nc))
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			var err error
+			select {
+			case <-s.stop:
+				return
+			case <-s.ncClosed:
+				err = closed("service", s.nc)
+			case <-s.sysClosed: // nil without a system connection: never fires
+				err = closed("system account", s.sys)
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+				err = s.checkRivals(ctx)
+				cancel()
+				if !errors.Is(err, ErrDuplicateInstance) {
+					continue
+				}
+			}
+			s.stepDown(err)
 			return
-		case s.sys != nil && s.sys.IsClosed():
-			s.stepDown(closed("system account", s.sys))
-			return
-		}
-		select {
-		case <-s.stop:
-		case <-s.ncClosed:
-			s.stepDown(closed("service", s.nc))
-		case <-s.sysClosed: // nil without a system connection: never fires
-			s.stepDown(closed("system account", s.sys))
 		}
 	}()
 }

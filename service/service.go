@@ -26,11 +26,8 @@ import (
 // ServiceName is the NATS micro service name: `nats micro info ldlm`.
 const ServiceName = "ldlm"
 
-// The memory of closed connections (see engine.WithGoneOwnerMemory). The
-// service hears that a connection closed through an advisory, on another
-// NATS connection than the one the requests come on, so a request sent
-// just before the close can be read just after it. Seconds are plenty for
-// that; the bound keeps a storm of disconnects from growing memory.
+// The memory of closed connections (see engine.WithGoneOwnerMemory): seconds
+// are plenty, and the bound keeps a storm of disconnects from growing memory.
 const (
 	goneOwnerWindow = 10 * time.Second
 	goneOwnerMemory = 10_000
@@ -160,7 +157,7 @@ type Service struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the goroutines watching connections and rivals
+	wg       sync.WaitGroup // the goroutine of watch
 }
 
 // Start registers the service on nc and starts following connection
@@ -222,8 +219,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.engine.Close()
 		return nil, err
 	}
-	s.watchConnections()
-	s.watchRivals()
+	s.watch()
 	if err := s.register(); err != nil {
 		s.Stop()
 		return nil, err
@@ -294,11 +290,8 @@ func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 // close the connections it was given.
 //
 // The engine is closed before the announcement, so that no grant can be
-// made after it, and a grant made just before whose reply is not sent yet
-// is answered Unavailable instead (see respondGrant): a client never hears
-// of a grant after it heard that the instance that made it stopped. Only
-// then are the subscriptions drained (which takes a while): the requests
-// read meanwhile get Unavailable, and clients ask again.
+// made after it (see respondGrant for one made just before). Only then are
+// the subscriptions drained, which takes a while.
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)

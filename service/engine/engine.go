@@ -40,12 +40,6 @@ type Grant struct {
 // Option configures an Engine in New.
 type Option func(*Engine)
 
-// WithClock makes the engine read time and run timeouts on c instead of the
-// time package; tests pass a FakeClock.
-func WithClock(c Clock) Option {
-	return func(e *Engine) { e.clock = c }
-}
-
 // WithEvents makes the engine call f for every grant, release and end of a
 // wait (see Event). f runs outside the engine's mutex, on the goroutine
 // that caused the event, in the order the events happened for any one lock;
