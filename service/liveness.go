@@ -30,10 +30,8 @@ type ownerTable interface {
 // liveness releases the locks of connections that closed: at once on the
 // server's DISCONNECT advisory, and by a sweep that compares lock owners with
 // the servers' connection lists, for advisories that were missed (while the
-// service reconnected, or without system account access). It is told about
-// connections by NATS (advisories, lists, its own connections' status) and
-// tells the owner table which owners are gone; it knows nothing else of the
-// service.
+// service reconnected, or without system account access). It knows nothing
+// of the service but the owner table.
 //
 // Owners are server id and client id (subjects.Owner). A restarted server
 // has a new id, so an owner never names two connections; what liveness must
@@ -71,13 +69,11 @@ type liveness struct {
 	// late advisory or listing of a former life must not make it current
 	// again, and its connections are all gone.
 	replaced map[string]bool
-	// issued is, by server id, the highest client id known to have been
-	// handed out by that server: seen in its connection list or in a
-	// disconnect advisory. A server hands client ids out in increasing
-	// order, so an owner at or below it named a connection that existed.
-	// Only such owners are remembered as gone when a sweep releases them:
-	// a forged owner naming an id not handed out yet must not turn away
-	// the genuine connection that gets that id later.
+	// issued is, by server id, the highest client id seen in its list or
+	// an advisory. Client ids are handed out in increasing order, so an
+	// owner at or below it named a connection that existed: only such
+	// owners are remembered as gone, so that a forged owner naming an id
+	// not handed out yet does not turn away the connection that gets it.
 	issued map[string]uint64
 }
 
@@ -187,9 +183,7 @@ func (l *liveness) close() {
 	if l.sub != nil {
 		_ = l.sub.Unsubscribe()
 	}
-	if l.status != nil {
-		l.nc.RemoveStatusListener(l.status)
-	}
+	l.nc.RemoveStatusListener(l.status)
 	if l.sysStat != nil {
 		l.sys.RemoveStatusListener(l.sysStat)
 	}

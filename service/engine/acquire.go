@@ -141,7 +141,8 @@ func (e *Engine) grant(en *entry, now time.Time, lockTimeout time.Duration) Gran
 	en.start = now.UnixNano()
 	en.deadline = 0
 	en.wait = nil
-	l.linkHolder(en)
+	l.holders.pushBack(en, inLock)
+	l.held++
 	e.holders++
 	g := Grant{Name: l.name, Key: en.key, Token: en.token, Size: l.size}
 	if lockTimeout > 0 {

@@ -168,7 +168,7 @@ func checkInvariants(t testing.TB, e *Engine) {
 	}
 	inOwners := 0
 	for name, o := range e.owners {
-		if o.id != name || o.n == 0 || o.oldestSeq() == 0 || o.entries.tail.seq > e.lastSeq {
+		if o.id != name || o.n == 0 || o.entries.head == nil || o.entries.head.seq == 0 || o.entries.tail.seq > e.lastSeq {
 			t.Errorf("bad owner %q: %+v", name, o)
 		}
 		n, waits := 0, 0

@@ -43,7 +43,9 @@ func (e *Engine) newEntry(l *lock, key string, id subjects.Owner) *entry {
 		}
 		e.lastSeq++
 		en.seq = e.lastSeq
-		o.link(en)
+		en.owner = o
+		o.entries.pushBack(en, inOwner)
+		o.n++
 	}
 	return en
 }
@@ -55,7 +57,8 @@ func (e *Engine) disown(en *entry) {
 	if o == nil {
 		return
 	}
-	o.unlink(en)
+	o.entries.remove(en, inOwner)
+	o.n--
 	if o.n == 0 {
 		delete(e.owners, o.id)
 		recycle(&e.freeOwners, o)

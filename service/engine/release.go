@@ -83,7 +83,8 @@ func (e *Engine) release(en *entry, why EventKind, notes []notification) []notif
 			Duration: e.clock.Now().Sub(unixTime(en.start))}})
 	}
 	en.stopTimer()
-	l.unlinkHolder(en)
+	l.holders.remove(en, inLock)
+	l.held--
 	l.indexRemove(en)
 	e.holders--
 	e.disown(en)

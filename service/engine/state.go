@@ -149,16 +149,6 @@ func (l *lock) indexRemove(en *entry) {
 	}
 }
 
-func (l *lock) linkHolder(en *entry) {
-	l.holders.pushBack(en, inLock)
-	l.held++
-}
-
-func (l *lock) unlinkHolder(en *entry) {
-	l.holders.remove(en, inLock)
-	l.held--
-}
-
 func (l *lock) pushWaiter(en *entry) {
 	l.waiters.pushBack(en, inLock)
 	l.waiting++
@@ -173,27 +163,6 @@ func (l *lock) unlinkWaiter(en *entry) {
 	if en.owner != nil {
 		en.owner.waits--
 	}
-}
-
-// oldestSeq is the registration number of o's oldest request; 0 when it
-// has none.
-func (o *owner) oldestSeq() uint64 {
-	if o.entries.head == nil {
-		return 0
-	}
-	return o.entries.head.seq
-}
-
-func (o *owner) link(en *entry) {
-	en.owner = o
-	o.entries.pushBack(en, inOwner)
-	o.n++
-}
-
-func (o *owner) unlink(en *entry) {
-	o.entries.remove(en, inOwner)
-	en.owner = nil
-	o.n--
 }
 
 // stopTimer cancels en's timer, if any. A timer that could not be stopped
