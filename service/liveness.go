@@ -49,11 +49,10 @@ type liveness struct {
 	keepOnDisconnect bool
 
 	sub     *nats.Subscription // advisories; nil without a system connection
-	kick    chan struct{}      // asks the sweeper goroutine to sweep now
 	status  chan nats.Status   // disconnects and reconnects of the service's connection
 	sysStat chan nats.Status   // reconnects of the system connection
 	stop    chan struct{}      // closed by close
-	wg      sync.WaitGroup     // the two goroutines
+	wg      sync.WaitGroup     // the sweeper goroutine
 
 	mu        sync.Mutex     // guards the fields below and serializes sweeps
 	missing   map[string]int // server id → sweeps in a row it did not answer
@@ -79,7 +78,7 @@ type liveness struct {
 
 func newLiveness(owners ownerTable, nc, sys *nats.Conn, log *slog.Logger, sweepInterval time.Duration, keepOnDisconnect bool) *liveness {
 	return &liveness{owners: owners, nc: nc, sys: sys, log: log, sweepInterval: sweepInterval, keepOnDisconnect: keepOnDisconnect,
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), missing: map[string]int{},
+		stop: make(chan struct{}), missing: map[string]int{},
 		ids: map[string]string{}, names: map[string]string{}, replaced: map[string]bool{}, issued: map[string]uint64{}}
 }
 
@@ -120,36 +119,13 @@ func (l *liveness) start() error {
 	if l.sys != nil {
 		l.sysStat = l.sys.StatusChanged(nats.CONNECTED)
 	}
-	l.wg.Add(2)
-	go l.watchStatus()
+	l.wg.Add(1)
 	go l.run()
 	return nil
 }
 
-// watchStatus follows the service connection's status, and asks for a
-// sweep after a reconnect: advisories may have been missed meanwhile.
-func (l *liveness) watchStatus() {
-	defer l.wg.Done()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case st := <-l.status:
-			if st != nats.CONNECTED {
-				l.log.Warn("disconnected from NATS")
-				continue
-			}
-			l.noteServer(l.nc.ConnectedServerName(), l.nc.ConnectedServerId())
-			l.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
-			select {
-			case l.kick <- struct{}{}:
-			default: // a sweep is asked for already
-			}
-		}
-	}
-}
-
-// run is the sweeper goroutine.
+// run is the sweeper goroutine. Besides every sweepInterval, it sweeps
+// after a reconnect: advisories may have been missed meanwhile.
 func (l *liveness) run() {
 	defer l.wg.Done()
 	var tick <-chan time.Time
@@ -163,10 +139,16 @@ func (l *liveness) run() {
 		case <-l.stop:
 			return
 		case <-tick:
+		case st := <-l.status:
+			if st != nats.CONNECTED {
+				l.log.Warn("disconnected from NATS")
+				continue
+			}
+			l.noteServer(l.nc.ConnectedServerName(), l.nc.ConnectedServerId())
+			l.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
 		case <-l.sysStat: // a nil channel (no system connection) never fires
 			l.noteServer(l.sys.ConnectedServerName(), l.sys.ConnectedServerId())
 			l.log.Info("system connection reconnected; sweeping for disconnects missed meanwhile")
-		case <-l.kick:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 		if err := l.sweep(ctx); err != nil {
