@@ -9,6 +9,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -80,27 +81,15 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Prefix == "" {
-		c.Prefix = subjects.DefaultPrefix
-	}
-	if c.MaxNameLength <= 0 {
-		c.MaxNameLength = subjects.DefaultMaxNameLength
-	}
-	if c.MaxBodyBytes <= 0 {
-		c.MaxBodyBytes = 64 << 10
-	}
+	c.Prefix = cmp.Or(c.Prefix, subjects.DefaultPrefix)
+	c.MaxNameLength = positiveOr(c.MaxNameLength, subjects.DefaultMaxNameLength)
+	c.MaxBodyBytes = positiveOr(c.MaxBodyBytes, 64<<10)
 	c.MaxLocks = limitOrDefault(c.MaxLocks, 1_000_000)
 	c.MaxWaitersPerLock = limitOrDefault(c.MaxWaitersPerLock, 100_000)
 	c.MaxWaitsPerConnection = limitOrDefault(c.MaxWaitsPerConnection, 10_000)
-	if c.AnonymousLockTimeout <= 0 {
-		c.AnonymousLockTimeout = 60 * time.Second
-	}
-	if c.SweepInterval == 0 {
-		c.SweepInterval = 30 * time.Second
-	}
-	if c.Version == "" {
-		c.Version = "0.0.0-dev"
-	}
+	c.AnonymousLockTimeout = positiveOr(c.AnonymousLockTimeout, 60*time.Second)
+	c.SweepInterval = cmp.Or(c.SweepInterval, 30*time.Second)
+	c.Version = cmp.Or(c.Version, "0.0.0-dev")
 	return c
 }
 
@@ -117,16 +106,21 @@ func (c Config) check() error {
 	return nil
 }
 
+// positiveOr returns v if it is positive, else def.
+func positiveOr[T int | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
 // limitOrDefault maps 0 to def and a negative limit to 0, the engine's
 // "no limit".
 func limitOrDefault(v, def int) int {
-	switch {
-	case v == 0:
-		return def
-	case v < 0:
+	if v < 0 {
 		return 0
 	}
-	return v
+	return cmp.Or(v, def)
 }
 
 // Service is a running lock service.
