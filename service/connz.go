@@ -145,12 +145,10 @@ type connzReply struct {
 // connList collects the servers' connection lists, page by page. Servers
 // are keyed by id: a restarted server has a new one.
 type connList struct {
-	live  map[string]map[uint64]struct{} // server id → open client ids
-	names map[string]string              // server id → server name
-	// highest is, by server id, the highest client id listed.
-	highest map[string]uint64
-	last    map[string]uint64 // server id → highest client id of its latest page
-	done    map[string]bool   // the server's list is complete, or given up
+	live    map[string]map[uint64]struct{} // server id → open client ids
+	names   map[string]string              // server id → server name
+	highest map[string]uint64              // server id → highest client id listed
+	done    map[string]bool                // the server's list is complete, or given up
 	// gaps names the servers whose list may lack open connections: their
 	// pages shifted by more than the overlap while they were read. Their
 	// owners must not be judged by this sweep.
@@ -159,14 +157,15 @@ type connList struct {
 
 func newConnList() *connList {
 	return &connList{live: map[string]map[uint64]struct{}{}, names: map[string]string{}, highest: map[string]uint64{},
-		last: map[string]uint64{}, done: map[string]bool{}, gaps: map[string]bool{}}
+		done: map[string]bool{}, gaps: map[string]bool{}}
 }
 
 // add records one server's page, asked for at offset, and reports whether
 // that server has more pages. A page after the first must begin at or
-// below the highest client id of the page before (the pages overlap):
-// if it begins above it, connections that closed meanwhile shifted some
-// open ones past this page's start, and they are missing from the list.
+// below the highest client id listed so far, the last of the page before
+// (the pages overlap): if it begins above it, connections that closed
+// meanwhile shifted some open ones past this page's start, and they are
+// missing from the list.
 func (c *connList) add(r connzReply, offset int) (more bool) {
 	id := r.Server.ID
 	c.names[id] = r.Server.Name
@@ -179,7 +178,7 @@ func (c *connList) add(r connzReply, offset int) (more bool) {
 		return false // a page past the end of a list already complete
 	}
 	conns := r.Data.Conns
-	if offset > 0 && (len(conns) == 0 || conns[0].CID > c.last[id]) {
+	if offset > 0 && (len(conns) == 0 || conns[0].CID > c.highest[id]) {
 		c.gaps[id], c.done[id] = true, true
 		return false
 	}
@@ -190,9 +189,6 @@ func (c *connList) add(r connzReply, offset int) (more bool) {
 		}
 		set[conn.CID] = struct{}{}
 		c.highest[id] = max(c.highest[id], conn.CID)
-	}
-	if len(conns) > 0 {
-		c.last[id] = conns[len(conns)-1].CID
 	}
 	if r.Data.Offset+len(conns) >= r.Data.Total || c.gaps[id] {
 		c.done[id] = true
