@@ -23,16 +23,6 @@ import (
 	"github.com/ldlm-io/ldlm/service/engine"
 )
 
-// Buckets of the histograms, in seconds.
-var (
-	// WaitBuckets: from 100µs (a waiter granted by the next unlock on the
-	// same machine) to 60s.
-	WaitBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-		0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
-	// HoldBuckets: from 1ms to an hour.
-	HoldBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600}
-)
-
 // Metrics holds the service's metrics in a registry of its own. Its
 // methods are safe for concurrent use.
 type Metrics struct {
@@ -77,14 +67,17 @@ func New() *Metrics {
 	}
 
 	m.waitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "ldlm_wait_seconds",
-		Help:    "How long granted waiters waited before their grant.",
-		Buckets: WaitBuckets,
+		Name: "ldlm_wait_seconds",
+		Help: "How long granted waiters waited before their grant.",
+		// From 100µs (a waiter granted by the next unlock on the same
+		// machine) to 60s.
+		Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+			0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
 	})
 	m.holdSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "ldlm_hold_seconds",
 		Help:    "How long grants were held, whatever ended them.",
-		Buckets: HoldBuckets,
+		Buckets: []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600}, // 1ms to an hour
 	})
 
 	m.reg.MustRegister(
@@ -126,10 +119,6 @@ func (m *Metrics) Observe(ev engine.Event) {
 // svc.Engine().Stats. Until it is called (or after it is called with nil)
 // the gauges are absent.
 func (m *Metrics) SetStats(stats func() engine.Stats) { m.stats.fn.Store(&stats) }
-
-// Registry is the registry the metrics are in, to add more collectors or
-// gather them directly.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Handler serves the metrics in the Prometheus exposition formats; mount it
 // on /metrics.
