@@ -12,8 +12,6 @@ import (
 // A service that can no longer do its job stops answering, loudly, rather
 // than living on silently dead: Done and Err tell its owner (ldlm exits 1,
 // for a supervisor to restart it), and micro discovery no longer lists it.
-// Finding an older instance serving the same prefix is such a case (see
-// instances.go).
 
 // Done is closed when the service stopped answering by itself: one of its
 // NATS connections was closed for good (nats.go gave up reconnecting, or

@@ -70,9 +70,7 @@ func (r *recent[K]) dropOldest() {
 	}
 	// Reuse the slice's front once half of it is spent, so that it does
 	// not grow without end.
-	if r.head == len(r.order) {
-		r.order, r.head = r.order[:0], 0
-	} else if r.head > len(r.order)/2 && r.head > 64 {
+	if r.head > len(r.order)/2 {
 		n := copy(r.order, r.order[r.head:])
 		clear(r.order[n:])
 		r.order, r.head = r.order[:n], 0
