@@ -23,17 +23,15 @@ const (
 	accountConnz = "$SYS.REQ.ACCOUNT.PING.CONNZ"
 )
 
-// checkSystemAccount makes sure sys is in the system account. A
-// connection in an application account can subscribe to the advisory
-// subjects and send serverConnz without any error, since the server maps
-// that request to the account's own connections; but it receives no
-// advisories, and the sweep would see only that account's connections and
+// checkSystemAccount makes sure sys is in the system account. In an
+// application account it could subscribe to the advisories and send
+// serverConnz without error, but it would receive no advisories, and the
+// server would list that account's connections only: the sweep would
 // release the locks of every live connection of the other accounts.
 //
 // The check uses serverConnz only, the one request the system user needs
 // permission for: asked through sys, the server must list the service's
-// own connection nc, in another account than sys. An account-scoped
-// listing shows only connections of sys's account.
+// own connection nc, in another account than sys.
 func checkSystemAccount(nc, sys *nats.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), connzFirstAnswer)
 	defer cancel()

@@ -44,9 +44,17 @@ func (s *Service) handle(req micro.Request) {
 	case subjects.OpLock, subjects.OpTryLock:
 		s.lock(req, r)
 	case subjects.OpUnlock:
-		s.unlock(req, r)
+		if _, err := s.engine.Unlock(s.engineName(r.Account, r.Name), r.Key); err != nil {
+			s.fail(req, r, err)
+		} else {
+			s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
+		}
 	case subjects.OpRenew:
-		s.renew(req, r)
+		if g, err := s.engine.Renew(s.engineName(r.Account, r.Name), r.Key, r.LockTimeout()); err != nil {
+			s.fail(req, r, err)
+		} else {
+			s.respondGrant(req, r, g)
+		}
 	}
 }
 
@@ -104,23 +112,6 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 	default:
 		s.respondGrant(req, r, g)
 	}
-}
-
-func (s *Service) unlock(req micro.Request, r subjects.Request) {
-	if _, err := s.engine.Unlock(s.engineName(r.Account, r.Name), r.Key); err != nil {
-		s.fail(req, r, err)
-		return
-	}
-	s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
-}
-
-func (s *Service) renew(req micro.Request, r subjects.Request) {
-	g, err := s.engine.Renew(s.engineName(r.Account, r.Name), r.Key, r.LockTimeout())
-	if err != nil {
-		s.fail(req, r, err)
-		return
-	}
-	s.respondGrant(req, r, g)
 }
 
 // respondGrant replies with grant g, or with Unavailable once Stop has

@@ -38,13 +38,18 @@ func (s *Service) stepDown(err error) {
 	s.failOnce.Do(func() {
 		s.log.Error("lock service stopped answering", "err", err)
 		s.failErr = err
-		if s.micro != nil {
-			if err := s.micro.Stop(); err != nil {
-				s.log.Warn("stopping micro service", "err", err)
-			}
-		}
+		s.stopMicro()
 		close(s.failed)
 	})
+}
+
+// stopMicro stops answering: micro drains the subscriptions.
+func (s *Service) stopMicro() {
+	if s.micro != nil {
+		if err := s.micro.Stop(); err != nil {
+			s.log.Warn("stopping micro service", "err", err)
+		}
+	}
 }
 
 // ErrConnectionClosed is why a service stops itself when one of its NATS
@@ -57,16 +62,17 @@ var ErrConnectionClosed = errors.New("a NATS connection of the lock service was 
 // when their owners die), or when an older instance serves its prefix,
 // which it checks every sweep interval.
 func (s *Service) watch() {
-	s.ncClosed = s.nc.StatusChanged(nats.CLOSED)
+	ncClosed := s.nc.StatusChanged(nats.CLOSED)
+	var sysClosed chan nats.Status // nil without a system connection: never fires
 	if s.sys != nil {
-		s.sysClosed = s.sys.StatusChanged(nats.CLOSED)
+		sysClosed = s.sys.StatusChanged(nats.CLOSED)
 	}
 	// A connection closed before the listener was added sends nothing.
 	if s.nc.IsClosed() {
-		s.ncClosed <- nats.CLOSED
+		ncClosed <- nats.CLOSED
 	}
 	if s.sys != nil && s.sys.IsClosed() {
-		s.sysClosed <- nats.CLOSED
+		sysClosed <- nats.CLOSED
 	}
 	closed := func(which string, nc *nats.Conn) error {
 		err := fmt.Errorf("%w: the %s connection", ErrConnectionClosed, which)
@@ -82,6 +88,10 @@ func (s *Service) watch() {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer s.nc.RemoveStatusListener(ncClosed)
+		if sysClosed != nil {
+			defer s.sys.RemoveStatusListener(sysClosed)
+		}
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
@@ -89,9 +99,9 @@ func (s *Service) watch() {
 			select {
 			case <-s.stop:
 				return
-			case <-s.ncClosed:
+			case <-ncClosed:
 				err = closed("service", s.nc)
-			case <-s.sysClosed: // nil without a system connection: never fires
+			case <-sysClosed:
 				err = closed("system account", s.sys)
 			case <-t.C:
 				ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)

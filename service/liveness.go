@@ -38,15 +38,12 @@ type ownerTable interface {
 // track about servers is only which name has which id (for clients that
 // send the name) and which client ids each has handed out (see issued).
 type liveness struct {
-	owners ownerTable
-	nc     *nats.Conn // the service's connection: its own server, and the list without sys
-	sys    *nats.Conn // system account: advisories and all connections; may be nil
-	log    *slog.Logger
-	// sweepInterval is how often to sweep; not positive: only at start and
-	// after reconnects.
-	sweepInterval time.Duration
-	// keepOnDisconnect follows connections but releases nothing.
-	keepOnDisconnect bool
+	owners           ownerTable
+	nc               *nats.Conn // the service's connection: its own server, and the list without sys
+	sys              *nats.Conn // system account: advisories and all connections; may be nil
+	log              *slog.Logger
+	sweepInterval    time.Duration // not positive: sweep only at start and after reconnects
+	keepOnDisconnect bool          // follow connections but release nothing
 
 	sub     *nats.Subscription // advisories; nil without a system connection
 	status  chan nats.Status   // disconnects and reconnects of the service's connection

@@ -141,9 +141,6 @@ type Service struct {
 	failed   chan struct{} // closed when the service stopped itself
 	failErr  error         // why; written before failed is closed
 
-	// ncClosed and sysClosed hear that a connection was closed for good.
-	ncClosed, sysClosed chan nats.Status
-
 	// replyMu orders grant replies and the stop announcement: once stopping
 	// is set (and the stop announced), no grant reply is sent.
 	replyMu  sync.Mutex
@@ -213,11 +210,11 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.engine.Close()
 		return nil, err
 	}
-	s.watch()
 	if err := s.register(); err != nil {
 		s.Stop()
 		return nil, err
 	}
+	s.watch() // after register, which sets the fields that watch reads
 	s.announce(subjects.InstanceStarted)
 	log.Info("lock service ready", "instance", s.id, "prefix", cfg.Prefix, "liveness", s.live.source(),
 		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval)
@@ -296,17 +293,9 @@ func (s *Service) Stop() {
 			s.announce(subjects.InstanceStopped)
 		}
 		s.replyMu.Unlock()
-		if s.micro != nil {
-			if err := s.micro.Stop(); err != nil {
-				s.log.Warn("stopping micro service", "err", err)
-			}
-		}
+		s.stopMicro()
 		s.wg.Wait()
 		s.live.close()
-		s.nc.RemoveStatusListener(s.ncClosed)
-		if s.sysClosed != nil {
-			s.sys.RemoveStatusListener(s.sysClosed)
-		}
 		// Get the Unavailable replies to the server before the caller
 		// closes the connection.
 		if err := s.nc.FlushTimeout(2 * time.Second); err != nil {
