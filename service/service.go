@@ -249,13 +249,21 @@ func (s *Service) register() error {
 	// One endpoint, so one subscription, for all four lock operations:
 	// NATS delivers one publisher's messages to one subscription in the
 	// order they were sent, so an unlock is always read after the lock
-	// request its client sent first (see handle).
-	subject := s.cfg.Prefix + ".>"
-	if err := svc.AddEndpoint(RequestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
-		return fmt.Errorf("adding endpoint %s: %w", subject, err)
+	// request its client sent first (see handle). The operators' endpoints
+	// are under PREFIX.admin.
+	endpoints := []struct {
+		name, subject string
+		handler       micro.HandlerFunc
+	}{
+		{RequestsEndpoint, s.cfg.Prefix + ".>", s.handle},
+		{"admin_list", subjects.AdminSubject(s.cfg.Prefix, subjects.OpAdminList, ""), s.adminList},
+		{"admin_status", subjects.AdminSubject(s.cfg.Prefix, subjects.OpAdminStatus, ""), s.adminStatus},
+		{"admin_unlock", s.cfg.Prefix + "." + subjects.OpAdminUnlock + ".>", s.adminUnlock},
 	}
-	if err := s.registerAdmin(svc); err != nil {
-		return fmt.Errorf("adding admin endpoints: %w", err)
+	for _, e := range endpoints {
+		if err := svc.AddEndpoint(e.name, e.handler, micro.WithEndpointSubject(e.subject)); err != nil {
+			return fmt.Errorf("adding endpoint %s: %w", e.subject, err)
+		}
 	}
 	// Ready means subscribed: make sure the server has our subscriptions
 	// before anyone is told the service is up.

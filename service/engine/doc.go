@@ -52,17 +52,9 @@
 //
 // # Owners
 //
-// Each request may name an owner, usually the client connection. When the
-// owner goes away, ReleaseOwner releases its grants and drops its waits in
-// one call; OwnerMark and ReleaseStaleOwners let a periodic sweep release
-// owners whose disconnection was missed.
-//
-// # Files
-//
-// engine.go holds the types, options and the Engine itself; acquire.go
-// takes slots, release.go gives them back, owners.go ends what a departed
-// owner holds, pool.go makes and recycles records, state.go holds the
-// records and their lists, snapshot.go the views for operators, gone.go the
-// memory of departed owners. An owner is a subjects.Owner, the one wire
-// type the engine uses; it imports nothing of NATS.
+// Each request may name an owner (a subjects.Owner, the one wire type the
+// engine uses), usually the client connection. When the owner goes away,
+// ReleaseOwner releases its grants and drops its waits in one call;
+// OwnerMark and ReleaseStaleOwners let a periodic sweep release owners
+// whose disconnection was missed.
 package engine

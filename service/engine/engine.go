@@ -97,7 +97,7 @@ type Engine struct {
 
 	// mu guards all the fields below and every lock, entry and owner record
 	// reachable from them; nothing else in the engine is mutable. Done
-	// callbacks and the alive function of ReleaseStaleOwners are always
+	// callbacks and the state function of ReleaseStaleOwners are always
 	// called with mu released. Clock.Now, Clock.AfterFunc and Timer.Stop are
 	// called with mu held; the timer functions take mu themselves.
 	mu        sync.Mutex
