@@ -82,19 +82,11 @@ func connzAccount(ctx context.Context, sys, conn *nats.Conn) (account string, fo
 		if err != nil {
 			return "", false, fmt.Errorf("no answer from server %s: %w", server, err)
 		}
-		var r struct {
-			Data struct {
-				ID    string `json:"server_id"`
-				Conns []struct {
-					CID     uint64 `json:"cid"`
-					Account string `json:"account"`
-				} `json:"connections"`
-			} `json:"data"`
-		}
+		var r connzReply
 		if err := json.Unmarshal(msg.Data, &r); err != nil {
 			return "", false, fmt.Errorf("unreadable answer: %w", err)
 		}
-		if r.Data.ID != server {
+		if r.Server.ID != server || r.Error != nil {
 			continue
 		}
 		for _, c := range r.Data.Conns {
@@ -128,16 +120,19 @@ type connzReply struct {
 		ID   string `json:"id"`
 	} `json:"server"`
 	Data struct {
-		Total  int `json:"total"`
-		Offset int `json:"offset"`
-		Conns  []struct {
-			CID uint64 `json:"cid"`
-		} `json:"connections"`
+		Total  int         `json:"total"`
+		Offset int         `json:"offset"`
+		Conns  []connzConn `json:"connections"`
 	} `json:"data"`
 	Error *struct {
 		Code        int    `json:"code"`
 		Description string `json:"description"`
 	} `json:"error"`
+}
+
+type connzConn struct {
+	CID     uint64 `json:"cid"`
+	Account string `json:"account"` // only when asked with "auth"; "" for $G
 }
 
 // connList collects the servers' connection lists, page by page. Servers
