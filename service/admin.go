@@ -11,24 +11,6 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
-// registerAdmin adds the operator endpoints under PREFIX.admin.
-func (s *Service) registerAdmin(svc micro.Service) error {
-	endpoints := []struct {
-		name, subject string
-		handler       micro.HandlerFunc
-	}{
-		{"admin_list", subjects.AdminSubject(s.cfg.Prefix, subjects.OpAdminList, ""), s.adminList},
-		{"admin_status", subjects.AdminSubject(s.cfg.Prefix, subjects.OpAdminStatus, ""), s.adminStatus},
-		{"admin_unlock", s.cfg.Prefix + "." + subjects.OpAdminUnlock + ".>", s.adminUnlock},
-	}
-	for _, e := range endpoints {
-		if err := svc.AddEndpoint(e.name, e.handler, micro.WithEndpointSubject(e.subject)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // adminList answers one page of the lock list. The page ends at the
 // request's limit, or before its JSON would pass subjects.MaxListPageBytes,
 // so that the reply always fits in a NATS message.

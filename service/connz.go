@@ -23,17 +23,15 @@ const (
 	accountConnz = "$SYS.REQ.ACCOUNT.PING.CONNZ"
 )
 
-// checkSystemAccount makes sure sys is in the system account. A
-// connection in an application account can subscribe to the advisory
-// subjects and send serverConnz without any error, since the server maps
-// that request to the account's own connections; but it receives no
-// advisories, and the sweep would see only that account's connections and
+// checkSystemAccount makes sure sys is in the system account. In an
+// application account it could subscribe to the advisories and send
+// serverConnz without error, but it would receive no advisories, and the
+// server would list that account's connections only: the sweep would
 // release the locks of every live connection of the other accounts.
 //
 // The check uses serverConnz only, the one request the system user needs
 // permission for: asked through sys, the server must list the service's
-// own connection nc, in another account than sys. An account-scoped
-// listing shows only connections of sys's account.
+// own connection nc, in another account than sys.
 func checkSystemAccount(nc, sys *nats.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), connzFirstAnswer)
 	defer cancel()
@@ -84,19 +82,11 @@ func connzAccount(ctx context.Context, sys, conn *nats.Conn) (account string, fo
 		if err != nil {
 			return "", false, fmt.Errorf("no answer from server %s: %w", server, err)
 		}
-		var r struct {
-			Data struct {
-				ID    string `json:"server_id"`
-				Conns []struct {
-					CID     uint64 `json:"cid"`
-					Account string `json:"account"`
-				} `json:"connections"`
-			} `json:"data"`
-		}
+		var r connzReply
 		if err := json.Unmarshal(msg.Data, &r); err != nil {
 			return "", false, fmt.Errorf("unreadable answer: %w", err)
 		}
-		if r.Data.ID != server {
+		if r.Server.ID != server || r.Error != nil {
 			continue
 		}
 		for _, c := range r.Data.Conns {
@@ -130,11 +120,9 @@ type connzReply struct {
 		ID   string `json:"id"`
 	} `json:"server"`
 	Data struct {
-		Total  int `json:"total"`
-		Offset int `json:"offset"`
-		Conns  []struct {
-			CID uint64 `json:"cid"`
-		} `json:"connections"`
+		Total  int         `json:"total"`
+		Offset int         `json:"offset"`
+		Conns  []connzConn `json:"connections"`
 	} `json:"data"`
 	Error *struct {
 		Code        int    `json:"code"`
@@ -142,15 +130,18 @@ type connzReply struct {
 	} `json:"error"`
 }
 
+type connzConn struct {
+	CID     uint64 `json:"cid"`
+	Account string `json:"account"` // only when asked with "auth"; "" for $G
+}
+
 // connList collects the servers' connection lists, page by page. Servers
 // are keyed by id: a restarted server has a new one.
 type connList struct {
-	live  map[string]map[uint64]struct{} // server id → open client ids
-	names map[string]string              // server id → server name
-	// highest is, by server id, the highest client id listed.
-	highest map[string]uint64
-	last    map[string]uint64 // server id → highest client id of its latest page
-	done    map[string]bool   // the server's list is complete, or given up
+	live    map[string]map[uint64]struct{} // server id → open client ids
+	names   map[string]string              // server id → server name
+	highest map[string]uint64              // server id → highest client id listed
+	done    map[string]bool                // the server's list is complete, or given up
 	// gaps names the servers whose list may lack open connections: their
 	// pages shifted by more than the overlap while they were read. Their
 	// owners must not be judged by this sweep.
@@ -159,14 +150,15 @@ type connList struct {
 
 func newConnList() *connList {
 	return &connList{live: map[string]map[uint64]struct{}{}, names: map[string]string{}, highest: map[string]uint64{},
-		last: map[string]uint64{}, done: map[string]bool{}, gaps: map[string]bool{}}
+		done: map[string]bool{}, gaps: map[string]bool{}}
 }
 
 // add records one server's page, asked for at offset, and reports whether
 // that server has more pages. A page after the first must begin at or
-// below the highest client id of the page before (the pages overlap):
-// if it begins above it, connections that closed meanwhile shifted some
-// open ones past this page's start, and they are missing from the list.
+// below the highest client id listed so far, the last of the page before
+// (the pages overlap): if it begins above it, connections that closed
+// meanwhile shifted some open ones past this page's start, and they are
+// missing from the list.
 func (c *connList) add(r connzReply, offset int) (more bool) {
 	id := r.Server.ID
 	c.names[id] = r.Server.Name
@@ -179,7 +171,7 @@ func (c *connList) add(r connzReply, offset int) (more bool) {
 		return false // a page past the end of a list already complete
 	}
 	conns := r.Data.Conns
-	if offset > 0 && (len(conns) == 0 || conns[0].CID > c.last[id]) {
+	if offset > 0 && (len(conns) == 0 || conns[0].CID > c.highest[id]) {
 		c.gaps[id], c.done[id] = true, true
 		return false
 	}
@@ -190,9 +182,6 @@ func (c *connList) add(r connzReply, offset int) (more bool) {
 		}
 		set[conn.CID] = struct{}{}
 		c.highest[id] = max(c.highest[id], conn.CID)
-	}
-	if len(conns) > 0 {
-		c.last[id] = conns[len(conns)-1].CID
 	}
 	if r.Data.Offset+len(conns) >= r.Data.Total || c.gaps[id] {
 		c.done[id] = true

@@ -19,17 +19,14 @@ const RequestsEndpoint = "requests"
 // handle answers every lock operation, PREFIX.OP.NAME. It is the handler of
 // one subscription to PREFIX.>, so it reads one connection's requests in
 // the order that connection sent them: an unlock that gives up a wait is
-// never read before the lock request it cancels. It runs on that
-// subscription's goroutine and never blocks: a lock that must wait is
-// parked in the engine and answered later from whichever goroutine frees
-// the slot.
+// never read before the lock request it cancels. It never blocks: a lock
+// that must wait is parked in the engine and answered later from whichever
+// goroutine frees the slot.
 //
-// The subscription also receives what is published under PREFIX. by
-// others (admin requests, which their own endpoints answer; notices and
-// events of another instance; the service's own are not echoed back,
-// see Start): only the four operations are answered. Anything else gets no
-// word, not even an error: another service may serve a longer prefix under
-// ours (PREFIX.team.lock.x), and its requesters take the first reply.
+// The subscription also receives admin requests, notices and events: only
+// the four operations are answered. Anything else gets no word, not even an
+// error: another service may serve a longer prefix under ours
+// (PREFIX.team.lock.x), and its requesters take the first reply.
 func (s *Service) handle(req micro.Request) {
 	// The subscription guarantees the PREFIX. in front.
 	op, tail, _ := strings.Cut(req.Subject()[len(s.cfg.Prefix)+1:], ".")
@@ -47,9 +44,17 @@ func (s *Service) handle(req micro.Request) {
 	case subjects.OpLock, subjects.OpTryLock:
 		s.lock(req, r)
 	case subjects.OpUnlock:
-		s.unlock(req, r)
+		if _, err := s.engine.Unlock(s.engineName(r.Account, r.Name), r.Key); err != nil {
+			s.fail(req, r, err)
+		} else {
+			s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
+		}
 	case subjects.OpRenew:
-		s.renew(req, r)
+		if g, err := s.engine.Renew(s.engineName(r.Account, r.Name), r.Key, r.LockTimeout()); err != nil {
+			s.fail(req, r, err)
+		} else {
+			s.respondGrant(req, r, g)
+		}
 	}
 }
 
@@ -107,23 +112,6 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 	default:
 		s.respondGrant(req, r, g)
 	}
-}
-
-func (s *Service) unlock(req micro.Request, r subjects.Request) {
-	if _, err := s.engine.Unlock(s.engineName(r.Account, r.Name), r.Key); err != nil {
-		s.fail(req, r, err)
-		return
-	}
-	s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
-}
-
-func (s *Service) renew(req micro.Request, r subjects.Request) {
-	g, err := s.engine.Renew(s.engineName(r.Account, r.Name), r.Key, r.LockTimeout())
-	if err != nil {
-		s.fail(req, r, err)
-		return
-	}
-	s.respondGrant(req, r, g)
 }
 
 // respondGrant replies with grant g, or with Unavailable once Stop has
@@ -202,8 +190,7 @@ func (s *Service) fail(req micro.Request, r subjects.Request, err error) {
 	s.replyError(req, e, body)
 }
 
-// replyError replies with e in the micro error headers and body, which
-// carries e too.
+// replyError replies with e in the micro error headers and in body.
 func (s *Service) replyError(req micro.Request, e *subjects.Error, body any) {
 	if err := req.Error(string(e.Code), e.Message, mustJSON(body)); err != nil {
 		s.log.Debug("error reply not sent", "subject", req.Subject(), "err", err)

@@ -1,8 +1,10 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -36,27 +38,41 @@ func (s *Service) stepDown(err error) {
 	s.failOnce.Do(func() {
 		s.log.Error("lock service stopped answering", "err", err)
 		s.failErr = err
-		if s.micro != nil {
-			if err := s.micro.Stop(); err != nil {
-				s.log.Warn("stopping micro service", "err", err)
-			}
-		}
+		s.stopMicro()
 		close(s.failed)
 	})
+}
+
+// stopMicro stops answering: micro drains the subscriptions.
+func (s *Service) stopMicro() {
+	if s.micro != nil {
+		if err := s.micro.Stop(); err != nil {
+			s.log.Warn("stopping micro service", "err", err)
+		}
+	}
 }
 
 // ErrConnectionClosed is why a service stops itself when one of its NATS
 // connections is closed for good.
 var ErrConnectionClosed = errors.New("a NATS connection of the lock service was closed for good")
 
-// watchConnections steps the service down when its connection, or its
-// system connection, is closed for good: without the first nobody can
-// reach it, without the second it would keep granting locks it can no
-// longer free when their owners die.
-func (s *Service) watchConnections() {
-	s.ncClosed = s.nc.StatusChanged(nats.CLOSED)
+// watch steps the service down when its connection, or its system
+// connection, is closed for good (without the first nobody can reach it,
+// without the second it would keep granting locks it can no longer free
+// when their owners die), or when an older instance serves its prefix,
+// which it checks every sweep interval.
+func (s *Service) watch() {
+	ncClosed := s.nc.StatusChanged(nats.CLOSED)
+	var sysClosed chan nats.Status // nil without a system connection: never fires
 	if s.sys != nil {
-		s.sysClosed = s.sys.StatusChanged(nats.CLOSED)
+		sysClosed = s.sys.StatusChanged(nats.CLOSED)
+	}
+	// A connection closed before the listener was added sends nothing.
+	if s.nc.IsClosed() {
+		ncClosed <- nats.CLOSED
+	}
+	if s.sys != nil && s.sys.IsClosed() {
+		sysClosed <- nats.CLOSED
 	}
 	closed := func(which string, nc *nats.Conn) error {
 		err := fmt.Errorf("%w: the %s connection", ErrConnectionClosed, which)
@@ -65,24 +81,38 @@ func (s *Service) watchConnections() {
 		}
 		return err
 	}
+	every := s.cfg.SweepInterval
+	if every <= 0 {
+		every = rivalCheckInterval
+	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		// A connection closed before the listener was added sends nothing.
-		switch {
-		case s.nc.IsClosed():
-			s.stepDown(closed("service", s.nc))
-			return
-		case s.sys != nil && s.sys.IsClosed():
-			s.stepDown(closed("system account", s.sys))
-			return
+		defer s.nc.RemoveStatusListener(ncClosed)
+		if sysClosed != nil {
+			defer s.sys.RemoveStatusListener(sysClosed)
 		}
-		select {
-		case <-s.stop:
-		case <-s.ncClosed:
-			s.stepDown(closed("service", s.nc))
-		case <-s.sysClosed: // nil without a system connection: never fires
-			s.stepDown(closed("system account", s.sys))
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			var err error
+			select {
+			case <-s.stop:
+				return
+			case <-ncClosed:
+				err = closed("service", s.nc)
+			case <-sysClosed:
+				err = closed("system account", s.sys)
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+				err = s.checkRivals(ctx)
+				cancel()
+				if !errors.Is(err, ErrDuplicateInstance) {
+					continue
+				}
+			}
+			s.stepDown(err)
+			return
 		}
 	}()
 }

@@ -12,8 +12,8 @@ import (
 
 // Two lock services answering the same prefix on the same NATS would both
 // grant the same lock. So an instance looks for others (through micro's
-// $SRV.PING) before it answers, again right after it subscribed, and at
-// every sweep; the younger of two steps down, loudly.
+// $SRV.PING) before it answers, again right after it subscribed, and then
+// every sweep interval (see watch); the younger of two steps down, loudly.
 
 // ErrDuplicateInstance is why a service refuses to start or stops itself:
 // another instance serves the same subject prefix.
@@ -35,25 +35,6 @@ type pingReply struct {
 	Metadata map[string]string `json:"metadata"`
 }
 
-// rivals returns the other instances that serve our prefix.
-func (s *Service) rivals(ctx context.Context) ([]pingReply, error) {
-	msgs, err := gather(ctx, s.nc, "$SRV.PING."+ServiceName, nil, pingFirstAnswer)
-	if err != nil {
-		return nil, err
-	}
-	var out []pingReply
-	for _, msg := range msgs {
-		var r pingReply
-		if json.Unmarshal(msg.Data, &r) != nil {
-			continue
-		}
-		if r.ID != s.id && r.Metadata[metaPrefix] == s.cfg.Prefix {
-			out = append(out, r)
-		}
-	}
-	return out, nil
-}
-
 // yieldsTo reports whether this instance must step down for r: the older
 // instance keeps serving, since clients hold its locks. An instance whose
 // age cannot be read is taken to be older.
@@ -71,11 +52,15 @@ func (s *Service) yieldsTo(r pingReply) bool {
 // checkRivals steps down (returns ErrDuplicateInstance) if an older
 // instance serves our prefix, and warns about younger ones.
 func (s *Service) checkRivals(ctx context.Context) error {
-	rivals, err := s.rivals(ctx)
+	msgs, err := gather(ctx, s.nc, "$SRV.PING."+ServiceName, nil, pingFirstAnswer)
 	if err != nil {
 		return fmt.Errorf("looking for other instances: %w", err)
 	}
-	for _, r := range rivals {
+	for _, msg := range msgs {
+		var r pingReply
+		if json.Unmarshal(msg.Data, &r) != nil || r.ID == s.id || r.Metadata[metaPrefix] != s.cfg.Prefix {
+			continue
+		}
 		if s.yieldsTo(r) {
 			s.log.Error("another instance serves this prefix and is older: stepping down",
 				"prefix", s.cfg.Prefix, "other_instance", r.ID, "this_instance", s.id)
@@ -90,35 +75,6 @@ func (s *Service) checkRivals(ctx context.Context) error {
 // rivalCheckInterval is how often a running service looks for rivals when
 // it sweeps only at start and after reconnects.
 const rivalCheckInterval = 30 * time.Second
-
-// watchRivals looks for rivals every sweep interval for as long as the
-// service runs, and steps down if an older one serves the same prefix.
-func (s *Service) watchRivals() {
-	every := s.cfg.SweepInterval
-	if every <= 0 {
-		every = rivalCheckInterval
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-s.stop:
-				return
-			case <-t.C:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
-			err := s.checkRivals(ctx)
-			cancel()
-			if errors.Is(err, ErrDuplicateInstance) {
-				s.stepDown(err)
-				return
-			}
-		}
-	}()
-}
 
 // announce tells clients that this instance started or stopped: locks
 // granted by any other instance are gone (see subjects.InstanceNotice).

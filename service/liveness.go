@@ -30,32 +30,26 @@ type ownerTable interface {
 // liveness releases the locks of connections that closed: at once on the
 // server's DISCONNECT advisory, and by a sweep that compares lock owners with
 // the servers' connection lists, for advisories that were missed (while the
-// service reconnected, or without system account access). It is told about
-// connections by NATS (advisories, lists, its own connections' status) and
-// tells the owner table which owners are gone; it knows nothing else of the
-// service.
+// service reconnected, or without system account access). It knows nothing
+// of the service but the owner table.
 //
 // Owners are server id and client id (subjects.Owner). A restarted server
 // has a new id, so an owner never names two connections; what liveness must
 // track about servers is only which name has which id (for clients that
 // send the name) and which client ids each has handed out (see issued).
 type liveness struct {
-	owners ownerTable
-	nc     *nats.Conn // the service's connection: its own server, and the list without sys
-	sys    *nats.Conn // system account: advisories and all connections; may be nil
-	log    *slog.Logger
-	// sweepInterval is how often to sweep; not positive: only at start and
-	// after reconnects.
-	sweepInterval time.Duration
-	// keepOnDisconnect follows connections but releases nothing.
-	keepOnDisconnect bool
+	owners           ownerTable
+	nc               *nats.Conn // the service's connection: its own server, and the list without sys
+	sys              *nats.Conn // system account: advisories and all connections; may be nil
+	log              *slog.Logger
+	sweepInterval    time.Duration // not positive: sweep only at start and after reconnects
+	keepOnDisconnect bool          // follow connections but release nothing
 
 	sub     *nats.Subscription // advisories; nil without a system connection
-	kick    chan struct{}      // asks the sweeper goroutine to sweep now
 	status  chan nats.Status   // disconnects and reconnects of the service's connection
 	sysStat chan nats.Status   // reconnects of the system connection
 	stop    chan struct{}      // closed by close
-	wg      sync.WaitGroup     // the two goroutines
+	wg      sync.WaitGroup     // the sweeper goroutine
 
 	mu        sync.Mutex     // guards the fields below and serializes sweeps
 	missing   map[string]int // server id → sweeps in a row it did not answer
@@ -71,19 +65,17 @@ type liveness struct {
 	// late advisory or listing of a former life must not make it current
 	// again, and its connections are all gone.
 	replaced map[string]bool
-	// issued is, by server id, the highest client id known to have been
-	// handed out by that server: seen in its connection list or in a
-	// disconnect advisory. A server hands client ids out in increasing
-	// order, so an owner at or below it named a connection that existed.
-	// Only such owners are remembered as gone when a sweep releases them:
-	// a forged owner naming an id not handed out yet must not turn away
-	// the genuine connection that gets that id later.
+	// issued is, by server id, the highest client id seen in its list or
+	// an advisory. Client ids are handed out in increasing order, so an
+	// owner at or below it named a connection that existed: only such
+	// owners are remembered as gone, so that a forged owner naming an id
+	// not handed out yet does not turn away the connection that gets it.
 	issued map[string]uint64
 }
 
 func newLiveness(owners ownerTable, nc, sys *nats.Conn, log *slog.Logger, sweepInterval time.Duration, keepOnDisconnect bool) *liveness {
 	return &liveness{owners: owners, nc: nc, sys: sys, log: log, sweepInterval: sweepInterval, keepOnDisconnect: keepOnDisconnect,
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), missing: map[string]int{},
+		stop: make(chan struct{}), missing: map[string]int{},
 		ids: map[string]string{}, names: map[string]string{}, replaced: map[string]bool{}, issued: map[string]uint64{}}
 }
 
@@ -124,36 +116,13 @@ func (l *liveness) start() error {
 	if l.sys != nil {
 		l.sysStat = l.sys.StatusChanged(nats.CONNECTED)
 	}
-	l.wg.Add(2)
-	go l.watchStatus()
+	l.wg.Add(1)
 	go l.run()
 	return nil
 }
 
-// watchStatus follows the service connection's status, and asks for a
-// sweep after a reconnect: advisories may have been missed meanwhile.
-func (l *liveness) watchStatus() {
-	defer l.wg.Done()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case st := <-l.status:
-			if st != nats.CONNECTED {
-				l.log.Warn("disconnected from NATS")
-				continue
-			}
-			l.noteServer(l.nc.ConnectedServerName(), l.nc.ConnectedServerId())
-			l.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
-			select {
-			case l.kick <- struct{}{}:
-			default: // a sweep is asked for already
-			}
-		}
-	}
-}
-
-// run is the sweeper goroutine.
+// run is the sweeper goroutine. Besides every sweepInterval, it sweeps
+// after a reconnect: advisories may have been missed meanwhile.
 func (l *liveness) run() {
 	defer l.wg.Done()
 	var tick <-chan time.Time
@@ -167,10 +136,16 @@ func (l *liveness) run() {
 		case <-l.stop:
 			return
 		case <-tick:
+		case st := <-l.status:
+			if st != nats.CONNECTED {
+				l.log.Warn("disconnected from NATS")
+				continue
+			}
+			l.noteServer(l.nc.ConnectedServerName(), l.nc.ConnectedServerId())
+			l.log.Info("reconnected to NATS; sweeping for disconnects missed meanwhile")
 		case <-l.sysStat: // a nil channel (no system connection) never fires
 			l.noteServer(l.sys.ConnectedServerName(), l.sys.ConnectedServerId())
 			l.log.Info("system connection reconnected; sweeping for disconnects missed meanwhile")
-		case <-l.kick:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 		if err := l.sweep(ctx); err != nil {
@@ -187,9 +162,7 @@ func (l *liveness) close() {
 	if l.sub != nil {
 		_ = l.sub.Unsubscribe()
 	}
-	if l.status != nil {
-		l.nc.RemoveStatusListener(l.status)
-	}
+	l.nc.RemoveStatusListener(l.status)
 	if l.sysStat != nil {
 		l.sys.RemoveStatusListener(l.sysStat)
 	}

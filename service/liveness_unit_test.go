@@ -19,9 +19,7 @@ func page(server string, offset, total int, cids ...uint64) connzReply {
 	r.Server.Name, r.Server.ID = server, server+"-id"
 	r.Data.Offset, r.Data.Total = offset, total
 	for _, cid := range cids {
-		r.Data.Conns = append(r.Data.Conns, struct {
-			CID uint64 `json:"cid"`
-		}{cid})
+		r.Data.Conns = append(r.Data.Conns, connzConn{CID: cid})
 	}
 	return r
 }

@@ -9,6 +9,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,11 +27,8 @@ import (
 // ServiceName is the NATS micro service name: `nats micro info ldlm`.
 const ServiceName = "ldlm"
 
-// The memory of closed connections (see engine.WithGoneOwnerMemory). The
-// service hears that a connection closed through an advisory, on another
-// NATS connection than the one the requests come on, so a request sent
-// just before the close can be read just after it. Seconds are plenty for
-// that; the bound keeps a storm of disconnects from growing memory.
+// The memory of closed connections (see engine.WithGoneOwnerMemory): seconds
+// are plenty, and the bound keeps a storm of disconnects from growing memory.
 const (
 	goneOwnerWindow = 10 * time.Second
 	goneOwnerMemory = 10_000
@@ -83,27 +81,15 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Prefix == "" {
-		c.Prefix = subjects.DefaultPrefix
-	}
-	if c.MaxNameLength <= 0 {
-		c.MaxNameLength = subjects.DefaultMaxNameLength
-	}
-	if c.MaxBodyBytes <= 0 {
-		c.MaxBodyBytes = 64 << 10
-	}
+	c.Prefix = cmp.Or(c.Prefix, subjects.DefaultPrefix)
+	c.MaxNameLength = positiveOr(c.MaxNameLength, subjects.DefaultMaxNameLength)
+	c.MaxBodyBytes = positiveOr(c.MaxBodyBytes, 64<<10)
 	c.MaxLocks = limitOrDefault(c.MaxLocks, 1_000_000)
 	c.MaxWaitersPerLock = limitOrDefault(c.MaxWaitersPerLock, 100_000)
 	c.MaxWaitsPerConnection = limitOrDefault(c.MaxWaitsPerConnection, 10_000)
-	if c.AnonymousLockTimeout <= 0 {
-		c.AnonymousLockTimeout = 60 * time.Second
-	}
-	if c.SweepInterval == 0 {
-		c.SweepInterval = 30 * time.Second
-	}
-	if c.Version == "" {
-		c.Version = "0.0.0-dev"
-	}
+	c.AnonymousLockTimeout = positiveOr(c.AnonymousLockTimeout, 60*time.Second)
+	c.SweepInterval = cmp.Or(c.SweepInterval, 30*time.Second)
+	c.Version = cmp.Or(c.Version, "0.0.0-dev")
 	return c
 }
 
@@ -120,16 +106,21 @@ func (c Config) check() error {
 	return nil
 }
 
+// positiveOr returns v if it is positive, else def.
+func positiveOr[T int | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
 // limitOrDefault maps 0 to def and a negative limit to 0, the engine's
 // "no limit".
 func limitOrDefault(v, def int) int {
-	switch {
-	case v == 0:
-		return def
-	case v < 0:
+	if v < 0 {
 		return 0
 	}
-	return v
+	return cmp.Or(v, def)
 }
 
 // Service is a running lock service.
@@ -150,9 +141,6 @@ type Service struct {
 	failed   chan struct{} // closed when the service stopped itself
 	failErr  error         // why; written before failed is closed
 
-	// ncClosed and sysClosed hear that a connection was closed for good.
-	ncClosed, sysClosed chan nats.Status
-
 	// replyMu orders grant replies and the stop announcement: once stopping
 	// is set (and the stop announced), no grant reply is sent.
 	replyMu  sync.Mutex
@@ -160,7 +148,7 @@ type Service struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the goroutines watching connections and rivals
+	wg       sync.WaitGroup // the goroutine of watch
 }
 
 // Start registers the service on nc and starts following connection
@@ -222,12 +210,11 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.engine.Close()
 		return nil, err
 	}
-	s.watchConnections()
-	s.watchRivals()
 	if err := s.register(); err != nil {
 		s.Stop()
 		return nil, err
 	}
+	s.watch() // after register, which sets the fields that watch reads
 	s.announce(subjects.InstanceStarted)
 	log.Info("lock service ready", "instance", s.id, "prefix", cfg.Prefix, "liveness", s.live.source(),
 		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval)
@@ -262,13 +249,21 @@ func (s *Service) register() error {
 	// One endpoint, so one subscription, for all four lock operations:
 	// NATS delivers one publisher's messages to one subscription in the
 	// order they were sent, so an unlock is always read after the lock
-	// request its client sent first (see handle).
-	subject := s.cfg.Prefix + ".>"
-	if err := svc.AddEndpoint(RequestsEndpoint, micro.HandlerFunc(s.handle), micro.WithEndpointSubject(subject)); err != nil {
-		return fmt.Errorf("adding endpoint %s: %w", subject, err)
+	// request its client sent first (see handle). The operators' endpoints
+	// are under PREFIX.admin.
+	endpoints := []struct {
+		name, subject string
+		handler       micro.HandlerFunc
+	}{
+		{RequestsEndpoint, s.cfg.Prefix + ".>", s.handle},
+		{"admin_list", subjects.AdminSubject(s.cfg.Prefix, subjects.OpAdminList, ""), s.adminList},
+		{"admin_status", subjects.AdminSubject(s.cfg.Prefix, subjects.OpAdminStatus, ""), s.adminStatus},
+		{"admin_unlock", s.cfg.Prefix + "." + subjects.OpAdminUnlock + ".>", s.adminUnlock},
 	}
-	if err := s.registerAdmin(svc); err != nil {
-		return fmt.Errorf("adding admin endpoints: %w", err)
+	for _, e := range endpoints {
+		if err := svc.AddEndpoint(e.name, e.handler, micro.WithEndpointSubject(e.subject)); err != nil {
+			return fmt.Errorf("adding endpoint %s: %w", e.subject, err)
+		}
 	}
 	// Ready means subscribed: make sure the server has our subscriptions
 	// before anyone is told the service is up.
@@ -294,11 +289,8 @@ func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 // close the connections it was given.
 //
 // The engine is closed before the announcement, so that no grant can be
-// made after it, and a grant made just before whose reply is not sent yet
-// is answered Unavailable instead (see respondGrant): a client never hears
-// of a grant after it heard that the instance that made it stopped. Only
-// then are the subscriptions drained (which takes a while): the requests
-// read meanwhile get Unavailable, and clients ask again.
+// made after it (see respondGrant for one made just before). Only then are
+// the subscriptions drained, which takes a while.
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
@@ -309,17 +301,9 @@ func (s *Service) Stop() {
 			s.announce(subjects.InstanceStopped)
 		}
 		s.replyMu.Unlock()
-		if s.micro != nil {
-			if err := s.micro.Stop(); err != nil {
-				s.log.Warn("stopping micro service", "err", err)
-			}
-		}
+		s.stopMicro()
 		s.wg.Wait()
 		s.live.close()
-		s.nc.RemoveStatusListener(s.ncClosed)
-		if s.sysClosed != nil {
-			s.sys.RemoveStatusListener(s.sysClosed)
-		}
 		// Get the Unavailable replies to the server before the caller
 		// closes the connection.
 		if err := s.nc.FlushTimeout(2 * time.Second); err != nil {

@@ -26,11 +26,7 @@ type OpCounts struct {
 }
 
 func newOpStats() opStats {
-	s := opStats{}
-	for _, op := range []string{subjects.OpLock, subjects.OpTryLock, subjects.OpUnlock, subjects.OpRenew} {
-		s[op] = &opCounts{}
-	}
-	return s
+	return opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}}
 }
 
 // data is micro's StatsHandler: the counts of each operation for the

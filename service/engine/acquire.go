@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -38,11 +39,15 @@ func (e *Engine) Lock(r Request, waitTimeout time.Duration, done func(Grant, err
 // take is TryLock (park false) and Lock (park true). It reports a grant
 // made at once outside the mutex.
 func (e *Engine) take(r Request, park bool, waitTimeout time.Duration, done func(Grant, error)) (g Grant, ok bool, err error) {
-	size, err := r.check()
-	if err != nil {
-		return Grant{}, false, err
-	}
-	if waitTimeout < 0 {
+	size := cmp.Or(r.Size, 1)
+	switch {
+	case r.Name == "":
+		return Grant{}, false, ErrInvalidLockName
+	case size < 1:
+		return Grant{}, false, fmt.Errorf("%w: size %d", ErrInvalidLockSize, r.Size)
+	case r.LockTimeout < 0:
+		return Grant{}, false, fmt.Errorf("%w: lock timeout %v", ErrInvalidTimeout, r.LockTimeout)
+	case waitTimeout < 0:
 		return Grant{}, false, fmt.Errorf("%w: wait timeout %v", ErrInvalidTimeout, waitTimeout)
 	}
 	e.mu.Lock()
@@ -52,24 +57,6 @@ func (e *Engine) take(r Request, park bool, waitTimeout time.Duration, done func
 		e.onEvent(Event{Kind: EventGranted, Name: g.Name, Token: g.Token, Owner: r.Owner})
 	}
 	return g, ok, err
-}
-
-// check validates r and returns its effective size.
-func (r *Request) check() (int, error) {
-	if r.Name == "" {
-		return 0, ErrInvalidLockName
-	}
-	size := r.Size
-	if size == 0 {
-		size = 1
-	}
-	if size < 1 {
-		return 0, fmt.Errorf("%w: size %d", ErrInvalidLockSize, r.Size)
-	}
-	if r.LockTimeout < 0 {
-		return 0, fmt.Errorf("%w: lock timeout %v", ErrInvalidTimeout, r.LockTimeout)
-	}
-	return size, nil
 }
 
 // acquire is take under mu.
@@ -154,7 +141,8 @@ func (e *Engine) grant(en *entry, now time.Time, lockTimeout time.Duration) Gran
 	en.start = now.UnixNano()
 	en.deadline = 0
 	en.wait = nil
-	l.linkHolder(en)
+	l.holders.pushBack(en, inLock)
+	l.held++
 	e.holders++
 	g := Grant{Name: l.name, Key: en.key, Token: en.token, Size: l.size}
 	if lockTimeout > 0 {

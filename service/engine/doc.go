@@ -25,7 +25,7 @@
 // engine. Tokens only grow, across all locks and even when a lock is
 // forgotten and created again, so a protected resource can refuse a write
 // carrying a token older than one it has already seen. The counter lives
-// in memory: a new Engine starts again at 1.
+// in memory: a new Engine starts again (see WithFirstToken).
 //
 // # Waiters, FIFO order and why callbacks
 //
@@ -35,44 +35,26 @@
 // request never overtakes a waiter.
 //
 // The engine never blocks its caller. Lock returns at once, either with a
-// grant or having parked the request; a parked request is completed later by
-// exactly one call of its done callback (granted, timed out, cancelled, owner
-// gone, or engine closed). The server therefore needs no goroutine per
-// waiting client, and cancelling or shutting down never has to interrupt a
-// blocked call. Callbacks run after the engine's mutex is released, on the
-// goroutine of whatever freed the slot or ended the wait: an Unlock, a
-// ReleaseOwner, or a timer.
+// grant or having parked the request, which its done callback completes
+// later. The server therefore needs no goroutine per waiting client, and
+// cancelling or shutting down never has to interrupt a blocked call.
 //
 // A client that gives up waiting sends Unlock with the key of its lock
-// request: it releases the grant if one raced in, or cancels the wait. Either
-// way nothing is left behind, which is why clients should choose the key of
-// a blocking request themselves. This needs the unlock to reach the engine
-// after the lock request it cancels: the service reads one connection's
-// requests in the order they were sent.
+// request: it releases the grant if one raced in, or cancels the wait. This
+// needs the unlock to reach the engine after the lock request it cancels:
+// the service reads one connection's requests in the order they were sent.
 //
 // # Timeouts
 //
 // A grant may have a lock timeout: unless renewed in time it is released
 // and its slot passes to the next waiter. A wait may have a wait timeout.
-// Both run on a Clock, which tests replace with a FakeClock.
+// Both run on a Clock, which tests replace with a FakeClock (WithClock).
 //
 // # Owners
 //
-// Each request may name an owner, usually the client connection. When the
-// owner goes away, ReleaseOwner releases its grants and drops its waits in
-// one call. OwnerMark and ReleaseStaleOwners let a periodic sweep release
-// owners whose disconnection was missed, without releasing an owner that
-// appeared while the sweep was looking at the live connections. With
-// WithGoneOwnerMemory, requests of a released owner that arrive soon after
-// (sent before it went away) are refused with ErrOwnerGone instead of
-// creating grants that nobody would ever release.
-//
-// # Files
-//
-// engine.go holds the types, options and the Engine itself; acquire.go
-// takes slots, release.go gives them back, owners.go ends what a departed
-// owner holds, pool.go makes and recycles records, state.go holds the
-// records and their lists, snapshot.go the views for operators, gone.go the
-// memory of departed owners. An owner is a subjects.Owner, the one wire
-// type the engine uses; it imports nothing of NATS.
+// Each request may name an owner (a subjects.Owner, the one wire type the
+// engine uses), usually the client connection. When the owner goes away,
+// ReleaseOwner releases its grants and drops its waits in one call;
+// OwnerMark and ReleaseStaleOwners let a periodic sweep release owners
+// whose disconnection was missed.
 package engine

@@ -37,38 +37,8 @@ type Grant struct {
 	ExpiresAt time.Time
 }
 
-// UnlockResult says what an Unlock did, since an Unlock with a waiter's key
-// is a cancellation.
-type UnlockResult uint8
-
-const (
-	// Released: the key held a slot, which is now free.
-	Released UnlockResult = iota + 1
-	// Cancelled: the key was waiting; its wait was cancelled and its done
-	// callback called with ErrWaitCancelled.
-	Cancelled
-)
-
-// String returns "released", "cancelled", or "none" for the zero value
-// that comes with an error.
-func (r UnlockResult) String() string {
-	switch r {
-	case Released:
-		return "released"
-	case Cancelled:
-		return "cancelled"
-	}
-	return "none"
-}
-
 // Option configures an Engine in New.
 type Option func(*Engine)
-
-// WithClock makes the engine read time and run timeouts on c instead of the
-// time package; tests pass a FakeClock.
-func WithClock(c Clock) Option {
-	return func(e *Engine) { e.clock = c }
-}
 
 // WithEvents makes the engine call f for every grant, release and end of a
 // wait (see Event). f runs outside the engine's mutex, on the goroutine
@@ -127,7 +97,7 @@ type Engine struct {
 
 	// mu guards all the fields below and every lock, entry and owner record
 	// reachable from them; nothing else in the engine is mutable. Done
-	// callbacks and the alive function of ReleaseStaleOwners are always
+	// callbacks and the state function of ReleaseStaleOwners are always
 	// called with mu released. Clock.Now, Clock.AfterFunc and Timer.Stop are
 	// called with mu held; the timer functions take mu themselves.
 	mu        sync.Mutex
@@ -202,10 +172,10 @@ func (e *Engine) Close() {
 	e.closed = true
 	var notes []notification
 	for _, l := range e.locks {
-		for en := l.holders; en != nil; en = en.next {
+		for en := l.holders.head; en != nil; en = en.link[inLock].next {
 			en.stopTimer()
 		}
-		for en := l.waitHead; en != nil; en = en.next {
+		for en := l.waiters.head; en != nil; en = en.link[inLock].next {
 			en.stopTimer()
 			n := notification{done: en.wait.done, err: ErrEngineClosed}
 			if e.onEvent != nil {

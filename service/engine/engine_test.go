@@ -6,8 +6,6 @@ import (
 	"regexp"
 	"testing"
 	"time"
-
-	"github.com/ldlm-io/ldlm/subjects"
 )
 
 func TestRequestValidation(t *testing.T) {
@@ -125,8 +123,8 @@ func TestKeyInUse(t *testing.T) {
 	// The same key on another lock is fine.
 	mustTryLock(t, e, Request{Name: "b", Key: "h"})
 	// A released key may be used again.
-	if res, err := e.Unlock("a", "h"); res != Released || err != nil {
-		t.Fatalf("Unlock = %v, %v", res, err)
+	if cancelled, err := e.Unlock("a", "h"); cancelled || err != nil {
+		t.Fatalf("Unlock = cancelled %v, %v", cancelled, err)
 	}
 	if _, err := e.Unlock("a", "w"); err != nil { // it was granted the slot
 		t.Fatal(err)
@@ -156,26 +154,6 @@ func TestUnlockAndRenewErrors(t *testing.T) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
 		})
-	}
-}
-
-// TestNotLockedWithoutHolders covers the defensive branch for a lock that
-// exists without holders, a state the public API never creates (a lock has
-// waiters only while all its slots are held).
-func TestNotLockedWithoutHolders(t *testing.T) {
-	e := New(WithClock(NewFakeClock(time.Time{})))
-	e.mu.Lock()
-	l := e.newLock("a", 1)
-	en := e.newEntry(l, "w", subjects.Owner{})
-	en.wait = &waitState{id: 1, done: func(Grant, error) {}}
-	l.pushWaiter(en)
-	e.waiters++
-	e.mu.Unlock()
-	if _, err := e.Unlock("a", "x"); !errors.Is(err, ErrNotLocked) {
-		t.Errorf("Unlock: err = %v, want ErrNotLocked", err)
-	}
-	if _, err := e.Renew("a", "x", time.Second); !errors.Is(err, ErrNotLocked) {
-		t.Errorf("Renew: err = %v, want ErrNotLocked", err)
 	}
 }
 
@@ -282,8 +260,8 @@ func TestSemaphoreOfThree(t *testing.T) {
 
 func mustUnlock(t testing.TB, e *Engine, name, key string) {
 	t.Helper()
-	if res, err := e.Unlock(name, key); res != Released || err != nil {
-		t.Fatalf("Unlock(%q, %q) = %v, %v; want released", name, key, res, err)
+	if cancelled, err := e.Unlock(name, key); cancelled || err != nil {
+		t.Fatalf("Unlock(%q, %q) = cancelled %v, %v; want released", name, key, cancelled, err)
 	}
 }
 
@@ -407,9 +385,9 @@ func TestUnlockCancelsWait(t *testing.T) {
 	e, clock := newTestEngine(t)
 	mustTryLock(t, e, Request{Name: "a", Key: "h"})
 	w := mustPark(t, e, Request{Name: "a", Key: "w"}, time.Minute)
-	res, err := e.Unlock("a", "w")
-	if res != Cancelled || err != nil {
-		t.Fatalf("Unlock(waiter) = %v, %v; want cancelled", res, err)
+	cancelled, err := e.Unlock("a", "w")
+	if !cancelled || err != nil {
+		t.Fatalf("Unlock(waiter) = cancelled %v, %v; want cancelled", cancelled, err)
 	}
 	wantDone(t, w, ErrWaitCancelled)
 	if _, err := e.Unlock("a", "w"); !errors.Is(err, ErrInvalidLockKey) {
@@ -427,8 +405,8 @@ func TestUnlockCancelsWait(t *testing.T) {
 	if g.Key != "w2" {
 		t.Fatalf("grant %+v", g)
 	}
-	if res, err := e.Unlock("a", "w2"); res != Released || err != nil {
-		t.Fatalf("Unlock after the grant = %v, %v; want released", res, err)
+	if cancelled, err := e.Unlock("a", "w2"); cancelled || err != nil {
+		t.Fatalf("Unlock after the grant = cancelled %v, %v; want released", cancelled, err)
 	}
 	if s := e.Stats(); s != (Stats{}) {
 		t.Fatalf("stats %+v", s)
@@ -575,8 +553,8 @@ func TestBigLockIndex(t *testing.T) {
 	}
 	// Cancel every third waiter, release holders from the middle.
 	for i := size; i < size+extra; i += 3 {
-		if res, err := e.Unlock("big", fmt.Sprint("k", i)); res != Cancelled || err != nil {
-			t.Fatalf("cancel k%d: %v, %v", i, res, err)
+		if cancelled, err := e.Unlock("big", fmt.Sprint("k", i)); !cancelled || err != nil {
+			t.Fatalf("cancel k%d: cancelled %v, %v", i, cancelled, err)
 		}
 		wantDone(t, waits[i], ErrWaitCancelled)
 		delete(waits, i)
@@ -786,14 +764,6 @@ func TestLockNilDonePanics(t *testing.T) {
 		}
 	}()
 	New().Lock(Request{Name: "a"}, 0, nil)
-}
-
-func TestUnlockResultString(t *testing.T) {
-	for r, want := range map[UnlockResult]string{0: "none", Released: "released", Cancelled: "cancelled"} {
-		if r.String() != want {
-			t.Errorf("%d.String() = %q, want %q", r, r.String(), want)
-		}
-	}
 }
 
 func TestRealClock(t *testing.T) {

@@ -4,36 +4,24 @@ import "errors"
 
 // The errors of the engine. Results wrap them with the lock name and
 // details, so compare with errors.Is. Errors given to a done callback are
-// the bare values.
+// the bare values. Each message says when it happens.
 var (
-	// ErrInvalidLockName: the request has no lock name.
-	ErrInvalidLockName = errors.New("invalid lock name: give the lock a non-empty name")
-	// ErrInvalidLockSize: the size is negative (0 means the default, 1).
-	ErrInvalidLockSize = errors.New("invalid lock size: use a size of 1 or more, or 0 for the default of 1")
-	// ErrLockSizeMismatch: the lock exists with another size.
+	ErrInvalidLockName  = errors.New("invalid lock name: give the lock a non-empty name")
+	ErrInvalidLockSize  = errors.New("invalid lock size: use a size of 1 or more, or 0 for the default of 1")
 	ErrLockSizeMismatch = errors.New("lock size mismatch: the lock exists with another size; use the same size in every request for a lock")
 	// ErrInvalidLockKey: the key neither holds nor waits for the lock.
-	ErrInvalidLockKey = errors.New("invalid lock key: the key does not hold this lock; use the key of the grant (the grant may have expired)")
-	// ErrLockDoesNotExist: no one holds or waits for the lock.
+	ErrInvalidLockKey   = errors.New("invalid lock key: the key does not hold this lock; use the key of the grant (the grant may have expired)")
 	ErrLockDoesNotExist = errors.New("lock does not exist: no one holds or waits for it (the grant may have expired or been released)")
-	// ErrNotLocked: the key waits for the lock but holds no slot of it, or
-	// the lock has no holder at all.
-	ErrNotLocked = errors.New("not locked: the key holds no slot of this lock yet; wait for the grant before renewing")
-	// ErrKeyInUse: the key already holds or waits for this lock.
-	ErrKeyInUse = errors.New("lock key in use: the key already holds or waits for this lock; use a fresh key for every lock request")
-	// ErrInvalidTimeout: a timeout is negative, or a renew timeout is not
-	// positive.
+	// ErrNotLocked: Renew with the key of a waiter, which holds no slot.
+	ErrNotLocked      = errors.New("not locked: the key holds no slot of this lock yet; wait for the grant before renewing")
+	ErrKeyInUse       = errors.New("lock key in use: the key already holds or waits for this lock; use a fresh key for every lock request")
 	ErrInvalidTimeout = errors.New("invalid timeout: timeouts must not be negative, and renew needs a positive lock timeout")
-	// ErrWaitTimeout: a parked request was not granted within its wait
-	// timeout.
-	ErrWaitTimeout = errors.New("lock wait timeout: the lock was not granted in time; retry or wait longer")
-	// ErrWaitCancelled: an Unlock with the waiter's key cancelled the wait.
-	ErrWaitCancelled = errors.New("lock wait cancelled: an unlock with this request's key cancelled it")
+	ErrWaitTimeout    = errors.New("lock wait timeout: the lock was not granted in time; retry or wait longer")
+	ErrWaitCancelled  = errors.New("lock wait cancelled: an unlock with this request's key cancelled it")
 	// ErrOwnerGone: the request's owner was released while it waited, or
 	// (WithGoneOwnerMemory) shortly before the request arrived.
 	ErrOwnerGone = errors.New("owner gone: the connection this request belongs to has closed; reconnect and ask again")
 	// ErrLimitExceeded: a Limits bound would be passed.
 	ErrLimitExceeded = errors.New("limit exceeded: the server refuses to hold more; release locks or raise the server's limits")
-	// ErrEngineClosed: the engine was closed; the server is stopping.
-	ErrEngineClosed = errors.New("lock engine closed: the server is stopping; retry on another server or after a restart")
+	ErrEngineClosed  = errors.New("lock engine closed: the server is stopping; retry on another server or after a restart")
 )

@@ -25,6 +25,12 @@ type fakeTimer struct {
 	index int // position in c.pending, -1 once fired or stopped
 }
 
+// WithClock makes the engine read time and run timeouts on c instead of the
+// time package; tests pass a FakeClock.
+func WithClock(c Clock) Option {
+	return func(e *Engine) { e.clock = c }
+}
+
 // NewFakeClock returns a FakeClock reading start. A zero start means
 // 2025-01-01 00:00:00 UTC (the engine needs times after 1970).
 func NewFakeClock(start time.Time) *FakeClock {

@@ -51,9 +51,6 @@ func (r *recent[K]) has(k K, now time.Time) bool {
 	return ok && now.UnixNano() < until
 }
 
-// len is the number of keys held, expired or not.
-func (r *recent[K]) len() int { return len(r.until) }
-
 // prune drops the keys whose time has passed.
 func (r *recent[K]) prune(now time.Time) {
 	ns := now.UnixNano()
@@ -73,9 +70,7 @@ func (r *recent[K]) dropOldest() {
 	}
 	// Reuse the slice's front once half of it is spent, so that it does
 	// not grow without end.
-	if r.head == len(r.order) {
-		r.order, r.head = r.order[:0], 0
-	} else if r.head > len(r.order)/2 && r.head > 64 {
+	if r.head > len(r.order)/2 {
 		n := copy(r.order, r.order[r.head:])
 		clear(r.order[n:])
 		r.order, r.head = r.order[:n], 0

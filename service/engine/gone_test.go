@@ -101,3 +101,6 @@ func TestUnknownOwnerReleasedButNotRemembered(t *testing.T) {
 	}
 	mustUnlock(t, e, "a", g.Key)
 }
+
+// len is the number of keys held, expired or not.
+func (r *recent[K]) len() int { return len(r.until) }

@@ -104,10 +104,13 @@ func checkInvariants(t testing.TB, e *Engine) {
 		keys := map[string]*entry{}
 		n := 0
 		var prev *entry
-		for en := l.holders; en != nil; en = en.next {
+		for en := l.holders.head; en != nil; en = en.link[inLock].next {
 			n++
-			if en.prev != prev || en.lock != l || en.wait != nil || en.token == 0 || en.token > e.lastToken {
+			if en.link[inLock].prev != prev || en.lock != l || en.wait != nil || en.token == 0 || en.token > e.lastToken {
 				t.Errorf("lock %q: bad holder %+v", name, en)
+			}
+			if prev != nil && en.token <= prev.token {
+				t.Errorf("lock %q: holder token %d after %d: not in grant order", name, en.token, prev.token)
 			}
 			if (en.deadline == 0) != (en.timer == nil) {
 				t.Errorf("lock %q: holder deadline %d with timer %v", name, en.deadline, en.timer)
@@ -115,19 +118,22 @@ func checkInvariants(t testing.TB, e *Engine) {
 			keys[en.key] = en
 			prev = en
 		}
+		if l.holders.tail != prev {
+			t.Errorf("lock %q: holders' tail is not the last holder", name)
+		}
 		if n != l.held {
 			t.Errorf("lock %q: held %d, listed %d", name, l.held, n)
 		}
 		n, prev = 0, nil
-		for en := l.waitHead; en != nil; en = en.next {
+		for en := l.waiters.head; en != nil; en = en.link[inLock].next {
 			n++
-			if en.prev != prev || en.lock != l || en.wait == nil || en.token != 0 {
+			if en.link[inLock].prev != prev || en.lock != l || en.wait == nil || en.token != 0 {
 				t.Errorf("lock %q: bad waiter %+v", name, en)
 			}
 			keys[en.key] = en
 			prev = en
 		}
-		if l.waitTail != prev {
+		if l.waiters.tail != prev {
 			t.Errorf("lock %q: wait tail is not the last waiter", name)
 		}
 		if n != l.waiting {
@@ -162,26 +168,26 @@ func checkInvariants(t testing.TB, e *Engine) {
 	}
 	inOwners := 0
 	for name, o := range e.owners {
-		if o.id != name || o.n == 0 || o.oldestSeq() == 0 || o.entries.seq > e.lastSeq {
+		if o.id != name || o.n == 0 || o.entries.head == nil || o.entries.head.seq == 0 || o.entries.tail.seq > e.lastSeq {
 			t.Errorf("bad owner %q: %+v", name, o)
 		}
 		n, waits := 0, 0
 		var prev *entry
-		for en := o.entries; en != nil; en = en.ownerNext {
+		for en := o.entries.head; en != nil; en = en.link[inOwner].next {
 			n++
 			if en.wait != nil {
 				waits++
 			}
-			if en.owner != o || en.ownerPrev != prev || en.lock == nil || e.locks[en.lock.name] != en.lock {
+			if en.owner != o || en.link[inOwner].prev != prev || en.lock == nil || e.locks[en.lock.name] != en.lock {
 				t.Errorf("owner %q: bad entry %+v", name, en)
 			}
-			if en.seq == 0 || (prev != nil && en.seq >= prev.seq) {
-				t.Errorf("owner %q: entry seq %d after %+v: not newest first", name, en.seq, prev)
+			if en.seq == 0 || (prev != nil && en.seq <= prev.seq) {
+				t.Errorf("owner %q: entry seq %d after %+v: not oldest first", name, en.seq, prev)
 			}
 			prev = en
 		}
-		if o.oldest != prev {
-			t.Errorf("owner %q: oldest %p, last entry %p", name, o.oldest, prev)
+		if o.entries.tail != prev {
+			t.Errorf("owner %q: tail %p, last entry %p", name, o.entries.tail, prev)
 		}
 		if n != o.n || waits != o.waits {
 			t.Errorf("owner %q: n %d waits %d, listed %d and %d", name, o.n, o.waits, n, waits)

@@ -71,21 +71,16 @@ func (e *Engine) ReleaseOwner(owner subjects.Owner) (grants, waits int) {
 // connections, then call ReleaseStaleOwners(mark, judgeByThatList). A
 // request made after the mark may come from a connection missing from the
 // list only because the list was taken before it connected, so it is
-// spared, and judged by the next sweep.
-//
-// Marks are per request, not per owner, because owner names are reused:
-// after a NATS server restart, its new connection 7 is not its old
-// connection 7. Releasing the old connection's grants must not release
-// what the new one was granted meanwhile under the same name.
+// spared, and judged by the next sweep. Marks are per request, not per
+// owner: an owner's requests after the mark are spared too.
 //
 // state is called without the engine's mutex held, once per owner with a
-// request at or before mark, on the calling goroutine. It may call the
-// engine but has no need to.
+// request at or before mark, on the calling goroutine.
 func (e *Engine) ReleaseStaleOwners(mark uint64, state func(subjects.Owner) OwnerState) []subjects.Owner {
 	e.mu.Lock()
 	var candidates []subjects.Owner
 	for name, o := range e.owners {
-		if o.oldestSeq() <= mark {
+		if o.entries.head.seq <= mark { // its oldest request (an owner has one at least)
 			candidates = append(candidates, name)
 		}
 	}
@@ -107,7 +102,7 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, state func(subjects.Owner) Owne
 	now := e.clock.Now()
 	for name, st := range dead {
 		o := e.owners[name]
-		if o == nil || e.closed || o.oldestSeq() > mark {
+		if o == nil || e.closed || o.entries.head.seq > mark {
 			continue // gone meanwhile, or only new requests since the mark
 		}
 		_, _, notes = e.releaseOwner(o, mark, notes)
@@ -126,7 +121,7 @@ func (e *Engine) ReleaseStaleOwners(mark uint64, state func(subjects.Owner) Owne
 // before mark, and says how many of each it ended.
 func (e *Engine) releaseOwner(o *owner, mark uint64, notes []notification) (grants, waits int, _ []notification) {
 	var old []*entry
-	for en := o.entries; en != nil; en = en.ownerNext {
+	for en := o.entries.tail; en != nil; en = en.link[inOwner].prev { // newest first
 		if en.seq <= mark {
 			old = append(old, en)
 		}

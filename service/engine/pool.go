@@ -43,7 +43,9 @@ func (e *Engine) newEntry(l *lock, key string, id subjects.Owner) *entry {
 		}
 		e.lastSeq++
 		en.seq = e.lastSeq
-		o.link(en)
+		en.owner = o
+		o.entries.pushBack(en, inOwner)
+		o.n++
 	}
 	return en
 }
@@ -55,16 +57,13 @@ func (e *Engine) disown(en *entry) {
 	if o == nil {
 		return
 	}
-	o.unlink(en)
+	o.entries.remove(en, inOwner)
+	o.n--
 	if o.n == 0 {
 		delete(e.owners, o.id)
 		recycle(&e.freeOwners, o)
 	}
 }
-
-// freeEntry clears en, which is in no list any more, for reuse. Clearing
-// token and wait is what makes stale timers of en do nothing.
-func (e *Engine) freeEntry(en *entry) { recycle(&e.freeEntries, en) }
 
 // reuse takes a record from a free list, or makes one.
 func reuse[T any](free *[]*T) *T {

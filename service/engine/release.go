@@ -10,40 +10,23 @@ import (
 // share.
 
 // Unlock releases the slot that key holds, or, if key is waiting for the
-// lock, cancels that wait. Both succeed, so a client that gave up waiting
-// can clean up with one call whether or not the grant raced in.
-func (e *Engine) Unlock(name, key string) (UnlockResult, error) {
-	if name == "" {
-		return 0, ErrInvalidLockName
-	}
+// lock, cancels that wait (cancelled is then true, and the waiter's done
+// callback gets ErrWaitCancelled). Both succeed, so a client that gave up
+// waiting can clean up with one call whether or not the grant raced in.
+func (e *Engine) Unlock(name, key string) (cancelled bool, err error) {
 	e.mu.Lock()
-	res, notes, err := e.unlock(name, key)
+	var notes []notification
+	en, err := e.lookup(name, key)
+	if err == nil {
+		if cancelled = en.wait != nil; cancelled {
+			notes = e.dropWaiter(en, ErrWaitCancelled, nil)
+		} else {
+			notes = e.release(en, EventReleased, nil)
+		}
+	}
 	e.mu.Unlock()
 	e.notify(notes)
-	return res, err
-}
-
-func (e *Engine) unlock(name, key string) (UnlockResult, []notification, error) {
-	if e.closed {
-		return 0, nil, ErrEngineClosed
-	}
-	l := e.locks[name]
-	var en *entry
-	if l != nil {
-		en = l.find(key)
-	}
-	switch {
-	case l == nil:
-		return 0, nil, ErrLockDoesNotExist
-	case en != nil && en.wait == nil:
-		return Released, e.release(en, EventReleased, nil), nil
-	case en != nil:
-		return Cancelled, e.dropWaiter(en, ErrWaitCancelled, nil), nil
-	case l.held == 0:
-		return 0, nil, ErrNotLocked
-	default:
-		return 0, nil, ErrInvalidLockKey
-	}
+	return cancelled, err
 }
 
 // Renew sets the expiry of the grant that key holds to now + lockTimeout,
@@ -57,25 +40,37 @@ func (e *Engine) Renew(name, key string, lockTimeout time.Duration) (Grant, erro
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
-		return Grant{}, ErrEngineClosed
+	en, err := e.lookup(name, key)
+	if err != nil {
+		return Grant{}, err
 	}
-	l := e.locks[name]
-	if l == nil {
-		return Grant{}, ErrLockDoesNotExist
-	}
-	en := l.find(key)
-	switch {
-	case en != nil && en.wait != nil:
+	if en.wait != nil {
 		return Grant{}, fmt.Errorf("%w: the key is still waiting", ErrNotLocked)
-	case en == nil && l.held == 0:
-		return Grant{}, ErrNotLocked
-	case en == nil:
-		return Grant{}, ErrInvalidLockKey
 	}
 	en.stopTimer()
 	expiry := e.armExpiry(en, e.clock.Now(), lockTimeout)
-	return Grant{Name: l.name, Key: en.key, Token: en.token, Size: l.size, ExpiresAt: expiry}, nil
+	return Grant{Name: en.lock.name, Key: en.key, Token: en.token, Size: en.lock.size, ExpiresAt: expiry}, nil
+}
+
+// lookup returns the entry of key on lock name, holding or waiting, or the
+// error that says why there is none.
+func (e *Engine) lookup(name, key string) (*entry, error) {
+	switch {
+	case name == "":
+		return nil, ErrInvalidLockName
+	case e.closed:
+		return nil, ErrEngineClosed
+	}
+	l := e.locks[name]
+	if l == nil {
+		return nil, ErrLockDoesNotExist
+	}
+	// A lock that exists has a holder: it has waiters only while all its
+	// slots are taken, and it is forgotten when it has neither.
+	if en := l.find(key); en != nil {
+		return en, nil
+	}
+	return nil, ErrInvalidLockKey
 }
 
 // release frees the slot of holder en, hands free slots to waiters, and
@@ -88,11 +83,13 @@ func (e *Engine) release(en *entry, why EventKind, notes []notification) []notif
 			Duration: e.clock.Now().Sub(unixTime(en.start))}})
 	}
 	en.stopTimer()
-	l.unlinkHolder(en)
+	l.holders.remove(en, inLock)
+	l.held--
 	l.indexRemove(en)
 	e.holders--
 	e.disown(en)
-	e.freeEntry(en)
+	// Clearing the entry's token and wait makes its stale timers do nothing.
+	recycle(&e.freeEntries, en)
 	notes = e.promote(l, notes)
 	e.forgetIfIdle(l)
 	return notes
@@ -113,19 +110,19 @@ func (e *Engine) dropWaiter(en *entry, err error, notes []notification) []notifi
 	l.indexRemove(en)
 	e.waiters--
 	e.disown(en)
-	e.freeEntry(en)
+	recycle(&e.freeEntries, en)
 	e.forgetIfIdle(l)
 	return notes
 }
 
 // promote grants free slots of l to its oldest waiters.
 func (e *Engine) promote(l *lock, notes []notification) []notification {
-	if l.waitHead == nil || l.held >= l.size {
+	if l.waiters.head == nil || l.held >= l.size {
 		return notes
 	}
 	now := e.clock.Now()
-	for l.waitHead != nil && l.held < l.size {
-		en := l.waitHead
+	for l.waiters.head != nil && l.held < l.size {
+		en := l.waiters.head
 		ws := en.wait
 		waited := now.Sub(unixTime(en.start))
 		en.stopTimer()
@@ -146,35 +143,29 @@ func (e *Engine) promote(l *lock, notes []notification) []notification {
 // are granted the freed slots as usual. It returns the released grants'
 // tokens, which fail with ErrInvalidLockKey when neither key nor token
 // matches a holder.
-func (e *Engine) ForceUnlock(name, key string, token uint64) ([]uint64, error) {
+func (e *Engine) ForceUnlock(name, key string, token uint64) (released []uint64, err error) {
 	e.mu.Lock()
-	var (
-		notes    []notification
-		released []uint64
-	)
-	err := func() error {
-		if e.closed {
-			return ErrEngineClosed
-		}
-		l := e.locks[name]
-		if l == nil {
-			return ErrLockDoesNotExist
-		}
+	var notes []notification
+	switch l := e.locks[name]; {
+	case e.closed:
+		err = ErrEngineClosed
+	case l == nil:
+		err = ErrLockDoesNotExist
+	default:
 		var victims []*entry
-		for en := l.holders; en != nil; en = en.next {
+		for en := l.holders.tail; en != nil; en = en.link[inLock].prev { // newest first
 			if (key == "" && token == 0) || (key != "" && en.key == key) || (key == "" && en.token == token) {
 				victims = append(victims, en)
 			}
 		}
 		if len(victims) == 0 {
-			return fmt.Errorf("%w: no holder has that key or token", ErrInvalidLockKey)
+			err = fmt.Errorf("%w: no holder has that key or token", ErrInvalidLockKey)
 		}
 		for _, en := range victims {
 			released = append(released, en.token)
 			notes = e.release(en, EventForced, notes)
 		}
-		return nil
-	}()
+	}
 	e.mu.Unlock()
 	e.notify(notes)
 	return released, err

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -99,11 +98,12 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 			continue // released meanwhile
 		}
 		info := LockInfo{Name: l.name, Size: l.size, HeldTotal: l.held, WaitingTotal: l.waiting}
-		for en := l.holders; en != nil && len(info.Holders) < maxEntries; en = en.next {
+		// The newest holders, if not all: walk back, and reverse below.
+		for en := l.holders.tail; en != nil && len(info.Holders) < maxEntries; en = en.link[inLock].prev {
 			info.Holders = append(info.Holders, HolderInfo{Key: en.key, Token: en.token, Owner: en.ownerID(),
 				AcquiredAt: unixTime(en.start), ExpiresAt: unixTime(en.deadline)})
 		}
-		for en := l.waitHead; en != nil && len(info.Waiters) < maxEntries; en = en.next {
+		for en := l.waiters.head; en != nil && len(info.Waiters) < maxEntries; en = en.link[inLock].next {
 			info.Waiters = append(info.Waiters, WaiterInfo{Key: en.key, Owner: en.ownerID(),
 				Since: unixTime(en.start), Deadline: unixTime(en.deadline)})
 		}
@@ -111,7 +111,7 @@ func (e *Engine) Page(after string, limit int, match func(name string) bool, max
 	}
 	e.mu.Unlock()
 	for _, info := range infos {
-		slices.SortFunc(info.Holders, func(a, b HolderInfo) int { return cmp.Compare(a.Token, b.Token) })
+		slices.Reverse(info.Holders)
 	}
 	return infos, more
 }

@@ -13,13 +13,12 @@ import (
 // has a holder or a waiter. Invariant: a lock has waiters only while all its
 // slots are taken (held == size).
 type lock struct {
-	name     string
-	size     int
-	held     int    // number of holders
-	waiting  int    // number of waiters
-	holders  *entry // holders, newest first, linked by prev/next
-	waitHead *entry // waiters, oldest first, linked by prev/next
-	waitTail *entry
+	name    string
+	size    int
+	held    int  // number of holders
+	waiting int  // number of waiters
+	holders list // in grant order, so in token order
+	waiters list // the queue, oldest first
 	// index maps keys to entries once the lock has more than indexMin
 	// holders and waiters, so that key lookups stay cheap for big semaphores
 	// and long queues. Small locks, the common case, scan their lists and
@@ -38,19 +37,24 @@ type entry struct {
 	lock  *lock
 	key   string
 	owner *owner // nil when the request has no owner
-	// prev and next link the entry into its lock's holders or wait queue.
-	prev, next *entry
-	// ownerPrev and ownerNext link the entry into its owner's entries.
-	ownerPrev, ownerNext *entry
-	token                uint64     // fencing token while holding
-	start                int64      // Unix ns: when granted, or when the wait began
-	deadline             int64      // Unix ns: lock expiry, or wait deadline; 0 = none
-	timer                Timer      // fires at deadline; nil when there is none
-	wait                 *waitState // set while waiting
+	// link[inLock] places the entry in its lock's holders or waiters,
+	// link[inOwner] in its owner's entries.
+	link     [2]links
+	token    uint64     // fencing token while holding
+	start    int64      // Unix ns: when granted, or when the wait began
+	deadline int64      // Unix ns: lock expiry, or wait deadline; 0 = none
+	timer    Timer      // fires at deadline; nil when there is none
+	wait     *waitState // set while waiting
 	// seq is the registration number of an owned request (see
 	// Engine.OwnerMark); 0 without an owner.
 	seq uint64
 }
+
+// The lists an entry can be in at once, as indexes of entry.link.
+const (
+	inLock = iota
+	inOwner
+)
 
 // waitState is what a waiter needs besides its entry. Only waiters pay for
 // it.
@@ -64,10 +68,41 @@ type waitState struct {
 // only while it has at least one.
 type owner struct {
 	id      subjects.Owner
-	entries *entry // linked by ownerPrev/ownerNext, newest first
-	oldest  *entry // the last of entries
-	n       int    // number of entries
-	waits   int    // number of those entries that are waiters
+	entries list // oldest first
+	n       int  // number of entries
+	waits   int  // number of those entries that are waiters
+}
+
+// links is an entry's place in one list.
+type links struct{ prev, next *entry }
+
+// list is a doubly linked list of entries through their link[k], where k is
+// inLock or inOwner.
+type list struct{ head, tail *entry }
+
+func (ls *list) pushBack(en *entry, k int) {
+	en.link[k] = links{prev: ls.tail}
+	if ls.tail != nil {
+		ls.tail.link[k].next = en
+	} else {
+		ls.head = en
+	}
+	ls.tail = en
+}
+
+func (ls *list) remove(en *entry, k int) {
+	ln := en.link[k]
+	if ln.prev != nil {
+		ln.prev.link[k].next = ln.next
+	} else {
+		ls.head = ln.next
+	}
+	if ln.next != nil {
+		ln.next.link[k].prev = ln.prev
+	} else {
+		ls.tail = ln.prev
+	}
+	en.link[k] = links{}
 }
 
 // find returns the entry of key on l, holding or waiting, or nil.
@@ -75,12 +110,12 @@ func (l *lock) find(key string) *entry {
 	if l.index != nil {
 		return l.index[key]
 	}
-	for en := l.holders; en != nil; en = en.next {
+	for en := l.holders.head; en != nil; en = en.link[inLock].next {
 		if en.key == key {
 			return en
 		}
 	}
-	for en := l.waitHead; en != nil; en = en.next {
+	for en := l.waiters.head; en != nil; en = en.link[inLock].next {
 		if en.key == key {
 			return en
 		}
@@ -99,10 +134,10 @@ func (l *lock) indexAdd(en *entry) {
 		return
 	}
 	l.index = make(map[string]*entry, l.held+l.waiting)
-	for e := l.holders; e != nil; e = e.next {
+	for e := l.holders.head; e != nil; e = e.link[inLock].next {
 		l.index[e.key] = e
 	}
-	for e := l.waitHead; e != nil; e = e.next {
+	for e := l.waiters.head; e != nil; e = e.link[inLock].next {
 		l.index[e.key] = e
 	}
 }
@@ -114,36 +149,8 @@ func (l *lock) indexRemove(en *entry) {
 	}
 }
 
-func (l *lock) linkHolder(en *entry) {
-	en.prev, en.next = nil, l.holders
-	if l.holders != nil {
-		l.holders.prev = en
-	}
-	l.holders = en
-	l.held++
-}
-
-func (l *lock) unlinkHolder(en *entry) {
-	if en.prev != nil {
-		en.prev.next = en.next
-	} else {
-		l.holders = en.next
-	}
-	if en.next != nil {
-		en.next.prev = en.prev
-	}
-	en.prev, en.next = nil, nil
-	l.held--
-}
-
 func (l *lock) pushWaiter(en *entry) {
-	en.prev, en.next = l.waitTail, nil
-	if l.waitTail != nil {
-		l.waitTail.next = en
-	} else {
-		l.waitHead = en
-	}
-	l.waitTail = en
+	l.waiters.pushBack(en, inLock)
 	l.waiting++
 	if en.owner != nil {
 		en.owner.waits++
@@ -151,57 +158,11 @@ func (l *lock) pushWaiter(en *entry) {
 }
 
 func (l *lock) unlinkWaiter(en *entry) {
-	if en.prev != nil {
-		en.prev.next = en.next
-	} else {
-		l.waitHead = en.next
-	}
-	if en.next != nil {
-		en.next.prev = en.prev
-	} else {
-		l.waitTail = en.prev
-	}
-	en.prev, en.next = nil, nil
+	l.waiters.remove(en, inLock)
 	l.waiting--
 	if en.owner != nil {
 		en.owner.waits--
 	}
-}
-
-// oldestSeq is the registration number of o's oldest request; 0 when it
-// has none.
-func (o *owner) oldestSeq() uint64 {
-	if o.oldest == nil {
-		return 0
-	}
-	return o.oldest.seq
-}
-
-func (o *owner) link(en *entry) {
-	en.owner = o
-	en.ownerPrev, en.ownerNext = nil, o.entries
-	if o.entries != nil {
-		o.entries.ownerPrev = en
-	} else {
-		o.oldest = en
-	}
-	o.entries = en
-	o.n++
-}
-
-func (o *owner) unlink(en *entry) {
-	if en.ownerPrev != nil {
-		en.ownerPrev.ownerNext = en.ownerNext
-	} else {
-		o.entries = en.ownerNext
-	}
-	if en.ownerNext != nil {
-		en.ownerNext.ownerPrev = en.ownerPrev
-	} else {
-		o.oldest = en.ownerPrev
-	}
-	en.owner, en.ownerPrev, en.ownerNext = nil, nil, nil
-	o.n--
 }
 
 // stopTimer cancels en's timer, if any. A timer that could not be stopped

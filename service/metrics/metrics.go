@@ -13,6 +13,7 @@ package metrics
 
 import (
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,32 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ldlm-io/ldlm/service/engine"
-)
-
-// The label values of the counters, by event kind.
-var (
-	releaseReasons = map[engine.EventKind]string{
-		engine.EventReleased:  "released",
-		engine.EventExpired:   "expired",
-		engine.EventOwnerGone: "released-on-disconnect",
-		engine.EventForced:    "force-released",
-	}
-	waitEndReasons = map[engine.EventKind]string{
-		engine.EventWaitTimedOut:  "timed-out",
-		engine.EventWaitCancelled: "cancelled",
-		engine.EventWaitOwnerGone: "dropped-on-disconnect",
-		engine.EventWaitClosed:    "failed-on-close",
-	}
-)
-
-// Buckets of the histograms, in seconds.
-var (
-	// WaitBuckets: from 100µs (a waiter granted by the next unlock on the
-	// same machine) to 60s.
-	WaitBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-		0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
-	// HoldBuckets: from 1ms to an hour.
-	HoldBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600}
 )
 
 // Metrics holds the service's metrics in a registry of its own. Its
@@ -76,35 +51,37 @@ func New() *Metrics {
 	m.grantedAtOnce = grants.WithLabelValues("false")
 	m.grantedWaited = grants.WithLabelValues("true")
 
-	counters := []prometheus.Collector{grants}
-	for _, c := range []struct {
-		name, help string
-		reasons    map[engine.EventKind]string
-	}{
-		{"ldlm_releases_total", "Grants ended, by reason: released, expired, released-on-disconnect, force-released.", releaseReasons},
-		{"ldlm_wait_ends_total", "Waits that ended without a grant, by reason: timed-out, cancelled, dropped-on-disconnect, failed-on-close.", waitEndReasons},
-	} {
-		vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: c.name, Help: c.help}, []string{"reason"})
-		for kind, reason := range c.reasons {
-			m.ended[kind] = vec.WithLabelValues(reason)
-		}
-		counters = append(counters, vec)
+	releases := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ldlm_releases_total",
+		Help: "Grants ended, by reason: released, expired, released-on-disconnect, force-released.",
+	}, []string{"reason"})
+	for _, k := range []engine.EventKind{engine.EventReleased, engine.EventExpired, engine.EventOwnerGone, engine.EventForced} {
+		m.ended[k] = releases.WithLabelValues(k.String())
+	}
+	waitEnds := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ldlm_wait_ends_total",
+		Help: "Waits that ended without a grant, by reason: timed-out, cancelled, dropped-on-disconnect, failed-on-close.",
+	}, []string{"reason"})
+	for _, k := range []engine.EventKind{engine.EventWaitTimedOut, engine.EventWaitCancelled, engine.EventWaitOwnerGone, engine.EventWaitClosed} {
+		m.ended[k] = waitEnds.WithLabelValues(strings.TrimPrefix(k.String(), "wait-"))
 	}
 
 	m.waitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name:    "ldlm_wait_seconds",
-		Help:    "How long granted waiters waited before their grant.",
-		Buckets: WaitBuckets,
+		Name: "ldlm_wait_seconds",
+		Help: "How long granted waiters waited before their grant.",
+		// From 100µs (a waiter granted by the next unlock on the same
+		// machine) to 60s.
+		Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+			0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
 	})
 	m.holdSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "ldlm_hold_seconds",
 		Help:    "How long grants were held, whatever ended them.",
-		Buckets: HoldBuckets,
+		Buckets: []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600}, // 1ms to an hour
 	})
 
-	m.reg.MustRegister(counters...)
 	m.reg.MustRegister(
-		m.waitSeconds, m.holdSeconds, m.stats,
+		grants, releases, waitEnds, m.waitSeconds, m.holdSeconds, m.stats,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -141,11 +118,7 @@ func (m *Metrics) Observe(ev engine.Event) {
 // ldlm_owners gauges are read from at each scrape, typically
 // svc.Engine().Stats. Until it is called (or after it is called with nil)
 // the gauges are absent.
-func (m *Metrics) SetStats(stats func() engine.Stats) { m.stats.set(stats) }
-
-// Registry is the registry the metrics are in, to add more collectors or
-// gather them directly.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+func (m *Metrics) SetStats(stats func() engine.Stats) { m.stats.fn.Store(&stats) }
 
 // Handler serves the metrics in the Prometheus exposition formats; mount it
 // on /metrics.
@@ -169,14 +142,6 @@ var statsGauges = []struct {
 	{prometheus.NewDesc("ldlm_owners", "Owners (connections) with at least one grant or wait.", nil, nil), func(s engine.Stats) int { return s.Owners }},
 }
 
-func (c *statsCollector) set(fn func() engine.Stats) {
-	if fn == nil {
-		c.fn.Store(nil)
-		return
-	}
-	c.fn.Store(&fn)
-}
-
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, g := range statsGauges {
 		ch <- g.desc
@@ -185,7 +150,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	fn := c.fn.Load()
-	if fn == nil {
+	if fn == nil || *fn == nil {
 		return
 	}
 	s := (*fn)()

@@ -78,7 +78,7 @@ var allSeries = []series{
 
 func checkSeries(t *testing.T, m *Metrics, want map[series]float64) {
 	t.Helper()
-	families, err := m.Registry().Gather()
+	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatalf("gathering: %v", err)
 	}
@@ -178,7 +178,7 @@ func TestObserveCoversEveryKind(t *testing.T) {
 	for k := engine.EventKind(1); k.String() != "unknown"; k++ {
 		m := New()
 		m.Observe(engine.Event{Kind: k, Duration: time.Millisecond})
-		families, err := m.Registry().Gather()
+		families, err := m.reg.Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -202,7 +202,7 @@ func TestWaitHistogramBuckets(t *testing.T) {
 	if got := testutil.CollectAndCount(m.waitSeconds); got != 1 {
 		t.Fatalf("wait histogram collects %d series, want 1", got)
 	}
-	families, err := m.Registry().Gather()
+	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func TestStatsGauges(t *testing.T) {
 	m := New()
 	gauges := []string{"ldlm_locks", "ldlm_holders", "ldlm_waiters", "ldlm_owners"}
 
-	families, err := m.Registry().Gather()
+	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestStatsGauges(t *testing.T) {
 	}
 
 	m.SetStats(func() engine.Stats { return engine.Stats{Locks: 4, Holders: 3, Waiters: 2, Owners: 1} })
-	families, err = m.Registry().Gather()
+	families, err = m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestStatsGauges(t *testing.T) {
 	}
 
 	m.SetStats(nil)
-	families, err = m.Registry().Gather()
+	families, err = m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +269,7 @@ func TestStatsGauges(t *testing.T) {
 
 // The registry holds the Go runtime and process collectors too.
 func TestRuntimeCollectors(t *testing.T) {
-	families, err := New().Registry().Gather()
+	families, err := New().reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
