@@ -62,7 +62,10 @@ func connectOnceOpen(t *testing.T, s *ldlmServer) *nats.Conn {
 		if err == nil {
 			return nc
 		}
-		if !errors.Is(err, nats.ErrNoServers) && !strings.Contains(err.Error(), "connection refused") {
+		// Refused: not open yet. Reset: the handshake of a connection the
+		// port took did not finish (seen once on a machine at load 10): no
+		// connection was made, so the next try is still the first.
+		if !errors.Is(err, nats.ErrNoServers) && !strings.Contains(err.Error(), "connection refused") && !strings.Contains(err.Error(), "connection reset") {
 			t.Fatalf("connecting to %s: %v", s.url, err)
 		}
 		select {
