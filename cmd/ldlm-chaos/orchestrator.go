@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -308,7 +309,7 @@ func (o *orchestrator) startWorker() error {
 	id := o.nextID
 	o.nextID++
 	wc := workerConfig{ID: id, URL: o.nats.URL(), User: userApp, Password: o.nats.Passwords[userApp],
-		Out: filepath.Join(o.cfg.Dir, fmt.Sprintf("worker-%d.jsonl", id)), Locks: o.cfg.Locks,
+		Out: o.recordsPath(id), Locks: o.cfg.Locks,
 		SizeK: o.cfg.SizeK, Sessions: o.cfg.Sessions, Seed: o.rng.Uint64()}
 	argv := append(slices.Clone(o.cfg.WorkerCmd), wc.args()...)
 	p, err := startProc(argv, o.cfg.WorkerEnv, filepath.Join(o.cfg.Dir, fmt.Sprintf("worker-%d.log", id)))
@@ -355,7 +356,7 @@ func (o *orchestrator) stopWorkers() {
 	for id, p := range o.workers {
 		select {
 		case <-p.exited:
-			if code := p.exitCode(); code != 0 {
+			if code := p.exitCode(); code != 0 && !o.termedBeforeStart(id, p) {
 				o.problem("worker %d exited with status %d after SIGTERM:\n%s", id, code, p.logTail())
 			}
 		case <-time.After(time.Until(deadline)):
@@ -368,6 +369,20 @@ func (o *orchestrator) stopWorkers() {
 		}
 	}
 	o.workers = map[int]*proc{}
+}
+
+// termedBeforeStart reports that worker id was stopped by SIGTERM before it
+// set up its handler for it: it creates its records file right after, so
+// it has none. It took no lock and has nothing to finish.
+func (o *orchestrator) termedBeforeStart(id int, p *proc) bool {
+	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	_, err := os.Stat(o.recordsPath(id))
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM && errors.Is(err, fs.ErrNotExist)
+}
+
+// recordsPath is the file in which worker id records its critical sections.
+func (o *orchestrator) recordsPath(id int) string {
+	return filepath.Join(o.cfg.Dir, fmt.Sprintf("worker-%d.jsonl", id))
 }
 
 // checkLeaks waits until the service holds no lock and no waiter, now that
@@ -437,7 +452,7 @@ func (o *orchestrator) check() {
 	sort.Ints(ids)
 	for _, id := range ids {
 		p := o.allWork[id]
-		log, err := readWorkerLog(filepath.Join(o.cfg.Dir, fmt.Sprintf("worker-%d.jsonl", id)), id)
+		log, err := readWorkerLog(o.recordsPath(id), id)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // killed before it opened its file
 		}
