@@ -306,7 +306,7 @@ class _Call:
 
     __slots__ = (
         "func", "args", "kwargs", "waiter", "state", "result", "error", "task",
-        "leading", "signalled", "can_lead", "handed", "interrupted",
+        "leading", "signalled", "can_lead", "handed", "waiting", "interrupted",
     )
 
     def __init__(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, waiter: threading.Lock):
@@ -322,7 +322,8 @@ class _Call:
         self.signalled = False  # its waiter is released and not yet taken
         self.can_lead = False
         self.handed = False  # the loop was passed to its caller (who holds owner for it now)
-        self.interrupted = False  # Ctrl-C while its caller ran the loop
+        self.waiting = False  # its caller sleeps on its waiter (and holds nothing)
+        self.interrupted = False  # Ctrl-C came, to be raised where its caller holds nothing
 
 
 class _Runner:
@@ -377,83 +378,104 @@ class _Runner:
         call = _Call(func, args, kwargs, waiter)
         self.entries += 1
         # In the main thread, the loop runs here only while no signal handler
-        # can raise inside it: Ctrl-C is then caught (see _lead).
+        # can raise inside it, and Ctrl-C is raised only where this thread
+        # holds nothing (see _interruptible).
         in_main = threading.get_ident() == _MAIN_THREAD
         call.can_lead = self.owns_loop and running is None and (not in_main or _default_signals())
+        guarded = in_main and call.can_lead
+        if guarded:
+            _signal.signal(_SIGINT, self._interruptible(call))
         try:
-            if call.can_lead and self.owner.acquire(False):
-                try:
-                    call.task = self.loop.create_task(self._hand_over(call))
-                except BaseException:
-                    self._release_loop()
-                    raise
-                self._lead(call, in_main)
-            else:
-                self._hand(call)
-            while True:
+            try:
+                if call.can_lead and self.owner.acquire(False):
+                    try:
+                        call.task = self.loop.create_task(self._hand_over(call))
+                    except BaseException:
+                        self._release_loop()
+                        raise
+                    self._lead(call)
+                else:
+                    self._hand(call)
+                while True:
+                    if call.interrupted:
+                        raise KeyboardInterrupt
+                    with self.mu:
+                        handed, call.handed = call.handed, False
+                        if not handed and call.state == _DELIVERED:
+                            signalled, call.signalled = call.signalled, False
+                            break
+                    if handed or (call.can_lead and self.owner.acquire(False)):
+                        self._lead(call)
+                        continue
+                    call.waiting = True
+                    if call.interrupted:
+                        raise KeyboardInterrupt
+                    waiter.acquire()
+                    call.waiting = False
+                    with self.mu:
+                        call.signalled = False
+                if signalled:
+                    waiter.acquire()  # the release that told us: held again for next time
                 if call.interrupted:
                     raise KeyboardInterrupt
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, SystemExit...). The loop may
+                # still release this waiter: the thread needs a new one.
+                if guarded:
+                    guarded = False  # a second Ctrl-C cuts the clean-up short
+                    _signal.signal(_SIGINT, signal.default_int_handler)
+                _waiters.lock = None
                 with self.mu:
+                    gave_up = call.state == _PENDING
+                    if gave_up:
+                        call.state = _ABANDONED
+                    self.followers.pop(call, None)
                     handed, call.handed = call.handed, False
-                    if not handed and call.state == _DELIVERED:
-                        signalled, call.signalled = call.signalled, False
-                        break
-                if handed or (call.can_lead and self.owner.acquire(False)):
-                    self._lead(call, in_main)
-                    continue
-                waiter.acquire()
-                with self.mu:
-                    call.signalled = False
-            if signalled:
-                waiter.acquire()  # the release that told us: held again for next time
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, SystemExit...). The loop may
-            # still release this waiter: the thread needs a new one.
-            _waiters.lock = None
-            with self.mu:
-                gave_up = call.state == _PENDING
+                if handed:
+                    self._release_loop()  # passed to us as we gave up: pass it on
+                # Either the call has not delivered (it is cancelled, and gives
+                # back what it gets itself), or it has, and the result is ours
+                # to give back.
                 if gave_up:
-                    call.state = _ABANDONED
-                self.followers.pop(call, None)
-                handed, call.handed = call.handed, False
-            if handed:
-                self._release_loop()  # passed to us as we gave up: pass it on
-            # Either the call has not delivered (it is cancelled, and gives
-            # back what it gets itself), or it has, and the result is ours
-            # to give back.
-            if gave_up:
-                self._settle(call)
-            elif call.error is None and isinstance(call.result, AsyncLock):
-                self._give_back(call.result)
-            raise
+                    self._settle(call)
+                elif call.error is None and isinstance(call.result, AsyncLock):
+                    self._give_back(call.result)
+                raise
+        finally:
+            if guarded:
+                _signal.signal(_SIGINT, signal.default_int_handler)
         if call.error is not None:
             error, call.error = call.error, None  # no reference cycle through the traceback
             raise error
         return call.result
 
-    def _lead(self, call: _Call, in_main: bool) -> None:
+    def _interruptible(self, call: _Call) -> Callable[[int, Any], None]:
+        """The SIGINT handler of a call in the main thread: KeyboardInterrupt
+        while the thread sleeps on its waiter; elsewhere (running the loop,
+        passing it on) the call is marked, the loop stopped if this thread
+        runs it, and KeyboardInterrupt raised once the thread holds nothing."""
+        loop = self.loop
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if call.waiting:
+                raise KeyboardInterrupt
+            call.interrupted = True
+            if call.leading:
+                loop.stop()
+                loop.call_soon_threadsafe(_noop)  # out of the selector's wait
+
+        return on_sigint
+
+    def _lead(self, call: _Call) -> None:
         """Run the loop (this thread holds ``owner``) until the call has an
-        outcome; then let the loop go. In the main thread Ctrl-C stops the
-        loop (rather than raising inside one of its tasks) and marks the
-        call interrupted."""
+        outcome (or Ctrl-C in the main thread); then let the loop go."""
         try:
-            if call.state != _PENDING:
-                return
-            call.leading = True
-            if in_main:
-
-                def on_sigint(signum: int, frame: Any) -> None:
-                    call.interrupted = True
-                    self.loop.stop()
-                    self.loop.call_soon_threadsafe(_noop)  # out of the selector's wait
-
-                _signal.signal(_SIGINT, on_sigint)
-            try:
-                self.loop.run_forever()
-            finally:
-                call.leading = False
-                if in_main:
-                    _signal.signal(_SIGINT, signal.default_int_handler)
+            if call.state == _PENDING and not call.interrupted:
+                call.leading = True
+                try:
+                    self.loop.run_forever()
+                finally:
+                    call.leading = False
         finally:
             self._release_loop()
 
