@@ -1,7 +1,7 @@
 """The asyncio LDLM client: :class:`AsyncClient` and :class:`AsyncLock`.
 
 The synchronous :class:`ldlm.Client` is a thin layer over this module that
-runs it on an event loop in a background thread.
+runs it on an event loop of its own (see ldlm/sync.py).
 
 How the client follows what the service does with its locks
 (docs/protocol.md); the rules are those of the Go client (clientlib), and

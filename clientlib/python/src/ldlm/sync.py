@@ -1,14 +1,15 @@
 """The synchronous LDLM client: :class:`Client` and :class:`Lock`.
 
-A Client runs an :class:`~ldlm.AsyncClient` on an asyncio event loop in a
-background thread (which also renews locks that have a lock timeout). Its
-methods may be called from any number of threads at once.
+A Client runs an :class:`~ldlm.AsyncClient` on an asyncio event loop of its
+own: a calling thread runs it while no other thread does, and a background
+thread between calls (which renews locks that have a lock timeout and hears
+of lost ones). Its methods may be called from any number of threads at once.
 
 Nothing here repeats the asyncio client: each blocking method is made from
 the AsyncClient (or AsyncLock) method of the same name, with its signature
-and documentation, and runs it on the loop thread. Only what is particular
-to blocking calls lives here: the loop thread, and giving back a grant when
-the caller is interrupted (Ctrl-C) while it waits.
+and documentation, and runs it on the loop. Only what is particular to
+blocking calls lives here: who runs the loop (_Runner), and giving back a
+grant when the caller is interrupted (Ctrl-C) while it waits.
 """
 
 from __future__ import annotations
