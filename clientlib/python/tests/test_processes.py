@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 import ldlm
 
 from conftest import deadline_poll, python_env
@@ -38,6 +40,24 @@ try:
     waiting[0] = False
 except KeyboardInterrupt:
     waiting[0] = False
+print("granted" if lock else "interrupted", flush=True)
+sys.stdin.read()  # stay connected until the test closes stdin
+client.close()
+print("closed", flush=True)
+"""
+
+# The same with Python's own SIGINT handler: the main thread then runs the
+# client's event loop itself while it waits in lock(), and Ctrl-C must stop
+# that loop, withdraw the request and be raised from lock().
+WAITER_DEFAULT_SIGINT = """
+import sys, ldlm, ldlm.sync
+client = ldlm.Client(sys.argv[1])
+lock = None
+try:
+    print("ready", ldlm.sync._default_signals(), flush=True)
+    lock = client.lock(sys.argv[2])
+except KeyboardInterrupt:
+    pass
 print("granted" if lock else "interrupted", flush=True)
 sys.stdin.read()  # stay connected until the test closes stdin
 client.close()
@@ -97,12 +117,15 @@ def test_killed_holder_releases_its_lock(make_client, url, name):
         child.kill()
 
 
-def test_ctrl_c_while_waiting_gives_up_the_wait(make_client, url, name):
+@pytest.mark.parametrize("script", [WAITER, WAITER_DEFAULT_SIGINT], ids=["own-handler", "default-handler"])
+def test_ctrl_c_while_waiting_gives_up_the_wait(make_client, url, name, script):
     holder = make_client()
     held = holder.lock(name)
-    child = Child(WAITER, url, name)
+    child = Child(script, url, name)
     try:
-        child.expect("ready")
+        ready = child.expect("ready")
+        if script is WAITER_DEFAULT_SIGINT:
+            assert ready == "ready True", "the child's main thread would not run the loop itself"
         time.sleep(0.5)  # likely parked in lock() by now (either way must work)
         child.proc.send_signal(signal.SIGINT)
         child.expect("interrupted")

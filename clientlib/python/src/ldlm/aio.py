@@ -1,7 +1,7 @@
 """The asyncio LDLM client: :class:`AsyncClient` and :class:`AsyncLock`.
 
 The synchronous :class:`ldlm.Client` is a thin layer over this module that
-runs it on an event loop in a background thread.
+runs it on an event loop of its own (see ldlm/sync.py).
 
 How the client follows what the service does with its locks
 (docs/protocol.md); the rules are those of the Go client (clientlib), and
@@ -86,6 +86,10 @@ _MAX_RETRY_PAUSE = 1.0
 #: how many unmatched lost notices and gone instances are remembered: they
 #: only need to cover the replies in flight when the news comes
 _REMEMBERED = 64
+
+#: how nats-py marks a no-responders reply (nats.js.api.Header.STATUS, nats.aio.client.NO_RESPONDERS_STATUS)
+_STATUS_HEADER = "Status"
+_NO_RESPONDERS_STATUS = "503"
 
 HEADER_OWNER = "Ldlm-Owner"
 HEADER_ERROR_CODE = "Nats-Service-Error-Code"
@@ -227,6 +231,56 @@ def _small_reads(nc: Any) -> None:
             transport.max_size = _READ_SIZE
         except AttributeError:
             pass
+
+
+class _Replies:
+    """The replies to the client's requests, on a subscription of its own
+    (``INBOX.*``, the shape of nats-py's own request inbox).
+
+    It takes the place of the subscription's pending-message queue (a
+    private attribute of nats-py): nats-py's read loop puts each reply here,
+    which hands it straight to the future of its request. nats-py's
+    ``request()`` takes two more turns of the event loop per reply (the
+    subscription's task, then ``wait_for``'s waiter) and a timer handle of
+    its own: about a fifth of the CPU of a synchronous lock+unlock
+    (bench/bench.py). Where the attribute is not an asyncio.Queue (another
+    nats-py version), the client uses ``request()``."""
+
+    def __init__(self, sub: Any, prefix: str):
+        self.sub = sub
+        self.prefix = prefix  # the inbox, with the dot before the token
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.seq = 0
+
+    @staticmethod
+    def attach(sub: Any, prefix: str) -> Optional["_Replies"]:
+        if not isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue) or not hasattr(sub, "_pending_size"):
+            return None
+        replies = _Replies(sub, prefix)
+        sub._pending_queue = replies
+        return replies
+
+    # the part of asyncio.Queue that nats-py uses
+    def put_nowait(self, msg: Any) -> None:
+        self.sub._pending_size -= len(msg.data)
+        subject = msg.subject
+        fut = self.waiting.pop(subject[subject.rfind(".") + 1 :], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    async def join(self) -> None:
+        return None
+
+
+def _time_out(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(nats.errors.TimeoutError())
 
 
 def _pause(retries: int) -> float:
@@ -638,6 +692,7 @@ class AsyncClient:
         self._gone: collections.deque[str] = collections.deque(maxlen=_REMEMBERED)
         self._unmatched: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=_REMEMBERED)
         self._subs: list[Any] = []
+        self._replies: Optional[_Replies] = None  # None: nc.request()
         self._lost_subs: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()  # background withdrawals
 
@@ -720,7 +775,40 @@ class AsyncClient:
             self._subs.append(sub)
         except Exception as e:  # noqa: BLE001 - e.g. no permission: live without it
             log.warning("ldlm: cannot subscribe to instance announcements: %r", e)
+        try:
+            prefix = nc.new_inbox() + "."
+            sub = await nc.subscribe(prefix + "*")
+            self._replies = _Replies.attach(sub, prefix)
+            if self._replies is None:
+                await sub.unsubscribe()
+            else:
+                self._subs.append(sub)
+        except Exception as e:  # noqa: BLE001 - nc.request() will do
+            log.debug("ldlm: no reply subscription of our own: %r", e)
         await self._sync_connection()
+
+    async def _request(self, nc: NATS, subj: str, payload: bytes, timeout: float, headers: Any) -> Any:
+        """nc.request(), with the replies handed over by _Replies."""
+        replies = self._replies
+        if replies is None:
+            return await nc.request(subj, payload, timeout=timeout, headers=headers)
+        replies.seq += 1
+        token = str(replies.seq)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        replies.waiting[token] = fut
+        try:
+            await nc.publish(subj, payload, reply=replies.prefix + token, headers=headers)
+            timer = loop.call_later(timeout, _time_out, fut)
+            try:
+                msg = await fut
+            finally:
+                timer.cancel()
+        finally:
+            replies.waiting.pop(token, None)
+        if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS:
+            raise nats.errors.NoRespondersError
+        return msg
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -1138,7 +1226,7 @@ class AsyncClient:
             timeout = max(min(self._request_timeout, end - time.monotonic()), _MIN_TIMEOUT)
             unavailable = False
             try:
-                reply = _decode_reply(await nc.request(subj, payload, timeout=timeout, headers=headers), name)
+                reply = _decode_reply(await self._request(nc, subj, payload, timeout, headers), name)
                 err = reply.get("error")
                 if not err or err.get("code") != "Unavailable":
                     return reply
@@ -1227,7 +1315,7 @@ class AsyncClient:
                 wait = _Wait(task, ep)
                 self._waits.add(wait)
             try:
-                msg = await nc.request(subj, body.encode(), timeout=timeout, headers=ep.headers)
+                msg = await self._request(nc, subj, body.encode(), timeout, ep.headers)
             except asyncio.CancelledError:
                 interrupted = wait is not None and wait.interrupted and wait.task.uncancel() == 0
                 # Cancelled, or the wait may be parked where no reply will

@@ -1,14 +1,15 @@
 """The synchronous LDLM client: :class:`Client` and :class:`Lock`.
 
-A Client runs an :class:`~ldlm.AsyncClient` on an asyncio event loop in a
-background thread (which also renews locks that have a lock timeout). Its
-methods may be called from any number of threads at once.
+A Client runs an :class:`~ldlm.AsyncClient` on an asyncio event loop of its
+own: a calling thread runs it while no other thread does, and a background
+thread between calls (which renews locks that have a lock timeout and hears
+of lost ones). Its methods may be called from any number of threads at once.
 
 Nothing here repeats the asyncio client: each blocking method is made from
 the AsyncClient (or AsyncLock) method of the same name, with its signature
-and documentation, and runs it on the loop thread. Only what is particular
-to blocking calls lives here: the loop thread, and giving back a grant when
-the caller is interrupted (Ctrl-C) while it waits.
+and documentation, and runs it on the loop. Only what is particular to
+blocking calls lives here: who runs the loop (_Runner), and giving back a
+grant when the caller is interrupted (Ctrl-C) while it waits.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import atexit
 import collections
 import concurrent.futures
 import functools
+import _signal
 import logging
+import signal
 import threading
 import weakref
 from typing import Any, Callable, Coroutine, Optional, TypeVar
@@ -117,22 +120,6 @@ def _context(acquire_name: str, async_method: Callable[..., Any]) -> Callable[..
     return method
 
 
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for t in pending:
-                t.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.wait(pending, timeout=5))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-
-
 #: background shutdowns of dropped Clients (referenced until done)
 _shutdowns: "set[asyncio.Task]" = set()
 
@@ -174,29 +161,24 @@ class Client:
     def __init__(self, address: Address = DEFAULT_ADDRESS, *, loop: Optional[asyncio.AbstractEventLoop] = None, **options: Any):
         self._closed = False
         self._close_mu = threading.Lock()
-        self._hand_mu = threading.Lock()
-        self._inbox: "collections.deque[_Call]" = collections.deque()
-        self._draining = False
-        self._thread: Optional[threading.Thread] = None
         if isinstance(address, NATS):
             loop = loop or _loop_of(address)
             if loop is None:
                 raise ValueError("pass loop=, the event loop that runs the nats-py connection")
-            self._loop = loop
-            self._owns_loop = False
+            self._runner = _Runner(loop, owns_loop=False)
         else:
             if loop is not None:
                 raise TypeError("loop= is only for an existing nats-py connection")
-            self._loop = asyncio.new_event_loop()
-            self._owns_loop = True
-            self._thread = threading.Thread(target=_run_loop, args=(self._loop,), name="ldlm-client", daemon=True)
-            self._thread.start()
+            self._runner = _Runner(asyncio.new_event_loop(), owns_loop=True)
+        self._loop = self._runner.loop
+        self._owns_loop = self._runner.owns_loop
+        self._thread = self._runner.thread
         self._aclient = AsyncClient(address, **options)
         if self._owns_loop:
             try:
                 self._run(self._aclient.connect, (), {})
             except BaseException:
-                self._stop_loop()
+                self._runner.stop()
                 raise
             _live_clients.add(self)
 
@@ -236,22 +218,12 @@ class Client:
             self._closed = True
         _live_clients.discard(self)
         try:
-            if self._loop.is_running():
-                fut = asyncio.run_coroutine_threadsafe(self._aclient.close(), self._loop)
-                fut.result(timeout)
+            if self._owns_loop or self._loop.is_running():
+                self._runner.run_threadsafe(self._aclient.close(), timeout)
         except (concurrent.futures.TimeoutError, RuntimeError) as e:
             log.debug("ldlm: close: %r", e)
         finally:
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        if self._owns_loop and self._thread is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            except RuntimeError:
-                pass
-            if self._thread is not threading.current_thread():
-                self._thread.join(_CLEANUP_SECONDS)
+            self._runner.stop()
 
     def __del__(self) -> None:
         # Dropped without close() (and no Lock of it is referenced either):
@@ -259,12 +231,14 @@ class Client:
         if getattr(self, "_closed", True) or not getattr(self, "_owns_loop", False):
             return
         self._closed = True
-        loop, aclient = self._loop, self._aclient
+        runner, aclient = self._runner, self._aclient
+        loop = runner.loop
 
         async def shutdown() -> None:
             try:
                 await aclient.close()
             finally:
+                runner.stopping = True
                 loop.stop()
 
         def start() -> None:
@@ -274,6 +248,7 @@ class Client:
 
         try:
             loop.call_soon_threadsafe(start)
+            runner.wake.set()
         except RuntimeError:
             pass
 
@@ -283,106 +258,331 @@ class Client:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
 
-    # -- running on the loop ---------------------------------------------
-
     def _run(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict) -> Any:
-        """Run func(*args, **kwargs) on the loop and wait for its result. If
-        the caller is interrupted meanwhile (KeyboardInterrupt, SystemExit),
-        the call is cancelled (a waiting lock withdraws its request) or, if
-        it already returned a lock, that lock is unlocked: nothing is left
-        behind for a caller that is gone.
-
-        This is on the path of every call, so it is kept cheap (bench/bench.py):
-        the call goes into an inbox that the loop drains (woken with
-        call_soon_threadsafe only when no drain is pending), and the caller
-        sleeps on a plain lock of its thread that the loop releases with the
-        outcome, rather than a run_coroutine_threadsafe future (a condition
-        variable, callbacks, and a wake-up of the loop per call)."""
         if self._closed:
             raise nats.errors.ConnectionClosedError()
-        if _running_loop() is self._loop:
+        result = self._runner.run(func, args, kwargs)
+        if isinstance(result, AsyncLock):
+            return Lock(self, result)
+        return result
+
+
+#: how long callers may leave the loop unattended between their calls before
+#: the background thread runs it (for renewals, lost-lock notices, PINGs)
+_IDLE_SECONDS = 0.01
+
+# the states of a _Call
+_PENDING, _DELIVERED, _ABANDONED = 0, 1, 2
+
+#: each thread's waiter: a lock held while nothing is signalled to the
+#: thread; released when its call has an outcome, or when the thread is to
+#: take over running the loop
+_waiters = threading.local()
+
+_MAIN_THREAD = threading.main_thread().ident
+_SIGINT = int(signal.SIGINT)
+
+#: Python's signal handlers, without the enum conversions of the signal
+#: module (this is checked on every call in the main thread)
+_SIGNALS = tuple(int(s) for s in signal.valid_signals())
+_QUIET_HANDLERS = (signal.SIG_DFL, signal.SIG_IGN, int(signal.SIG_DFL), int(signal.SIG_IGN), None)
+
+
+def _default_signals() -> bool:
+    """Whether no Python signal handler but the default SIGINT one is set
+    (those run in the main thread, wherever it is: inside the loop's code
+    they could end one of its tasks)."""
+    getsignal, sigint, quiet = _signal.getsignal, _SIGINT, _QUIET_HANDLERS
+    for s in _SIGNALS:
+        handler = getsignal(s)
+        if handler not in quiet and not (s == sigint and handler is signal.default_int_handler):
+            return False
+    return True
+
+
+class _Call:
+    """One blocking call. ``state`` and ``signalled`` change under the
+    runner's lock: the caller giving up and the loop delivering exclude each
+    other, and a waiter is released at most once per wait."""
+
+    __slots__ = (
+        "func", "args", "kwargs", "waiter", "state", "result", "error", "task",
+        "leading", "signalled", "can_lead", "handed", "waiting", "interrupted",
+    )
+
+    def __init__(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, waiter: threading.Lock):
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.waiter = waiter
+        self.state = _PENDING
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.task: Optional[asyncio.Task] = None
+        self.leading = False  # its caller runs the loop now
+        self.signalled = False  # its waiter is released and not yet taken
+        self.can_lead = False
+        self.handed = False  # the loop was passed to its caller (who holds owner for it now)
+        self.waiting = False  # its caller sleeps on its waiter (and holds nothing)
+        self.interrupted = False  # Ctrl-C came, to be raised where its caller holds nothing
+
+
+class _Runner:
+    """Runs the blocking calls of a Client on its event loop.
+
+    A loop runs in one thread at a time: whoever holds ``owner``. A calling
+    thread that finds the loop free runs it itself until its own call has an
+    outcome (no hand-off between threads: the cheap case). A thread that
+    finds it taken hands its call over (the inbox, drained on the loop) and
+    sleeps on its waiter, which is released when the call has an outcome or
+    when the loop is free again and the thread is to run it (a leader that
+    finishes passes the loop to a waiting caller). The background thread
+    runs the loop while callers leave it alone, after _IDLE_SECONDS without
+    a call or at once when asked, so that renewals and lost-lock notices are
+    handled between calls; it gives the loop back as soon as a caller that
+    can run it comes.
+
+    A loop of the application's (``Client(nc, loop=loop)``) runs elsewhere:
+    every call is then handed over."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owns_loop: bool):
+        self.loop = loop
+        self.owns_loop = owns_loop
+        self.owner = threading.Lock()
+        self.mu = threading.Lock()
+        self.inbox: "collections.deque[_Call]" = collections.deque()
+        self.draining = False
+        self.followers: "dict[_Call, None]" = {}  # handed over, not delivered (under mu)
+        self.entries = 0  # calls begun, to tell a busy loop from an idle one
+        self.bg_leading = False
+        self.stopping = False
+        self.wake = threading.Event()  # the background thread is to run the loop now
+        self.thread: Optional[threading.Thread] = None
+        if owns_loop:
+            # the thread references the runner, never the Client (see Client.__del__)
+            self.thread = threading.Thread(target=self._background, name="ldlm-client", daemon=True)
+            self.thread.start()
+
+    def run(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict) -> Any:
+        """Run func(*args, **kwargs) on the loop and return its result. If the
+        caller is interrupted meanwhile (KeyboardInterrupt, SystemExit), the
+        call is cancelled (a waiting lock withdraws its request) or, if it
+        already returned a lock, that lock is unlocked: nothing is left
+        behind for a caller that is gone."""
+        running = _running_loop()
+        if running is self.loop:
             raise RuntimeError("ldlm.Client called from its own event loop would deadlock: use ldlm.AsyncClient there")
         waiter = getattr(_waiters, "lock", None)
         if waiter is None:
             waiter = _waiters.lock = threading.Lock()
             waiter.acquire()
         call = _Call(func, args, kwargs, waiter)
-        self._inbox.append(call)
-        if not self._draining:
-            # Wake the loop only when no drain is pending: a busy loop
-            # (many threads) is spared a self-pipe write and wake-up per call.
-            self._draining = True
-            try:
-                self._loop.call_soon_threadsafe(self._drain)
-            except BaseException:  # the loop is closed: nothing will run this call
-                self._draining = False
-                try:
-                    self._inbox.remove(call)
-                except ValueError:
-                    pass
-                raise
+        self.entries += 1
+        # In the main thread, the loop runs here only while no signal handler
+        # can raise inside it, and Ctrl-C is raised only where this thread
+        # holds nothing (see _interruptible).
+        in_main = threading.get_ident() == _MAIN_THREAD
+        call.can_lead = self.owns_loop and running is None and (not in_main or _default_signals())
+        guarded = in_main and call.can_lead
+        if guarded:
+            _signal.signal(_SIGINT, self._interruptible(call))
         try:
-            waiter.acquire()
-        except BaseException:
-            # Interrupted while waiting (KeyboardInterrupt, SystemExit...).
-            # The loop may still release this waiter: the thread needs a new one.
-            _waiters.lock = None
-            with self._hand_mu:
-                gave_up = call.state == _PENDING
+            try:
+                if call.can_lead and self.owner.acquire(False):
+                    try:
+                        call.task = self.loop.create_task(self._hand_over(call))
+                    except BaseException:
+                        self._release_loop()
+                        raise
+                    self._lead(call)
+                else:
+                    self._hand(call)
+                while True:
+                    if call.interrupted:
+                        raise KeyboardInterrupt
+                    with self.mu:
+                        handed, call.handed = call.handed, False
+                        if not handed and call.state == _DELIVERED:
+                            signalled, call.signalled = call.signalled, False
+                            break
+                    if handed or (call.can_lead and self.owner.acquire(False)):
+                        self._lead(call)
+                        continue
+                    call.waiting = True
+                    if call.interrupted:
+                        raise KeyboardInterrupt
+                    waiter.acquire()
+                    call.waiting = False
+                    with self.mu:
+                        call.signalled = False
+                if signalled:
+                    waiter.acquire()  # the release that told us: held again for next time
+                if call.interrupted:
+                    raise KeyboardInterrupt
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, SystemExit...). The loop may
+                # still release this waiter: the thread needs a new one.
+                if guarded:
+                    guarded = False  # a second Ctrl-C cuts the clean-up short
+                    _signal.signal(_SIGINT, signal.default_int_handler)
+                _waiters.lock = None
+                with self.mu:
+                    gave_up = call.state == _PENDING
+                    if gave_up:
+                        call.state = _ABANDONED
+                    self.followers.pop(call, None)
+                    handed, call.handed = call.handed, False
+                if handed:
+                    self._release_loop()  # passed to us as we gave up: pass it on
+                # Either the call has not delivered (it is cancelled, and gives
+                # back what it gets itself), or it has, and the result is ours
+                # to give back.
                 if gave_up:
-                    call.state = _ABANDONED
-            # Either the call has not delivered (it is cancelled, and gives
-            # back what it gets itself), or it has, and the result is ours
-            # to give back.
-            if gave_up:
-                self._settle(call)
-            elif call.error is None and isinstance(call.result, AsyncLock):
-                self._give_back(call.result)
-            raise
+                    self._settle(call)
+                elif call.error is None and isinstance(call.result, AsyncLock):
+                    self._give_back(call.result)
+                raise
+        finally:
+            if guarded:
+                _signal.signal(_SIGINT, signal.default_int_handler)
         if call.error is not None:
             error, call.error = call.error, None  # no reference cycle through the traceback
             raise error
-        result = call.result
-        if isinstance(result, AsyncLock):
-            return Lock(self, result)
-        return result
+        return call.result
+
+    def _interruptible(self, call: _Call) -> Callable[[int, Any], None]:
+        """The SIGINT handler of a call in the main thread: KeyboardInterrupt
+        while the thread sleeps on its waiter; elsewhere (running the loop,
+        passing it on) the call is marked, the loop stopped if this thread
+        runs it, and KeyboardInterrupt raised once the thread holds nothing."""
+        loop = self.loop
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if call.waiting:
+                raise KeyboardInterrupt
+            call.interrupted = True
+            if call.leading:
+                loop.stop()
+                loop.call_soon_threadsafe(_noop)  # out of the selector's wait
+
+        return on_sigint
+
+    def _lead(self, call: _Call) -> None:
+        """Run the loop (this thread holds ``owner``) until the call has an
+        outcome (or Ctrl-C in the main thread); then let the loop go."""
+        try:
+            if call.state == _PENDING and not call.interrupted:
+                call.leading = True
+                try:
+                    self.loop.run_forever()
+                finally:
+                    call.leading = False
+        finally:
+            self._release_loop()
+
+    def _release_loop(self) -> None:
+        """Let the loop go (this thread holds owner): pass it straight to a
+        caller that waits and can run it, or else release it (and have the
+        background thread run it for waiting callers that cannot)."""
+        while True:
+            with self.mu:
+                for call in self.followers:
+                    if call.can_lead and call.state == _PENDING:
+                        call.handed = True
+                        if not call.signalled:
+                            call.signalled = True
+                            call.waiter.release()
+                        return
+                others = bool(self.followers)
+            self.owner.release()
+            if others:
+                self.wake.set()
+                return
+            # A caller that came meanwhile may have found the loop taken.
+            if not self.followers or not self.owner.acquire(False):
+                return
+
+    def _hand(self, call: _Call) -> None:
+        """Hand the call to the loop: into the inbox, which the loop drains
+        (woken with call_soon_threadsafe only when no drain is pending)."""
+        with self.mu:
+            self.followers[call] = None
+        self.inbox.append(call)
+        if not self.draining:
+            # Wake the loop only when no drain is pending: a busy loop
+            # (many threads) is spared a self-pipe write and wake-up per call.
+            self.draining = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except BaseException:  # the loop is closed: nothing will run this call
+                self.draining = False
+                with self.mu:
+                    self.followers.pop(call, None)
+                try:
+                    self.inbox.remove(call)
+                except ValueError:
+                    pass
+                raise
+        if self.owns_loop and not call.can_lead and not self.owner.locked():
+            self.wake.set()  # nobody runs the loop: the background thread is to
 
     def _drain(self) -> None:
         """On the loop: start the calls handed over, unless their callers gave
         up already. The flag is cleared before the inbox is emptied, so a call
-        appended meanwhile is either taken here or schedules another drain."""
-        self._draining = False
-        inbox, create_task = self._inbox, self._loop.create_task
+        appended meanwhile is either taken here or schedules another drain.
+        The background thread gives the loop up to a caller that can run it."""
+        self.draining = False
+        inbox, create_task = self.inbox, self.loop.create_task
+        give_up = False
         while inbox:
             call = inbox.popleft()
             if call.state == _PENDING:
                 call.task = create_task(self._hand_over(call))
+                give_up = give_up or call.can_lead
+        if give_up and self.bg_leading:
+            self.loop.stop()
 
-    async def _hand_over(self, call: "_Call") -> None:
+    async def _hand_over(self, call: _Call) -> None:
         """On the loop: the call's outcome goes to its caller, unless the
         caller gave up first; a lock nobody will receive is then unlocked."""
         try:
             result = await call.func(*call.args, **call.kwargs)
         except BaseException as e:  # noqa: BLE001 - handed over, or nobody wants it
-            with self._hand_mu:
+            with self.mu:
                 if call.state == _PENDING:
-                    call.state = _DELIVERED
                     call.error = e
-                    call.waiter.release()
+                    self._deliver(call)
             return
-        with self._hand_mu:
+        with self.mu:
             delivered = call.state == _PENDING
             if delivered:
-                call.state = _DELIVERED
                 call.result = result
-                call.waiter.release()
+                self._deliver(call)
         if not delivered and isinstance(result, AsyncLock) and result:
             try:
                 await result.unlock()
             except Exception as e:  # noqa: BLE001
                 log.debug("ldlm: giving back %r failed: %r", result.name, e)
 
-    def _settle(self, call: "_Call") -> None:
+    def _deliver(self, call: _Call) -> None:
+        """Under mu, on the loop: the call has its outcome; tell its caller
+        (who, running the loop itself, only needs the loop stopped)."""
+        call.state = _DELIVERED
+        self.followers.pop(call, None)
+        if call.leading:
+            self.loop.stop()
+        elif not call.signalled:
+            call.signalled = True
+            call.waiter.release()
+
+    def run_threadsafe(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run coro on the loop from a thread that does not run it."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        if self.owns_loop:
+            self.wake.set()
+        return fut.result(timeout)
+
+    def _settle(self, call: _Call) -> None:
         """Cancel the call and wait a little for it to end (a waiting lock
         withdraws its request), so that an exiting program leaves nothing."""
 
@@ -394,7 +594,7 @@ class Client:
                 await asyncio.wait([task], timeout=_CLEANUP_SECONDS)
 
         try:
-            asyncio.run_coroutine_threadsafe(cancel_and_wait(), self._loop).result(_CLEANUP_SECONDS + 1)
+            self.run_threadsafe(cancel_and_wait(), _CLEANUP_SECONDS + 1)
         except Exception as e:  # noqa: BLE001
             log.debug("ldlm: waiting for the withdrawal: %r", e)
 
@@ -402,35 +602,74 @@ class Client:
         if not alock:
             return
         try:
-            asyncio.run_coroutine_threadsafe(alock.unlock(), self._loop).result(_CLEANUP_SECONDS)
+            self.run_threadsafe(alock.unlock(), _CLEANUP_SECONDS)
         except Exception as e:  # noqa: BLE001
             log.debug("ldlm: giving back %r failed: %r", alock.name, e)
 
+    # -- the background thread --------------------------------------------
 
-# the states of a _Call
-_PENDING, _DELIVERED, _ABANDONED = 0, 1, 2
+    def _background(self) -> None:
+        """Run the loop while callers leave it alone; at the end, close it."""
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        seen = -1
+        try:
+            while not self.stopping:
+                asked = self.wake.wait(_IDLE_SECONDS)
+                if asked:
+                    self.wake.clear()
+                if self.stopping:
+                    break
+                if (asked or self.entries == seen or self.followers) and self.owner.acquire(False):
+                    try:
+                        if not self.stopping:
+                            self.bg_leading = True
+                            try:
+                                loop.run_forever()
+                            finally:
+                                self.bg_leading = False
+                    finally:
+                        self._release_loop()
+                seen = self.entries
+        finally:
+            self._close_loop()
 
-#: each thread's waiter: a lock held while no call is under way, which the
-#: loop releases when the thread's call has an outcome
-_waiters = threading.local()
+    def _close_loop(self) -> None:
+        if not self.owner.acquire(timeout=_CLEANUP_SECONDS):
+            log.debug("ldlm: the event loop is still in use: not closed")
+            return
+        loop = self.loop
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=5))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()  # owner stays taken: nobody runs this loop again
+
+    def stop(self) -> None:
+        """End the background thread (which closes the loop)."""
+        if not self.owns_loop or self.thread is None:
+            return
+        self.stopping = True
+        self.wake.set()
+        try:
+            self.loop.call_soon_threadsafe(_stop_background, self)
+        except RuntimeError:
+            pass
+        if self.thread is not threading.current_thread():
+            self.thread.join(_CLEANUP_SECONDS)
 
 
-class _Call:
-    """One blocking call handed to the loop. ``state`` changes under the
-    client's hand-over lock: the caller giving up and the loop delivering
-    exclude each other."""
+def _stop_background(runner: _Runner) -> None:
+    if runner.bg_leading:
+        runner.loop.stop()
 
-    __slots__ = ("func", "args", "kwargs", "waiter", "state", "result", "error", "task")
 
-    def __init__(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, waiter: threading.Lock):
-        self.func = func
-        self.args = args
-        self.kwargs = kwargs
-        self.waiter = waiter
-        self.state = _PENDING
-        self.result: Any = None
-        self.error: Optional[BaseException] = None
-        self.task: Optional[asyncio.Task] = None
+def _noop() -> None:
+    pass
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
