@@ -13,13 +13,18 @@ import (
 // than living on silently dead: Done and Err tell its owner (ldlm exits 1,
 // for a supervisor to restart it), and micro discovery no longer lists it.
 
-// Done is closed when the service stopped answering by itself: one of its
-// NATS connections was closed for good (nats.go gave up reconnecting, or
-// the server closed it for a protocol error), or it found an older
-// instance serving the same prefix. Err says which. A service in that state
-// is of no use: call Stop and exit with an error, so that a supervisor
-// starts a fresh one.
+// Done is closed when the service has stopped answering, for any reason:
+// Stop returned, or it stopped by itself because one of its NATS
+// connections was closed for good (nats.go gave up reconnecting, or the
+// server closed it for a protocol error) or it found an older instance
+// serving the same prefix. Err says which. A service that stopped by
+// itself is of no use: call Stop and exit with an error, so that a
+// supervisor starts a fresh one.
 func (s *Service) Done() <-chan struct{} { return s.failed }
+
+// ErrStopped is Err after Stop, when the service had not stopped by itself
+// before.
+var ErrStopped = errors.New("the lock service was stopped")
 
 // Err says why Done was closed; nil before.
 func (s *Service) Err() error {

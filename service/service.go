@@ -138,7 +138,7 @@ type Service struct {
 	opStats opStats
 
 	failOnce sync.Once
-	failed   chan struct{} // closed when the service stopped itself
+	failed   chan struct{} // Done: closed when the service stopped
 	failErr  error         // why; written before failed is closed
 
 	// replyMu orders grant replies and the stop announcement: once stopping
@@ -309,5 +309,9 @@ func (s *Service) Stop() {
 		if err := s.nc.FlushTimeout(2 * time.Second); err != nil {
 			s.log.Warn("replies to parked waiters not flushed", "err", err)
 		}
+		s.failOnce.Do(func() {
+			s.failErr = ErrStopped
+			close(s.failed)
+		})
 	})
 }

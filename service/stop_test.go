@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,8 +11,33 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/subjects"
 )
+
+// Done means stopped for any reason: Stop closes it too, and Err then says
+// the service was stopped.
+func TestDoneAfterStop(t *testing.T) {
+	t.Parallel()
+	srv := ldlmtest.Start(t)
+	select {
+	case <-srv.Service.Done():
+		t.Fatalf("Done closed before Stop: %v", srv.Service.Err())
+	default:
+	}
+	if err := srv.Service.Err(); err != nil {
+		t.Fatalf("Err before Stop = %v, want nil", err)
+	}
+	srv.Service.Stop()
+	select {
+	case <-srv.Service.Done():
+	default:
+		t.Fatal("Done not closed when Stop returned")
+	}
+	if err := srv.Service.Err(); !errors.Is(err, service.ErrStopped) {
+		t.Fatalf("Err after Stop = %v, want ErrStopped", err)
+	}
+}
 
 // Issue 11, D5: Stop announces instance.stopped before it drains, and
 // answers the requests it still reads with Unavailable; no grant is ever
