@@ -262,16 +262,6 @@ func checkNATSURLs(urls string) error {
 	return nil
 }
 
-func newLogger(cfg serverConfig, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validate checked it
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
 func runServer(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseServerConfigFrom(os.Environ(), args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
@@ -281,7 +271,13 @@ func runServer(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ldlm: configuration: %v\n", err)
 		return exitUsage
 	}
-	log := newLogger(cfg, stderr)
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validate checked it
+	var handler slog.Handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})
+	if cfg.LogFormat == "json" {
+		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
+	}
+	log := slog.New(handler)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, cfg, log); err != nil {
