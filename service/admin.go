@@ -18,7 +18,8 @@ func (s *Service) adminList(req micro.Request) {
 	var r subjects.ListRequest
 	if len(req.Data()) > 0 {
 		if err := json.Unmarshal(req.Data(), &r); err != nil {
-			s.adminListFailed(req, subjects.Errorf(subjects.CodeBadRequest, `body must be {"after":…,"limit":…,"prefix":…} or empty: %v`, err))
+			e := subjects.Errorf(subjects.CodeBadRequest, `body must be {"after":…,"limit":…,"prefix":…} or empty: %v`, err)
+			s.replyError(req, e, subjects.ListResponse{Locks: []subjects.LockInfo{}, Error: e})
 			return
 		}
 	}
@@ -26,7 +27,8 @@ func (s *Service) adminList(req micro.Request) {
 	case r.Limit == 0:
 		r.Limit = subjects.DefaultListLimit
 	case r.Limit < 1 || r.Limit > subjects.MaxListLimit:
-		s.adminListFailed(req, subjects.Errorf(subjects.CodeBadRequest, "limit must be 1 to %d, got %d", subjects.MaxListLimit, r.Limit))
+		e := subjects.Errorf(subjects.CodeBadRequest, "limit must be 1 to %d, got %d", subjects.MaxListLimit, r.Limit)
+		s.replyError(req, e, subjects.ListResponse{Locks: []subjects.LockInfo{}, Error: e})
 		return
 	}
 	var match func(string) bool
@@ -82,11 +84,6 @@ func lockInfo(l engine.LockInfo) subjects.LockInfo {
 		info.Waiters = append(info.Waiters, subjects.WaiterInfo{Owner: w.Owner.String(), Since: w.Since.UTC(), Deadline: w.Deadline.UTC()})
 	}
 	return info
-}
-
-func (s *Service) adminListFailed(req micro.Request, err error) {
-	e := toWireError(err)
-	s.replyError(req, e, subjects.ListResponse{Locks: []subjects.LockInfo{}, Error: e})
 }
 
 func (s *Service) adminStatus(req micro.Request) {

@@ -39,10 +39,10 @@ func checkSystemAccount(nc, sys *nats.Conn) error {
 	if err == nil && !found {
 		err = errors.New("the server does not list the system connection itself")
 	}
-	if err != nil {
-		return fmt.Errorf("service: checking that the system connection is in the system account (%s): %w", serverConnz, err)
+	var appAcc string
+	if err == nil {
+		appAcc, found, err = connzAccount(ctx, sys, nc)
 	}
-	appAcc, found, err := connzAccount(ctx, sys, nc)
 	if err != nil {
 		return fmt.Errorf("service: checking that the system connection is in the system account (%s): %w", serverConnz, err)
 	}

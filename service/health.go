@@ -67,17 +67,17 @@ var ErrConnectionClosed = errors.New("a NATS connection of the lock service was 
 // when their owners die), or when an older instance serves its prefix,
 // which it checks every sweep interval.
 func (s *Service) watch() {
+	// A connection closed before its listener was added sends nothing.
 	ncClosed := s.nc.StatusChanged(nats.CLOSED)
-	var sysClosed chan nats.Status // nil without a system connection: never fires
-	if s.sys != nil {
-		sysClosed = s.sys.StatusChanged(nats.CLOSED)
-	}
-	// A connection closed before the listener was added sends nothing.
 	if s.nc.IsClosed() {
 		ncClosed <- nats.CLOSED
 	}
-	if s.sys != nil && s.sys.IsClosed() {
-		sysClosed <- nats.CLOSED
+	var sysClosed chan nats.Status // nil without a system connection: never fires
+	if s.sys != nil {
+		sysClosed = s.sys.StatusChanged(nats.CLOSED)
+		if s.sys.IsClosed() {
+			sysClosed <- nats.CLOSED
+		}
 	}
 	closed := func(which string, nc *nats.Conn) error {
 		err := fmt.Errorf("%w: the %s connection", ErrConnectionClosed, which)
@@ -86,10 +86,7 @@ func (s *Service) watch() {
 		}
 		return err
 	}
-	every := s.cfg.SweepInterval
-	if every <= 0 {
-		every = rivalCheckInterval
-	}
+	every := positiveOr(s.cfg.SweepInterval, rivalCheckInterval)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

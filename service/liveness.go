@@ -336,9 +336,7 @@ func (l *liveness) nameOf(id string) string {
 func (l *liveness) noteIssued(id string, cid uint64) {
 	l.idsMu.Lock()
 	defer l.idsMu.Unlock()
-	if cid > l.issued[id] {
-		l.issued[id] = cid
-	}
+	l.issued[id] = max(l.issued[id], cid)
 }
 
 // LastSweep is when the last successful sweep listed the connections.

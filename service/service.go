@@ -188,7 +188,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		stop:    make(chan struct{}),
 		failed:  make(chan struct{}),
 		started: time.Now(),
-		opStats: newOpStats(),
+		opStats: opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}},
 	}
 	// Fencing tokens start from the clock, so that they keep growing
 	// across restarts of the service (see engine.WithFirstToken).

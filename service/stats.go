@@ -4,8 +4,6 @@ import (
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go/micro"
-
-	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // opStats counts requests and error replies per lock operation. The four
@@ -23,10 +21,6 @@ type opCounts struct {
 type OpCounts struct {
 	Requests uint64 `json:"requests"`
 	Errors   uint64 `json:"errors"`
-}
-
-func newOpStats() opStats {
-	return opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}}
 }
 
 // data is micro's StatsHandler: the counts of each operation for the

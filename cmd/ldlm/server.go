@@ -165,7 +165,8 @@ func (c *serverConfig) validateEmbeddedSecurity(tenants bool) error {
 		opts, err := embeddednats.LoadConfigFile(c.EmbeddedConfig)
 		switch {
 		case err != nil:
-			return c.bad(&c.EmbeddedConfig, "%v", oneLine(err))
+			// nats-server reports each problem of the file on a line of its own.
+			return c.bad(&c.EmbeddedConfig, "%s", strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " "))
 		case opts.TLSConfig != nil && c.EmbeddedTLSCert != "":
 			return c.bad(&c.EmbeddedConfig, "has a tls block, and %s is set too: use one or the other", c.name(&c.EmbeddedTLSCert))
 		case c.EmbeddedToken != "" && (len(opts.Users) > 0 || len(opts.Nkeys) > 0):
@@ -173,12 +174,6 @@ func (c *serverConfig) validateEmbeddedSecurity(tenants bool) error {
 		}
 	}
 	return nil
-}
-
-// oneLine joins the lines of err: nats-server reports each problem of a
-// configuration file on a line of its own.
-func oneLine(err error) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
 }
 
 // validateExternal checks the settings of external mode (a NATS URL). The
@@ -210,9 +205,6 @@ func (c *serverConfig) validateExternal() error {
 	return nil
 }
 
-// natsSchemes are the URL schemes nats.go connects with.
-var natsSchemes = []string{"nats", "tls", "ws", "wss"}
-
 // parseNATSURL parses one NATS URL as nats.go reads it: without a scheme,
 // it is nats://.
 func parseNATSURL(s string) (*url.URL, error) {
@@ -238,7 +230,7 @@ func checkNATSURLs(urls string) error {
 		switch {
 		case raw == "":
 			return errors.New("empty URL in the list: want nats://host:port[,nats://host:port…]")
-		case !slices.Contains(natsSchemes, u.Scheme):
+		case !slices.Contains([]string{"nats", "tls", "ws", "wss"}, u.Scheme): // those nats.go connects with
 			return fmt.Errorf("%q: the scheme must be nats, tls, ws or wss", redactURLs(raw))
 		case u.Hostname() == "":
 			return fmt.Errorf("%q has no host: want nats://host:port", redactURLs(raw))
@@ -262,16 +254,6 @@ func checkNATSURLs(urls string) error {
 	return nil
 }
 
-func newLogger(cfg serverConfig, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validate checked it
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
 func runServer(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseServerConfigFrom(os.Environ(), args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
@@ -281,7 +263,13 @@ func runServer(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ldlm: configuration: %v\n", err)
 		return exitUsage
 	}
-	log := newLogger(cfg, stderr)
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validate checked it
+	var handler slog.Handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})
+	if cfg.LogFormat == "json" {
+		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
+	}
+	log := slog.New(handler)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, cfg, log); err != nil {
