@@ -3,8 +3,7 @@
 A Client runs an :class:`~ldlm.AsyncClient` on an asyncio event loop of its
 own: a calling thread runs it while no other thread does, and a background
 thread between calls (which renews locks that have a lock timeout and hears
-of lost ones) and when a caller that ran it stays away for 2 ms while
-others wait. Its methods may be called from any number of threads at once.
+of lost ones). Its methods may be called from any number of threads at once.
 
 Nothing here repeats the asyncio client: each blocking method is made from
 the AsyncClient (or AsyncLock) method of the same name, with its signature
@@ -342,15 +341,12 @@ class _Runner:
     outcome (no hand-off between threads: the cheap case). A thread that
     finds it taken hands its call over (the inbox, drained on the loop) and
     sleeps on its waiter, which is released when the call has an outcome or
-    when the loop is free again and the thread is to run it. A leader whose
-    call has its outcome parks the loop (_park): it wakes nobody, and the
-    next call of any thread that can run the loop takes it over; a loop
-    parked for _PARKED_SECONDS goes to the background thread. (A leader that
-    stops for another reason passes the loop straight to a waiting caller.)
-    The background thread runs the loop while callers leave it alone, after
-    _IDLE_SECONDS without a call or at once when asked, so that renewals and
-    lost-lock notices are handled between calls; it gives the loop back as
-    soon as a caller that can run it comes.
+    when the loop is free again and the thread is to run it (a leader that
+    finishes passes the loop to a waiting caller). The background thread
+    runs the loop while callers leave it alone, after _IDLE_SECONDS without
+    a call or at once when asked, so that renewals and lost-lock notices are
+    handled between calls; it gives the loop back as soon as a caller that
+    can run it comes.
 
     A loop of the application's (``Client(nc, loop=loop)``) runs elsewhere:
     every call is then handed over."""
