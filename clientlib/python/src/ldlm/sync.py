@@ -271,12 +271,6 @@ class Client:
 #: the background thread runs it (for renewals, lost-lock notices, PINGs)
 _IDLE_SECONDS = 0.01
 
-#: how often the background thread looks at a parked loop while calls wait:
-#: a loop parked for this long (one look to the next) is taken over, so a
-#: caller that parked it and went off to other work delays the others' calls
-#: by at most about twice this
-_PARKED_SECONDS = 0.002
-
 # the states of a _Call
 _PENDING, _DELIVERED, _ABANDONED = 0, 1, 2
 
@@ -361,8 +355,6 @@ class _Runner:
         self.followers: "dict[_Call, None]" = {}  # handed over, not delivered (under mu)
         self.entries = 0  # calls begun, to tell a busy loop from an idle one
         self.bg_leading = False
-        self.parked = False  # owner is held by nobody running the loop: free to _take
-        self.parks = 0
         self.stopping = False
         self.wake = threading.Event()  # the background thread is to run the loop now
         self.thread: Optional[threading.Thread] = None
@@ -396,7 +388,7 @@ class _Runner:
             _signal.signal(_SIGINT, self._interruptible(call))
         try:
             try:
-                if call.can_lead and self._take():
+                if call.can_lead and self.owner.acquire(False):
                     try:
                         call.task = self.loop.create_task(self._hand_over(call))
                     except BaseException:
@@ -413,7 +405,7 @@ class _Runner:
                         if not handed and call.state == _DELIVERED:
                             signalled, call.signalled = call.signalled, False
                             break
-                    if handed or (call.can_lead and self._take()):
+                    if handed or (call.can_lead and self.owner.acquire(False)):
                         self._lead(call)
                         continue
                     call.waiting = True
@@ -477,9 +469,7 @@ class _Runner:
 
     def _lead(self, call: _Call) -> None:
         """Run the loop (this thread holds ``owner``) until the call has an
-        outcome (or Ctrl-C in the main thread); then let the loop go: park
-        it (see _park) or pass it on."""
-        ended = False
+        outcome (or Ctrl-C in the main thread); then let the loop go."""
         try:
             if call.state == _PENDING and not call.interrupted:
                 call.leading = True
@@ -487,42 +477,8 @@ class _Runner:
                     self.loop.run_forever()
                 finally:
                     call.leading = False
-            ended = True
         finally:
-            if not (ended and self._park(call)):
-                self._release_loop()
-
-    def _take(self) -> bool:
-        """Take the loop if it is free or parked (this thread then holds
-        ``owner``, runs the loop and lets it go)."""
-        if self.owner.acquire(False):
-            return True
-        if self.parked:
-            with self.mu:
-                if self.parked:
-                    self.parked = False
-                    return True
-        return False
-
-    def _park(self, call: _Call) -> bool:
-        """Let the loop go (this thread holds ``owner``, and its call has an
-        outcome) without waking anyone to run it: the caller is likely to
-        call again at once, and the next call of any thread that can run the
-        loop takes it (_take) and runs it itself. Passing it on instead
-        wakes a waiting caller to run the loop, and the caller just served
-        then hands its next call to that thread: with 8 threads on one lock,
-        two thread wake-ups between one holder and the next. Meanwhile
-        nothing runs the loop: the background thread takes over a loop
-        parked for _PARKED_SECONDS (or at once when asked). Not when a
-        waiting caller cannot run the loop itself, or the runner stops."""
-        if call.state != _DELIVERED or call.interrupted:
-            return False
-        with self.mu:
-            if self.stopping or any(not c.can_lead for c in self.followers):
-                return False
-            self.parked = True
-            self.parks += 1
-        return True
+            self._release_loop()
 
     def _release_loop(self) -> None:
         """Let the loop go (this thread holds owner): pass it straight to a
@@ -567,7 +523,7 @@ class _Runner:
                 except ValueError:
                     pass
                 raise
-        if self.owns_loop and not call.can_lead and (self.parked or not self.owner.locked()):
+        if self.owns_loop and not call.can_lead and not self.owner.locked():
             self.wake.set()  # nobody runs the loop: the background thread is to
 
     def _drain(self) -> None:
@@ -657,21 +613,14 @@ class _Runner:
         loop = self.loop
         asyncio.set_event_loop(loop)
         seen = -1
-        seen_parks = -1
         try:
             while not self.stopping:
-                asked = self.wake.wait(_PARKED_SECONDS if self.parked or self.followers else _IDLE_SECONDS)
+                asked = self.wake.wait(_IDLE_SECONDS)
                 if asked:
                     self.wake.clear()
                 if self.stopping:
                     break
-                took = False
-                if asked or self.entries == seen or self.followers:
-                    took = self.owner.acquire(False)
-                if not took and self.parked and (asked or self.entries == seen or self.parks == seen_parks):
-                    with self.mu:
-                        took, self.parked = self.parked, False
-                if took:
+                if (asked or self.entries == seen or self.followers) and self.owner.acquire(False):
                     try:
                         if not self.stopping:
                             self.bg_leading = True
@@ -682,12 +631,11 @@ class _Runner:
                     finally:
                         self._release_loop()
                 seen = self.entries
-                seen_parks = self.parks
         finally:
             self._close_loop()
 
     def _close_loop(self) -> None:
-        if not self._take() and not self.owner.acquire(timeout=_CLEANUP_SECONDS):
+        if not self.owner.acquire(timeout=_CLEANUP_SECONDS):
             log.debug("ldlm: the event loop is still in use: not closed")
             return
         loop = self.loop
