@@ -108,9 +108,9 @@ def test_auto_renew_while_threads_work(client, name):
 
 
 
-def test_a_parked_loop_does_not_hold_up_others(client, make_client, name):
+def test_a_thread_away_from_the_loop_holds_up_nobody(client, make_client, name):
     """A thread whose call ends while it runs the loop lets the loop go
-    without waking anyone to run it (it parks the loop, for its next call).
+    (to a waiting caller, or to nobody until the next call: either way).
     While it stays away, a grant for another thread's waiting lock(), a call
     from a thread that cannot run the loop (it runs an asyncio loop of its
     own) and a lock's renewals are still handled promptly."""
