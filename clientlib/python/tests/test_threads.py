@@ -105,3 +105,47 @@ def test_auto_renew_while_threads_work(client, name):
     run_threads(worker)
     assert lock
     assert lock.unlock() is True
+
+
+
+def test_a_thread_away_from_the_loop_holds_up_nobody(client, make_client, name):
+    """A thread whose call ends while it runs the loop lets the loop go
+    (to a waiting caller, or to nobody until the next call: either way).
+    While it stays away, a grant for another thread's waiting lock(), a call
+    from a thread that cannot run the loop (it runs an asyncio loop of its
+    own) and a lock's renewals are still handled promptly."""
+    import asyncio
+
+    holder = make_client()
+    held_a = holder.lock(name)
+    held_b = holder.lock(name + "-b")
+    got: dict[str, float] = {}
+
+    def waiter():
+        lock = client.lock(name + "-b", wait_timeout_seconds=30)
+        got["b"] = time.monotonic()
+        assert lock
+        assert lock.unlock()
+
+    t = threading.Thread(target=waiter)
+    threading.Timer(0.3, t.start).start()  # while this thread runs the loop in lock()
+    threading.Timer(0.8, held_a.unlock).start()
+    renewed = client.lock(name, lock_timeout_seconds=1, wait_timeout_seconds=30)
+    assert renewed
+    released = time.monotonic()
+    held_b.unlock()  # the grant for the other thread comes while this one is away
+    t.join(10)
+    assert not t.is_alive()
+    assert got["b"] - released < 1.0, f"the waiting thread's grant came {got['b'] - released:.3f}s late"
+
+    async def from_a_loop():
+        return client.try_lock(name + "-c")
+
+    start = time.monotonic()
+    lock = asyncio.run(from_a_loop())  # cannot run the client's loop itself
+    assert lock
+    assert time.monotonic() - start < 1.0
+    assert lock.unlock()
+
+    time.sleep(2.5)  # nobody inside: the 1 s lock is renewed meanwhile
+    assert renewed.unlock() is True
