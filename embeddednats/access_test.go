@@ -314,6 +314,12 @@ func TestConfigErrors(t *testing.T) {
 		{"certificate without key", Config{TLSCert: pki.ServerCert}, "certificate and its key"},
 		{"missing certificate", Config{TLSCert: "/nonexistent.pem", TLSKey: pki.ServerKey}, "/nonexistent.pem"},
 		{"missing file", Config{ConfigFile: "/nonexistent.conf"}, "/nonexistent.conf"},
+		{"member without a name", Config{Listen: "127.0.0.1:0", Cluster: Cluster{Listen: "127.0.0.1:0"}}, "server name of its own"},
+		{"member without a client port", Config{ServerName: "a", Cluster: Cluster{Listen: "127.0.0.1:0"}}, "client listen address"},
+		{"routes without a listen address", Config{ServerName: "a", Cluster: Cluster{Routes: []string{"nats-route://127.0.0.1:6222"}}}, "cluster listen address"},
+		{"a route that is not a route URL", Config{ServerName: "a", Listen: "127.0.0.1:0", Cluster: Cluster{Listen: "127.0.0.1:0", Routes: []string{"127.0.0.1:6222"}}}, "nats-route://host:port"},
+		{"a JetStream member without routes", Config{ServerName: "a", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Cluster: Cluster{Listen: "127.0.0.1:0"}}, "routes of the other members"},
+		{"a bad listen address", Config{ServerName: "a", Listen: "127.0.0.1:0", Cluster: Cluster{Listen: "6222"}}, "host:port"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -156,33 +156,3 @@ func TestClusterKeepsStreamsWhenAMemberDies(t *testing.T) {
 		}
 	}
 }
-
-// TestClusterConfigErrors: what cannot work is refused before the server
-// starts.
-func TestClusterConfigErrors(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name string
-		cfg  Config
-		want string
-	}{
-		{"member without a name", Config{Listen: "127.0.0.1:0", Cluster: Cluster{Listen: "127.0.0.1:0"}}, "server name of its own"},
-		{"member without a client port", Config{ServerName: "a", Cluster: Cluster{Listen: "127.0.0.1:0"}}, "client listen address"},
-		{"routes without a listen address", Config{ServerName: "a", Cluster: Cluster{Routes: []string{"nats-route://127.0.0.1:6222"}}}, "cluster listen address"},
-		{"a route that is not a route URL", Config{ServerName: "a", Listen: "127.0.0.1:0", Cluster: Cluster{Listen: "127.0.0.1:0", Routes: []string{"127.0.0.1:6222"}}}, "nats-route://host:port"},
-		{"a JetStream member without routes", Config{ServerName: "a", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Cluster: Cluster{Listen: "127.0.0.1:0"}}, "routes of the other members"},
-		{"a bad listen address", Config{ServerName: "a", Listen: "127.0.0.1:0", Cluster: Cluster{Listen: "6222"}}, "host:port"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			srv, err := Start(tc.cfg)
-			if err == nil {
-				srv.Shutdown()
-				t.Fatalf("started; want an error that mentions %q", tc.want)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("%v\nwant an error that mentions %q", err, tc.want)
-			}
-		})
-	}
-}
