@@ -500,7 +500,7 @@ func (t *Target) uncontendedWorkers(clients []*client) []Cycle {
 		seq := 0
 		workers[i] = func() error {
 			seq++
-			body, err := json.Marshal(subjects.Request{Key: t.runID + "-" + strconv.Itoa(i) + "-" + strconv.Itoa(seq)})
+			body, err := json.Marshal(subjects.Request{Key: t.key(i, seq)})
 			if err != nil {
 				return err
 			}
@@ -514,6 +514,11 @@ func (t *Target) uncontendedWorkers(clients []*client) []Cycle {
 	return workers
 }
 
+// key is worker's key for its seq-th lock request: unique in the run.
+func (t *Target) key(worker, seq int) string {
+	return t.runID + "-" + strconv.Itoa(worker) + "-" + strconv.Itoa(seq)
+}
+
 // sharedLockWorkers all wait for one lock of the given size with a
 // blocking lock and a key of their own, as a client that may give up
 // sends, then unlock it.
@@ -524,7 +529,7 @@ func (t *Target) sharedLockWorkers(clients []*client, kind string, size int) []C
 		seq := 0
 		workers[i] = func() error {
 			seq++
-			key := t.runID + "-" + strconv.Itoa(i) + "-" + strconv.Itoa(seq)
+			key := t.key(i, seq)
 			body, err := json.Marshal(subjects.Request{Key: key, Size: size})
 			if err != nil {
 				return err
