@@ -66,11 +66,42 @@ type epoch struct {
 // reason set, when its deadline passes, when its epoch ends, or (a lock
 // request) when its wait may be parked at an instance that is gone.
 type pending struct {
-	ep     *epoch // nil: not tied to the connection's epoch
-	waits  bool   // a lock request, which may be parked at the service
+	ep    *epoch // nil: not tied to the connection's epoch
+	waits bool   // a lock request, which may be parked at the service
+	// The request is sent with a context that stopLocked cancels: cancel's,
+	// or, when the caller's context never ends, the pending itself (see
+	// newPending), closing done.
 	cancel context.CancelFunc
+	parent context.Context
+	done   chan struct{}
 	reason error // why it was cancelled; guarded by Client.mu
 	timer  timer // its deadline; guarded by Client.mu
+}
+
+// newPending makes the record of a request and the context to send it
+// with. For a ctx that never ends (context.Background, the common case)
+// that context is the pending itself, which saves building and tearing
+// down a cancelable context per request.
+func newPending(ctx context.Context, waits bool) (*pending, context.Context, context.CancelFunc) {
+	if ctx.Done() == nil {
+		p := &pending{waits: waits, parent: ctx, done: make(chan struct{})}
+		return p, p, func() {}
+	}
+	reqCtx, cancel := context.WithCancel(ctx)
+	return &pending{waits: waits, cancel: cancel}, reqCtx, cancel
+}
+
+// A pending made for a ctx that never ends is the request's context.
+func (p *pending) Deadline() (time.Time, bool) { return p.parent.Deadline() }
+func (p *pending) Done() <-chan struct{}       { return p.done }
+func (p *pending) Value(key any) any           { return p.parent.Value(key) }
+func (p *pending) Err() error {
+	select {
+	case <-p.done:
+		return context.Canceled
+	default:
+		return nil
+	}
 }
 
 // Why the client cancelled a request (pending.reason).
@@ -314,7 +345,11 @@ func (c *Client) endLocked(p *pending) error {
 func (p *pending) stopLocked(reason error) {
 	if p.reason == nil {
 		p.reason = reason
-		p.cancel()
+		if p.cancel != nil {
+			p.cancel()
+		} else {
+			close(p.done)
+		}
 	}
 }
 
@@ -424,9 +459,8 @@ func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header
 		}
 		return data, err
 	}
-	reqCtx, cancel := context.WithCancel(ctx) // not WithDeadline: run's timer ends it, which costs less
+	p, reqCtx, cancel := newPending(ctx, false) // no deadline of its own: run's timer ends it, which costs less
 	defer cancel()
-	p := &pending{cancel: cancel}
 	c.mu.Lock()
 	c.trackLocked(p, deadline)
 	c.mu.Unlock()

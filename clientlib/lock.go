@@ -163,9 +163,8 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	case !waitUntil.IsZero():
 		deadline = waitUntil.Add(c.requestTimeout)
 	}
-	reqCtx, cancel := context.WithCancel(ctx)
+	p, reqCtx, cancel := newPending(ctx, op == subjects.OpLock)
 	defer cancel()
-	p := &pending{waits: op == subjects.OpLock, cancel: cancel}
 	ep, err := c.begin(ctx, p, deadline)
 	if err != nil {
 		return nil, false, wrap(op, name, err)
@@ -262,7 +261,9 @@ func (c *Client) giveUp(ctx context.Context, op, name, key string, reason error)
 func newKey() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand.Read crashes the program instead)
-	return hex.EncodeToString(b[:])
+	var h [32]byte
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
 
 func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse, o lockOptions, sentAt time.Time) *Lock {
