@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -71,11 +72,12 @@ type pending struct {
 	// The request is sent with a context that stopLocked cancels: cancel's,
 	// or, when the caller's context never ends, the pending itself (see
 	// newPending), closing done.
-	cancel context.CancelFunc
-	parent context.Context
-	done   chan struct{}
-	reason error // why it was cancelled; guarded by Client.mu
-	timer  timer // its deadline; guarded by Client.mu
+	cancel  context.CancelFunc
+	parent  context.Context
+	done    chan struct{}
+	stopped atomic.Bool // set before done is closed
+	reason  error       // why it was cancelled; guarded by Client.mu
+	timer   timer       // its deadline; guarded by Client.mu
 }
 
 // newPending makes the record of a request and the context to send it
@@ -96,12 +98,10 @@ func (p *pending) Deadline() (time.Time, bool) { return p.parent.Deadline() }
 func (p *pending) Done() <-chan struct{}       { return p.done }
 func (p *pending) Value(key any) any           { return p.parent.Value(key) }
 func (p *pending) Err() error {
-	select {
-	case <-p.done:
+	if p.stopped.Load() {
 		return context.Canceled
-	default:
-		return nil
 	}
+	return nil
 }
 
 // Why the client cancelled a request (pending.reason).
@@ -348,6 +348,7 @@ func (p *pending) stopLocked(reason error) {
 		if p.cancel != nil {
 			p.cancel()
 		} else {
+			p.stopped.Store(true)
 			close(p.done)
 		}
 	}
