@@ -29,18 +29,21 @@ type serverConfig struct {
 	EmbeddedServerName string `env:"LDLM_EMBEDDED_SERVER_NAME" envDefault:"ldlm" help:"name of the embedded NATS server"`
 	// The defaults must equal embeddednats.DefaultPingInterval and
 	// DefaultMaxPingsOut (a test checks).
-	EmbeddedPingInterval time.Duration `env:"LDLM_EMBEDDED_PING_INTERVAL" envDefault:"15s" help:"how often the embedded NATS server pings a quiet client; a client that vanished without closing its socket keeps its locks until ping max pings go unanswered: at most interval x (ping max + 1), a minute by default"`
-	EmbeddedPingMax      int           `env:"LDLM_EMBEDDED_PING_MAX" envDefault:"3" help:"unanswered pings after which the embedded NATS server drops a client, which frees its locks"`
-	EmbeddedTLSCert      string        `env:"LDLM_EMBEDDED_TLS_CERT" help:"certificate file (PEM) of the embedded NATS server: its clients must then use TLS"`
-	EmbeddedTLSKey       string        `env:"LDLM_EMBEDDED_TLS_KEY" help:"key file (PEM) of that certificate"`
-	EmbeddedTLSCA        string        `env:"LDLM_EMBEDDED_TLS_CA" help:"CA file (PEM): the embedded NATS server then requires client certificates signed by it (mutual TLS)"`
-	EmbeddedUser         string        `env:"LDLM_EMBEDDED_USER" help:"user as which clients log in to the embedded NATS server, with the password below"`
-	EmbeddedPassword     string        `env:"LDLM_EMBEDDED_PASSWORD" help:"that user's password, plain or a bcrypt hash (nats server passwd)"`
-	EmbeddedToken        string        `env:"LDLM_EMBEDDED_TOKEN" help:"token with which clients log in to the embedded NATS server (excludes a user and nkeys)"`
-	EmbeddedNkeys        string        `env:"LDLM_EMBEDDED_NKEYS" help:"public user nkeys (U...), comma separated, with which clients may log in to the embedded NATS server"`
-	EmbeddedConfig       string        `env:"LDLM_EMBEDDED_CONFIG" help:"nats-server configuration file for the embedded server: accounts, users and permissions, JetStream, clustering (README: Embedded security)"`
-	EmbeddedTenants      string        `env:"LDLM_EMBEDDED_TENANTS" help:"ACCOUNT:USER:PASSWORD,... : run the embedded NATS server with one account and lock namespace per tenant"`
-	Tenants              bool          `env:"LDLM_TENANTS" envDefault:"false" help:"one lock namespace per NATS account; requests must come through account imports with share: true"`
+	EmbeddedPingInterval  time.Duration `env:"LDLM_EMBEDDED_PING_INTERVAL" envDefault:"15s" help:"how often the embedded NATS server pings a quiet client; a client that vanished without closing its socket keeps its locks until ping max pings go unanswered: at most interval x (ping max + 1), a minute by default"`
+	EmbeddedPingMax       int           `env:"LDLM_EMBEDDED_PING_MAX" envDefault:"3" help:"unanswered pings after which the embedded NATS server drops a client, which frees its locks"`
+	EmbeddedTLSCert       string        `env:"LDLM_EMBEDDED_TLS_CERT" help:"certificate file (PEM) of the embedded NATS server: its clients must then use TLS"`
+	EmbeddedTLSKey        string        `env:"LDLM_EMBEDDED_TLS_KEY" help:"key file (PEM) of that certificate"`
+	EmbeddedTLSCA         string        `env:"LDLM_EMBEDDED_TLS_CA" help:"CA file (PEM): the embedded NATS server then requires client certificates signed by it (mutual TLS)"`
+	EmbeddedUser          string        `env:"LDLM_EMBEDDED_USER" help:"user as which clients log in to the embedded NATS server, with the password below"`
+	EmbeddedPassword      string        `env:"LDLM_EMBEDDED_PASSWORD" help:"that user's password, plain or a bcrypt hash (nats server passwd)"`
+	EmbeddedToken         string        `env:"LDLM_EMBEDDED_TOKEN" help:"token with which clients log in to the embedded NATS server (excludes a user and nkeys)"`
+	EmbeddedNkeys         string        `env:"LDLM_EMBEDDED_NKEYS" help:"public user nkeys (U...), comma separated, with which clients may log in to the embedded NATS server"`
+	EmbeddedConfig        string        `env:"LDLM_EMBEDDED_CONFIG" help:"nats-server configuration file for the embedded server: accounts, users and permissions, JetStream, clustering (README: Embedded security)"`
+	EmbeddedClusterListen string        `env:"LDLM_EMBEDDED_CLUSTER_LISTEN" help:"host:port on which the embedded NATS server takes routes from the other members of its NATS cluster; empty: no cluster. Each member then needs a server name of its own (default: the host name)"`
+	EmbeddedClusterRoutes string        `env:"LDLM_EMBEDDED_CLUSTER_ROUTES" help:"route URLs of the cluster's members, comma separated (nats-route://host:port); a member may list itself"`
+	EmbeddedClusterName   string        `env:"LDLM_EMBEDDED_CLUSTER_NAME" envDefault:"ldlm" help:"name of the embedded NATS cluster, the same on every member"`
+	EmbeddedTenants       string        `env:"LDLM_EMBEDDED_TENANTS" help:"ACCOUNT:USER:PASSWORD,... : run the embedded NATS server with one account and lock namespace per tenant"`
+	Tenants               bool          `env:"LDLM_TENANTS" envDefault:"false" help:"one lock namespace per NATS account; requests must come through account imports with share: true"`
 
 	Prefix               string        `env:"LDLM_SUBJECT_PREFIX" envDefault:"ldlm" help:"first token of every lock subject"`
 	MaxNameLength        int           `env:"LDLM_MAX_NAME_LENGTH" envDefault:"1024" help:"longest lock name in bytes"`

@@ -115,6 +115,9 @@ func (c *serverConfig) validateEmbedded() error {
 			return c.bad(&c.EmbeddedListen, "%v", err)
 		}
 	}
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
 	tenants, err := embeddednats.ParseTenants(c.EmbeddedTenants)
 	switch {
 	case err != nil:
@@ -125,6 +128,56 @@ func (c *serverConfig) validateEmbedded() error {
 		return c.bad(&c.Tenants, "needs tenant accounts: set %s (or %s for an external server)", c.name(&c.EmbeddedTenants), c.name(&c.NATSURL))
 	}
 	return c.validateEmbeddedSecurity(len(tenants) > 0)
+}
+
+// validateCluster checks the embedded cluster's settings and gives a
+// member the host name as its server name unless it was given one: the
+// members' names must differ.
+func (c *serverConfig) validateCluster() error {
+	if c.EmbeddedClusterListen == "" {
+		if c.EmbeddedClusterRoutes != "" {
+			return c.bad(&c.EmbeddedClusterRoutes, "needs %s: the address on which this member takes routes", c.name(&c.EmbeddedClusterListen))
+		}
+		return nil
+	}
+	if _, _, err := embeddednats.ParseListen(c.EmbeddedClusterListen); err != nil {
+		return c.bad(&c.EmbeddedClusterListen, "%v", err)
+	}
+	for _, r := range c.clusterRoutes() {
+		if u, err := url.Parse(r); err != nil || u.Scheme != "nats-route" || u.Port() == "" {
+			return c.bad(&c.EmbeddedClusterRoutes, "%q is not a route URL: want nats-route://host:port", r)
+		}
+	}
+	if strings.ContainsAny(c.EmbeddedClusterName, " \t\r\n.*>") || c.EmbeddedClusterName == "" {
+		return c.bad(&c.EmbeddedClusterName, "%q is not a cluster name: give one word without spaces, dots, '*' or '>'", c.EmbeddedClusterName)
+	}
+	if c.EmbeddedServerName == "ldlm" { // the default: make it this member's own
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			return c.bad(&c.EmbeddedServerName, "every member of a cluster needs a name of its own, and the host name is unknown (%v): set it", err)
+		}
+		c.EmbeddedServerName = host
+	}
+	return nil
+}
+
+// cluster is the embedded server's cluster settings; the zero value: none.
+func (c *serverConfig) cluster() embeddednats.Cluster {
+	if c.EmbeddedClusterListen == "" {
+		return embeddednats.Cluster{}
+	}
+	return embeddednats.Cluster{Name: c.EmbeddedClusterName, Listen: c.EmbeddedClusterListen, Routes: c.clusterRoutes()}
+}
+
+// clusterRoutes is EmbeddedClusterRoutes as a list.
+func (c *serverConfig) clusterRoutes() []string {
+	var routes []string
+	for _, r := range strings.Split(c.EmbeddedClusterRoutes, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			routes = append(routes, r)
+		}
+	}
+	return routes
 }
 
 // validateEmbeddedSecurity checks the embedded server's TLS and
@@ -389,6 +442,7 @@ func connect(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*connect
 				Nkeys:    nkeys,
 			},
 			ConfigFile: cfg.EmbeddedConfig,
+			Cluster:    cfg.cluster(),
 		})
 		if errors.Is(err, embeddednats.ErrListen) {
 			return nil, fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.EmbeddedListen))
