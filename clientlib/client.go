@@ -469,8 +469,8 @@ func (c *Client) gaveUp(op, name string, first time.Time, err error) error {
 
 // call sends req (unlock or renew) and returns what read makes of the
 // reply. It asks again, with growing pauses, while the request goes
-// unanswered, until ctx ends or the request timeout passes; then the error
-// says so. sentAt is when the last try left.
+// unanswered, until ctx ends or the request timeout passes (the last try
+// at its end); then the error says so. sentAt is when the last try left.
 func (c *Client) call(ctx context.Context, header nats.Header, op, name string, req subjects.Request, read func(data []byte) error) (sentAt time.Time, err error) {
 	first := time.Now()
 	deadline := first.Add(c.requestTimeout)
@@ -483,13 +483,14 @@ func (c *Client) call(ctx context.Context, header nats.Header, op, name string, 
 		if !unanswered(err) {
 			return sentAt, err
 		}
-		if time.Until(deadline) < pause {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return sentAt, c.gaveUp(op, name, first, err)
 		}
 		select {
 		case <-ctx.Done():
 			return sentAt, c.gaveUp(op, name, first, err)
-		case <-time.After(pause):
+		case <-time.After(min(pause, left)):
 		}
 	}
 }

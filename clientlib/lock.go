@@ -60,9 +60,11 @@ var closedDone = func() chan struct{} {
 //
 // While no service answers (no responders), or the one that answers is
 // stopping (Unavailable), Lock asks again with growing pauses, so that a
-// waiter rides out a restart of the service. It gives up when the wait
-// timeout passes, ctx ends, or the service stayed away for the request
-// timeout; the error then matches ErrNoService or ErrUnavailable.
+// waiter rides out a restart or a takeover of the service, or its start.
+// It asks within the caller's budget: until the wait timeout passes or ctx
+// ends; with neither a wait timeout nor a deadline on ctx, for the request
+// timeout (WithRequestTimeout) of silence. The error then matches
+// ErrNoService or ErrUnavailable, and says for how long it asked.
 //
 // With a lock timeout (WithLockTimeout) the lock is renewed in the
 // background unless WithAutoRenew(false); Lock.Done tells of its loss.
@@ -97,6 +99,11 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 	if o.waitTimeout > 0 {
 		waitUntil = time.Now().Add(o.waitTimeout)
 	}
+	// How long to ask while no service answers: the caller's budget, the
+	// wait timeout or ctx's deadline (checked below and by the pause), or
+	// else the request timeout of silence.
+	_, hasDeadline := ctx.Deadline()
+	silenceBounded := op == subjects.OpTryLock || (waitUntil.IsZero() && !hasDeadline)
 	var unansweredSince time.Time // since when no service took the request
 	var last error                // the last unanswered try's error
 	for tries := 0; ; tries++ {
@@ -106,6 +113,12 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 			// one prefix for a while) must not become a busy loop, nor must
 			// a service that is away.
 			pause := min(retryPause<<min(max(tries-2, 0), 10), maxRetryPause)
+			switch { // the last try goes at the end of the budget
+			case !waitUntil.IsZero():
+				pause = min(pause, time.Until(waitUntil))
+			case silenceBounded && !unansweredSince.IsZero():
+				pause = min(pause, c.requestTimeout-time.Since(unansweredSince))
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(pause):
@@ -137,7 +150,7 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 		case unanswered(err):
 			if unansweredSince.IsZero() {
 				unansweredSince = time.Now()
-			} else if time.Since(unansweredSince) >= c.requestTimeout {
+			} else if silenceBounded && time.Since(unansweredSince) >= c.requestTimeout {
 				return nil, wrap(op, name, c.gaveUp(op, name, unansweredSince, err))
 			}
 			last = err

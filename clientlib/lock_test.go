@@ -233,9 +233,10 @@ func TestServiceErrors(t *testing.T) {
 
 func TestNoService(t *testing.T) {
 	srv := ldlmtest.Start(t)
-	// The request timeout bounds how long Lock asks again while nobody answers.
+	// With neither a wait timeout nor a deadline on ctx, the request
+	// timeout bounds how long Lock asks again while nobody answers.
 	c, _ := newClient(t, srv, clientlib.WithPrefix("nobody"), clientlib.WithRequestTimeout(200*time.Millisecond))
-	_, err := c.Lock(testContext(t), "job")
+	_, err := c.Lock(context.Background(), "job")
 	if !errors.Is(err, clientlib.ErrNoService) || !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("Lock with no service = %v, want ErrNoService and nats.ErrNoResponders", err)
 	}
