@@ -47,9 +47,9 @@ type vectorCase struct {
 	RequestTimeoutSeconds float64 `json:"request_timeout_seconds"`
 	AnswersAfterSeconds   float64 `json:"answers_after_seconds"`
 	ServerID              string  `json:"server_id"`
-	ClientID uint64 `json:"client_id"`
-	Prefix   string `json:"prefix"`
-	Expect   struct {
+	ClientID              uint64  `json:"client_id"`
+	Prefix                string  `json:"prefix"`
+	Expect                struct {
 		Fields json.RawMessage `json:"fields"`
 		Error  string          `json:"error"`
 		Client struct {
