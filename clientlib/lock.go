@@ -99,11 +99,6 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 	if o.waitTimeout > 0 {
 		waitUntil = time.Now().Add(o.waitTimeout)
 	}
-	// How long to ask while no service answers: the caller's budget, the
-	// wait timeout or ctx's deadline (checked below and by the pause), or
-	// else the request timeout of silence.
-	_, hasDeadline := ctx.Deadline()
-	silenceBounded := op == subjects.OpTryLock || (waitUntil.IsZero() && !hasDeadline)
 	var unansweredSince time.Time // since when no service took the request
 	var last error                // the last unanswered try's error
 	for tries := 0; ; tries++ {
@@ -116,7 +111,7 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 			switch { // the last try goes at the end of the budget
 			case !waitUntil.IsZero():
 				pause = min(pause, time.Until(waitUntil))
-			case silenceBounded && !unansweredSince.IsZero():
+			case !unansweredSince.IsZero() && silenceBounded(ctx, op, waitUntil):
 				pause = min(pause, c.requestTimeout-time.Since(unansweredSince))
 			}
 			select {
@@ -150,7 +145,7 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 		case unanswered(err):
 			if unansweredSince.IsZero() {
 				unansweredSince = time.Now()
-			} else if silenceBounded && time.Since(unansweredSince) >= c.requestTimeout {
+			} else if silenceBounded(ctx, op, waitUntil) && time.Since(unansweredSince) >= c.requestTimeout {
 				return nil, wrap(op, name, c.gaveUp(op, name, unansweredSince, err))
 			}
 			last = err
@@ -160,6 +155,18 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 			return l, err
 		}
 	}
+}
+
+// silenceBounded reports whether the request timeout bounds how long a
+// Lock or TryLock asks while no service answers. The caller's budget comes
+// first: a Lock's wait timeout or ctx's deadline, which the loop of
+// acquire checks by itself. Called only once a request went unanswered.
+func silenceBounded(ctx context.Context, op string, waitUntil time.Time) bool {
+	if op == subjects.OpTryLock {
+		return true
+	}
+	_, hasDeadline := ctx.Deadline()
+	return waitUntil.IsZero() && !hasDeadline
 }
 
 // attempt sends one lock or trylock request. retry reports that the
