@@ -504,27 +504,35 @@ func (c *Client) gaveUp(op, name string, first time.Time, err error) error {
 
 // call sends req (unlock or renew) and returns what read makes of the
 // reply. It asks again, with growing pauses, while the request goes
-// unanswered, until ctx ends or the request timeout passes; then the error
-// says so. sentAt is when the last try left.
+// unanswered, until ctx ends or the request timeout passes (the last try
+// at its end); then the error says so. sentAt is when the last try left.
 func (c *Client) call(ctx context.Context, header nats.Header, op, name string, req subjects.Request, read func(data []byte) error) (sentAt time.Time, err error) {
 	first := time.Now()
 	deadline := first.Add(c.requestTimeout)
+	var last error // the last unanswered try's error
 	for pause := retryPause; ; pause = min(2*pause, maxRetryPause) {
 		sentAt = time.Now()
 		data, err := c.ask(ctx, deadline, header, op, name, req)
 		if err == nil {
 			err = read(data)
 		}
+		if last != nil && errors.Is(err, errNoReply) {
+			// The budget ran out during a try after unanswered ones: what
+			// happened is still that no service answered.
+			return sentAt, c.gaveUp(op, name, first, last)
+		}
 		if !unanswered(err) {
 			return sentAt, err
 		}
-		if time.Until(deadline) < pause {
+		last = err
+		left := time.Until(deadline)
+		if left <= 0 {
 			return sentAt, c.gaveUp(op, name, first, err)
 		}
 		select {
 		case <-ctx.Done():
 			return sentAt, c.gaveUp(op, name, first, err)
-		case <-time.After(pause):
+		case <-time.After(min(pause, left)):
 		}
 	}
 }

@@ -52,7 +52,7 @@ func (s *Service) yieldsTo(r pingReply) bool {
 // checkRivals steps down (returns ErrDuplicateInstance) if an older
 // instance serves our prefix, and warns about younger ones.
 func (s *Service) checkRivals(ctx context.Context) error {
-	msgs, err := gather(ctx, s.nc, "$SRV.PING."+ServiceName, nil, pingFirstAnswer)
+	msgs, err := gather(ctx, s.nc, "$SRV.PING."+ServiceName, nil, pingFirstAnswer, connzQuiet)
 	if err != nil {
 		return fmt.Errorf("looking for other instances: %w", err)
 	}

@@ -87,7 +87,10 @@ func (l *liveness) source() string {
 	return "sweep"
 }
 
-func (l *liveness) start() error {
+// start subscribes to the advisories, sweeps once, and starts the sweeper.
+// oneServer says that the NATS server is known to be the only one, so that
+// the first sweep need not wait for other servers' answers.
+func (l *liveness) start(oneServer bool) error {
 	if l.sys != nil {
 		sub, err := l.sys.Subscribe(disconnectAdvisories, l.onDisconnect)
 		if err != nil {
@@ -109,7 +112,11 @@ func (l *liveness) start() error {
 	l.noteServer(l.nc.ConnectedServerName(), l.nc.ConnectedServerId())
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
-	if err := l.sweep(ctx); err != nil {
+	quiet := connzQuiet
+	if oneServer {
+		quiet = 0
+	}
+	if err := l.sweepWithin(ctx, quiet); err != nil {
 		l.log.Warn("cannot list connections; locks of clients whose disconnect advisory is missed will not be freed", "err", err)
 	}
 
@@ -203,7 +210,11 @@ func (l *liveness) onDisconnect(msg *nats.Msg) {
 
 // sweep releases the locks of every owner that registered before the sweep
 // began and whose connection no server lists any more.
-func (l *liveness) sweep(ctx context.Context) error {
+func (l *liveness) sweep(ctx context.Context) error { return l.sweepWithin(ctx, connzQuiet) }
+
+// sweepWithin is sweep, waiting quiet after each server's answer for
+// another server's (see gather).
+func (l *liveness) sweepWithin(ctx context.Context, quiet time.Duration) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 
@@ -214,7 +225,7 @@ func (l *liveness) sweep(ctx context.Context) error {
 	if l.sys != nil {
 		conn, subject = l.sys, serverConnz
 	}
-	list, err := listConnections(ctx, conn, subject)
+	list, err := listConnections(ctx, conn, subject, quiet)
 	if err != nil {
 		return err
 	}

@@ -75,6 +75,17 @@ type Config struct {
 	// Observer, when set, is called for every engine event (metrics). It
 	// runs on the goroutine that caused the event and must be quick.
 	Observer func(engine.Event)
+	// Alone says that the NATS server is a single server (no cluster,
+	// gateways or leaf nodes) that no connection but the caller's reaches
+	// while Start runs: ldlm's embedded server, whose client port opens
+	// after Start. So no other instance can be there, and no other server
+	// can answer. Start then skips its two looks for rivals (see
+	// checkRivals), each of which waits pingFirstAnswer for an answer that
+	// cannot come, and its first sweep takes the one server's list without
+	// waiting connzQuiet for others': together most of an embedded start.
+	// An instance that starts later looks at its own start and finds this
+	// one; the periodic look and sweeps run as always.
+	Alone bool
 	// Version is reported by `nats micro info`; it must be SemVer.
 	// Default "0.0.0-dev".
 	Version string
@@ -206,7 +217,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 
 	// Follow liveness before answering, so no lock is granted to a
 	// connection whose disconnect we could not see.
-	if err := s.live.start(); err != nil {
+	if err := s.live.start(cfg.Alone); err != nil {
 		s.engine.Close()
 		return nil, err
 	}
@@ -224,8 +235,10 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 func (s *Service) register() error {
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
-	if err := s.checkRivals(ctx); err != nil {
-		return err
+	if !s.cfg.Alone {
+		if err := s.checkRivals(ctx); err != nil {
+			return err
+		}
 	}
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:        ServiceName,
@@ -272,6 +285,9 @@ func (s *Service) register() error {
 	}
 	// Another instance may have started at the same moment: of two, the
 	// younger steps down.
+	if s.cfg.Alone {
+		return nil
+	}
 	return s.checkRivals(ctx)
 }
 

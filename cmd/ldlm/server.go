@@ -363,6 +363,9 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		Tenants:               cfg.Tenants || cfg.EmbeddedTenants != "",
 		Version:               version(),
 		Observer:              metricsSrv.observer(),
+		// Nobody but this process reaches the embedded server before its
+		// client port opens, below.
+		Alone: conns.embedded != nil && conns.embedded.Unreachable(),
 	}, conns.app, conns.system, log)
 	if err != nil {
 		return err

@@ -295,9 +295,11 @@ export class Client implements LockHost, AsyncDisposable {
     let lastNoService: LdlmError | undefined;
     for (let tries = 0; ; tries++) {
       if (tries > 0) {
-        // The first retry (a changed connection or instance) goes at once.
+        // The first retry (a changed connection or instance) goes at once;
+        // the last one at the end of the budget.
         const pause = tries === 1 ? 0 : Math.min(RETRY_FIRST_MS * 2 ** Math.min(tries - 2, 10), RETRY_MAX_MS);
-        await sleep(Math.min(pause, Math.max(0, budgetEnd - performance.now())), signal);
+        const end = budgetEnd === Infinity && noServiceSince ? noServiceSince + this.#requestMs : budgetEnd;
+        await sleep(Math.min(pause, Math.max(0, end - performance.now())), signal);
       }
       signal?.throwIfAborted(); // nothing sent by this try yet: nothing to clean up
       if (this.#closed) {

@@ -15,7 +15,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 import { connect } from "@nats-io/transport-node";
-import type { Msg, NatsConnection } from "@nats-io/nats-core";
+import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core";
 import { Client, ERRORS_BY_CODE, LdlmError, LockLostError, encodeName, formatOwner, lockSubject, lostSubject, type Lock } from "@ldlm/client";
 import * as ldlm from "@ldlm/client";
 import { REPO_ROOT, newClient, startServer, uniqueName, within, type Server } from "./helpers.js";
@@ -268,6 +268,83 @@ if (vectors === undefined) {
           } finally {
             answer = () => undefined;
             await c.close();
+          }
+        });
+      }
+    });
+
+    describe("no service, through the client", () => {
+      // Each case on a prefix of its own, where a stand-in service
+      // subscribes only when the case says: before that, every request
+      // finds no responders.
+      let n = 0;
+      for (const nc of vectors.no_service as Case[]) {
+        test(`no service: ${nc.name}`, async () => {
+          const prefix = `nosvc${n++}`;
+          const svc = await connect({ servers: server.url });
+          let asked = 0;
+          const subs: Subscription[] = [];
+          const listen = async () => {
+            subs.push(
+              svc.subscribe(`${prefix}.>`, {
+                callback: (_e, m) => {
+                  const op = m.subject.split(".")[1];
+                  if (op === nc.op && nc.every_reply !== null) {
+                    asked++;
+                    m.respond(nc.every_reply);
+                  } else {
+                    m.respond(op === "unlock" ? '{"unlocked":true,"name":"job"}' : '{"locked":true,"name":"job","key":"k1","token":17,"size":1,"instance":"I1"}');
+                  }
+                },
+              }),
+            );
+            await svc.flush();
+          };
+          const c = await Client.connect({ servers: server.url }, { prefix, requestTimeoutSeconds: nc.request_timeout_seconds ?? 0.5 });
+          let later: ReturnType<typeof setTimeout> | undefined;
+          try {
+            let held: Lock | undefined;
+            if (nc.op === "unlock" || nc.op === "renew") {
+              await listen();
+              held = await c.tryLock("job", { lockTimeoutSeconds: 60, autoRenew: false });
+              assert.ok(held.locked, "the lock held first");
+              subs.pop()!.unsubscribe();
+              await svc.flush();
+            }
+            if (nc.every_reply !== null) await listen();
+            if (nc.answers_after_seconds !== undefined) {
+              later = setTimeout(() => void listen(), nc.answers_after_seconds * 1000);
+            }
+            const act = async (): Promise<Lock | void> => {
+              if (nc.op === "lock") return c.lock("job", nc.wait_timeout_seconds === undefined ? {} : { waitTimeoutSeconds: nc.wait_timeout_seconds });
+              if (nc.op === "trylock") return c.tryLock("job");
+              if (nc.op === "unlock") return held!.unlock();
+              return held!.renew(60);
+            };
+            const want = nc.expect.client;
+            switch (want.outcome) {
+              case "error": {
+                const e = await within(act().catch((err: unknown) => err), 60_000, nc.op);
+                assert.ok(e instanceof tsClass(want.error_names.ts), String(e));
+                if (nc.every_reply !== null) assert.ok(asked >= 2, `asked again (${asked} times)`);
+                break;
+              }
+              case "granted": {
+                const l = (await within(act(), 60_000, nc.op)) as Lock;
+                assert.ok(l.locked, "granted once the service answers");
+                break;
+              }
+              case "unlocked":
+              case "renewed":
+                await within(act(), 60_000, nc.op);
+                break;
+              default:
+                assert.fail(`unknown outcome ${want.outcome}`);
+            }
+          } finally {
+            clearTimeout(later);
+            await c.close();
+            await svc.close();
           }
         });
       }

@@ -369,18 +369,62 @@ def test_no_service(url, case):
 
     async def main():
         script = {op: [case["every_reply"]]} if case["every_reply"] is not None else {}
+        if op in ("unlock", "renew") or "answers_after_seconds" in case:
+            # a held lock first, or a service that starts answering later
+            script.setdefault("trylock", [granted("job", 17)])
+            script.setdefault("lock", [granted("job", 17)])
+            script.setdefault("unlock", ['{"unlocked":true,"name":"job"}'])
+            script.setdefault("renew", [granted("job", 17)])
         # nobody answers: no subscriber at all, so NATS says "no responders"
-        responder, client = await scripted(url, script, listen=bool(script), request_timeout_seconds=0.5)
+        responder, client = await scripted(
+            url, script, listen=False, request_timeout_seconds=case.get("request_timeout_seconds", 0.5)
+        )
+        subs = []
+
+        async def listen():
+            subs.append(await responder.nc.subscribe(f"{responder.prefix}.>", cb=responder.on_request))
+            await responder.nc.flush()
+
+        later = None
         try:
-            with pytest.raises(ldlm.LDLMError) as info:
-                if op == "lock":
-                    await client.lock("job", case["wait_timeout_seconds"])
-                else:
-                    await client.try_lock("job")
-            assert type(info.value).__name__ == want["error_names"]["python"], info.value
+            held = None
+            if op in ("unlock", "renew"):
+                await listen()
+                held = await client.try_lock("job", lock_timeout_seconds=60, auto_renew=False)
+                assert held, "the lock held first"
+                await subs.pop().unsubscribe()
+                await responder.nc.flush()
             if case["every_reply"] is not None:
-                assert sum(1 for o, _ in responder.requests if o == op) >= 2, "it did not ask again"
+                await listen()
+            if "answers_after_seconds" in case:
+                later = asyncio.get_running_loop().call_later(
+                    case["answers_after_seconds"], lambda: asyncio.ensure_future(listen())
+                )
+
+            async def act():
+                if op == "lock":
+                    return await client.lock("job", case.get("wait_timeout_seconds"))
+                if op == "trylock":
+                    return await client.try_lock("job")
+                if op == "unlock":
+                    return await held.unlock()
+                return await held.renew(60)
+
+            if want["outcome"] == "error":
+                with pytest.raises(ldlm.LDLMError) as info:
+                    await act()
+                assert type(info.value).__name__ == want["error_names"]["python"], info.value
+                if case["every_reply"] is not None:
+                    assert sum(1 for o, _ in responder.requests if o == op) >= 2, "it did not ask again"
+            elif want["outcome"] == "granted":
+                assert await act(), "not granted once the service answered"
+            elif want["outcome"] in ("unlocked", "renewed"):
+                assert await act(), f"not {want['outcome']} once the service answered"
+            else:
+                pytest.fail(f"unknown outcome {want['outcome']}")
         finally:
+            if later is not None:
+                later.cancel()
             await client.close()
             await responder.nc.close()
 

@@ -23,8 +23,9 @@ the shared wire vectors (subjects/testdata/wire-vectors.json) check both:
   while), and to instance announcements (``PREFIX.instance.*``);
 - a waiting lock asks again when the service is stopping (``Unavailable``),
   when nobody answers (no responders) and when another instance takes over;
-  trylock, unlock and renew retry the first two within the request timeout.
-  Each retry waits longer (10 ms doubling to 1 s);
+  it retries the first two within its wait timeout (without one, within the
+  request timeout of silence), and trylock, unlock and renew within the
+  request timeout. Each retry waits longer (10 ms doubling to 1 s);
 - a lock with a lock timeout is renewed in the background (unless auto-renew
   is off) and counted lost once its timeout passes without a renewal.
 """
@@ -610,7 +611,8 @@ class AsyncClient:
       that does not give its own;
     - ``subject_prefix`` (default "ldlm");
     - ``request_timeout_seconds`` (default 5): bounds trylock, unlock and
-      renew requests, including their retries while no service answers;
+      renew requests, including their retries while no service answers, and
+      how long a lock without a wait timeout keeps asking while none does;
     - ``retries`` and ``retry_delay_seconds`` (py-ldlm's): instead of the
       request timeout, keep retrying while no service answers for
       ``retries * retry_delay_seconds`` seconds (``retries=-1``: for ever);
@@ -1210,7 +1212,7 @@ class AsyncClient:
         """Send unlock or renew with the current owner and return the decoded
         reply (the service's error stays in it). While no service answers, or
         it is stopping, it retries within the budget (default: the request
-        timeout, or what ``retries`` says)."""
+        timeout, or what ``retries`` says), the last try at its end."""
         if self._nc is None:
             await self.connect()
         nc = self._nc
@@ -1220,11 +1222,11 @@ class AsyncClient:
         start = time.monotonic()
         end = start + (self._no_service_budget if budget is None else budget)
         tries = 0
+        unavailable = False
         while True:
             ep = self._current()
             headers = ep.headers if ep is not None else None
             timeout = max(min(self._request_timeout, end - time.monotonic()), _MIN_TIMEOUT)
-            unavailable = False
             try:
                 reply = _decode_reply(await self._request(nc, subj, payload, timeout, headers), name)
                 err = reply.get("error")
@@ -1232,12 +1234,17 @@ class AsyncClient:
                     return reply
                 unavailable = True
             except nats.errors.NoRespondersError:
-                pass
-            pause = _pause(tries)
-            tries += 1
-            if time.monotonic() + pause >= end:
+                unavailable = False
+            except nats.errors.TimeoutError as e:
+                if tries == 0:
+                    raise
+                # the budget ran out during a try after unanswered ones
+                raise self._no_service(name, start, unavailable) from e
+            left = end - time.monotonic()
+            if left <= 0:
                 raise self._no_service(name, start, unavailable)
-            await asyncio.sleep(pause)
+            await asyncio.sleep(min(_pause(tries), left))
+            tries += 1
 
     async def _acquire(
         self,
@@ -1272,14 +1279,20 @@ class AsyncClient:
         tail += "}"
         no_service_since: Optional[float] = None  # when nobody started answering
         unavailable = False
-        warned = False
         retries = 0  # consecutive retries, for the pause before the next
+        # While no service answers, the caller's budget: the wait timeout of
+        # a lock, else the no-service budget (the request timeout, or what
+        # ``retries`` says) from the first unanswered try.
+        silence_bounded = deadline is None
 
         while True:
             if retries > 1 or no_service_since is not None:
                 pause = _pause(retries - 1)
+                # the last try goes at the end of the budget
                 if deadline is not None:
                     pause = min(pause, max(deadline - time.monotonic(), 0))
+                elif no_service_since is not None:
+                    pause = min(pause, max(no_service_since + self._no_service_budget - time.monotonic(), 0))
                 await asyncio.sleep(pause)
             ep = self._current()
             if ep is None:
@@ -1332,10 +1345,13 @@ class AsyncClient:
                 if no_service_since is None:
                     no_service_since = sent_at
                 unavailable = False
-            except BaseException:
+            except BaseException as e:
                 # Timed out locally, interrupted: give back whatever the
                 # service may have done with our key.
                 await _finish(self._withdraw(name, key))
+                if isinstance(e, nats.errors.TimeoutError) and no_service_since is not None and silence_bounded:
+                    # the budget ran out during a try after unanswered ones
+                    raise self._no_service(name, no_service_since, unavailable) from e
                 raise
             else:
                 if wait is not None and wait.interrupted:
@@ -1392,17 +1408,8 @@ class AsyncClient:
             # the budget.
             assert no_service_since is not None
             retries += 1
-            now = time.monotonic()
-            if not is_lock and now - no_service_since + _pause(retries - 1) >= self._no_service_budget:
+            if silence_bounded and time.monotonic() - no_service_since >= self._no_service_budget:
                 raise self._no_service(name, no_service_since, unavailable)
-            if is_lock and deadline is None and not warned and now - no_service_since >= self._request_timeout:
-                warned = True
-                log.warning(
-                    "ldlm: lock %r: no lock service answered on %s.* for %.0fs: is ldlm running? Still asking.",
-                    name,
-                    self._prefix,
-                    now - no_service_since,
-                )
 
     async def _withdraw(self, name: str, key: str) -> None:
         """Take back a lock request we gave up on: unlock with its key, which
