@@ -251,7 +251,7 @@ func (c *Client) run() {
 func (c *Client) refreshLocked() {
 	connected, gen, owner := c.connState()
 	if c.cur != nil && (!connected || gen != c.cur.gen || c.closed) {
-		survives := c.sessionLocked(c.cur) && !c.closed
+		survives := c.sessionLocked(c.cur) && !c.closed && !c.nc.IsClosed()
 		for p := range c.pending {
 			if p.ep == c.cur && !(survives && p.waits) {
 				p.stopLocked(errEpochEnded)
@@ -265,6 +265,12 @@ func (c *Client) refreshLocked() {
 			}
 		}
 		c.setEpochLocked(nil)
+	}
+	if c.cur == nil && c.nc.IsClosed() {
+		// No reconnect will come (closed, or out of reconnect attempts):
+		// what the session kept waiting for an attach is lost, and the
+		// service saw the connection close.
+		c.settleLocked(nil, nil)
 	}
 	if c.cur == nil && connected && !c.closed {
 		ep := &epoch{gen: gen, owner: owner}

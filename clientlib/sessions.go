@@ -122,11 +122,16 @@ func (c *Client) askAttach(ep *epoch) *subjects.AttachResponse {
 // as without sessions). A listed lock stays held, a listed wait keeps
 // waiting for its reply, both now of ep; the others are lost, or aborted
 // to be asked again. c.mu must be held.
+//
+// With ep nil, while disconnected for good, it ends everything of earlier
+// epochs.
 func (c *Client) settleLocked(ep *epoch, resp *subjects.AttachResponse) {
 	if c.closed || c.cur != ep {
 		return // a later connection settles for itself
 	}
-	c.attached = ep
+	if ep != nil {
+		c.attached = ep
+	}
 	held := map[string]string{} // key → name
 	waiting := map[string]bool{}
 	if resp != nil {

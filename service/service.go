@@ -299,6 +299,10 @@ func (s *Service) Engine() *engine.Engine { return s.engine }
 // returns how many sessions entered grace.
 func (s *Service) ExpectSessions(owners []subjects.Owner) int { return s.live.expectSessions(owners) }
 
+// SessionsInGrace returns how many sessions are in their reconnect grace
+// now, for tests and operators.
+func (s *Service) SessionsInGrace() int { return s.live.sessions.inGrace() }
+
 // Sweep compares the locks' owners with the live connections now, and
 // releases those of closed connections. It runs by itself at start, after
 // reconnects and every SweepInterval; calling it is for tests and operators.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -181,12 +182,24 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 		routes = append(routes, "nats-route://"+l.Addr().String())
 		l.Close()
 	}
+	// Lame duck mode starts closing clients after its grace period: a short
+	// one, so that a test of it takes a second or two (the duration over
+	// which the clients are closed cannot be under 30 s, but few clients
+	// are closed at most a second apart).
+	conf := filepath.Join(t.TempDir(), "cluster.conf")
+	if err := os.WriteFile(conf, []byte(`lame_duck_grace_period: "200ms"
+lame_duck_duration: "30s"
+accounts { APP { users [{user: "app", password: "app"}] } }
+no_auth_user: "app"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	c := &Cluster{}
 	t.Cleanup(c.close)
 	log := logger()
 	for i := range n {
 		srv, err := embeddednats.Start(embeddednats.Config{ServerName: fmt.Sprintf("m%d", i), Listen: "127.0.0.1:0", Logger: log,
-			Prefix: o.cfg.Prefix, Cluster: embeddednats.Cluster{Listen: listens[i], Routes: routes}})
+			Prefix: o.cfg.Prefix, ConfigFile: conf, Cluster: embeddednats.Cluster{Listen: listens[i], Routes: routes}})
 		if err != nil {
 			t.Fatalf("starting cluster member %d: %v", i, err)
 		}
