@@ -35,6 +35,7 @@ type ownerTable interface {
 	OwnerMark() uint64
 	ReleaseOwner(subjects.Owner) (grants, waits int)
 	ReleaseStaleOwners(mark uint64, state func(subjects.Owner) engine.OwnerState) []subjects.Owner
+	HasOwner(subjects.Owner) bool
 }
 
 // liveness releases the locks of connections that closed: at once on the
@@ -377,6 +378,7 @@ func (l *liveness) sweep(ctx context.Context) error {
 		return !open && c.ClientID <= l.issued[id]
 	})
 	graced += l.sessions.expect(unknownSessions)
+	l.sessions.forgetIdle(func(s string) bool { return l.owners.HasOwner(subjects.Owner{Session: s}) })
 	if graced > 0 {
 		l.log.Info("sweep found sessions without a connection; they keep their locks for the reconnect grace",
 			"sessions", graced, "grace", l.sessions.grace)

@@ -51,7 +51,12 @@ type sessionTable struct {
 	// byConn is the reverse of conn, for live connections only: a cut
 	// connection's sessions move to graced.
 	byConn map[subjects.Owner]*connSessions
-	binds  uint64 // number of the latest binding to a connection not in byConn
+	binds  uint64 // number of the latest binding
+	// bindSeq is the number of each bound session's latest binding, and
+	// idle the number it had when a sweep found it owning nothing (see
+	// forgetIdle).
+	bindSeq map[string]uint64
+	idle    map[string]uint64
 	// graced holds the sessions in grace, each with the number of its
 	// grace: a grace that ends finds its sessions still there only if no
 	// request came meanwhile.
@@ -74,6 +79,7 @@ func newSessionTable(grace time.Duration, release func(session, why string)) *se
 		after: func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
 		conn:  map[string]subjects.Owner{}, byConn: map[subjects.Owner]*connSessions{},
 		graced: map[string]uint64{}, stops: map[uint64]func() bool{}, closed: map[subjects.Owner]time.Time{},
+		bindSeq: map[string]uint64{}, idle: map[string]uint64{},
 	}
 }
 
@@ -86,22 +92,26 @@ func (t *sessionTable) bind(session string, c subjects.Owner) (known bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	cur, bound := t.conn[session]
+	if bound && cur == c {
+		// The usual case: one lookup. A session in grace is bound to its
+		// cut connection, whose late requests must not end the grace.
+		return true
+	}
 	_, inGrace := t.graced[session]
 	known = bound || inGrace
-	if bound && cur == c && !inGrace {
-		return true // the usual case: one lookup
-	}
 	if _, late := t.closed[c]; late {
 		return known
 	}
 	delete(t.graced, session)
+	t.binds++
+	t.bindSeq[session] = t.binds
 	if bound {
 		t.unindexLocked(session, cur)
 	}
+	delete(t.idle, session)
 	t.conn[session] = c
 	cs := t.byConn[c]
 	if cs == nil {
-		t.binds++
 		cs = &connSessions{since: t.binds, sessions: map[string]struct{}{}}
 		t.byConn[c] = cs
 	}
@@ -135,7 +145,7 @@ func (t *sessionTable) connClosed(c subjects.Owner, reason string) int {
 		return len(set)
 	}
 	for _, s := range set {
-		delete(t.conn, s)
+		t.forgetLocked(s)
 	}
 	t.mu.Unlock()
 	for _, s := range set {
@@ -245,7 +255,7 @@ func (t *sessionTable) endGrace(n uint64, sessions []string) {
 	for _, s := range sessions {
 		if t.graced[s] == n {
 			delete(t.graced, s)
-			delete(t.conn, s)
+			t.forgetLocked(s)
 			lost = append(lost, s)
 		}
 	}
@@ -253,6 +263,45 @@ func (t *sessionTable) endGrace(n uint64, sessions []string) {
 	for _, s := range lost {
 		t.release(s, "no reconnect within the grace")
 	}
+}
+
+// forgetLocked drops what the table knows of session's binding.
+func (t *sessionTable) forgetLocked(s string) {
+	delete(t.conn, s)
+	delete(t.bindSeq, s)
+	delete(t.idle, s)
+}
+
+// forgetIdle drops the bindings of sessions that own nothing (owns returns
+// false) at two sweeps in a row without a new binding between: a client
+// that made a session, used it and closed without closing its connection
+// must not leave it behind for the connection's life. Two sweeps, not one,
+// because a request binds its session just before the engine registers
+// what it asked for. A forgotten session that comes back is bound again;
+// its attach says it was not known (resumed false). owns is called with mu
+// held. It returns how many bindings it dropped.
+func (t *sessionTable) forgetIdle(owns func(session string) bool) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for s, c := range t.conn {
+		if _, inGrace := t.graced[s]; inGrace {
+			continue
+		}
+		if owns(s) {
+			delete(t.idle, s)
+			continue
+		}
+		seq := t.bindSeq[s]
+		if prev, seen := t.idle[s]; seen && prev == seq {
+			t.unindexLocked(s, c)
+			t.forgetLocked(s)
+			n++
+			continue
+		}
+		t.idle[s] = seq
+	}
+	return n
 }
 
 // known reports whether session is bound or in grace.

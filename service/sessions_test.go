@@ -168,3 +168,34 @@ func TestSessionBindKnown(t *testing.T) {
 		t.Errorf("%d timers started after close; want none", n)
 	}
 }
+
+// A session that owns nothing at two sweeps in a row, without a request
+// between, is forgotten; one that owns something, or that made a request
+// since, is kept.
+func TestSessionIdleForgotten(t *testing.T) {
+	tab := newSessionTable(time.Second, func(string, string) {})
+	tab.after = (&fakeGraces{}).after
+	a := subjects.Owner{ServerID: "S", ClientID: 1}
+	b := subjects.Owner{ServerID: "S", ClientID: 2}
+	tab.bind("idle", a)
+	tab.bind("holder", a)
+	tab.bind("busy", a)
+	owns := func(s string) bool { return s == "holder" }
+	if n := tab.forgetIdle(owns); n != 0 {
+		t.Fatalf("first sweep forgot %d sessions; none before a second", n)
+	}
+	tab.bind("busy", b) // a request over another connection between the sweeps
+	if n := tab.forgetIdle(owns); n != 1 || tab.known("idle") {
+		t.Fatalf("second sweep forgot %d sessions (idle known: %v); want the idle one", n, tab.known("idle"))
+	}
+	if !tab.known("holder") || !tab.known("busy") {
+		t.Fatal("a session that owns something, or was used since, was forgotten")
+	}
+	if tab.bind("idle", a) {
+		t.Error("a forgotten session is still known when it comes back")
+	}
+	// The connection's end concerns only the sessions still bound to it.
+	if n := tab.connClosed(a, "Client Closed"); n != 2 {
+		t.Errorf("the connection's end concerned %d sessions, want 2 (holder, idle)", n)
+	}
+}

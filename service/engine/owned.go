@@ -28,3 +28,10 @@ func (e *Engine) OwnerEntries(owner subjects.Owner) (held, waiting []OwnedEntry)
 	}
 	return held, waiting
 }
+
+// HasOwner reports whether owner holds or waits for anything.
+func (e *Engine) HasOwner(owner subjects.Owner) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.owners[owner] != nil
+}
