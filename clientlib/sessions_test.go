@@ -3,6 +3,8 @@ package clientlib_test
 import (
 	"errors"
 	"fmt"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -258,5 +260,74 @@ func TestWithoutSessionsReconnectLosesLocks(t *testing.T) {
 	waitClosed(t, "the lock is lost", l.Done())
 	if err := l.Err(); !errors.Is(err, clientlib.ErrConnectionLost) {
 		t.Fatalf("Err() = %v, want ErrConnectionLost", err)
+	}
+}
+
+// gatedDialer dials only while its gate is open: a test holds a client's
+// reconnect back with it.
+type gatedDialer struct {
+	mu   sync.Mutex
+	open chan struct{} // closed while dials may go on
+	d    net.Dialer
+}
+
+func (g *gatedDialer) Dial(network, address string) (net.Conn, error) {
+	g.mu.Lock()
+	open := g.open
+	g.mu.Unlock()
+	<-open
+	return g.d.Dial(network, address)
+}
+
+// shut holds later dials back until the returned func opens the gate.
+func (g *gatedDialer) shut() (reopen func()) {
+	ch := make(chan struct{})
+	g.mu.Lock()
+	g.open = ch
+	g.mu.Unlock()
+	return func() { close(ch) }
+}
+
+// A holder that comes back after the grace finds its lock released: the
+// attach does not list it, and the lock ends with ErrConnectionLost; the
+// client takes a new session, with which it locks again.
+func TestLockReleasedWhileReconnectingIsLost(t *testing.T) {
+	c := startCluster(t)
+	gate := &gatedDialer{}
+	gate.shut()() // open at first
+	nc, err := nats.Connect(c.URLs(1)+","+c.Members[0].ClientURL(), nats.MaxReconnects(-1), nats.DontRandomize(), nats.SetCustomDialer(gate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if c.MemberOf(nc) != c.Members[1] {
+		t.Fatal("the holder is not on member 1")
+	}
+	holder := clientOn(t, nc)
+	other, _ := memberClient(t, c, 0)
+	serviceReachable(t, holder)
+	l := mustLock(t, holder, "job")
+
+	reopen := gate.shut() // hold the reconnect back
+	leave(t, c, 1, "shutdown")
+	eventually(t, "the grace ended and the lock is free", func() bool {
+		return c.Service.SessionsInGrace() == 0 && isFree(t, other, "job")
+	})
+	select {
+	case <-l.Done():
+		t.Fatalf("the lock ended before the client could know: %v", l.Err())
+	default:
+	}
+	reopen()
+	waitClosed(t, "the lock is known lost after the reconnect", l.Done())
+	if err := l.Err(); !errors.Is(err, clientlib.ErrLockLost) || !errors.Is(err, clientlib.ErrConnectionLost) {
+		t.Fatalf("Err() = %v, want a loss caused by ErrConnectionLost", err)
+	}
+	again := mustLock(t, holder, "job")
+	if isFree(t, other, "job") {
+		t.Fatal("the lock taken after the reconnect is not held")
+	}
+	if err := again.Unlock(testContext(t)); err != nil {
+		t.Fatal(err)
 	}
 }
