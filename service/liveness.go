@@ -429,6 +429,11 @@ func (l *liveness) noteServer(name, id string) {
 	})
 	l.log.Warn("NATS server restarted; released the locks of its old connections",
 		"server", name, "old_id", old, "new_id", id, "owners", len(released))
+	// Its sessions' clients reconnect, to it or to another server.
+	if n := l.sessions.connsGone(math.MaxUint64, func(c subjects.Owner) bool { return c.ServerID == old }); n > 0 {
+		l.log.Info("the sessions of the restarted server's old connections keep their locks for the reconnect grace",
+			"server", name, "sessions", n, "grace", l.sessions.grace)
+	}
 }
 
 // resolve returns the id of the server that server names: server itself

@@ -3,9 +3,12 @@ package service_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
+	"net"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
@@ -315,4 +318,78 @@ func TestRequestWithoutSessionIsConnectionOwned(t *testing.T) {
 	eventually(t, "the lock is free again", func() bool {
 		return sendSession(t, other, subjects.OpTryLock, "plain", "", "").Locked
 	})
+}
+
+// A single NATS server restarts (a new server id) under a service that
+// stays up: the holder reconnects to it, attaches, and keeps its lock.
+func TestSessionSurvivesServerRestart(t *testing.T) {
+	t.Parallel()
+	opts := func(port int) *server.Options {
+		app, sys := server.NewAccount("APP"), server.NewAccount("SYS")
+		return &server.Options{
+			Host: "127.0.0.1", Port: port, ServerName: "restarting-sessions", NoSigs: true,
+			Accounts: []*server.Account{app, sys}, SystemAccount: "SYS", NoAuthUser: "app",
+			Users: []*server.User{{Username: "app", Account: app}, {Username: "sys", Password: "sys", Account: sys}},
+		}
+	}
+	start := func(port int) *server.Server {
+		ns, err := server.NewServer(opts(port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(testTimeout) {
+			t.Fatal("nats-server not ready")
+		}
+		return ns
+	}
+	ns := start(server.RANDOM_PORT)
+	port := ns.Addr().(*net.TCPAddr).Port
+	url := ns.ClientURL()
+	reconnecting := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(20 * time.Millisecond)}
+	connect := func(opts ...nats.Option) *nats.Conn {
+		nc, err := nats.Connect(url, append(reconnecting, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	svcConn, sysConn := connect(nats.NoEcho()), connect(nats.UserInfo("sys", "sys"))
+	svc, err := service.Start(service.Config{ReconnectGrace: time.Hour}, svcConn, sysConn, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Stop)
+	holder := connect()
+	got := sendSession(t, holder, subjects.OpTryLock, "job", `{"key":"holder-key"}`, sessionA)
+	if !got.Locked {
+		t.Fatalf("trylock: %+v", got)
+	}
+
+	before := holder.ConnectedServerId()
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	ns = start(port)
+	t.Cleanup(ns.Shutdown)
+	eventually(t, "everyone is back", func() bool {
+		return holder.IsConnected() && holder.ConnectedServerId() != before && svcConn.IsConnected() && sysConn.IsConnected()
+	})
+	eventually(t, "the service learnt of the restart and the session is in grace, or attached already", func() bool {
+		return svc.SessionsInGrace() == 1
+	})
+	var a subjects.AttachResponse
+	eventually(t, "the service answers the attach", func() bool {
+		res, err := holder.RequestMsg(sessionMsg(t, holder, subjects.OpAttach, "", "", sessionA), time.Second)
+		return err == nil && subjects.DecodeAttachResponse(res.Data, &a) == nil
+	})
+	if !a.Resumed || len(a.Held) != 1 || a.Held[0].Key != "holder-key" || a.Held[0].Token != got.Token {
+		t.Fatalf("attach after the restart: %+v", a)
+	}
+	if n := svc.SessionsInGrace(); n != 0 {
+		t.Errorf("%d sessions still in grace after the attach", n)
+	}
+	if r := sendSession(t, holder, subjects.OpRenew, "job", `{"key":"holder-key","lock_timeout_seconds":30}`, sessionA); !r.Locked {
+		t.Fatalf("renew: %+v", r)
+	}
 }
