@@ -29,6 +29,7 @@ type Client struct {
 	nc               *nats.Conn
 	prefix           string
 	keepOnDisconnect bool
+	sessions         bool // send Ldlm-Session and re-attach after reconnects (WithSessions)
 	requestTimeout   time.Duration
 	cleanupTimeout   time.Duration
 
@@ -46,6 +47,12 @@ type Client struct {
 	timers   timerHeap                     // renewals and expiries of held locks, deadlines of requests; soonest first
 	wakeAt   time.Time                     // when run's timer fires next
 	lostSubs map[string]*nats.Subscription // owner → PREFIX.lost.OWNER
+	// session is the id sent in Ldlm-Session (sessions.go); replaced when
+	// the service says it forgot it. attached is the epoch whose attach
+	// was settled (or that needed none): until then, what earlier epochs
+	// held and waited for is neither kept nor lost.
+	session  string
+	attached *epoch
 
 	// What the service's notices said (notices.go).
 	instance      string                // the instance that serves now, as last heard; "" not known
@@ -58,9 +65,13 @@ type Client struct {
 // client id. A lock taken during an epoch belongs to that connection
 // identity, and the service releases it when that connection goes away.
 type epoch struct {
-	gen    uint64      // nc.Stats().Reconnects during the epoch
-	header nats.Header // with the Ldlm-Owner header; nil if the server gave no client id; shared, never written
-	owner  string      // value of the Ldlm-Owner header
+	gen uint64 // nc.Stats().Reconnects during the epoch
+	// header has the Ldlm-Owner header and, with sessions, Ldlm-Session;
+	// nil if the server gave no client id. Guarded by Client.mu: it is
+	// replaced, never modified, when the session changes, and sent by
+	// many requests at once.
+	header nats.Header
+	owner  string // value of the Ldlm-Owner header
 }
 
 // pending is a request waiting for its reply. The client cancels it, with
@@ -69,6 +80,7 @@ type epoch struct {
 type pending struct {
 	ep    *epoch // nil: not tied to the connection's epoch
 	waits bool   // a lock request, which may be parked at the service
+	key   string // the request's key, which an attach reply names
 	// The request is sent with a context that stopLocked cancels: cancel's,
 	// or, when the caller's context never ends, the pending itself (see
 	// newPending), closing done.
@@ -132,6 +144,8 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 		pending:        make(map[*pending]struct{}),
 		wakeAt:         farFuture,
 		lostSubs:       make(map[string]*nats.Subscription),
+		sessions:       true,
+		session:        newKey(),
 	}
 	for _, opt := range opts {
 		opt(c)
@@ -227,19 +241,23 @@ func (c *Client) run() {
 
 // refreshLocked compares the connection as it is now with c.cur. When the
 // connection dropped or was replaced, it ends the epoch, which aborts the
-// requests of that epoch and (unless keepOnDisconnect) loses its locks. It
-// reads the connection's state afresh on every call, so a status event
-// that arrives late or is dropped by nats.go (its buffer holds 10) does no
-// harm as long as one later event or call follows. c.mu must be held.
+// requests of that epoch and (unless keepOnDisconnect) loses its locks;
+// with sessions, it aborts only the requests that cannot be parked at the
+// service, and the new epoch's attach decides about the rest (see
+// reattach). It reads the connection's state afresh on every call, so a
+// status event that arrives late or is dropped by nats.go (its buffer
+// holds 10) does no harm as long as one later event or call follows. c.mu
+// must be held.
 func (c *Client) refreshLocked() {
 	connected, gen, owner := c.connState()
 	if c.cur != nil && (!connected || gen != c.cur.gen || c.closed) {
+		survives := c.sessionLocked(c.cur) && !c.closed && !c.nc.IsClosed()
 		for p := range c.pending {
-			if p.ep == c.cur {
+			if p.ep == c.cur && !(survives && p.waits) {
 				p.stopLocked(errEpochEnded)
 			}
 		}
-		if !c.keepOnDisconnect && !c.closed {
+		if !survives && !c.keepOnDisconnect && !c.closed {
 			for l := range c.held {
 				if l.ep == c.cur {
 					c.finishLocked(l, &LostError{Name: l.name, Cause: ErrConnectionLost})
@@ -248,12 +266,24 @@ func (c *Client) refreshLocked() {
 		}
 		c.setEpochLocked(nil)
 	}
+	if c.cur == nil && c.nc.IsClosed() {
+		// No reconnect will come (closed, or out of reconnect attempts):
+		// what the session kept waiting for an attach is lost, and the
+		// service saw the connection close.
+		c.settleLocked(nil, nil)
+	}
 	if c.cur == nil && connected && !c.closed {
 		ep := &epoch{gen: gen, owner: owner}
 		if owner != "" {
-			ep.header = nats.Header{subjects.HeaderOwner: {owner}}
+			ep.header = c.headerFor(owner)
 		}
+		first := c.attached == nil
 		c.setEpochLocked(ep)
+		if first || !c.sessionLocked(ep) {
+			c.settleLocked(ep, nil) // nothing to attach, or no sessions: as before
+		} else {
+			go c.reattach(ep)
+		}
 	}
 	c.followOwnersLocked()
 }
@@ -289,30 +319,33 @@ func (c *Client) connState() (connected bool, gen uint64, owner string) {
 }
 
 // begin registers p, a lock or trylock request about to be sent, with the
-// current epoch and its deadline (zero: none). While the connection is
-// down, a lock request waits for it until ctx ends.
-func (c *Client) begin(ctx context.Context, p *pending, deadline time.Time) (*epoch, error) {
+// current epoch and its deadline (zero: none), and returns the epoch and
+// the headers to send. While the connection is down, a lock request waits
+// for it until ctx ends.
+func (c *Client) begin(ctx context.Context, p *pending, deadline time.Time) (*epoch, nats.Header, error) {
 	for {
 		c.mu.Lock()
 		closed, cur, changed := c.closed, c.cur, c.changed
+		var header nats.Header
 		if !closed && cur != nil {
 			p.ep = cur
+			header = cur.header
 			c.trackLocked(p, deadline)
 		}
 		c.mu.Unlock()
 		switch {
 		case closed:
-			return nil, ErrClientClosed
+			return nil, nil, ErrClientClosed
 		case cur != nil:
-			return cur, nil
+			return cur, header, nil
 		case c.nc.IsClosed():
-			return nil, nats.ErrConnectionClosed
+			return nil, nil, nats.ErrConnectionClosed
 		case !p.waits:
-			return nil, fmt.Errorf("%w: not connected", ErrConnectionLost)
+			return nil, nil, fmt.Errorf("%w: not connected", ErrConnectionLost)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		case <-changed:
 		}
 	}
@@ -372,7 +405,8 @@ func (c *Client) headerLocked() nats.Header {
 // that brought it (nil: none); a grant that a lost notice overtook is
 // registered as lost. It refuses, ending the lock and saying why, a grant
 // to a closed client, over a connection that is no longer the current one
-// (unless keepOnDisconnect: the service releases it with that connection),
+// (unless keepOnDisconnect: the service releases it with that connection;
+// or with sessions, until the current connection's attach settles it),
 // or from an instance known to be gone. A grant from an instance the client
 // has not heard of tells it that this instance serves now.
 func (c *Client) register(l *Lock, p *pending) error {
@@ -380,6 +414,9 @@ func (c *Client) register(l *Lock, p *pending) error {
 	defer c.mu.Unlock()
 	if p != nil {
 		c.endLocked(p)
+		if p.ep != nil {
+			l.ep = p.ep // an attach may have moved the request to a later epoch
+		}
 	}
 	if len(c.status) > 0 {
 		c.refreshLocked() // run has not seen the connection's latest change yet
@@ -388,7 +425,7 @@ func (c *Client) register(l *Lock, p *pending) error {
 	switch {
 	case c.closed:
 		err = ErrClientClosed
-	case !c.keepOnDisconnect && c.cur != l.ep:
+	case !c.keepOnDisconnect && c.cur != l.ep && !c.unsettledLocked(l.ep):
 		err = ErrConnectionLost
 	case l.instance != "" && slices.Contains(c.goneInstances, l.instance):
 		err = fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)

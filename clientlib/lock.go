@@ -185,13 +185,14 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	}
 	p, reqCtx, cancel := newPending(ctx, op == subjects.OpLock)
 	defer cancel()
-	ep, err := c.begin(ctx, p, deadline)
+	p.key = req.Key
+	ep, header, err := c.begin(ctx, p, deadline)
 	if err != nil {
 		return nil, false, wrap(op, name, err)
 	}
 	sentAt := time.Now()
 	var resp subjects.LockResponse
-	data, err := c.request(reqCtx, 0, ep.header, op, name, req)
+	data, err := c.request(reqCtx, 0, header, op, name, req)
 	if err == nil {
 		if derr := subjects.DecodeLockResponse(data, &resp); derr != nil {
 			err = unreadable(data, derr)
@@ -216,10 +217,12 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	case resp.Error != nil && resp.Error.Code == subjects.CodeLockWaitTimeout:
 		return c.notObtained(name, serviceError(op, name, resp.Error)), false, nil
 	case resp.Error != nil && resp.Error.Code == subjects.CodeOwnerGone:
-		// The service saw our connection close while we waited. Make sure
-		// we see it too before asking again over the new connection.
+		// The service saw our connection close while we waited, or
+		// released our session. Make sure we see it too before asking
+		// again over the new connection; later calls use a new session.
 		c.mu.Lock()
 		c.refreshLocked()
+		c.forgetSessionLocked(header)
 		gone := c.cur != ep
 		c.mu.Unlock()
 		if gone {

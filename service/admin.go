@@ -160,12 +160,19 @@ func (s *Service) onEvent(ev engine.Event) {
 }
 
 // tellLost publishes a lost notice to owner's subject, PREFIX.lost.OWNER
+// (for a session, that of the connection it is bound to)
 // (with tenants PREFIX.lost.ACCOUNT.OWNER, which each account imports as
 // the former, see subjects.TenantLostSubject). A client that named its
 // server by name, as clients did before the server id, listens on the
 // subject of that name: when the server has a name of its own, the notice
 // goes there too.
 func (s *Service) tellLost(account string, owner subjects.Owner, notice subjects.LostNotice) {
+	if owner.Session != "" {
+		// A session's client listens on its connection's subject.
+		if owner = s.live.sessions.connOf(owner.Session); owner.IsZero() {
+			return // bound to no connection: nobody to tell
+		}
+	}
 	body := mustJSON(notice)
 	owners := []string{owner.String()}
 	if name := s.live.nameOf(owner.ServerID); name != "" && name != owner.ServerID {

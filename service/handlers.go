@@ -24,7 +24,7 @@ const RequestsEndpoint = "requests"
 // goroutine frees the slot.
 //
 // The subscription also receives admin requests, notices and events: only
-// the four operations are answered. Anything else gets no word, not even an
+// the four operations and attach are answered. Anything else gets no word, not even an
 // error: another service may serve a longer prefix under ours
 // (PREFIX.team.lock.x), and its requesters take the first reply.
 func (s *Service) handle(req micro.Request) {
@@ -32,6 +32,10 @@ func (s *Service) handle(req micro.Request) {
 	op, tail, _ := strings.Cut(req.Subject()[len(s.cfg.Prefix)+1:], ".")
 	counts := s.opStats[op]
 	if counts == nil {
+		return
+	}
+	if op == subjects.OpAttach {
+		s.attach(req, tail, counts)
 		return
 	}
 	counts.requests.Add(1)
@@ -76,6 +80,11 @@ func (s *Service) decode(req micro.Request, op, tail string) (subjects.Request, 
 	}
 	if err == nil {
 		r.Owner, r.Account, err = s.identify(req.Headers())
+	}
+	if err == nil {
+		if v := req.Headers().Get(subjects.HeaderSession); v != "" {
+			r.Owner, err = s.sessionOwner(v, r.Owner)
+		}
 	}
 	return r, err
 }

@@ -27,6 +27,9 @@ import (
 // ServiceName is the NATS micro service name: `nats micro info ldlm`.
 const ServiceName = "ldlm"
 
+// DefaultReconnectGrace is Config.ReconnectGrace's default.
+const DefaultReconnectGrace = 5 * time.Second
+
 // The memory of closed connections (see engine.WithGoneOwnerMemory): seconds
 // are plenty, and the bound keeps a storm of disconnects from growing memory.
 const (
@@ -54,6 +57,13 @@ type Config struct {
 	// whose advisory it missed. Default 30s; negative disables the
 	// periodic sweep (it still runs at start and after reconnects).
 	SweepInterval time.Duration
+	// ReconnectGrace is how long a session (subjects.HeaderSession) keeps
+	// its locks and queue places after its connection was cut by its NATS
+	// server (shutdown, restart, a stale or broken connection): its client
+	// has this long to reconnect and attach. A connection that its client
+	// closed loses its sessions' locks at once. Default 5s (docs/ha.md
+	// says why).
+	ReconnectGrace time.Duration
 	// MaxBodyBytes is the largest request body accepted. Default 64 KiB.
 	MaxBodyBytes int
 	// MaxLocks, MaxWaitersPerLock and MaxWaitsPerConnection bound what
@@ -100,6 +110,7 @@ func (c Config) withDefaults() Config {
 	c.MaxWaitsPerConnection = limitOrDefault(c.MaxWaitsPerConnection, 10_000)
 	c.AnonymousLockTimeout = positiveOr(c.AnonymousLockTimeout, 60*time.Second)
 	c.SweepInterval = cmp.Or(c.SweepInterval, 30*time.Second)
+	c.ReconnectGrace = positiveOr(c.ReconnectGrace, DefaultReconnectGrace)
 	c.Version = cmp.Or(c.Version, "0.0.0-dev")
 	return c
 }
@@ -199,7 +210,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		stop:    make(chan struct{}),
 		failed:  make(chan struct{}),
 		started: time.Now(),
-		opStats: opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}},
+		opStats: opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}, subjects.OpAttach: {}},
 	}
 	// Fencing tokens start from the clock, so that they keep growing
 	// across restarts of the service (see engine.WithFirstToken).
@@ -213,7 +224,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		}),
 		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
-	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.NoClearOnDisconnect)
+	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.ReconnectGrace, cfg.NoClearOnDisconnect)
 
 	// Follow liveness before answering, so no lock is granted to a
 	// connection whose disconnect we could not see.
@@ -228,7 +239,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	s.watch() // after register, which sets the fields that watch reads
 	s.announce(subjects.InstanceStarted)
 	log.Info("lock service ready", "instance", s.id, "prefix", cfg.Prefix, "liveness", s.live.source(),
-		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval)
+		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval, "reconnect_grace", cfg.ReconnectGrace)
 	return s, nil
 }
 
@@ -293,6 +304,20 @@ func (s *Service) register() error {
 
 // Engine is the lock engine behind the service, for tests and operators.
 func (s *Service) Engine() *engine.Engine { return s.engine }
+
+// ExpectSessions gives the sessions among owners that the service does not
+// know yet the reconnect grace, as if their connections had just been cut
+// by their NATS server: each session's client has Config.ReconnectGrace to
+// come back (its attach, or any request) before the session's locks and
+// waits are released. A state restored at start (durable mode) calls it,
+// before the service answers, with the owners of the locks and waits it
+// restored; connection owners among them are left to the sweep. It
+// returns how many sessions entered grace.
+func (s *Service) ExpectSessions(owners []subjects.Owner) int { return s.live.expectSessions(owners) }
+
+// SessionsInGrace returns how many sessions are in their reconnect grace
+// now, for tests and operators.
+func (s *Service) SessionsInGrace() int { return s.live.sessions.inGrace() }
 
 // Sweep compares the locks' owners with the live connections now, and
 // releases those of closed connections. It runs by itself at start, after

@@ -54,6 +54,7 @@ type serverConfig struct {
 	AnonymousLockTimeout time.Duration `env:"LDLM_ANONYMOUS_LOCK_TIMEOUT" envDefault:"60s" help:"lock timeout of locks that name none and belong to no connection"`
 	NoClearOnDisconnect  bool          `env:"LDLM_NO_CLEAR_ON_DISCONNECT" envDefault:"false" help:"keep locks when their connection closes; they then rely on timeouts"`
 	SweepInterval        time.Duration `env:"LDLM_SWEEP_INTERVAL" envDefault:"30s" help:"how often to compare lock owners with live connections; negative: only at start and after reconnects"`
+	ReconnectGrace       time.Duration `env:"LDLM_RECONNECT_GRACE" envDefault:"5s" help:"how long a client whose connection its NATS server cut keeps its locks while it reconnects"`
 	Events               bool          `env:"LDLM_EVENTS" envDefault:"false" help:"publish every grant, release and end of a wait on PREFIX.events.KIND.NAME"`
 	MetricsListen        string        `env:"LDLM_METRICS_LISTEN" help:"host:port to serve Prometheus metrics on, at /metrics; empty: no metrics"`
 

@@ -201,6 +201,8 @@ func TestConfigValidate(t *testing.T) {
 		{"anonymous lock timeout 0", nil, []string{"--anonymous-lock-timeout=0s"}, []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT", "positive"}},
 		{"anonymous lock timeout over a year", nil, []string{"--anonymous-lock-timeout=9000h"}, []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT", "a year"}},
 		{"sweep interval 0", nil, []string{"--sweep-interval=0s"}, []string{"LDLM_SWEEP_INTERVAL (--sweep-interval)", "negative"}},
+		{"reconnect grace 0", []string{"LDLM_RECONNECT_GRACE=0s"}, nil, []string{"LDLM_RECONNECT_GRACE (--reconnect-grace)", "positive"}},
+		{"reconnect grace over an hour", nil, []string{"--reconnect-grace=2h"}, []string{"LDLM_RECONNECT_GRACE", "an hour"}},
 		{"log level", nil, []string{"--log-level=loud"}, []string{"LDLM_LOG_LEVEL", `"loud"`}},
 		{"log format", []string{"LDLM_LOG_FORMAT=xml"}, nil, []string{"--log-format", `"xml"`}},
 		{"subject prefix", nil, []string{"--subject-prefix=a..b"}, []string{"LDLM_SUBJECT_PREFIX", `"a..b"`}},

@@ -76,6 +76,8 @@ func (c *serverConfig) validate() error {
 		return c.bad(&c.AnonymousLockTimeout, "must be positive and at most a year (%s), got %s", subjects.MaxTimeoutSeconds*time.Second, c.AnonymousLockTimeout)
 	case c.SweepInterval == 0:
 		return c.bad(&c.SweepInterval, "must not be 0: give a duration such as 30s, or a negative one to sweep only at start and after reconnects")
+	case c.ReconnectGrace <= 0 || c.ReconnectGrace > time.Hour:
+		return c.bad(&c.ReconnectGrace, "must be positive and at most an hour (a holder that is really gone keeps its locks that long), got %s", c.ReconnectGrace)
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return c.bad(&c.LogFormat, "must be text or json, got %q", c.LogFormat)
 	}
@@ -359,6 +361,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		AnonymousLockTimeout:  cfg.AnonymousLockTimeout,
 		NoClearOnDisconnect:   cfg.NoClearOnDisconnect,
 		SweepInterval:         cfg.SweepInterval,
+		ReconnectGrace:        cfg.ReconnectGrace,
 		Events:                cfg.Events,
 		Tenants:               cfg.Tenants || cfg.EmbeddedTenants != "",
 		Version:               version(),
