@@ -372,6 +372,12 @@ export class Client implements LockHost, AsyncDisposable {
         if (signal?.aborted) throw signal.reason;
         if (this.#closed) throw new ClientClosedError(`ldlm: ${op} ${JSON.stringify(name)}: client closed`, { lockName: name });
         if (why.kind === "aborted" && op === "lock") continue; // connection or instance changed: ask again
+        if (why.kind === "timeout" && op === "lock" && watch.epoch !== this.#cur) {
+          // A wait kept across a cut connection that no attach took over:
+          // no reply could come. As without sessions, the wait timeout is
+          // up (or, before it, ask again).
+          continue;
+        }
         if (why.kind === "timeout") {
           if (lastNoService) throw lastNoService; // the budget ran out while asking again
           throw new RequestTimeoutError(`ldlm: ${op} ${JSON.stringify(name)}: no reply from the lock service in time (withdrawn)`, { lockName: name });
@@ -757,9 +763,11 @@ export class Client implements LockHost, AsyncDisposable {
       if (left <= 0) return undefined;
       let msg: Msg;
       try {
-        msg = await this.#call(subject, undefined, ep.headers, Math.max(1, left));
+        // ep's signal aborts when ep ends (another reconnect, close()): the
+        // attach is then moot, and leaves no timer behind.
+        msg = await this.#call(subject, undefined, ep.headers, Math.max(1, left), ep.ac.signal);
       } catch {
-        return undefined; // no reply in time, or the connection closed
+        return undefined; // no reply in time, ep ended, or the connection closed
       }
       if (!isNoResponders(msg)) {
         const reply = parseAttachReply(msg.data);

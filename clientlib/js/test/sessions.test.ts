@@ -234,3 +234,25 @@ test("sessions: every request carries the client's session with its owner", asyn
     await server.stop();
   }
 });
+
+test("sessions: a kept wait ends at its wait timeout when no server comes back", async () => {
+  // kill -9: no reply of any kind; the wait, kept for an attach that never
+  // comes, still ends as a wait timeout, as without sessions.
+  const server = await startServer();
+  const name = uniqueName();
+  const holder = await Client.connect({ servers: server.url });
+  const waiter = await Client.connect({ servers: server.url });
+  const admin = await connect({ servers: server.url });
+  try {
+    assert.ok((await holder.lock(name)).locked);
+    const wait = waiter.lock(name, { waitTimeoutSeconds: 2 });
+    await poll(async () => (await adminWaiters(admin, name)).length === 1, WAIT, "the waiter waits");
+    await server.stop("SIGKILL");
+    const got = await within(wait, WAIT, "the wait's end");
+    assert.equal(got.locked, false, "granted by a dead server");
+  } finally {
+    await admin.close().catch(() => undefined);
+    await holder.close();
+    await waiter.close();
+  }
+});

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
+import signal
 import time
 import uuid
 from typing import Any, Optional
@@ -26,7 +26,7 @@ import pytest
 import ldlm
 from ldlm.aio import HEADER_OWNER, HEADER_SESSION
 
-from conftest import CLUSTER_GRACE_SECONDS, Cluster, deadline_poll
+from conftest import Cluster, stop_server
 
 WAIT = 30.0  # bound of every wait: only turns a hang into a failure
 
@@ -336,5 +336,30 @@ def test_without_sessions_no_session_header(url):
         finally:
             await client.close()
             await svc.nc.close()
+
+    run(main())
+
+
+def test_kept_wait_ends_at_its_wait_timeout_when_no_server_comes_back(own_server, name):
+    """The server dies (kill -9: no reply of any kind) while a lock() with a
+    wait timeout waits, and does not come back: the wait, kept for an
+    attach that never comes, still ends as a wait timeout (a falsy lock),
+    as without sessions, not as a local request timeout."""
+    server = own_server()
+
+    async def main():
+        holder, waiter = ldlm.AsyncClient(server.url), ldlm.AsyncClient(server.url)
+        admin = await nats.connect(server.url)
+        try:
+            assert await holder.lock(name)
+            task = asyncio.ensure_future(waiter.lock(name, wait_timeout_seconds=2))
+            await until(lambda: admin_waiters(admin, name), "the waiter waits")
+            await asyncio.to_thread(stop_server, server, signal.SIGKILL)
+            got = await asyncio.wait_for(task, WAIT)
+            assert not got, "granted by a dead server"
+        finally:
+            for c in (holder, waiter):
+                await c.close()
+            await admin.close()
 
     run(main())

@@ -1555,9 +1555,20 @@ class AsyncClient:
                 if no_service_since is None:
                     no_service_since = sent_at
                 unavailable = False
+            except nats.errors.TimeoutError:
+                # Timed out locally: give back whatever the service may have
+                # done with our key.
+                await _finish(self._withdraw(name, key))
+                if wait is not None and wait.epoch is not self._current():
+                    # A wait kept across a cut connection that no attach
+                    # took over: no reply could come. As without sessions,
+                    # the wait timeout is up (or, before it, ask again).
+                    retries += 1
+                    continue
+                raise
             except BaseException:
-                # Timed out locally, interrupted: give back whatever the
-                # service may have done with our key.
+                # Interrupted: give back whatever the service may have done
+                # with our key.
                 await _finish(self._withdraw(name, key))
                 raise
             else:
