@@ -17,6 +17,13 @@ the shared wire vectors (subjects/testdata/wire-vectors.json) check both:
   locks it was waiting for (unless ``keep_on_disconnect``). It learns of
   those changes from nats-py's connection callbacks, and checks the
   connection's identity before each request and after each grant;
+- with sessions (the default) requests also carry ``Ldlm-Session``, an id
+  made once per client, so that the service keeps the client's locks and
+  queue places across a reconnect its NATS server caused (a shutdown, a
+  restart), within its reconnect grace. After a reconnect the client sends
+  ``PREFIX.attach`` and keeps what the reply lists: held locks stay held,
+  listed waits keep waiting for their reply; the rest is lost or asked
+  again as above (docs/protocol.md, "Sessions");
 - it listens to the lost-lock notices for its connection
   (``PREFIX.lost.OWNER``), which end a held lock of the same name *and*
   fencing token (a notice that comes before the grant's reply is kept for a
@@ -36,6 +43,7 @@ import asyncio
 import collections
 import json
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -47,7 +55,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ._names import DEFAULT_PREFIX, OP_LOCK, OP_RENEW, OP_TRYLOCK, OP_UNLOCK, encode_name
+from ._names import DEFAULT_PREFIX, OP_ATTACH, OP_LOCK, OP_RENEW, OP_TRYLOCK, OP_UNLOCK, encode_name
 from .errors import (
     LOST_CODES,
     ConnectionLostError,
@@ -93,6 +101,7 @@ _STATUS_HEADER = "Status"
 _NO_RESPONDERS_STATUS = "503"
 
 HEADER_OWNER = "Ldlm-Owner"
+HEADER_SESSION = "Ldlm-Session"
 HEADER_ERROR_CODE = "Nats-Service-Error-Code"
 HEADER_ERROR = "Nats-Service-Error"
 
@@ -102,6 +111,53 @@ HEADER_ERROR = "Nats-Service-Error"
 OWNER_SERVER_FIELD = "server_id"
 
 Address = Union[str, Sequence[str], NATS]
+
+#: what the service accepts in Ldlm-Session (docs/protocol.md): 16 to 64
+#: characters of A-Z a-z 0-9 _ -
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def new_session_id() -> str:
+    """A session id as the clients make them: 32 lowercase hex digits, 128
+    bits from the operating system's cryptographic random source."""
+    return token_hex(16)
+
+
+def is_session_id(value: str) -> bool:
+    """Whether the service accepts ``value`` as an Ldlm-Session header."""
+    return isinstance(value, str) and value.isascii() and _SESSION_ID.fullmatch(value) is not None
+
+
+def parse_attach_reply(data: bytes) -> dict:
+    """Decode a reply to ``PREFIX.attach``: ``attached``, ``resumed``,
+    ``held`` (a list of ``{"name", "key", "token"}``), ``waiting`` (a list of
+    ``{"name", "key"}``) and ``error`` (None, or ``{"code", "message"}``).
+    Raises UnexpectedReplyError for a body that is not such an object."""
+    try:
+        reply: Any = json.loads(data) if data else None
+    except ValueError:
+        reply = None
+    if type(reply) is not dict:
+        raise UnexpectedReplyError(f"attach reply is not a JSON object: {data[:80]!r}")
+    err = reply.get("error") or None
+    if err is not None and not (isinstance(err, dict) and isinstance(err.get("code"), str)):
+        raise UnexpectedReplyError(f"attach reply with a malformed error: {data[:80]!r}")
+    out: dict = {
+        "attached": reply.get("attached") is True,
+        "resumed": reply.get("resumed") is True,
+        "held": [],
+        "waiting": [],
+        "error": err,
+    }
+    for field, keys in (("held", ("name", "key", "token")), ("waiting", ("name", "key"))):
+        items = reply.get(field) or []
+        if not isinstance(items, list):
+            raise UnexpectedReplyError(f"attach reply: {field} is not a list: {data[:80]!r}")
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("key"), str):
+                raise UnexpectedReplyError(f"attach reply: a malformed {field} entry: {data[:80]!r}")
+            out[field].append({k: item.get(k) for k in keys})
+    return out
 
 # lock states
 _HELD = "held"
@@ -291,26 +347,46 @@ def _pause(retries: int) -> float:
 class _Epoch:
     """One unbroken stretch of the connection: connected, to one server, with
     one client id. nats-py replaces its INFO dict on every (re)connect, so the
-    dict itself names the stretch."""
+    dict itself names the stretch.
+
+    ``headers`` are sent as they are by every request of the epoch: built
+    here once, and replaced (never modified) when the session id changes."""
 
     __slots__ = ("info", "owner", "headers")
 
-    def __init__(self, info: Any, owner: Optional[str]):
+    def __init__(self, info: Any, owner: Optional[str], session: Optional[str]):
         self.info = info
         self.owner = owner
-        self.headers = {HEADER_OWNER: owner} if owner else None
+        self.headers: Optional[dict[str, str]] = None
+        self.set_session(session)
+
+    def set_session(self, session: Optional[str]) -> None:
+        if not self.owner:
+            self.headers = None  # a session needs an owner: the service refuses it alone
+        elif session:
+            self.headers = {HEADER_OWNER: self.owner, HEADER_SESSION: session}
+        else:
+            self.headers = {HEADER_OWNER: self.owner}
+
+    @property
+    def session(self) -> Optional[str]:
+        """The session id that this epoch's requests carry (None: none)."""
+        return self.headers.get(HEADER_SESSION) if self.headers else None
 
 
 class _Wait:
     """A lock request parked at the service, which the client interrupts
     (cancels, then asks again) when its reply could be lost: the connection
-    changed, or another instance of the service took over."""
+    changed (unless the session kept the wait: the attach after the
+    reconnect then moves it to the new epoch), or another instance of the
+    service took over."""
 
-    __slots__ = ("task", "epoch", "interrupted")
+    __slots__ = ("task", "epoch", "key", "interrupted")
 
-    def __init__(self, task: "asyncio.Task[Any]", epoch: _Epoch):
+    def __init__(self, task: "asyncio.Task[Any]", epoch: _Epoch, key: str):
         self.task = task
         self.epoch = epoch
+        self.key = key
         self.interrupted = False
 
     def interrupt(self) -> None:
@@ -621,9 +697,19 @@ class AsyncClient:
       timeout waits without limit);
     - ``cleanup_timeout_seconds`` (default 5): how long to keep trying to
       withdraw a request given up on;
+    - ``sessions`` (default True): send the ``Ldlm-Session`` header, an id
+      made once per client, so that the client's locks belong to the client
+      rather than to its NATS connection: when its NATS server cuts the
+      connection (shutdown, restart) and nats-py reconnects within the
+      service's ``LDLM_RECONNECT_GRACE`` (5 s), the client re-attaches and
+      keeps its locks (same key and token, still renewed) and its place in
+      lock queues. Closing the connection still frees them at once. False:
+      locks belong to the connection and are lost on any reconnect;
     - ``keep_on_disconnect`` (default False): for a service that runs with
       ``LDLM_NO_CLEAR_ON_DISCONNECT=true``, where locks outlive their
-      connection: do not count locks lost when the connection drops;
+      connection: do not count locks lost when the connection drops (with
+      sessions: when no reply to the attach after a reconnect says which
+      are kept);
     - ``tls``: an ``ssl.SSLContext`` or a :class:`TLSConfig`; ``password``
       without ``user`` is sent as a NATS token (py-ldlm's single password).
     """
@@ -641,6 +727,7 @@ class AsyncClient:
         wait_margin_seconds: float = DEFAULT_WAIT_MARGIN_SECONDS,
         cleanup_timeout_seconds: float = DEFAULT_CLEANUP_TIMEOUT_SECONDS,
         keep_on_disconnect: bool = False,
+        sessions: bool = True,
         auto_renew_locks: Optional[bool] = None,
         auto_refresh_locks: Optional[bool] = None,
         **connect_options: Any,
@@ -678,6 +765,13 @@ class AsyncClient:
         self._wait_margin = float(wait_margin_seconds)
         self._cleanup_timeout = float(cleanup_timeout_seconds)
         self._keep_on_disconnect = keep_on_disconnect
+        # The session id sent in Ldlm-Session (None: sessions off); replaced
+        # when the service says it forgot it. _attached is the epoch whose
+        # attach was settled (or that needed none): until then what earlier
+        # epochs held and waited for is neither kept nor lost. Both are
+        # changed on the event loop only.
+        self._session: Optional[str] = new_session_id() if sessions else None
+        self._attached: Optional[_Epoch] = None
         self._connect_lock: Optional[asyncio.Lock] = None
         self._closed = False
         self._set_up = False
@@ -885,9 +979,11 @@ class AsyncClient:
     async def _sync_connection(self) -> None:
         """Compare the connection with the epoch last seen. When it dropped or
         was replaced, the epoch ends: its locks are lost (the service releases
-        them with the connection) and its waiting lock() calls ask again. A
-        new epoch starts once connected, after subscribing to its owner's
-        lost-lock notices (so none is missed)."""
+        them with the connection) and its waiting lock() calls ask again;
+        with sessions, they wait for the next epoch's attach to say what the
+        service kept (see _reattach). A new epoch starts once connected,
+        after subscribing to its owner's lost-lock notices (so none is
+        missed)."""
         if self._conn_mu is None:
             self._conn_mu = asyncio.Lock()
         async with self._conn_mu:
@@ -899,14 +995,19 @@ class AsyncClient:
                 return
             if old is not None:
                 self._epoch = None
-                if not self._keep_on_disconnect:
+                survives = old.session is not None and not self._closed and nc is not None and not nc.is_closed
+                if not survives and not self._keep_on_disconnect:
                     for lock in list(self._held):
                         if lock._epoch is old:
                             lock._lose("connection-lost", "its NATS connection closed or was replaced")
                 for w in list(self._waits):
-                    if w.epoch is old:
+                    if w.epoch is old and not survives:
                         w.interrupt()
                 self._signal_epoch_change()
+            if self._epoch is None and nc is not None and nc.is_closed:
+                # No reconnect will come (closed, or out of reconnect
+                # attempts): what the session kept for an attach is lost.
+                self._settle(None, None)
             if connected and nc is not None:
                 owner = owner_of(info)
                 if owner is None and not self._warned_no_owner:
@@ -924,10 +1025,131 @@ class AsyncClient:
                     except Exception as e:  # noqa: BLE001
                         log.warning("ldlm: cannot subscribe to lost-lock notices: %r", e)
                 if nc.is_connected and nc._server_info is info:
-                    self._epoch = _Epoch(info, owner)
+                    ep = _Epoch(info, owner, self._session)
+                    first = self._attached is None
+                    self._epoch = ep
+                    if first or ep.session is None:
+                        self._settle(ep, None)  # nothing to attach, or no sessions: as before
+                    else:
+                        self._spawn(self._reattach(ep))
                     self._signal_epoch_change()
                     _small_reads(nc)
             await self._drop_lost_subs()
+
+    # -- sessions (docs/protocol.md, "Sessions") --------------------------
+
+    async def _reattach(self, ep: _Epoch) -> None:
+        """Send the session's attach over ep, a connection that replaced
+        another, and settle with its reply what earlier epochs held and
+        waited for."""
+        try:
+            reply = await self._ask_attach(ep)
+        except Exception as e:  # noqa: BLE001 - as if no service answered
+            log.debug("ldlm: attach failed: %r", e)
+            reply = None
+        log.debug("ldlm: attach of the session over %s: %r", ep.owner, reply)
+        self._settle(ep, reply)
+        await self._drop_lost_subs()
+
+    async def _ask_attach(self, ep: _Epoch) -> Optional[dict]:
+        """Send PREFIX.attach over ep until it is answered, within the
+        request timeout, asking again while no service answers or it is
+        stopping (a restarted service may not be subscribed yet). None when
+        no usable answer came: a service older than sessions does not
+        answer attach at all."""
+        nc = self._nc
+        assert nc is not None
+        subj = f"{self._prefix}.{OP_ATTACH}"
+        end = time.monotonic() + self._request_timeout
+        tries = 0
+        while True:
+            if self._closed or self._current() is not ep:
+                return None  # another connection attaches for itself
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                msg = await self._request(nc, subj, b"", left, ep.headers)
+            except nats.errors.NoRespondersError:
+                pass
+            except nats.errors.TimeoutError:
+                return None
+            else:
+                reply = parse_attach_reply(msg.data)
+                err = reply["error"]
+                if err is None and reply["attached"]:
+                    return reply
+                if err is None or err.get("code") != "Unavailable":
+                    log.warning("ldlm: the lock service refused to attach the session: %r", err)
+                    return None
+            pause = _pause(tries)
+            tries += 1
+            if time.monotonic() + pause >= end:
+                return None
+            await asyncio.sleep(pause)
+
+    def _settle(self, ep: Optional[_Epoch], reply: Optional[dict]) -> None:
+        """Decide, for the current epoch ep, about the locks and lock
+        requests of earlier epochs, from the attach reply (None: none came,
+        or none was sent; then as without sessions). A listed lock stays
+        held and a listed wait keeps waiting for its reply, both now of ep;
+        the others are lost, or interrupted to be asked again. With ep None
+        (the connection closed for good) everything of earlier epochs ends."""
+        if self._closed or self._epoch is not ep:
+            return  # a later connection settles for itself
+        if ep is not None:
+            self._attached = ep
+        held: dict[str, str] = {}  # key → name
+        waiting: set[str] = set()
+        if reply is not None:
+            for h in reply["held"]:
+                held[h["key"]] = h["name"]
+                waiting.add(h["key"])  # a wait granted meanwhile: its reply is on the way
+            for w in reply["waiting"]:
+                waiting.add(w["key"])
+        for lock in list(self._held):
+            if lock._epoch is ep:
+                continue
+            if reply is not None and held.get(lock.key or "") == lock.name:
+                lock._epoch = ep
+            elif reply is not None:
+                lock._lose(
+                    "connection-lost",
+                    "released while disconnected: the lock service released it while the client was reconnecting",
+                )
+            elif not self._keep_on_disconnect:
+                lock._lose("connection-lost", "its NATS connection closed or was replaced")
+        for w in list(self._waits):
+            if w.epoch is ep:
+                continue
+            if reply is not None and ep is not None and w.key in waiting:
+                w.epoch = ep
+            else:
+                w.interrupt()
+        if reply is not None and not reply["resumed"]:
+            self._new_session()
+
+    def _unsettled(self, ep: Optional[_Epoch]) -> bool:
+        """Whether a grant made over ep, which is not the current epoch, may
+        still be kept: ep carried the session, and the current connection's
+        attach has not settled yet (it will judge the grant)."""
+        return ep is not None and ep.session is not None and (self._epoch is None or self._attached is not self._epoch)
+
+    def _new_session(self) -> None:
+        """Replace the session id: the service forgot the old one (and
+        refuses it for a while)."""
+        if self._session is None:
+            return
+        self._session = new_session_id()
+        if self._epoch is not None:
+            self._epoch.set_session(self._session)
+
+    def _forget_session(self, headers: Optional[dict]) -> None:
+        """An OwnerGone reply to a request sent with headers: if they carried
+        the current session, the service released it; later requests use a
+        new one."""
+        if headers and self._session is not None and headers.get(HEADER_SESSION) == self._session:
+            self._new_session()
 
     async def _drop_lost_subs(self) -> None:
         """End the lost-notice subscriptions of owners that are not the
@@ -1055,7 +1277,7 @@ class AsyncClient:
         lock lost at once (it is returned, lost)."""
         if self._closed:
             return "closed"
-        if not self._keep_on_disconnect and self._current() is not ep:
+        if not self._keep_on_disconnect and self._current() is not ep and not self._unsettled(ep):
             return "connection"
         if lock.instance and lock.instance in self._gone:
             return "instance"
@@ -1325,10 +1547,11 @@ class AsyncClient:
             if is_lock:
                 task = asyncio.current_task()
                 assert task is not None
-                wait = _Wait(task, ep)
+                wait = _Wait(task, ep, key)
                 self._waits.add(wait)
+            sent_headers = ep.headers
             try:
-                msg = await self._request(nc, subj, body.encode(), timeout, ep.headers)
+                msg = await self._request(nc, subj, body.encode(), timeout, sent_headers)
             except asyncio.CancelledError:
                 interrupted = wait is not None and wait.interrupted and wait.task.uncancel() == 0
                 # Cancelled, or the wait may be parked where no reply will
@@ -1349,13 +1572,22 @@ class AsyncClient:
                 # Timed out locally, interrupted: give back whatever the
                 # service may have done with our key.
                 await _finish(self._withdraw(name, key))
-                if isinstance(e, nats.errors.TimeoutError) and no_service_since is not None and silence_bounded:
-                    # the budget ran out during a try after unanswered ones
-                    raise self._no_service(name, no_service_since, unavailable) from e
+                if isinstance(e, nats.errors.TimeoutError):
+                    if wait is not None and wait.epoch is not self._current():
+                        # A wait kept across a cut connection that no attach
+                        # took over: no reply could come. As without sessions,
+                        # the wait timeout is up (or, before it, ask again).
+                        retries += 1
+                        continue
+                    if no_service_since is not None and silence_bounded:
+                        # the budget ran out during a try after unanswered ones
+                        raise self._no_service(name, no_service_since, unavailable) from e
                 raise
             else:
-                if wait is not None and wait.interrupted:
-                    wait.task.uncancel()  # the interruption came too late to cancel the request
+                if wait is not None:
+                    if wait.interrupted:
+                        wait.task.uncancel()  # the interruption came too late to cancel the request
+                    ep = wait.epoch  # an attach may have moved the wait to a later epoch
                 reply = _decode_reply(msg, name)
                 err = reply.get("error")
                 if not err:
@@ -1393,6 +1625,10 @@ class AsyncClient:
                         no_service_since = sent_at
                     unavailable = True
                 else:
+                    if code == "OwnerGone":
+                        # The service released our session: later requests
+                        # use a new one.
+                        self._forget_session(sent_headers)
                     if code == "OwnerGone" and is_lock:
                         # The service saw our connection close while we
                         # waited: once we see it too, ask again over the new one.
