@@ -92,7 +92,11 @@ def test_request(url, case):
             if req.get("key"):
                 assert reply["key"] == req["key"]
             unlocked = await nc.request(f"ldlm.unlock.{name}", json.dumps({"key": reply["key"]}).encode(), timeout=10)
-            assert json.loads(unlocked.data)["unlocked"]
+            body = json.loads(unlocked.data)
+            if req.get("lock_timeout_seconds", 60) >= 1:
+                assert body["unlocked"], body
+            else:  # a lock of a few milliseconds may expire before the unlock arrives
+                assert body["unlocked"] or body["error"]["code"] in ("InvalidLockKey", "LockDoesNotExist"), body
         finally:
             await nc.close()
 
