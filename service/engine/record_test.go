@@ -130,7 +130,9 @@ func TestRestoredEntriesAnswerKeysAndOwners(t *testing.T) {
 
 func TestRestoreRefusesBadRecords(t *testing.T) {
 	now := time.Now()
-	h := func(key string, token uint64) HolderRecord { return HolderRecord{Key: key, Token: token, Acquired: now} }
+	h := func(key string, token uint64) HolderRecord {
+		return HolderRecord{Key: key, Token: token, Acquired: now}
+	}
 	w := func(key string) WaiterRecord { return WaiterRecord{Key: key, Since: now} }
 	tests := []struct {
 		name string

@@ -40,14 +40,14 @@ type entry struct {
 	// link[inLock] places the entry in its lock's holders or waiters,
 	// link[inOwner] in its owner's entries.
 	link     [2]links
-	token    uint64     // fencing token while holding
-	start    int64      // Unix ns: when granted, or when the wait began
-	deadline int64      // Unix ns: lock expiry, or wait deadline; 0 = none
+	token    uint64 // fencing token while holding
+	start    int64  // Unix ns: when granted, or when the wait began
+	deadline int64  // Unix ns: lock expiry, or wait deadline; 0 = none
 	// lockTimeout is the holder's lock timeout (the last renew's), kept
 	// for its record (see Record).
 	lockTimeout time.Duration
-	timer    Timer      // fires at deadline; nil when there is none
-	wait     *waitState // set while waiting
+	timer       Timer      // fires at deadline; nil when there is none
+	wait        *waitState // set while waiting
 	// seq is the registration number of an owned request (see
 	// Engine.OwnerMark); 0 without an owner.
 	seq uint64
