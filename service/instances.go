@@ -79,7 +79,7 @@ const rivalCheckInterval = 30 * time.Second
 // announce tells clients that this instance started or stopped: locks
 // granted by any other instance are gone (see subjects.InstanceNotice).
 func (s *Service) announce(event string) {
-	notice := subjects.InstanceNotice{Instance: s.id, Event: event, Time: time.Now().UTC()}
+	notice := subjects.InstanceNotice{Instance: s.instance, Event: event, Time: time.Now().UTC()}
 	if err := s.nc.Publish(subjects.InstanceSubject(s.cfg.Prefix, event), mustJSON(notice)); err != nil {
 		s.log.Warn("instance announcement not sent", "event", event, "err", err)
 		return

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,6 +76,14 @@ type Config struct {
 	// Observer, when set, is called for every engine event (metrics). It
 	// runs on the goroutine that caused the event and must be quick.
 	Observer func(engine.Event)
+	// State is where the locks live: StateMemory (the default: they end
+	// with the process) or StateJetStream (a stream on the NATS server,
+	// loaded at start; every change is written before its reply, see
+	// docs/ha.md).
+	State string
+	// Replicas is the number of copies of the state stream in JetStream
+	// mode, capped by the JetStream servers present. Default 1.
+	Replicas int
 	// Version is reported by `nats micro info`; it must be SemVer.
 	// Default "0.0.0-dev".
 	Version string
@@ -90,6 +99,7 @@ func (c Config) withDefaults() Config {
 	c.AnonymousLockTimeout = positiveOr(c.AnonymousLockTimeout, 60*time.Second)
 	c.SweepInterval = cmp.Or(c.SweepInterval, 30*time.Second)
 	c.Version = cmp.Or(c.Version, "0.0.0-dev")
+	c.State = cmp.Or(c.State, StateMemory)
 	return c
 }
 
@@ -102,6 +112,12 @@ func (c Config) check() error {
 	}
 	if len(c.Prefix) > subjects.MaxPrefixLength {
 		return fmt.Errorf("service: the subject prefix may be at most %d bytes, not %d", subjects.MaxPrefixLength, len(c.Prefix))
+	}
+	if c.State != "" && c.State != StateMemory && c.State != StateJetStream {
+		return fmt.Errorf("service: the state must be %q or %q, not %q", StateMemory, StateJetStream, c.State)
+	}
+	if c.State == StateJetStream && strings.HasPrefix(c.Prefix+".", "$LDLM.") {
+		return errors.New("service: with JetStream state the subject prefix must not be $LDLM: the state subjects ($LDLM.PREFIX.state.>) would be request subjects")
 	}
 	return nil
 }
@@ -134,8 +150,12 @@ type Service struct {
 	live   *liveness
 
 	started time.Time
-	id      string // micro instance id, set once registered; in every grant reply
-	opStats opStats
+	id      string // micro instance id, set once registered
+	// instance is the id in grant replies and announcements: id, or in
+	// JetStream mode the state's own id, which outlives the process.
+	instance string
+	rec      *recorder // writes the state in JetStream mode; nil in memory mode
+	opStats  opStats
 
 	failOnce sync.Once
 	failed   chan struct{} // Done: closed when the service stopped
@@ -191,10 +211,23 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		opStats: opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}},
 	}
 	// Fencing tokens start from the clock, so that they keep growing
-	// across restarts of the service (see engine.WithFirstToken).
+	// across restarts of the service (see engine.WithFirstToken), and in
+	// JetStream mode above the last active's ceiling too.
+	first := uint64(s.started.UnixMicro())
+	var st *loaded
+	if cfg.State == StateJetStream {
+		ctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
+		var err error
+		st, err = s.openState(ctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("service: %w", err)
+		}
+		first = max(first, st.active.TokenCeiling+1)
+	}
 	s.engine = engine.New(
 		engine.WithEvents(s.onEvent),
-		engine.WithFirstToken(uint64(s.started.UnixMicro())),
+		engine.WithFirstToken(first),
 		engine.WithLimits(engine.Limits{
 			MaxLocks:          cfg.MaxLocks,
 			MaxWaitersPerLock: cfg.MaxWaitersPerLock,
@@ -202,6 +235,11 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		}),
 		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
+	if st != nil {
+		s.rec = newRecorder(s.engine, log, s.stepDown)
+		s.instance = st.active.Instance
+		s.restore(st)
+	}
 	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.NoClearOnDisconnect)
 
 	// Follow liveness before answering, so no lock is granted to a
@@ -210,22 +248,36 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.engine.Close()
 		return nil, err
 	}
-	if err := s.register(); err != nil {
+	if err := s.register(st); err != nil {
 		s.Stop()
 		return nil, err
 	}
 	s.watch() // after register, which sets the fields that watch reads
 	s.announce(subjects.InstanceStarted)
-	log.Info("lock service ready", "instance", s.id, "prefix", cfg.Prefix, "liveness", s.live.source(),
+	log.Info("lock service ready", "instance", s.instance, "prefix", cfg.Prefix, "state", cfg.State, "liveness", s.live.source(),
 		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval)
 	return s, nil
 }
 
-func (s *Service) register() error {
+func (s *Service) register(st *loaded) error {
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
 	if err := s.checkRivals(ctx); err != nil {
 		return err
+	}
+	if s.rec != nil {
+		// Take over only once no other instance answers: the takeover
+		// would depose it.
+		cid, err := s.nc.GetClientID()
+		if err != nil {
+			return fmt.Errorf("reading the service connection's client id: %w", err)
+		}
+		tctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
+		err = s.rec.start(tctx, st, s.nc.ConnectedServerId(), cid)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:        ServiceName,
@@ -246,6 +298,7 @@ func (s *Service) register() error {
 	}
 	s.micro = svc
 	s.id = svc.Info().ID
+	s.instance = cmp.Or(s.instance, s.id)
 	// One endpoint, so one subscription, for all four lock operations:
 	// NATS delivers one publisher's messages to one subscription in the
 	// order they were sent, so an unlock is always read after the lock
@@ -294,13 +347,24 @@ func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
-		s.engine.Close()
-		s.replyMu.Lock()
-		s.stopping = true
-		if s.id != "" {
-			s.announce(subjects.InstanceStopped)
+		if s.rec != nil {
+			// The locks stay in the stream, for the next active: no stop
+			// announcement, and parked waiters stay parked there. Take no
+			// more requests, write what changed, send what waits for it,
+			// and only then close the engine (whose Unavailable replies
+			// the closed recorder drops).
+			s.stopMicro()
+			s.rec.close()
+			s.engine.Close()
+		} else {
+			s.engine.Close()
+			s.replyMu.Lock()
+			s.stopping = true
+			if s.id != "" {
+				s.announce(subjects.InstanceStopped)
+			}
+			s.replyMu.Unlock()
 		}
-		s.replyMu.Unlock()
 		s.stopMicro()
 		s.wg.Wait()
 		s.live.close()

@@ -136,3 +136,12 @@ func (e *Engine) Restore(r LockRecord, doneFor func(WaiterRecord) func(Grant, er
 	}
 	return nil
 }
+
+// LastToken is the fencing token of the latest grant (or the one before
+// the first token, before any grant). A grant whose reply waits for a
+// record written after this call has a token at most this.
+func (e *Engine) LastToken() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.lastToken
+}

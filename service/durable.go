@@ -1,0 +1,327 @@
+package service
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/service/journal"
+	"github.com/ldlm-io/ldlm/subjects"
+)
+
+// This file keeps the lock state in a JetStream stream (State "jetstream",
+// docs/ha.md): the state is loaded at start, and every change is written
+// before the reply that reports it is sent, so a successor knows all that
+// any client was told.
+
+// The settings of Config.State.
+const (
+	StateMemory    = "memory"
+	StateJetStream = "jetstream"
+)
+
+const (
+	// tokenMargin is how far above the latest token the active's token
+	// ceiling is written: a new active starts above the old ceiling, and
+	// the active writes a higher one before it tells a token past it.
+	tokenMargin = 1_000_000
+	// goneTTL is how long the empty record of a lock that no one holds or
+	// waits for stays in the stream.
+	goneTTL = time.Minute
+	// journalTimeout bounds loading the state and taking over.
+	journalTimeout = 30 * time.Second
+)
+
+// activeRecord is the stream's "active" record: who writes, and the token
+// ceiling.
+type activeRecord struct {
+	// Instance is the id clients see in grants and announcements. It stays
+	// the same across restarts and takeovers: the locks outlive the process,
+	// so clients must not take a new process for a new instance.
+	Instance     string    `json:"instance"`
+	TokenCeiling uint64    `json:"token_ceiling"`
+	ServerID     string    `json:"server_id"` // of the active's connection
+	ClientID     uint64    `json:"client_id"`
+	Since        time.Time `json:"since"`
+}
+
+// streamNames returns the stream and subject prefix of prefix's state. The
+// stream name keeps letters, digits and '-' and writes any other byte as
+// _XX, so that two prefixes never share a stream.
+func streamNames(prefix string) (stream, subjectPrefix string) {
+	var b strings.Builder
+	b.WriteString("LDLM_")
+	for _, c := range []byte(prefix) {
+		if c == '-' || c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "_%02X", c)
+		}
+	}
+	return b.String(), "$LDLM." + prefix + ".state"
+}
+
+// loaded is what openState read from the stream.
+type loaded struct {
+	j       *journal.Journal
+	lastSeq uint64
+	active  activeRecord
+	locks   []engine.LockRecord
+}
+
+// openState opens the state stream and reads it whole.
+func (s *Service) openState(ctx context.Context) (*loaded, error) {
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return nil, err
+	}
+	stream, subj := streamNames(s.cfg.Prefix)
+	j, err := journal.Open(ctx, js, journal.Config{Stream: stream, Subjects: subj, Replicas: s.replicas()})
+	if err != nil {
+		return nil, err
+	}
+	st := &loaded{j: j}
+	st.lastSeq, err = j.Load(ctx, func(r journal.Record) error {
+		switch {
+		case r.Deleted():
+		case r.Subject == "active":
+			return json.Unmarshal(r.Data, &st.active)
+		case strings.HasPrefix(r.Subject, "lock."):
+			var lr engine.LockRecord
+			if err := json.Unmarshal(r.Data, &lr); err != nil {
+				return fmt.Errorf("record %s: %w", r.Subject, err)
+			}
+			st.locks = append(st.locks, lr)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("loading the lock state from stream %s: %w", stream, err)
+	}
+	if st.active.Instance == "" {
+		var id [11]byte
+		crand.Read(id[:])
+		st.active.Instance = hex.EncodeToString(id[:])
+	}
+	return st, nil
+}
+
+// replicas is Config.Replicas, capped by the JetStream servers that answer
+// the system account's ping (uncapped without a system connection).
+func (s *Service) replicas() int {
+	want := max(s.cfg.Replicas, 1)
+	if s.sys == nil || want == 1 {
+		return want
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+	defer cancel()
+	msgs, err := gather(ctx, s.sys, "$SYS.REQ.SERVER.PING.JSZ", nil, pingFirstAnswer)
+	if err != nil {
+		return want
+	}
+	servers := 0
+	for _, m := range msgs {
+		var r struct {
+			Data struct {
+				Disabled bool            `json:"disabled"`
+				Config   json.RawMessage `json:"config"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(m.Data, &r) == nil && !r.Data.Disabled && len(r.Data.Config) > 0 {
+			servers++
+		}
+	}
+	if servers > 0 && servers < want {
+		s.log.Warn("fewer JetStream servers than state replicas: the state stream gets one replica per server",
+			"replicas_asked", want, "replicas", servers)
+		return servers
+	}
+	return want
+}
+
+// restore puts the loaded locks into the engine. A record the engine
+// refuses is logged and skipped: it was not written by this service.
+func (s *Service) restore(st *loaded) {
+	for _, lr := range st.locks {
+		name := lr.Name
+		_, wire := splitEngineName(name)
+		err := s.engine.Restore(lr, func(w engine.WaiterRecord) func(engine.Grant, error) {
+			return func(g engine.Grant, err error) {
+				s.rec.after(name, func() { s.answerParked(w.Reply, wire, g, err) })
+			}
+		})
+		if err != nil {
+			s.log.Error("a lock of the state stream was not restored", "lock", wire, "err", err)
+		}
+	}
+	s.log.Info("lock state loaded", "locks", len(st.locks), "last_sequence", st.lastSeq)
+}
+
+// recorder writes the changed locks' records and sends the replies that
+// wait for them. Who owns what: mu guards dirty, spare and closed; the run
+// goroutine alone uses w, ceiling and active.
+type recorder struct {
+	eng     *engine.Engine
+	log     *slog.Logger
+	deposed func(error) // called once, on the first failed write
+
+	mu     sync.Mutex
+	dirty  map[string][]func() // changed locks and the replies waiting for their record
+	spare  map[string][]func() // the map run swapped out last, cleared
+	closed bool
+
+	wake     chan struct{} // one pending signal: dirty is not empty
+	stop     chan struct{} // closed by close
+	finished chan struct{} // closed when run returns
+
+	w       *journal.Writer
+	ceiling uint64
+	active  activeRecord
+	failed  sync.Once
+}
+
+func newRecorder(eng *engine.Engine, log *slog.Logger, deposed func(error)) *recorder {
+	return &recorder{eng: eng, log: log, deposed: deposed,
+		dirty: map[string][]func(){}, spare: map[string][]func(){},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), finished: make(chan struct{})}
+}
+
+// mark records that lock name changed.
+func (r *recorder) mark(name string) { r.after(name, nil) }
+
+// after records that lock name changed and sends reply (unless nil) once
+// a record of the lock written after this call is acknowledged. After
+// close, or once the writer failed, replies are dropped: their change may
+// not be recorded, so the client must not hear of it.
+func (r *recorder) after(name string, reply func()) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	if reply != nil {
+		r.dirty[name] = append(r.dirty[name], reply)
+	} else if _, ok := r.dirty[name]; !ok {
+		r.dirty[name] = nil
+	}
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// start makes the recorder the active writer: it takes over the stream
+// (the fence of journal.TakeOver) with a token ceiling above every token
+// the engine may give, and starts writing.
+func (r *recorder) start(ctx context.Context, st *loaded, serverID string, clientID uint64) error {
+	r.active = st.active
+	r.active.ServerID, r.active.ClientID, r.active.Since = serverID, clientID, time.Now().UTC()
+	r.ceiling = r.eng.LastToken() + tokenMargin
+	r.active.TokenCeiling = r.ceiling
+	w, err := st.j.TakeOver(ctx, st.lastSeq, mustJSON(r.active))
+	if err != nil {
+		return fmt.Errorf("taking over the lock state (another instance may have written it since it was loaded): %w", err)
+	}
+	r.w = w
+	go r.run()
+	return nil
+}
+
+// run writes what changed until close; see recorder.
+func (r *recorder) run() {
+	defer close(r.finished)
+	for {
+		select {
+		case <-r.wake:
+			r.flush()
+		case <-r.stop:
+			r.flush()
+			r.drain()
+			r.w.Close()
+			return
+		}
+	}
+}
+
+// flush writes the record of every lock changed since the last flush.
+func (r *recorder) flush() {
+	r.mu.Lock()
+	batch := r.dirty
+	r.dirty, r.spare = r.spare, nil
+	r.mu.Unlock()
+	// Every token told in this batch's replies was given before the swap.
+	if last := r.eng.LastToken(); last >= r.ceiling {
+		r.ceiling = last + tokenMargin
+		r.active.TokenCeiling = r.ceiling
+		r.w.Write("active", mustJSON(r.active), 0, r.done(nil))
+	}
+	for name, replies := range batch {
+		var data []byte
+		ttl := goneTTL
+		if lr, ok := r.eng.Record(name); ok {
+			var err error
+			if data, err = json.Marshal(lr); err != nil {
+				panic("service: encoding a lock record: " + err.Error()) // plain structs: a bug
+			}
+			ttl = 0
+		}
+		r.w.Write("lock."+subjects.EncodeName(name), data, ttl, r.done(replies))
+	}
+	clear(batch)
+	r.mu.Lock()
+	r.spare = batch
+	r.mu.Unlock()
+}
+
+// done returns the write callback that sends replies once their write is
+// acknowledged, or reports the recorder deposed.
+func (r *recorder) done(replies []func()) func(uint64, error) {
+	return func(_ uint64, err error) {
+		if err != nil {
+			r.failed.Do(func() { go r.deposed(err) })
+			return
+		}
+		for _, f := range replies {
+			f()
+		}
+	}
+}
+
+// drain waits until every write sent has been reported: the writer
+// reports in order, so a last write's report comes after all others.
+func (r *recorder) drain() {
+	reported := make(chan struct{})
+	r.w.Write("active", mustJSON(r.active), 0, func(uint64, error) { close(reported) })
+	select {
+	case <-reported:
+	case <-time.After(journalTimeout):
+		r.log.Warn("state writes not acknowledged before the stop")
+	}
+}
+
+// close writes what changed, sends the replies that wait for it, and stops
+// writing: later changes are not recorded and their replies not sent.
+func (r *recorder) close() {
+	r.mu.Lock()
+	already := r.closed
+	r.closed = true
+	r.mu.Unlock()
+	if already {
+		return
+	}
+	if r.w == nil {
+		return // never started
+	}
+	close(r.stop)
+	<-r.finished
+}
