@@ -29,11 +29,13 @@ const (
 	StateJetStream = "jetstream"
 )
 
+// tokenMargin is how far above the latest token the active's token
+// ceiling is written: a new active starts above the old ceiling, and the
+// active writes a higher one before it tells a token past it. A variable
+// for a test only.
+var tokenMargin uint64 = 1_000_000
+
 const (
-	// tokenMargin is how far above the latest token the active's token
-	// ceiling is written: a new active starts above the old ceiling, and
-	// the active writes a higher one before it tells a token past it.
-	tokenMargin = 1_000_000
 	// goneTTL is how long the empty record of a lock that no one holds or
 	// waits for stays in the stream.
 	goneTTL = time.Minute
