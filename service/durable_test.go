@@ -17,6 +17,18 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
+// appConn is a new in-process connection of the service's user to s's
+// NATS server, which may use JetStream.
+func appConn(t *testing.T, s *ldlmtest.Server) *nats.Conn {
+	t.Helper()
+	nc, err := s.NATS.ConnectApp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
 // startDurable starts a server with its state in dir; the caller closes it.
 func startDurable(t *testing.T, dir string) *ldlmtest.Server {
 	t.Helper()
@@ -133,8 +145,9 @@ func TestDurableRefusedWriteIsNotAnswered(t *testing.T) {
 		t.Fatalf("trylock: %+v", r)
 	}
 	// Another writer moves the stream on: the active's next write expects
-	// a sequence the stream has passed.
-	js, err := jetstream.New(nc)
+	// a sequence the stream has passed. (Clients may not: an in-process
+	// connection of the service's user may.)
+	js, err := jetstream.New(appConn(t, s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +181,7 @@ func TestDurableRecords(t *testing.T) {
 	defer s.Close()
 	nc := s.Connect(t)
 	r := send(t, nc, subjects.OpTryLock, "My lock", `{"lock_timeout_seconds":30}`, "")
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(appConn(t, s))
 	if err != nil {
 		t.Fatal(err)
 	}

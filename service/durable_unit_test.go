@@ -56,8 +56,13 @@ func TestTokenCeiling(t *testing.T) {
 		}
 		return ns, s, nc
 	}
-	ceiling := func(nc *nats.Conn) uint64 {
-		js, _ := jetstream.New(nc)
+	ceiling := func(ns *embeddednats.Server) uint64 {
+		app, err := ns.ConnectApp() // clients may not read the state
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer app.Close()
+		js, _ := jetstream.New(app)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		stream, err := js.Stream(ctx, "LDLM_ldlm")
@@ -93,13 +98,13 @@ func TestTokenCeiling(t *testing.T) {
 		if !r.Locked {
 			t.Fatalf("trylock: %+v", r)
 		}
-		if c := ceiling(nc); c < r.Token {
+		if c := ceiling(ns); c < r.Token {
 			t.Fatalf("token %d was told with the stream's ceiling at %d", r.Token, c)
 		}
 		request(nc, subjects.OpUnlock, `{"key":"`+r.Key+`"}`)
 		last = r.Token
 	}
-	old := ceiling(nc)
+	old := ceiling(ns)
 	s.Stop()
 	nc.Close()
 	ns.Shutdown()

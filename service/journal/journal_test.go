@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +53,19 @@ func openOn(t testing.TB, srv *embeddednats.Server, cfg Config) *Journal {
 		t.Fatalf("Open: %v", err)
 	}
 	return j
+}
+
+// tcpUserConfig writes a configuration for the embedded server with a user
+// for TCP connections that may use JetStream: with a data folder, the
+// clients that ldlm itself lets in may not (embeddednats guards the state).
+func tcpUserConfig(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	conf := `accounts { APP { users: [{user: "journal", password: "journal"}] } }`
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func ctxFor(t testing.TB) context.Context {
@@ -709,9 +724,9 @@ func TestWriterDiesWhenTheServerGoes(t *testing.T) {
 // over.
 func TestWriterDiesWithoutAck(t *testing.T) {
 	t.Parallel()
-	srv := start(t, embeddednats.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	srv := start(t, embeddednats.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", ConfigFile: tcpUserConfig(t)})
 	p := newProxy(t, srv.ClientURL())
-	nc, err := nats.Connect(p.url, nats.NoReconnect())
+	nc, err := nats.Connect(p.url, nats.NoReconnect(), nats.UserInfo("journal", "journal"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -828,9 +843,9 @@ func (p *proxy) waitRelease() {
 // takeover made, and the new active goes on undisturbed.
 func TestDeposedWritesInFlightAreNotStored(t *testing.T) {
 	t.Parallel()
-	srv := start(t, embeddednats.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	srv := start(t, embeddednats.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", ConfigFile: tcpUserConfig(t)})
 	p := newProxy(t, srv.ClientURL())
-	nc, err := nats.Connect(p.url, nats.NoReconnect())
+	nc, err := nats.Connect(p.url, nats.NoReconnect(), nats.UserInfo("journal", "journal"))
 	if err != nil {
 		t.Fatal(err)
 	}
