@@ -5,12 +5,14 @@ import (
 	crand "crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ldlm-io/ldlm/service/engine"
@@ -54,6 +56,8 @@ type activeRecord struct {
 	ServerID     string    `json:"server_id"` // of the active's connection
 	ClientID     uint64    `json:"client_id"`
 	Since        time.Time `json:"since"`
+	// Stopped is written last by an active that stops: a standby takes over.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // streamNames returns the stream and subject prefix of prefix's state. The
@@ -72,12 +76,28 @@ func streamNames(prefix string) (stream, subjectPrefix string) {
 	return b.String(), "$LDLM." + prefix + ".state"
 }
 
-// loaded is what openState read from the stream.
+// loaded is the stream as read: its current records, by subject.
 type loaded struct {
 	j       *journal.Journal
 	lastSeq uint64
 	active  activeRecord
-	locks   []engine.LockRecord
+	records map[string][]byte // "lock.NAME" → record
+}
+
+// apply puts one record of the stream into st.
+func (st *loaded) apply(r journal.Record) error {
+	st.lastSeq = max(st.lastSeq, r.Seq)
+	switch {
+	case r.Subject == "active":
+		if !r.Deleted() {
+			return json.Unmarshal(r.Data, &st.active)
+		}
+	case r.Deleted():
+		delete(st.records, r.Subject)
+	case strings.HasPrefix(r.Subject, "lock."):
+		st.records[r.Subject] = r.Data
+	}
+	return nil
 }
 
 // openState opens the state stream and reads it whole.
@@ -91,24 +111,17 @@ func (s *Service) openState(ctx context.Context) (*loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &loaded{j: j}
-	st.lastSeq, err = j.Load(ctx, func(r journal.Record) error {
-		switch {
-		case r.Deleted():
-		case r.Subject == "active":
-			return json.Unmarshal(r.Data, &st.active)
-		case strings.HasPrefix(r.Subject, "lock."):
-			var lr engine.LockRecord
-			if err := json.Unmarshal(r.Data, &lr); err != nil {
-				return fmt.Errorf("record %s: %w", r.Subject, err)
-			}
-			st.locks = append(st.locks, lr)
-		}
-		return nil
-	})
+	return load(ctx, j)
+}
+
+// load reads the stream whole.
+func load(ctx context.Context, j *journal.Journal) (*loaded, error) {
+	st := &loaded{j: j, records: map[string][]byte{}}
+	last, err := j.Load(ctx, st.apply)
 	if err != nil {
-		return nil, fmt.Errorf("loading the lock state from stream %s: %w", stream, err)
+		return nil, fmt.Errorf("loading the lock state: %w", err)
 	}
+	st.lastSeq = last
 	if st.active.Instance == "" {
 		var id [11]byte
 		crand.Read(id[:])
@@ -150,22 +163,128 @@ func (s *Service) replicas() int {
 	return want
 }
 
-// restore puts the loaded locks into the engine. A record the engine
-// refuses is logged and skipped: it was not written by this service.
+// restore puts the loaded locks into the engine, whose tokens then start
+// above the loaded ceiling. A record the engine refuses is logged and
+// skipped: it was not written by this service.
 func (s *Service) restore(st *loaded) {
-	for _, lr := range st.locks {
+	s.engine.SkipTokens(st.active.TokenCeiling)
+	for subject, data := range st.records {
+		var lr engine.LockRecord
+		err := json.Unmarshal(data, &lr)
 		name := lr.Name
 		_, wire := splitEngineName(name)
-		err := s.engine.Restore(lr, func(w engine.WaiterRecord) func(engine.Grant, error) {
-			return func(g engine.Grant, err error) {
-				s.rec.after(name, func() { s.answerParked(w.Reply, wire, g, err) })
+		if err == nil {
+			err = s.engine.Restore(lr, func(w engine.WaiterRecord) func(engine.Grant, error) {
+				return func(g engine.Grant, err error) {
+					s.rec.after(name, func() { s.answerParked(w.Reply, wire, g, err) })
+				}
+			})
+		}
+		if err != nil {
+			s.log.Error("a lock of the state stream was not restored", "record", subject, "err", err)
+		}
+	}
+	s.log.Info("lock state loaded", "locks", len(st.records), "last_sequence", st.lastSeq)
+}
+
+// takeOver makes this instance the active: it restores st into the empty
+// engine, releases the locks of owners whose connection is gone, and takes
+// over the stream (see recorder.start).
+func (s *Service) takeOver(st *loaded) error {
+	s.restore(st)
+	ctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
+	defer cancel()
+	if err := s.live.sweep(ctx); err != nil {
+		s.log.Warn("sweep after loading the lock state", "err", err)
+	}
+	cid, err := s.nc.GetClientID()
+	if err != nil {
+		return fmt.Errorf("reading the service connection's client id: %w", err)
+	}
+	return s.rec.start(ctx, st, s.nc.ConnectedServerId(), cid)
+}
+
+// standBy follows the state while another instance is active, and takes
+// over when the active's connection closes (the server's DISCONNECT
+// advisory, as for any client) or it writes that it stopped. Before taking
+// over it reads the stream again, whole, so that it takes over from the
+// latest record: if anyone wrote meanwhile, the takeover is refused. A
+// takeover that fails stops the service (Done), for its supervisor to
+// start it again, as a standby if another instance won.
+func (s *Service) standBy(st *loaded) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex // guards st.active between Follow and the advisories
+	var sub *nats.Subscription
+	if s.sys != nil {
+		var err error
+		sub, err = s.sys.Subscribe(disconnectAdvisories, func(m *nats.Msg) {
+			var ev disconnectEvent
+			if json.Unmarshal(m.Data, &ev) != nil {
+				return
+			}
+			mu.Lock()
+			gone := ev.Server.ID == st.active.ServerID && ev.Client.ID == st.active.ClientID
+			mu.Unlock()
+			if gone {
+				s.log.Info("the active instance's connection closed: taking over", "reason", ev.Reason)
+				cancel()
 			}
 		})
 		if err != nil {
-			s.log.Error("a lock of the state stream was not restored", "lock", wire, "err", err)
+			s.log.Warn("standby without disconnect advisories: it takes over only when the active stops", "err", err)
 		}
 	}
-	s.log.Info("lock state loaded", "locks", len(st.locks), "last_sequence", st.lastSeq)
+	go func() {
+		defer close(s.standbyDone)
+		defer cancel()
+		if sub != nil {
+			defer func() { _ = sub.Unsubscribe() }()
+		}
+		go func() {
+			select {
+			case <-s.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err := st.j.Follow(ctx, st.lastSeq, func(r journal.Record) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if err := st.apply(r); err != nil {
+				return err
+			}
+			if st.active.Stopped {
+				s.log.Info("the active instance stopped: taking over")
+				cancel()
+			}
+			return nil
+		})
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		if !errors.Is(err, context.Canceled) {
+			s.stepDown(fmt.Errorf("standby: following the lock state: %w", err))
+			return
+		}
+		lctx, lcancel := context.WithTimeout(context.Background(), journalTimeout)
+		fresh, err := load(lctx, st.j)
+		lcancel()
+		if err == nil {
+			err = s.takeOver(fresh)
+		}
+		if err == nil {
+			err = s.addService()
+		}
+		if err != nil {
+			s.stepDown(fmt.Errorf("standby: taking over: %w", err))
+			return
+		}
+		s.watch()
+		s.announce(subjects.InstanceStarted)
+		s.log.Info("took over: this instance is the active now", "instance", s.instance, "micro_id", s.id)
+	}()
 }
 
 // recorder writes the changed locks' records and sends the replies that
@@ -303,6 +422,7 @@ func (r *recorder) done(replies []func()) func(uint64, error) {
 // reports in order, so a last write's report comes after all others.
 func (r *recorder) drain() {
 	reported := make(chan struct{})
+	r.active.Stopped = true // tells the standbys
 	r.w.Write("active", mustJSON(r.active), 0, func(uint64, error) { close(reported) })
 	select {
 	case <-reported:

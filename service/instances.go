@@ -62,6 +62,9 @@ func (s *Service) checkRivals(ctx context.Context) error {
 			continue
 		}
 		if s.yieldsTo(r) {
+			if s.rec != nil {
+				return fmt.Errorf("%w (instance %s)", ErrDuplicateInstance, r.ID) // Start makes this one a standby
+			}
 			s.log.Error("another instance serves this prefix and is older: stepping down",
 				"prefix", s.cfg.Prefix, "other_instance", r.ID, "this_instance", s.id)
 			return fmt.Errorf("%w (instance %s)", ErrDuplicateInstance, r.ID)

@@ -168,7 +168,10 @@ type Service struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the goroutine of watch
+	// standbyDone is closed when the standby goroutine returns (it has
+	// taken over, failed, or seen stop); nil unless Start made a standby.
+	standbyDone chan struct{}
+	wg          sync.WaitGroup // the goroutine of watch
 }
 
 // Start registers the service on nc and starts following connection
@@ -238,7 +241,6 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 	if st != nil {
 		s.rec = newRecorder(s.engine, log, s.stepDown)
 		s.instance = st.active.Instance
-		s.restore(st)
 	}
 	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.NoClearOnDisconnect)
 
@@ -248,7 +250,16 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.engine.Close()
 		return nil, err
 	}
-	if err := s.register(st); err != nil {
+	err := s.register(st)
+	if s.rec != nil && errors.Is(err, ErrDuplicateInstance) {
+		// The stream decides who is active: wait as a standby.
+		s.standbyDone = make(chan struct{})
+		s.standBy(st)
+		log.Info("standby: another instance is active; following the lock state", "prefix", cfg.Prefix,
+			"instance", s.instance, "last_sequence", st.lastSeq)
+		return s, nil
+	}
+	if err != nil {
 		s.Stop()
 		return nil, err
 	}
@@ -268,17 +279,16 @@ func (s *Service) register(st *loaded) error {
 	if s.rec != nil {
 		// Take over only once no other instance answers: the takeover
 		// would depose it.
-		cid, err := s.nc.GetClientID()
-		if err != nil {
-			return fmt.Errorf("reading the service connection's client id: %w", err)
-		}
-		tctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
-		err = s.rec.start(tctx, st, s.nc.ConnectedServerId(), cid)
-		cancel()
-		if err != nil {
+		if err := s.takeOver(st); err != nil {
 			return err
 		}
 	}
+	return s.addService()
+}
+
+// addService registers the micro service and its endpoints: from now on,
+// the instance answers.
+func (s *Service) addService() error {
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     s.cfg.Version,
@@ -324,7 +334,12 @@ func (s *Service) register(st *loaded) error {
 		return fmt.Errorf("subscribing the endpoints: %w", err)
 	}
 	// Another instance may have started at the same moment: of two, the
-	// younger steps down.
+	// younger steps down. (With JetStream state, the stream decides.)
+	if s.rec != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+	defer cancel()
 	return s.checkRivals(ctx)
 }
 
@@ -347,6 +362,9 @@ func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
+		if s.standbyDone != nil {
+			<-s.standbyDone // it may be taking over: let it finish
+		}
 		if s.rec != nil {
 			// The locks stay in the stream, for the next active: no stop
 			// announcement, and parked waiters stay parked there. Take no

@@ -145,3 +145,11 @@ func (e *Engine) LastToken() uint64 {
 	defer e.mu.Unlock()
 	return e.lastToken
 }
+
+// SkipTokens makes later grants' tokens larger than after: a new active
+// starts above its predecessor's token ceiling.
+func (e *Engine) SkipTokens(after uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.lastToken = max(e.lastToken, after)
+}
