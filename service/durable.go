@@ -188,20 +188,31 @@ func (s *Service) restore(st *loaded) {
 }
 
 // takeOver makes this instance the active: it restores st into the empty
-// engine, releases the locks of owners whose connection is gone, and takes
-// over the stream (see recorder.start).
+// engine and takes over the stream (see recorder.start); then a sweep
+// releases the locks of owners whose connection is gone. The sweep waits
+// a quarter of a second for the servers' lists, so it runs in the
+// background: meanwhile such a lock is held a little longer.
 func (s *Service) takeOver(st *loaded) error {
 	s.restore(st)
 	ctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
 	defer cancel()
-	if err := s.live.sweep(ctx); err != nil {
-		s.log.Warn("sweep after loading the lock state", "err", err)
-	}
 	cid, err := s.nc.GetClientID()
 	if err != nil {
 		return fmt.Errorf("reading the service connection's client id: %w", err)
 	}
-	return s.rec.start(ctx, st, s.nc.ConnectedServerId(), cid)
+	if err := s.rec.start(ctx, st, s.nc.ConnectedServerId(), cid); err != nil {
+		return err
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+		defer cancel()
+		if err := s.live.sweep(ctx); err != nil {
+			s.log.Warn("sweep after loading the lock state", "err", err)
+		}
+	}()
+	return nil
 }
 
 // standBy follows the state while another instance is active, and takes
