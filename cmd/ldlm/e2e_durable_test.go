@@ -48,3 +48,54 @@ func TestE2EDataDirSurvivesKill9(t *testing.T) {
 	}
 	wantUnlocked(t, s2.req(t, subject(subjects.OpUnlock, "durable"), unlockBody(t, held.Key)), "durable")
 }
+
+// TestE2EStandbyTakesOverAfterKill9: two `ldlm server` processes with
+// LDLM_STATE=jetstream on one nats-server: the second waits as a standby;
+// after kill -9 of the first it answers, with the lock made with the nats
+// CLI before (same key, token and instance), and stops cleanly.
+func TestE2EStandbyTakesOverAfterKill9(t *testing.T) {
+	t.Parallel()
+	opts, pw := extUserOptions(t, false)
+	opts.JetStream, opts.StoreDir = true, t.TempDir()
+	ns := extStartNATS(t, opts)
+	acc, err := ns.LookupAccount("APP")
+	if err == nil {
+		err = acc.EnableJetStream(nil, nil)
+	}
+	if err != nil {
+		t.Fatalf("JetStream for APP: %v", err)
+	}
+	u, err := url.Parse(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword("app", pw.app)
+	env := []string{"LDLM_NATS_URL=" + ns.ClientURL(), "LDLM_NATS_USER=ldlm", "LDLM_NATS_PASSWORD=" + pw.service,
+		"LDLM_SYSTEM_USER=ldlm-system", "LDLM_SYSTEM_PASSWORD=" + pw.system, "LDLM_STATE=jetstream", "LDLM_STATE_REPLICAS=1"}
+	start := func() *ldlmServer {
+		s := spawnLDLM(t, ldlmBinary(t), freePort(t), env, nil)
+		s.url = u.String() // the clients' way in, with the app user
+		t.Cleanup(func() {
+			s.stop(t)
+			if t.Failed() {
+				t.Logf("ldlm output:\n%s", s.stderr)
+			}
+		})
+		return s
+	}
+	active := start()
+	if err := active.waitReady(); err != nil {
+		t.Fatalf("the first instance did not start: %v", err)
+	}
+	standby := start()
+	extWaitLog(t, standby.stderr, "standby: another instance is active")
+	held := wantGrant(t, active.req(t, subject(subjects.OpTryLock, "durable"), `{"lock_timeout_seconds":600}`), "durable")
+
+	active.kill()
+	extWaitLog(t, standby.stderr, "took over")
+	wantBusy(t, standby.req(t, subject(subjects.OpTryLock, "durable"), ""), "durable")
+	renewed := wantGrant(t, standby.req(t, subject(subjects.OpRenew, "durable"), renewBody(t, held.Key, 600)), "durable")
+	if renewed.Token != held.Token || renewed.Instance != held.Instance {
+		t.Fatalf("renew after the takeover: %+v; the grant before: %+v", renewed, held)
+	}
+}
