@@ -358,6 +358,7 @@ func (r *recorder) after(name string, reply func()) {
 func (r *recorder) start(ctx context.Context, st *loaded, serverID string, clientID uint64) error {
 	r.active = st.active
 	r.active.ServerID, r.active.ClientID, r.active.Since = serverID, clientID, time.Now().UTC()
+	r.active.Stopped = false // the predecessor's last word
 	r.ceiling = r.eng.LastToken() + tokenMargin
 	r.active.TokenCeiling = r.ceiling
 	w, err := st.j.TakeOver(ctx, st.lastSeq, mustJSON(r.active))

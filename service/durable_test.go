@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,6 +28,27 @@ func appConn(t *testing.T, s *ldlmtest.Server) *nats.Conn {
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// lastRecord returns the current record of subject ("active",
+// "lock.NAME") in the state stream of s.
+func lastRecord(t *testing.T, s *ldlmtest.Server, subject string) []byte {
+	t.Helper()
+	js, err := jetstream.New(appConn(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	stream, err := js.Stream(ctx, "LDLM_ldlm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := stream.GetLastMsgForSubject(ctx, "$LDLM.ldlm.state."+subject)
+	if err != nil {
+		t.Fatalf("record %s: %v", subject, err)
+	}
+	return m.Data
 }
 
 // startDurable starts a server with its state in dir; the caller closes it.
@@ -109,6 +131,12 @@ func TestDurableRestartKeepsLocks(t *testing.T) {
 	}
 	if len(after) != 4 || after[0].Name != "flush" || after[1].Name != "gone" || after[2].Name != "job" || len(after[2].Waiters) != 2 {
 		t.Fatalf("locks after the restart: %+v", after)
+	}
+
+	// The first stopped gracefully, and said so in the active record for
+	// standbys; the second must not repeat it.
+	if active := lastRecord(t, s2, "active"); strings.Contains(string(active), `"stopped"`) {
+		t.Fatalf("the active record after the restart says stopped: %s", active)
 	}
 
 	nc2 := s2.Connect(t)
