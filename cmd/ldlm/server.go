@@ -352,7 +352,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 func runService(ctx context.Context, svc *service.Service, log *slog.Logger) error {
 	select {
 	case <-ctx.Done():
-		log.Info("stopping: announcing the stop, then draining requests")
+		log.Info("stopping: announcing the stop (memory state) or writing the last changes (jetstream state), then draining requests")
 		svc.Stop()
 		return nil
 	case <-svc.Done():
