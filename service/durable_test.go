@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/service/engine"
 	"github.com/ldlm-io/ldlm/service/journal"
 	"github.com/ldlm-io/ldlm/subjects"
@@ -233,5 +234,30 @@ func TestDurableRecords(t *testing.T) {
 	}
 	if m, err = stream.GetLastMsgForSubject(ctx, subject); err != nil || len(m.Data) != 0 || m.Header.Get("Nats-TTL") == "" {
 		t.Fatalf("record after the unlock = %q %v (%v); want empty, with a TTL", m.Data, m.Header, err)
+	}
+}
+
+// Replicas are capped by the JetStream servers present: three asked of a
+// single server give one, where JetStream would refuse three.
+func TestDurableReplicasCapped(t *testing.T) {
+	t.Parallel()
+	s, err := ldlmtest.StartServer(ldlmtest.WithDataDir(t.TempDir()),
+		ldlmtest.WithConfig(service.Config{State: service.StateJetStream, Replicas: 3}))
+	if err != nil {
+		t.Fatalf("three replicas on one JetStream server: %v", err)
+	}
+	defer s.Close()
+	js, err := jetstream.New(appConn(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	stream, err := js.Stream(ctx, "LDLM_ldlm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := stream.CachedInfo().Config.Replicas; r != 1 {
+		t.Fatalf("the state stream has %d replicas, want 1", r)
 	}
 }
