@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -88,10 +90,13 @@ type loaded struct {
 func (st *loaded) apply(r journal.Record) error {
 	st.lastSeq = max(st.lastSeq, r.Seq)
 	switch {
-	case r.Subject == "active":
-		if !r.Deleted() {
-			return json.Unmarshal(r.Data, &st.active)
+	case r.Subject == "active" && !r.Deleted():
+		// A fresh value: a field the record leaves out (stopped) is zero.
+		var a activeRecord
+		if err := json.Unmarshal(r.Data, &a); err != nil {
+			return fmt.Errorf("the active record: %w", err)
 		}
+		st.active = a
 	case r.Deleted():
 		delete(st.records, r.Subject)
 	case strings.HasPrefix(r.Subject, "lock."):
@@ -163,11 +168,9 @@ func (s *Service) replicas() int {
 	return want
 }
 
-// restore puts the loaded locks into the engine, whose tokens then start
-// above the loaded ceiling. A record the engine refuses is logged and
-// skipped: it was not written by this service.
+// restore puts the loaded locks into the engine. A record the engine
+// refuses is logged and skipped: it was not written by this service.
 func (s *Service) restore(st *loaded) {
-	s.engine.SkipTokens(st.active.TokenCeiling)
 	for subject, data := range st.records {
 		var lr engine.LockRecord
 		err := json.Unmarshal(data, &lr)
@@ -187,13 +190,15 @@ func (s *Service) restore(st *loaded) {
 	s.log.Info("lock state loaded", "locks", len(st.records), "last_sequence", st.lastSeq)
 }
 
-// takeOver makes this instance the active: it restores st into the empty
-// engine and takes over the stream (see recorder.start); then a sweep
-// releases the locks of owners whose connection is gone. The sweep waits
-// a quarter of a second for the servers' lists, so it runs in the
-// background: meanwhile such a lock is held a little longer.
+// takeOver makes this instance the active: it takes over the stream (see
+// recorder.start) with its tokens above the loaded ceiling, and only then
+// restores st into the empty engine, so that a refused takeover leaves the
+// engine empty for the next try. Then a sweep releases the locks of owners
+// whose connection is gone; it waits a quarter of a second for the servers'
+// lists, so it runs in the background: meanwhile such a lock is held a
+// little longer.
 func (s *Service) takeOver(st *loaded) error {
-	s.restore(st)
+	s.engine.SkipTokens(st.active.TokenCeiling)
 	ctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
 	defer cancel()
 	cid, err := s.nc.GetClientID()
@@ -203,6 +208,7 @@ func (s *Service) takeOver(st *loaded) error {
 	if err := s.rec.start(ctx, st, s.nc.ConnectedServerId(), cid); err != nil {
 		return err
 	}
+	s.restore(st)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -219,12 +225,14 @@ func (s *Service) takeOver(st *loaded) error {
 // over when the active's connection closes (the server's DISCONNECT
 // advisory, as for any client) or it writes that it stopped. Before taking
 // over it reads the stream again, whole, so that it takes over from the
-// latest record: if anyone wrote meanwhile, the takeover is refused. A
-// takeover that fails stops the service (Done), for its supervisor to
-// start it again, as a standby if another instance won.
+// latest record: if anyone wrote meanwhile (another standby won, or the
+// active lives on), the takeover is refused and it follows again. Any other
+// failure stops the service (Done), for its supervisor to start it again.
 func (s *Service) standBy(st *loaded) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var mu sync.Mutex // guards st.active between Follow and the advisories
+	// mu guards st and cancel, shared by the follower and the advisories.
+	var mu sync.Mutex
+	var written atomic.Uint64 // records followed: a takeover in progress writes
+	var cancel context.CancelFunc
 	var sub *nats.Subscription
 	if s.sys != nil {
 		var err error
@@ -234,9 +242,8 @@ func (s *Service) standBy(st *loaded) {
 				return
 			}
 			mu.Lock()
-			gone := ev.Server.ID == st.active.ServerID && ev.Client.ID == st.active.ClientID
-			mu.Unlock()
-			if gone {
+			defer mu.Unlock()
+			if ev.Server.ID == st.active.ServerID && ev.Client.ID == st.active.ClientID && cancel != nil {
 				s.log.Info("the active instance's connection closed: taking over", "reason", ev.Reason)
 				cancel()
 			}
@@ -247,55 +254,105 @@ func (s *Service) standBy(st *loaded) {
 	}
 	go func() {
 		defer close(s.standbyDone)
-		defer cancel()
 		if sub != nil {
 			defer func() { _ = sub.Unsubscribe() }()
 		}
-		go func() {
+		for {
+			ctx, stop := context.WithCancel(context.Background())
+			mu.Lock()
+			cancel = stop
+			from := st
+			mu.Unlock()
+			go func() {
+				select {
+				case <-s.stop:
+					stop()
+				case <-ctx.Done():
+				}
+			}()
+			go s.watchForNoActive(ctx, &written, stop)
+			err := from.j.Follow(ctx, from.lastSeq, func(r journal.Record) error {
+				written.Add(1)
+				mu.Lock()
+				defer mu.Unlock()
+				if err := st.apply(r); err != nil {
+					return err
+				}
+				if st.active.Stopped {
+					s.log.Info("the active instance stopped: taking over")
+					stop()
+				}
+				return nil
+			})
+			stop()
 			select {
 			case <-s.stop:
-				cancel()
-			case <-ctx.Done():
+				return
+			default:
 			}
-		}()
-		err := st.j.Follow(ctx, st.lastSeq, func(r journal.Record) error {
-			mu.Lock()
-			defer mu.Unlock()
-			if err := st.apply(r); err != nil {
-				return err
+			if !errors.Is(err, context.Canceled) {
+				s.stepDown(fmt.Errorf("standby: following the lock state: %w", err))
+				return
 			}
-			if st.active.Stopped {
-				s.log.Info("the active instance stopped: taking over")
-				cancel()
+			lctx, lcancel := context.WithTimeout(context.Background(), journalTimeout)
+			fresh, err := load(lctx, from.j)
+			lcancel()
+			if err == nil {
+				err = s.takeOver(fresh)
 			}
-			return nil
-		})
-		select {
-		case <-s.stop:
-			return
-		default:
-		}
-		if !errors.Is(err, context.Canceled) {
-			s.stepDown(fmt.Errorf("standby: following the lock state: %w", err))
-			return
-		}
-		lctx, lcancel := context.WithTimeout(context.Background(), journalTimeout)
-		fresh, err := load(lctx, st.j)
-		lcancel()
-		if err == nil {
-			err = s.takeOver(fresh)
-		}
-		if err == nil {
-			err = s.addService()
-		}
-		if err != nil {
-			s.stepDown(fmt.Errorf("standby: taking over: %w", err))
+			if errors.Is(err, journal.ErrNotActive) {
+				s.log.Info("standby: another instance wrote first; following the lock state again", "err", err)
+				mu.Lock()
+				st = fresh
+				mu.Unlock()
+				continue
+			}
+			if err == nil {
+				err = s.addService()
+			}
+			if err != nil {
+				s.stepDown(fmt.Errorf("standby: taking over: %w", err))
+				return
+			}
+			s.watch()
+			s.announce(subjects.InstanceStarted)
+			s.log.Info("took over: this instance is the active now", "instance", s.instance, "micro_id", s.id)
 			return
 		}
-		s.watch()
-		s.announce(subjects.InstanceStarted)
-		s.log.Info("took over: this instance is the active now", "instance", s.instance, "micro_id", s.id)
 	}()
+}
+
+// standbyCheckInterval is about how often a standby asks whether any
+// instance answers; after two asks without an answer and without a record
+// written in between, it takes over. This catches an active that died
+// without a disconnect advisory (its NATS server died too, or this standby
+// has no system connection), and takeovers that failed for every standby
+// (each deposed the other's fence): the random part of the interval keeps
+// standbys from trying again in step.
+const standbyCheckInterval = time.Second
+
+// watchForNoActive calls takeOver when no instance has answered micro's
+// ping twice in a row and writes (counted by written) have stopped, until
+// ctx ends.
+func (s *Service) watchForNoActive(ctx context.Context, written *atomic.Uint64, takeOver func()) {
+	quiet, seen := 0, written.Load()
+	for quiet < 2 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(standbyCheckInterval/2 + rand.N(standbyCheckInterval)):
+		}
+		cctx, cancel := context.WithTimeout(ctx, sweepTimeout)
+		err := s.checkRivals(cctx) // nil: nobody answered
+		cancel()
+		if now := written.Load(); err != nil || now != seen {
+			quiet, seen = 0, now
+			continue
+		}
+		quiet++
+	}
+	s.log.Info("no instance answers: taking over")
+	takeOver()
 }
 
 // recorder writes the changed locks' records and sends the replies that

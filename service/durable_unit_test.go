@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ldlm-io/ldlm/embeddednats"
+	"github.com/ldlm-io/ldlm/service/journal"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -24,6 +25,30 @@ func TestStreamNames(t *testing.T) {
 		stream, subj := streamNames(tt.prefix)
 		if stream != tt.stream || subj != tt.subjects {
 			t.Errorf("streamNames(%q) = %q, %q; want %q, %q", tt.prefix, stream, subj, tt.stream, tt.subjects)
+		}
+	}
+}
+
+// Each active record replaces the one before whole: a new active's record
+// does not say stopped because its predecessor's did.
+func TestLoadedApply(t *testing.T) {
+	st := &loaded{records: map[string][]byte{}}
+	steps := []struct {
+		r       journal.Record
+		stopped bool
+		locks   int
+	}{
+		{journal.Record{Subject: "lock.a", Data: []byte(`{"name":"a"}`), Seq: 1}, false, 1},
+		{journal.Record{Subject: "active", Data: []byte(`{"instance":"i","stopped":true}`), Seq: 2}, true, 1},
+		{journal.Record{Subject: "active", Data: []byte(`{"instance":"i","client_id":9}`), Seq: 3}, false, 1},
+		{journal.Record{Subject: "lock.a", Seq: 4}, false, 0}, // deleted
+	}
+	for i, step := range steps {
+		if err := st.apply(step.r); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if st.active.Stopped != step.stopped || len(st.records) != step.locks || st.lastSeq != step.r.Seq {
+			t.Fatalf("step %d: stopped %v, %d locks, last sequence %d", i, st.active.Stopped, len(st.records), st.lastSeq)
 		}
 	}
 }

@@ -61,10 +61,12 @@ func (s *Service) checkRivals(ctx context.Context) error {
 		if json.Unmarshal(msg.Data, &r) != nil || r.ID == s.id || r.Metadata[metaPrefix] != s.cfg.Prefix {
 			continue
 		}
+		if s.rec != nil {
+			// With JetStream state, any instance that answers is the
+			// active: Start makes this one a standby.
+			return fmt.Errorf("%w (instance %s)", ErrDuplicateInstance, r.ID)
+		}
 		if s.yieldsTo(r) {
-			if s.rec != nil {
-				return fmt.Errorf("%w (instance %s)", ErrDuplicateInstance, r.ID) // Start makes this one a standby
-			}
 			s.log.Error("another instance serves this prefix and is older: stepping down",
 				"prefix", s.cfg.Prefix, "other_instance", r.ID, "this_instance", s.id)
 			return fmt.Errorf("%w (instance %s)", ErrDuplicateInstance, r.ID)

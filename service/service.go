@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/service/journal"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -251,8 +252,9 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		return nil, err
 	}
 	err := s.register(st)
-	if s.rec != nil && errors.Is(err, ErrDuplicateInstance) {
-		// The stream decides who is active: wait as a standby.
+	if s.rec != nil && (errors.Is(err, ErrDuplicateInstance) || errors.Is(err, journal.ErrNotActive)) {
+		// The stream decides who is active: wait as a standby (another
+		// instance answers, or took over the stream first).
 		s.standbyDone = make(chan struct{})
 		s.standBy(st)
 		log.Info("standby: another instance is active; following the lock state", "prefix", cfg.Prefix,

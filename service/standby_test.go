@@ -110,3 +110,51 @@ func TestStandbyTakesOver(t *testing.T) {
 		})
 	}
 }
+
+// Of two standbys, one wins the takeover; the other, refused, follows the
+// new active and takes over from it in turn.
+func TestStandbysTakeOverInTurn(t *testing.T) {
+	t.Parallel()
+	active := startDurable(t, t.TempDir())
+	t.Cleanup(active.Close) // after the standbys' stop
+	standbys := []*service.Service{startStandby(t, active), startStandby(t, active)}
+	nc := active.Connect(t)
+	held := send(t, nc, subjects.OpTryLock, "job", `{"lock_timeout_seconds":300}`, "")
+	if !held.Locked {
+		t.Fatalf("trylock: %+v", held)
+	}
+
+	active.Service.Stop()
+	var winner, other *service.Service
+	eventually(t, "a standby took over", func() bool {
+		for i, s := range standbys {
+			if s.Engine().Stats().Locks > 0 {
+				winner, other = s, standbys[1-i]
+				return true
+			}
+		}
+		return false
+	})
+	eventually(t, "the new active answers", func() bool {
+		m, err := nc.Request(subjects.Subject(subjects.DefaultPrefix, subjects.OpTryLock, "probe"), nil, testTimeout)
+		return err == nil && len(m.Data) > 0
+	})
+	if r := send(t, nc, subjects.OpRenew, "job", `{"key":"`+held.Key+`","lock_timeout_seconds":300}`, ""); !r.Locked || r.Token != held.Token {
+		t.Fatalf("renew after the first takeover: %+v", r)
+	}
+	select {
+	case <-other.Done():
+		t.Fatalf("the refused standby stopped: %v", other.Err())
+	default:
+	}
+
+	winner.Stop()
+	eventually(t, "the other standby took over", func() bool { return other.Engine().Stats().Locks > 0 })
+	eventually(t, "the last instance answers", func() bool {
+		m, err := nc.Request(subjects.Subject(subjects.DefaultPrefix, subjects.OpTryLock, "probe"), nil, testTimeout)
+		return err == nil && len(m.Data) > 0
+	})
+	if r := send(t, nc, subjects.OpRenew, "job", `{"key":"`+held.Key+`","lock_timeout_seconds":300}`, ""); !r.Locked || r.Token != held.Token || r.Instance != held.Instance {
+		t.Fatalf("renew after the second takeover: %+v; want token %d of instance %s", r, held.Token, held.Instance)
+	}
+}
