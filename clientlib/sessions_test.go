@@ -331,3 +331,84 @@ func TestLockReleasedWhileReconnectingIsLost(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The single binary with a data folder: the service and its NATS server
+// stop and start again on the same folder and address. The holder's
+// connection reconnects by itself, its session attaches within the grace,
+// and it keeps its lock (same key and token, Done open, Renew works); a
+// waiter is still waiting and gets the lock when the holder unlocks.
+func TestLockSurvivesDurableRestart(t *testing.T) {
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	start := func() *ldlmtest.Server {
+		s, err := ldlmtest.StartServer(ldlmtest.WithDataDir(dir), ldlmtest.WithListen(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s1 := start()
+	connect := func() (*clientlib.Client, *nats.Conn) {
+		nc, err := nats.Connect("nats://"+addr, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond), nats.ReconnectJitter(0, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return clientOn(t, nc), nc
+	}
+	holder, nc := connect()
+	waiter, _ := connect()
+	other, _ := connect()
+
+	lock := mustLock(t, holder, "job", clientlib.WithLockTimeout(30*time.Second))
+	key, token, done := lock.Key(), lock.Token(), lock.Done()
+	waited := make(chan *clientlib.Lock, 1)
+	go func() {
+		l, err := waiter.Lock(testContext(t), "job")
+		if err != nil {
+			t.Errorf("the waiter's Lock: %v", err)
+		}
+		waited <- l
+	}()
+	eventually(t, "the waiter is parked", func() bool { return s1.Service.Engine().Stats().Waiters == 1 })
+
+	s1.Close()
+	s2 := start()
+	defer s2.Close()
+	eventually(t, "the holder reconnected", nc.IsConnected)
+	eventually(t, "the holder's session attached", func() bool { return s2.Service.SessionsInGrace() == 0 })
+
+	select {
+	case <-done:
+		t.Fatalf("Done closed: %v", lock.Err())
+	default:
+	}
+	if !lock.Locked() || lock.Key() != key || lock.Token() != token {
+		t.Fatalf("after the restart: locked %v, key %q, token %d; want %q, %d", lock.Locked(), lock.Key(), lock.Token(), key, token)
+	}
+	if err := lock.Renew(testContext(t), 30*time.Second); err != nil {
+		t.Fatalf("Renew after the restart: %v", err)
+	}
+	if isFree(t, other, "job") {
+		t.Fatal("another client got the lock")
+	}
+	if err := lock.Unlock(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case l := <-waited:
+		if !l.Locked() || l.Token() <= token {
+			t.Fatalf("the waiter's lock: locked %v, token %d (the holder's was %d)", l.Locked(), l.Token(), token)
+		}
+		if err := l.Unlock(testContext(t)); err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the waiter did not get the lock after the holder unlocked")
+	}
+}

@@ -467,11 +467,21 @@ func addAccess(opts *server.Options, cfg Config, systemPass, systemHash, service
 		&server.User{Username: systemUser, Password: systemHash, Account: sys},
 		&server.User{Username: serviceUser, Password: serviceHash, Account: app})
 	a := cfg.Auth
+	// With JetStream on, the lock state is a stream in the application
+	// account: its clients must neither read nor write the state
+	// subjects (a record holds the holders' keys; a write deposes the
+	// service) nor reach the JetStream API (which could delete the
+	// stream). A configuration file's users get what the file says.
+	var perms *server.Permissions
+	if cfg.DataDir != "" {
+		guard := &server.SubjectPermission{Deny: []string{"$LDLM.>", "$JS.>"}}
+		perms = &server.Permissions{Publish: guard, Subscribe: guard}
+	}
 	if a.User != "" {
-		opts.Users = append(opts.Users, &server.User{Username: a.User, Password: a.Password, Account: app})
+		opts.Users = append(opts.Users, &server.User{Username: a.User, Password: a.Password, Account: app, Permissions: perms})
 	}
 	for _, nk := range a.Nkeys {
-		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: nk, Account: app})
+		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: nk, Account: app, Permissions: perms})
 	}
 	if a.Token != "" {
 		// nats-server has no token next to users: check all three here.
@@ -481,12 +491,13 @@ func addAccess(opts *server.Options, cfg Config, systemPass, systemHash, service
 			system:  opts.SystemAccount,
 			systemP: systemPass,
 			service: servicePass,
+			perms:   perms,
 		}
 	}
 	if a.IsZero() && cfg.ConfigFile == "" {
 		// Clients without credentials become this user (NoAuthUser). It
 		// has no password: it is the anonymous account anyway.
-		opts.Users = append(opts.Users, &server.User{Username: appUser, Account: app})
+		opts.Users = append(opts.Users, &server.User{Username: appUser, Account: app, Permissions: perms})
 		opts.NoAuthUser = appUser
 	}
 }

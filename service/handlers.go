@@ -48,8 +48,11 @@ func (s *Service) handle(req micro.Request) {
 	case subjects.OpLock, subjects.OpTryLock:
 		s.lock(req, r)
 	case subjects.OpUnlock:
-		if _, err := s.engine.Unlock(s.engineName(r.Account, r.Name), r.Key); err != nil {
+		name := s.engineName(r.Account, r.Name)
+		if _, err := s.engine.Unlock(name, r.Key); err != nil {
 			s.fail(req, r, err)
+		} else if s.rec != nil {
+			s.respondAfterWrite(req, name, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
 		} else {
 			s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
 		}
@@ -95,7 +98,7 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 		// Nothing would ever free this lock but an unlock: bound it.
 		lockTimeout = s.cfg.AnonymousLockTimeout
 	}
-	er := engine.Request{Name: s.engineName(r.Account, r.Name), Key: r.Key, Size: r.Size, Owner: r.Owner, LockTimeout: lockTimeout}
+	er := engine.Request{Name: s.engineName(r.Account, r.Name), Key: r.Key, Size: r.Size, Owner: r.Owner, LockTimeout: lockTimeout, Reply: req.Reply()}
 
 	var (
 		g   engine.Grant
@@ -105,11 +108,18 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 	if r.Op == subjects.OpTryLock {
 		g, ok, err = s.engine.TryLock(er)
 	} else {
-		reply := req.Reply()
-		g, ok, err = s.engine.Lock(er, r.WaitTimeout(), func(g engine.Grant, err error) {
-			s.answerParked(reply, r.Name, g, err)
-		})
+		reply, ename := er.Reply, er.Name
+		done := func(g engine.Grant, err error) { s.answerParked(reply, r.Name, g, err) }
+		if s.rec != nil {
+			done = func(g engine.Grant, err error) {
+				s.rec.after(ename, func() { s.answerParked(reply, r.Name, g, err) })
+			}
+		}
+		g, ok, err = s.engine.Lock(er, r.WaitTimeout(), done)
 		if err == nil && !ok {
+			if s.rec != nil {
+				s.rec.mark(er.Name) // the wait is state too
+			}
 			return // parked: answerParked replies when the wait ends
 		}
 	}
@@ -128,6 +138,10 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 // after it heard that the instance that made it stopped. replyMu makes the
 // check and the reply one step, which the announcement cannot split.
 func (s *Service) respondGrant(req micro.Request, r subjects.Request, g engine.Grant) {
+	if s.rec != nil {
+		s.respondAfterWrite(req, g.Name, s.grantResponse(r.Name, g))
+		return
+	}
 	s.replyMu.Lock()
 	defer s.replyMu.Unlock()
 	if s.stopping {
@@ -175,7 +189,7 @@ func (s *Service) grantResponse(name string, g engine.Grant) subjects.LockRespon
 		Token:     g.Token,
 		Size:      g.Size,
 		ExpiresAt: g.ExpiresAt.UTC(),
-		Instance:  s.id,
+		Instance:  s.instance,
 	}
 }
 
@@ -183,6 +197,17 @@ func (s *Service) respond(req micro.Request, body any) {
 	if err := req.Respond(mustJSON(body)); err != nil {
 		s.log.Debug("reply not sent", "subject", req.Subject(), "err", err)
 	}
+}
+
+// respondAfterWrite replies with body once the change of lock name (the
+// engine's name) is written (JetStream mode: see recorder).
+func (s *Service) respondAfterWrite(req micro.Request, name string, body any) {
+	b := mustJSON(body)
+	s.rec.after(name, func() {
+		if err := req.Respond(b); err != nil {
+			s.log.Debug("reply not sent", "subject", req.Subject(), "err", err)
+		}
+	})
 }
 
 // fail replies with the error in the body and in the micro error headers.

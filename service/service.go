@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/service/journal"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -96,6 +98,14 @@ type Config struct {
 	// An instance that starts later looks at its own start and finds this
 	// one; the periodic look and sweeps run as always.
 	Alone bool
+	// State is where the locks live: StateMemory (the default: they end
+	// with the process) or StateJetStream (a stream on the NATS server,
+	// loaded at start; every change is written before its reply, see
+	// docs/ha.md).
+	State string
+	// Replicas is the number of copies of the state stream in JetStream
+	// mode, capped by the JetStream servers present. Default 1.
+	Replicas int
 	// Version is reported by `nats micro info`; it must be SemVer.
 	// Default "0.0.0-dev".
 	Version string
@@ -112,6 +122,7 @@ func (c Config) withDefaults() Config {
 	c.SweepInterval = cmp.Or(c.SweepInterval, 30*time.Second)
 	c.ReconnectGrace = positiveOr(c.ReconnectGrace, DefaultReconnectGrace)
 	c.Version = cmp.Or(c.Version, "0.0.0-dev")
+	c.State = cmp.Or(c.State, StateMemory)
 	return c
 }
 
@@ -124,6 +135,12 @@ func (c Config) check() error {
 	}
 	if len(c.Prefix) > subjects.MaxPrefixLength {
 		return fmt.Errorf("service: the subject prefix may be at most %d bytes, not %d", subjects.MaxPrefixLength, len(c.Prefix))
+	}
+	if c.State != "" && c.State != StateMemory && c.State != StateJetStream {
+		return fmt.Errorf("service: the state must be %q or %q, not %q", StateMemory, StateJetStream, c.State)
+	}
+	if c.State == StateJetStream && strings.HasPrefix(c.Prefix+".", "$LDLM.") {
+		return errors.New("service: with JetStream state the subject prefix must not be $LDLM: the state subjects ($LDLM.PREFIX.state.>) would be request subjects")
 	}
 	return nil
 }
@@ -156,8 +173,12 @@ type Service struct {
 	live   *liveness
 
 	started time.Time
-	id      string // micro instance id, set once registered; in every grant reply
-	opStats opStats
+	id      string // micro instance id, set once registered
+	// instance is the id in grant replies and announcements: id, or in
+	// JetStream mode the state's own id, which outlives the process.
+	instance string
+	rec      *recorder // writes the state in JetStream mode; nil in memory mode
+	opStats  opStats
 
 	failOnce sync.Once
 	failed   chan struct{} // Done: closed when the service stopped
@@ -170,7 +191,10 @@ type Service struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the goroutine of watch
+	// standbyDone is closed when the standby goroutine returns (it has
+	// taken over, failed, or seen stop); nil unless Start made a standby.
+	standbyDone chan struct{}
+	wg          sync.WaitGroup // the goroutine of watch
 }
 
 // Start registers the service on nc and starts following connection
@@ -213,10 +237,23 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		opStats: opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}, subjects.OpAttach: {}},
 	}
 	// Fencing tokens start from the clock, so that they keep growing
-	// across restarts of the service (see engine.WithFirstToken).
+	// across restarts of the service (see engine.WithFirstToken), and in
+	// JetStream mode above the last active's ceiling too.
+	first := uint64(s.started.UnixMicro())
+	var st *loaded
+	if cfg.State == StateJetStream {
+		ctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
+		var err error
+		st, err = s.openState(ctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("service: %w", err)
+		}
+		first = max(first, st.active.TokenCeiling+1)
+	}
 	s.engine = engine.New(
 		engine.WithEvents(s.onEvent),
-		engine.WithFirstToken(uint64(s.started.UnixMicro())),
+		engine.WithFirstToken(first),
 		engine.WithLimits(engine.Limits{
 			MaxLocks:          cfg.MaxLocks,
 			MaxWaitersPerLock: cfg.MaxWaitersPerLock,
@@ -224,6 +261,10 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		}),
 		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
+	if st != nil {
+		s.rec = newRecorder(s.engine, log, s.stepDown)
+		s.instance = st.active.Instance
+	}
 	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.ReconnectGrace, cfg.NoClearOnDisconnect)
 
 	// Follow liveness before answering, so no lock is granted to a
@@ -232,18 +273,28 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.engine.Close()
 		return nil, err
 	}
-	if err := s.register(); err != nil {
+	err := s.register(st)
+	if s.rec != nil && (errors.Is(err, ErrDuplicateInstance) || errors.Is(err, journal.ErrNotActive)) {
+		// The stream decides who is active: wait as a standby (another
+		// instance answers, or took over the stream first).
+		s.standbyDone = make(chan struct{})
+		s.standBy(st)
+		log.Info("standby: another instance is active; following the lock state", "prefix", cfg.Prefix,
+			"instance", s.instance, "last_sequence", st.lastSeq)
+		return s, nil
+	}
+	if err != nil {
 		s.Stop()
 		return nil, err
 	}
 	s.watch() // after register, which sets the fields that watch reads
 	s.announce(subjects.InstanceStarted)
-	log.Info("lock service ready", "instance", s.id, "prefix", cfg.Prefix, "liveness", s.live.source(),
+	log.Info("lock service ready", "instance", s.instance, "prefix", cfg.Prefix, "state", cfg.State, "liveness", s.live.source(),
 		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval, "reconnect_grace", cfg.ReconnectGrace)
 	return s, nil
 }
 
-func (s *Service) register() error {
+func (s *Service) register(st *loaded) error {
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
 	if !s.cfg.Alone {
@@ -251,6 +302,19 @@ func (s *Service) register() error {
 			return err
 		}
 	}
+	if s.rec != nil {
+		// Take over only once no other instance answers: the takeover
+		// would depose it.
+		if err := s.takeOver(st); err != nil {
+			return err
+		}
+	}
+	return s.addService()
+}
+
+// addService registers the micro service and its endpoints: from now on,
+// the instance answers.
+func (s *Service) addService() error {
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     s.cfg.Version,
@@ -270,6 +334,7 @@ func (s *Service) register() error {
 	}
 	s.micro = svc
 	s.id = svc.Info().ID
+	s.instance = cmp.Or(s.instance, s.id)
 	// One endpoint, so one subscription, for all four lock operations:
 	// NATS delivers one publisher's messages to one subscription in the
 	// order they were sent, so an unlock is always read after the lock
@@ -295,10 +360,12 @@ func (s *Service) register() error {
 		return fmt.Errorf("subscribing the endpoints: %w", err)
 	}
 	// Another instance may have started at the same moment: of two, the
-	// younger steps down.
-	if s.cfg.Alone {
+	// younger steps down. (With JetStream state, the stream decides.)
+	if s.cfg.Alone || s.rec != nil {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+	defer cancel()
 	return s.checkRivals(ctx)
 }
 
@@ -335,13 +402,27 @@ func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
-		s.engine.Close()
-		s.replyMu.Lock()
-		s.stopping = true
-		if s.id != "" {
-			s.announce(subjects.InstanceStopped)
+		if s.standbyDone != nil {
+			<-s.standbyDone // it may be taking over: let it finish
 		}
-		s.replyMu.Unlock()
+		if s.rec != nil {
+			// The locks stay in the stream, for the next active: no stop
+			// announcement, and parked waiters stay parked there. Take no
+			// more requests, write what changed, send what waits for it,
+			// and only then close the engine (whose Unavailable replies
+			// the closed recorder drops).
+			s.stopMicro()
+			s.rec.close()
+			s.engine.Close()
+		} else {
+			s.engine.Close()
+			s.replyMu.Lock()
+			s.stopping = true
+			if s.id != "" {
+				s.announce(subjects.InstanceStopped)
+			}
+			s.replyMu.Unlock()
+		}
 		s.stopMicro()
 		s.wg.Wait()
 		s.live.close()

@@ -45,6 +45,10 @@ type serverConfig struct {
 	EmbeddedTenants       string        `env:"LDLM_EMBEDDED_TENANTS" help:"ACCOUNT:USER:PASSWORD,... : run the embedded NATS server with one account and lock namespace per tenant"`
 	Tenants               bool          `env:"LDLM_TENANTS" envDefault:"false" help:"one lock namespace per NATS account; requests must come through account imports with share: true"`
 
+	State         string `env:"LDLM_STATE" envDefault:"memory" help:"where the locks live: memory (they end with the process) or jetstream (a stream of the NATS server: locks, waiters and token order outlive restarts; docs/ha.md)"`
+	StateReplicas int    `env:"LDLM_STATE_REPLICAS" envDefault:"3" help:"copies of the jetstream state, capped by the JetStream servers present (logged); 1 with LDLM_DATA_DIR"`
+	DataDir       string `env:"LDLM_DATA_DIR" help:"folder of the embedded NATS server's JetStream file storage, where the lock state is kept: implies LDLM_STATE=jetstream with one replica, so locks survive a restart"`
+
 	Prefix               string        `env:"LDLM_SUBJECT_PREFIX" envDefault:"ldlm" help:"first token of every lock subject"`
 	MaxNameLength        int           `env:"LDLM_MAX_NAME_LENGTH" envDefault:"1024" help:"longest lock name in bytes"`
 	MaxBodyBytes         int           `env:"LDLM_MAX_BODY_BYTES" envDefault:"65536" help:"largest request body in bytes"`
@@ -165,7 +169,7 @@ var retiredVars = map[string]struct {
 	"LDLM_KEEPALIVE_INTERVAL":     {now: []string{"LDLM_EMBEDDED_PING_INTERVAL"}},
 	"LDLM_KEEPALIVE_TIMEOUT":      {now: []string{"LDLM_EMBEDDED_PING_MAX"}, why: "a number of unanswered pings"},
 	"LDLM_EMBEDDED_MAX_PINGS_OUT": {now: []string{"LDLM_EMBEDDED_PING_MAX"}},
-	"LDLM_STATE_FILE":             {why: "no replacement yet: locks live in the service's memory (state on JetStream is planned)"},
+	"LDLM_STATE_FILE":             {now: []string{"LDLM_DATA_DIR"}, why: "the lock state is kept in JetStream file storage in that folder"},
 	"LDLM_DEFAULT_LOCK_TIMEOUT":   {why: "no replacement: it applied to locks loaded from a state file, which this ldlm has not"},
 	"LDLM_LOCK_GC_INTERVAL":       {why: "no replacement: a lock is deleted as soon as no one holds or waits for it"},
 	"LDLM_LOCK_GC_MIN_IDLE":       {why: "no replacement: a lock is deleted as soon as no one holds or waits for it"},

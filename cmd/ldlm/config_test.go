@@ -30,6 +30,19 @@ import (
 	"github.com/ldlm-io/ldlm/internal/testpki"
 )
 
+// TestConfigDataDir: a data folder makes the single binary keep its state
+// in JetStream, with one copy (there is one server).
+func TestConfigDataDir(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseServerConfigFrom([]string{"LDLM_DATA_DIR=/var/lib/ldlm"}, nil, io.Discard)
+	if err != nil || cfg.State != "jetstream" || cfg.StateReplicas != 1 || cfg.DataDir != "/var/lib/ldlm" {
+		t.Fatalf("LDLM_DATA_DIR: state %q, replicas %d, dir %q, err %v; want jetstream, 1", cfg.State, cfg.StateReplicas, cfg.DataDir, err)
+	}
+	if cfg, err := parseServerConfigFrom(nil, nil, io.Discard); err != nil || cfg.State != "memory" || cfg.StateReplicas != 3 {
+		t.Fatalf("defaults: state %q, replicas %d, err %v; want memory, 3", cfg.State, cfg.StateReplicas, err)
+	}
+}
+
 func TestConfigDefaults(t *testing.T) {
 	t.Parallel()
 	cfg, err := parseServerConfigFrom(nil, nil, io.Discard)
@@ -100,7 +113,7 @@ func TestConfigUnknownVariables(t *testing.T) {
 	}{
 		{[]string{"LDLM_PASSWORD=x"}, `LDLM_PASSWORD is not read by this ldlm: use LDLM_EMBEDDED_PASSWORD (--embedded-password) or LDLM_EMBEDDED_TOKEN (--embedded-token)`},
 		{[]string{"LDLM_TLS_CERT=c.pem"}, `LDLM_TLS_CERT is not read by this ldlm: use LDLM_EMBEDDED_TLS_CERT (--embedded-tls-cert)`},
-		{[]string{"LDLM_STATE_FILE=/var/lib/ldlm"}, `LDLM_STATE_FILE is not read by this ldlm: no replacement yet: locks live in the service's memory (state on JetStream is planned)`},
+		{[]string{"LDLM_STATE_FILE=/var/lib/ldlm"}, `LDLM_STATE_FILE is not read by this ldlm: use LDLM_DATA_DIR (--data-dir): the lock state is kept in JetStream file storage in that folder`},
 		{[]string{"LDLM_LATE_REQUEST_WINDOW=10s"}, `LDLM_LATE_REQUEST_WINDOW is not read by this ldlm: removed: the service reads each connection's requests in order, so none arrives late`},
 		{[]string{"LDLM_EMBEDDED_MAX_PINGS_OUT=3"}, `LDLM_EMBEDDED_MAX_PINGS_OUT is not read by this ldlm: use LDLM_EMBEDDED_PING_MAX (--embedded-ping-max)`},
 		{[]string{"LDLM_MAX_LOKS=5"}, `LDLM_MAX_LOKS is not a setting of ldlm (ldlm server --help lists them)`},
@@ -230,6 +243,11 @@ func TestConfigValidate(t *testing.T) {
 		{"embedded TLS files missing", nil, []string{"--embedded-tls-cert=/nonexistent/c.pem", "--embedded-tls-key=/nonexistent/k.pem"}, []string{"LDLM_EMBEDDED_TLS_CERT", "/nonexistent/c.pem"}},
 		{"embedded configuration file missing", nil, []string{"--embedded-config=/nonexistent/nats.conf"}, []string{"LDLM_EMBEDDED_CONFIG (--embedded-config)", "/nonexistent/nats.conf"}},
 		{"embedded tenants and a user", nil, []string{"--embedded-tenants=A:a:p", "--embedded-user=u", "--embedded-password=p"}, []string{"LDLM_EMBEDDED_USER", "LDLM_EMBEDDED_TENANTS"}},
+		{"state neither memory nor jetstream", nil, []string{"--state=disk"}, []string{"LDLM_STATE (--state)", `"disk"`, "memory or jetstream"}},
+		{"state replicas 0", nil, []string{ext, "--state=jetstream", "--state-replicas=0"}, []string{"LDLM_STATE_REPLICAS", "at least 1"}},
+		{"jetstream state embedded without a data folder", nil, []string{"--state=jetstream"}, []string{"LDLM_STATE (--state)", "LDLM_DATA_DIR"}},
+		{"data folder with an external server", nil, []string{ext, "--data-dir=/tmp/x"}, []string{"LDLM_DATA_DIR (--data-dir)", "LDLM_NATS_URL", "LDLM_STATE=jetstream"}},
+		{"jetstream state with the $LDLM prefix", nil, []string{ext, "--state=jetstream", "--subject-prefix=$LDLM"}, []string{"LDLM_SUBJECT_PREFIX", "$LDLM"}},
 		{"embedded security with an external server", nil, []string{ext, "--embedded-token=t"}, []string{"LDLM_EMBEDDED_TOKEN (--embedded-token)", "LDLM_NATS_URL"}},
 	}
 	for _, tc := range bad {
@@ -306,7 +324,7 @@ func TestConfigErrorsExitStatus(t *testing.T) {
 		{[]string{"LDLM_PASSWORD=secret"}, nil,
 			`ldlm: configuration: LDLM_PASSWORD is not read by this ldlm: use LDLM_EMBEDDED_PASSWORD (--embedded-password) or LDLM_EMBEDDED_TOKEN (--embedded-token)`},
 		{[]string{"LDLM_STATE_FILE=/tmp/state"}, nil,
-			`ldlm: configuration: LDLM_STATE_FILE is not read by this ldlm: no replacement yet: locks live in the service's memory (state on JetStream is planned)`},
+			`ldlm: configuration: LDLM_STATE_FILE is not read by this ldlm: use LDLM_DATA_DIR (--data-dir): the lock state is kept in JetStream file storage in that folder`},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(append(tc.env, tc.args...), " "), func(t *testing.T) {

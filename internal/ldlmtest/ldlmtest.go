@@ -50,6 +50,20 @@ func WithTenants(tenants ...embeddednats.Tenant) Option {
 // connection, as with an external NATS server and no system credentials.
 func WithoutSystemAccount() Option { return func(o *options) { o.noSystem = true } }
 
+// WithDataDir runs the NATS server with JetStream file storage in dir and
+// the service with its state there (service.StateJetStream), as `ldlm`
+// runs with LDLM_DATA_DIR. A server started again on dir finds the locks.
+func WithDataDir(dir string) Option {
+	return func(o *options) { o.natsConfig.DataDir = dir }
+}
+
+// WithListen opens the NATS server's client port on addr (host:port)
+// instead of a free port: a server started again on the same address is
+// where its clients reconnect.
+func WithListen(addr string) Option {
+	return func(o *options) { o.natsConfig.Listen = addr }
+}
+
 // Start starts a server and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
@@ -71,6 +85,9 @@ func StartServer(opts ...Option) (*Server, error) {
 	o.natsConfig.Prefix = o.cfg.Prefix
 	if len(o.natsConfig.Tenants) > 0 {
 		o.cfg.Tenants = true
+	}
+	if o.natsConfig.DataDir != "" && o.cfg.State == "" {
+		o.cfg.State = service.StateJetStream
 	}
 	log := logger()
 	o.natsConfig.Logger = log
