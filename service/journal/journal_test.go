@@ -22,7 +22,10 @@ import (
 	"github.com/ldlm-io/ldlm/embeddednats"
 )
 
-const waitTimeout = 30 * time.Second
+// waitTimeout bounds every wait of the tests: only a hang reaches it. A
+// three-server JetStream cluster on a loaded 2-core machine under the race
+// detector can take most of a minute to elect its leaders.
+const waitTimeout = 60 * time.Second
 
 func start(t testing.TB, cfg embeddednats.Config) *embeddednats.Server {
 	t.Helper()
@@ -735,7 +738,9 @@ func TestWriterDiesWithoutAck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := Open(ctxFor(t), js, Config{AckWait: time.Second})
+	// Long enough for the takeover's fence of 1,025 acknowledged writes on
+	// a loaded machine; the writes without acks below then wait it out.
+	j, err := Open(ctxFor(t), js, Config{AckWait: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
