@@ -45,6 +45,11 @@ const (
 	goneTTL = time.Minute
 	// journalTimeout bounds loading the state and taking over.
 	journalTimeout = 30 * time.Second
+	// openAttemptTimeout bounds one try to create or update the state
+	// stream, or to read it whole before a takeover: a JetStream cluster
+	// without a meta leader, or a stream without a leader, does not answer
+	// until JetStream elected one.
+	openAttemptTimeout = 5 * time.Second
 )
 
 // activeRecord is the stream's "active" record: who writes, and the token
@@ -112,11 +117,26 @@ func (s *Service) openState(ctx context.Context) (*loaded, error) {
 		return nil, err
 	}
 	stream, subj := streamNames(s.cfg.Prefix)
-	j, err := journal.Open(ctx, js, journal.Config{Stream: stream, Subjects: subj, Replicas: s.replicas()})
-	if err != nil {
-		return nil, err
+	// A JetStream cluster that is still forming (its members start at the
+	// same time) refuses to place the stream for a while ("no suitable
+	// peers", no meta leader yet): ask again until ctx ends.
+	for logged := false; ; {
+		octx, cancel := context.WithTimeout(ctx, openAttemptTimeout)
+		j, err := journal.Open(octx, js, journal.Config{Stream: stream, Subjects: subj, Replicas: s.replicas()})
+		cancel()
+		if err == nil {
+			return load(ctx, j)
+		}
+		if !logged {
+			s.log.Warn("JetStream cannot hold the lock state yet; trying again until it can", "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	return load(ctx, j)
 }
 
 // load reads the stream whole.
@@ -148,16 +168,22 @@ func (s *Service) replicas() int {
 	if err != nil {
 		return want
 	}
+	// The servers that answer, or the size of the JetStream cluster as its
+	// members know it, if larger: a cluster that is still forming (its
+	// members start together) has not all answered yet.
 	servers := 0
 	for _, m := range msgs {
 		var r struct {
 			Data struct {
 				Disabled bool            `json:"disabled"`
 				Config   json.RawMessage `json:"config"`
+				Meta     struct {
+					Size int `json:"cluster_size"`
+				} `json:"meta_cluster"`
 			} `json:"data"`
 		}
 		if json.Unmarshal(m.Data, &r) == nil && !r.Data.Disabled && len(r.Data.Config) > 0 {
-			servers++
+			servers = max(servers+1, r.Data.Meta.Size)
 		}
 	}
 	if servers > 0 && servers < want {
@@ -305,12 +331,17 @@ func (s *Service) standBy(st *loaded) {
 				s.stepDown(fmt.Errorf("standby: following the lock state: %w", err))
 				return
 			}
-			lctx, lcancel := context.WithTimeout(context.Background(), journalTimeout)
+			lctx, lcancel := context.WithTimeout(context.Background(), openAttemptTimeout)
 			fresh, err := load(lctx, from.j)
 			lcancel()
-			if err == nil {
-				err = s.takeOver(fresh)
+			if err != nil {
+				// Nothing was written: a stream that lost its leader with
+				// the active's server answers again once JetStream elected
+				// another. Follow on, and try again when no instance answers.
+				s.log.Warn("standby: reading the lock state to take over failed; following it again", "err", err)
+				continue
 			}
+			err = s.takeOver(fresh)
 			if errors.Is(err, journal.ErrNotActive) {
 				s.log.Info("standby: another instance wrote first; following the lock state again", "err", err)
 				mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,4 +69,78 @@ func TestClusterMemberNamedAfterHost(t *testing.T) {
 	if err != nil || cfg.EmbeddedServerName != "n1" {
 		t.Errorf("server name %q (%v), want n1 as given", cfg.EmbeddedServerName, err)
 	}
+}
+
+// TestE2EEmbeddedClusterKeepsLocks: three ldlm binaries, each with its
+// embedded NATS server and a data folder, form one NATS cluster with
+// JetStream and one lock service: one active, two standbys. A lock made
+// with the nats CLI through one member outlives kill -9 of the active: a
+// standby takes over and answers, through any surviving member, with the
+// same key and token.
+func TestE2EEmbeddedClusterKeepsLocks(t *testing.T) {
+	t.Parallel()
+	natsCLI(t)
+	var routes []string
+	var clusterPorts []int
+	for range 3 {
+		p := freePort(t)
+		clusterPorts = append(clusterPorts, p)
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+	}
+	var members []*ldlmServer
+	for i := range 3 {
+		env := []string{fmt.Sprintf("LDLM_EMBEDDED_SERVER_NAME=m%d", i), "LDLM_DATA_DIR=" + t.TempDir(),
+			fmt.Sprintf("LDLM_EMBEDDED_CLUSTER_LISTEN=127.0.0.1:%d", clusterPorts[i]),
+			"LDLM_EMBEDDED_CLUSTER_ROUTES=" + strings.Join(routes, ",")}
+		s := spawnLDLM(t, ldlmBinary(t), freePort(t), env, nil)
+		t.Cleanup(func() {
+			s.kill()
+			if t.Failed() {
+				t.Logf("member %d output:\n%s", i, s.stderr)
+			}
+		})
+		members = append(members, s)
+	}
+	for i, s := range members {
+		if err := s.waitReady(); err != nil {
+			t.Fatalf("member %d did not start: %v", i, err)
+		}
+	}
+	held := wantGrant(t, members[2].req(t, subject(subjects.OpTryLock, "clustered"), `{"lock_timeout_seconds":600}`), "clustered")
+
+	active := -1
+	for i, s := range members {
+		if !strings.Contains(s.stderr.String(), "standby: another instance is active") {
+			active = i
+		}
+	}
+	if active < 0 {
+		t.Fatal("no member is the active instance")
+	}
+	members[active].kill()
+	killed := time.Now()
+	survivor := members[(active+1)%3]
+
+	// Until a standby took over, a request may find no responders (the
+	// nats CLI then fails, or prints no reply).
+	deadline := time.Now().Add(startTimeout)
+	var renewed subjects.LockResponse
+	for {
+		r, err := survivor.runNats(reqArgs(subject(subjects.OpRenew, "clustered"), renewBody(t, held.Key, 600))...)
+		if err == nil {
+			err = subjects.DecodeLockResponse([]byte(r.stdout), &renewed)
+		}
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no member answered after kill -9 of the active (member %d): %v (stdout %q, stderr %q)", active, err, r.stdout, r.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("a standby answered %v after kill -9 of the active member", time.Since(killed).Round(time.Millisecond))
+	if !renewed.Locked || renewed.Token != held.Token {
+		t.Fatalf("renew after the takeover: %+v; the grant before: %+v", renewed, held)
+	}
+	wantBusy(t, survivor.req(t, subject(subjects.OpTryLock, "clustered"), ""), "clustered")
 }

@@ -46,8 +46,8 @@ type serverConfig struct {
 	Tenants               bool          `env:"LDLM_TENANTS" envDefault:"false" help:"one lock namespace per NATS account; requests must come through account imports with share: true"`
 
 	State         string `env:"LDLM_STATE" envDefault:"memory" help:"where the locks live: memory (they end with the process) or jetstream (a stream of the NATS server: locks, waiters and token order outlive restarts; docs/ha.md)"`
-	StateReplicas int    `env:"LDLM_STATE_REPLICAS" envDefault:"3" help:"copies of the jetstream state, capped by the JetStream servers present (logged); 1 with LDLM_DATA_DIR"`
-	DataDir       string `env:"LDLM_DATA_DIR" help:"folder of the embedded NATS server's JetStream file storage, where the lock state is kept: implies LDLM_STATE=jetstream with one replica, so locks survive a restart"`
+	StateReplicas int    `env:"LDLM_STATE_REPLICAS" envDefault:"3" help:"copies of the jetstream state, capped by the JetStream servers present (logged); with LDLM_DATA_DIR, 1 unless the embedded server is a cluster member"`
+	DataDir       string `env:"LDLM_DATA_DIR" help:"folder of the embedded NATS server's JetStream file storage, where the lock state is kept: implies LDLM_STATE=jetstream (one replica, or LDLM_STATE_REPLICAS on an embedded cluster), so locks survive a restart"`
 
 	Prefix               string        `env:"LDLM_SUBJECT_PREFIX" envDefault:"ldlm" help:"first token of every lock subject"`
 	MaxNameLength        int           `env:"LDLM_MAX_NAME_LENGTH" envDefault:"1024" help:"longest lock name in bytes"`

@@ -104,8 +104,13 @@ func (c *serverConfig) validate() error {
 // validateEmbedded checks the settings of embedded mode (no NATS URL).
 func (c *serverConfig) validateEmbedded() error {
 	if c.DataDir != "" {
-		// One server, one copy: the data folder is the state's home.
-		c.State, c.StateReplicas = service.StateJetStream, 1
+		// The data folder is the state's home: one copy on a single
+		// server; on a cluster member, LDLM_STATE_REPLICAS copies (capped
+		// by the JetStream servers present).
+		c.State = service.StateJetStream
+		if c.EmbeddedClusterListen == "" {
+			c.StateReplicas = 1
+		}
 	}
 	for _, creds := range []*natsCredentials{&c.App, &c.System} {
 		if !creds.isZero() {
