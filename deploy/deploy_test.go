@@ -149,15 +149,18 @@ type composeService struct {
 	Profiles    []string    `yaml:"profiles"`
 }
 
-func loadCompose(t testing.TB) composeFile {
+func loadCompose(t testing.TB) composeFile { return loadComposeFile(t, "docker-compose.yml") }
+
+// loadComposeFile reads a compose file, by its path in the repository.
+func loadComposeFile(t testing.TB, rel string) composeFile {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot(t), "docker-compose.yml"))
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), rel))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var f composeFile
 	if err := yaml.Unmarshal(data, &f); err != nil {
-		t.Fatalf("docker-compose.yml: %v", err)
+		t.Fatalf("%s: %v", rel, err)
 	}
 	return f
 }
