@@ -33,9 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
+import select
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -195,6 +199,25 @@ async def _finish(aw: Awaitable[T]) -> T:
     return task.result()
 
 
+def _acquire_tail(
+    is_lock: bool,
+    deadline: Optional[float],
+    wait_timeout_seconds: Optional[float],
+    lock_timeout_seconds: Optional[float],
+    size: Optional[int],
+) -> str:
+    """The end of a lock or trylock request's JSON body, after the key (and
+    the wait timeout of a wait with a deadline, which changes each try)."""
+    tail = ""
+    if size is not None:
+        tail += ',"size":' + _number(size)
+    if lock_timeout_seconds is not None:
+        tail += ',"lock_timeout_seconds":' + _number(lock_timeout_seconds)
+    if is_lock and deadline is None and wait_timeout_seconds is not None:
+        tail += ',"wait_timeout_seconds":' + _number(wait_timeout_seconds)  # 0 or invalid: the service decides
+    return tail + "}"
+
+
 def _key_json(key: Optional[str]) -> str:
     """A key as a JSON string; the client's own keys (hex) need no escaping."""
     if key is not None and key.isalnum() and key.isascii():
@@ -249,8 +272,10 @@ class _Replies:
     def __init__(self, sub: Any, prefix: str):
         self.sub = sub
         self.prefix = prefix  # the inbox, with the dot before the token
-        self.waiting: dict[str, asyncio.Future] = {}
-        self.seq = 0
+        # the requests waiting for their reply, by the token that ends their
+        # inbox: futures, or _Direct requests (sent by other threads)
+        self.waiting: dict[str, Any] = {}
+        self.seq = itertools.count(1)  # next() is atomic: other threads take tokens too
 
     @staticmethod
     def attach(sub: Any, prefix: str) -> Optional["_Replies"]:
@@ -287,17 +312,226 @@ def _pause(retries: int) -> float:
     return min(_RETRY_PAUSE * (2 ** min(retries, 10)), _MAX_RETRY_PAUSE)
 
 
+def _check_responders(msg: Any) -> None:
+    """Raise NoRespondersError for nats-py's no-responders reply."""
+    if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS:
+        raise nats.errors.NoRespondersError
+
+
+#: how long a thread that wrote part of a request waits to write the rest
+_WRITE_REST_SECONDS = 10.0
+
+
+class _SocketWriter:
+    """Lets threads other than the event loop's write requests on the
+    connection's socket themselves (the synchronous client's callers: a
+    request then costs no wake-up of the loop, nor a task, nor a turn of
+    nats-py's flusher).
+
+    Its lock orders the writes: the transport's write() and writelines()
+    take it too (they are wrapped here), and another thread writes only
+    while nothing waits to be written before it (asyncio's buffer and
+    nats-py's pending commands are empty). A command is written whole: a
+    thread that wrote part of one writes the rest before letting go. Only
+    for a plain TCP socket transport of asyncio (not TLS, not WebSocket):
+    attach() returns None otherwise, and everything goes through the loop."""
+
+    def __init__(self, transport: Any, sock: socket.socket):
+        self.transport = transport
+        self.sock = sock
+        self.mu = threading.RLock()  # writelines() may call write()
+        write, writelines, mu = transport.write, transport.writelines, self.mu
+
+        def locked_write(data: Any) -> None:
+            with mu:
+                write(data)
+
+        def locked_writelines(lines: Any) -> None:
+            with mu:
+                writelines(lines)
+
+        transport.write = locked_write
+        transport.writelines = locked_writelines
+
+    @staticmethod
+    def attach(nc: Any) -> Optional["_SocketWriter"]:
+        """The writer of the connection's current socket (made once per socket)."""
+        writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is None or type(transport).__name__ != "_SelectorSocketTransport":
+            return None
+        found = getattr(transport, "_ldlm_writer", None)
+        if found is not None:
+            return found
+        sock = getattr(transport, "_sock", None)
+        if not isinstance(sock, socket.socket) or transport.get_extra_info("sslcontext") is not None:
+            return None
+        try:
+            found = _SocketWriter(transport, sock)
+            transport._ldlm_writer = found
+        except AttributeError:
+            return None
+        return found
+
+    def send(self, nc: Any, data: bytes) -> bool:
+        """Write data now, from any thread; False (nothing written) when it
+        cannot go first: the caller then lets the loop send it."""
+        with self.mu:
+            t = self.transport
+            if t.is_closing() or t.get_write_buffer_size() or nc._pending_data_size or not nc.is_connected:
+                return False
+            try:
+                n = self.sock.send(data)
+            except OSError:  # would block, or the connection broke: nothing written
+                return False
+            if n < len(data):
+                self._send_rest(memoryview(data)[n:])
+            return True
+
+    def _send_rest(self, rest: memoryview) -> None:
+        """The socket took part of a command: write the rest before anything
+        else may be written. If that fails the stream is broken: shut the
+        socket down, so that nats-py reconnects (the request's caller hears
+        of it like of any lost connection)."""
+        end = time.monotonic() + _WRITE_REST_SECONDS
+        try:
+            while rest:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the socket took no data for %.0fs" % _WRITE_REST_SECONDS)
+                select.select([], [self.sock], [], left)
+                try:
+                    rest = rest[self.sock.send(rest) :]
+                except (BlockingIOError, InterruptedError):
+                    pass
+        except OSError as e:
+            log.warning("ldlm: writing a request failed (%r): dropping the connection", e)
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _pub_command(subject: str, reply: str, payload: bytes, header: Optional[bytes]) -> bytes:
+    """nats-py's PUB (HPUB with a header block) command, made off the loop."""
+    if header is None:
+        return b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        reply.encode(),
+        len(header),
+        len(header) + len(payload),
+        header,
+        payload,
+    )
+
+
+class _Interrupted(Exception):
+    """A direct lock request's wait was interrupted (see _Wait): withdraw it
+    and ask again."""
+
+
+class _Direct:
+    """A request that a thread other than the event loop's wrote on the
+    connection itself (see _SocketWriter), for a synchronous caller.
+
+    Its reply is settled on the loop as nats-py reads it (_Replies), without
+    a task: ``settle(direct, msg, error)``, a function of the client, ends
+    the call with ``done(result, error)`` in the common cases and otherwise
+    hands what is left (retries, withdrawals) to the asyncio code, in a
+    task, with ``proceed(coro)``. ``done`` and ``proceed`` are the caller's
+    (ldlm/sync.py). The reply, the expiry of ``deadline`` (expire()), an
+    interruption of a lock wait and the caller giving up (abandon()) all
+    happen on the loop, so exactly one of them resolves the request."""
+
+    __slots__ = (
+        "replies", "token", "settle", "on_done", "proceed", "deadline", "resolved_mu",
+        "msg", "error", "key", "ep", "sent_at", "wait", "wait_deadline", "cleanup",
+    )
+
+    def __init__(
+        self,
+        replies: "_Replies",
+        settle: Callable[["_Direct"], None],
+        done: Callable[[Any, Optional[BaseException]], None],
+        proceed: Callable[[Any], None],
+    ):
+        self.replies = replies
+        self.token = str(next(replies.seq))
+        self.settle = settle
+        self.on_done = done
+        self.proceed = proceed
+        self.deadline: Optional[float] = None  # monotonic; None: no limit
+        # taken once, by whatever resolves the request (on the loop), or by
+        # the caller's thread taking back a request it could not write
+        self.resolved_mu = threading.Lock()
+        self.msg: Any = None
+        self.error: Optional[BaseException] = None
+        self.key: Optional[str] = None
+        self.ep: Optional["_Epoch"] = None
+        self.sent_at = 0.0
+        self.wait: Optional["_Wait"] = None
+        self.wait_deadline: Optional[float] = None
+        self.cleanup: Optional[Callable[[], Awaitable[Any]]] = None  # what abandon() leaves to do
+
+    @property
+    def reply_to(self) -> str:
+        return self.replies.prefix + self.token
+
+    def claim(self) -> bool:
+        """Resolve the request now; False if something else did first."""
+        return self.resolved_mu.acquire(False)
+
+    # what _Replies.put_nowait uses of a future
+    def done(self) -> bool:
+        return self.resolved_mu.locked()
+
+    def set_result(self, msg: Any) -> None:
+        self._resolve(msg, None)
+
+    def expire(self) -> None:
+        """On the loop: the deadline passed without a reply."""
+        self._resolve(None, nats.errors.TimeoutError())
+
+    def interrupt(self) -> None:
+        """On the loop: the lock wait may be parked where no reply will come from."""
+        self._resolve(None, _Interrupted())
+
+    def _resolve(self, msg: Any, error: Optional[BaseException]) -> None:
+        if not self.claim():
+            return
+        self.replies.waiting.pop(self.token, None)
+        self.msg, self.error = msg, error
+        try:
+            self.settle(self)
+        except BaseException as e:  # noqa: BLE001 - never into nats-py's read loop
+            self.on_done(None, e)
+
+    def abandon(self) -> Optional[Awaitable[Any]]:
+        """On the loop: the caller gave up. Unless already resolved (then the
+        task or the outcome takes care of itself), the request is dropped
+        and its clean-up (a withdrawal) returned, to be awaited."""
+        if not self.claim():
+            return None
+        self.replies.waiting.pop(self.token, None)
+        cleanup = self.cleanup
+        return cleanup() if cleanup is not None else None
+
+
 class _Epoch:
     """One unbroken stretch of the connection: connected, to one server, with
     one client id. nats-py replaces its INFO dict on every (re)connect, so the
     dict itself names the stretch."""
 
-    __slots__ = ("info", "owner", "headers")
+    __slots__ = ("info", "owner", "headers", "header_block", "writer")
 
-    def __init__(self, info: Any, owner: Optional[str]):
+    def __init__(self, info: Any, owner: Optional[str], writer: Optional[_SocketWriter] = None):
         self.info = info
         self.owner = owner
         self.headers = {HEADER_OWNER: owner} if owner else None
+        # the headers as nats-py writes them, for requests sent off the loop
+        self.header_block = ("NATS/1.0\r\n%s: %s\r\n\r\n" % (HEADER_OWNER, owner)).encode() if owner else None
+        self.writer = writer  # None: requests go through nats-py only
 
 
 class _Wait:
@@ -305,17 +539,22 @@ class _Wait:
     (cancels, then asks again) when its reply could be lost: the connection
     changed, or another instance of the service took over."""
 
-    __slots__ = ("task", "epoch", "interrupted")
+    __slots__ = ("task", "epoch", "interrupted", "direct")
 
-    def __init__(self, task: "asyncio.Task[Any]", epoch: _Epoch):
-        self.task = task
+    def __init__(self, task: "Optional[asyncio.Task[Any]]", epoch: _Epoch, direct: Optional[_Direct] = None):
+        self.task = task  # the lock() call's, or None for a direct request
         self.epoch = epoch
         self.interrupted = False
+        self.direct = direct
 
     def interrupt(self) -> None:
+        """On the loop."""
         if not self.interrupted:
             self.interrupted = True
-            self.task.cancel()
+            if self.task is not None:
+                self.task.cancel()
+            elif self.direct is not None:
+                self.direct.interrupt()
 
 
 class AsyncLock:
@@ -357,6 +596,9 @@ class AsyncLock:
         self.instance = instance
         self.lost_error: Optional[LockLostError] = None
         self._state = _HELD if granted else _NOT_OBTAINED
+        # taken once, by whoever ends the hold: the loop, or a synchronous
+        # caller's unlock on its own thread (see _direct_unlock)
+        self._ending = threading.Lock()
         self._auto_renew = auto_renew
         self._epoch = epoch
         # Our estimate of the expiry, on the monotonic clock: counted from
@@ -409,7 +651,15 @@ class AsyncLock:
         self._end(_UNLOCKED)
         if self._watch_task is not None:
             await self._stop_watch()
+        return await self._send_unlock()
+
+    async def _send_unlock(self) -> bool:
+        """The part of unlock() after the hold ended: ask the service."""
         reply = await self._client._call(OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name)
+        return self._unlocked(reply)
+
+    def _unlocked(self, reply: dict) -> bool:
+        """unlock()'s outcome from the service's reply."""
         err = reply.get("error")
         if err:
             exc = error_from_reply(err, self.name)
@@ -423,6 +673,50 @@ class AsyncLock:
         if not reply.get("unlocked"):
             raise UnexpectedReplyError(f"unlock reply without unlocked=true: {reply!r}", lock_name=self.name)
         return True
+
+    def _direct_unlock(self, done: Callable[[Any, Optional[BaseException]], None], proceed: Callable[[Any], None]) -> Any:
+        """unlock() for a synchronous caller, called on its own thread (not
+        the loop's): the unlock request is written on the connection by this
+        thread (see _Direct). Returns the _Direct; None when only unlock()
+        on the loop will do (nothing was changed); or, when the hold was
+        ended here but the request could not be written, the coroutine
+        function that sends it, to run on the loop instead of unlock().
+        Only for a lock without a lock timeout (no expiry, no renewals)."""
+        client = self._client
+        replies, nc = client._replies, client._nc
+        if self._state != _HELD or self._expires_mono is not None or self._watch_task is not None:
+            return None
+        if replies is None or nc is None or client._closed:
+            return None
+        ep = client._current()
+        if ep is None or ep.writer is None:
+            return None
+        if not self._end(_UNLOCKED):
+            return None  # ended meanwhile (lost): unlock() says how
+        d = _Direct(replies, self._settle_unlock, done, proceed)
+        payload = ('{"key":%s}' % _key_json(self.key)).encode()
+        cmd = _pub_command(f"{client._prefix}.{OP_UNLOCK}.{self._subject_name}", d.reply_to, payload, ep.header_block)
+        d.sent_at = time.monotonic()
+        d.deadline = d.sent_at + max(min(client._request_timeout, client._no_service_budget), _MIN_TIMEOUT)
+        replies.waiting[d.token] = d
+        if not ep.writer.send(nc, cmd) and d.claim():
+            replies.waiting.pop(d.token, None)
+            return self._send_unlock
+        return d
+
+    def _settle_unlock(self, d: _Direct) -> None:
+        """On the loop: the outcome of a direct unlock request."""
+        if d.error is not None:
+            d.on_done(None, d.error)
+            return
+        msg = d.msg
+        if not (msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS):
+            reply = _decode_reply(msg, self.name)
+            err = reply.get("error")
+            if not err or err.get("code") != "Unavailable":
+                d.on_done(self._unlocked(reply), None)
+                return
+        d.proceed(self._send_unlock())  # nobody answered, or the service is stopping: retry
 
     async def renew(self, lock_timeout_seconds: float) -> "AsyncLock":
         """Set the lock to expire ``lock_timeout_seconds`` from now (and keep
@@ -453,7 +747,7 @@ class AsyncLock:
 
     def _end(self, state: str) -> bool:
         """Leave the held state; True if this call did."""
-        if self._state != _HELD:
+        if self._state != _HELD or not self._ending.acquire(False):
             return False
         self._state = state
         self._client._held.discard(self)
@@ -792,8 +1086,7 @@ class AsyncClient:
         replies = self._replies
         if replies is None:
             return await nc.request(subj, payload, timeout=timeout, headers=headers)
-        replies.seq += 1
-        token = str(replies.seq)
+        token = str(next(replies.seq))
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         replies.waiting[token] = fut
@@ -806,8 +1099,7 @@ class AsyncClient:
                 timer.cancel()
         finally:
             replies.waiting.pop(token, None)
-        if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS:
-            raise nats.errors.NoRespondersError
+        _check_responders(msg)
         return msg
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
@@ -922,7 +1214,8 @@ class AsyncClient:
                     except Exception as e:  # noqa: BLE001
                         log.warning("ldlm: cannot subscribe to lost-lock notices: %r", e)
                 if nc.is_connected and nc._server_info is info:
-                    self._epoch = _Epoch(info, owner)
+                    writer = _SocketWriter.attach(nc) if self._replies is not None else None
+                    self._epoch = _Epoch(info, owner, writer)
                     self._signal_epoch_change()
                     _small_reads(nc)
             await self._drop_lost_subs()
@@ -931,7 +1224,7 @@ class AsyncClient:
         """End the lost-notice subscriptions of owners that are not the
         current connection and hold no lock (with keep_on_disconnect, locks
         taken before a reconnect keep their old owner at the service)."""
-        needed = {lock._epoch.owner for lock in self._held if lock._epoch is not None}
+        needed = {lock._epoch.owner for lock in list(self._held) if lock._epoch is not None}
         if self._epoch is not None:
             needed.add(self._epoch.owner)
         for owner in [o for o in self._lost_subs if o not in needed]:
@@ -1247,8 +1540,12 @@ class AsyncClient:
         lock_timeout_seconds: Optional[float],
         size: Optional[int],
         auto_renew: Optional[bool],
+        resume: Optional[_Direct] = None,
     ) -> AsyncLock:
-        if self._closed:
+        """lock() and try_lock(). With ``resume``, a request a synchronous
+        caller sent (see _direct_acquire): its reply (or its error) is the
+        outcome of the first try."""
+        if self._closed and resume is None:
             raise nats.errors.ConnectionClosedError()
         if self._nc is None or not self._set_up:
             await self.connect()
@@ -1259,65 +1556,80 @@ class AsyncClient:
         renew = self._auto_renew if auto_renew is None else auto_renew
         is_lock = op == OP_LOCK
         deadline: Optional[float] = None
-        if is_lock and wait_timeout_seconds is not None and wait_timeout_seconds > 0:
+        if resume is not None:
+            deadline = resume.wait_deadline
+        elif is_lock and wait_timeout_seconds is not None and wait_timeout_seconds > 0:
             deadline = time.monotonic() + float(wait_timeout_seconds)
         subj = f"{self._prefix}.{op}.{encode_name(name)}"
-        tail = ""
-        if size is not None:
-            tail += ',"size":' + _number(size)
-        if lock_timeout_seconds is not None:
-            tail += ',"lock_timeout_seconds":' + _number(lock_timeout_seconds)
-        if is_lock and deadline is None and wait_timeout_seconds is not None:
-            tail += ',"wait_timeout_seconds":' + _number(wait_timeout_seconds)  # 0 or invalid: the service decides
-        tail += "}"
+        tail = _acquire_tail(is_lock, deadline, wait_timeout_seconds, lock_timeout_seconds, size)
         no_service_since: Optional[float] = None  # when nobody started answering
         unavailable = False
         warned = False
         retries = 0  # consecutive retries, for the pause before the next
 
         while True:
-            if retries > 1 or no_service_since is not None:
-                pause = _pause(retries - 1)
-                if deadline is not None:
-                    pause = min(pause, max(deadline - time.monotonic(), 0))
-                await asyncio.sleep(pause)
-            ep = self._current()
-            if ep is None:
-                ep = await self._epoch_for(is_lock, deadline, name)
+            first, resume = resume, None
+            if first is None:
+                if retries > 1 or no_service_since is not None:
+                    pause = _pause(retries - 1)
+                    if deadline is not None:
+                        pause = min(pause, max(deadline - time.monotonic(), 0))
+                    await asyncio.sleep(pause)
+                ep = self._current()
                 if ep is None:
-                    return AsyncLock(self, name)  # the wait timed out while disconnected
-            # A key of our own: if we give up before the reply, an unlock
-            # with it releases a grant that raced in or cancels the wait.
-            key = token_hex(16)
-            if is_lock:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left < _MIN_TIMEOUT:
-                        if no_service_since is not None:
-                            raise self._no_service(name, no_service_since, unavailable)
-                        return AsyncLock(self, name)
-                    left = max(round(left, 3), _MIN_TIMEOUT)
-                    body = '{"key":"%s","wait_timeout_seconds":%r%s' % (key, left, tail)
-                    timeout = left + self._wait_margin
+                    ep = await self._epoch_for(is_lock, deadline, name)
+                    if ep is None:
+                        return AsyncLock(self, name)  # the wait timed out while disconnected
+                # A key of our own: if we give up before the reply, an unlock
+                # with it releases a grant that raced in or cancels the wait.
+                key = token_hex(16)
+                if is_lock:
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left < _MIN_TIMEOUT:
+                            if no_service_since is not None:
+                                raise self._no_service(name, no_service_since, unavailable)
+                            return AsyncLock(self, name)
+                        left = max(round(left, 3), _MIN_TIMEOUT)
+                        body = '{"key":"%s","wait_timeout_seconds":%r%s' % (key, left, tail)
+                        timeout = left + self._wait_margin
+                    else:
+                        body = '{"key":"%s"%s' % (key, tail)
+                        timeout = _UNLIMITED_REQUEST_TIMEOUT
                 else:
                     body = '{"key":"%s"%s' % (key, tail)
-                    timeout = _UNLIMITED_REQUEST_TIMEOUT
+                    timeout = self._request_timeout
+                    if no_service_since is not None:
+                        timeout = min(timeout, max(no_service_since + self._no_service_budget - time.monotonic(), _MIN_TIMEOUT))
+                sent_at = time.monotonic()
+                wait: Optional[_Wait] = None
+                if is_lock:
+                    task = asyncio.current_task()
+                    assert task is not None
+                    wait = _Wait(task, ep)
+                    self._waits.add(wait)
             else:
-                body = '{"key":"%s"%s' % (key, tail)
-                timeout = self._request_timeout
-                if no_service_since is not None:
-                    timeout = min(timeout, max(no_service_since + self._no_service_budget - time.monotonic(), _MIN_TIMEOUT))
-            sent_at = time.monotonic()
-            wait: Optional[_Wait] = None
-            if is_lock:
-                task = asyncio.current_task()
-                assert task is not None
-                wait = _Wait(task, ep)
-                self._waits.add(wait)
+                # sent by a synchronous caller (its wait, if any, is over)
+                assert first.key is not None and first.ep is not None
+                key, ep, sent_at, wait = first.key, first.ep, first.sent_at, None
             try:
-                msg = await self._request(nc, subj, body.encode(), timeout, ep.headers)
+                if first is None:
+                    msg = await self._request(nc, subj, body.encode(), timeout, ep.headers)
+                else:
+                    if first.error is not None:
+                        raise first.error
+                    msg = first.msg
+                    _check_responders(msg)
+            except _Interrupted:
+                # A direct request's wait that may be parked where no reply
+                # will come from: as for an interrupted wait below.
+                await _finish(self._withdraw(name, key))
+                if self._closed:
+                    raise nats.errors.ConnectionClosedError() from None
+                retries += 1
+                continue
             except asyncio.CancelledError:
-                interrupted = wait is not None and wait.interrupted and wait.task.uncancel() == 0
+                interrupted = wait is not None and wait.interrupted and wait.task is not None and wait.task.uncancel() == 0
                 # Cancelled, or the wait may be parked where no reply will
                 # come from: give back whatever the service did with our key.
                 await _finish(self._withdraw(name, key))
@@ -1338,8 +1650,11 @@ class AsyncClient:
                 await _finish(self._withdraw(name, key))
                 raise
             else:
-                if wait is not None and wait.interrupted:
+                if wait is not None and wait.interrupted and wait.task is not None:
                     wait.task.uncancel()  # the interruption came too late to cancel the request
+                lock = self._granted(op, name, key, ep, sent_at, size, lock_timeout_seconds, renew, msg)
+                if lock is not None:
+                    return lock
                 reply = _decode_reply(msg, name)
                 err = reply.get("error")
                 if not err:
@@ -1403,6 +1718,126 @@ class AsyncClient:
                     self._prefix,
                     now - no_service_since,
                 )
+
+    def _granted(
+        self,
+        op: str,
+        name: str,
+        key: str,
+        ep: _Epoch,
+        sent_at: float,
+        size: Optional[int],
+        lock_timeout_seconds: Optional[float],
+        renew: bool,
+        msg: Any,
+    ) -> Optional[AsyncLock]:
+        """On the loop: the outcome of a lock or trylock reply in the cases
+        that need nothing awaited: a fresh grant (registered), not granted
+        (a falsy lock) or the service's error (raised). None for the others
+        (nobody answered, the service is stopping, a grant that cannot be
+        kept...), which _acquire handles; nothing is changed then."""
+        if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS:
+            return None
+        reply = _decode_reply(msg, name)
+        err = reply.get("error")
+        if not err:
+            if not reply.get("locked"):
+                return None if op == OP_LOCK else AsyncLock(self, name)
+            lock = self._lock_from(reply, name, key, size, lock_timeout_seconds, renew, ep, sent_at)
+            if self._register(lock, ep) is not None:
+                return None
+            lock._start_watch()
+            return lock
+        code = err.get("code")
+        if code == "LockWaitTimeout":
+            return AsyncLock(self, name)
+        if code == "Unavailable" or (code == "OwnerGone" and op == OP_LOCK):
+            return None
+        raise error_from_reply(err, name)
+
+    def _direct_acquire(
+        self,
+        op: str,
+        name: str,
+        wait_timeout_seconds: Optional[float],
+        lock_timeout_seconds: Optional[float],
+        size: Optional[int],
+        auto_renew: Optional[bool],
+        done: Callable[[Any, Optional[BaseException]], None],
+        proceed: Callable[[Any], None],
+    ) -> Optional[_Direct]:
+        """lock() or try_lock() for a synchronous caller, called on its own
+        thread (not the loop's): the request is written on the connection by
+        this thread (see _Direct); its reply is settled on the loop. None
+        when only _acquire on the loop will do (not connected, a wait timeout
+        the service is to judge, the request could not be written...):
+        nothing was changed then."""
+        replies, nc = self._replies, self._nc
+        if replies is None or nc is None or self._closed or not self._set_up:
+            return None
+        is_lock = op == OP_LOCK
+        wait_deadline: Optional[float] = None
+        if is_lock and wait_timeout_seconds is not None:
+            if type(wait_timeout_seconds) not in (int, float) or not wait_timeout_seconds > 0:
+                return None
+            wait_deadline = time.monotonic() + float(wait_timeout_seconds)
+        ep = self._current()
+        if ep is None or ep.writer is None:
+            return None
+        if lock_timeout_seconds is None:
+            lock_timeout_seconds = self._lock_timeout
+        renew = self._auto_renew if auto_renew is None else auto_renew
+        subj = f"{self._prefix}.{op}.{encode_name(name)}"
+        tail = _acquire_tail(is_lock, wait_deadline, wait_timeout_seconds, lock_timeout_seconds, size)
+        key = token_hex(16)
+        timeout: Optional[float] = self._request_timeout
+        if wait_deadline is not None:
+            left = max(round(wait_deadline - time.monotonic(), 3), _MIN_TIMEOUT)
+            body = '{"key":"%s","wait_timeout_seconds":%r%s' % (key, left, tail)
+            timeout = left + self._wait_margin
+        else:
+            body = '{"key":"%s"%s' % (key, tail)
+            if is_lock:
+                timeout = None  # waits without limit
+
+        def settle(d: _Direct) -> None:
+            if d.wait is not None:
+                self._waits.discard(d.wait)
+            if d.error is None:
+                lock = self._granted(op, name, key, ep, d.sent_at, size, lock_timeout_seconds, renew, d.msg)
+                if lock is not None:
+                    d.on_done(lock, None)
+                    return
+            d.proceed(self._acquire(op, name, wait_timeout_seconds, lock_timeout_seconds, size, renew, resume=d))
+
+        d = _Direct(replies, settle, done, proceed)
+        d.key, d.ep, d.wait_deadline = key, ep, wait_deadline
+
+        def withdraw() -> Awaitable[None]:
+            if d.wait is not None:
+                self._waits.discard(d.wait)
+            return _finish(self._withdraw(name, key))
+
+        d.cleanup = withdraw
+        cmd = _pub_command(subj, d.reply_to, body.encode(), ep.header_block)
+        replies.waiting[d.token] = d
+        if is_lock:
+            # interrupted (on the loop) when the connection changes or another
+            # instance takes over, like the loop's own waits
+            d.wait = _Wait(None, ep, d)
+            self._waits.add(d.wait)
+        d.sent_at = time.monotonic()
+        if timeout is not None:
+            d.deadline = d.sent_at + timeout
+        # Sent only while the epoch is still current: a change after this
+        # check interrupts the wait registered above.
+        if not (self._current() is ep and ep.writer.send(nc, cmd)) and d.claim():
+            replies.waiting.pop(d.token, None)
+            if d.wait is not None:
+                self._waits.discard(d.wait)
+            return None
+        # (not sent, but interrupted meanwhile: what continues withdraws the key)
+        return d
 
     async def _withdraw(self, name: str, key: str) -> None:
         """Take back a lock request we gave up on: unlock with its key, which
