@@ -378,7 +378,7 @@ class _SocketWriter:
         cannot go first: the caller then lets the loop send it."""
         with self.mu:
             t = self.transport
-            if t.is_closing() or t.get_write_buffer_size() or nc._pending_data_size or not nc.is_connected:
+            if t.is_closing() or t.get_write_buffer_size() or nc._pending_data_size or not nc.is_connected or nc.is_draining:
                 return False
             try:
                 n = self.sock.send(data)
@@ -506,6 +506,15 @@ class _Direct:
             self.settle(self)
         except BaseException as e:  # noqa: BLE001 - never into nats-py's read loop
             self.on_done(None, e)
+        self._unlink()
+
+    def _unlink(self) -> None:
+        """Drop the references that make cycles (the caller's callbacks, the
+        wait): resolved requests are freed at once, without the collector."""
+        self.settle = self.on_done = self.proceed = self.cleanup = None  # type: ignore[assignment]
+        if self.wait is not None:
+            self.wait.direct = None
+            self.wait = None
 
     def abandon(self) -> Optional[Awaitable[Any]]:
         """On the loop: the caller gave up. Unless already resolved (then the
@@ -515,7 +524,10 @@ class _Direct:
             return None
         self.replies.waiting.pop(self.token, None)
         cleanup = self.cleanup
-        return cleanup() if cleanup is not None else None
+        try:
+            return cleanup() if cleanup is not None else None
+        finally:
+            self._unlink()
 
 
 class _Epoch:

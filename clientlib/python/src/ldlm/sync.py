@@ -414,6 +414,7 @@ class _Runner:
         self.followers: "dict[_Call, None]" = {}  # handed over, not delivered (under mu)
         self.entries = 0  # calls begun, to tell a busy loop from an idle one
         self.bg_leading = False
+        self.leader: Optional[_Call] = None  # the call whose caller runs the loop
         self.stopping = False
         self.wake = threading.Event()  # the background thread is to run the loop now
         self.thread: Optional[threading.Thread] = None
@@ -551,15 +552,12 @@ class _Runner:
         try:
             if call.state == _PENDING and not call.interrupted:
                 call.leading = True
-                timer = None
-                if call.deadline is not None:
-                    timer = self.loop.call_at(call.deadline, self._expire_on_loop, call)
+                self.leader = call  # its deadline is watched by the background thread
                 try:
                     self.loop.run_forever()
                 finally:
                     call.leading = False
-                    if timer is not None:
-                        timer.cancel()
+                    self.leader = None
         finally:
             self._release_loop()
 
@@ -758,6 +756,11 @@ class _Runner:
                     self.wake.clear()
                 if self.stopping:
                     break
+                leader = self.leader
+                if leader is not None and leader.deadline is not None and leader.deadline <= time.monotonic():
+                    # a direct request's deadline passed while its caller runs the loop
+                    leader.deadline = None
+                    loop.call_soon_threadsafe(self._expire_on_loop, leader)
                 if (asked or self.entries == seen or self.followers) and self.owner.acquire(False):
                     try:
                         if not self.stopping:
