@@ -318,6 +318,9 @@ def _check_responders(msg: Any) -> None:
         raise nats.errors.NoRespondersError
 
 
+#: nats-py's status of a connection that is up (not connecting, not draining)
+_CONNECTED = NATS.CONNECTED
+
 #: how long a thread that wrote part of a request waits to write the rest
 _WRITE_REST_SECONDS = 10.0
 
@@ -360,6 +363,8 @@ class _SocketWriter:
         transport = getattr(writer, "transport", None)
         if transport is None or type(transport).__name__ != "_SelectorSocketTransport":
             return None
+        if not isinstance(getattr(nc, "_status", None), int) or not isinstance(getattr(nc, "_pending_data_size", None), int):
+            return None  # another nats-py: send() could not tell whether the way is clear
         found = getattr(transport, "_ldlm_writer", None)
         if found is not None:
             return found
@@ -378,7 +383,7 @@ class _SocketWriter:
         cannot go first: the caller then lets the loop send it."""
         with self.mu:
             t = self.transport
-            if t.is_closing() or t.get_write_buffer_size() or nc._pending_data_size or not nc.is_connected or nc.is_draining:
+            if nc._status != _CONNECTED or nc._pending_data_size or t.get_write_buffer_size() or t.is_closing():
                 return False
             try:
                 n = self.sock.send(data)
