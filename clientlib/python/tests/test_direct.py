@@ -89,3 +89,31 @@ def test_unanswered_requests_time_out_and_are_withdrawn(url, name, op, threads):
     finally:
         client.close()
         service.close()
+
+
+def test_close_while_a_request_waits_for_its_reply(url, name):
+    """A caller whose request waits for a reply that will not come (running
+    the event loop meanwhile, as the only caller) still gets its outcome, the
+    request's timeout, when the client is closed meanwhile; close() returns."""
+    prefix = "silent-" + name.replace(".", "-")
+    service = SilentService(url, prefix)
+    client = ldlm.Client(url, subject_prefix=prefix, request_timeout_seconds=1.0, cleanup_timeout_seconds=0.5)
+    outcomes: list[BaseException] = []
+
+    def call(_: int) -> None:
+        try:
+            client.try_lock(name)
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as e:
+            outcomes.append(e)
+
+    try:
+        caller = threading.Thread(target=call, args=(0,))
+        caller.start()
+        deadline_poll(lambda: service.keys("trylock"), 10, what="the request")
+        client.close()
+        caller.join(30)
+        assert not caller.is_alive(), "the caller got no outcome"
+        assert len(outcomes) == 1
+    finally:
+        client.close()
+        service.close()

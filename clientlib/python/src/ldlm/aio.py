@@ -710,13 +710,19 @@ class AsyncLock:
             return None
         if not self._end(_UNLOCKED):
             return None  # ended meanwhile (lost): unlock() says how
+        # From here on the unlock is to be sent: by this thread, or by the loop.
         d = _Direct(replies, self._settle_unlock, done, proceed)
-        payload = ('{"key":%s}' % _key_json(self.key)).encode()
-        cmd = _pub_command(f"{client._prefix}.{OP_UNLOCK}.{self._subject_name}", d.reply_to, payload, ep.header_block)
-        d.sent_at = time.monotonic()
-        d.deadline = d.sent_at + max(min(client._request_timeout, client._no_service_budget), _MIN_TIMEOUT)
-        replies.waiting[d.token] = d
-        if not ep.writer.send(nc, cmd) and d.claim():
+        try:
+            payload = ('{"key":%s}' % _key_json(self.key)).encode()
+            cmd = _pub_command(f"{client._prefix}.{OP_UNLOCK}.{self._subject_name}", d.reply_to, payload, ep.header_block)
+            d.sent_at = time.monotonic()
+            d.deadline = d.sent_at + max(min(client._request_timeout, client._no_service_budget), _MIN_TIMEOUT)
+            replies.waiting[d.token] = d
+            sent = ep.writer.send(nc, cmd)
+        except Exception as e:  # noqa: BLE001 - not written: the loop sends it
+            log.debug("ldlm: writing an unlock request: %r", e)
+            sent = False
+        if not sent and d.claim():
             replies.waiting.pop(d.token, None)
             return self._send_unlock
         return d

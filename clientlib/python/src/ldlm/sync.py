@@ -756,11 +756,7 @@ class _Runner:
                     self.wake.clear()
                 if self.stopping:
                     break
-                leader = self.leader
-                if leader is not None and leader.deadline is not None and leader.deadline <= time.monotonic():
-                    # a direct request's deadline passed while its caller runs the loop
-                    leader.deadline = None
-                    loop.call_soon_threadsafe(self._expire_on_loop, leader)
+                self._watch_leader()
                 if (asked or self.entries == seen or self.followers) and self.owner.acquire(False):
                     try:
                         if not self.stopping:
@@ -775,10 +771,24 @@ class _Runner:
         finally:
             self._close_loop()
 
+    def _watch_leader(self) -> None:
+        """Expire the direct request of the caller that runs the loop once
+        its deadline passed (a caller that waits elsewhere watches its own)."""
+        leader = self.leader
+        if leader is not None and leader.deadline is not None and leader.deadline <= time.monotonic():
+            leader.deadline = None
+            try:
+                self.loop.call_soon_threadsafe(self._expire_on_loop, leader)
+            except RuntimeError:
+                pass
+
     def _close_loop(self) -> None:
-        if not self.owner.acquire(timeout=_CLEANUP_SECONDS):
-            log.debug("ldlm: the event loop is still in use: not closed")
-            return
+        end = time.monotonic() + _CLEANUP_SECONDS
+        while not self.owner.acquire(timeout=_IDLE_SECONDS):
+            self._watch_leader()  # a caller still inside waits for its deadline
+            if time.monotonic() > end:
+                log.debug("ldlm: the event loop is still in use: not closed")
+                return
         loop = self.loop
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
