@@ -8,8 +8,10 @@ of lost ones). Its methods may be called from any number of threads at once.
 Nothing here repeats the asyncio client: each blocking method is made from
 the AsyncClient (or AsyncLock) method of the same name, with its signature
 and documentation, and runs it on the loop. Only what is particular to
-blocking calls lives here: who runs the loop (_Runner), and giving back a
-grant when the caller is interrupted (Ctrl-C) while it waits.
+blocking calls lives here: who runs the loop (_Runner), the requests that
+calling threads write on the connection themselves (try_lock, lock and
+Lock.unlock: see _Direct in ldlm/aio.py), and giving back a grant when the
+caller is interrupted (Ctrl-C) while it waits.
 """
 
 from __future__ import annotations
@@ -391,11 +393,13 @@ class _Runner:
 
     A loop runs in one thread at a time: whoever holds ``owner``. A calling
     thread that finds the loop free runs it itself until its own call has an
-    outcome (no hand-off between threads: the cheap case). A thread that
-    finds it taken hands its call over (the inbox, drained on the loop) and
-    sleeps on its waiter, which is released when the call has an outcome or
-    when the loop is free again and the thread is to run it (a leader that
-    finishes passes the loop to a waiting caller). The background thread
+    outcome (no hand-off between threads: the cheap case). try_lock, lock
+    and Lock.unlock first write their request on the connection from the
+    calling thread (see run()). A thread that finds the loop taken then
+    waits for the reply; other calls are handed over (the inbox, drained on
+    the loop). It sleeps on its waiter, which is released when the call has
+    an outcome or when the loop is free again and the thread is to run it
+    (a leader that finishes passes the loop to a waiting caller). The background thread
     runs the loop while callers leave it alone, after _IDLE_SECONDS without
     a call or at once when asked, so that renewals and lost-lock notices are
     handled between calls; it gives the loop back as soon as a caller that
