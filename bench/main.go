@@ -10,7 +10,10 @@
 //     contended, it polls every millisecond, as Redis lock clients do;
 //   - jetstream-kv: Create and Delete (with the created revision) on a
 //     JetStream key-value bucket of an embedded JetStream-enabled NATS
-//     server; contended, it polls every millisecond too.
+//     server (--kv-storage, --kv-replicas: a cluster of that many embedded
+//     servers); contended, it polls every millisecond too;
+//   - etcd: etcd's concurrency.Mutex on etcd servers started for the run
+//     (--etcd-nodes of them; skipped when etcd is not installed).
 //
 // Run it from this directory: go run . [--short]. See BENCHMARKS.md.
 package main
@@ -41,6 +44,10 @@ type config struct {
 	contended []int
 	timeout   time.Duration
 	redisPath string
+	etcdPath  string
+	etcdNodes int
+	kvStorage string
+	kvNodes   int
 	ldlmURL   string
 	systems   []string
 }
@@ -69,8 +76,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	workers := fs.String("workers", "1,8,64", "concurrencies of the uncontended workloads")
 	contended := fs.String("contended", "8,64", "concurrencies of the contended workloads (one lock)")
 	fs.StringVar(&cfg.redisPath, "redis-server", "redis-server", "the redis-server binary; the Redis rows are skipped when it is not found")
+	fs.StringVar(&cfg.etcdPath, "etcd-server", "etcd", "the etcd binary; the etcd rows are skipped when it is not found")
+	fs.IntVar(&cfg.etcdNodes, "etcd-nodes", 1, "etcd servers in the etcd cluster")
+	fs.StringVar(&cfg.kvStorage, "kv-storage", "memory", "storage of the JetStream KV bucket: memory or file")
+	fs.IntVar(&cfg.kvNodes, "kv-replicas", 1, "replicas of the JetStream KV bucket; above 1, a cluster of that many embedded NATS servers")
 	fs.StringVar(&cfg.ldlmURL, "ldlm-server", "", "also measure the ldlm server at this NATS URL, running in its own process (row ldlm-process)")
-	systems := fs.String("systems", "ldlm,redis,jetstream-kv", "systems to measure")
+	systems := fs.String("systems", "ldlm,redis,jetstream-kv", "systems to measure: ldlm, redis, jetstream-kv, etcd")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -120,7 +131,13 @@ func measure(cfg config, out, stderr io.Writer) error {
 				continue
 			}
 		case "jetstream-kv":
-			s, err = startJetStream(cfg.timeout)
+			s, err = startJetStream(cfg.kvStorage, cfg.kvNodes, cfg.timeout)
+		case "etcd":
+			s, err = startEtcd(cfg.etcdPath, cfg.etcdNodes, cfg.timeout)
+			if err == errNoEtcd {
+				fmt.Fprintf(stderr, "bench: %s not found: skipping the etcd rows\n", cfg.etcdPath)
+				continue
+			}
 		default:
 			err = fmt.Errorf("unknown system %q", name)
 		}
@@ -134,8 +151,8 @@ func measure(cfg config, out, stderr io.Writer) error {
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(out, "%d rounds of %v per workload, alternating; a cycle is lock+unlock; vs echo/2 is against the echo of the same system, else ldlm's in-process echo;\n", cfg.rounds, cfg.duration)
 	fmt.Fprintf(out, "clients: in this process, for every system; servers: ldlm and jetstream-kv in this process too (with the clients: flatters serial work),\n")
-	fmt.Fprintf(out, "redis-server and ldlm-process (--ldlm-server) in processes of their own, as users run them\n")
-	fmt.Fprintf(out, "CPU/cycle is this process's CPU only: it includes the embedded servers (ldlm, jetstream-kv) but not redis-server or an ldlm-process server\n\n")
+	fmt.Fprintf(out, "redis-server, etcd and ldlm-process (--ldlm-server) in processes of their own, as users run them\n")
+	fmt.Fprintf(out, "CPU/cycle is this process's CPU only: it includes the embedded servers (ldlm, jetstream-kv) but not redis-server, etcd or an ldlm-process server\n\n")
 	table := bench.NewTable(out)
 	var failed error
 	groups := []struct {

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,6 +29,7 @@ type Client struct {
 	nc               *nats.Conn
 	prefix           string
 	keepOnDisconnect bool
+	sessions         bool // send Ldlm-Session and re-attach after reconnects (WithSessions)
 	requestTimeout   time.Duration
 	cleanupTimeout   time.Duration
 
@@ -45,6 +47,12 @@ type Client struct {
 	timers   timerHeap                     // renewals and expiries of held locks, deadlines of requests; soonest first
 	wakeAt   time.Time                     // when run's timer fires next
 	lostSubs map[string]*nats.Subscription // owner → PREFIX.lost.OWNER
+	// session is the id sent in Ldlm-Session (sessions.go); replaced when
+	// the service says it forgot it. attached is the epoch whose attach
+	// was settled (or that needed none): until then, what earlier epochs
+	// held and waited for is neither kept nor lost.
+	session  string
+	attached *epoch
 
 	// What the service's notices said (notices.go).
 	instance      string                // the instance that serves now, as last heard; "" not known
@@ -57,20 +65,55 @@ type Client struct {
 // client id. A lock taken during an epoch belongs to that connection
 // identity, and the service releases it when that connection goes away.
 type epoch struct {
-	gen    uint64      // nc.Stats().Reconnects during the epoch
-	header nats.Header // with the Ldlm-Owner header; nil if the server gave no client id; shared, never written
-	owner  string      // value of the Ldlm-Owner header
+	gen uint64 // nc.Stats().Reconnects during the epoch
+	// header has the Ldlm-Owner header and, with sessions, Ldlm-Session;
+	// nil if the server gave no client id. Guarded by Client.mu: it is
+	// replaced, never modified, when the session changes, and sent by
+	// many requests at once.
+	header nats.Header
+	owner  string // value of the Ldlm-Owner header
 }
 
 // pending is a request waiting for its reply. The client cancels it, with
 // reason set, when its deadline passes, when its epoch ends, or (a lock
 // request) when its wait may be parked at an instance that is gone.
 type pending struct {
-	ep     *epoch // nil: not tied to the connection's epoch
-	waits  bool   // a lock request, which may be parked at the service
-	cancel context.CancelFunc
-	reason error // why it was cancelled; guarded by Client.mu
-	timer  timer // its deadline; guarded by Client.mu
+	ep    *epoch // nil: not tied to the connection's epoch
+	waits bool   // a lock request, which may be parked at the service
+	key   string // the request's key, which an attach reply names
+	// The request is sent with a context that stopLocked cancels: cancel's,
+	// or, when the caller's context never ends, the pending itself (see
+	// newPending), closing done.
+	cancel  context.CancelFunc
+	parent  context.Context
+	done    chan struct{}
+	stopped atomic.Bool // set before done is closed
+	reason  error       // why it was cancelled; guarded by Client.mu
+	timer   timer       // its deadline; guarded by Client.mu
+}
+
+// newPending makes the record of a request and the context to send it
+// with. For a ctx that never ends (context.Background, the common case)
+// that context is the pending itself, which saves building and tearing
+// down a cancelable context per request.
+func newPending(ctx context.Context, waits bool) (*pending, context.Context, context.CancelFunc) {
+	if ctx.Done() == nil {
+		p := &pending{waits: waits, parent: ctx, done: make(chan struct{})}
+		return p, p, func() {}
+	}
+	reqCtx, cancel := context.WithCancel(ctx)
+	return &pending{waits: waits, cancel: cancel}, reqCtx, cancel
+}
+
+// A pending made for a ctx that never ends is the request's context.
+func (p *pending) Deadline() (time.Time, bool) { return p.parent.Deadline() }
+func (p *pending) Done() <-chan struct{}       { return p.done }
+func (p *pending) Value(key any) any           { return p.parent.Value(key) }
+func (p *pending) Err() error {
+	if p.stopped.Load() {
+		return context.Canceled
+	}
+	return nil
 }
 
 // Why the client cancelled a request (pending.reason).
@@ -101,6 +144,8 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 		pending:        make(map[*pending]struct{}),
 		wakeAt:         farFuture,
 		lostSubs:       make(map[string]*nats.Subscription),
+		sessions:       true,
+		session:        newKey(),
 	}
 	for _, opt := range opts {
 		opt(c)
@@ -196,19 +241,23 @@ func (c *Client) run() {
 
 // refreshLocked compares the connection as it is now with c.cur. When the
 // connection dropped or was replaced, it ends the epoch, which aborts the
-// requests of that epoch and (unless keepOnDisconnect) loses its locks. It
-// reads the connection's state afresh on every call, so a status event
-// that arrives late or is dropped by nats.go (its buffer holds 10) does no
-// harm as long as one later event or call follows. c.mu must be held.
+// requests of that epoch and (unless keepOnDisconnect) loses its locks;
+// with sessions, it aborts only the requests that cannot be parked at the
+// service, and the new epoch's attach decides about the rest (see
+// reattach). It reads the connection's state afresh on every call, so a
+// status event that arrives late or is dropped by nats.go (its buffer
+// holds 10) does no harm as long as one later event or call follows. c.mu
+// must be held.
 func (c *Client) refreshLocked() {
 	connected, gen, owner := c.connState()
 	if c.cur != nil && (!connected || gen != c.cur.gen || c.closed) {
+		survives := c.sessionLocked(c.cur) && !c.closed && !c.nc.IsClosed()
 		for p := range c.pending {
-			if p.ep == c.cur {
+			if p.ep == c.cur && !(survives && p.waits) {
 				p.stopLocked(errEpochEnded)
 			}
 		}
-		if !c.keepOnDisconnect && !c.closed {
+		if !survives && !c.keepOnDisconnect && !c.closed {
 			for l := range c.held {
 				if l.ep == c.cur {
 					c.finishLocked(l, &LostError{Name: l.name, Cause: ErrConnectionLost})
@@ -217,12 +266,24 @@ func (c *Client) refreshLocked() {
 		}
 		c.setEpochLocked(nil)
 	}
+	if c.cur == nil && c.nc.IsClosed() {
+		// No reconnect will come (closed, or out of reconnect attempts):
+		// what the session kept waiting for an attach is lost, and the
+		// service saw the connection close.
+		c.settleLocked(nil, nil)
+	}
 	if c.cur == nil && connected && !c.closed {
 		ep := &epoch{gen: gen, owner: owner}
 		if owner != "" {
-			ep.header = nats.Header{subjects.HeaderOwner: {owner}}
+			ep.header = c.headerFor(owner)
 		}
+		first := c.attached == nil
 		c.setEpochLocked(ep)
+		if first || !c.sessionLocked(ep) {
+			c.settleLocked(ep, nil) // nothing to attach, or no sessions: as before
+		} else {
+			go c.reattach(ep)
+		}
 	}
 	c.followOwnersLocked()
 }
@@ -258,30 +319,33 @@ func (c *Client) connState() (connected bool, gen uint64, owner string) {
 }
 
 // begin registers p, a lock or trylock request about to be sent, with the
-// current epoch and its deadline (zero: none). While the connection is
-// down, a lock request waits for it until ctx ends.
-func (c *Client) begin(ctx context.Context, p *pending, deadline time.Time) (*epoch, error) {
+// current epoch and its deadline (zero: none), and returns the epoch and
+// the headers to send. While the connection is down, a lock request waits
+// for it until ctx ends.
+func (c *Client) begin(ctx context.Context, p *pending, deadline time.Time) (*epoch, nats.Header, error) {
 	for {
 		c.mu.Lock()
 		closed, cur, changed := c.closed, c.cur, c.changed
+		var header nats.Header
 		if !closed && cur != nil {
 			p.ep = cur
+			header = cur.header
 			c.trackLocked(p, deadline)
 		}
 		c.mu.Unlock()
 		switch {
 		case closed:
-			return nil, ErrClientClosed
+			return nil, nil, ErrClientClosed
 		case cur != nil:
-			return cur, nil
+			return cur, header, nil
 		case c.nc.IsClosed():
-			return nil, nats.ErrConnectionClosed
+			return nil, nil, nats.ErrConnectionClosed
 		case !p.waits:
-			return nil, fmt.Errorf("%w: not connected", ErrConnectionLost)
+			return nil, nil, fmt.Errorf("%w: not connected", ErrConnectionLost)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		case <-changed:
 		}
 	}
@@ -314,7 +378,12 @@ func (c *Client) endLocked(p *pending) error {
 func (p *pending) stopLocked(reason error) {
 	if p.reason == nil {
 		p.reason = reason
-		p.cancel()
+		if p.cancel != nil {
+			p.cancel()
+		} else {
+			p.stopped.Store(true)
+			close(p.done)
+		}
 	}
 }
 
@@ -336,7 +405,8 @@ func (c *Client) headerLocked() nats.Header {
 // that brought it (nil: none); a grant that a lost notice overtook is
 // registered as lost. It refuses, ending the lock and saying why, a grant
 // to a closed client, over a connection that is no longer the current one
-// (unless keepOnDisconnect: the service releases it with that connection),
+// (unless keepOnDisconnect: the service releases it with that connection;
+// or with sessions, until the current connection's attach settles it),
 // or from an instance known to be gone. A grant from an instance the client
 // has not heard of tells it that this instance serves now.
 func (c *Client) register(l *Lock, p *pending) error {
@@ -344,6 +414,9 @@ func (c *Client) register(l *Lock, p *pending) error {
 	defer c.mu.Unlock()
 	if p != nil {
 		c.endLocked(p)
+		if p.ep != nil {
+			l.ep = p.ep // an attach may have moved the request to a later epoch
+		}
 	}
 	if len(c.status) > 0 {
 		c.refreshLocked() // run has not seen the connection's latest change yet
@@ -352,7 +425,7 @@ func (c *Client) register(l *Lock, p *pending) error {
 	switch {
 	case c.closed:
 		err = ErrClientClosed
-	case !c.keepOnDisconnect && c.cur != l.ep:
+	case !c.keepOnDisconnect && c.cur != l.ep && !c.unsettledLocked(l.ep):
 		err = ErrConnectionLost
 	case l.instance != "" && slices.Contains(c.goneInstances, l.instance):
 		err = fmt.Errorf("%w: it (%s) stopped or another instance started", ErrServiceRestarted, l.instance)
@@ -424,9 +497,8 @@ func (c *Client) ask(ctx context.Context, deadline time.Time, header nats.Header
 		}
 		return data, err
 	}
-	reqCtx, cancel := context.WithCancel(ctx) // not WithDeadline: run's timer ends it, which costs less
+	p, reqCtx, cancel := newPending(ctx, false) // no deadline of its own: run's timer ends it, which costs less
 	defer cancel()
-	p := &pending{cancel: cancel}
 	c.mu.Lock()
 	c.trackLocked(p, deadline)
 	c.mu.Unlock()
@@ -469,27 +541,35 @@ func (c *Client) gaveUp(op, name string, first time.Time, err error) error {
 
 // call sends req (unlock or renew) and returns what read makes of the
 // reply. It asks again, with growing pauses, while the request goes
-// unanswered, until ctx ends or the request timeout passes; then the error
-// says so. sentAt is when the last try left.
+// unanswered, until ctx ends or the request timeout passes (the last try
+// at its end); then the error says so. sentAt is when the last try left.
 func (c *Client) call(ctx context.Context, header nats.Header, op, name string, req subjects.Request, read func(data []byte) error) (sentAt time.Time, err error) {
 	first := time.Now()
 	deadline := first.Add(c.requestTimeout)
+	var last error // the last unanswered try's error
 	for pause := retryPause; ; pause = min(2*pause, maxRetryPause) {
 		sentAt = time.Now()
 		data, err := c.ask(ctx, deadline, header, op, name, req)
 		if err == nil {
 			err = read(data)
 		}
+		if last != nil && errors.Is(err, errNoReply) {
+			// The budget ran out during a try after unanswered ones: what
+			// happened is still that no service answered.
+			return sentAt, c.gaveUp(op, name, first, last)
+		}
 		if !unanswered(err) {
 			return sentAt, err
 		}
-		if time.Until(deadline) < pause {
+		last = err
+		left := time.Until(deadline)
+		if left <= 0 {
 			return sentAt, c.gaveUp(op, name, first, err)
 		}
 		select {
 		case <-ctx.Done():
 			return sentAt, c.gaveUp(op, name, first, err)
-		case <-time.After(pause):
+		case <-time.After(min(pause, left)):
 		}
 	}
 }

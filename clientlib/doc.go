@@ -17,11 +17,21 @@
 // service releases it. The client renews such a lock in the background, a
 // third of the way into each timeout, unless WithAutoRenew(false).
 //
-// A lock belongs to the NATS connection that took it: when that connection
-// closes, the service releases it, so a crashed program never leaves a lock
-// behind. When the client sees its connection drop or reconnect, it marks
-// the locks taken over it lost (unless WithKeepOnDisconnect, for a service
-// run with LDLM_NO_CLEAR_ON_DISCONNECT=true).
+// A lock belongs to the client's session (a random id the client makes in
+// New and sends on every request), which the service binds to the NATS
+// connection the client uses: when that connection is closed (by the
+// client, or because its process died), the service releases the lock at
+// once, so a crashed program never leaves a lock behind. When the
+// connection is cut by its NATS server instead (shutdown, restart, lame
+// duck mode, a stale connection) and nats.go reconnects within the
+// service's LDLM_RECONNECT_GRACE, the client re-attaches its session: its
+// locks stay held, with the same key and token, and its waiting Lock calls
+// keep their place in the queue. Only what the service released meanwhile
+// ends, with a LostError whose cause matches ErrConnectionLost. Against a
+// service that does not answer the attach (older than sessions), or with
+// WithSessions(false), a lock belongs to the connection and a reconnect
+// loses it (unless WithKeepOnDisconnect, for a service run with
+// LDLM_NO_CLEAR_ON_DISCONNECT=true).
 //
 // # Acquiring and holding
 //

@@ -60,9 +60,11 @@ var closedDone = func() chan struct{} {
 //
 // While no service answers (no responders), or the one that answers is
 // stopping (Unavailable), Lock asks again with growing pauses, so that a
-// waiter rides out a restart of the service. It gives up when the wait
-// timeout passes, ctx ends, or the service stayed away for the request
-// timeout; the error then matches ErrNoService or ErrUnavailable.
+// waiter rides out a restart or a takeover of the service, or its start.
+// It asks within the caller's budget: until the wait timeout passes or ctx
+// ends; with neither a wait timeout nor a deadline on ctx, for the request
+// timeout (WithRequestTimeout) of silence. The error then matches
+// ErrNoService or ErrUnavailable, and says for how long it asked.
 //
 // With a lock timeout (WithLockTimeout) the lock is renewed in the
 // background unless WithAutoRenew(false); Lock.Done tells of its loss.
@@ -106,6 +108,12 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 			// one prefix for a while) must not become a busy loop, nor must
 			// a service that is away.
 			pause := min(retryPause<<min(max(tries-2, 0), 10), maxRetryPause)
+			switch { // the last try goes at the end of the budget
+			case !waitUntil.IsZero():
+				pause = min(pause, time.Until(waitUntil))
+			case !unansweredSince.IsZero() && silenceBounded(ctx, op, waitUntil):
+				pause = min(pause, c.requestTimeout-time.Since(unansweredSince))
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(pause):
@@ -137,7 +145,7 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 		case unanswered(err):
 			if unansweredSince.IsZero() {
 				unansweredSince = time.Now()
-			} else if time.Since(unansweredSince) >= c.requestTimeout {
+			} else if silenceBounded(ctx, op, waitUntil) && time.Since(unansweredSince) >= c.requestTimeout {
 				return nil, wrap(op, name, c.gaveUp(op, name, unansweredSince, err))
 			}
 			last = err
@@ -147,6 +155,18 @@ func (c *Client) acquire(ctx context.Context, op, name string, o lockOptions) (*
 			return l, err
 		}
 	}
+}
+
+// silenceBounded reports whether the request timeout bounds how long a
+// Lock or TryLock asks while no service answers. The caller's budget comes
+// first: a Lock's wait timeout or ctx's deadline, which the loop of
+// acquire checks by itself. Called only once a request went unanswered.
+func silenceBounded(ctx context.Context, op string, waitUntil time.Time) bool {
+	if op == subjects.OpTryLock {
+		return true
+	}
+	_, hasDeadline := ctx.Deadline()
+	return waitUntil.IsZero() && !hasDeadline
 }
 
 // attempt sends one lock or trylock request. retry reports that the
@@ -163,16 +183,16 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	case !waitUntil.IsZero():
 		deadline = waitUntil.Add(c.requestTimeout)
 	}
-	reqCtx, cancel := context.WithCancel(ctx)
+	p, reqCtx, cancel := newPending(ctx, op == subjects.OpLock)
 	defer cancel()
-	p := &pending{waits: op == subjects.OpLock, cancel: cancel}
-	ep, err := c.begin(ctx, p, deadline)
+	p.key = req.Key
+	ep, header, err := c.begin(ctx, p, deadline)
 	if err != nil {
 		return nil, false, wrap(op, name, err)
 	}
 	sentAt := time.Now()
 	var resp subjects.LockResponse
-	data, err := c.request(reqCtx, 0, ep.header, op, name, req)
+	data, err := c.request(reqCtx, 0, header, op, name, req)
 	if err == nil {
 		if derr := subjects.DecodeLockResponse(data, &resp); derr != nil {
 			err = unreadable(data, derr)
@@ -197,10 +217,12 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 	case resp.Error != nil && resp.Error.Code == subjects.CodeLockWaitTimeout:
 		return c.notObtained(name, serviceError(op, name, resp.Error)), false, nil
 	case resp.Error != nil && resp.Error.Code == subjects.CodeOwnerGone:
-		// The service saw our connection close while we waited. Make sure
-		// we see it too before asking again over the new connection.
+		// The service saw our connection close while we waited, or
+		// released our session. Make sure we see it too before asking
+		// again over the new connection; later calls use a new session.
 		c.mu.Lock()
 		c.refreshLocked()
+		c.forgetSessionLocked(header)
 		gone := c.cur != ep
 		c.mu.Unlock()
 		if gone {
@@ -262,7 +284,9 @@ func (c *Client) giveUp(ctx context.Context, op, name, key string, reason error)
 func newKey() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand.Read crashes the program instead)
-	return hex.EncodeToString(b[:])
+	var h [32]byte
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
 
 func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse, o lockOptions, sentAt time.Time) *Lock {

@@ -3,6 +3,7 @@ package clientlib_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ldlm-io/ldlm/clientlib"
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
+	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
@@ -233,9 +235,10 @@ func TestServiceErrors(t *testing.T) {
 
 func TestNoService(t *testing.T) {
 	srv := ldlmtest.Start(t)
-	// The request timeout bounds how long Lock asks again while nobody answers.
+	// With neither a wait timeout nor a deadline on ctx, the request
+	// timeout bounds how long Lock asks again while nobody answers.
 	c, _ := newClient(t, srv, clientlib.WithPrefix("nobody"), clientlib.WithRequestTimeout(200*time.Millisecond))
-	_, err := c.Lock(testContext(t), "job")
+	_, err := c.Lock(context.Background(), "job")
 	if !errors.Is(err, clientlib.ErrNoService) || !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("Lock with no service = %v, want ErrNoService and nats.ErrNoResponders", err)
 	}
@@ -243,6 +246,68 @@ func TestNoService(t *testing.T) {
 		t.Errorf("error %q does not say what to check", err)
 	}
 	t.Log(err)
+}
+
+// TestServiceStartsWhileAsked: Lock and TryLock sent before any service
+// answers their prefix (a script that starts together with ldlm) get
+// their answer from a real service that starts within the caller's
+// budget, after the requests have gone unanswered for longer than the
+// client's request timeout where the budget is a wait timeout or ctx's
+// deadline.
+func TestServiceStartsWhileAsked(t *testing.T) {
+	const requestTimeout = 100 * time.Millisecond
+	tests := []struct {
+		name           string
+		requestTimeout time.Duration
+		call           func(ctx context.Context, c *clientlib.Client, name string) (*clientlib.Lock, error)
+	}{
+		{"Lock with a wait timeout", requestTimeout, func(ctx context.Context, c *clientlib.Client, name string) (*clientlib.Lock, error) {
+			return c.Lock(ctx, name, clientlib.WithWaitTimeout(time.Minute))
+		}},
+		{"Lock with a deadline on ctx", requestTimeout, func(ctx context.Context, c *clientlib.Client, name string) (*clientlib.Lock, error) {
+			return c.Lock(ctx, name)
+		}},
+		{"TryLock within the request timeout", time.Minute, func(ctx context.Context, c *clientlib.Client, name string) (*clientlib.Lock, error) {
+			return c.TryLock(ctx, name)
+		}},
+	}
+	srv := ldlmtest.Start(t)
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := fmt.Sprintf("late%d", i)
+			c, _ := newClient(t, srv, clientlib.WithPrefix(prefix), clientlib.WithRequestTimeout(tc.requestTimeout))
+			type result struct {
+				l   *clientlib.Lock
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				l, err := tc.call(testContext(t), c, "job")
+				done <- result{l, err}
+			}()
+			// Unanswered for three request timeouts first: not asserted
+			// (nothing shows a no-responders reply to another connection),
+			// it only makes the case likelier.
+			time.Sleep(3 * requestTimeout)
+			app, sys := srv.ServiceConns()
+			svc, err := service.Start(service.Config{Prefix: prefix}, app, sys, nil)
+			if err != nil {
+				t.Fatalf("starting the service on %s: %v", prefix, err)
+			}
+			defer svc.Stop()
+			select {
+			case r := <-done:
+				if r.err != nil || !r.l.Locked() {
+					t.Fatalf("got %v, %v; want the lock from the service that started", r.l, r.err)
+				}
+				if err := r.l.Unlock(testContext(t)); err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(testTimeout):
+				t.Fatalf("no answer %s after the service started", testTimeout)
+			}
+		})
+	}
 }
 
 func TestNamesThatAreNotSubjects(t *testing.T) {

@@ -11,9 +11,27 @@ func WithPrefix(prefix string) Option { return func(c *Client) { c.prefix = pref
 
 // WithKeepOnDisconnect tells the client that the service runs with
 // LDLM_NO_CLEAR_ON_DISCONNECT=true, so a lock survives its connection
-// dropping: a reconnect then does not mark held locks lost. Such locks are
-// bounded by their lock timeout instead (give them one).
+// dropping. Such locks are bounded by their lock timeout instead (give
+// them one). With sessions (the default) a reconnect keeps held locks
+// anyway, for as long as the service says so in its reply to the
+// client's attach; this option then matters only when no attach reply
+// comes (a service older than sessions): held locks are kept rather than
+// marked lost. Without sessions, a reconnect does not mark held locks
+// lost.
 func WithKeepOnDisconnect(keep bool) Option { return func(c *Client) { c.keepOnDisconnect = keep } }
+
+// WithSessions turns sessions on or off. Default: on. With sessions the
+// client sends the Ldlm-Session header, a random id it makes in New, on
+// every request, so that its locks belong to the client rather than to
+// its NATS connection: when the connection is cut by its NATS server
+// (shutdown, restart, a stale or broken connection) and nats.go
+// reconnects within the service's LDLM_RECONNECT_GRACE, the client
+// re-attaches (PREFIX.attach) and keeps its locks and its place in
+// queues; Done is closed only for a lock that the service really
+// released. Closing the connection still releases every lock at once.
+// Off: every lock belongs to the connection and is lost on any reconnect
+// (ErrConnectionLost), as with services older than sessions.
+func WithSessions(on bool) Option { return func(c *Client) { c.sessions = on } }
 
 // WithRequestTimeout bounds each trylock, unlock and renew request, besides
 // the caller's context, and how long any call keeps asking while no service

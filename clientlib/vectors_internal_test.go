@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,10 +40,16 @@ type vectorCase struct {
 		Op      string `json:"op"`
 		Body    string `json:"body"`
 	} `json:"event"`
-	ServerID string `json:"server_id"`
-	ClientID uint64 `json:"client_id"`
-	Prefix   string `json:"prefix"`
-	Expect   struct {
+	// no_service: what the service answers every request of Op with
+	// (nil: nobody answers), and when it starts answering.
+	EveryReply            *string `json:"every_reply"`
+	WaitTimeoutSeconds    float64 `json:"wait_timeout_seconds"`
+	RequestTimeoutSeconds float64 `json:"request_timeout_seconds"`
+	AnswersAfterSeconds   float64 `json:"answers_after_seconds"`
+	ServerID              string  `json:"server_id"`
+	ClientID              uint64  `json:"client_id"`
+	Prefix                string  `json:"prefix"`
+	Expect                struct {
 		Fields json.RawMessage `json:"fields"`
 		Error  string          `json:"error"`
 		Client struct {
@@ -67,7 +75,7 @@ func loadVectors(t *testing.T) map[string][]vectorCase {
 		t.Fatal(err)
 	}
 	out := map[string][]vectorCase{}
-	for _, g := range []string{"replies", "notices", "owners"} {
+	for _, g := range []string{"replies", "notices", "owners", "no_service"} {
 		var cases []vectorCase
 		if err := json.Unmarshal(groups[g], &cases); err != nil {
 			t.Fatalf("group %s: %v", g, err)
@@ -85,7 +93,7 @@ var sentinels = map[string]error{
 	"ErrLockWaitTimeout": ErrLockWaitTimeout, "ErrLockWaitCancelled": ErrLockWaitCancelled, "ErrOwnerGone": ErrOwnerGone,
 	"ErrLimitExceeded": ErrLimitExceeded, "ErrInternal": ErrInternal, "ErrUnavailable": ErrUnavailable,
 	"ErrLockLost": ErrLockLost, "ErrExpired": ErrExpired, "ErrForceReleased": ErrForceReleased,
-	"ErrServiceRestarted": ErrServiceRestarted, "ErrConnectionLost": ErrConnectionLost,
+	"ErrServiceRestarted": ErrServiceRestarted, "ErrConnectionLost": ErrConnectionLost, "ErrNoService": ErrNoService,
 }
 
 // matchesName checks err against the Go name of a vector: the sentinel it
@@ -218,6 +226,118 @@ func TestVectorsReplies(t *testing.T) {
 				}
 			case "error":
 				matchesName(t, err, want.ErrorNames["go"])
+			default:
+				t.Fatalf("unknown outcome %q", want.Outcome)
+			}
+		})
+	}
+}
+
+// TestVectorsNoService: while no service answers, or the one that does is
+// stopping, each operation asks again within the caller's budget; a
+// service that starts answering within it gets the request, else the
+// error names the cause. Each case has a prefix of its own, where a
+// stand-in service subscribes only when the case says.
+func TestVectorsNoService(t *testing.T) {
+	srv := ldlmtest.Start(t)
+	nc := srv.Connect(t)
+	for i, tc := range loadVectors(t)["no_service"] {
+		t.Run(tc.Name, func(t *testing.T) {
+			prefix := fmt.Sprintf("nosvc%d", i)
+			var asked atomic.Int64 // requests of tc.Op the stand-in answered
+			answer := func(m *nats.Msg) {
+				op := strings.Split(m.Subject, ".")[1]
+				body := grantBody
+				switch {
+				case op == tc.Op && tc.EveryReply != nil:
+					asked.Add(1)
+					body = *tc.EveryReply
+				case op == subjects.OpUnlock:
+					body = `{"unlocked":true,"name":"job"}`
+				}
+				_ = m.Respond([]byte(body))
+			}
+			subs := make(chan *nats.Subscription, 2)
+			defer func() {
+				for len(subs) > 0 {
+					_ = (<-subs).Unsubscribe()
+				}
+			}()
+			listen := func() *nats.Subscription {
+				sub, err := nc.Subscribe(prefix+".>", answer)
+				if err == nil {
+					err = nc.Flush()
+				}
+				if err != nil {
+					t.Errorf("the stand-in service: %v", err)
+				}
+				subs <- sub
+				return sub
+			}
+			requestTimeout := 500 * time.Millisecond
+			if tc.RequestTimeoutSeconds > 0 {
+				requestTimeout = time.Duration(tc.RequestTimeoutSeconds * float64(time.Second))
+			}
+			c, err := New(nc, WithPrefix(prefix), WithRequestTimeout(requestTimeout))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Every budget of the cases is short: the context is not the
+			// one that ends the call, except where a Lock has no wait
+			// timeout, which must end by the request timeout of silence.
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			var held *Lock
+			if tc.Op == subjects.OpUnlock || tc.Op == subjects.OpRenew {
+				sub := listen()
+				if held, err = c.TryLock(ctx, "job", WithLockTimeout(time.Minute), WithAutoRenew(false)); err != nil || !held.Locked() {
+					t.Fatalf("TryLock before %s: %v", tc.Op, err)
+				}
+				if err := sub.Unsubscribe(); err != nil || nc.Flush() != nil {
+					t.Fatalf("the stand-in service going away: %v", err)
+				}
+			}
+			if tc.EveryReply != nil {
+				listen()
+			}
+			if tc.AnswersAfterSeconds > 0 {
+				timer := time.AfterFunc(time.Duration(tc.AnswersAfterSeconds*float64(time.Second)), func() { listen() })
+				defer timer.Stop()
+			}
+			var l *Lock
+			switch tc.Op {
+			case subjects.OpLock:
+				var opts []LockOption
+				if tc.WaitTimeoutSeconds > 0 {
+					opts = append(opts, WithWaitTimeout(time.Duration(tc.WaitTimeoutSeconds*float64(time.Second))))
+				} else {
+					ctx = context.Background() // no budget but the request timeout's
+				}
+				l, err = c.Lock(ctx, "job", opts...)
+			case subjects.OpTryLock:
+				l, err = c.TryLock(ctx, "job")
+			case subjects.OpUnlock:
+				err = held.Unlock(ctx)
+			case subjects.OpRenew:
+				err = held.Renew(ctx, time.Minute)
+			}
+			want := tc.Expect.Client
+			switch want.Outcome {
+			case "granted":
+				if err != nil || !l.Locked() {
+					t.Fatalf("got %v, %v; want granted once the service answers", l, err)
+				}
+			case "unlocked", "renewed":
+				if err != nil {
+					t.Fatalf("got %v; want %s once the service answers", err, want.Outcome)
+				}
+			case "error":
+				matchesName(t, err, want.ErrorNames["go"])
+				if tc.EveryReply != nil && asked.Load() < 2 {
+					t.Errorf("the stand-in service was asked %d times: the client did not ask again", asked.Load())
+				}
+				t.Log(err)
 			default:
 				t.Fatalf("unknown outcome %q", want.Outcome)
 			}

@@ -127,22 +127,24 @@ func LoadConfigFile(path string) (*server.Options, error) {
 type tokenAuth struct {
 	srv     *server.Server // set once the server exists, before it starts
 	token   string
-	app     string // account of the token's clients and of the service
-	system  string // system account
-	systemP string // password of the system user
-	service string // password of the service user
+	app     string              // account of the token's clients and of the service
+	system  string              // system account
+	systemP string              // password of the system user
+	service string              // password of the service user
+	perms   *server.Permissions // of the token's clients
 }
 
 func (a *tokenAuth) Check(c server.ClientAuthentication) bool {
 	o := c.GetOpts()
 	var account string
+	var perms *server.Permissions
 	switch {
 	case o.Username == systemUser && equal(o.Password, a.systemP):
 		account = a.system
 	case o.Username == serviceUser && equal(o.Password, a.service):
 		account = a.app
 	case o.Username == "" && o.Token != "" && equal(o.Token, a.token):
-		account = a.app
+		account, perms = a.app, a.perms
 	default:
 		return false
 	}
@@ -150,7 +152,7 @@ func (a *tokenAuth) Check(c server.ClientAuthentication) bool {
 	if err != nil {
 		return false
 	}
-	c.RegisterUser(&server.User{Username: o.Username, Account: acc})
+	c.RegisterUser(&server.User{Username: o.Username, Account: acc, Permissions: perms})
 	return true
 }
 

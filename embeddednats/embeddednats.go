@@ -164,6 +164,9 @@ type Server struct {
 	// listenLater: Listen has a client port to open, at listen.
 	listenLater bool
 	listen      string
+	// otherEntries: the server can be reached by other means than its
+	// client port (see hasOtherEntries).
+	otherEntries bool
 }
 
 // Start starts the server and waits until it accepts connections: in-process
@@ -216,7 +219,8 @@ func Start(cfg Config) (*Server, error) {
 		}
 	}
 	unprotected := opts.NoAuthUser != "" && !opts.TLSVerify && listens && !loopbackOnly(opts.Host)
-	return &Server{ns: ns, systemPass: systemPass, servicePass: servicePass, unprotected: unprotected, listenLater: later, listen: cfg.Listen}, nil
+	return &Server{ns: ns, systemPass: systemPass, servicePass: servicePass, unprotected: unprotected,
+		listenLater: later, listen: cfg.Listen, otherEntries: hasOtherEntries(opts)}, nil
 }
 
 // serviceAccount is the account where the lock service answers.
@@ -257,6 +261,26 @@ func enableJetStream(ns *server.Server, account string) error {
 //     (websocket, MQTT).
 func canListenLater(opts *server.Options) bool {
 	return opts.Cluster.Port == 0 && !opts.TLSMap
+}
+
+// hasOtherEntries reports that a client or another server can reach the
+// server of opts without its client port: a cluster, a gateway, leaf nodes
+// (either way), websocket or MQTT, all of which a configuration file may
+// set and nats-server opens within Start.
+func hasOtherEntries(opts *server.Options) bool {
+	return opts.Cluster.Port != 0 || len(opts.Routes) > 0 ||
+		opts.Gateway.Port != 0 || len(opts.Gateway.Gateways) > 0 ||
+		opts.LeafNode.Port != 0 || len(opts.LeafNode.Remotes) > 0 ||
+		opts.Websocket.Port != 0 || opts.MQTT.Port != 0
+}
+
+// Unreachable reports that no connection from outside this process can
+// reach the server yet: its client port waits for Listen, and nothing else
+// (cluster, gateway, leaf nodes, websocket, MQTT) lets anyone in. Until
+// Listen, the only clients are the in-process ones this program makes, so
+// it knows, for one, that no other lock service instance is there.
+func (s *Server) Unreachable() bool {
+	return s.listenLater && !s.otherEntries
 }
 
 // Listen opens the client port of a server started with
@@ -443,11 +467,21 @@ func addAccess(opts *server.Options, cfg Config, systemPass, systemHash, service
 		&server.User{Username: systemUser, Password: systemHash, Account: sys},
 		&server.User{Username: serviceUser, Password: serviceHash, Account: app})
 	a := cfg.Auth
+	// With JetStream on, the lock state is a stream in the application
+	// account: its clients must neither read nor write the state
+	// subjects (a record holds the holders' keys; a write deposes the
+	// service) nor reach the JetStream API (which could delete the
+	// stream). A configuration file's users get what the file says.
+	var perms *server.Permissions
+	if cfg.DataDir != "" {
+		guard := &server.SubjectPermission{Deny: []string{"$LDLM.>", "$JS.>"}}
+		perms = &server.Permissions{Publish: guard, Subscribe: guard}
+	}
 	if a.User != "" {
-		opts.Users = append(opts.Users, &server.User{Username: a.User, Password: a.Password, Account: app})
+		opts.Users = append(opts.Users, &server.User{Username: a.User, Password: a.Password, Account: app, Permissions: perms})
 	}
 	for _, nk := range a.Nkeys {
-		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: nk, Account: app})
+		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: nk, Account: app, Permissions: perms})
 	}
 	if a.Token != "" {
 		// nats-server has no token next to users: check all three here.
@@ -457,12 +491,13 @@ func addAccess(opts *server.Options, cfg Config, systemPass, systemHash, service
 			system:  opts.SystemAccount,
 			systemP: systemPass,
 			service: servicePass,
+			perms:   perms,
 		}
 	}
 	if a.IsZero() && cfg.ConfigFile == "" {
 		// Clients without credentials become this user (NoAuthUser). It
 		// has no password: it is the anonymous account anyway.
-		opts.Users = append(opts.Users, &server.User{Username: appUser, Account: app})
+		opts.Users = append(opts.Users, &server.User{Username: appUser, Account: app, Permissions: perms})
 		opts.NoAuthUser = appUser
 	}
 }

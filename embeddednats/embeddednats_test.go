@@ -229,7 +229,8 @@ func TestListenErrors(t *testing.T) {
 // TestListenLater: with ListenLater the client port stays closed, while
 // in-process connections work, until Listen opens it; a configuration
 // with a cluster keeps the port opening at start; Listen on a port taken
-// meanwhile fails with ErrListen.
+// meanwhile fails with ErrListen. Unreachable holds only until Listen, and
+// only when nothing else (a cluster, leaf nodes, websocket) lets anyone in.
 func TestListenLater(t *testing.T) {
 	t.Parallel()
 	cluster := writeFile(t, "cluster.conf", `
@@ -237,15 +238,28 @@ cluster { name: c, listen: "127.0.0.1:-1" }
 accounts { APP { users: [{user: guest}] } }
 no_auth_user: guest
 `)
+	leaf := writeFile(t, "leaf.conf", `
+leafnodes { listen: "127.0.0.1:-1" }
+accounts { APP { users: [{user: guest}] } }
+no_auth_user: guest
+`)
+	websocket := writeFile(t, "websocket.conf", `
+websocket { listen: "127.0.0.1:-1", no_tls: true }
+accounts { APP { users: [{user: guest}] } }
+no_auth_user: guest
+`)
 	tests := []struct {
-		name     string
-		cfg      Config
-		openedBy string // "Listen", "Start" or "" (no port)
+		name        string
+		cfg         Config
+		openedBy    string // "Listen", "Start" or "" (no port)
+		unreachable bool   // before Listen
 	}{
-		{"plain", Config{}, "Listen"},
-		{"token", Config{Auth: Auth{Token: "t0ken"}}, "Listen"},
-		{"cluster in the configuration file", Config{ConfigFile: cluster}, "Start"},
-		{"no listener", Config{}, ""},
+		{"plain", Config{}, "Listen", true},
+		{"token", Config{Auth: Auth{Token: "t0ken"}}, "Listen", true},
+		{"cluster in the configuration file", Config{ConfigFile: cluster}, "Start", false},
+		{"leaf nodes in the configuration file", Config{ConfigFile: leaf}, "Listen", false},
+		{"websocket in the configuration file", Config{ConfigFile: websocket}, "Listen", false},
+		{"no listener", Config{}, "", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -270,6 +284,9 @@ no_auth_user: guest
 			if open := srv.ClientURL() != ""; open != (tc.openedBy == "Start") {
 				t.Fatalf("after Start: ClientURL %q; want a port open only if opened by Start", srv.ClientURL())
 			}
+			if srv.Unreachable() != tc.unreachable {
+				t.Fatalf("after Start: Unreachable() = %v, want %v", srv.Unreachable(), tc.unreachable)
+			}
 			if tc.openedBy == "Listen" {
 				if c, err := net.DialTimeout("tcp", addr, waitTimeout); err == nil {
 					c.Close()
@@ -278,6 +295,9 @@ no_auth_user: guest
 			}
 			if err := srv.Listen(); err != nil {
 				t.Fatalf("Listen: %v", err)
+			}
+			if srv.Unreachable() {
+				t.Fatal("after Listen: Unreachable() = true")
 			}
 			if tc.openedBy == "" {
 				if srv.ClientURL() != "" {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -154,5 +155,56 @@ func TestClusterKeepsStreamsWhenAMemberDies(t *testing.T) {
 		if err != nil || string(m.Data) != want {
 			t.Errorf("%s on another member: %v, %v; want %q", subject, m, err, want)
 		}
+	}
+}
+
+// TestDataDirGuardsTheState: with a data folder, the clients ldlm lets in
+// can neither touch the state subjects nor the JetStream API, whichever
+// way they log in; the service's own connection can.
+func TestDataDirGuardsTheState(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		auth  Auth
+		login nats.Option
+	}{
+		{"anonymous", Auth{}, nil},
+		{"user", Auth{User: "u", Password: "p"}, nats.UserInfo("u", "p")},
+		{"token", Auth{Token: "tok"}, nats.Token("tok")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := Start(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Auth: tt.auth})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Shutdown()
+			if _, err := streamOn(t, srv).AccountInfo(context.Background()); err != nil {
+				t.Fatalf("the service's connection cannot use JetStream: %v", err)
+			}
+			errs := make(chan error, 8)
+			opts := []nats.Option{nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err })}
+			if tt.login != nil {
+				opts = append(opts, tt.login)
+			}
+			nc, err := nats.Connect(srv.ClientURL(), opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			for _, subject := range []string{"$LDLM.ldlm.state.lock.x", "$JS.API.INFO"} {
+				if err := nc.Publish(subject, nil); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case err := <-errs:
+					if !errors.Is(err, nats.ErrPermissionViolation) {
+						t.Fatalf("publish on %s: %v, want a permissions violation", subject, err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("a client published on %s without a permissions violation", subject)
+				}
+			}
+		})
 	}
 }

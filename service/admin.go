@@ -117,13 +117,19 @@ func (s *Service) adminUnlock(req micro.Request) {
 			return
 		}
 	}
-	released, err := s.engine.ForceUnlock(s.engineName(r.Account, name), r.Key, r.Token)
+	ename := s.engineName(r.Account, name)
+	released, err := s.engine.ForceUnlock(ename, r.Key, r.Token)
 	if err != nil {
 		s.adminUnlockFailed(req, name, err)
 		return
 	}
 	s.log.Info("operator force-released a lock", "lock", name, "tokens", released)
-	s.respond(req, subjects.ForceUnlockResponse{Unlocked: true, Name: name, Released: released})
+	resp := subjects.ForceUnlockResponse{Unlocked: true, Name: name, Released: released}
+	if s.rec != nil {
+		s.respondAfterWrite(req, ename, resp)
+		return
+	}
+	s.respond(req, resp)
 }
 
 func (s *Service) adminUnlockFailed(req micro.Request, name string, err error) {
@@ -135,6 +141,9 @@ func (s *Service) adminUnlockFailed(req micro.Request, name string, err error) {
 // goroutine that caused it. It tells holders about lost grants and, when
 // configured, publishes the event.
 func (s *Service) onEvent(ev engine.Event) {
+	if s.rec != nil {
+		s.rec.mark(ev.Name)
+	}
 	account, name := splitEngineName(ev.Name)
 	if ev.Kind.Lost() && !ev.Owner.IsZero() {
 		s.tellLost(account, ev.Owner, subjects.LostNotice{Name: name, Token: ev.Token, Reason: ev.Kind.String()})
@@ -160,12 +169,19 @@ func (s *Service) onEvent(ev engine.Event) {
 }
 
 // tellLost publishes a lost notice to owner's subject, PREFIX.lost.OWNER
+// (for a session, that of the connection it is bound to)
 // (with tenants PREFIX.lost.ACCOUNT.OWNER, which each account imports as
 // the former, see subjects.TenantLostSubject). A client that named its
 // server by name, as clients did before the server id, listens on the
 // subject of that name: when the server has a name of its own, the notice
 // goes there too.
 func (s *Service) tellLost(account string, owner subjects.Owner, notice subjects.LostNotice) {
+	if owner.Session != "" {
+		// A session's client listens on its connection's subject.
+		if owner = s.live.sessions.connOf(owner.Session); owner.IsZero() {
+			return // bound to no connection: nobody to tell
+		}
+	}
 	body := mustJSON(notice)
 	owners := []string{owner.String()}
 	if name := s.live.nameOf(owner.ServerID); name != "" && name != owner.ServerID {

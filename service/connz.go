@@ -192,12 +192,13 @@ func (c *connList) add(r connzReply, offset int) (more bool) {
 
 // listConnections asks every NATS server for its open connections, page by
 // page, through conn: subject is serverConnz for a system connection (all
-// accounts), accountConnz otherwise (conn's account only).
-func listConnections(ctx context.Context, conn *nats.Conn, subject string) (*connList, error) {
+// accounts), accountConnz otherwise (conn's account only). quiet is how
+// long to wait after an answer for another server's (see gather).
+func listConnections(ctx context.Context, conn *nats.Conn, subject string, quiet time.Duration) (*connList, error) {
 	list := newConnList()
 	for offset := 0; ; offset += connzPageSize - connzPageOverlap {
 		body := fmt.Appendf(nil, `{"offset":%d,"limit":%d}`, offset, connzPageSize)
-		msgs, err := gather(ctx, conn, subject, body, connzFirstAnswer)
+		msgs, err := gather(ctx, conn, subject, body, connzFirstAnswer, quiet)
 		if err != nil {
 			return nil, err
 		}
@@ -224,8 +225,9 @@ func listConnections(ctx context.Context, conn *nats.Conn, subject string) (*con
 }
 
 // gather sends one request and collects answers until none came for
-// connzQuiet, or none at all within first.
-func gather(ctx context.Context, nc *nats.Conn, subject string, body []byte, first time.Duration) ([]*nats.Msg, error) {
+// quiet, or none at all within first. A quiet of 0 takes the first answer
+// alone: for a NATS server known to be the only one.
+func gather(ctx context.Context, nc *nats.Conn, subject string, body []byte, first, quiet time.Duration) ([]*nats.Msg, error) {
 	inbox := nc.NewRespInbox()
 	ch := make(chan *nats.Msg, 64)
 	sub, err := nc.ChanSubscribe(inbox, ch)
@@ -243,7 +245,10 @@ func gather(ctx context.Context, nc *nats.Conn, subject string, body []byte, fir
 		select {
 		case msg := <-ch:
 			replies = append(replies, msg)
-			wait.Reset(connzQuiet)
+			if quiet == 0 {
+				return replies, nil
+			}
+			wait.Reset(quiet)
 		case <-wait.C:
 			return replies, nil
 		case <-ctx.Done():

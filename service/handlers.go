@@ -24,7 +24,7 @@ const RequestsEndpoint = "requests"
 // goroutine frees the slot.
 //
 // The subscription also receives admin requests, notices and events: only
-// the four operations are answered. Anything else gets no word, not even an
+// the four operations and attach are answered. Anything else gets no word, not even an
 // error: another service may serve a longer prefix under ours
 // (PREFIX.team.lock.x), and its requesters take the first reply.
 func (s *Service) handle(req micro.Request) {
@@ -32,6 +32,10 @@ func (s *Service) handle(req micro.Request) {
 	op, tail, _ := strings.Cut(req.Subject()[len(s.cfg.Prefix)+1:], ".")
 	counts := s.opStats[op]
 	if counts == nil {
+		return
+	}
+	if op == subjects.OpAttach {
+		s.attach(req, tail, counts)
 		return
 	}
 	counts.requests.Add(1)
@@ -44,8 +48,11 @@ func (s *Service) handle(req micro.Request) {
 	case subjects.OpLock, subjects.OpTryLock:
 		s.lock(req, r)
 	case subjects.OpUnlock:
-		if _, err := s.engine.Unlock(s.engineName(r.Account, r.Name), r.Key); err != nil {
+		name := s.engineName(r.Account, r.Name)
+		if _, err := s.engine.Unlock(name, r.Key); err != nil {
 			s.fail(req, r, err)
+		} else if s.rec != nil {
+			s.respondAfterWrite(req, name, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
 		} else {
 			s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
 		}
@@ -77,6 +84,11 @@ func (s *Service) decode(req micro.Request, op, tail string) (subjects.Request, 
 	if err == nil {
 		r.Owner, r.Account, err = s.identify(req.Headers())
 	}
+	if err == nil {
+		if v := req.Headers().Get(subjects.HeaderSession); v != "" {
+			r.Owner, err = s.sessionOwner(v, r.Owner)
+		}
+	}
 	return r, err
 }
 
@@ -86,7 +98,7 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 		// Nothing would ever free this lock but an unlock: bound it.
 		lockTimeout = s.cfg.AnonymousLockTimeout
 	}
-	er := engine.Request{Name: s.engineName(r.Account, r.Name), Key: r.Key, Size: r.Size, Owner: r.Owner, LockTimeout: lockTimeout}
+	er := engine.Request{Name: s.engineName(r.Account, r.Name), Key: r.Key, Size: r.Size, Owner: r.Owner, LockTimeout: lockTimeout, Reply: req.Reply()}
 
 	var (
 		g   engine.Grant
@@ -96,11 +108,18 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 	if r.Op == subjects.OpTryLock {
 		g, ok, err = s.engine.TryLock(er)
 	} else {
-		reply := req.Reply()
-		g, ok, err = s.engine.Lock(er, r.WaitTimeout(), func(g engine.Grant, err error) {
-			s.answerParked(reply, r.Name, g, err)
-		})
+		reply, ename := er.Reply, er.Name
+		done := func(g engine.Grant, err error) { s.answerParked(reply, r.Name, g, err) }
+		if s.rec != nil {
+			done = func(g engine.Grant, err error) {
+				s.rec.after(ename, func() { s.answerParked(reply, r.Name, g, err) })
+			}
+		}
+		g, ok, err = s.engine.Lock(er, r.WaitTimeout(), done)
 		if err == nil && !ok {
+			if s.rec != nil {
+				s.rec.mark(er.Name) // the wait is state too
+			}
 			return // parked: answerParked replies when the wait ends
 		}
 	}
@@ -119,6 +138,10 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 // after it heard that the instance that made it stopped. replyMu makes the
 // check and the reply one step, which the announcement cannot split.
 func (s *Service) respondGrant(req micro.Request, r subjects.Request, g engine.Grant) {
+	if s.rec != nil {
+		s.respondAfterWrite(req, g.Name, s.grantResponse(r.Name, g))
+		return
+	}
 	s.replyMu.Lock()
 	defer s.replyMu.Unlock()
 	if s.stopping {
@@ -166,7 +189,7 @@ func (s *Service) grantResponse(name string, g engine.Grant) subjects.LockRespon
 		Token:     g.Token,
 		Size:      g.Size,
 		ExpiresAt: g.ExpiresAt.UTC(),
-		Instance:  s.id,
+		Instance:  s.instance,
 	}
 }
 
@@ -174,6 +197,17 @@ func (s *Service) respond(req micro.Request, body any) {
 	if err := req.Respond(mustJSON(body)); err != nil {
 		s.log.Debug("reply not sent", "subject", req.Subject(), "err", err)
 	}
+}
+
+// respondAfterWrite replies with body once the change of lock name (the
+// engine's name) is written (JetStream mode: see recorder).
+func (s *Service) respondAfterWrite(req micro.Request, name string, body any) {
+	b := mustJSON(body)
+	s.rec.after(name, func() {
+		if err := req.Respond(b); err != nil {
+			s.log.Debug("reply not sent", "subject", req.Subject(), "err", err)
+		}
+	})
 }
 
 // fail replies with the error in the body and in the micro error headers.

@@ -106,6 +106,9 @@ func (s *Service) watch() {
 			case <-sysClosed:
 				err = closed("system account", s.sys)
 			case <-t.C:
+				if s.rec != nil {
+					continue // with JetStream state, the stream decides who answers
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 				err = s.checkRivals(ctx)
 				cancel()

@@ -52,7 +52,7 @@ func (s *Service) yieldsTo(r pingReply) bool {
 // checkRivals steps down (returns ErrDuplicateInstance) if an older
 // instance serves our prefix, and warns about younger ones.
 func (s *Service) checkRivals(ctx context.Context) error {
-	msgs, err := gather(ctx, s.nc, "$SRV.PING."+ServiceName, nil, pingFirstAnswer)
+	msgs, err := gather(ctx, s.nc, "$SRV.PING."+ServiceName, nil, pingFirstAnswer, connzQuiet)
 	if err != nil {
 		return fmt.Errorf("looking for other instances: %w", err)
 	}
@@ -60,6 +60,11 @@ func (s *Service) checkRivals(ctx context.Context) error {
 		var r pingReply
 		if json.Unmarshal(msg.Data, &r) != nil || r.ID == s.id || r.Metadata[metaPrefix] != s.cfg.Prefix {
 			continue
+		}
+		if s.rec != nil {
+			// With JetStream state, any instance that answers is the
+			// active: Start makes this one a standby.
+			return fmt.Errorf("%w (instance %s)", ErrDuplicateInstance, r.ID)
 		}
 		if s.yieldsTo(r) {
 			s.log.Error("another instance serves this prefix and is older: stepping down",
@@ -79,7 +84,7 @@ const rivalCheckInterval = 30 * time.Second
 // announce tells clients that this instance started or stopped: locks
 // granted by any other instance are gone (see subjects.InstanceNotice).
 func (s *Service) announce(event string) {
-	notice := subjects.InstanceNotice{Instance: s.id, Event: event, Time: time.Now().UTC()}
+	notice := subjects.InstanceNotice{Instance: s.instance, Event: event, Time: time.Now().UTC()}
 	if err := s.nc.Publish(subjects.InstanceSubject(s.cfg.Prefix, event), mustJSON(notice)); err != nil {
 		s.log.Warn("instance announcement not sent", "event", event, "err", err)
 		return

@@ -49,6 +49,34 @@ func TestDuplicateInstanceRefused(t *testing.T) {
 	other.Stop()
 }
 
+// Alone is the caller's word that no other instance can be there, so Start
+// does not look: given (falsely, here) next to a running instance, the
+// second starts, where without Alone it is refused (above). The periodic
+// look still runs, and the younger steps down at the first one.
+func TestAloneSkipsTheLooksAtStart(t *testing.T) {
+	t.Parallel()
+	srv := ldlmtest.Start(t)
+	nc, err := srv.NATS.ConnectApp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	second, err := service.Start(service.Config{Alone: true, SweepInterval: 20 * time.Millisecond}, nc, nil, nil)
+	if err != nil {
+		t.Fatalf("second instance with Alone: %v, want a start without looking for rivals", err)
+	}
+	defer second.Stop()
+	select {
+	case <-second.Done():
+		if !errors.Is(second.Err(), service.ErrDuplicateInstance) {
+			t.Fatalf("the younger instance stopped with %v, want ErrDuplicateInstance", second.Err())
+		}
+	case <-time.After(testTimeout):
+		t.Fatalf("the younger instance still serves %s after its start: the periodic look did not find the older one", testTimeout)
+	}
+}
+
 // Grants carry their instance; a stopping instance says so, and a new one
 // announces itself, so clients know their locks are gone.
 func TestInstanceAnnouncements(t *testing.T) {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +20,14 @@ import (
 // any account; only a system account connection receives it.
 const disconnectAdvisories = "$SYS.ACCOUNT.*.DISCONNECT"
 
+// A server announces its shutdown, and its entering lame duck mode, on
+// these (the token is its id). A shut-down server sends no disconnect
+// advisories for its clients: this is how their sessions learn of it.
+const (
+	serverShutdowns = "$SYS.SERVER.*.SHUTDOWN"
+	serverLameDucks = "$SYS.SERVER.*.LAMEDUCK"
+)
+
 // ownerTable is what liveness needs of the lock engine: a mark of the
 // owners registered so far, and releasing the owners whose connections are
 // gone. *engine.Engine is one.
@@ -25,6 +35,7 @@ type ownerTable interface {
 	OwnerMark() uint64
 	ReleaseOwner(subjects.Owner) (grants, waits int)
 	ReleaseStaleOwners(mark uint64, state func(subjects.Owner) engine.OwnerState) []subjects.Owner
+	HasOwner(subjects.Owner) bool
 }
 
 // liveness releases the locks of connections that closed: at once on the
@@ -44,12 +55,16 @@ type liveness struct {
 	log              *slog.Logger
 	sweepInterval    time.Duration // not positive: sweep only at start and after reconnects
 	keepOnDisconnect bool          // follow connections but release nothing
+	// sessions binds sessions to connections and holds their grace
+	// (sessions.go); liveness tells it of connections that end.
+	sessions *sessionTable
 
-	sub     *nats.Subscription // advisories; nil without a system connection
-	status  chan nats.Status   // disconnects and reconnects of the service's connection
-	sysStat chan nats.Status   // reconnects of the system connection
-	stop    chan struct{}      // closed by close
-	wg      sync.WaitGroup     // the sweeper goroutine
+	sub     *nats.Subscription   // advisories; nil without a system connection
+	srvSubs []*nats.Subscription // server shutdown and lame duck announcements
+	status  chan nats.Status     // disconnects and reconnects of the service's connection
+	sysStat chan nats.Status     // reconnects of the system connection
+	stop    chan struct{}        // closed by close
+	wg      sync.WaitGroup       // the sweeper goroutine
 
 	mu        sync.Mutex     // guards the fields below and serializes sweeps
 	missing   map[string]int // server id → sweeps in a row it did not answer
@@ -73,10 +88,39 @@ type liveness struct {
 	issued map[string]uint64
 }
 
-func newLiveness(owners ownerTable, nc, sys *nats.Conn, log *slog.Logger, sweepInterval time.Duration, keepOnDisconnect bool) *liveness {
-	return &liveness{owners: owners, nc: nc, sys: sys, log: log, sweepInterval: sweepInterval, keepOnDisconnect: keepOnDisconnect,
+func newLiveness(owners ownerTable, nc, sys *nats.Conn, log *slog.Logger, sweepInterval, reconnectGrace time.Duration, keepOnDisconnect bool) *liveness {
+	l := &liveness{owners: owners, nc: nc, sys: sys, log: log, sweepInterval: sweepInterval, keepOnDisconnect: keepOnDisconnect,
 		stop: make(chan struct{}), missing: map[string]int{},
 		ids: map[string]string{}, names: map[string]string{}, replaced: map[string]bool{}, issued: map[string]uint64{}}
+	l.sessions = newSessionTable(reconnectGrace, l.releaseSession)
+	return l
+}
+
+// releaseSession ends what session holds and waits for.
+func (l *liveness) releaseSession(session, why string) {
+	grants, waits := l.owners.ReleaseOwner(subjects.Owner{Session: session})
+	if grants+waits > 0 {
+		l.log.Info("session ended; released its locks", "owner", subjects.Owner{Session: session}.String(),
+			"why", why, "grants", grants, "waits", waits)
+	}
+}
+
+// expectSessions puts the sessions among owners that are not known yet
+// into grace, as if their connections had just been cut by their server:
+// their clients have the reconnect grace to come back (attach, or any
+// request) before their locks are released. A state restored at start
+// calls it with the owners it restored; connection owners are ignored.
+func (l *liveness) expectSessions(owners []subjects.Owner) int {
+	if l.keepOnDisconnect {
+		return 0
+	}
+	var sessions []string
+	for _, o := range owners {
+		if o.Session != "" {
+			sessions = append(sessions, o.Session)
+		}
+	}
+	return l.sessions.expect(sessions)
 }
 
 // source says how liveness is followed, for logs and status.
@@ -87,7 +131,10 @@ func (l *liveness) source() string {
 	return "sweep"
 }
 
-func (l *liveness) start() error {
+// start subscribes to the advisories, sweeps once, and starts the sweeper.
+// oneServer says that the NATS server is known to be the only one, so that
+// the first sweep need not wait for other servers' answers.
+func (l *liveness) start(oneServer bool) error {
 	if l.sys != nil {
 		sub, err := l.sys.Subscribe(disconnectAdvisories, l.onDisconnect)
 		if err != nil {
@@ -97,6 +144,16 @@ func (l *liveness) start() error {
 			return fmt.Errorf("subscribing to disconnect advisories: %w", err)
 		}
 		l.sub = sub
+		for _, subject := range []string{serverShutdowns, serverLameDucks} {
+			sub, err := l.sys.Subscribe(subject, l.onServerLeaving)
+			if err != nil {
+				return fmt.Errorf("subscribing to %s: %w", subject, err)
+			}
+			l.srvSubs = append(l.srvSubs, sub)
+		}
+		if err := l.sys.Flush(); err != nil {
+			return fmt.Errorf("subscribing to server announcements: %w", err)
+		}
 	} else {
 		l.log.Warn("no system account connection: disconnects are seen only by the periodic sweep, " +
 			"so a dead client's locks are freed within the sweep interval instead of at once; " +
@@ -109,7 +166,11 @@ func (l *liveness) start() error {
 	l.noteServer(l.nc.ConnectedServerName(), l.nc.ConnectedServerId())
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
-	if err := l.sweep(ctx); err != nil {
+	quiet := connzQuiet
+	if oneServer {
+		quiet = 0
+	}
+	if err := l.sweepWithin(ctx, quiet); err != nil {
 		l.log.Warn("cannot list connections; locks of clients whose disconnect advisory is missed will not be freed", "err", err)
 	}
 
@@ -162,6 +223,10 @@ func (l *liveness) close() {
 	if l.sub != nil {
 		_ = l.sub.Unsubscribe()
 	}
+	for _, sub := range l.srvSubs {
+		_ = sub.Unsubscribe()
+	}
+	l.sessions.close()
 	l.nc.RemoveStatusListener(l.status)
 	if l.sysStat != nil {
 		l.sys.RemoveStatusListener(l.sysStat)
@@ -199,22 +264,62 @@ func (l *liveness) onDisconnect(msg *nats.Msg) {
 		l.log.Info("connection closed; released its locks", "owner", owner.String(), "account", ev.Client.Account,
 			"reason", ev.Reason, "grants", grants, "waits", waits)
 	}
+	if n := l.sessions.connClosed(owner, ev.Reason); n > 0 && !deliberateEnds[ev.Reason] {
+		l.log.Info("connection cut; its sessions keep their locks for the reconnect grace", "owner", owner.String(),
+			"reason", ev.Reason, "sessions", n, "grace", l.sessions.grace)
+	}
+}
+
+// onServerLeaving handles a server's announcement that it shuts down (it
+// sends no disconnect advisories for its clients then) or enters lame duck
+// mode. On shutdown, the sessions bound to its connections enter grace.
+// Lame duck mode only announces that the server will close its clients one
+// by one over its lame duck duration (minutes by default) while they stay
+// connected until then; each close sends a disconnect advisory ("Server
+// Shutdown"), and the final shutdown its announcement, which start the
+// grace of the sessions concerned. Starting it now would release the locks
+// of quiet holders that are still connected.
+func (l *liveness) onServerLeaving(msg *nats.Msg) {
+	// $SYS.SERVER.<id>.SHUTDOWN or .LAMEDUCK
+	rest, ok := strings.CutPrefix(msg.Subject, "$SYS.SERVER.")
+	if !ok {
+		return
+	}
+	id, kind, ok := strings.Cut(rest, ".")
+	if !ok || id == "" {
+		return
+	}
+	if kind != "SHUTDOWN" {
+		l.log.Info("NATS server entered lame duck mode; its clients will be moved", "server", l.nameOf(id), "id", id)
+		return
+	}
+	if l.keepOnDisconnect {
+		return
+	}
+	n := l.sessions.connsGone(math.MaxUint64, func(c subjects.Owner) bool { return l.resolve(c.ServerID) == id })
+	l.log.Info("NATS server shut down; the sessions of its connections keep their locks for the reconnect grace",
+		"server", l.nameOf(id), "id", id, "sessions", n, "grace", l.sessions.grace)
 }
 
 // sweep releases the locks of every owner that registered before the sweep
 // began and whose connection no server lists any more.
-func (l *liveness) sweep(ctx context.Context) error {
+func (l *liveness) sweep(ctx context.Context) error { return l.sweepWithin(ctx, connzQuiet) }
+
+// sweepWithin is sweep, waiting quiet after each server's answer for
+// another server's (see gather).
+func (l *liveness) sweepWithin(ctx context.Context, quiet time.Duration) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 
 	// Owners that appear after this mark may be missing from the lists we
 	// are about to fetch only because they are new: leave them alone.
 	mark := l.owners.OwnerMark()
+	sessionMark := l.sessions.mark()
 	conn, subject := l.nc, accountConnz
 	if l.sys != nil {
 		conn, subject = l.sys, serverConnz
 	}
-	list, err := listConnections(ctx, conn, subject)
+	list, err := listConnections(ctx, conn, subject, quiet)
 	if err != nil {
 		return err
 	}
@@ -227,7 +332,16 @@ func (l *liveness) sweep(ctx context.Context) error {
 		return nil
 	}
 	unanswered := map[string]bool{}
+	var unknownSessions []string
 	released := l.owners.ReleaseStaleOwners(mark, func(o subjects.Owner) engine.OwnerState {
+		if o.Session != "" {
+			// Judged below by the connection it is bound to; one bound to
+			// none (a restored state no client came back for) gets grace.
+			if !l.sessions.known(o.Session) {
+				unknownSessions = append(unknownSessions, o.Session)
+			}
+			return engine.OwnerLive
+		}
 		l.idsMu.Lock()
 		defer l.idsMu.Unlock()
 		id := l.resolveLocked(o.ServerID) // an owner that a request named by server name
@@ -257,6 +371,29 @@ func (l *liveness) sweep(ctx context.Context) error {
 		}
 		return engine.OwnerUnknown
 	})
+	// A session whose connection is missing from its server's list, or
+	// whose server did not answer at all, enters grace: its client may be
+	// reconnecting elsewhere right now.
+	graced := l.sessions.connsGone(sessionMark, func(c subjects.Owner) bool {
+		l.idsMu.Lock()
+		defer l.idsMu.Unlock()
+		id := l.resolveLocked(c.ServerID)
+		if list.gaps[id] {
+			return false
+		}
+		conns, answered := list.live[id]
+		if !answered {
+			return true
+		}
+		_, open := conns[c.ClientID]
+		return !open && c.ClientID <= l.issued[id]
+	})
+	graced += l.sessions.expect(unknownSessions)
+	l.sessions.forgetIdle(func(s string) bool { return l.owners.HasOwner(subjects.Owner{Session: s}) })
+	if graced > 0 {
+		l.log.Info("sweep found sessions without a connection; they keep their locks for the reconnect grace",
+			"sessions", graced, "grace", l.sessions.grace)
+	}
 	for id := range list.live {
 		delete(l.missing, id)
 	}
@@ -303,6 +440,11 @@ func (l *liveness) noteServer(name, id string) {
 	})
 	l.log.Warn("NATS server restarted; released the locks of its old connections",
 		"server", name, "old_id", old, "new_id", id, "owners", len(released))
+	// Its sessions' clients reconnect, to it or to another server.
+	if n := l.sessions.connsGone(math.MaxUint64, func(c subjects.Owner) bool { return c.ServerID == old }); n > 0 {
+		l.log.Info("the sessions of the restarted server's old connections keep their locks for the reconnect grace",
+			"server", name, "sessions", n, "grace", l.sessions.grace)
+	}
 }
 
 // resolve returns the id of the server that server names: server itself

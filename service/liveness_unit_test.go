@@ -95,7 +95,7 @@ func TestConnListPages(t *testing.T) {
 func TestLateAdvisoryOfFormerServerLifeIgnored(t *testing.T) {
 	e := engine.New()
 	t.Cleanup(e.Close)
-	l := newLiveness(e, nil, nil, slog.New(slog.DiscardHandler), 0, false)
+	l := newLiveness(e, nil, nil, slog.New(slog.DiscardHandler), 0, DefaultReconnectGrace, false)
 	advisory := func(serverID string, cid uint64) *nats.Msg {
 		return &nats.Msg{Data: fmt.Appendf(nil, `{"server":{"name":"n","id":%q},"client":{"id":%d,"acc":"APP"},"reason":"Client Closed"}`, serverID, cid)}
 	}

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,11 +22,15 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/ldlm-io/ldlm/service/engine"
+	"github.com/ldlm-io/ldlm/service/journal"
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
 // ServiceName is the NATS micro service name: `nats micro info ldlm`.
 const ServiceName = "ldlm"
+
+// DefaultReconnectGrace is Config.ReconnectGrace's default.
+const DefaultReconnectGrace = 5 * time.Second
 
 // The memory of closed connections (see engine.WithGoneOwnerMemory): seconds
 // are plenty, and the bound keeps a storm of disconnects from growing memory.
@@ -54,6 +59,13 @@ type Config struct {
 	// whose advisory it missed. Default 30s; negative disables the
 	// periodic sweep (it still runs at start and after reconnects).
 	SweepInterval time.Duration
+	// ReconnectGrace is how long a session (subjects.HeaderSession) keeps
+	// its locks and queue places after its connection was cut by its NATS
+	// server (shutdown, restart, a stale or broken connection): its client
+	// has this long to reconnect and attach. A connection that its client
+	// closed loses its sessions' locks at once. Default 5s (docs/ha.md
+	// says why).
+	ReconnectGrace time.Duration
 	// MaxBodyBytes is the largest request body accepted. Default 64 KiB.
 	MaxBodyBytes int
 	// MaxLocks, MaxWaitersPerLock and MaxWaitsPerConnection bound what
@@ -75,6 +87,25 @@ type Config struct {
 	// Observer, when set, is called for every engine event (metrics). It
 	// runs on the goroutine that caused the event and must be quick.
 	Observer func(engine.Event)
+	// Alone says that the NATS server is a single server (no cluster,
+	// gateways or leaf nodes) that no connection but the caller's reaches
+	// while Start runs: ldlm's embedded server, whose client port opens
+	// after Start. So no other instance can be there, and no other server
+	// can answer. Start then skips its two looks for rivals (see
+	// checkRivals), each of which waits pingFirstAnswer for an answer that
+	// cannot come, and its first sweep takes the one server's list without
+	// waiting connzQuiet for others': together most of an embedded start.
+	// An instance that starts later looks at its own start and finds this
+	// one; the periodic look and sweeps run as always.
+	Alone bool
+	// State is where the locks live: StateMemory (the default: they end
+	// with the process) or StateJetStream (a stream on the NATS server,
+	// loaded at start; every change is written before its reply, see
+	// docs/ha.md).
+	State string
+	// Replicas is the number of copies of the state stream in JetStream
+	// mode, capped by the JetStream servers present. Default 1.
+	Replicas int
 	// Version is reported by `nats micro info`; it must be SemVer.
 	// Default "0.0.0-dev".
 	Version string
@@ -89,7 +120,9 @@ func (c Config) withDefaults() Config {
 	c.MaxWaitsPerConnection = limitOrDefault(c.MaxWaitsPerConnection, 10_000)
 	c.AnonymousLockTimeout = positiveOr(c.AnonymousLockTimeout, 60*time.Second)
 	c.SweepInterval = cmp.Or(c.SweepInterval, 30*time.Second)
+	c.ReconnectGrace = positiveOr(c.ReconnectGrace, DefaultReconnectGrace)
 	c.Version = cmp.Or(c.Version, "0.0.0-dev")
+	c.State = cmp.Or(c.State, StateMemory)
 	return c
 }
 
@@ -102,6 +135,12 @@ func (c Config) check() error {
 	}
 	if len(c.Prefix) > subjects.MaxPrefixLength {
 		return fmt.Errorf("service: the subject prefix may be at most %d bytes, not %d", subjects.MaxPrefixLength, len(c.Prefix))
+	}
+	if c.State != "" && c.State != StateMemory && c.State != StateJetStream {
+		return fmt.Errorf("service: the state must be %q or %q, not %q", StateMemory, StateJetStream, c.State)
+	}
+	if c.State == StateJetStream && strings.HasPrefix(c.Prefix+".", "$LDLM.") {
+		return errors.New("service: with JetStream state the subject prefix must not be $LDLM: the state subjects ($LDLM.PREFIX.state.>) would be request subjects")
 	}
 	return nil
 }
@@ -134,8 +173,12 @@ type Service struct {
 	live   *liveness
 
 	started time.Time
-	id      string // micro instance id, set once registered; in every grant reply
-	opStats opStats
+	id      string // micro instance id, set once registered
+	// instance is the id in grant replies and announcements: id, or in
+	// JetStream mode the state's own id, which outlives the process.
+	instance string
+	rec      *recorder // writes the state in JetStream mode; nil in memory mode
+	opStats  opStats
 
 	failOnce sync.Once
 	failed   chan struct{} // Done: closed when the service stopped
@@ -148,7 +191,10 @@ type Service struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup // the goroutine of watch
+	// standbyDone is closed when the standby goroutine returns (it has
+	// taken over, failed, or seen stop); nil unless Start made a standby.
+	standbyDone chan struct{}
+	wg          sync.WaitGroup // the goroutine of watch
 }
 
 // Start registers the service on nc and starts following connection
@@ -188,13 +234,26 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		stop:    make(chan struct{}),
 		failed:  make(chan struct{}),
 		started: time.Now(),
-		opStats: opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}},
+		opStats: opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}, subjects.OpAttach: {}},
 	}
 	// Fencing tokens start from the clock, so that they keep growing
-	// across restarts of the service (see engine.WithFirstToken).
+	// across restarts of the service (see engine.WithFirstToken), and in
+	// JetStream mode above the last active's ceiling too.
+	first := uint64(s.started.UnixMicro())
+	var st *loaded
+	if cfg.State == StateJetStream {
+		ctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
+		var err error
+		st, err = s.openState(ctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("service: %w", err)
+		}
+		first = max(first, st.active.TokenCeiling+1)
+	}
 	s.engine = engine.New(
 		engine.WithEvents(s.onEvent),
-		engine.WithFirstToken(uint64(s.started.UnixMicro())),
+		engine.WithFirstToken(first),
 		engine.WithLimits(engine.Limits{
 			MaxLocks:          cfg.MaxLocks,
 			MaxWaitersPerLock: cfg.MaxWaitersPerLock,
@@ -202,31 +261,60 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		}),
 		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
-	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.NoClearOnDisconnect)
+	if st != nil {
+		s.rec = newRecorder(s.engine, log, s.stepDown)
+		s.instance = st.active.Instance
+	}
+	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.ReconnectGrace, cfg.NoClearOnDisconnect)
 
 	// Follow liveness before answering, so no lock is granted to a
 	// connection whose disconnect we could not see.
-	if err := s.live.start(); err != nil {
+	if err := s.live.start(cfg.Alone); err != nil {
 		s.engine.Close()
 		return nil, err
 	}
-	if err := s.register(); err != nil {
+	err := s.register(st)
+	if s.rec != nil && (errors.Is(err, ErrDuplicateInstance) || errors.Is(err, journal.ErrNotActive)) {
+		// The stream decides who is active: wait as a standby (another
+		// instance answers, or took over the stream first).
+		s.standbyDone = make(chan struct{})
+		s.standBy(st)
+		log.Info("standby: another instance is active; following the lock state", "prefix", cfg.Prefix,
+			"instance", s.instance, "last_sequence", st.lastSeq)
+		return s, nil
+	}
+	if err != nil {
 		s.Stop()
 		return nil, err
 	}
 	s.watch() // after register, which sets the fields that watch reads
 	s.announce(subjects.InstanceStarted)
-	log.Info("lock service ready", "instance", s.id, "prefix", cfg.Prefix, "liveness", s.live.source(),
-		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval)
+	log.Info("lock service ready", "instance", s.instance, "prefix", cfg.Prefix, "state", cfg.State, "liveness", s.live.source(),
+		"clear_on_disconnect", !cfg.NoClearOnDisconnect, "sweep_interval", cfg.SweepInterval, "reconnect_grace", cfg.ReconnectGrace)
 	return s, nil
 }
 
-func (s *Service) register() error {
+func (s *Service) register(st *loaded) error {
 	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
 	defer cancel()
-	if err := s.checkRivals(ctx); err != nil {
-		return err
+	if !s.cfg.Alone {
+		if err := s.checkRivals(ctx); err != nil {
+			return err
+		}
 	}
+	if s.rec != nil {
+		// Take over only once no other instance answers: the takeover
+		// would depose it.
+		if err := s.takeOver(st); err != nil {
+			return err
+		}
+	}
+	return s.addService()
+}
+
+// addService registers the micro service and its endpoints: from now on,
+// the instance answers.
+func (s *Service) addService() error {
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name:        ServiceName,
 		Version:     s.cfg.Version,
@@ -246,6 +334,7 @@ func (s *Service) register() error {
 	}
 	s.micro = svc
 	s.id = svc.Info().ID
+	s.instance = cmp.Or(s.instance, s.id)
 	// One endpoint, so one subscription, for all four lock operations:
 	// NATS delivers one publisher's messages to one subscription in the
 	// order they were sent, so an unlock is always read after the lock
@@ -271,12 +360,31 @@ func (s *Service) register() error {
 		return fmt.Errorf("subscribing the endpoints: %w", err)
 	}
 	// Another instance may have started at the same moment: of two, the
-	// younger steps down.
+	// younger steps down. (With JetStream state, the stream decides.)
+	if s.cfg.Alone || s.rec != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+	defer cancel()
 	return s.checkRivals(ctx)
 }
 
 // Engine is the lock engine behind the service, for tests and operators.
 func (s *Service) Engine() *engine.Engine { return s.engine }
+
+// ExpectSessions gives the sessions among owners that the service does not
+// know yet the reconnect grace, as if their connections had just been cut
+// by their NATS server: each session's client has Config.ReconnectGrace to
+// come back (its attach, or any request) before the session's locks and
+// waits are released. A state restored at start (durable mode) calls it,
+// before the service answers, with the owners of the locks and waits it
+// restored; connection owners among them are left to the sweep. It
+// returns how many sessions entered grace.
+func (s *Service) ExpectSessions(owners []subjects.Owner) int { return s.live.expectSessions(owners) }
+
+// SessionsInGrace returns how many sessions are in their reconnect grace
+// now, for tests and operators.
+func (s *Service) SessionsInGrace() int { return s.live.sessions.inGrace() }
 
 // Sweep compares the locks' owners with the live connections now, and
 // releases those of closed connections. It runs by itself at start, after
@@ -294,13 +402,27 @@ func (s *Service) Sweep(ctx context.Context) error { return s.live.sweep(ctx) }
 func (s *Service) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
-		s.engine.Close()
-		s.replyMu.Lock()
-		s.stopping = true
-		if s.id != "" {
-			s.announce(subjects.InstanceStopped)
+		if s.standbyDone != nil {
+			<-s.standbyDone // it may be taking over: let it finish
 		}
-		s.replyMu.Unlock()
+		if s.rec != nil {
+			// The locks stay in the stream, for the next active: no stop
+			// announcement, and parked waiters stay parked there. Take no
+			// more requests, write what changed, send what waits for it,
+			// and only then close the engine (whose Unavailable replies
+			// the closed recorder drops).
+			s.stopMicro()
+			s.rec.close()
+			s.engine.Close()
+		} else {
+			s.engine.Close()
+			s.replyMu.Lock()
+			s.stopping = true
+			if s.id != "" {
+				s.announce(subjects.InstanceStopped)
+			}
+			s.replyMu.Unlock()
+		}
 		s.stopMicro()
 		s.wg.Wait()
 		s.live.close()

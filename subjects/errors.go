@@ -83,4 +83,12 @@ const (
 	// send it). Locks taken with it are released when that connection
 	// closes.
 	HeaderOwner = "Ldlm-Owner"
+
+	// HeaderSession is set by LDLM clients to their session id (see
+	// ParseSession), the same on every request of one client for its whole
+	// life, across reconnects. Locks taken with it belong to the session,
+	// not to the connection: a session whose connection is cut by its NATS
+	// server keeps them while it reconnects (docs/protocol.md, "Sessions").
+	// It is a secret like a key: whoever sends it acts as the session.
+	HeaderSession = "Ldlm-Session"
 )

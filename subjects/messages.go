@@ -237,23 +237,38 @@ type UnlockResponse struct {
 	Error    *Error `json:"error,omitempty"`
 }
 
-// Owner is the connection a lock belongs to: the id of the NATS server it
-// is connected to (INFO server_id) and its client id there. A server gives
-// client ids out in increasing order from 1 and starts again when it
-// restarts, with a new server id, so the pair names one connection for
-// ever. The zero Owner is "no connection" (a lock that nothing frees but an
-// unlock or its timeout).
+// Owner is who a lock belongs to: a connection, or a session.
+//
+// A connection is the id of the NATS server it is connected to (INFO
+// server_id) and its client id there. A server gives client ids out in
+// increasing order from 1 and starts again when it restarts, with a new
+// server id, so the pair names one connection for ever.
+//
+// A session (Session set, the other fields empty) is what a client that
+// sends HeaderSession owns its locks as: the service binds it to the
+// connection that used it last, and keeps its locks while that connection
+// is cut for reasons that are not the client's (docs/protocol.md,
+// "Sessions").
+//
+// The zero Owner is "nobody" (a lock that nothing frees but an unlock or
+// its timeout).
 type Owner struct {
 	ServerID string
 	ClientID uint64
+	Session  string
 }
 
 // IsZero reports whether o is the zero Owner.
 func (o Owner) IsZero() bool { return o == Owner{} }
 
-// String is o as HeaderOwner carries it: SERVER_ID:CLIENT_ID.
+// String is o for logs, events and listings: a connection as HeaderOwner
+// carries it, SERVER_ID:CLIENT_ID; a session as "session:" and the first 8
+// characters of its id, since the whole id is a secret.
 func (o Owner) String() string {
-	if o.IsZero() {
+	switch {
+	case o.Session != "":
+		return "session:" + o.Session[:min(8, len(o.Session))]
+	case o.IsZero():
 		return ""
 	}
 	return o.ServerID + ":" + strconv.FormatUint(o.ClientID, 10)
@@ -289,4 +304,60 @@ func ParseOwner(v string) (Owner, error) {
 		return Owner{}, Errorf(CodeBadRequest, "%s header must end in a client id above 0, got %s", HeaderOwner, quoteShort(v))
 	}
 	return Owner{ServerID: v[:i], ClientID: cid}, nil
+}
+
+// Bounds of a HeaderSession value. Our clients send 32 hex characters (128
+// random bits); the minimum keeps a guessable id out.
+const (
+	MinSessionLength = 16
+	MaxSessionLength = 64
+)
+
+// ParseSession reads a HeaderSession value: MinSessionLength to
+// MaxSessionLength characters of A-Z, a-z, 0-9, '_' and '-'. Anything else
+// is a BadRequest error.
+func ParseSession(v string) (string, error) {
+	if len(v) < MinSessionLength || len(v) > MaxSessionLength {
+		return "", Errorf(CodeBadRequest, "%s header must be %d to %d characters long (clients send 32 random hex digits), got %d", HeaderSession, MinSessionLength, MaxSessionLength, len(v))
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return "", Errorf(CodeBadRequest, "%s header may hold only A-Z, a-z, 0-9, '_' and '-', got %s", HeaderSession, quoteShort(v))
+		}
+	}
+	return v, nil
+}
+
+// AttachResponse is the reply to PREFIX.attach: what the session holds and
+// waits for, now that it is bound to the requesting connection.
+type AttachResponse struct {
+	// Attached is true when the session is now bound to the connection.
+	Attached bool `json:"attached"`
+	// Resumed is true when the service still knew the session (it was
+	// bound to a connection, or in its reconnect grace): then Held and
+	// Waiting are all it has. False when the service knows nothing of it
+	// (never seen, or released when its grace ended or its connection was
+	// closed): the client should make a new session id, since the service
+	// may refuse the old one's requests for a while (CodeOwnerGone).
+	Resumed bool `json:"resumed"`
+	// Held lists the session's grants, Waiting its parked lock requests.
+	// With tenants, the names are those of the requester's account.
+	Held    []AttachedLock `json:"held"`
+	Waiting []AttachedLock `json:"waiting"`
+	Error   *Error         `json:"error,omitempty"`
+}
+
+// AttachedLock is one grant (with its Token) or one wait (no Token) of a
+// session.
+type AttachedLock struct {
+	Name  string `json:"name"`
+	Key   string `json:"key"`
+	Token uint64 `json:"token,omitempty"`
+}
+
+// DecodeAttachResponse reads the reply to PREFIX.attach.
+func DecodeAttachResponse(data []byte, r *AttachResponse) error {
+	*r = AttachResponse{}
+	return json.Unmarshal(data, r)
 }

@@ -18,6 +18,11 @@ const (
 	OpTryLock = "trylock" // acquire only if a slot is free now
 	OpUnlock  = "unlock"  // release a grant, or cancel a wait, by key
 	OpRenew   = "renew"   // set a new lock timeout from now, by key
+
+	// OpAttach is PREFIX.attach, without a lock name: a client sends it
+	// after a reconnect, with its session, to bind the session to its new
+	// connection and learn what the session still holds (AttachResponse).
+	OpAttach = "attach"
 )
 
 // DefaultMaxNameLength is the longest lock name, in bytes, that the service

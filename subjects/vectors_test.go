@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -82,6 +83,22 @@ type vectors struct {
 			Error    ErrorCode `json:"error"`
 		} `json:"expect"`
 	} `json:"owner_headers"`
+	SessionHeaders []struct {
+		Name   string `json:"name"`
+		Header string `json:"header"`
+		Expect struct {
+			Session string    `json:"session"`
+			Error   ErrorCode `json:"error"`
+		} `json:"expect"`
+	} `json:"session_headers"`
+	AttachReplies []struct {
+		Name   string `json:"name"`
+		Body   string `json:"body"`
+		Expect struct {
+			Fields *AttachResponse `json:"fields"`
+			Error  ErrorCode       `json:"error"`
+		} `json:"expect"`
+	} `json:"attach_replies"`
 }
 
 func loadVectors(t *testing.T) vectors {
@@ -275,6 +292,48 @@ func TestVectorsOwners(t *testing.T) {
 			}
 			if err == nil && (owner.ServerID != tc.Expect.Server || owner.ClientID != tc.Expect.ClientID) {
 				t.Errorf("ParseOwner(%.40q) = %.40q, %d, want %.40q, %d", tc.Header, owner.ServerID, owner.ClientID, tc.Expect.Server, tc.Expect.ClientID)
+			}
+		})
+	}
+}
+
+func TestVectorsSessions(t *testing.T) {
+	v := loadVectors(t)
+	if len(v.SessionHeaders) == 0 || len(v.AttachReplies) == 0 {
+		t.Fatal("no session_headers or attach_replies cases")
+	}
+	for _, tc := range v.SessionHeaders {
+		t.Run(tc.Name, func(t *testing.T) {
+			got, err := ParseSession(tc.Header)
+			if code := codeOf(t, err); code != tc.Expect.Error {
+				t.Fatalf("ParseSession(%q): %v, want code %q", tc.Header, err, tc.Expect.Error)
+			}
+			if got != tc.Expect.Session {
+				t.Errorf("ParseSession(%q) = %q, want %q", tc.Header, got, tc.Expect.Session)
+			}
+		})
+	}
+	for _, tc := range v.AttachReplies {
+		t.Run(tc.Name, func(t *testing.T) {
+			var r AttachResponse
+			if err := DecodeAttachResponse([]byte(tc.Body), &r); err != nil {
+				t.Fatal(err)
+			}
+			var code ErrorCode
+			if r.Error != nil {
+				code = r.Error.Code
+			}
+			if code != tc.Expect.Error {
+				t.Fatalf("error code %q, want %q", code, tc.Expect.Error)
+			}
+			if tc.Expect.Fields != nil && !reflect.DeepEqual(r, *tc.Expect.Fields) {
+				t.Errorf("decoded %+v, want %+v", r, *tc.Expect.Fields)
+			}
+			// What the service writes for these fields is the body itself.
+			if r.Error == nil {
+				if out, _ := json.Marshal(r); string(out) != tc.Body {
+					t.Errorf("encoded as %s, want %s", out, tc.Body)
+				}
 			}
 		})
 	}

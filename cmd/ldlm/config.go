@@ -29,18 +29,25 @@ type serverConfig struct {
 	EmbeddedServerName string `env:"LDLM_EMBEDDED_SERVER_NAME" envDefault:"ldlm" help:"name of the embedded NATS server"`
 	// The defaults must equal embeddednats.DefaultPingInterval and
 	// DefaultMaxPingsOut (a test checks).
-	EmbeddedPingInterval time.Duration `env:"LDLM_EMBEDDED_PING_INTERVAL" envDefault:"15s" help:"how often the embedded NATS server pings a quiet client; a client that vanished without closing its socket keeps its locks until ping max pings go unanswered: at most interval x (ping max + 1), a minute by default"`
-	EmbeddedPingMax      int           `env:"LDLM_EMBEDDED_PING_MAX" envDefault:"3" help:"unanswered pings after which the embedded NATS server drops a client, which frees its locks"`
-	EmbeddedTLSCert      string        `env:"LDLM_EMBEDDED_TLS_CERT" help:"certificate file (PEM) of the embedded NATS server: its clients must then use TLS"`
-	EmbeddedTLSKey       string        `env:"LDLM_EMBEDDED_TLS_KEY" help:"key file (PEM) of that certificate"`
-	EmbeddedTLSCA        string        `env:"LDLM_EMBEDDED_TLS_CA" help:"CA file (PEM): the embedded NATS server then requires client certificates signed by it (mutual TLS)"`
-	EmbeddedUser         string        `env:"LDLM_EMBEDDED_USER" help:"user as which clients log in to the embedded NATS server, with the password below"`
-	EmbeddedPassword     string        `env:"LDLM_EMBEDDED_PASSWORD" help:"that user's password, plain or a bcrypt hash (nats server passwd)"`
-	EmbeddedToken        string        `env:"LDLM_EMBEDDED_TOKEN" help:"token with which clients log in to the embedded NATS server (excludes a user and nkeys)"`
-	EmbeddedNkeys        string        `env:"LDLM_EMBEDDED_NKEYS" help:"public user nkeys (U...), comma separated, with which clients may log in to the embedded NATS server"`
-	EmbeddedConfig       string        `env:"LDLM_EMBEDDED_CONFIG" help:"nats-server configuration file for the embedded server: accounts, users and permissions, JetStream, clustering (README: Embedded security)"`
-	EmbeddedTenants      string        `env:"LDLM_EMBEDDED_TENANTS" help:"ACCOUNT:USER:PASSWORD,... : run the embedded NATS server with one account and lock namespace per tenant"`
-	Tenants              bool          `env:"LDLM_TENANTS" envDefault:"false" help:"one lock namespace per NATS account; requests must come through account imports with share: true"`
+	EmbeddedPingInterval  time.Duration `env:"LDLM_EMBEDDED_PING_INTERVAL" envDefault:"15s" help:"how often the embedded NATS server pings a quiet client; a client that vanished without closing its socket keeps its locks until ping max pings go unanswered: at most interval x (ping max + 1), a minute by default"`
+	EmbeddedPingMax       int           `env:"LDLM_EMBEDDED_PING_MAX" envDefault:"3" help:"unanswered pings after which the embedded NATS server drops a client, which frees its locks"`
+	EmbeddedTLSCert       string        `env:"LDLM_EMBEDDED_TLS_CERT" help:"certificate file (PEM) of the embedded NATS server: its clients must then use TLS"`
+	EmbeddedTLSKey        string        `env:"LDLM_EMBEDDED_TLS_KEY" help:"key file (PEM) of that certificate"`
+	EmbeddedTLSCA         string        `env:"LDLM_EMBEDDED_TLS_CA" help:"CA file (PEM): the embedded NATS server then requires client certificates signed by it (mutual TLS)"`
+	EmbeddedUser          string        `env:"LDLM_EMBEDDED_USER" help:"user as which clients log in to the embedded NATS server, with the password below"`
+	EmbeddedPassword      string        `env:"LDLM_EMBEDDED_PASSWORD" help:"that user's password, plain or a bcrypt hash (nats server passwd)"`
+	EmbeddedToken         string        `env:"LDLM_EMBEDDED_TOKEN" help:"token with which clients log in to the embedded NATS server (excludes a user and nkeys)"`
+	EmbeddedNkeys         string        `env:"LDLM_EMBEDDED_NKEYS" help:"public user nkeys (U...), comma separated, with which clients may log in to the embedded NATS server"`
+	EmbeddedConfig        string        `env:"LDLM_EMBEDDED_CONFIG" help:"nats-server configuration file for the embedded server: accounts, users and permissions, JetStream, clustering (README: Embedded security)"`
+	EmbeddedClusterListen string        `env:"LDLM_EMBEDDED_CLUSTER_LISTEN" help:"host:port on which the embedded NATS server takes routes from the other members of its NATS cluster; empty: no cluster. Each member then needs a server name of its own (default: the host name)"`
+	EmbeddedClusterRoutes string        `env:"LDLM_EMBEDDED_CLUSTER_ROUTES" help:"route URLs of the cluster's members, comma separated (nats-route://host:port); a member may list itself"`
+	EmbeddedClusterName   string        `env:"LDLM_EMBEDDED_CLUSTER_NAME" envDefault:"ldlm" help:"name of the embedded NATS cluster, the same on every member"`
+	EmbeddedTenants       string        `env:"LDLM_EMBEDDED_TENANTS" help:"ACCOUNT:USER:PASSWORD,... : run the embedded NATS server with one account and lock namespace per tenant"`
+	Tenants               bool          `env:"LDLM_TENANTS" envDefault:"false" help:"one lock namespace per NATS account; requests must come through account imports with share: true"`
+
+	State         string `env:"LDLM_STATE" envDefault:"memory" help:"where the locks live: memory (they end with the process) or jetstream (a stream of the NATS server: locks, waiters and token order outlive restarts; docs/ha.md)"`
+	StateReplicas int    `env:"LDLM_STATE_REPLICAS" envDefault:"3" help:"copies of the jetstream state, capped by the JetStream servers present (logged); 1 with LDLM_DATA_DIR"`
+	DataDir       string `env:"LDLM_DATA_DIR" help:"folder of the embedded NATS server's JetStream file storage, where the lock state is kept: implies LDLM_STATE=jetstream with one replica, so locks survive a restart"`
 
 	Prefix               string        `env:"LDLM_SUBJECT_PREFIX" envDefault:"ldlm" help:"first token of every lock subject"`
 	MaxNameLength        int           `env:"LDLM_MAX_NAME_LENGTH" envDefault:"1024" help:"longest lock name in bytes"`
@@ -51,6 +58,7 @@ type serverConfig struct {
 	AnonymousLockTimeout time.Duration `env:"LDLM_ANONYMOUS_LOCK_TIMEOUT" envDefault:"60s" help:"lock timeout of locks that name none and belong to no connection"`
 	NoClearOnDisconnect  bool          `env:"LDLM_NO_CLEAR_ON_DISCONNECT" envDefault:"false" help:"keep locks when their connection closes; they then rely on timeouts"`
 	SweepInterval        time.Duration `env:"LDLM_SWEEP_INTERVAL" envDefault:"30s" help:"how often to compare lock owners with live connections; negative: only at start and after reconnects"`
+	ReconnectGrace       time.Duration `env:"LDLM_RECONNECT_GRACE" envDefault:"5s" help:"how long a client whose connection its NATS server cut keeps its locks while it reconnects"`
 	Events               bool          `env:"LDLM_EVENTS" envDefault:"false" help:"publish every grant, release and end of a wait on PREFIX.events.KIND.NAME"`
 	MetricsListen        string        `env:"LDLM_METRICS_LISTEN" help:"host:port to serve Prometheus metrics on, at /metrics; empty: no metrics"`
 
@@ -161,7 +169,7 @@ var retiredVars = map[string]struct {
 	"LDLM_KEEPALIVE_INTERVAL":     {now: []string{"LDLM_EMBEDDED_PING_INTERVAL"}},
 	"LDLM_KEEPALIVE_TIMEOUT":      {now: []string{"LDLM_EMBEDDED_PING_MAX"}, why: "a number of unanswered pings"},
 	"LDLM_EMBEDDED_MAX_PINGS_OUT": {now: []string{"LDLM_EMBEDDED_PING_MAX"}},
-	"LDLM_STATE_FILE":             {why: "no replacement yet: locks live in the service's memory (state on JetStream is planned)"},
+	"LDLM_STATE_FILE":             {now: []string{"LDLM_DATA_DIR"}, why: "the lock state is kept in JetStream file storage in that folder"},
 	"LDLM_DEFAULT_LOCK_TIMEOUT":   {why: "no replacement: it applied to locks loaded from a state file, which this ldlm has not"},
 	"LDLM_LOCK_GC_INTERVAL":       {why: "no replacement: a lock is deleted as soon as no one holds or waits for it"},
 	"LDLM_LOCK_GC_MIN_IDLE":       {why: "no replacement: a lock is deleted as soon as no one holds or waits for it"},

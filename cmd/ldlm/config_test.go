@@ -30,6 +30,19 @@ import (
 	"github.com/ldlm-io/ldlm/internal/testpki"
 )
 
+// TestConfigDataDir: a data folder makes the single binary keep its state
+// in JetStream, with one copy (there is one server).
+func TestConfigDataDir(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseServerConfigFrom([]string{"LDLM_DATA_DIR=/var/lib/ldlm"}, nil, io.Discard)
+	if err != nil || cfg.State != "jetstream" || cfg.StateReplicas != 1 || cfg.DataDir != "/var/lib/ldlm" {
+		t.Fatalf("LDLM_DATA_DIR: state %q, replicas %d, dir %q, err %v; want jetstream, 1", cfg.State, cfg.StateReplicas, cfg.DataDir, err)
+	}
+	if cfg, err := parseServerConfigFrom(nil, nil, io.Discard); err != nil || cfg.State != "memory" || cfg.StateReplicas != 3 {
+		t.Fatalf("defaults: state %q, replicas %d, err %v; want memory, 3", cfg.State, cfg.StateReplicas, err)
+	}
+}
+
 func TestConfigDefaults(t *testing.T) {
 	t.Parallel()
 	cfg, err := parseServerConfigFrom(nil, nil, io.Discard)
@@ -100,7 +113,7 @@ func TestConfigUnknownVariables(t *testing.T) {
 	}{
 		{[]string{"LDLM_PASSWORD=x"}, `LDLM_PASSWORD is not read by this ldlm: use LDLM_EMBEDDED_PASSWORD (--embedded-password) or LDLM_EMBEDDED_TOKEN (--embedded-token)`},
 		{[]string{"LDLM_TLS_CERT=c.pem"}, `LDLM_TLS_CERT is not read by this ldlm: use LDLM_EMBEDDED_TLS_CERT (--embedded-tls-cert)`},
-		{[]string{"LDLM_STATE_FILE=/var/lib/ldlm"}, `LDLM_STATE_FILE is not read by this ldlm: no replacement yet: locks live in the service's memory (state on JetStream is planned)`},
+		{[]string{"LDLM_STATE_FILE=/var/lib/ldlm"}, `LDLM_STATE_FILE is not read by this ldlm: use LDLM_DATA_DIR (--data-dir): the lock state is kept in JetStream file storage in that folder`},
 		{[]string{"LDLM_LATE_REQUEST_WINDOW=10s"}, `LDLM_LATE_REQUEST_WINDOW is not read by this ldlm: removed: the service reads each connection's requests in order, so none arrives late`},
 		{[]string{"LDLM_EMBEDDED_MAX_PINGS_OUT=3"}, `LDLM_EMBEDDED_MAX_PINGS_OUT is not read by this ldlm: use LDLM_EMBEDDED_PING_MAX (--embedded-ping-max)`},
 		{[]string{"LDLM_MAX_LOKS=5"}, `LDLM_MAX_LOKS is not a setting of ldlm (ldlm server --help lists them)`},
@@ -180,6 +193,10 @@ func TestConfigValidate(t *testing.T) {
 		{"ping interval 0", nil, []string{"--embedded-ping-interval=0s"}, []string{"LDLM_EMBEDDED_PING_INTERVAL", "positive"}},
 		{"ping interval negative", []string{"LDLM_EMBEDDED_PING_INTERVAL=-5s"}, nil, []string{"--embedded-ping-interval", "positive"}},
 		{"ping max 0", nil, []string{"--embedded-ping-max=0"}, []string{"LDLM_EMBEDDED_PING_MAX", "at least 1"}},
+		{"cluster routes without a listen address", nil, []string{"--embedded-cluster-routes=nats-route://a:6222"}, []string{"LDLM_EMBEDDED_CLUSTER_ROUTES", "LDLM_EMBEDDED_CLUSTER_LISTEN"}},
+		{"cluster listen without port", nil, []string{"--embedded-cluster-listen=a"}, []string{"LDLM_EMBEDDED_CLUSTER_LISTEN", "host:port"}},
+		{"cluster route not a route URL", nil, []string{"--embedded-cluster-listen=:6222", "--embedded-cluster-routes=nats://a:4222"}, []string{"LDLM_EMBEDDED_CLUSTER_ROUTES", "nats-route://host:port"}},
+		{"cluster name with a dot", nil, []string{"--embedded-cluster-listen=:6222", "--embedded-cluster-name=a.b"}, []string{"LDLM_EMBEDDED_CLUSTER_NAME", `"a.b"`}},
 		{"tenants that do not parse", nil, []string{"--embedded-tenants=A:alice"}, []string{"LDLM_EMBEDDED_TENANTS", "ACCOUNT:USER:PASSWORD"}},
 		{"tenant with a reserved account", nil, []string{"--embedded-tenants=LDLM:u:p"}, []string{"LDLM_EMBEDDED_TENANTS", "reserved"}},
 		{"tenant account twice", nil, []string{"--embedded-tenants=A:u:p,A:v:q"}, []string{"LDLM_EMBEDDED_TENANTS", "twice"}},
@@ -197,6 +214,8 @@ func TestConfigValidate(t *testing.T) {
 		{"anonymous lock timeout 0", nil, []string{"--anonymous-lock-timeout=0s"}, []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT", "positive"}},
 		{"anonymous lock timeout over a year", nil, []string{"--anonymous-lock-timeout=9000h"}, []string{"LDLM_ANONYMOUS_LOCK_TIMEOUT", "a year"}},
 		{"sweep interval 0", nil, []string{"--sweep-interval=0s"}, []string{"LDLM_SWEEP_INTERVAL (--sweep-interval)", "negative"}},
+		{"reconnect grace 0", []string{"LDLM_RECONNECT_GRACE=0s"}, nil, []string{"LDLM_RECONNECT_GRACE (--reconnect-grace)", "positive"}},
+		{"reconnect grace over an hour", nil, []string{"--reconnect-grace=2h"}, []string{"LDLM_RECONNECT_GRACE", "an hour"}},
 		{"log level", nil, []string{"--log-level=loud"}, []string{"LDLM_LOG_LEVEL", `"loud"`}},
 		{"log format", []string{"LDLM_LOG_FORMAT=xml"}, nil, []string{"--log-format", `"xml"`}},
 		{"subject prefix", nil, []string{"--subject-prefix=a..b"}, []string{"LDLM_SUBJECT_PREFIX", `"a..b"`}},
@@ -224,6 +243,11 @@ func TestConfigValidate(t *testing.T) {
 		{"embedded TLS files missing", nil, []string{"--embedded-tls-cert=/nonexistent/c.pem", "--embedded-tls-key=/nonexistent/k.pem"}, []string{"LDLM_EMBEDDED_TLS_CERT", "/nonexistent/c.pem"}},
 		{"embedded configuration file missing", nil, []string{"--embedded-config=/nonexistent/nats.conf"}, []string{"LDLM_EMBEDDED_CONFIG (--embedded-config)", "/nonexistent/nats.conf"}},
 		{"embedded tenants and a user", nil, []string{"--embedded-tenants=A:a:p", "--embedded-user=u", "--embedded-password=p"}, []string{"LDLM_EMBEDDED_USER", "LDLM_EMBEDDED_TENANTS"}},
+		{"state neither memory nor jetstream", nil, []string{"--state=disk"}, []string{"LDLM_STATE (--state)", `"disk"`, "memory or jetstream"}},
+		{"state replicas 0", nil, []string{ext, "--state=jetstream", "--state-replicas=0"}, []string{"LDLM_STATE_REPLICAS", "at least 1"}},
+		{"jetstream state embedded without a data folder", nil, []string{"--state=jetstream"}, []string{"LDLM_STATE (--state)", "LDLM_DATA_DIR"}},
+		{"data folder with an external server", nil, []string{ext, "--data-dir=/tmp/x"}, []string{"LDLM_DATA_DIR (--data-dir)", "LDLM_NATS_URL", "LDLM_STATE=jetstream"}},
+		{"jetstream state with the $LDLM prefix", nil, []string{ext, "--state=jetstream", "--subject-prefix=$LDLM"}, []string{"LDLM_SUBJECT_PREFIX", "$LDLM"}},
 		{"embedded security with an external server", nil, []string{ext, "--embedded-token=t"}, []string{"LDLM_EMBEDDED_TOKEN (--embedded-token)", "LDLM_NATS_URL"}},
 	}
 	for _, tc := range bad {
@@ -266,6 +290,7 @@ func TestConfigValidate(t *testing.T) {
 		{"tenants through an external server", []string{"LDLM_TENANTS=true"}, []string{ext}},
 		{"embedded user and nkeys", nil, []string{"--embedded-user=u", "--embedded-password=p", "--embedded-nkeys=" + nkeyPub + ", "}},
 		{"embedded token", []string{"LDLM_EMBEDDED_TOKEN=t"}, nil},
+		{"embedded cluster member", []string{"LDLM_EMBEDDED_CLUSTER_LISTEN=127.0.0.1:6222", "LDLM_EMBEDDED_CLUSTER_ROUTES=nats-route://127.0.0.1:6222, nats-route://b:6222"}, nil},
 		{"embedded configuration example", nil, []string{"--embedded-config=../../deploy/embedded.conf"}},
 		{"embedded TLS with tenants", nil, []string{"--embedded-tenants=A:a:p", "--embedded-tls-cert=" + pki.ServerCert, "--embedded-tls-key=" + pki.ServerKey}},
 		{"embedded mutual TLS", nil, []string{"--embedded-tls-cert=" + pki.ServerCert, "--embedded-tls-key=" + pki.ServerKey, "--embedded-tls-ca=" + pki.CA}},
@@ -299,7 +324,7 @@ func TestConfigErrorsExitStatus(t *testing.T) {
 		{[]string{"LDLM_PASSWORD=secret"}, nil,
 			`ldlm: configuration: LDLM_PASSWORD is not read by this ldlm: use LDLM_EMBEDDED_PASSWORD (--embedded-password) or LDLM_EMBEDDED_TOKEN (--embedded-token)`},
 		{[]string{"LDLM_STATE_FILE=/tmp/state"}, nil,
-			`ldlm: configuration: LDLM_STATE_FILE is not read by this ldlm: no replacement yet: locks live in the service's memory (state on JetStream is planned)`},
+			`ldlm: configuration: LDLM_STATE_FILE is not read by this ldlm: use LDLM_DATA_DIR (--data-dir): the lock state is kept in JetStream file storage in that folder`},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(append(tc.env, tc.args...), " "), func(t *testing.T) {

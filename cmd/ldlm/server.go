@@ -76,6 +76,14 @@ func (c *serverConfig) validate() error {
 		return c.bad(&c.AnonymousLockTimeout, "must be positive and at most a year (%s), got %s", subjects.MaxTimeoutSeconds*time.Second, c.AnonymousLockTimeout)
 	case c.SweepInterval == 0:
 		return c.bad(&c.SweepInterval, "must not be 0: give a duration such as 30s, or a negative one to sweep only at start and after reconnects")
+	case c.ReconnectGrace <= 0 || c.ReconnectGrace > time.Hour:
+		return c.bad(&c.ReconnectGrace, "must be positive and at most an hour (a holder that is really gone keeps its locks that long), got %s", c.ReconnectGrace)
+	case c.State != service.StateMemory && c.State != service.StateJetStream:
+		return c.bad(&c.State, "must be %s or %s, got %q", service.StateMemory, service.StateJetStream, c.State)
+	case c.StateReplicas < 1:
+		return c.bad(&c.StateReplicas, "must be at least 1, got %d", c.StateReplicas)
+	case c.State == service.StateJetStream && strings.HasPrefix(c.Prefix+".", "$LDLM."):
+		return c.bad(&c.Prefix, "must not be $LDLM with %s=jetstream: the state's subjects are $LDLM.PREFIX.state.>", c.name(&c.State).env)
 	case c.LogFormat != "text" && c.LogFormat != "json":
 		return c.bad(&c.LogFormat, "must be text or json, got %q", c.LogFormat)
 	}
@@ -95,12 +103,18 @@ func (c *serverConfig) validate() error {
 
 // validateEmbedded checks the settings of embedded mode (no NATS URL).
 func (c *serverConfig) validateEmbedded() error {
+	if c.DataDir != "" {
+		// One server, one copy: the data folder is the state's home.
+		c.State, c.StateReplicas = service.StateJetStream, 1
+	}
 	for _, creds := range []*natsCredentials{&c.App, &c.System} {
 		if !creds.isZero() {
 			return fmt.Errorf("%s are set but no NATS URL: set %s, or unset them to run the embedded server", c.group(creds), c.name(&c.NATSURL))
 		}
 	}
 	switch {
+	case c.State == service.StateJetStream && c.DataDir == "":
+		return c.bad(&c.State, "is jetstream, but the embedded NATS server keeps no JetStream storage without a data folder: set %s", c.name(&c.DataDir))
 	case c.SystemURL != "":
 		return c.bad(&c.SystemURL, "is set but no NATS URL: set %s, or unset it to run the embedded server", c.name(&c.NATSURL))
 	case strings.ContainsAny(c.EmbeddedServerName, " \t\r\n"):
@@ -115,6 +129,9 @@ func (c *serverConfig) validateEmbedded() error {
 			return c.bad(&c.EmbeddedListen, "%v", err)
 		}
 	}
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
 	tenants, err := embeddednats.ParseTenants(c.EmbeddedTenants)
 	switch {
 	case err != nil:
@@ -125,6 +142,56 @@ func (c *serverConfig) validateEmbedded() error {
 		return c.bad(&c.Tenants, "needs tenant accounts: set %s (or %s for an external server)", c.name(&c.EmbeddedTenants), c.name(&c.NATSURL))
 	}
 	return c.validateEmbeddedSecurity(len(tenants) > 0)
+}
+
+// validateCluster checks the embedded cluster's settings and gives a
+// member the host name as its server name unless it was given one: the
+// members' names must differ.
+func (c *serverConfig) validateCluster() error {
+	if c.EmbeddedClusterListen == "" {
+		if c.EmbeddedClusterRoutes != "" {
+			return c.bad(&c.EmbeddedClusterRoutes, "needs %s: the address on which this member takes routes", c.name(&c.EmbeddedClusterListen))
+		}
+		return nil
+	}
+	if _, _, err := embeddednats.ParseListen(c.EmbeddedClusterListen); err != nil {
+		return c.bad(&c.EmbeddedClusterListen, "%v", err)
+	}
+	for _, r := range c.clusterRoutes() {
+		if u, err := url.Parse(r); err != nil || u.Scheme != "nats-route" || u.Port() == "" {
+			return c.bad(&c.EmbeddedClusterRoutes, "%q is not a route URL: want nats-route://host:port", r)
+		}
+	}
+	if strings.ContainsAny(c.EmbeddedClusterName, " \t\r\n.*>") || c.EmbeddedClusterName == "" {
+		return c.bad(&c.EmbeddedClusterName, "%q is not a cluster name: give one word without spaces, dots, '*' or '>'", c.EmbeddedClusterName)
+	}
+	if c.EmbeddedServerName == "ldlm" { // the default: make it this member's own
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			return c.bad(&c.EmbeddedServerName, "every member of a cluster needs a name of its own, and the host name is unknown (%v): set it", err)
+		}
+		c.EmbeddedServerName = host
+	}
+	return nil
+}
+
+// cluster is the embedded server's cluster settings; the zero value: none.
+func (c *serverConfig) cluster() embeddednats.Cluster {
+	if c.EmbeddedClusterListen == "" {
+		return embeddednats.Cluster{}
+	}
+	return embeddednats.Cluster{Name: c.EmbeddedClusterName, Listen: c.EmbeddedClusterListen, Routes: c.clusterRoutes()}
+}
+
+// clusterRoutes is EmbeddedClusterRoutes as a list.
+func (c *serverConfig) clusterRoutes() []string {
+	var routes []string
+	for _, r := range strings.Split(c.EmbeddedClusterRoutes, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			routes = append(routes, r)
+		}
+	}
+	return routes
 }
 
 // validateEmbeddedSecurity checks the embedded server's TLS and
@@ -180,6 +247,9 @@ func (c *serverConfig) validateEmbeddedSecurity(tenants bool) error {
 // embedded server's settings are not used then; those that secure it are
 // refused, since ignoring them would leave a false sense of security.
 func (c *serverConfig) validateExternal() error {
+	if c.DataDir != "" {
+		return c.bad(&c.DataDir, "is the embedded NATS server's storage, but %s is set: run JetStream in your NATS server and set %s=jetstream", c.name(&c.NATSURL), c.name(&c.State).env)
+	}
 	if c.EmbeddedTenants != "" {
 		return c.bad(&c.EmbeddedTenants, "is set but so is %s: configure the accounts in your NATS server (see deploy/tenants.conf) and set %s", c.name(&c.NATSURL), c.name(&c.Tenants))
 	}
@@ -306,10 +376,16 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		AnonymousLockTimeout:  cfg.AnonymousLockTimeout,
 		NoClearOnDisconnect:   cfg.NoClearOnDisconnect,
 		SweepInterval:         cfg.SweepInterval,
+		ReconnectGrace:        cfg.ReconnectGrace,
 		Events:                cfg.Events,
+		State:                 cfg.State,
+		Replicas:              cfg.StateReplicas,
 		Tenants:               cfg.Tenants || cfg.EmbeddedTenants != "",
 		Version:               version(),
 		Observer:              metricsSrv.observer(),
+		// Nobody but this process reaches the embedded server before its
+		// client port opens, below.
+		Alone: conns.embedded != nil && conns.embedded.Unreachable(),
 	}, conns.app, conns.system, log)
 	if err != nil {
 		return err
@@ -335,7 +411,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 func runService(ctx context.Context, svc *service.Service, log *slog.Logger) error {
 	select {
 	case <-ctx.Done():
-		log.Info("stopping: announcing the stop, then draining requests")
+		log.Info("stopping: announcing the stop (memory state) or writing the last changes (jetstream state), then draining requests")
 		svc.Stop()
 		return nil
 	case <-svc.Done():
@@ -389,6 +465,8 @@ func connect(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*connect
 				Nkeys:    nkeys,
 			},
 			ConfigFile: cfg.EmbeddedConfig,
+			Cluster:    cfg.cluster(),
+			DataDir:    cfg.DataDir,
 		})
 		if errors.Is(err, embeddednats.ErrListen) {
 			return nil, fmt.Errorf("%w (set %s to a free host:port)", err, cfg.name(&cfg.EmbeddedListen))

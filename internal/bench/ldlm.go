@@ -370,7 +370,8 @@ func (t *Target) Connect() (*nats.Conn, error) {
 }
 
 // client sends the wire protocol's requests as an LDLM client library
-// does: with the Ldlm-Owner header naming its connection.
+// does: with the Ldlm-Owner header naming its connection and the
+// Ldlm-Session header naming its session.
 type client struct {
 	nc      *nats.Conn
 	prefix  string
@@ -386,7 +387,10 @@ func newClient(nc *nats.Conn, prefix string, timeout time.Duration) (*client, er
 	if err != nil {
 		return nil, fmt.Errorf("client id: %w", err)
 	}
-	owner := nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerId(), cid)}}
+	// The headers the Go client sends: its connection, and a session of
+	// its own (random, as the Go client makes it).
+	owner := nats.Header{subjects.HeaderOwner: []string{subjects.FormatOwner(nc.ConnectedServerId(), cid)},
+		subjects.HeaderSession: []string{rand.Text()}}
 	return &client{nc: nc, prefix: prefix, owner: owner, timeout: timeout}, nil
 }
 

@@ -6,8 +6,12 @@ package ldlmtest
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -46,6 +50,20 @@ func WithTenants(tenants ...embeddednats.Tenant) Option {
 // connection, as with an external NATS server and no system credentials.
 func WithoutSystemAccount() Option { return func(o *options) { o.noSystem = true } }
 
+// WithDataDir runs the NATS server with JetStream file storage in dir and
+// the service with its state there (service.StateJetStream), as `ldlm`
+// runs with LDLM_DATA_DIR. A server started again on dir finds the locks.
+func WithDataDir(dir string) Option {
+	return func(o *options) { o.natsConfig.DataDir = dir }
+}
+
+// WithListen opens the NATS server's client port on addr (host:port)
+// instead of a free port: a server started again on the same address is
+// where its clients reconnect.
+func WithListen(addr string) Option {
+	return func(o *options) { o.natsConfig.Listen = addr }
+}
+
 // Start starts a server and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
@@ -67,6 +85,9 @@ func StartServer(opts ...Option) (*Server, error) {
 	o.natsConfig.Prefix = o.cfg.Prefix
 	if len(o.natsConfig.Tenants) > 0 {
 		o.cfg.Tenants = true
+	}
+	if o.natsConfig.DataDir != "" && o.cfg.State == "" {
+		o.cfg.State = service.StateJetStream
 	}
 	log := logger()
 	o.natsConfig.Logger = log
@@ -148,4 +169,114 @@ func (s *Server) Close() {
 		s.sys.Close()
 	}
 	s.NATS.Shutdown()
+}
+
+// Cluster is NATS servers in one cluster, in this process, with the lock
+// service connected to the first (Members[0]); clients connect to the
+// others, so that a test can shut their server down under them.
+type Cluster struct {
+	Members []*embeddednats.Server
+	Service *service.Service
+	app     *nats.Conn
+	sys     *nats.Conn
+}
+
+// StartCluster starts n (at least 2) clustered servers and the service,
+// and stops them when the test ends. Only WithConfig applies of opts.
+func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
+	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var listens, routes []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		listens = append(listens, l.Addr().String())
+		routes = append(routes, "nats-route://"+l.Addr().String())
+		l.Close()
+	}
+	// Lame duck mode starts closing clients after its grace period: a short
+	// one, so that a test of it takes a second or two (the duration over
+	// which the clients are closed cannot be under 30 s, but few clients
+	// are closed at most a second apart).
+	conf := filepath.Join(t.TempDir(), "cluster.conf")
+	if err := os.WriteFile(conf, []byte(`lame_duck_grace_period: "200ms"
+lame_duck_duration: "30s"
+accounts { APP { users [{user: "app", password: "app"}] } }
+no_auth_user: "app"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{}
+	t.Cleanup(c.close)
+	log := logger()
+	for i := range n {
+		srv, err := embeddednats.Start(embeddednats.Config{ServerName: fmt.Sprintf("m%d", i), Listen: "127.0.0.1:0", Logger: log,
+			Prefix: o.cfg.Prefix, ConfigFile: conf, Cluster: embeddednats.Cluster{Listen: listens[i], Routes: routes}})
+		if err != nil {
+			t.Fatalf("starting cluster member %d: %v", i, err)
+		}
+		c.Members = append(c.Members, srv)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, m := range c.Members {
+		for m.NATSServer().NumRoutes() < n-1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the cluster did not form: %s has %d routes", m.Name(), m.NATSServer().NumRoutes())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	var err error
+	if c.app, err = c.Members[0].ConnectApp(); err != nil {
+		t.Fatal(err)
+	}
+	if c.sys, err = c.Members[0].ConnectSystem(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Service, err = service.Start(o.cfg, c.app, c.sys, log); err != nil {
+		t.Fatalf("starting the lock service: %v", err)
+	}
+	return c
+}
+
+// URLs is the client URLs of the members from..n-1, joined by commas, as
+// nats.Connect takes them: a client given them reconnects to another of
+// them when its server goes.
+func (c *Cluster) URLs(from int) string {
+	var urls []string
+	for _, m := range c.Members[from:] {
+		if u := m.ClientURL(); u != "" && m.NATSServer().Running() {
+			urls = append(urls, u)
+		}
+	}
+	return strings.Join(urls, ",")
+}
+
+// MemberOf returns the member that nc is connected to, or nil.
+func (c *Cluster) MemberOf(nc *nats.Conn) *embeddednats.Server {
+	for _, m := range c.Members {
+		if m.NATSServer().ID() == nc.ConnectedServerId() {
+			return m
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) close() {
+	if c.Service != nil {
+		c.Service.Stop()
+	}
+	for _, nc := range []*nats.Conn{c.app, c.sys} {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	for _, m := range c.Members {
+		m.Shutdown()
+	}
 }

@@ -107,7 +107,7 @@ func (e *Engine) acquire(r Request, size int, park bool, waitTimeout time.Durati
 	}
 	e.lastWait++
 	id := e.lastWait
-	en.wait = &waitState{id: id, done: done, lockTimeout: r.LockTimeout}
+	en.wait = &waitState{id: id, done: done, lockTimeout: r.LockTimeout, reply: r.Reply}
 	en.start = now.UnixNano()
 	l.pushWaiter(en)
 	l.indexAdd(en)
@@ -154,7 +154,7 @@ func (e *Engine) grant(en *entry, now time.Time, lockTimeout time.Duration) Gran
 // armExpiry starts the lock timeout of holder en and returns the expiry.
 func (e *Engine) armExpiry(en *entry, now time.Time, d time.Duration) time.Time {
 	expiry := now.Add(d)
-	en.deadline = expiry.UnixNano()
+	en.deadline, en.lockTimeout = expiry.UnixNano(), d
 	token, deadline := en.token, en.deadline
 	en.timer = e.clock.AfterFunc(d, func() { e.expire(en, token, deadline) })
 	return expiry

@@ -25,7 +25,8 @@
 // engine. Tokens only grow, across all locks and even when a lock is
 // forgotten and created again, so a protected resource can refuse a write
 // carrying a token older than one it has already seen. The counter lives
-// in memory: a new Engine starts again (see WithFirstToken).
+// in memory: a new Engine starts again (see WithFirstToken), or above the
+// tokens of the records it restores (Record, Restore).
 //
 // # Waiters, FIFO order and why callbacks
 //

@@ -24,6 +24,9 @@ type Request struct {
 	// LockTimeout releases the grant unless it is renewed in time; 0 means
 	// never.
 	LockTimeout time.Duration
+	// Reply is opaque to the engine: a waiter keeps it for its record (see
+	// Record), so that whoever restores the waiter can answer it.
+	Reply string
 }
 
 // Grant is a slot of a lock, held until Unlock, expiry or ReleaseOwner.

@@ -144,7 +144,7 @@ func (e *Engine) releaseOwner(o *owner, mark uint64, notes []notification) (gran
 	return grants, waits, notes
 }
 
-// compareOwners orders owners by server id, then client id.
+// compareOwners orders owners by server id, then client id, then session.
 func compareOwners(a, b subjects.Owner) int {
-	return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.ClientID, b.ClientID))
+	return cmp.Or(cmp.Compare(a.ServerID, b.ServerID), cmp.Compare(a.ClientID, b.ClientID), cmp.Compare(a.Session, b.Session))
 }

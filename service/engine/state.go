@@ -40,11 +40,14 @@ type entry struct {
 	// link[inLock] places the entry in its lock's holders or waiters,
 	// link[inOwner] in its owner's entries.
 	link     [2]links
-	token    uint64     // fencing token while holding
-	start    int64      // Unix ns: when granted, or when the wait began
-	deadline int64      // Unix ns: lock expiry, or wait deadline; 0 = none
-	timer    Timer      // fires at deadline; nil when there is none
-	wait     *waitState // set while waiting
+	token    uint64 // fencing token while holding
+	start    int64  // Unix ns: when granted, or when the wait began
+	deadline int64  // Unix ns: lock expiry, or wait deadline; 0 = none
+	// lockTimeout is the holder's lock timeout (the last renew's), kept
+	// for its record (see Record).
+	lockTimeout time.Duration
+	timer       Timer      // fires at deadline; nil when there is none
+	wait        *waitState // set while waiting
 	// seq is the registration number of an owned request (see
 	// Engine.OwnerMark); 0 without an owner.
 	seq uint64
@@ -62,6 +65,7 @@ type waitState struct {
 	id          uint64 // unique for the engine's life
 	done        func(Grant, error)
 	lockTimeout time.Duration // lock timeout of the grant, once granted
+	reply       string        // Request.Reply, kept for its record
 }
 
 // owner is one owner's grants and waits. It exists (is in Engine.owners)

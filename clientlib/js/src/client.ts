@@ -8,6 +8,7 @@ import {
   headers as newHeaders,
   type ConnectionOptions,
   type Msg,
+  type MsgHdrs,
   type NatsConnection,
   type Status,
   type Subscription,
@@ -31,6 +32,7 @@ import {
 } from "./errors.js";
 import { Lock, type Epoch, type LockHost } from "./lock.js";
 import { DEFAULT_PREFIX, formatOwner, lockSubject, lostSubject } from "./names.js";
+import { HEADER_OWNER, HEADER_SESSION, newSessionId, parseAttachReply, type AttachReply } from "./sessions.js";
 
 /** Options of a Client. */
 export interface ClientOptions {
@@ -46,9 +48,22 @@ export interface ClientOptions {
   cleanupTimeoutSeconds?: number;
   /**
    * The service runs with LDLM_NO_CLEAR_ON_DISCONNECT=true: a reconnect
-   * does not lose the held locks (give them a lock timeout).
+   * does not lose the held locks (give them a lock timeout). With sessions
+   * this matters only when no reply to the attach after a reconnect says
+   * which locks the service kept (a service older than sessions).
    */
   keepOnDisconnect?: boolean;
+  /**
+   * Send the Ldlm-Session header, an id made once per client, so that the
+   * client's locks belong to the client rather than to its NATS
+   * connection: when the NATS server cuts the connection (shutdown,
+   * restart) and the client reconnects within the service's
+   * LDLM_RECONNECT_GRACE (5 s), it re-attaches and keeps its locks (same
+   * key and token, still renewed) and its place in lock queues. Closing
+   * the connection still frees them at once. false: every lock belongs to
+   * the connection and is lost on any reconnect. Default true.
+   */
+  sessions?: boolean;
 }
 
 /** Options of one lock() call. */
@@ -89,6 +104,18 @@ interface LostNotice {
   reason: string;
 }
 
+/**
+ * A request that ends when its connection epoch ends, or (waiting locks,
+ * `instance` true) when another instance takes over. The attach after a
+ * reconnect may move a waiting lock's request to the new epoch instead.
+ */
+interface Watch {
+  epoch: Epoch;
+  instance: boolean;
+  key?: string; // of a lock request, which an attach reply names
+  interrupt?: () => void;
+}
+
 /** Why one request ended without a reply. */
 type Interrupt =
   | { kind: "aborted"; signal?: AbortSignal } // no signal: its connection or the serving instance changed
@@ -102,6 +129,7 @@ class Interrupted extends Error {
 }
 
 const encoder = new TextEncoder();
+const EMPTY = new Uint8Array(0);
 const decoder = new TextDecoder();
 
 /**
@@ -119,6 +147,12 @@ export class Client implements LockHost, AsyncDisposable {
   readonly #requestMs: number;
   readonly #cleanupMs: number;
   readonly #keepOnDisconnect: boolean;
+  // The session id sent in Ldlm-Session (undefined: sessions off);
+  // replaced when the service says it forgot it. #attached is the epoch
+  // whose attach was settled (or that needed none): until then, what
+  // earlier epochs held and waited for is neither kept nor lost.
+  #session: string | undefined;
+  #attached: Epoch | undefined;
 
   // Replies come to one wildcard subscription, matched by their last token:
   // cheaper than a subscription per request, and, unlike nc.request, it lets
@@ -128,7 +162,7 @@ export class Client implements LockHost, AsyncDisposable {
   readonly #pending = new Map<string, (m: Msg) => void>();
   // Requests that end when their connection epoch ends, or (waiting locks)
   // when another instance takes over: a set, cheaper than signal listeners.
-  readonly #interruptible = new Set<{ epoch: Epoch; instance: boolean; interrupt: () => void }>();
+  readonly #interruptible = new Set<Watch>();
   #seq = 0;
 
   readonly #instanceSub: Subscription;
@@ -173,6 +207,7 @@ export class Client implements LockHost, AsyncDisposable {
     this.#requestMs = seconds(options.requestTimeoutSeconds, 5) * 1000;
     this.#cleanupMs = seconds(options.cleanupTimeoutSeconds, 5) * 1000;
     this.#keepOnDisconnect = options.keepOnDisconnect ?? false;
+    this.#session = options.sessions === false ? undefined : newSessionId();
 
     const inboxPrefix = (nc as unknown as { options?: { inboxPrefix?: string } }).options?.inboxPrefix;
     this.#inbox = createInbox(inboxPrefix);
@@ -295,9 +330,11 @@ export class Client implements LockHost, AsyncDisposable {
     let lastNoService: LdlmError | undefined;
     for (let tries = 0; ; tries++) {
       if (tries > 0) {
-        // The first retry (a changed connection or instance) goes at once.
+        // The first retry (a changed connection or instance) goes at once;
+        // the last one at the end of the budget.
         const pause = tries === 1 ? 0 : Math.min(RETRY_FIRST_MS * 2 ** Math.min(tries - 2, 10), RETRY_MAX_MS);
-        await sleep(Math.min(pause, Math.max(0, budgetEnd - performance.now())), signal);
+        const end = budgetEnd === Infinity && noServiceSince ? noServiceSince + this.#requestMs : budgetEnd;
+        await sleep(Math.min(pause, Math.max(0, end - performance.now())), signal);
       }
       signal?.throwIfAborted(); // nothing sent by this try yet: nothing to clean up
       if (this.#closed) {
@@ -325,9 +362,11 @@ export class Client implements LockHost, AsyncDisposable {
       const key = req.key as string;
       const subject = lockSubject(this.prefix, op, name);
       const sentAt = performance.now();
+      const sent = ep.headers;
+      const watch: Watch = { epoch: ep, instance: op === "lock", key };
       let msg: Msg;
       try {
-        msg = await this.#call(subject, req, ep.owner, localTimeout, signal, { epoch: ep, instance: op === "lock" });
+        msg = await this.#call(subject, req, sent, localTimeout, signal, watch);
       } catch (e) {
         if (!(e instanceof Interrupted)) throw e;
         const why = e.why;
@@ -335,6 +374,12 @@ export class Client implements LockHost, AsyncDisposable {
         if (signal?.aborted) throw signal.reason;
         if (this.#closed) throw new ClientClosedError(`ldlm: ${op} ${JSON.stringify(name)}: client closed`, { lockName: name });
         if (why.kind === "aborted" && op === "lock") continue; // connection or instance changed: ask again
+        if (why.kind === "timeout" && op === "lock" && watch.epoch !== this.#cur) {
+          // A wait kept across a cut connection that no attach took over:
+          // no reply could come. As without sessions, the wait timeout is
+          // up (or, before it, ask again).
+          continue;
+        }
         if (why.kind === "timeout") {
           if (lastNoService) throw lastNoService; // the budget ran out while asking again
           throw new RequestTimeoutError(`ldlm: ${op} ${JSON.stringify(name)}: no reply from the lock service in time (withdrawn)`, { lockName: name });
@@ -361,11 +406,15 @@ export class Client implements LockHost, AsyncDisposable {
       if (reply.error?.code === "LockWaitTimeout") {
         return notObtained(name, errorFromReply(reply.error, name));
       }
+      if (reply.error?.code === "OwnerGone") {
+        // The service released our session: later requests use a new one.
+        this.#forgetSession(sent);
+      }
       if (reply.error?.code === "OwnerGone" && op === "lock") {
         // The service saw our connection close while we waited: once we
         // see it too, ask again over the new one.
         this.#refresh();
-        if (ep.ac.signal.aborted) {
+        if (watch.epoch.ac.signal.aborted) {
           tries = 0;
           continue;
         }
@@ -387,7 +436,7 @@ export class Client implements LockHost, AsyncDisposable {
         token: Number(reply.token ?? 0),
         size: Number(reply.size ?? size ?? 1),
         instance: typeof reply.instance === "string" ? reply.instance : "",
-        epoch: ep,
+        epoch: watch.epoch, // an attach may have moved the request to a later epoch
         lockTimeoutSeconds: lockTimeout,
         autoRenew: o.autoRenew ?? true,
         sentAt,
@@ -491,7 +540,7 @@ export class Client implements LockHost, AsyncDisposable {
       const left = end - performance.now();
       let msg: Msg;
       try {
-        msg = await this.#call(subject, body, this.#cur?.owner, Math.max(1, left));
+        msg = await this.#call(subject, body, this.#cur?.headers, Math.max(1, left));
       } catch (e) {
         if (e instanceof Interrupted && e.why.kind === "timeout") {
           if (unavailable) return unavailable; // the budget ran out while asking again
@@ -547,11 +596,11 @@ export class Client implements LockHost, AsyncDisposable {
    */
   #call(
     subject: string,
-    body: Record<string, unknown>,
-    owner: string | undefined,
+    body: Record<string, unknown> | undefined,
+    headers: MsgHdrs | undefined,
     timeoutMs: number | undefined,
     signal?: AbortSignal,
-    watch?: { epoch: Epoch; instance: boolean },
+    watch?: Watch,
   ): Promise<Msg> {
     return new Promise<Msg>((resolve, reject) => {
       if (signal?.aborted || watch?.epoch.ac.signal.aborted) {
@@ -564,13 +613,15 @@ export class Client implements LockHost, AsyncDisposable {
         done();
         reject(new Interrupted({ kind: "aborted", signal }));
       };
-      const entry = watch && {
-        ...watch,
-        interrupt: () => {
+      // The entry is watch itself, so that the caller sees the epoch an
+      // attach moved it to.
+      const entry = watch;
+      if (entry) {
+        entry.interrupt = () => {
           done();
           reject(new Interrupted({ kind: "aborted" }));
-        },
-      };
+        };
+      }
       const done = () => {
         this.#pending.delete(token);
         if (timer !== undefined) clearTimeout(timer);
@@ -590,9 +641,8 @@ export class Client implements LockHost, AsyncDisposable {
       signal?.addEventListener("abort", onAbort, { once: true });
       if (entry) this.#interruptible.add(entry);
       try {
-        const h = newHeaders();
-        if (owner !== undefined) h.set("Ldlm-Owner", owner);
-        this.nc.publish(subject, encoder.encode(JSON.stringify(body)), { reply: `${this.#inbox}.${token}`, headers: h });
+        const payload = body === undefined ? EMPTY : encoder.encode(JSON.stringify(body));
+        this.nc.publish(subject, payload, { reply: `${this.#inbox}.${token}`, headers });
       } catch (e) {
         done();
         reject(new Interrupted({ kind: "closed", error: e }));
@@ -641,26 +691,183 @@ export class Client implements LockHost, AsyncDisposable {
     let lost: Lock[] = [];
     const cur = this.#cur;
     if (cur !== undefined && (!up || owner !== cur.owner || this.#closed)) {
+      // With a session, the service keeps the epoch's grants and waits for
+      // a while: its waiting lock requests go on waiting for their reply
+      // (on the same inbox, which nats.js keeps across a reconnect), and
+      // the next epoch's attach decides about them and the held locks.
+      const survives = cur.session !== undefined && !this.#closed && !this.nc.isClosed();
       cur.ac.abort(new ConnectionLostError("ldlm: the NATS connection changed"));
       for (const e of [...this.#interruptible]) {
-        if (e.epoch === cur) e.interrupt();
+        if (e.epoch === cur && !(survives && e.instance)) e.interrupt?.();
       }
-      if (!this.#keepOnDisconnect && !this.#closed) {
+      if (!survives && !this.#keepOnDisconnect && !this.#closed) {
         lost = [...this.#held].filter((l) => l.epoch === cur);
       }
       this.#cur = undefined;
       this.#changed.resolve();
       this.#changed = deferred();
     }
+    if (this.#closed) {
+      for (const e of [...this.#interruptible]) e.interrupt?.(); // also those an attach was to judge
+    }
+    if (this.#cur === undefined && this.nc.isClosed()) {
+      // No reconnect will come: what the session kept for an attach is lost.
+      this.#settle(undefined, undefined);
+    }
     if (this.#cur === undefined && up && !this.#closed) {
-      this.#cur = { owner, ac: new AbortController() };
+      const session = owner !== undefined ? this.#session : undefined;
+      const ep: Epoch = { owner, ac: new AbortController(), session, headers: epochHeaders(owner, session) };
+      const first = this.#attached === undefined;
+      this.#cur = ep;
       this.#changed.resolve();
       this.#changed = deferred();
+      if (first || session === undefined) {
+        this.#settle(ep, undefined); // nothing to attach, or no session: as before
+      } else {
+        void this.#reattach(ep);
+      }
     }
     for (const l of lost) {
       l.lose("connection-lost", "the NATS connection it was granted over dropped or reconnected");
     }
     this.#dropLostSubs();
+  }
+
+  // --- sessions (docs/protocol.md, "Sessions") ---
+
+  /**
+   * Sends the session's attach over ep, a connection that replaced
+   * another, and settles with its reply what earlier epochs held and
+   * waited for.
+   */
+  async #reattach(ep: Epoch): Promise<void> {
+    let reply: AttachReply | undefined;
+    try {
+      reply = await this.#askAttach(ep);
+    } catch {
+      reply = undefined; // an unreadable reply: as if none came
+    }
+    this.#settle(ep, reply);
+  }
+
+  /**
+   * Sends PREFIX.attach over ep until it is answered, within the request
+   * timeout, asking again while no service answers or it is stopping (a
+   * restarted service may not be subscribed yet). Undefined when no usable
+   * answer came: a service older than sessions does not answer attach.
+   */
+  async #askAttach(ep: Epoch): Promise<AttachReply | undefined> {
+    const subject = `${this.prefix}.attach`;
+    const end = performance.now() + this.#requestMs;
+    for (let tries = 0; ; tries++) {
+      if (this.#closed || this.#cur !== ep) return undefined; // another connection attaches for itself
+      const left = end - performance.now();
+      if (left <= 0) return undefined;
+      let msg: Msg;
+      try {
+        // ep's signal aborts when ep ends (another reconnect, close()): the
+        // attach is then moot, and leaves no timer behind.
+        msg = await this.#call(subject, undefined, ep.headers, Math.max(1, left), ep.ac.signal);
+      } catch {
+        return undefined; // no reply in time, ep ended, or the connection closed
+      }
+      if (!isNoResponders(msg)) {
+        const reply = parseAttachReply(msg.data);
+        if (reply.error === undefined && reply.attached) return reply;
+        if (reply.error?.code !== "Unavailable") return undefined;
+      }
+      const pause = Math.min(RETRY_FIRST_MS * 2 ** Math.min(tries, 10), RETRY_MAX_MS);
+      if (performance.now() + pause >= end) return undefined;
+      await sleep(pause);
+    }
+  }
+
+  /**
+   * Decides, for the current epoch ep, about the locks and lock requests
+   * of earlier epochs, from the attach reply (undefined: none came, or none
+   * was sent; then as without sessions). A listed lock stays held and a
+   * listed wait keeps waiting for its reply, both now of ep; the others
+   * are lost, or interrupted to be asked again. With ep undefined (the
+   * connection closed for good) everything of earlier epochs ends.
+   */
+  #settle(ep: Epoch | undefined, reply: AttachReply | undefined): void {
+    if (this.#closed || this.#cur !== ep) return; // a later connection settles for itself
+    if (ep !== undefined) this.#attached = ep;
+    const held = new Map<string, string>(); // key → name
+    const waiting = new Set<string>();
+    for (const h of reply?.held ?? []) {
+      held.set(h.key, h.name);
+      waiting.add(h.key); // a wait granted meanwhile: its reply is on the way
+    }
+    for (const w of reply?.waiting ?? []) waiting.add(w.key);
+    const released: Lock[] = [];
+    const lost: Lock[] = [];
+    for (const l of this.#held) {
+      if (l.epoch === ep) continue;
+      if (reply !== undefined && held.get(l.key) === l.name) {
+        l.epoch = ep;
+      } else if (reply !== undefined) {
+        released.push(l);
+      } else if (!this.#keepOnDisconnect) {
+        lost.push(l);
+      }
+    }
+    for (const e of [...this.#interruptible]) {
+      if (e.epoch === ep) continue;
+      if (reply !== undefined && ep !== undefined && e.instance && e.key !== undefined && waiting.has(e.key)) {
+        e.epoch = ep;
+      } else {
+        e.interrupt?.();
+      }
+    }
+    if (reply !== undefined && !reply.resumed) this.#newSession();
+    for (const l of released) {
+      l.lose("connection-lost", "released while disconnected: the lock service released it while the client was reconnecting");
+    }
+    for (const l of lost) {
+      l.lose("connection-lost", "the NATS connection it was granted over dropped or reconnected");
+    }
+    this.#dropLostSubs();
+  }
+
+  /**
+   * Whether a grant made over ep, which is not the current epoch, may
+   * still be kept: ep carried the session, and the current connection's
+   * attach has not settled yet (it will judge the grant).
+   */
+  #unsettled(ep: Epoch | undefined): boolean {
+    return ep?.session !== undefined && (this.#cur === undefined || this.#attached !== this.#cur);
+  }
+
+  /** Replaces the session id: the service forgot the old one (and refuses it for a while). */
+  #newSession(): void {
+    if (this.#session === undefined) return;
+    this.#session = newSessionId();
+    const cur = this.#cur;
+    if (cur !== undefined && cur.owner !== undefined) {
+      cur.session = this.#session;
+      cur.headers = epochHeaders(cur.owner, cur.session);
+    }
+  }
+
+  /**
+   * An OwnerGone reply to a request sent with headers: if they carried the
+   * current session, the service released it; later requests use a new one.
+   */
+  #forgetSession(headers: MsgHdrs | undefined): void {
+    if (this.#session !== undefined && headers?.get(HEADER_SESSION) === this.#session) {
+      this.#newSession();
+    }
+  }
+
+  /** @internal for tests: the session id sent now (undefined: sessions off). */
+  get sessionId(): string | undefined {
+    return this.#session;
+  }
+
+  /** @internal for tests: whether the current connection's attach (or its first connect) is settled. */
+  get attachSettled(): boolean {
+    return this.#cur !== undefined && this.#attached === this.#cur;
   }
 
   /** The current epoch; lock() waits for the connection to come back, within its budget. */
@@ -773,7 +980,7 @@ export class Client implements LockHost, AsyncDisposable {
 
   #wakeWaits(): void {
     for (const e of [...this.#interruptible]) {
-      if (e.instance) e.interrupt();
+      if (e.instance) e.interrupt?.();
     }
   }
 
@@ -785,7 +992,7 @@ export class Client implements LockHost, AsyncDisposable {
   #register(lock: Lock): LockLostError | undefined {
     const { up, owner } = this.#connState();
     if (this.#closed) return new LockLostError(lock.name, "connection-lost", "the client was closed");
-    if (!this.#keepOnDisconnect && (this.#cur !== lock.epoch || !up || owner !== lock.epoch?.owner)) {
+    if (!this.#keepOnDisconnect && (this.#cur !== lock.epoch || !up || owner !== lock.epoch?.owner) && !this.#unsettled(lock.epoch)) {
       return new LockLostError(lock.name, "connection-lost", "the connection changed while the reply came");
     }
     if (lock.instance !== "" && this.#goneInstances.includes(lock.instance)) {
@@ -804,6 +1011,15 @@ export class Client implements LockHost, AsyncDisposable {
 }
 
 // --- helpers ---
+
+/** The headers of an epoch's requests: built once per connection (and session). */
+function epochHeaders(owner: string | undefined, session: string | undefined): MsgHdrs | undefined {
+  if (owner === undefined) return undefined; // a session needs an owner: the service refuses it alone
+  const h = newHeaders();
+  h.set(HEADER_OWNER, owner);
+  if (session !== undefined) h.set(HEADER_SESSION, session);
+  return h;
+}
 
 async function run<T>(lock: Lock, fn: (lock: Lock) => Promise<T> | T): Promise<T> {
   let result: T;

@@ -5,3 +5,4 @@ export { Client, type ClientOptions, type LockOptions, type TryLockOptions } fro
 export { Lock } from "./lock.js";
 export * from "./errors.js";
 export { DEFAULT_PREFIX, encodeName, formatOwner, isPlainName, lockSubject, lostSubject } from "./names.js";
+export { HEADER_OWNER, HEADER_SESSION, isSessionId, newSessionId, parseAttachReply, type AttachReply, type AttachedHeld, type AttachedWait } from "./sessions.js";

@@ -1,5 +1,7 @@
 // Lock: one grant (or the result of not getting one), with its renewals.
 
+import type { MsgHdrs } from "@nats-io/nats-core";
+
 import { LdlmError, LockLostError, type LostReason } from "./errors.js";
 
 /** What a Lock needs from its Client (kept narrow so the two stay apart). */
@@ -18,6 +20,13 @@ export interface LockHost {
 /** The connection a lock was granted over (its owner identity at the service). */
 export interface Epoch {
   readonly owner: string | undefined;
+  /** The session its requests carry (undefined: none); replaced when the service forgot it. */
+  session: string | undefined;
+  /**
+   * Ldlm-Owner and, with a session, Ldlm-Session: built once and sent as
+   * they are by every request of the epoch; replaced, never modified.
+   */
+  headers: MsgHdrs | undefined;
   /** Aborted when the connection drops or reconnects as another client. */
   readonly ac: AbortController;
 }
@@ -63,8 +72,11 @@ export class Lock implements AsyncDisposable {
   /** The id of the service instance that made the grant. */
   readonly instance: string;
 
-  /** @internal the connection it was granted over */
-  readonly epoch: Epoch | undefined;
+  /**
+   * @internal the connection it was granted over, or the later one whose
+   * attach said the session still holds it
+   */
+  epoch: Epoch | undefined;
 
   readonly #host: LockHost | undefined;
   #ac: AbortController | undefined; // made when signal is first read, or at the loss

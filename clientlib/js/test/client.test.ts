@@ -80,14 +80,22 @@ describe("client", () => {
     assert.equal(keys.size, 20);
   });
 
-  test("the owner header names this connection", async () => {
+  test("the owner header names this connection; with sessions the lock is the session's", async () => {
     const name = uniqueName();
     const lock = await client.lock(name);
-    const info = client.nc.info!;
-    const want = `${info.server_id}:${info.client_id}`;
-    const listed = (await adminList(admin)).find((l) => l.name === name);
-    assert.equal(listed?.holders?.[0]?.owner, want);
+    let listed = (await adminList(admin)).find((l) => l.name === name);
+    assert.equal(listed?.holders?.[0]?.owner, `session:${client.sessionId!.slice(0, 8)}`);
     await lock.unlock();
+    const off = await newClient(server.url, { sessions: false });
+    try {
+      const l = await off.lock(name);
+      const info = off.nc.info!;
+      listed = (await adminList(admin)).find((l) => l.name === name);
+      assert.equal(listed?.holders?.[0]?.owner, `${info.server_id}:${info.client_id}`);
+      await l.unlock();
+    } finally {
+      await off.close();
+    }
   });
 
   test("names that cannot be a subject travel encoded", async () => {

@@ -3,7 +3,7 @@
 // port. Every wait is bounded by a deadline; nothing asserts on timing.
 
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, openSync, readFileSync, existsSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -203,4 +203,133 @@ export async function adminUnlock(nc: NatsConnection, name: string): Promise<unk
 
 export function fileExists(p: string): boolean {
   return existsSync(p);
+}
+
+// --- a NATS cluster (tests of sessions) ---
+
+/**
+ * The lock service's reconnect grace in the cluster tests: the default.
+ * A client whose connection is younger than its reconnect wait (2 s) waits
+ * that long before it dials again, so a much shorter grace would make a
+ * test's fresh client late.
+ */
+export const CLUSTER_GRACE_SECONDS = 5;
+
+let builtNatsServer: string | undefined;
+
+/** nats-server: NATS_SERVER_BINARY, or one built with go from the repository's Go module (the pinned version). */
+export function natsServerBinary(): string {
+  if (process.env.NATS_SERVER_BINARY) return process.env.NATS_SERVER_BINARY;
+  if (builtNatsServer) return builtNatsServer;
+  const out = join(mkdtempSync(join(tmpdir(), "ldlm-js-bin-")), "nats-server");
+  const res = spawnSync("go", ["build", "-o", out, "github.com/nats-io/nats-server/v2"], { cwd: REPO_ROOT, encoding: "utf8", timeout: 1_200_000 });
+  if (res.status !== 0) {
+    throw new Error(`go build nats-server failed:\n${res.stdout}\n${res.stderr}\n${res.error ?? ""}`);
+  }
+  builtNatsServer = out;
+  return out;
+}
+
+/**
+ * A NATS cluster of nats-server processes (an application account, the
+ * default for clients without credentials, and a system account), with
+ * the lock service on member 0 in external mode unless told otherwise.
+ */
+export class Cluster {
+  readonly members: Server[] = [];
+  service: Server | undefined;
+
+  private constructor(readonly dir: string) {}
+
+  static async start(options: { service?: boolean; size?: number } = {}): Promise<Cluster> {
+    const c = new Cluster(mkdtempSync(join(tmpdir(), "ldlm-js-cluster-")));
+    try {
+      await c.#start(options.size ?? 2, options.service ?? true);
+    } catch (e) {
+      await c.close();
+      throw e;
+    }
+    return c;
+  }
+
+  async #start(size: number, service: boolean): Promise<void> {
+    const ports: number[] = [];
+    const clusterPorts: number[] = [];
+    for (let i = 0; i < size; i++) {
+      ports.push(await freePort());
+      clusterPorts.push(await freePort());
+    }
+    const routes = clusterPorts.map((p) => `nats-route://127.0.0.1:${p}`).join(", ");
+    const binary = natsServerBinary();
+    for (let i = 0; i < size; i++) {
+      const conf = join(this.dir, `m${i}.conf`);
+      writeFileSync(
+        conf,
+        `server_name: m${i}
+listen: 127.0.0.1:${ports[i]}
+cluster { name: ldlmtest, listen: 127.0.0.1:${clusterPorts[i]}, routes: [${routes}] }
+accounts {
+  SYS { users [{user: sys, password: sys}] }
+  APP { users [{user: app, password: app}] }
+}
+system_account: SYS
+no_auth_user: app
+`,
+      );
+      const logPath = join(this.dir, `m${i}.log`);
+      const fd = openSync(logPath, "w");
+      const proc = spawn(binary, ["-c", conf], { stdio: ["ignore", fd, fd] });
+      this.members.push(new Server(`nats://127.0.0.1:${ports[i]}`, ports[i], proc, logPath));
+    }
+    const end = performance.now() + START_DEADLINE_MS;
+    for (const m of this.members) {
+      while (!(await portOpen(m.port))) {
+        if (performance.now() > end || m.proc.exitCode !== null) throw new Error(`nats-server did not start:\n${m.log()}`);
+        await sleep(50);
+      }
+    }
+    if (!service) return;
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(process.env)) {
+      if (!k.startsWith("LDLM_") && v !== undefined) env[k] = v;
+    }
+    Object.assign(env, {
+      LDLM_NATS_URL: this.members[0].url,
+      LDLM_SYSTEM_USER: "sys",
+      LDLM_SYSTEM_PASSWORD: "sys",
+      LDLM_RECONNECT_GRACE: `${CLUSTER_GRACE_SECONDS}s`,
+      LDLM_LOG_LEVEL: "debug",
+    });
+    const logPath = join(this.dir, "ldlm.log");
+    const fd = openSync(logPath, "w");
+    const proc = spawn(ldlmBinary(), [], { env, stdio: ["ignore", fd, fd] });
+    this.service = new Server(this.members[0].url, this.members[0].port, proc, logPath);
+    // The service answers a client of every member once its subscriptions
+    // crossed the routes.
+    for (const m of this.members) {
+      await waitService(new Server(m.url, m.port, proc, logPath), end);
+    }
+    // It announces its start (PREFIX.instance.started) only after it
+    // answers: a client that hears it then asks its waits again (the
+    // instance may have replaced another). Wait for the announcement to be
+    // out (it is logged after), so that the tests' clients, made later, do
+    // not hear it.
+    await poll(() => readFileSync(logPath, "utf8").includes("lock service ready"), Math.max(1, end - performance.now()), "the service's start");
+  }
+
+  /** Shuts member i down (SIGTERM: the server closes its clients' connections itself). */
+  async stopMember(i: number): Promise<void> {
+    await this.members[i].stop();
+  }
+
+  async close(): Promise<void> {
+    await this.service?.stop();
+    for (const m of this.members) await m.stop();
+  }
+}
+
+/** The servers nc may reconnect to, as nats.js knows them (given and learnt from the cluster). */
+export function knownServers(nc: NatsConnection): number {
+  const servers = (nc as unknown as { protocol?: { servers?: { getServers?: () => unknown[] } } }).protocol?.servers?.getServers?.();
+  return servers?.length ?? 0;
 }

@@ -15,10 +15,26 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 import { connect } from "@nats-io/transport-node";
-import type { Msg, NatsConnection } from "@nats-io/nats-core";
-import { Client, ERRORS_BY_CODE, LdlmError, LockLostError, encodeName, formatOwner, lockSubject, lostSubject, type Lock } from "@ldlm/client";
+import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core";
+import { headers } from "@nats-io/nats-core";
+import {
+  Client,
+  ERRORS_BY_CODE,
+  HEADER_OWNER,
+  HEADER_SESSION,
+  LdlmError,
+  LockLostError,
+  encodeName,
+  formatOwner,
+  isSessionId,
+  lockSubject,
+  lostSubject,
+  newSessionId,
+  parseAttachReply,
+  type Lock,
+} from "@ldlm/client";
 import * as ldlm from "@ldlm/client";
-import { REPO_ROOT, newClient, startServer, uniqueName, within, type Server } from "./helpers.js";
+import { Cluster, REPO_ROOT, knownServers, newClient, poll, startServer, uniqueName, within, type Server } from "./helpers.js";
 
 const PATH = process.env.LDLM_WIRE_VECTORS || join(REPO_ROOT, "subjects", "testdata", "wire-vectors.json");
 
@@ -123,6 +139,141 @@ if (vectors === undefined) {
         if (r.locked) await raw.request(`ldlm.unlock.${name}`, JSON.stringify({ key: r.key }), { timeout: 10_000 });
       }
     });
+
+    test("session headers: the client's rule and the service's answers", async () => {
+      const cases = vectors.session_headers as Case[];
+      assert.ok(cases.length > 0);
+      const owner = formatOwner(raw.info!.server_id, raw.info!.client_id);
+      for (const c of cases) {
+        const valid = c.expect.error === undefined;
+        assert.equal(isSessionId(c.header), valid, c.name);
+        if (valid) assert.equal(c.expect.session, c.header, c.name);
+        // Sent as the clients send it: with the owner of the sending connection.
+        const h = headers();
+        h.set(HEADER_OWNER, owner);
+        h.set(HEADER_SESSION, c.header);
+        const name = uniqueName("vec");
+        const m = await raw.request(`ldlm.trylock.${name}`, "", { timeout: 10_000, headers: h });
+        const r = m.json<{ locked?: boolean; key?: string; error?: { code: string } }>();
+        assert.equal(r.error?.code, c.expect.error, `${c.name}: ${JSON.stringify(r)}`);
+        if (valid) {
+          assert.ok(r.locked, c.name);
+          const u = await raw.request(`ldlm.unlock.${name}`, JSON.stringify({ key: r.key }), { timeout: 10_000, headers: h });
+          assert.ok(u.json<{ unlocked?: boolean }>().unlocked, c.name);
+        }
+      }
+      const made = new Set(Array.from({ length: 100 }, () => newSessionId()));
+      assert.equal(made.size, 100);
+      for (const s of made) assert.ok(isSessionId(s) && /^[0-9a-f]{32}$/.test(s), s);
+    });
+
+    test("attach replies: decoded", () => {
+      const cases = vectors.attach_replies as Case[];
+      assert.ok(cases.length > 0);
+      for (const c of cases) {
+        const r = parseAttachReply(c.body);
+        assert.equal(r.error?.code, c.expect.error, c.name);
+        for (const [field, value] of Object.entries((c.expect.fields ?? {}) as Record<string, unknown>)) {
+          assert.deepEqual((r as unknown as Record<string, unknown>)[field], value, `${c.name}: ${field}`);
+        }
+      }
+    });
+
+    // After its server shut down, the client (reconnected to the other
+    // member of a cluster) gets the case's attach reply from a stand-in
+    // service, with the case's keys standing for the client's own: a held
+    // lock it lists stays held, a wait it lists keeps waiting for the reply
+    // to the request already sent; the others are lost, or withdrawn and
+    // asked again; resumed=false makes a new session id; an error reply is
+    // as no reply (as before sessions).
+    for (const ac of (vectors.attach_replies ?? []) as Case[]) {
+      test(`attach reply played: ${ac.name}`, async () => {
+        const fields = ac.expect.fields ?? {};
+        const ok = ac.expect.error === undefined && fields.attached === true;
+        const keptNames = new Set<string>(ok ? (fields.held ?? []).map((h: { name: string }) => h.name) : []);
+        const waitingNames = new Set<string>(ok ? (fields.waiting ?? []).map((w: { name: string }) => w.name) : []);
+        const cluster = await Cluster.start({ service: false });
+        let svc: NatsConnection | undefined;
+        let c: Client | undefined;
+        try {
+          const seen: { op: string; body: Record<string, string>; h: Record<string, string | undefined> }[] = [];
+          const parked: Msg[] = [];
+          const keys: Record<string, string> = {};
+          svc = await connect({ servers: cluster.members[0].url });
+          svc.subscribe("att.>", {
+            callback: (_e, m) => {
+              const [, op, name] = m.subject.split(".");
+              const body = m.data.length ? m.json<Record<string, string>>() : {};
+              seen.push({ op, body, h: { owner: m.headers?.get(HEADER_OWNER), session: m.headers?.get(HEADER_SESSION) || undefined } });
+              if (op === "attach") {
+                const reply = JSON.parse(ac.body);
+                for (const e of [...(reply.held ?? []), ...(reply.waiting ?? [])]) e.key = keys[e.name];
+                m.respond(JSON.stringify(reply));
+              } else if (op === "trylock") {
+                m.respond(JSON.stringify({ locked: true, name, key: body.key, token: 1 }));
+              } else if (op === "lock") {
+                parked.push(m);
+              } else if (op === "unlock") {
+                m.respond(JSON.stringify({ unlocked: true, name }));
+              }
+            },
+          });
+          await svc.flush();
+          c = await Client.connect({ servers: cluster.members[1].url, maxReconnectAttempts: -1 }, { prefix: "att" });
+          const client = c;
+          await poll(() => knownServers(client.nc) > 1, 30_000, "the client learnt member 0");
+          const held = await client.tryLock("job");
+          assert.ok(held.locked);
+          const ac2 = new AbortController();
+          const queue = client.lock("queue", { signal: ac2.signal });
+          queue.catch(() => undefined);
+          await poll(() => parked.length > 0, 30_000, "the lock request parked");
+          keys.job = held.key;
+          keys.queue = parked[0].json<{ key: string }>().key;
+          const session = client.sessionId;
+          const before = client.nc.info?.server_id;
+          const owner = `${client.nc.info!.server_id}:${client.nc.info!.client_id}`;
+          await cluster.stopMember(1);
+          await poll(() => client.attachSettled && client.nc.info?.server_id !== before, 30_000, "the client reconnected and attached");
+
+          const attach = seen.filter((s) => s.op === "attach");
+          assert.equal(attach.length, 1);
+          assert.deepEqual(attach[0].body, {});
+          assert.equal(attach[0].h.session, session);
+          const newOwner = `${client.nc.info!.server_id}:${client.nc.info!.client_id}`;
+          assert.ok(attach[0].h.owner === newOwner && newOwner !== owner, `${attach[0].h.owner} ${owner}`);
+
+          if (keptNames.has("job")) {
+            assert.ok(held.locked && held.token === 1, String(held.lostError));
+          } else {
+            assert.equal(held.locked, false);
+            assert.equal(held.lostError?.reason, "connection-lost");
+            if (ok) assert.match(held.lostError!.message, /released while disconnected/);
+          }
+          const locks = () => seen.filter((s) => s.op === "lock");
+          if (waitingNames.has("queue")) {
+            assert.equal(locks().length, 1, "a listed wait was asked again");
+            parked[0].respond(JSON.stringify({ locked: true, name: "queue", key: keys.queue, token: 7 }));
+            const got = await within(queue, 30_000, "the kept wait's grant");
+            assert.ok(got.locked && got.token === 7 && got.key === keys.queue);
+          } else {
+            await poll(() => locks().length === 2, 30_000, "the wait withdrawn and asked again");
+            assert.ok(seen.some((s) => s.op === "unlock" && s.body.key === keys.queue), "not withdrawn");
+            ac2.abort();
+          }
+          if (ok && JSON.parse(ac.body).resumed !== true) {
+            assert.ok(client.sessionId !== session && /^[0-9a-f]{32}$/.test(client.sessionId!));
+          } else {
+            assert.equal(client.sessionId, session);
+          }
+          assert.equal(locks()[locks().length - 1].h.session, client.sessionId);
+        } finally {
+          await c?.close();
+          await svc?.close();
+          await cluster.close();
+        }
+      });
+    }
 
     describe("replies and notices, through the client", () => {
       // A stand-in service on prefix "vec": answers the case's op with the
@@ -268,6 +419,83 @@ if (vectors === undefined) {
           } finally {
             answer = () => undefined;
             await c.close();
+          }
+        });
+      }
+    });
+
+    describe("no service, through the client", () => {
+      // Each case on a prefix of its own, where a stand-in service
+      // subscribes only when the case says: before that, every request
+      // finds no responders.
+      let n = 0;
+      for (const nc of vectors.no_service as Case[]) {
+        test(`no service: ${nc.name}`, async () => {
+          const prefix = `nosvc${n++}`;
+          const svc = await connect({ servers: server.url });
+          let asked = 0;
+          const subs: Subscription[] = [];
+          const listen = async () => {
+            subs.push(
+              svc.subscribe(`${prefix}.>`, {
+                callback: (_e, m) => {
+                  const op = m.subject.split(".")[1];
+                  if (op === nc.op && nc.every_reply !== null) {
+                    asked++;
+                    m.respond(nc.every_reply);
+                  } else {
+                    m.respond(op === "unlock" ? '{"unlocked":true,"name":"job"}' : '{"locked":true,"name":"job","key":"k1","token":17,"size":1,"instance":"I1"}');
+                  }
+                },
+              }),
+            );
+            await svc.flush();
+          };
+          const c = await Client.connect({ servers: server.url }, { prefix, requestTimeoutSeconds: nc.request_timeout_seconds ?? 0.5 });
+          let later: ReturnType<typeof setTimeout> | undefined;
+          try {
+            let held: Lock | undefined;
+            if (nc.op === "unlock" || nc.op === "renew") {
+              await listen();
+              held = await c.tryLock("job", { lockTimeoutSeconds: 60, autoRenew: false });
+              assert.ok(held.locked, "the lock held first");
+              subs.pop()!.unsubscribe();
+              await svc.flush();
+            }
+            if (nc.every_reply !== null) await listen();
+            if (nc.answers_after_seconds !== undefined) {
+              later = setTimeout(() => void listen(), nc.answers_after_seconds * 1000);
+            }
+            const act = async (): Promise<Lock | void> => {
+              if (nc.op === "lock") return c.lock("job", nc.wait_timeout_seconds === undefined ? {} : { waitTimeoutSeconds: nc.wait_timeout_seconds });
+              if (nc.op === "trylock") return c.tryLock("job");
+              if (nc.op === "unlock") return held!.unlock();
+              return held!.renew(60);
+            };
+            const want = nc.expect.client;
+            switch (want.outcome) {
+              case "error": {
+                const e = await within(act().catch((err: unknown) => err), 60_000, nc.op);
+                assert.ok(e instanceof tsClass(want.error_names.ts), String(e));
+                if (nc.every_reply !== null) assert.ok(asked >= 2, `asked again (${asked} times)`);
+                break;
+              }
+              case "granted": {
+                const l = (await within(act(), 60_000, nc.op)) as Lock;
+                assert.ok(l.locked, "granted once the service answers");
+                break;
+              }
+              case "unlocked":
+              case "renewed":
+                await within(act(), 60_000, nc.op);
+                break;
+              default:
+                assert.fail(`unknown outcome ${want.outcome}`);
+            }
+          } finally {
+            clearTimeout(later);
+            await c.close();
+            await svc.close();
           }
         });
       }

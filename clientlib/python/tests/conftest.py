@@ -3,6 +3,8 @@
 
 Environment knobs:
   LDLM_BINARY      use this ldlm binary instead of building one
+  NATS_SERVER_BINARY  use this nats-server (for the cluster tests) instead of
+                   building one from the repository's Go module
   LDLM_TEST_KEEP   keep the server log directory (its path is printed)
 """
 
@@ -83,12 +85,14 @@ def ldlm_binary(tmp_path_factory) -> Path:
     return out
 
 
-def _server_env(port: int) -> dict:
+def _server_env(port: Optional[int], extra: Optional[dict] = None) -> dict:
     # Only our settings: an LDLM_* variable of the caller's environment (say
     # LDLM_NATS_URL) must not point the test server elsewhere.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LDLM_")}
-    env["LDLM_EMBEDDED_LISTEN"] = f"127.0.0.1:{port}"
+    if port is not None:
+        env["LDLM_EMBEDDED_LISTEN"] = f"127.0.0.1:{port}"
     env["LDLM_LOG_LEVEL"] = "debug"
+    env.update(extra or {})
     return env
 
 
@@ -122,10 +126,10 @@ def _wait_service(server: Server, deadline: float) -> None:
         client.close()
 
 
-def start_server(binary: Path, logdir: Path, port: Optional[int] = None) -> Server:
+def start_server(binary: Path, logdir: Path, port: Optional[int] = None, env: Optional[dict] = None) -> Server:
     """Start `ldlm` (embedded NATS + lock service) and wait until the lock
     service answers. With port None, a free port is picked (retrying if it
-    is taken meanwhile)."""
+    is taken meanwhile). env: more LDLM_* settings."""
     server = None
     for attempt in range(3):
         p = port or free_port()
@@ -133,7 +137,7 @@ def start_server(binary: Path, logdir: Path, port: Optional[int] = None) -> Serv
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(
                 [str(binary)],
-                env=_server_env(p),
+                env=_server_env(p, env),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -185,8 +189,8 @@ def own_server(ldlm_binary, tmp_path):
     """start() -> a Server of this test alone (stopped at the end)."""
     servers: list[Server] = []
 
-    def start(port: Optional[int] = None) -> Server:
-        server = start_server(ldlm_binary, tmp_path, port)
+    def start(port: Optional[int] = None, env: Optional[dict] = None) -> Server:
+        server = start_server(ldlm_binary, tmp_path, port, env)
         servers.append(server)
         return server
 
@@ -236,3 +240,134 @@ def python_env() -> dict:
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# -- a NATS cluster (tests of sessions) ----------------------------------------
+
+#: the lock service's reconnect grace in the cluster tests: the default.
+#: nats-py reconnects to another member at once when its connection is more
+#: than reconnect_time_wait (2 s) old, but a test's connection is younger:
+#: nats-py then sleeps those 2 s before it tries again (it retries the lost
+#: server first), so a grace much shorter than 5 s would make it late.
+CLUSTER_GRACE_SECONDS = 5.0
+
+
+@pytest.fixture(scope="session")
+def nats_server_binary(tmp_path_factory) -> Path:
+    given = os.environ.get("NATS_SERVER_BINARY")
+    if given:
+        return Path(given)
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("go is needed to build nats-server (or set NATS_SERVER_BINARY)")
+    out = tmp_path_factory.mktemp("bin") / "nats-server"
+    # The version the repository's go.mod pins (the one embedded in ldlm).
+    res = subprocess.run(
+        [go, "build", "-o", str(out), "github.com/nats-io/nats-server/v2"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+    )
+    if res.returncode != 0:
+        pytest.fail(f"go build nats-server failed:\n{res.stdout}\n{res.stderr}")
+    return out
+
+
+class Cluster:
+    """A NATS cluster of nats-server processes (an application account, the
+    default for clients without credentials, and a system account), and
+    optionally the lock service on member 0 in external mode."""
+
+    def __init__(self, nats_server: Path, ldlm_binary: Optional[Path], logdir: Path, size: int = 2):
+        self.logdir = logdir
+        self.ports = [free_port() for _ in range(size)]
+        cluster_ports = [free_port() for _ in range(size)]
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in cluster_ports)
+        self.members: list[Server] = []
+        self.service: Optional[Server] = None
+        for i, (port, cport) in enumerate(zip(self.ports, cluster_ports)):
+            conf = logdir / f"m{i}.conf"
+            conf.write_text(
+                f"""server_name: m{i}
+listen: 127.0.0.1:{port}
+cluster {{ name: ldlmtest, listen: 127.0.0.1:{cport}, routes: [{routes}] }}
+accounts {{
+  SYS {{ users [{{user: sys, password: sys}}] }}
+  APP {{ users [{{user: app, password: app}}] }}
+}}
+system_account: SYS
+no_auth_user: app
+"""
+            )
+            log_path = logdir / f"m{i}.log"
+            with open(log_path, "wb") as logf:
+                proc = subprocess.Popen(
+                    [str(nats_server), "-c", str(conf)], stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
+            member = Server(f"nats://127.0.0.1:{port}", port, proc, log_path)
+            self.members.append(member)
+        deadline = time.monotonic() + START_DEADLINE
+        for member in self.members:
+            if not _wait_port(member, deadline):
+                self.close()
+                raise AssertionError(f"nats-server did not start:\n{member.log()}")
+        if ldlm_binary is not None:
+            self._start_service(ldlm_binary, deadline)
+
+    def _start_service(self, binary: Path, deadline: float) -> None:
+        url = self.members[0].url
+        env = _server_env(
+            None,
+            {
+                "LDLM_NATS_URL": url,
+                "LDLM_SYSTEM_USER": "sys",
+                "LDLM_SYSTEM_PASSWORD": "sys",
+                "LDLM_RECONNECT_GRACE": f"{CLUSTER_GRACE_SECONDS}s",
+            },
+        )
+        log_path = self.logdir / "ldlm.log"
+        with open(log_path, "wb") as logf:
+            proc = subprocess.Popen([str(binary)], env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.service = Server(url, self.ports[0], proc, log_path)
+        # The service answers a client of every member once its
+        # subscriptions crossed the routes.
+        # It announces its start (PREFIX.instance.started) only after it
+        # answers: a client that hears it then asks its waits again (the
+        # instance may have replaced another). Wait for the announcement to
+        # be out (it is logged after), so that the tests' clients, made
+        # later, do not hear it.
+        for member in self.members:
+            try:
+                _wait_service(Server(member.url, member.port, proc, log_path), deadline)
+                deadline_poll(lambda: b"lock service ready" in log_path.read_bytes(), deadline - time.monotonic(), what="the service's start")
+            except BaseException:
+                self.close()
+                raise
+
+    def stop_member(self, i: int) -> None:
+        """Shut member i down (SIGTERM: the server closes its clients'
+        connections itself, "Server Shutdown")."""
+        stop_server(self.members[i])
+
+    def close(self) -> None:
+        if self.service is not None:
+            stop_server(self.service)
+        for member in self.members:
+            stop_server(member)
+
+
+@pytest.fixture
+def cluster(nats_server_binary, ldlm_binary, tmp_path):
+    """A two-member NATS cluster with the lock service on member 0."""
+    c = Cluster(nats_server_binary, ldlm_binary, tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def bare_cluster(nats_server_binary, tmp_path):
+    """A two-member NATS cluster without a lock service."""
+    c = Cluster(nats_server_binary, None, tmp_path)
+    yield c
+    c.close()

@@ -92,7 +92,11 @@ def test_request(url, case):
             if req.get("key"):
                 assert reply["key"] == req["key"]
             unlocked = await nc.request(f"ldlm.unlock.{name}", json.dumps({"key": reply["key"]}).encode(), timeout=10)
-            assert json.loads(unlocked.data)["unlocked"]
+            body = json.loads(unlocked.data)
+            if req.get("lock_timeout_seconds", 60) >= 1:
+                assert body["unlocked"], body
+            else:  # a lock of a few milliseconds may expire before the unlock arrives
+                assert body["unlocked"] or body["error"]["code"] in ("InvalidLockKey", "LockDoesNotExist"), body
         finally:
             await nc.close()
 
@@ -369,19 +373,202 @@ def test_no_service(url, case):
 
     async def main():
         script = {op: [case["every_reply"]]} if case["every_reply"] is not None else {}
+        if op in ("unlock", "renew") or "answers_after_seconds" in case:
+            # a held lock first, or a service that starts answering later
+            script.setdefault("trylock", [granted("job", 17)])
+            script.setdefault("lock", [granted("job", 17)])
+            script.setdefault("unlock", ['{"unlocked":true,"name":"job"}'])
+            script.setdefault("renew", [granted("job", 17)])
         # nobody answers: no subscriber at all, so NATS says "no responders"
-        responder, client = await scripted(url, script, listen=bool(script), request_timeout_seconds=0.5)
+        responder, client = await scripted(
+            url, script, listen=False, request_timeout_seconds=case.get("request_timeout_seconds", 0.5)
+        )
+        subs = []
+
+        async def listen():
+            subs.append(await responder.nc.subscribe(f"{responder.prefix}.>", cb=responder.on_request))
+            await responder.nc.flush()
+
+        later = None
         try:
-            with pytest.raises(ldlm.LDLMError) as info:
-                if op == "lock":
-                    await client.lock("job", case["wait_timeout_seconds"])
-                else:
-                    await client.try_lock("job")
-            assert type(info.value).__name__ == want["error_names"]["python"], info.value
+            held = None
+            if op in ("unlock", "renew"):
+                await listen()
+                held = await client.try_lock("job", lock_timeout_seconds=60, auto_renew=False)
+                assert held, "the lock held first"
+                await subs.pop().unsubscribe()
+                await responder.nc.flush()
             if case["every_reply"] is not None:
-                assert sum(1 for o, _ in responder.requests if o == op) >= 2, "it did not ask again"
+                await listen()
+            if "answers_after_seconds" in case:
+                later = asyncio.get_running_loop().call_later(
+                    case["answers_after_seconds"], lambda: asyncio.ensure_future(listen())
+                )
+
+            async def act():
+                if op == "lock":
+                    return await client.lock("job", case.get("wait_timeout_seconds"))
+                if op == "trylock":
+                    return await client.try_lock("job")
+                if op == "unlock":
+                    return await held.unlock()
+                return await held.renew(60)
+
+            if want["outcome"] == "error":
+                with pytest.raises(ldlm.LDLMError) as info:
+                    await act()
+                assert type(info.value).__name__ == want["error_names"]["python"], info.value
+                if case["every_reply"] is not None:
+                    assert sum(1 for o, _ in responder.requests if o == op) >= 2, "it did not ask again"
+            elif want["outcome"] == "granted":
+                assert await act(), "not granted once the service answered"
+            elif want["outcome"] in ("unlocked", "renewed"):
+                assert await act(), f"not {want['outcome']} once the service answered"
+            else:
+                pytest.fail(f"unknown outcome {want['outcome']}")
         finally:
+            if later is not None:
+                later.cancel()
             await client.close()
             await responder.nc.close()
+
+    run(main())
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", VECTORS["session_headers"], ids=ids(VECTORS["session_headers"]))
+def test_session_header(url, case):
+    """The client's rule for a session id agrees with the service's, and the
+    service answers each header as the vector says (sent with the owner of
+    the sending connection, as the clients do)."""
+    from ldlm.aio import HEADER_OWNER, HEADER_SESSION, is_session_id, owner_of
+
+    valid = "error" not in case["expect"]
+    assert is_session_id(case["header"]) == valid
+    if valid:
+        assert case["expect"]["session"] == case["header"]
+
+    async def main():
+        nc = await nats.connect(url)
+        try:
+            headers = {HEADER_OWNER: owner_of(nc._server_info), HEADER_SESSION: case["header"]}
+            subject = f"ldlm.trylock.vec-{uuid.uuid4().hex}"
+            msg = await nc.request(subject, b"", timeout=10, headers=headers)
+            assert error_code(msg) == case["expect"].get("error"), msg.data
+            if valid:
+                reply = json.loads(msg.data)
+                assert reply["locked"], reply
+                unlock = subject.replace(".trylock.", ".unlock.", 1)
+                body = json.dumps({"key": reply["key"]}).encode()
+                msg = await nc.request(unlock, body, timeout=10, headers=headers)
+                assert json.loads(msg.data).get("unlocked"), msg.data
+        finally:
+            await nc.close()
+
+    run(main())
+
+
+def test_client_session_ids_are_valid():
+    from ldlm.aio import is_session_id, new_session_id
+
+    ids_made = {new_session_id() for _ in range(100)}
+    assert len(ids_made) == 100
+    for s in ids_made:
+        assert is_session_id(s) and len(s) == 32 and s == s.lower() and int(s, 16) >= 0
+
+
+@pytest.mark.parametrize("case", VECTORS["attach_replies"], ids=ids(VECTORS["attach_replies"]))
+def test_attach_reply_decoded(case):
+    from ldlm.aio import parse_attach_reply
+
+    reply = parse_attach_reply(case["body"].encode())
+    want = case["expect"]
+    assert (reply["error"] or {}).get("code") == want.get("error")
+    if "fields" in want:
+        for field, value in want["fields"].items():
+            assert reply[field] == value, field
+
+
+@pytest.mark.parametrize("case", VECTORS["attach_replies"], ids=ids(VECTORS["attach_replies"]))
+def test_attach_reply_played(bare_cluster, case):
+    """After its server shut down, the client (reconnected to the other
+    member of a cluster) gets the vector's attach reply from a scripted
+    service, with the vector's keys standing for the client's own: a held
+    lock it lists stays held, a wait it lists keeps waiting for the reply
+    to the request already sent; the others are lost, or withdrawn and
+    asked again; resumed=false makes a new session id; an error reply is
+    as no reply (as before sessions)."""
+    from test_sessions import Service, attached_anew, until
+
+    want = case["expect"]
+    fields = want.get("fields") or {}
+    ok = "error" not in want and fields.get("attached")
+    vector = json.loads(case["body"])
+    kept_names = {h["name"] for h in fields.get("held") or []} if ok else set()
+    waiting_names = {w["name"] for w in fields.get("waiting") or []} if ok else set()
+
+    async def main():
+        cluster = bare_cluster
+        prefix = f"vec{uuid.uuid4().hex[:12]}"
+        svc = Service(await nats.connect(cluster.members[0].url), prefix)
+        await svc.start()
+        client = ldlm.AsyncClient(cluster.members[1].url, subject_prefix=prefix)
+        try:
+            await client.connect()
+            await until(lambda: client.nc.discovered_servers, "the client learnt member 0")
+            held = await client.try_lock("job")
+            assert held
+            queue = asyncio.ensure_future(client.lock("queue"))
+            await until(lambda: svc.parked, "the lock request parked")
+            keys = {"job": held.key, "queue": svc.parked[0][1]["key"]}
+
+            def answer(svc: Service) -> str:
+                body = json.loads(case["body"])
+                for entry in (body.get("held") or []) + (body.get("waiting") or []):
+                    entry["key"] = keys[entry["name"]]
+                return json.dumps(body)
+
+            svc.attach_body = answer
+            session, before = client._session, client.owner()
+            cluster.stop_member(1)
+            await until(lambda: attached_anew(client, before), "the client reconnected and attached")
+
+            attach = svc.ops("attach")
+            assert len(attach) == 1 and attach[0][0] == {}, attach
+            assert attach[0][1].get("Ldlm-Session") == session
+            assert attach[0][1].get("Ldlm-Owner") == client.owner() != before
+
+            if "job" in kept_names:
+                assert held and held.token == 1
+            else:
+                assert not held
+                assert held.lost_error.reason == "connection-lost"
+                if ok:
+                    assert "released while disconnected" in held.lost_error.message
+
+            if "queue" in waiting_names:
+                assert len(svc.ops("lock")) == 1, "a listed wait was asked again"
+                msg, body = svc.parked[0]
+                await msg.respond(json.dumps({"locked": True, "name": "queue", "key": body["key"], "token": 7}).encode())
+                got = await asyncio.wait_for(queue, 30)
+                assert got and got.token == 7 and got.key == keys["queue"]
+            else:
+                await until(lambda: len(svc.ops("lock")) == 2, "the wait withdrawn and asked again")
+                assert any(b.get("key") == keys["queue"] for b, _ in svc.ops("unlock")), "not withdrawn"
+                queue.cancel()
+                await asyncio.gather(queue, return_exceptions=True)
+
+            resumed = ok and vector.get("resumed")
+            if ok and not resumed:
+                assert client._session != session and len(client._session) == 32
+            else:
+                assert client._session == session
+            later = svc.ops("lock")[-1][1].get("Ldlm-Session")
+            assert later == client._session
+        finally:
+            await client.close()
+            await svc.nc.close()
 
     run(main())

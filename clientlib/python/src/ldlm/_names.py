@@ -13,6 +13,7 @@ OP_LOCK = "lock"
 OP_TRYLOCK = "trylock"
 OP_UNLOCK = "unlock"
 OP_RENEW = "renew"
+OP_ATTACH = "attach"
 
 _ENCODED_MARKER = "~"
 

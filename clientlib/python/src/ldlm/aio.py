@@ -17,14 +17,22 @@ the shared wire vectors (subjects/testdata/wire-vectors.json) check both:
   locks it was waiting for (unless ``keep_on_disconnect``). It learns of
   those changes from nats-py's connection callbacks, and checks the
   connection's identity before each request and after each grant;
+- with sessions (the default) requests also carry ``Ldlm-Session``, an id
+  made once per client, so that the service keeps the client's locks and
+  queue places across a reconnect its NATS server caused (a shutdown, a
+  restart), within its reconnect grace. After a reconnect the client sends
+  ``PREFIX.attach`` and keeps what the reply lists: held locks stay held,
+  listed waits keep waiting for their reply; the rest is lost or asked
+  again as above (docs/protocol.md, "Sessions");
 - it listens to the lost-lock notices for its connection
   (``PREFIX.lost.OWNER``), which end a held lock of the same name *and*
   fencing token (a notice that comes before the grant's reply is kept for a
   while), and to instance announcements (``PREFIX.instance.*``);
 - a waiting lock asks again when the service is stopping (``Unavailable``),
   when nobody answers (no responders) and when another instance takes over;
-  trylock, unlock and renew retry the first two within the request timeout.
-  Each retry waits longer (10 ms doubling to 1 s);
+  it retries the first two within its wait timeout (without one, within the
+  request timeout of silence), and trylock, unlock and renew within the
+  request timeout. Each retry waits longer (10 ms doubling to 1 s);
 - a lock with a lock timeout is renewed in the background (unless auto-renew
   is off) and counted lost once its timeout passes without a renewal.
 """
@@ -36,6 +44,7 @@ import collections
 import itertools
 import json
 import logging
+import re
 import select
 import socket
 import ssl
@@ -50,7 +59,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ._names import DEFAULT_PREFIX, OP_LOCK, OP_RENEW, OP_TRYLOCK, OP_UNLOCK, encode_name
+from ._names import DEFAULT_PREFIX, OP_ATTACH, OP_LOCK, OP_RENEW, OP_TRYLOCK, OP_UNLOCK, encode_name
 from .errors import (
     LOST_CODES,
     ConnectionLostError,
@@ -96,6 +105,7 @@ _STATUS_HEADER = "Status"
 _NO_RESPONDERS_STATUS = "503"
 
 HEADER_OWNER = "Ldlm-Owner"
+HEADER_SESSION = "Ldlm-Session"
 HEADER_ERROR_CODE = "Nats-Service-Error-Code"
 HEADER_ERROR = "Nats-Service-Error"
 
@@ -105,6 +115,53 @@ HEADER_ERROR = "Nats-Service-Error"
 OWNER_SERVER_FIELD = "server_id"
 
 Address = Union[str, Sequence[str], NATS]
+
+#: what the service accepts in Ldlm-Session (docs/protocol.md): 16 to 64
+#: characters of A-Z a-z 0-9 _ -
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def new_session_id() -> str:
+    """A session id as the clients make them: 32 lowercase hex digits, 128
+    bits from the operating system's cryptographic random source."""
+    return token_hex(16)
+
+
+def is_session_id(value: str) -> bool:
+    """Whether the service accepts ``value`` as an Ldlm-Session header."""
+    return isinstance(value, str) and value.isascii() and _SESSION_ID.fullmatch(value) is not None
+
+
+def parse_attach_reply(data: bytes) -> dict:
+    """Decode a reply to ``PREFIX.attach``: ``attached``, ``resumed``,
+    ``held`` (a list of ``{"name", "key", "token"}``), ``waiting`` (a list of
+    ``{"name", "key"}``) and ``error`` (None, or ``{"code", "message"}``).
+    Raises UnexpectedReplyError for a body that is not such an object."""
+    try:
+        reply: Any = json.loads(data) if data else None
+    except ValueError:
+        reply = None
+    if type(reply) is not dict:
+        raise UnexpectedReplyError(f"attach reply is not a JSON object: {data[:80]!r}")
+    err = reply.get("error") or None
+    if err is not None and not (isinstance(err, dict) and isinstance(err.get("code"), str)):
+        raise UnexpectedReplyError(f"attach reply with a malformed error: {data[:80]!r}")
+    out: dict = {
+        "attached": reply.get("attached") is True,
+        "resumed": reply.get("resumed") is True,
+        "held": [],
+        "waiting": [],
+        "error": err,
+    }
+    for field, keys in (("held", ("name", "key", "token")), ("waiting", ("name", "key"))):
+        items = reply.get(field) or []
+        if not isinstance(items, list):
+            raise UnexpectedReplyError(f"attach reply: {field} is not a list: {data[:80]!r}")
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("key"), str):
+                raise UnexpectedReplyError(f"attach reply: a malformed {field} entry: {data[:80]!r}")
+            out[field].append({k: item.get(k) for k in keys})
+    return out
 
 # lock states
 _HELD = "held"
@@ -451,7 +508,7 @@ class _Direct:
 
     __slots__ = (
         "replies", "token", "settle", "on_done", "proceed", "deadline", "resolved_mu",
-        "msg", "error", "key", "ep", "sent_at", "wait", "wait_deadline", "cleanup",
+        "msg", "error", "key", "ep", "headers", "sent_at", "wait", "wait_deadline", "cleanup",
     )
 
     def __init__(
@@ -473,7 +530,8 @@ class _Direct:
         self.msg: Any = None
         self.error: Optional[BaseException] = None
         self.key: Optional[str] = None
-        self.ep: Optional["_Epoch"] = None
+        self.ep: Optional["_Epoch"] = None  # of the wait, once settled: an attach may move it
+        self.headers: Optional[dict[str, str]] = None  # as sent (the session's OwnerGone)
         self.sent_at = 0.0
         self.wait: Optional["_Wait"] = None
         self.wait_deadline: Optional[float] = None
@@ -538,29 +596,58 @@ class _Direct:
 class _Epoch:
     """One unbroken stretch of the connection: connected, to one server, with
     one client id. nats-py replaces its INFO dict on every (re)connect, so the
-    dict itself names the stretch."""
+    dict itself names the stretch.
 
-    __slots__ = ("info", "owner", "headers", "header_block", "writer")
+    ``headers`` are sent as they are by every request of the epoch: built
+    here once, and replaced (never modified) when the session id changes."""
 
-    def __init__(self, info: Any, owner: Optional[str], writer: Optional[_SocketWriter] = None):
+    __slots__ = ("info", "owner", "headers", "wire", "writer")
+
+    def __init__(self, info: Any, owner: Optional[str], session: Optional[str], writer: Optional[_SocketWriter] = None):
         self.info = info
         self.owner = owner
-        self.headers = {HEADER_OWNER: owner} if owner else None
-        # the headers as nats-py writes them, for requests sent off the loop
-        self.header_block = ("NATS/1.0\r\n%s: %s\r\n\r\n" % (HEADER_OWNER, owner)).encode() if owner else None
+        self.headers: Optional[dict[str, str]] = None
+        # (headers, the same block as nats-py writes it): what requests
+        # written off the loop carry; one attribute, so that a thread reads
+        # both of one session id
+        self.wire: tuple[Optional[dict[str, str]], Optional[bytes]] = (None, None)
         self.writer = writer  # None: requests go through nats-py only
+        self.set_session(session)
+
+    def set_session(self, session: Optional[str]) -> None:
+        """On the loop: the headers of the epoch's requests from now on."""
+        headers: Optional[dict[str, str]]
+        if not self.owner:
+            headers = None  # a session needs an owner: the service refuses it alone
+        elif session:
+            headers = {HEADER_OWNER: self.owner, HEADER_SESSION: session}
+        else:
+            headers = {HEADER_OWNER: self.owner}
+        block = None
+        if headers is not None:
+            block = ("NATS/1.0\r\n" + "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n").encode()
+        self.headers = headers
+        self.wire = (headers, block)
+
+    @property
+    def session(self) -> Optional[str]:
+        """The session id that this epoch's requests carry (None: none)."""
+        return self.headers.get(HEADER_SESSION) if self.headers else None
 
 
 class _Wait:
     """A lock request parked at the service, which the client interrupts
     (cancels, then asks again) when its reply could be lost: the connection
-    changed, or another instance of the service took over."""
+    changed (unless the session kept the wait: the attach after the
+    reconnect then moves it to the new epoch), or another instance of the
+    service took over."""
 
-    __slots__ = ("task", "epoch", "interrupted", "direct")
+    __slots__ = ("task", "epoch", "key", "interrupted", "direct")
 
-    def __init__(self, task: "Optional[asyncio.Task[Any]]", epoch: _Epoch, direct: Optional[_Direct] = None):
+    def __init__(self, task: "Optional[asyncio.Task[Any]]", epoch: _Epoch, key: str, direct: Optional[_Direct] = None):
         self.task = task  # the lock() call's, or None for a direct request
         self.epoch = epoch
+        self.key = key
         self.interrupted = False
         self.direct = direct
 
@@ -670,9 +757,12 @@ class AsyncLock:
             await self._stop_watch()
         return await self._send_unlock()
 
-    async def _send_unlock(self) -> bool:
-        """The part of unlock() after the hold ended: ask the service."""
-        reply = await self._client._call(OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name)
+    async def _send_unlock(self, first_try: Optional[tuple[float, bool]] = None) -> bool:
+        """The part of unlock() after the hold ended: ask the service (see
+        _call for first_try)."""
+        reply = await self._client._call(
+            OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name, first_try=first_try
+        )
         return self._unlocked(reply)
 
     def _unlocked(self, reply: dict) -> bool:
@@ -714,7 +804,8 @@ class AsyncLock:
         d = _Direct(replies, self._settle_unlock, done, proceed)
         try:
             payload = ('{"key":%s}' % _key_json(self.key)).encode()
-            cmd = _pub_command(f"{client._prefix}.{OP_UNLOCK}.{self._subject_name}", d.reply_to, payload, ep.header_block)
+            d.headers, block = ep.wire  # Ldlm-Owner and Ldlm-Session, as the loop's requests
+            cmd = _pub_command(f"{client._prefix}.{OP_UNLOCK}.{self._subject_name}", d.reply_to, payload, block)
             d.sent_at = time.monotonic()
             d.deadline = d.sent_at + max(min(client._request_timeout, client._no_service_budget), _MIN_TIMEOUT)
             replies.waiting[d.token] = d
@@ -733,13 +824,17 @@ class AsyncLock:
             d.on_done(None, d.error)
             return
         msg = d.msg
+        unavailable = False
         if not (msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS):
             reply = _decode_reply(msg, self.name)
             err = reply.get("error")
             if not err or err.get("code") != "Unavailable":
                 d.on_done(self._unlocked(reply), None)
                 return
-        d.proceed(self._send_unlock())  # nobody answered, or the service is stopping: retry
+            unavailable = True
+        # Nobody answered, or the service is stopping: the loop retries,
+        # within the budget that started with this first try.
+        d.proceed(self._send_unlock((d.sent_at, unavailable)))
 
     async def renew(self, lock_timeout_seconds: float) -> "AsyncLock":
         """Set the lock to expire ``lock_timeout_seconds`` from now (and keep
@@ -927,7 +1022,8 @@ class AsyncClient:
       that does not give its own;
     - ``subject_prefix`` (default "ldlm");
     - ``request_timeout_seconds`` (default 5): bounds trylock, unlock and
-      renew requests, including their retries while no service answers;
+      renew requests, including their retries while no service answers, and
+      how long a lock without a wait timeout keeps asking while none does;
     - ``retries`` and ``retry_delay_seconds`` (py-ldlm's): instead of the
       request timeout, keep retrying while no service answers for
       ``retries * retry_delay_seconds`` seconds (``retries=-1``: for ever);
@@ -936,9 +1032,19 @@ class AsyncClient:
       timeout waits without limit);
     - ``cleanup_timeout_seconds`` (default 5): how long to keep trying to
       withdraw a request given up on;
+    - ``sessions`` (default True): send the ``Ldlm-Session`` header, an id
+      made once per client, so that the client's locks belong to the client
+      rather than to its NATS connection: when its NATS server cuts the
+      connection (shutdown, restart) and nats-py reconnects within the
+      service's ``LDLM_RECONNECT_GRACE`` (5 s), the client re-attaches and
+      keeps its locks (same key and token, still renewed) and its place in
+      lock queues. Closing the connection still frees them at once. False:
+      locks belong to the connection and are lost on any reconnect;
     - ``keep_on_disconnect`` (default False): for a service that runs with
       ``LDLM_NO_CLEAR_ON_DISCONNECT=true``, where locks outlive their
-      connection: do not count locks lost when the connection drops;
+      connection: do not count locks lost when the connection drops (with
+      sessions: when no reply to the attach after a reconnect says which
+      are kept);
     - ``tls``: an ``ssl.SSLContext`` or a :class:`TLSConfig`; ``password``
       without ``user`` is sent as a NATS token (py-ldlm's single password).
     """
@@ -956,6 +1062,7 @@ class AsyncClient:
         wait_margin_seconds: float = DEFAULT_WAIT_MARGIN_SECONDS,
         cleanup_timeout_seconds: float = DEFAULT_CLEANUP_TIMEOUT_SECONDS,
         keep_on_disconnect: bool = False,
+        sessions: bool = True,
         auto_renew_locks: Optional[bool] = None,
         auto_refresh_locks: Optional[bool] = None,
         **connect_options: Any,
@@ -993,6 +1100,13 @@ class AsyncClient:
         self._wait_margin = float(wait_margin_seconds)
         self._cleanup_timeout = float(cleanup_timeout_seconds)
         self._keep_on_disconnect = keep_on_disconnect
+        # The session id sent in Ldlm-Session (None: sessions off); replaced
+        # when the service says it forgot it. _attached is the epoch whose
+        # attach was settled (or that needed none): until then what earlier
+        # epochs held and waited for is neither kept nor lost. Both are
+        # changed on the event loop only.
+        self._session: Optional[str] = new_session_id() if sessions else None
+        self._attached: Optional[_Epoch] = None
         self._connect_lock: Optional[asyncio.Lock] = None
         self._closed = False
         self._set_up = False
@@ -1198,9 +1312,11 @@ class AsyncClient:
     async def _sync_connection(self) -> None:
         """Compare the connection with the epoch last seen. When it dropped or
         was replaced, the epoch ends: its locks are lost (the service releases
-        them with the connection) and its waiting lock() calls ask again. A
-        new epoch starts once connected, after subscribing to its owner's
-        lost-lock notices (so none is missed)."""
+        them with the connection) and its waiting lock() calls ask again;
+        with sessions, they wait for the next epoch's attach to say what the
+        service kept (see _reattach). A new epoch starts once connected,
+        after subscribing to its owner's lost-lock notices (so none is
+        missed)."""
         if self._conn_mu is None:
             self._conn_mu = asyncio.Lock()
         async with self._conn_mu:
@@ -1212,14 +1328,19 @@ class AsyncClient:
                 return
             if old is not None:
                 self._epoch = None
-                if not self._keep_on_disconnect:
+                survives = old.session is not None and not self._closed and nc is not None and not nc.is_closed
+                if not survives and not self._keep_on_disconnect:
                     for lock in list(self._held):
                         if lock._epoch is old:
                             lock._lose("connection-lost", "its NATS connection closed or was replaced")
                 for w in list(self._waits):
-                    if w.epoch is old:
+                    if w.epoch is old and not survives:
                         w.interrupt()
                 self._signal_epoch_change()
+            if self._epoch is None and nc is not None and nc.is_closed:
+                # No reconnect will come (closed, or out of reconnect
+                # attempts): what the session kept for an attach is lost.
+                self._settle(None, None)
             if connected and nc is not None:
                 owner = owner_of(info)
                 if owner is None and not self._warned_no_owner:
@@ -1238,10 +1359,131 @@ class AsyncClient:
                         log.warning("ldlm: cannot subscribe to lost-lock notices: %r", e)
                 if nc.is_connected and nc._server_info is info:
                     writer = _SocketWriter.attach(nc) if self._replies is not None else None
-                    self._epoch = _Epoch(info, owner, writer)
+                    ep = _Epoch(info, owner, self._session, writer)
+                    first = self._attached is None
+                    self._epoch = ep
+                    if first or ep.session is None:
+                        self._settle(ep, None)  # nothing to attach, or no sessions: as before
+                    else:
+                        self._spawn(self._reattach(ep))
                     self._signal_epoch_change()
                     _small_reads(nc)
             await self._drop_lost_subs()
+
+    # -- sessions (docs/protocol.md, "Sessions") --------------------------
+
+    async def _reattach(self, ep: _Epoch) -> None:
+        """Send the session's attach over ep, a connection that replaced
+        another, and settle with its reply what earlier epochs held and
+        waited for."""
+        try:
+            reply = await self._ask_attach(ep)
+        except Exception as e:  # noqa: BLE001 - as if no service answered
+            log.debug("ldlm: attach failed: %r", e)
+            reply = None
+        log.debug("ldlm: attach of the session over %s: %r", ep.owner, reply)
+        self._settle(ep, reply)
+        await self._drop_lost_subs()
+
+    async def _ask_attach(self, ep: _Epoch) -> Optional[dict]:
+        """Send PREFIX.attach over ep until it is answered, within the
+        request timeout, asking again while no service answers or it is
+        stopping (a restarted service may not be subscribed yet). None when
+        no usable answer came: a service older than sessions does not
+        answer attach at all."""
+        nc = self._nc
+        assert nc is not None
+        subj = f"{self._prefix}.{OP_ATTACH}"
+        end = time.monotonic() + self._request_timeout
+        tries = 0
+        while True:
+            if self._closed or self._current() is not ep:
+                return None  # another connection attaches for itself
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                msg = await self._request(nc, subj, b"", left, ep.headers)
+            except nats.errors.NoRespondersError:
+                pass
+            except nats.errors.TimeoutError:
+                return None
+            else:
+                reply = parse_attach_reply(msg.data)
+                err = reply["error"]
+                if err is None and reply["attached"]:
+                    return reply
+                if err is None or err.get("code") != "Unavailable":
+                    log.warning("ldlm: the lock service refused to attach the session: %r", err)
+                    return None
+            pause = _pause(tries)
+            tries += 1
+            if time.monotonic() + pause >= end:
+                return None
+            await asyncio.sleep(pause)
+
+    def _settle(self, ep: Optional[_Epoch], reply: Optional[dict]) -> None:
+        """Decide, for the current epoch ep, about the locks and lock
+        requests of earlier epochs, from the attach reply (None: none came,
+        or none was sent; then as without sessions). A listed lock stays
+        held and a listed wait keeps waiting for its reply, both now of ep;
+        the others are lost, or interrupted to be asked again. With ep None
+        (the connection closed for good) everything of earlier epochs ends."""
+        if self._closed or self._epoch is not ep:
+            return  # a later connection settles for itself
+        if ep is not None:
+            self._attached = ep
+        held: dict[str, str] = {}  # key → name
+        waiting: set[str] = set()
+        if reply is not None:
+            for h in reply["held"]:
+                held[h["key"]] = h["name"]
+                waiting.add(h["key"])  # a wait granted meanwhile: its reply is on the way
+            for w in reply["waiting"]:
+                waiting.add(w["key"])
+        for lock in list(self._held):
+            if lock._epoch is ep:
+                continue
+            if reply is not None and held.get(lock.key or "") == lock.name:
+                lock._epoch = ep
+            elif reply is not None:
+                lock._lose(
+                    "connection-lost",
+                    "released while disconnected: the lock service released it while the client was reconnecting",
+                )
+            elif not self._keep_on_disconnect:
+                lock._lose("connection-lost", "its NATS connection closed or was replaced")
+        for w in list(self._waits):
+            if w.epoch is ep:
+                continue
+            if reply is not None and ep is not None and w.key in waiting:
+                w.epoch = ep
+            else:
+                w.interrupt()
+        if reply is not None and not reply["resumed"]:
+            self._new_session()
+
+    def _unsettled(self, ep: Optional[_Epoch]) -> bool:
+        """Whether a grant made over ep, which is not the current epoch, may
+        still be kept: ep carried the session, and the current connection's
+        attach has not settled yet (it will judge the grant)."""
+        return ep is not None and ep.session is not None and (self._epoch is None or self._attached is not self._epoch)
+
+    def _new_session(self) -> None:
+        """Replace the session id: the service forgot the old one (and
+        refuses it for a while)."""
+        if self._session is None:
+            return
+        self._session = new_session_id()
+        if self._epoch is not None:
+            self._epoch.set_session(self._session)
+
+    def _forget_session(self, headers: Optional[dict]) -> None:
+        """An OwnerGone reply to a request sent with headers: if they carried
+        the current session, the service released it; later requests use a
+        new one."""
+        if headers and self._session is not None and headers.get(HEADER_SESSION) == self._session:
+            self._new_session()
 
     async def _drop_lost_subs(self) -> None:
         """End the lost-notice subscriptions of owners that are not the
@@ -1369,7 +1611,7 @@ class AsyncClient:
         lock lost at once (it is returned, lost)."""
         if self._closed:
             return "closed"
-        if not self._keep_on_disconnect and self._current() is not ep:
+        if not self._keep_on_disconnect and self._current() is not ep and not self._unsettled(ep):
             return "connection"
         if lock.instance and lock.instance in self._gone:
             return "instance"
@@ -1521,26 +1763,44 @@ class AsyncClient:
         )
 
     async def _call(
-        self, op: str, name: str, body: str, budget: Optional[float] = None, encoded: Optional[str] = None
+        self,
+        op: str,
+        name: str,
+        body: str,
+        budget: Optional[float] = None,
+        encoded: Optional[str] = None,
+        first_try: Optional[tuple[float, bool]] = None,
     ) -> dict:
         """Send unlock or renew with the current owner and return the decoded
         reply (the service's error stays in it). While no service answers, or
         it is stopping, it retries within the budget (default: the request
-        timeout, or what ``retries`` says)."""
+        timeout, or what ``retries`` says), the last try at its end.
+
+        ``first_try``: (when it was sent, whether the service said
+        Unavailable) of a first try that a synchronous caller wrote itself
+        and that nobody answered: the budget started then, and this goes on
+        with the retries."""
         if self._nc is None:
             await self.connect()
         nc = self._nc
         assert nc is not None
         subj = f"{self._prefix}.{op}.{encode_name(name) if encoded is None else encoded}"
         payload = body.encode()
-        start = time.monotonic()
+        start = time.monotonic() if first_try is None else first_try[0]
         end = start + (self._no_service_budget if budget is None else budget)
         tries = 0
+        unavailable = False
+        if first_try is not None:
+            unavailable = first_try[1]
+            left = end - time.monotonic()
+            if left <= 0:
+                raise self._no_service(name, start, unavailable)
+            await asyncio.sleep(min(_pause(0), left))
+            tries = 1
         while True:
             ep = self._current()
             headers = ep.headers if ep is not None else None
             timeout = max(min(self._request_timeout, end - time.monotonic()), _MIN_TIMEOUT)
-            unavailable = False
             try:
                 reply = _decode_reply(await self._request(nc, subj, payload, timeout, headers), name)
                 err = reply.get("error")
@@ -1548,12 +1808,17 @@ class AsyncClient:
                     return reply
                 unavailable = True
             except nats.errors.NoRespondersError:
-                pass
-            pause = _pause(tries)
-            tries += 1
-            if time.monotonic() + pause >= end:
+                unavailable = False
+            except nats.errors.TimeoutError as e:
+                if tries == 0:
+                    raise
+                # the budget ran out during a try after unanswered ones
+                raise self._no_service(name, start, unavailable) from e
+            left = end - time.monotonic()
+            if left <= 0:
                 raise self._no_service(name, start, unavailable)
-            await asyncio.sleep(pause)
+            await asyncio.sleep(min(_pause(tries), left))
+            tries += 1
 
     async def _acquire(
         self,
@@ -1587,16 +1852,22 @@ class AsyncClient:
         tail = _acquire_tail(is_lock, deadline, wait_timeout_seconds, lock_timeout_seconds, size)
         no_service_since: Optional[float] = None  # when nobody started answering
         unavailable = False
-        warned = False
         retries = 0  # consecutive retries, for the pause before the next
+        # While no service answers, the caller's budget: the wait timeout of
+        # a lock, else the no-service budget (the request timeout, or what
+        # ``retries`` says) from the first unanswered try.
+        silence_bounded = deadline is None
 
         while True:
             first, resume = resume, None
             if first is None:
                 if retries > 1 or no_service_since is not None:
                     pause = _pause(retries - 1)
+                    # the last try goes at the end of the budget
                     if deadline is not None:
                         pause = min(pause, max(deadline - time.monotonic(), 0))
+                    elif no_service_since is not None:
+                        pause = min(pause, max(no_service_since + self._no_service_budget - time.monotonic(), 0))
                     await asyncio.sleep(pause)
                 ep = self._current()
                 if ep is None:
@@ -1629,15 +1900,18 @@ class AsyncClient:
                 if is_lock:
                     task = asyncio.current_task()
                     assert task is not None
-                    wait = _Wait(task, ep)
+                    wait = _Wait(task, ep, key)
                     self._waits.add(wait)
+                sent_headers = ep.headers
             else:
-                # sent by a synchronous caller (its wait, if any, is over)
+                # sent by a synchronous caller (its wait, if any, is over;
+                # an attach may have moved it to a later epoch: first.ep)
                 assert first.key is not None and first.ep is not None
                 key, ep, sent_at, wait = first.key, first.ep, first.sent_at, None
+                sent_headers = first.headers
             try:
                 if first is None:
-                    msg = await self._request(nc, subj, body.encode(), timeout, ep.headers)
+                    msg = await self._request(nc, subj, body.encode(), timeout, sent_headers)
                 else:
                     if first.error is not None:
                         raise first.error
@@ -1667,15 +1941,29 @@ class AsyncClient:
                 if no_service_since is None:
                     no_service_since = sent_at
                 unavailable = False
-            except BaseException:
+            except BaseException as e:
                 # Timed out locally, interrupted: give back whatever the
                 # service may have done with our key.
                 await _finish(self._withdraw(name, key))
+                if isinstance(e, nats.errors.TimeoutError):
+                    # the epoch of the wait (a direct one's, as its reply settled it)
+                    wait_ep = wait.epoch if wait is not None else (first.ep if first is not None and is_lock else None)
+                    if wait_ep is not None and wait_ep is not self._current():
+                        # A wait kept across a cut connection that no attach
+                        # took over: no reply could come. As without sessions,
+                        # the wait timeout is up (or, before it, ask again).
+                        retries += 1
+                        continue
+                    if no_service_since is not None and silence_bounded:
+                        # the budget ran out during a try after unanswered ones
+                        raise self._no_service(name, no_service_since, unavailable) from e
                 raise
             else:
-                if wait is not None and wait.interrupted and wait.task is not None:
-                    wait.task.uncancel()  # the interruption came too late to cancel the request
-                lock = self._granted(op, name, key, ep, sent_at, size, lock_timeout_seconds, renew, msg)
+                if wait is not None:
+                    if wait.interrupted and wait.task is not None:
+                        wait.task.uncancel()  # the interruption came too late to cancel the request
+                    ep = wait.epoch  # an attach may have moved the wait to a later epoch
+                lock = self._granted(op, name, key, ep, sent_at, size, lock_timeout_seconds, renew, msg, sent_headers)
                 if lock is not None:
                     return lock
                 reply = _decode_reply(msg, name)
@@ -1715,6 +2003,10 @@ class AsyncClient:
                         no_service_since = sent_at
                     unavailable = True
                 else:
+                    if code == "OwnerGone":
+                        # The service released our session: later requests
+                        # use a new one.
+                        self._forget_session(sent_headers)
                     if code == "OwnerGone" and is_lock:
                         # The service saw our connection close while we
                         # waited: once we see it too, ask again over the new one.
@@ -1730,17 +2022,8 @@ class AsyncClient:
             # the budget.
             assert no_service_since is not None
             retries += 1
-            now = time.monotonic()
-            if not is_lock and now - no_service_since + _pause(retries - 1) >= self._no_service_budget:
+            if silence_bounded and time.monotonic() - no_service_since >= self._no_service_budget:
                 raise self._no_service(name, no_service_since, unavailable)
-            if is_lock and deadline is None and not warned and now - no_service_since >= self._request_timeout:
-                warned = True
-                log.warning(
-                    "ldlm: lock %r: no lock service answered on %s.* for %.0fs: is ldlm running? Still asking.",
-                    name,
-                    self._prefix,
-                    now - no_service_since,
-                )
 
     def _granted(
         self,
@@ -1753,6 +2036,7 @@ class AsyncClient:
         lock_timeout_seconds: Optional[float],
         renew: bool,
         msg: Any,
+        sent_headers: Optional[dict[str, str]],
     ) -> Optional[AsyncLock]:
         """On the loop: the outcome of a lock or trylock reply in the cases
         that need nothing awaited: a fresh grant (registered), not granted
@@ -1776,6 +2060,8 @@ class AsyncClient:
             return AsyncLock(self, name)
         if code == "Unavailable" or (code == "OwnerGone" and op == OP_LOCK):
             return None
+        if code == "OwnerGone":
+            self._forget_session(sent_headers)  # the service released our session: later requests use a new one
         raise error_from_reply(err, name)
 
     def _direct_acquire(
@@ -1825,9 +2111,11 @@ class AsyncClient:
 
         def settle(d: _Direct) -> None:
             if d.wait is not None:
+                d.ep = d.wait.epoch  # an attach may have moved the wait to a later epoch
                 self._waits.discard(d.wait)
             if d.error is None:
-                lock = self._granted(op, name, key, ep, d.sent_at, size, lock_timeout_seconds, renew, d.msg)
+                assert d.ep is not None
+                lock = self._granted(op, name, key, d.ep, d.sent_at, size, lock_timeout_seconds, renew, d.msg, d.headers)
                 if lock is not None:
                     d.on_done(lock, None)
                     return
@@ -1842,18 +2130,23 @@ class AsyncClient:
             return _finish(self._withdraw(name, key))
 
         d.cleanup = withdraw
-        cmd = _pub_command(subj, d.reply_to, body.encode(), ep.header_block)
+        # Ldlm-Owner and Ldlm-Session, as the loop's requests of the epoch
+        d.headers, block = ep.wire
+        cmd = _pub_command(subj, d.reply_to, body.encode(), block)
         replies.waiting[d.token] = d
         if is_lock:
-            # interrupted (on the loop) when the connection changes or another
-            # instance takes over, like the loop's own waits
-            d.wait = _Wait(None, ep, d)
+            # interrupted (on the loop) when the connection changes (unless
+            # the session keeps it: the attach after the reconnect settles
+            # it) or another instance takes over, like the loop's own waits
+            d.wait = _Wait(None, ep, key, d)
             self._waits.add(d.wait)
         d.sent_at = time.monotonic()
         if timeout is not None:
             d.deadline = d.sent_at + timeout
-        # Sent only while the epoch is still current: a change after this
-        # check interrupts the wait registered above.
+        # Sent only while the epoch is still current: after a change after
+        # this check, the wait registered above is interrupted, or settled by
+        # the attach like the loop's own (kept if listed, else withdrawn and
+        # asked again).
         if not (self._current() is ep and ep.writer.send(nc, cmd)) and d.claim():
             replies.waiting.pop(d.token, None)
             if d.wait is not None:
