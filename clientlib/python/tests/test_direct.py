@@ -15,7 +15,7 @@ import nats.errors
 import pytest
 
 import ldlm
-from conftest import deadline_poll
+from conftest import deadline_poll, synced
 from test_threads import run_threads
 
 
@@ -38,7 +38,7 @@ class SilentService:
                     self.seen.append((msg.subject.split(".")[1], json.loads(msg.data)["key"]))
 
             await self.nc.subscribe(f"{prefix}.>", cb=record)
-            await self.nc.flush()
+            await synced(self.nc)
 
         asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
 

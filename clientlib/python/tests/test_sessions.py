@@ -26,7 +26,7 @@ import pytest
 import ldlm
 from ldlm.aio import HEADER_OWNER, HEADER_SESSION
 
-from conftest import Cluster, stop_server
+from conftest import Cluster, stop_server, synced
 
 WAIT = 30.0  # bound of every wait: only turns a hang into a failure
 
@@ -258,7 +258,7 @@ class Service:
 
     async def start(self) -> None:
         await self.nc.subscribe(f"{self.prefix}.>", cb=self.on_request)
-        await self.nc.flush()
+        await synced(self.nc)
 
     def ops(self, op: str) -> list[tuple[dict, dict]]:
         return [(b, h) for o, b, h in self.requests if o == op]

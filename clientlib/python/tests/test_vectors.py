@@ -23,7 +23,7 @@ import pytest
 import ldlm
 from ldlm import encode_name
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, synced
 
 VECTORS = json.loads((REPO_ROOT / "subjects" / "testdata" / "wire-vectors.json").read_text())
 assert VECTORS["version"] == 1
@@ -193,7 +193,7 @@ class Responder:
 
     async def start(self) -> None:
         await self.nc.subscribe(f"{self.prefix}.>", cb=self.on_request)
-        await self.nc.flush()
+        await synced(self.nc)
 
     async def on_request(self, msg: Any) -> None:
         op = msg.subject.split(".")[1]
@@ -387,7 +387,7 @@ def test_no_service(url, case):
 
         async def listen():
             subs.append(await responder.nc.subscribe(f"{responder.prefix}.>", cb=responder.on_request))
-            await responder.nc.flush()
+            await synced(responder.nc)
 
         later = None
         try:
@@ -397,7 +397,7 @@ def test_no_service(url, case):
                 held = await client.try_lock("job", lock_timeout_seconds=60, auto_renew=False)
                 assert held, "the lock held first"
                 await subs.pop().unsubscribe()
-                await responder.nc.flush()
+                await synced(responder.nc)  # nobody answers from here on
             if case["every_reply"] is not None:
                 await listen()
             if "answers_after_seconds" in case:
