@@ -32,6 +32,22 @@ BUILD_TIMEOUT = 1200  # a cold Go module cache on a small machine is slow
 START_DEADLINE = 60.0
 
 
+async def synced(nc) -> None:
+    """Return once the NATS server has processed every command that nc sent
+    before (a SUB or UNSUB, say): a message to itself, queued behind them.
+
+    Not nc.flush(): nats-py (2.16) writes flush()'s PING on the socket at
+    once, ahead of the commands still queued for its flusher, so the PONG
+    can come before the server saw them. A responder that unsubscribed and
+    flushed could still be sent the next request, which nats-py then drops
+    (no reply, and no "no responders" either: the client waits its whole
+    request timeout)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, max_msgs=1)
+    await nc.publish(inbox, b"")
+    await sub.next_msg(timeout=30)
+
+
 def deadline_poll(cond, timeout: float, interval: float = 0.05, what: str = "condition"):
     """Poll cond() until it returns a truthy value; fail after timeout."""
     end = time.monotonic() + timeout

@@ -26,7 +26,7 @@ import pytest
 import ldlm
 from ldlm.aio import HEADER_OWNER, HEADER_SESSION
 
-from conftest import Cluster, stop_server
+from conftest import Cluster, stop_server, synced
 
 WAIT = 30.0  # bound of every wait: only turns a hang into a failure
 
@@ -258,7 +258,7 @@ class Service:
 
     async def start(self) -> None:
         await self.nc.subscribe(f"{self.prefix}.>", cb=self.on_request)
-        await self.nc.flush()
+        await synced(self.nc)
 
     def ops(self, op: str) -> list[tuple[dict, dict]]:
         return [(b, h) for o, b, h in self.requests if o == op]
@@ -317,6 +317,58 @@ def test_every_request_carries_the_session(url):
         finally:
             await client.close()
             await another.close()
+            await svc.nc.close()
+
+    run(main())
+
+
+def test_sync_callers_write_the_session(url):
+    """The synchronous client's callers write trylock, lock and unlock on
+    the socket themselves (ldlm/sync.py): those requests carry the same
+    Ldlm-Owner and Ldlm-Session as the event loop's, and after an OwnerGone
+    reply to one of them the next carries a new session id."""
+
+    class Gone(Service):
+        async def on_request(self, msg: Any) -> None:
+            if msg.subject.split(".")[1:] == ["trylock", "gone"]:
+                self.requests.append(("trylock", json.loads(msg.data), dict(msg.headers or {})))
+                await msg.respond(b'{"locked":false,"error":{"code":"OwnerGone","message":"session released"}}')
+                return
+            await super().on_request(msg)
+
+    async def main():
+        prefix = f"sess{uuid.uuid4().hex[:12]}"
+        svc = Gone(await nats.connect(url), prefix)
+        await svc.start()
+        client = await asyncio.to_thread(ldlm.Client, url, subject_prefix=prefix)
+        aclient = client.async_client
+        try:
+            assert aclient._epoch.writer is not None, "a plain TCP connection: callers write their requests"
+            held = await asyncio.to_thread(client.try_lock, "job")
+            assert held
+            assert await asyncio.to_thread(held.unlock) is True
+            queue = asyncio.ensure_future(asyncio.to_thread(client.lock, "queue", wait_timeout_seconds=20))
+            await until(lambda: svc.parked, "the lock request")
+            msg, body = svc.parked[0]
+            await msg.respond(json.dumps({"locked": True, "name": "queue", "key": body["key"], "token": 5}).encode())
+            got = await asyncio.wait_for(queue, WAIT)
+            assert got and got.token == 5
+            assert await asyncio.to_thread(got.unlock) is True
+            assert [op for op, _, _ in svc.requests] == ["trylock", "unlock", "lock", "unlock"]
+            session = aclient._session
+            assert re.fullmatch(r"[0-9a-f]{32}", session), session
+            for op, _, h in svc.requests:
+                assert h.get(HEADER_SESSION) == session and h.get(HEADER_OWNER) == aclient.owner(), (op, h)
+
+            with pytest.raises(ldlm.LDLMError) as info:
+                await asyncio.to_thread(client.try_lock, "gone")
+            assert info.value.code == "OwnerGone", info.value
+            assert svc.requests[-1][2].get(HEADER_SESSION) == session
+            assert aclient._session != session, "no new session after OwnerGone"
+            assert await asyncio.to_thread(client.try_lock, "next")
+            assert svc.requests[-1][2].get(HEADER_SESSION) == aclient._session
+        finally:
+            await asyncio.to_thread(client.close)
             await svc.nc.close()
 
     run(main())

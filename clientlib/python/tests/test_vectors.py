@@ -23,7 +23,7 @@ import pytest
 import ldlm
 from ldlm import encode_name
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, synced
 
 VECTORS = json.loads((REPO_ROOT / "subjects" / "testdata" / "wire-vectors.json").read_text())
 assert VECTORS["version"] == 1
@@ -193,7 +193,7 @@ class Responder:
 
     async def start(self) -> None:
         await self.nc.subscribe(f"{self.prefix}.>", cb=self.on_request)
-        await self.nc.flush()
+        await synced(self.nc)
 
     async def on_request(self, msg: Any) -> None:
         op = msg.subject.split(".")[1]
@@ -387,7 +387,7 @@ def test_no_service(url, case):
 
         async def listen():
             subs.append(await responder.nc.subscribe(f"{responder.prefix}.>", cb=responder.on_request))
-            await responder.nc.flush()
+            await synced(responder.nc)
 
         later = None
         try:
@@ -397,7 +397,7 @@ def test_no_service(url, case):
                 held = await client.try_lock("job", lock_timeout_seconds=60, auto_renew=False)
                 assert held, "the lock held first"
                 await subs.pop().unsubscribe()
-                await responder.nc.flush()
+                await synced(responder.nc)  # nobody answers from here on
             if case["every_reply"] is not None:
                 await listen()
             if "answers_after_seconds" in case:
@@ -491,15 +491,19 @@ def test_attach_reply_decoded(case):
             assert reply[field] == value, field
 
 
+@pytest.mark.parametrize("api", ["async", "sync"])
 @pytest.mark.parametrize("case", VECTORS["attach_replies"], ids=ids(VECTORS["attach_replies"]))
-def test_attach_reply_played(bare_cluster, case):
+def test_attach_reply_played(bare_cluster, case, api):
     """After its server shut down, the client (reconnected to the other
     member of a cluster) gets the vector's attach reply from a scripted
     service, with the vector's keys standing for the client's own: a held
     lock it lists stays held, a wait it lists keeps waiting for the reply
     to the request already sent; the others are lost, or withdrawn and
     asked again; resumed=false makes a new session id; an error reply is
-    as no reply (as before sessions)."""
+    as no reply (as before sessions). With api "sync", the synchronous
+    client's threads write the trylock and the lock request on the socket
+    themselves (ldlm/sync.py): the attach settles them the same way, and a
+    request written after it carries the session then current."""
     from test_sessions import Service, attached_anew, until
 
     want = case["expect"]
@@ -514,13 +518,24 @@ def test_attach_reply_played(bare_cluster, case):
         prefix = f"vec{uuid.uuid4().hex[:12]}"
         svc = Service(await nats.connect(cluster.members[0].url), prefix)
         await svc.start()
-        client = ldlm.AsyncClient(cluster.members[1].url, subject_prefix=prefix)
+        sync_client: Any = None
+        if api == "sync":
+            sync_client = await asyncio.to_thread(ldlm.Client, cluster.members[1].url, subject_prefix=prefix)
+            client = sync_client.async_client
+            assert client._epoch.writer is not None, "a plain TCP connection: callers write their requests"
+        else:
+            client = ldlm.AsyncClient(cluster.members[1].url, subject_prefix=prefix)
         try:
-            await client.connect()
+            if sync_client is None:
+                await client.connect()
             await until(lambda: client.nc.discovered_servers, "the client learnt member 0")
-            held = await client.try_lock("job")
+            if sync_client is not None:
+                held = await asyncio.to_thread(sync_client.try_lock, "job")
+                queue = asyncio.ensure_future(asyncio.to_thread(sync_client.lock, "queue"))
+            else:
+                held = await client.try_lock("job")
+                queue = asyncio.ensure_future(client.lock("queue"))
             assert held
-            queue = asyncio.ensure_future(client.lock("queue"))
             await until(lambda: svc.parked, "the lock request parked")
             keys = {"job": held.key, "queue": svc.parked[0][1]["key"]}
 
@@ -557,8 +572,15 @@ def test_attach_reply_played(bare_cluster, case):
             else:
                 await until(lambda: len(svc.ops("lock")) == 2, "the wait withdrawn and asked again")
                 assert any(b.get("key") == keys["queue"] for b, _ in svc.ops("unlock")), "not withdrawn"
-                queue.cancel()
-                await asyncio.gather(queue, return_exceptions=True)
+                if sync_client is not None:
+                    # a thread cannot be cancelled: grant the request asked again
+                    msg, body = svc.parked[-1]
+                    await msg.respond(json.dumps({"locked": True, "name": "queue", "key": body["key"], "token": 8}).encode())
+                    got = await asyncio.wait_for(queue, 30)
+                    assert got and got.token == 8 and got.key != keys["queue"]
+                else:
+                    queue.cancel()
+                    await asyncio.gather(queue, return_exceptions=True)
 
             resumed = ok and vector.get("resumed")
             if ok and not resumed:
@@ -567,8 +589,16 @@ def test_attach_reply_played(bare_cluster, case):
                 assert client._session == session
             later = svc.ops("lock")[-1][1].get("Ldlm-Session")
             assert later == client._session
+            if sync_client is not None:
+                assert await asyncio.to_thread(sync_client.try_lock, "after")
+                after = svc.ops("trylock")[-1][1]
+                assert after.get("Ldlm-Session") == client._session
+                assert after.get("Ldlm-Owner") == client.owner()
         finally:
-            await client.close()
+            if sync_client is not None:
+                await asyncio.to_thread(sync_client.close)
+            else:
+                await client.close()
             await svc.nc.close()
 
     run(main())

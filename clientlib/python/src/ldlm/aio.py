@@ -41,10 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import re
+import select
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -233,6 +237,21 @@ def _number(v: Any) -> str:
     return json.dumps(v)
 
 
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until event is set, at most timeout seconds; True if it was set.
+
+    Not asyncio.wait_for: before Python 3.12 it swallows a cancellation that
+    comes while the event wakes it (it returns the result instead, CPython
+    gh-86296), and the task goes on as if not cancelled: close() then
+    waited for a lock's watch until the lock's timeout passed (a minute in
+    the no_service renew vector, in about half the runs)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await event.wait()
+    except TimeoutError:
+        return False
+
+
 async def _finish(aw: Awaitable[T]) -> T:
     """Await aw to completion even if the caller is cancelled meanwhile; then
     re-raise the cancellation. Used for the clean-up requests (the unlock that
@@ -250,6 +269,25 @@ async def _finish(aw: Awaitable[T]) -> T:
             log.debug("clean-up failed: %r", task.exception())
         raise asyncio.CancelledError()
     return task.result()
+
+
+def _acquire_tail(
+    is_lock: bool,
+    deadline: Optional[float],
+    wait_timeout_seconds: Optional[float],
+    lock_timeout_seconds: Optional[float],
+    size: Optional[int],
+) -> str:
+    """The end of a lock or trylock request's JSON body, after the key (and
+    the wait timeout of a wait with a deadline, which changes each try)."""
+    tail = ""
+    if size is not None:
+        tail += ',"size":' + _number(size)
+    if lock_timeout_seconds is not None:
+        tail += ',"lock_timeout_seconds":' + _number(lock_timeout_seconds)
+    if is_lock and deadline is None and wait_timeout_seconds is not None:
+        tail += ',"wait_timeout_seconds":' + _number(wait_timeout_seconds)  # 0 or invalid: the service decides
+    return tail + "}"
 
 
 def _key_json(key: Optional[str]) -> str:
@@ -306,8 +344,10 @@ class _Replies:
     def __init__(self, sub: Any, prefix: str):
         self.sub = sub
         self.prefix = prefix  # the inbox, with the dot before the token
-        self.waiting: dict[str, asyncio.Future] = {}
-        self.seq = 0
+        # the requests waiting for their reply, by the token that ends their
+        # inbox: futures, or _Direct requests (sent by other threads)
+        self.waiting: dict[str, Any] = {}
+        self.seq = itertools.count(1)  # next() is atomic: other threads take tokens too
 
     @staticmethod
     def attach(sub: Any, prefix: str) -> Optional["_Replies"]:
@@ -344,6 +384,230 @@ def _pause(retries: int) -> float:
     return min(_RETRY_PAUSE * (2 ** min(retries, 10)), _MAX_RETRY_PAUSE)
 
 
+def _check_responders(msg: Any) -> None:
+    """Raise NoRespondersError for nats-py's no-responders reply."""
+    if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS:
+        raise nats.errors.NoRespondersError
+
+
+#: nats-py's status of a connection that is up (not connecting, not draining)
+_CONNECTED = NATS.CONNECTED
+
+#: how long a thread that wrote part of a request waits to write the rest
+_WRITE_REST_SECONDS = 10.0
+
+
+class _SocketWriter:
+    """Lets threads other than the event loop's write requests on the
+    connection's socket themselves (the synchronous client's callers: a
+    request then costs no wake-up of the loop, nor a task, nor a turn of
+    nats-py's flusher).
+
+    Its lock orders the writes: the transport's write() and writelines()
+    take it too (they are wrapped here), and another thread writes only
+    while nothing waits to be written before it (asyncio's buffer and
+    nats-py's pending commands are empty). A command is written whole: a
+    thread that wrote part of one writes the rest before letting go. Only
+    for a plain TCP socket transport of asyncio (not TLS, not WebSocket):
+    attach() returns None otherwise, and everything goes through the loop."""
+
+    def __init__(self, transport: Any, sock: socket.socket):
+        self.transport = transport
+        self.sock = sock
+        self.mu = threading.RLock()  # writelines() may call write()
+        write, writelines, mu = transport.write, transport.writelines, self.mu
+
+        def locked_write(data: Any) -> None:
+            with mu:
+                write(data)
+
+        def locked_writelines(lines: Any) -> None:
+            with mu:
+                writelines(lines)
+
+        transport.write = locked_write
+        transport.writelines = locked_writelines
+
+    @staticmethod
+    def attach(nc: Any) -> Optional["_SocketWriter"]:
+        """The writer of the connection's current socket (made once per socket)."""
+        writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is None or type(transport).__name__ != "_SelectorSocketTransport":
+            return None
+        if not isinstance(getattr(nc, "_status", None), int) or not isinstance(getattr(nc, "_pending_data_size", None), int):
+            return None  # another nats-py: send() could not tell whether the way is clear
+        found = getattr(transport, "_ldlm_writer", None)
+        if found is not None:
+            return found
+        sock = getattr(transport, "_sock", None)
+        if not isinstance(sock, socket.socket) or transport.get_extra_info("sslcontext") is not None:
+            return None
+        try:
+            found = _SocketWriter(transport, sock)
+            transport._ldlm_writer = found
+        except AttributeError:
+            return None
+        return found
+
+    def send(self, nc: Any, data: bytes) -> bool:
+        """Write data now, from any thread; False (nothing written) when it
+        cannot go first: the caller then lets the loop send it."""
+        with self.mu:
+            t = self.transport
+            if nc._status != _CONNECTED or nc._pending_data_size or t.get_write_buffer_size() or t.is_closing():
+                return False
+            try:
+                n = self.sock.send(data)
+            except OSError:  # would block, or the connection broke: nothing written
+                return False
+            if n < len(data):
+                self._send_rest(memoryview(data)[n:])
+            return True
+
+    def _send_rest(self, rest: memoryview) -> None:
+        """The socket took part of a command: write the rest before anything
+        else may be written. If that fails the stream is broken: shut the
+        socket down, so that nats-py reconnects (the request's caller hears
+        of it like of any lost connection)."""
+        end = time.monotonic() + _WRITE_REST_SECONDS
+        try:
+            while rest:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the socket took no data for %.0fs" % _WRITE_REST_SECONDS)
+                select.select([], [self.sock], [], left)
+                try:
+                    rest = rest[self.sock.send(rest) :]
+                except (BlockingIOError, InterruptedError):
+                    pass
+        except OSError as e:
+            log.warning("ldlm: writing a request failed (%r): dropping the connection", e)
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _pub_command(subject: str, reply: str, payload: bytes, header: Optional[bytes]) -> bytes:
+    """nats-py's PUB (HPUB with a header block) command, made off the loop."""
+    if header is None:
+        return b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(),
+        reply.encode(),
+        len(header),
+        len(header) + len(payload),
+        header,
+        payload,
+    )
+
+
+class _Interrupted(Exception):
+    """A direct lock request's wait was interrupted (see _Wait): withdraw it
+    and ask again."""
+
+
+class _Direct:
+    """A request that a thread other than the event loop's wrote on the
+    connection itself (see _SocketWriter), for a synchronous caller.
+
+    Its reply is settled on the loop as nats-py reads it (_Replies), without
+    a task: ``settle(direct, msg, error)``, a function of the client, ends
+    the call with ``done(result, error)`` in the common cases and otherwise
+    hands what is left (retries, withdrawals) to the asyncio code, in a
+    task, with ``proceed(coro)``. ``done`` and ``proceed`` are the caller's
+    (ldlm/sync.py). The reply, the expiry of ``deadline`` (expire()), an
+    interruption of a lock wait and the caller giving up (abandon()) all
+    happen on the loop, so exactly one of them resolves the request."""
+
+    __slots__ = (
+        "replies", "token", "settle", "on_done", "proceed", "deadline", "resolved_mu",
+        "msg", "error", "key", "ep", "headers", "sent_at", "wait", "wait_deadline", "cleanup",
+    )
+
+    def __init__(
+        self,
+        replies: "_Replies",
+        settle: Callable[["_Direct"], None],
+        done: Callable[[Any, Optional[BaseException]], None],
+        proceed: Callable[[Any], None],
+    ):
+        self.replies = replies
+        self.token = str(next(replies.seq))
+        self.settle = settle
+        self.on_done = done
+        self.proceed = proceed
+        self.deadline: Optional[float] = None  # monotonic; None: no limit
+        # taken once, by whatever resolves the request (on the loop), or by
+        # the caller's thread taking back a request it could not write
+        self.resolved_mu = threading.Lock()
+        self.msg: Any = None
+        self.error: Optional[BaseException] = None
+        self.key: Optional[str] = None
+        self.ep: Optional["_Epoch"] = None  # of the wait, once settled: an attach may move it
+        self.headers: Optional[dict[str, str]] = None  # as sent (the session's OwnerGone)
+        self.sent_at = 0.0
+        self.wait: Optional["_Wait"] = None
+        self.wait_deadline: Optional[float] = None
+        self.cleanup: Optional[Callable[[], Awaitable[Any]]] = None  # what abandon() leaves to do
+
+    @property
+    def reply_to(self) -> str:
+        return self.replies.prefix + self.token
+
+    def claim(self) -> bool:
+        """Resolve the request now; False if something else did first."""
+        return self.resolved_mu.acquire(False)
+
+    # what _Replies.put_nowait uses of a future
+    def done(self) -> bool:
+        return self.resolved_mu.locked()
+
+    def set_result(self, msg: Any) -> None:
+        self._resolve(msg, None)
+
+    def expire(self) -> None:
+        """On the loop: the deadline passed without a reply."""
+        self._resolve(None, nats.errors.TimeoutError())
+
+    def interrupt(self) -> None:
+        """On the loop: the lock wait may be parked where no reply will come from."""
+        self._resolve(None, _Interrupted())
+
+    def _resolve(self, msg: Any, error: Optional[BaseException]) -> None:
+        if not self.claim():
+            return
+        self.replies.waiting.pop(self.token, None)
+        self.msg, self.error = msg, error
+        try:
+            self.settle(self)
+        except BaseException as e:  # noqa: BLE001 - never into nats-py's read loop
+            self.on_done(None, e)
+        self._unlink()
+
+    def _unlink(self) -> None:
+        """Drop the references that make cycles (the caller's callbacks, the
+        wait): resolved requests are freed at once, without the collector."""
+        self.settle = self.on_done = self.proceed = self.cleanup = None  # type: ignore[assignment]
+        if self.wait is not None:
+            self.wait.direct = None
+            self.wait = None
+
+    def abandon(self) -> Optional[Awaitable[Any]]:
+        """On the loop: the caller gave up. Unless already resolved (then the
+        task or the outcome takes care of itself), the request is dropped
+        and its clean-up (a withdrawal) returned, to be awaited."""
+        if not self.claim():
+            return None
+        self.replies.waiting.pop(self.token, None)
+        cleanup = self.cleanup
+        try:
+            return cleanup() if cleanup is not None else None
+        finally:
+            self._unlink()
+
+
 class _Epoch:
     """One unbroken stretch of the connection: connected, to one server, with
     one client id. nats-py replaces its INFO dict on every (re)connect, so the
@@ -352,21 +616,33 @@ class _Epoch:
     ``headers`` are sent as they are by every request of the epoch: built
     here once, and replaced (never modified) when the session id changes."""
 
-    __slots__ = ("info", "owner", "headers")
+    __slots__ = ("info", "owner", "headers", "wire", "writer")
 
-    def __init__(self, info: Any, owner: Optional[str], session: Optional[str]):
+    def __init__(self, info: Any, owner: Optional[str], session: Optional[str], writer: Optional[_SocketWriter] = None):
         self.info = info
         self.owner = owner
         self.headers: Optional[dict[str, str]] = None
+        # (headers, the same block as nats-py writes it): what requests
+        # written off the loop carry; one attribute, so that a thread reads
+        # both of one session id
+        self.wire: tuple[Optional[dict[str, str]], Optional[bytes]] = (None, None)
+        self.writer = writer  # None: requests go through nats-py only
         self.set_session(session)
 
     def set_session(self, session: Optional[str]) -> None:
+        """On the loop: the headers of the epoch's requests from now on."""
+        headers: Optional[dict[str, str]]
         if not self.owner:
-            self.headers = None  # a session needs an owner: the service refuses it alone
+            headers = None  # a session needs an owner: the service refuses it alone
         elif session:
-            self.headers = {HEADER_OWNER: self.owner, HEADER_SESSION: session}
+            headers = {HEADER_OWNER: self.owner, HEADER_SESSION: session}
         else:
-            self.headers = {HEADER_OWNER: self.owner}
+            headers = {HEADER_OWNER: self.owner}
+        block = None
+        if headers is not None:
+            block = ("NATS/1.0\r\n" + "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n").encode()
+        self.headers = headers
+        self.wire = (headers, block)
 
     @property
     def session(self) -> Optional[str]:
@@ -381,18 +657,23 @@ class _Wait:
     reconnect then moves it to the new epoch), or another instance of the
     service took over."""
 
-    __slots__ = ("task", "epoch", "key", "interrupted")
+    __slots__ = ("task", "epoch", "key", "interrupted", "direct")
 
-    def __init__(self, task: "asyncio.Task[Any]", epoch: _Epoch, key: str):
-        self.task = task
+    def __init__(self, task: "Optional[asyncio.Task[Any]]", epoch: _Epoch, key: str, direct: Optional[_Direct] = None):
+        self.task = task  # the lock() call's, or None for a direct request
         self.epoch = epoch
         self.key = key
         self.interrupted = False
+        self.direct = direct
 
     def interrupt(self) -> None:
+        """On the loop."""
         if not self.interrupted:
             self.interrupted = True
-            self.task.cancel()
+            if self.task is not None:
+                self.task.cancel()
+            elif self.direct is not None:
+                self.direct.interrupt()
 
 
 class AsyncLock:
@@ -434,6 +715,9 @@ class AsyncLock:
         self.instance = instance
         self.lost_error: Optional[LockLostError] = None
         self._state = _HELD if granted else _NOT_OBTAINED
+        # taken once, by whoever ends the hold: the loop, or a synchronous
+        # caller's unlock on its own thread (see _direct_unlock)
+        self._ending = threading.Lock()
         self._auto_renew = auto_renew
         self._epoch = epoch
         # Our estimate of the expiry, on the monotonic clock: counted from
@@ -486,7 +770,18 @@ class AsyncLock:
         self._end(_UNLOCKED)
         if self._watch_task is not None:
             await self._stop_watch()
-        reply = await self._client._call(OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name)
+        return await self._send_unlock()
+
+    async def _send_unlock(self, first_try: Optional[tuple[float, bool]] = None) -> bool:
+        """The part of unlock() after the hold ended: ask the service (see
+        _call for first_try)."""
+        reply = await self._client._call(
+            OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name, first_try=first_try
+        )
+        return self._unlocked(reply)
+
+    def _unlocked(self, reply: dict) -> bool:
+        """unlock()'s outcome from the service's reply."""
         err = reply.get("error")
         if err:
             exc = error_from_reply(err, self.name)
@@ -500,6 +795,61 @@ class AsyncLock:
         if not reply.get("unlocked"):
             raise UnexpectedReplyError(f"unlock reply without unlocked=true: {reply!r}", lock_name=self.name)
         return True
+
+    def _direct_unlock(self, done: Callable[[Any, Optional[BaseException]], None], proceed: Callable[[Any], None]) -> Any:
+        """unlock() for a synchronous caller, called on its own thread (not
+        the loop's): the unlock request is written on the connection by this
+        thread (see _Direct). Returns the _Direct; None when only unlock()
+        on the loop will do (nothing was changed); or, when the hold was
+        ended here but the request could not be written, the coroutine
+        function that sends it, to run on the loop instead of unlock().
+        Only for a lock without a lock timeout (no expiry, no renewals)."""
+        client = self._client
+        replies, nc = client._replies, client._nc
+        if self._state != _HELD or self._expires_mono is not None or self._watch_task is not None:
+            return None
+        if replies is None or nc is None or client._closed:
+            return None
+        ep = client._current()
+        if ep is None or ep.writer is None:
+            return None
+        if not self._end(_UNLOCKED):
+            return None  # ended meanwhile (lost): unlock() says how
+        # From here on the unlock is to be sent: by this thread, or by the loop.
+        d = _Direct(replies, self._settle_unlock, done, proceed)
+        try:
+            payload = ('{"key":%s}' % _key_json(self.key)).encode()
+            d.headers, block = ep.wire  # Ldlm-Owner and Ldlm-Session, as the loop's requests
+            cmd = _pub_command(f"{client._prefix}.{OP_UNLOCK}.{self._subject_name}", d.reply_to, payload, block)
+            d.sent_at = time.monotonic()
+            d.deadline = d.sent_at + max(min(client._request_timeout, client._no_service_budget), _MIN_TIMEOUT)
+            replies.waiting[d.token] = d
+            sent = ep.writer.send(nc, cmd)
+        except Exception as e:  # noqa: BLE001 - not written: the loop sends it
+            log.debug("ldlm: writing an unlock request: %r", e)
+            sent = False
+        if not sent and d.claim():
+            replies.waiting.pop(d.token, None)
+            return self._send_unlock
+        return d
+
+    def _settle_unlock(self, d: _Direct) -> None:
+        """On the loop: the outcome of a direct unlock request."""
+        if d.error is not None:
+            d.on_done(None, d.error)
+            return
+        msg = d.msg
+        unavailable = False
+        if not (msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS):
+            reply = _decode_reply(msg, self.name)
+            err = reply.get("error")
+            if not err or err.get("code") != "Unavailable":
+                d.on_done(self._unlocked(reply), None)
+                return
+            unavailable = True
+        # Nobody answered, or the service is stopping: the loop retries,
+        # within the budget that started with this first try.
+        d.proceed(self._send_unlock((d.sent_at, unavailable)))
 
     async def renew(self, lock_timeout_seconds: float) -> "AsyncLock":
         """Set the lock to expire ``lock_timeout_seconds`` from now (and keep
@@ -530,7 +880,7 @@ class AsyncLock:
 
     def _end(self, state: str) -> bool:
         """Leave the held state; True if this call did."""
-        if self._state != _HELD:
+        if self._state != _HELD or not self._ending.acquire(False):
             return False
         self._state = state
         self._client._held.discard(self)
@@ -610,13 +960,9 @@ class AsyncLock:
                 wake = min(wake, renew_at)
             self._poke.clear()
             delay = wake - time.monotonic()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._poke.wait(), delay)
-                    retry_at = 0.0
-                    continue  # renewed by renew(): recompute
-                except asyncio.TimeoutError:
-                    pass
+            if delay > 0 and await _wait_event(self._poke, delay):
+                retry_at = 0.0
+                continue  # renewed by renew(): recompute
             now = time.monotonic()
             self._check_expiry()
             if self._state != _HELD:
@@ -888,8 +1234,7 @@ class AsyncClient:
         replies = self._replies
         if replies is None:
             return await nc.request(subj, payload, timeout=timeout, headers=headers)
-        replies.seq += 1
-        token = str(replies.seq)
+        token = str(next(replies.seq))
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         replies.waiting[token] = fut
@@ -902,8 +1247,7 @@ class AsyncClient:
                 timer.cancel()
         finally:
             replies.waiting.pop(token, None)
-        if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS:
-            raise nats.errors.NoRespondersError
+        _check_responders(msg)
         return msg
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
@@ -1025,7 +1369,8 @@ class AsyncClient:
                     except Exception as e:  # noqa: BLE001
                         log.warning("ldlm: cannot subscribe to lost-lock notices: %r", e)
                 if nc.is_connected and nc._server_info is info:
-                    ep = _Epoch(info, owner, self._session)
+                    writer = _SocketWriter.attach(nc) if self._replies is not None else None
+                    ep = _Epoch(info, owner, self._session, writer)
                     first = self._attached is None
                     self._epoch = ep
                     if first or ep.session is None:
@@ -1155,7 +1500,7 @@ class AsyncClient:
         """End the lost-notice subscriptions of owners that are not the
         current connection and hold no lock (with keep_on_disconnect, locks
         taken before a reconnect keep their old owner at the service)."""
-        needed = {lock._epoch.owner for lock in self._held if lock._epoch is not None}
+        needed = {lock._epoch.owner for lock in list(self._held) if lock._epoch is not None}
         if self._epoch is not None:
             needed.add(self._epoch.owner)
         for owner in [o for o in self._lost_subs if o not in needed]:
@@ -1196,10 +1541,7 @@ class AsyncClient:
         most timeout seconds (a check in case a callback is missed)."""
         if self._epoch_changed is None:
             self._epoch_changed = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._epoch_changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await _wait_event(self._epoch_changed, timeout)
 
     # -- the service's notices -------------------------------------------
 
@@ -1429,22 +1771,40 @@ class AsyncClient:
         )
 
     async def _call(
-        self, op: str, name: str, body: str, budget: Optional[float] = None, encoded: Optional[str] = None
+        self,
+        op: str,
+        name: str,
+        body: str,
+        budget: Optional[float] = None,
+        encoded: Optional[str] = None,
+        first_try: Optional[tuple[float, bool]] = None,
     ) -> dict:
         """Send unlock or renew with the current owner and return the decoded
         reply (the service's error stays in it). While no service answers, or
         it is stopping, it retries within the budget (default: the request
-        timeout, or what ``retries`` says), the last try at its end."""
+        timeout, or what ``retries`` says), the last try at its end.
+
+        ``first_try``: (when it was sent, whether the service said
+        Unavailable) of a first try that a synchronous caller wrote itself
+        and that nobody answered: the budget started then, and this goes on
+        with the retries."""
         if self._nc is None:
             await self.connect()
         nc = self._nc
         assert nc is not None
         subj = f"{self._prefix}.{op}.{encode_name(name) if encoded is None else encoded}"
         payload = body.encode()
-        start = time.monotonic()
+        start = time.monotonic() if first_try is None else first_try[0]
         end = start + (self._no_service_budget if budget is None else budget)
         tries = 0
         unavailable = False
+        if first_try is not None:
+            unavailable = first_try[1]
+            left = end - time.monotonic()
+            if left <= 0:
+                raise self._no_service(name, start, unavailable)
+            await asyncio.sleep(min(_pause(0), left))
+            tries = 1
         while True:
             ep = self._current()
             headers = ep.headers if ep is not None else None
@@ -1476,8 +1836,12 @@ class AsyncClient:
         lock_timeout_seconds: Optional[float],
         size: Optional[int],
         auto_renew: Optional[bool],
+        resume: Optional[_Direct] = None,
     ) -> AsyncLock:
-        if self._closed:
+        """lock() and try_lock(). With ``resume``, a request a synchronous
+        caller sent (see _direct_acquire): its reply (or its error) is the
+        outcome of the first try."""
+        if self._closed and resume is None:
             raise nats.errors.ConnectionClosedError()
         if self._nc is None or not self._set_up:
             await self.connect()
@@ -1488,17 +1852,12 @@ class AsyncClient:
         renew = self._auto_renew if auto_renew is None else auto_renew
         is_lock = op == OP_LOCK
         deadline: Optional[float] = None
-        if is_lock and wait_timeout_seconds is not None and wait_timeout_seconds > 0:
+        if resume is not None:
+            deadline = resume.wait_deadline
+        elif is_lock and wait_timeout_seconds is not None and wait_timeout_seconds > 0:
             deadline = time.monotonic() + float(wait_timeout_seconds)
         subj = f"{self._prefix}.{op}.{encode_name(name)}"
-        tail = ""
-        if size is not None:
-            tail += ',"size":' + _number(size)
-        if lock_timeout_seconds is not None:
-            tail += ',"lock_timeout_seconds":' + _number(lock_timeout_seconds)
-        if is_lock and deadline is None and wait_timeout_seconds is not None:
-            tail += ',"wait_timeout_seconds":' + _number(wait_timeout_seconds)  # 0 or invalid: the service decides
-        tail += "}"
+        tail = _acquire_tail(is_lock, deadline, wait_timeout_seconds, lock_timeout_seconds, size)
         no_service_since: Optional[float] = None  # when nobody started answering
         unavailable = False
         retries = 0  # consecutive retries, for the pause before the next
@@ -1508,52 +1867,74 @@ class AsyncClient:
         silence_bounded = deadline is None
 
         while True:
-            if retries > 1 or no_service_since is not None:
-                pause = _pause(retries - 1)
-                # the last try goes at the end of the budget
-                if deadline is not None:
-                    pause = min(pause, max(deadline - time.monotonic(), 0))
-                elif no_service_since is not None:
-                    pause = min(pause, max(no_service_since + self._no_service_budget - time.monotonic(), 0))
-                await asyncio.sleep(pause)
-            ep = self._current()
-            if ep is None:
-                ep = await self._epoch_for(is_lock, deadline, name)
+            first, resume = resume, None
+            if first is None:
+                if retries > 1 or no_service_since is not None:
+                    pause = _pause(retries - 1)
+                    # the last try goes at the end of the budget
+                    if deadline is not None:
+                        pause = min(pause, max(deadline - time.monotonic(), 0))
+                    elif no_service_since is not None:
+                        pause = min(pause, max(no_service_since + self._no_service_budget - time.monotonic(), 0))
+                    await asyncio.sleep(pause)
+                ep = self._current()
                 if ep is None:
-                    return AsyncLock(self, name)  # the wait timed out while disconnected
-            # A key of our own: if we give up before the reply, an unlock
-            # with it releases a grant that raced in or cancels the wait.
-            key = token_hex(16)
-            if is_lock:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left < _MIN_TIMEOUT:
-                        if no_service_since is not None:
-                            raise self._no_service(name, no_service_since, unavailable)
-                        return AsyncLock(self, name)
-                    left = max(round(left, 3), _MIN_TIMEOUT)
-                    body = '{"key":"%s","wait_timeout_seconds":%r%s' % (key, left, tail)
-                    timeout = left + self._wait_margin
+                    ep = await self._epoch_for(is_lock, deadline, name)
+                    if ep is None:
+                        return AsyncLock(self, name)  # the wait timed out while disconnected
+                # A key of our own: if we give up before the reply, an unlock
+                # with it releases a grant that raced in or cancels the wait.
+                key = token_hex(16)
+                if is_lock:
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left < _MIN_TIMEOUT:
+                            if no_service_since is not None:
+                                raise self._no_service(name, no_service_since, unavailable)
+                            return AsyncLock(self, name)
+                        left = max(round(left, 3), _MIN_TIMEOUT)
+                        body = '{"key":"%s","wait_timeout_seconds":%r%s' % (key, left, tail)
+                        timeout = left + self._wait_margin
+                    else:
+                        body = '{"key":"%s"%s' % (key, tail)
+                        timeout = _UNLIMITED_REQUEST_TIMEOUT
                 else:
                     body = '{"key":"%s"%s' % (key, tail)
-                    timeout = _UNLIMITED_REQUEST_TIMEOUT
+                    timeout = self._request_timeout
+                    if no_service_since is not None:
+                        timeout = min(timeout, max(no_service_since + self._no_service_budget - time.monotonic(), _MIN_TIMEOUT))
+                sent_at = time.monotonic()
+                wait: Optional[_Wait] = None
+                if is_lock:
+                    task = asyncio.current_task()
+                    assert task is not None
+                    wait = _Wait(task, ep, key)
+                    self._waits.add(wait)
+                sent_headers = ep.headers
             else:
-                body = '{"key":"%s"%s' % (key, tail)
-                timeout = self._request_timeout
-                if no_service_since is not None:
-                    timeout = min(timeout, max(no_service_since + self._no_service_budget - time.monotonic(), _MIN_TIMEOUT))
-            sent_at = time.monotonic()
-            wait: Optional[_Wait] = None
-            if is_lock:
-                task = asyncio.current_task()
-                assert task is not None
-                wait = _Wait(task, ep, key)
-                self._waits.add(wait)
-            sent_headers = ep.headers
+                # sent by a synchronous caller (its wait, if any, is over;
+                # an attach may have moved it to a later epoch: first.ep)
+                assert first.key is not None and first.ep is not None
+                key, ep, sent_at, wait = first.key, first.ep, first.sent_at, None
+                sent_headers = first.headers
             try:
-                msg = await self._request(nc, subj, body.encode(), timeout, sent_headers)
+                if first is None:
+                    msg = await self._request(nc, subj, body.encode(), timeout, sent_headers)
+                else:
+                    if first.error is not None:
+                        raise first.error
+                    msg = first.msg
+                    _check_responders(msg)
+            except _Interrupted:
+                # A direct request's wait that may be parked where no reply
+                # will come from: as for an interrupted wait below.
+                await _finish(self._withdraw(name, key))
+                if self._closed:
+                    raise nats.errors.ConnectionClosedError() from None
+                retries += 1
+                continue
             except asyncio.CancelledError:
-                interrupted = wait is not None and wait.interrupted and wait.task.uncancel() == 0
+                interrupted = wait is not None and wait.interrupted and wait.task is not None and wait.task.uncancel() == 0
                 # Cancelled, or the wait may be parked where no reply will
                 # come from: give back whatever the service did with our key.
                 await _finish(self._withdraw(name, key))
@@ -1573,7 +1954,9 @@ class AsyncClient:
                 # service may have done with our key.
                 await _finish(self._withdraw(name, key))
                 if isinstance(e, nats.errors.TimeoutError):
-                    if wait is not None and wait.epoch is not self._current():
+                    # the epoch of the wait (a direct one's, as its reply settled it)
+                    wait_ep = wait.epoch if wait is not None else (first.ep if first is not None and is_lock else None)
+                    if wait_ep is not None and wait_ep is not self._current():
                         # A wait kept across a cut connection that no attach
                         # took over: no reply could come. As without sessions,
                         # the wait timeout is up (or, before it, ask again).
@@ -1585,9 +1968,12 @@ class AsyncClient:
                 raise
             else:
                 if wait is not None:
-                    if wait.interrupted:
+                    if wait.interrupted and wait.task is not None:
                         wait.task.uncancel()  # the interruption came too late to cancel the request
                     ep = wait.epoch  # an attach may have moved the wait to a later epoch
+                lock = self._granted(op, name, key, ep, sent_at, size, lock_timeout_seconds, renew, msg, sent_headers)
+                if lock is not None:
+                    return lock
                 reply = _decode_reply(msg, name)
                 err = reply.get("error")
                 if not err:
@@ -1646,6 +2032,136 @@ class AsyncClient:
             retries += 1
             if silence_bounded and time.monotonic() - no_service_since >= self._no_service_budget:
                 raise self._no_service(name, no_service_since, unavailable)
+
+    def _granted(
+        self,
+        op: str,
+        name: str,
+        key: str,
+        ep: _Epoch,
+        sent_at: float,
+        size: Optional[int],
+        lock_timeout_seconds: Optional[float],
+        renew: bool,
+        msg: Any,
+        sent_headers: Optional[dict[str, str]],
+    ) -> Optional[AsyncLock]:
+        """On the loop: the outcome of a lock or trylock reply in the cases
+        that need nothing awaited: a fresh grant (registered), not granted
+        (a falsy lock) or the service's error (raised). None for the others
+        (nobody answered, the service is stopping, a grant that cannot be
+        kept...), which _acquire handles; nothing is changed then."""
+        if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS_STATUS:
+            return None
+        reply = _decode_reply(msg, name)
+        err = reply.get("error")
+        if not err:
+            if not reply.get("locked"):
+                return None if op == OP_LOCK else AsyncLock(self, name)
+            lock = self._lock_from(reply, name, key, size, lock_timeout_seconds, renew, ep, sent_at)
+            if self._register(lock, ep) is not None:
+                return None
+            lock._start_watch()
+            return lock
+        code = err.get("code")
+        if code == "LockWaitTimeout":
+            return AsyncLock(self, name)
+        if code == "Unavailable" or (code == "OwnerGone" and op == OP_LOCK):
+            return None
+        if code == "OwnerGone":
+            self._forget_session(sent_headers)  # the service released our session: later requests use a new one
+        raise error_from_reply(err, name)
+
+    def _direct_acquire(
+        self,
+        op: str,
+        name: str,
+        wait_timeout_seconds: Optional[float],
+        lock_timeout_seconds: Optional[float],
+        size: Optional[int],
+        auto_renew: Optional[bool],
+        done: Callable[[Any, Optional[BaseException]], None],
+        proceed: Callable[[Any], None],
+    ) -> Optional[_Direct]:
+        """lock() or try_lock() for a synchronous caller, called on its own
+        thread (not the loop's): the request is written on the connection by
+        this thread (see _Direct); its reply is settled on the loop. None
+        when only _acquire on the loop will do (not connected, a wait timeout
+        the service is to judge, the request could not be written...):
+        nothing was changed then."""
+        replies, nc = self._replies, self._nc
+        if replies is None or nc is None or self._closed or not self._set_up:
+            return None
+        is_lock = op == OP_LOCK
+        wait_deadline: Optional[float] = None
+        if is_lock and wait_timeout_seconds is not None:
+            if type(wait_timeout_seconds) not in (int, float) or not wait_timeout_seconds > 0:
+                return None
+            wait_deadline = time.monotonic() + float(wait_timeout_seconds)
+        ep = self._current()
+        if ep is None or ep.writer is None:
+            return None
+        if lock_timeout_seconds is None:
+            lock_timeout_seconds = self._lock_timeout
+        renew = self._auto_renew if auto_renew is None else auto_renew
+        subj = f"{self._prefix}.{op}.{encode_name(name)}"
+        tail = _acquire_tail(is_lock, wait_deadline, wait_timeout_seconds, lock_timeout_seconds, size)
+        key = token_hex(16)
+        timeout: Optional[float] = self._request_timeout
+        if wait_deadline is not None:
+            left = max(round(wait_deadline - time.monotonic(), 3), _MIN_TIMEOUT)
+            body = '{"key":"%s","wait_timeout_seconds":%r%s' % (key, left, tail)
+            timeout = left + self._wait_margin
+        else:
+            body = '{"key":"%s"%s' % (key, tail)
+            if is_lock:
+                timeout = None  # waits without limit
+
+        def settle(d: _Direct) -> None:
+            if d.wait is not None:
+                d.ep = d.wait.epoch  # an attach may have moved the wait to a later epoch
+                self._waits.discard(d.wait)
+            if d.error is None:
+                assert d.ep is not None
+                lock = self._granted(op, name, key, d.ep, d.sent_at, size, lock_timeout_seconds, renew, d.msg, d.headers)
+                if lock is not None:
+                    d.on_done(lock, None)
+                    return
+            d.proceed(self._acquire(op, name, wait_timeout_seconds, lock_timeout_seconds, size, renew, resume=d))
+
+        d = _Direct(replies, settle, done, proceed)
+        d.key, d.ep, d.wait_deadline = key, ep, wait_deadline
+
+        def withdraw() -> Awaitable[None]:
+            if d.wait is not None:
+                self._waits.discard(d.wait)
+            return _finish(self._withdraw(name, key))
+
+        d.cleanup = withdraw
+        # Ldlm-Owner and Ldlm-Session, as the loop's requests of the epoch
+        d.headers, block = ep.wire
+        cmd = _pub_command(subj, d.reply_to, body.encode(), block)
+        replies.waiting[d.token] = d
+        if is_lock:
+            # interrupted (on the loop) when the connection changes (unless
+            # the session keeps it: the attach after the reconnect settles
+            # it) or another instance takes over, like the loop's own waits
+            d.wait = _Wait(None, ep, key, d)
+            self._waits.add(d.wait)
+        d.sent_at = time.monotonic()
+        if timeout is not None:
+            d.deadline = d.sent_at + timeout
+        # Sent only while the epoch is still current: after a change after
+        # this check, the wait registered above is interrupted, or settled by
+        # the attach like the loop's own (kept if listed, else withdrawn and
+        # asked again).
+        if not (self._current() is ep and ep.writer.send(nc, cmd)) and d.claim():
+            replies.waiting.pop(d.token, None)
+            if d.wait is not None:
+                self._waits.discard(d.wait)
+            return None
+        # (not sent, but interrupted meanwhile: what continues withdraws the key)
+        return d
 
     async def _withdraw(self, name: str, key: str) -> None:
         """Take back a lock request we gave up on: unlock with its key, which

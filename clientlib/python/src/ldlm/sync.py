@@ -8,8 +8,10 @@ of lost ones). Its methods may be called from any number of threads at once.
 Nothing here repeats the asyncio client: each blocking method is made from
 the AsyncClient (or AsyncLock) method of the same name, with its signature
 and documentation, and runs it on the loop. Only what is particular to
-blocking calls lives here: who runs the loop (_Runner), and giving back a
-grant when the caller is interrupted (Ctrl-C) while it waits.
+blocking calls lives here: who runs the loop (_Runner), the requests that
+calling threads write on the connection themselves (try_lock, lock and
+Lock.unlock: see _Direct in ldlm/aio.py), and giving back a grant when the
+caller is interrupted (Ctrl-C) while it waits.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import _signal
 import logging
 import signal
 import threading
+import time
 import weakref
 from typing import Any, Callable, Coroutine, Optional, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .aio import DEFAULT_ADDRESS, Address, AsyncClient, AsyncLock, release_on_exit
+from ._names import OP_LOCK, OP_TRYLOCK
+from .aio import DEFAULT_ADDRESS, Address, AsyncClient, AsyncLock, _Direct, _finish, release_on_exit
 from .errors import LDLMError
 
 log = logging.getLogger("ldlm")
@@ -40,16 +44,52 @@ T = TypeVar("T")
 _CLEANUP_SECONDS = 15.0
 
 
-def _blocking(async_method: Callable[..., Coroutine[Any, Any, Any]], of: str) -> Callable[..., Any]:
+#: a direct request's start (see _Runner.run): called with the caller's done
+#: and proceed, it returns the _Direct sent, None (not sent: run the method
+#: on the loop) or a coroutine function to run on the loop instead
+_Start = Callable[[Callable[..., None], Callable[..., None]], Any]
+
+
+def _direct_acquire(op: str) -> Callable[..., _Start]:
+    """The direct start of lock() or try_lock() (see AsyncClient._direct_acquire)."""
+    params = ("wait_timeout_seconds", "lock_timeout_seconds", "size") if op == OP_LOCK else ("lock_timeout_seconds", "size")
+    keywords = frozenset(params) | {"auto_renew"}
+
+    def start_of(aclient: AsyncClient, name: str, *args: Any, **kwargs: Any) -> _Start:
+        if len(args) > len(params) or not keywords.issuperset(kwargs) or any(p in kwargs for p in params[: len(args)]):
+            return _no_direct  # the method itself says what is wrong
+        given = dict(zip(params, args), **kwargs)
+        wait_timeout, lock_timeout = given.get("wait_timeout_seconds"), given.get("lock_timeout_seconds")
+        size, auto_renew = given.get("size"), given.get("auto_renew")
+
+        def start(done: Callable[..., None], proceed: Callable[..., None]) -> Any:
+            return aclient._direct_acquire(op, name, wait_timeout, lock_timeout, size, auto_renew, done, proceed)
+
+        return start
+
+    return start_of
+
+
+def _no_direct(done: Callable[..., None], proceed: Callable[..., None]) -> None:
+    return None
+
+
+def _blocking(
+    async_method: Callable[..., Coroutine[Any, Any, Any]], of: str, direct: Optional[Callable[..., _Start]] = None
+) -> Callable[..., Any]:
     """A blocking method that runs ``async_method`` (of AsyncClient or
     AsyncLock) on the client's loop, with the same signature and docs. A
-    returned AsyncLock comes back as a :class:`Lock`."""
+    returned AsyncLock comes back as a :class:`Lock`. With ``direct``, the
+    caller's thread sends the request itself when it can (see _Runner.run)."""
     name = async_method.__name__
 
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         if of == "client":
-            return self._run(getattr(self._aclient, name), args, kwargs)
-        result = self._client._run(getattr(self._alock, name), args, kwargs)
+            start = direct(self._aclient, *args, **kwargs) if direct is not None and args else None
+            return self._run(getattr(self._aclient, name), args, kwargs, start)
+        alock = self._alock
+        start = alock._direct_unlock if name == "unlock" and not args and not kwargs else None
+        result = self._client._run(getattr(alock, name), args, kwargs, start)
         return self if isinstance(result, Lock) and result._alock is self._alock else result
 
     functools.update_wrapper(method, async_method)
@@ -184,8 +224,8 @@ class Client:
 
     # -- the operations, made from AsyncClient's ------------------------
 
-    lock = _blocking(AsyncClient.lock, "client")
-    try_lock = _blocking(AsyncClient.try_lock, "client")
+    lock = _blocking(AsyncClient.lock, "client", _direct_acquire(OP_LOCK))
+    try_lock = _blocking(AsyncClient.try_lock, "client", _direct_acquire(OP_TRYLOCK))
     unlock = _blocking(AsyncClient.unlock, "client")
     renew = _blocking(AsyncClient.renew, "client")
     lock_context = _context("lock", AsyncClient.lock_context)
@@ -258,10 +298,12 @@ class Client:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
 
-    def _run(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict) -> Any:
+    def _run(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, direct: Optional[_Start] = None
+    ) -> Any:
         if self._closed:
             raise nats.errors.ConnectionClosedError()
-        result = self._runner.run(func, args, kwargs)
+        result = self._runner.run(func, args, kwargs, direct)
         if isinstance(result, AsyncLock):
             return Lock(self, result)
         return result
@@ -308,9 +350,11 @@ class _Call:
     __slots__ = (
         "func", "args", "kwargs", "waiter", "state", "result", "error", "task",
         "leading", "signalled", "can_lead", "handed", "waiting", "interrupted",
+        "runner", "direct", "deadline",
     )
 
-    def __init__(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, waiter: threading.Lock):
+    def __init__(self, runner: "_Runner", func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, waiter: threading.Lock):
+        self.runner = runner
         self.func = func
         self.args = args
         self.kwargs = kwargs
@@ -325,6 +369,23 @@ class _Call:
         self.handed = False  # the loop was passed to its caller (who holds owner for it now)
         self.waiting = False  # its caller sleeps on its waiter (and holds nothing)
         self.interrupted = False  # Ctrl-C came, to be raised where its caller holds nothing
+        self.direct: Optional[_Direct] = None  # the request its caller sent itself
+        self.deadline: Optional[float] = None  # when the direct request expires (monotonic)
+
+    # the outcome of a direct request, on the loop (see _Direct)
+    def done(self, result: Any, error: Optional[BaseException]) -> None:
+        runner = self.runner
+        with runner.mu:
+            if self.state == _PENDING:
+                self.result, self.error = result, error
+                runner._deliver(self)
+                return
+        if error is None and isinstance(result, AsyncLock) and result:
+            # nobody will receive it: give it back (awaited by _settle)
+            self.task = runner.loop.create_task(_finish(_unlock_quietly(result)))
+
+    def proceed(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.task = self.runner.loop.create_task(self.runner._hand_over(self, coro))
 
 
 class _Runner:
@@ -332,11 +393,13 @@ class _Runner:
 
     A loop runs in one thread at a time: whoever holds ``owner``. A calling
     thread that finds the loop free runs it itself until its own call has an
-    outcome (no hand-off between threads: the cheap case). A thread that
-    finds it taken hands its call over (the inbox, drained on the loop) and
-    sleeps on its waiter, which is released when the call has an outcome or
-    when the loop is free again and the thread is to run it (a leader that
-    finishes passes the loop to a waiting caller). The background thread
+    outcome (no hand-off between threads: the cheap case). try_lock, lock
+    and Lock.unlock first write their request on the connection from the
+    calling thread (see run()). A thread that finds the loop taken then
+    waits for the reply; other calls are handed over (the inbox, drained on
+    the loop). It sleeps on its waiter, which is released when the call has
+    an outcome or when the loop is free again and the thread is to run it
+    (a leader that finishes passes the loop to a waiting caller). The background thread
     runs the loop while callers leave it alone, after _IDLE_SECONDS without
     a call or at once when asked, so that renewals and lost-lock notices are
     handled between calls; it gives the loop back as soon as a caller that
@@ -355,6 +418,7 @@ class _Runner:
         self.followers: "dict[_Call, None]" = {}  # handed over, not delivered (under mu)
         self.entries = 0  # calls begun, to tell a busy loop from an idle one
         self.bg_leading = False
+        self.leader: Optional[_Call] = None  # the call whose caller runs the loop
         self.stopping = False
         self.wake = threading.Event()  # the background thread is to run the loop now
         self.thread: Optional[threading.Thread] = None
@@ -363,12 +427,19 @@ class _Runner:
             self.thread = threading.Thread(target=self._background, name="ldlm-client", daemon=True)
             self.thread.start()
 
-    def run(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict) -> Any:
+    def run(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple, kwargs: dict, direct: Optional[_Start] = None
+    ) -> Any:
         """Run func(*args, **kwargs) on the loop and return its result. If the
         caller is interrupted meanwhile (KeyboardInterrupt, SystemExit), the
         call is cancelled (a waiting lock withdraws its request) or, if it
         already returned a lock, that lock is unlocked: nothing is left
-        behind for a caller that is gone."""
+        behind for a caller that is gone.
+
+        With ``direct`` the caller's thread first tries to send the request
+        itself (see _Direct): the call then needs no task and no wake-up of
+        the loop; its reply is settled on the loop as it is read, by
+        whichever thread runs it (this one, if the loop is free)."""
         running = _running_loop()
         if running is self.loop:
             raise RuntimeError("ldlm.Client called from its own event loop would deadlock: use ldlm.AsyncClient there")
@@ -376,7 +447,7 @@ class _Runner:
         if waiter is None:
             waiter = _waiters.lock = threading.Lock()
             waiter.acquire()
-        call = _Call(func, args, kwargs, waiter)
+        call = _Call(self, func, args, kwargs, waiter)
         self.entries += 1
         # In the main thread, the loop runs here only while no signal handler
         # can raise inside it, and Ctrl-C is raised only where this thread
@@ -388,7 +459,14 @@ class _Runner:
             _signal.signal(_SIGINT, self._interruptible(call))
         try:
             try:
-                if call.can_lead and self.owner.acquire(False):
+                if direct is not None and call.can_lead:
+                    self._send(call, direct)
+                if call.direct is not None:
+                    if self.owner.acquire(False):
+                        self._lead(call)
+                    else:
+                        self._follow(call)
+                elif call.can_lead and self.owner.acquire(False):
                     try:
                         call.task = self.loop.create_task(self._hand_over(call))
                     except BaseException:
@@ -411,7 +489,12 @@ class _Runner:
                     call.waiting = True
                     if call.interrupted:
                         raise KeyboardInterrupt
-                    waiter.acquire()
+                    if call.deadline is None:
+                        waiter.acquire()
+                    elif not waiter.acquire(timeout=max(call.deadline - time.monotonic(), 0.0)):
+                        call.waiting = False
+                        self._expire(call)
+                        continue
                     call.waiting = False
                     with self.mu:
                         call.signalled = False
@@ -473,10 +556,12 @@ class _Runner:
         try:
             if call.state == _PENDING and not call.interrupted:
                 call.leading = True
+                self.leader = call  # its deadline is watched by the background thread
                 try:
                     self.loop.run_forever()
                 finally:
                     call.leading = False
+                    self.leader = None
         finally:
             self._release_loop()
 
@@ -542,11 +627,12 @@ class _Runner:
         if give_up and self.bg_leading:
             self.loop.stop()
 
-    async def _hand_over(self, call: _Call) -> None:
-        """On the loop: the call's outcome goes to its caller, unless the
-        caller gave up first; a lock nobody will receive is then unlocked."""
+    async def _hand_over(self, call: _Call, coro: Optional[Coroutine[Any, Any, Any]] = None) -> None:
+        """On the loop: the call's outcome (that of ``coro``, when given)
+        goes to its caller, unless the caller gave up first; a lock nobody
+        will receive is then unlocked."""
         try:
-            result = await call.func(*call.args, **call.kwargs)
+            result = await (call.func(*call.args, **call.kwargs) if coro is None else coro)
         except BaseException as e:  # noqa: BLE001 - handed over, or nobody wants it
             with self.mu:
                 if call.state == _PENDING:
@@ -575,6 +661,54 @@ class _Runner:
             call.signalled = True
             call.waiter.release()
 
+    def _send(self, call: _Call, direct: _Start) -> None:
+        """Try to send the call's request from this thread (see run())."""
+        try:
+            started = direct(call.done, call.proceed)
+        except Exception:  # noqa: BLE001 - e.g. a bad lock name: the loop raises it again
+            return
+        if isinstance(started, _Direct):
+            call.direct = started
+            call.deadline = started.deadline
+        elif started is not None:
+            call.func, call.args, call.kwargs = started, (), {}
+
+    def _follow(self, call: _Call) -> None:
+        """A direct request was sent while another thread runs the loop:
+        wait as a follower (the loop is passed on to this caller when free).
+        The background thread gives the loop up to callers."""
+        with self.mu:
+            if call.state == _PENDING:
+                self.followers[call] = None
+        if self.bg_leading:
+            try:
+                self.loop.call_soon_threadsafe(_stop_background, self)
+            except RuntimeError:
+                pass
+
+    def _expire(self, call: _Call) -> None:
+        """The caller's thread saw the direct request's deadline pass: the
+        loop is to end it (withdraw and raise, as for its own requests)."""
+        call.deadline = None
+        direct = call.direct
+        assert direct is not None
+        try:
+            self.loop.call_soon_threadsafe(direct.expire)
+        except RuntimeError:  # the loop is closed: nothing will answer
+            with self.mu:
+                if call.state == _PENDING:
+                    call.state = _DELIVERED
+                    call.error = nats.errors.ConnectionClosedError()
+                    self.followers.pop(call, None)
+            return
+        if not self.owner.locked():
+            self.wake.set()
+
+    def _expire_on_loop(self, call: _Call) -> None:
+        call.deadline = None
+        if call.direct is not None:
+            call.direct.expire()
+
     def run_threadsafe(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run coro on the loop from a thread that does not run it."""
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -587,6 +721,12 @@ class _Runner:
         withdraws its request), so that an exiting program leaves nothing."""
 
         async def cancel_and_wait() -> None:
+            # A direct request without an outcome yet is dropped and withdrawn.
+            if call.direct is not None:
+                cleanup = call.direct.abandon()
+                if cleanup is not None:
+                    await cleanup
+                    return
             # A call not started yet never will be: it is abandoned.
             task = call.task
             if task is not None:
@@ -620,6 +760,7 @@ class _Runner:
                     self.wake.clear()
                 if self.stopping:
                     break
+                self._watch_leader()
                 if (asked or self.entries == seen or self.followers) and self.owner.acquire(False):
                     try:
                         if not self.stopping:
@@ -634,10 +775,24 @@ class _Runner:
         finally:
             self._close_loop()
 
+    def _watch_leader(self) -> None:
+        """Expire the direct request of the caller that runs the loop once
+        its deadline passed (a caller that waits elsewhere watches its own)."""
+        leader = self.leader
+        if leader is not None and leader.deadline is not None and leader.deadline <= time.monotonic():
+            leader.deadline = None
+            try:
+                self.loop.call_soon_threadsafe(self._expire_on_loop, leader)
+            except RuntimeError:
+                pass
+
     def _close_loop(self) -> None:
-        if not self.owner.acquire(timeout=_CLEANUP_SECONDS):
-            log.debug("ldlm: the event loop is still in use: not closed")
-            return
+        end = time.monotonic() + _CLEANUP_SECONDS
+        while not self.owner.acquire(timeout=_IDLE_SECONDS):
+            self._watch_leader()  # a caller still inside waits for its deadline
+            if time.monotonic() > end:
+                log.debug("ldlm: the event loop is still in use: not closed")
+                return
         loop = self.loop
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -670,6 +825,13 @@ def _stop_background(runner: _Runner) -> None:
 
 def _noop() -> None:
     pass
+
+
+async def _unlock_quietly(alock: AsyncLock) -> None:
+    try:
+        await alock.unlock()
+    except Exception as e:  # noqa: BLE001
+        log.debug("ldlm: giving back %r failed: %r", alock.name, e)
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
