@@ -124,8 +124,12 @@ func (s *Service) openState(ctx context.Context) (*loaded, error) {
 		octx, cancel := context.WithTimeout(ctx, openAttemptTimeout)
 		j, err := journal.Open(octx, js, journal.Config{Stream: stream, Subjects: subj, Replicas: s.replicas()})
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			return load(ctx, j)
+		case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount),
+			errors.Is(err, nats.ErrNoResponders):
+			return nil, err // no JetStream here at all: waiting will not help
 		}
 		if !logged {
 			s.log.Warn("JetStream cannot hold the lock state yet; trying again until it can", "err", err)
