@@ -50,6 +50,15 @@ const (
 	// without a meta leader, or a stream without a leader, does not answer
 	// until JetStream elected one.
 	openAttemptTimeout = 5 * time.Second
+	// loadAttemptTimeout bounds one try to read the state whole at start.
+	loadAttemptTimeout = 10 * time.Second
+	// ackWait is how long the active waits for the acknowledgement of a
+	// write before it takes the outcome as unknown and steps down. A
+	// replicated stream whose leader died elects another in a few seconds
+	// (about 5 s seen here), and writes wait meanwhile: the active rides
+	// that out instead of stepping down. It never replies before the ack,
+	// so a longer wait delays replies, never makes them unsafe.
+	ackWait = 15 * time.Second
 )
 
 // activeRecord is the stream's "active" record: who writes, and the token
@@ -120,13 +129,21 @@ func (s *Service) openState(ctx context.Context) (*loaded, error) {
 	// A JetStream cluster that is still forming (its members start at the
 	// same time) refuses to place the stream for a while ("no suitable
 	// peers", no meta leader yet): ask again until ctx ends.
+	// So may a stream just placed on a forming cluster answer its first
+	// reads: read it again too.
 	for logged := false; ; {
 		octx, cancel := context.WithTimeout(ctx, openAttemptTimeout)
-		j, err := journal.Open(octx, js, journal.Config{Stream: stream, Subjects: subj, Replicas: s.replicas()})
+		j, err := journal.Open(octx, js, journal.Config{Stream: stream, Subjects: subj, Replicas: s.replicas(), AckWait: ackWait})
 		cancel()
+		var st *loaded
+		if err == nil {
+			lctx, lcancel := context.WithTimeout(ctx, loadAttemptTimeout)
+			st, err = load(lctx, j)
+			lcancel()
+		}
 		switch {
 		case err == nil:
-			return load(ctx, j)
+			return st, nil
 		case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount),
 			errors.Is(err, nats.ErrNoResponders):
 			return nil, err // no JetStream here at all: waiting will not help
