@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -109,7 +111,7 @@ func decodeRequestJSON(trimmed []byte) (Request, error) {
 	// Decode read trimmed as one object, so this cannot fail.
 	var fields map[string]json.RawMessage
 	_ = json.Unmarshal(trimmed, &fields)
-	for f := range fields {
+	for _, f := range slices.Sorted(maps.Keys(fields)) { // one answer for a body, whatever the map's order
 		switch f {
 		case "size", "wait_timeout_seconds", "lock_timeout_seconds", "key":
 		default:
