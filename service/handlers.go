@@ -51,10 +51,8 @@ func (s *Service) handle(req micro.Request) {
 		name := s.engineName(r.Account, r.Name)
 		if _, err := s.engine.Unlock(name, r.Key); err != nil {
 			s.fail(req, r, err)
-		} else if s.rec != nil {
-			s.respondAfterWrite(req, name, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
 		} else {
-			s.respond(req, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
+			s.respondAfterWrite(req, name, subjects.UnlockResponse{Unlocked: true, Name: r.Name})
 		}
 	case subjects.OpRenew:
 		if g, err := s.engine.Renew(s.engineName(r.Account, r.Name), r.Key, r.LockTimeout()); err != nil {
@@ -200,14 +198,14 @@ func (s *Service) respond(req micro.Request, body any) {
 }
 
 // respondAfterWrite replies with body once the change of lock name (the
-// engine's name) is written (JetStream mode: see recorder).
+// engine's name) is written (JetStream mode: see recorder); in memory
+// mode, at once.
 func (s *Service) respondAfterWrite(req micro.Request, name string, body any) {
-	b := mustJSON(body)
-	s.rec.after(name, func() {
-		if err := req.Respond(b); err != nil {
-			s.log.Debug("reply not sent", "subject", req.Subject(), "err", err)
-		}
-	})
+	if s.rec == nil {
+		s.respond(req, body)
+		return
+	}
+	s.rec.after(name, func() { s.respond(req, body) })
 }
 
 // fail replies with the error in the body and in the micro error headers.
