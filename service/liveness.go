@@ -258,15 +258,24 @@ func (l *liveness) onDisconnect(msg *nats.Msg) {
 	}
 	l.noteServer(ev.Server.Name, ev.Server.ID)
 	l.noteIssued(ev.Server.ID, ev.Client.ID)
-	owner := subjects.Owner{ServerID: ev.Server.ID, ClientID: ev.Client.ID}
-	grants, waits := l.owners.ReleaseOwner(owner)
-	if grants+waits > 0 {
-		l.log.Info("connection closed; released its locks", "owner", owner.String(), "account", ev.Client.Account,
-			"reason", ev.Reason, "grants", grants, "waits", waits)
+	// A request that came before the service knew its server's id names
+	// the server by name (see ownerOf): that connection is this one too.
+	// Such an owner can only be of this server's current life or of one
+	// the service never saw, whose connections are all gone.
+	owners := []subjects.Owner{{ServerID: ev.Server.ID, ClientID: ev.Client.ID}}
+	if name := ev.Server.Name; name != "" && name != ev.Server.ID && l.resolve(name) == ev.Server.ID {
+		owners = append(owners, subjects.Owner{ServerID: name, ClientID: ev.Client.ID})
 	}
-	if n := l.sessions.connClosed(owner, ev.Reason); n > 0 && !deliberateEnds[ev.Reason] {
-		l.log.Info("connection cut; its sessions keep their locks for the reconnect grace", "owner", owner.String(),
-			"reason", ev.Reason, "sessions", n, "grace", l.sessions.grace)
+	for _, owner := range owners {
+		grants, waits := l.owners.ReleaseOwner(owner)
+		if grants+waits > 0 {
+			l.log.Info("connection closed; released its locks", "owner", owner.String(), "account", ev.Client.Account,
+				"reason", ev.Reason, "grants", grants, "waits", waits)
+		}
+		if n := l.sessions.connClosed(owner, ev.Reason); n > 0 && !deliberateEnds[ev.Reason] {
+			l.log.Info("connection cut; its sessions keep their locks for the reconnect grace", "owner", owner.String(),
+				"reason", ev.Reason, "sessions", n, "grace", l.sessions.grace)
+		}
 	}
 }
 
@@ -293,12 +302,31 @@ func (l *liveness) onServerLeaving(msg *nats.Msg) {
 		l.log.Info("NATS server entered lame duck mode; its clients will be moved", "server", l.nameOf(id), "id", id)
 		return
 	}
+	// The announcement's body names the server: requests of its clients
+	// may have named it by name only (see ownerOf), before the service
+	// learnt its id.
+	var info struct {
+		Name string `json:"name"`
+		ID   string `json:"id"`
+	}
+	if json.Unmarshal(msg.Data, &info) == nil && info.ID == id {
+		l.noteServer(info.Name, id)
+	}
 	if l.keepOnDisconnect {
 		return
 	}
-	n := l.sessions.connsGone(math.MaxUint64, func(c subjects.Owner) bool { return l.resolve(c.ServerID) == id })
-	l.log.Info("NATS server shut down; the sessions of its connections keep their locks for the reconnect grace",
-		"server", l.nameOf(id), "id", id, "sessions", n, "grace", l.sessions.grace)
+	gone := func(c subjects.Owner) bool { return l.resolve(c.ServerID) == id }
+	// Connections are their owners when no session names them: they are
+	// gone for good (a client that reconnects gets a new connection).
+	released := l.owners.ReleaseStaleOwners(l.owners.OwnerMark(), func(o subjects.Owner) engine.OwnerState {
+		if o.Session == "" && gone(o) {
+			return engine.OwnerUnknown
+		}
+		return engine.OwnerLive
+	})
+	n := l.sessions.connsGone(math.MaxUint64, gone)
+	l.log.Info("NATS server shut down; released the locks of its connections, and its sessions keep theirs for the reconnect grace",
+		"server", l.nameOf(id), "id", id, "owners", len(released), "sessions", n, "grace", l.sessions.grace)
 }
 
 // sweep releases the locks of every owner that registered before the sweep

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -128,5 +129,65 @@ func TestLateAdvisoryOfFormerServerLifeIgnored(t *testing.T) {
 	l.onDisconnect(advisory("NEW", 7))
 	if st := e.Stats(); st.Holders != 0 {
 		t.Fatalf("the advisory of the new connection 7 did not release its lock: %+v", st)
+	}
+}
+
+// A request that came before the service knew its server's id names the
+// server by name. The server's word that the connection is gone (its
+// disconnect advisory, or its shutdown announcement) carries the id and the
+// name: it must reach that connection's locks and sessions too.
+func TestServerKnownOnlyByName(t *testing.T) {
+	const session = "session-known-by-name"
+	byName := subjects.Owner{ServerID: "m1", ClientID: 4} // no sweep has listed m1 yet
+	tests := []struct {
+		name       string
+		msg        *nats.Msg
+		wantHeld   int // locks still held after: the session's, if in grace
+		wantGraced int
+	}{
+		{"disconnect advisory, client closed",
+			&nats.Msg{Subject: "$SYS.ACCOUNT.APP.DISCONNECT",
+				Data: []byte(`{"server":{"name":"m1","id":"M1ID"},"client":{"id":4,"acc":"APP"},"reason":"Client Closed"}`)},
+			0, 0},
+		{"disconnect advisory, connection cut",
+			&nats.Msg{Subject: "$SYS.ACCOUNT.APP.DISCONNECT",
+				Data: []byte(`{"server":{"name":"m1","id":"M1ID"},"client":{"id":4,"acc":"APP"},"reason":"Stale Connection"}`)},
+			1, 1},
+		{"shutdown announcement",
+			&nats.Msg{Subject: "$SYS.SERVER.M1ID.SHUTDOWN", Data: []byte(`{"name":"m1","host":"0.0.0.0","id":"M1ID","ver":"2.15.2"}`)},
+			1, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := engine.New()
+			t.Cleanup(e.Close)
+			l := newLiveness(e, nil, nil, slog.New(slog.DiscardHandler), 0, DefaultReconnectGrace, false)
+			t.Cleanup(l.sessions.close)
+			if got := l.resolve("m1"); got != "m1" {
+				t.Fatalf("m1 resolves to %q before any word of it", got)
+			}
+			if _, ok, err := e.TryLock(engine.Request{Name: "conn", Owner: byName}); !ok || err != nil {
+				t.Fatalf("trylock of the connection: %v, %v", ok, err)
+			}
+			l.sessions.bind(session, byName)
+			if _, ok, err := e.TryLock(engine.Request{Name: "sess", Owner: subjects.Owner{Session: session}}); !ok || err != nil {
+				t.Fatalf("trylock of the session: %v, %v", ok, err)
+			}
+
+			if strings.HasSuffix(tt.msg.Subject, ".DISCONNECT") {
+				l.onDisconnect(tt.msg)
+			} else {
+				l.onServerLeaving(tt.msg)
+			}
+			if got := l.resolve("m1"); got != "M1ID" {
+				t.Errorf("m1 resolves to %q after the server's word, want M1ID", got)
+			}
+			if st := e.Stats(); st.Holders != tt.wantHeld {
+				t.Errorf("%d locks held after, want %d (the connection's lock is freed; the session's kept in grace)", st.Holders, tt.wantHeld)
+			}
+			if got := l.sessions.inGrace(); got != tt.wantGraced {
+				t.Errorf("%d sessions in grace, want %d", got, tt.wantGraced)
+			}
+		})
 	}
 }
