@@ -182,8 +182,9 @@ type Service struct {
 	opStats  opStats
 
 	// For PREFIX.admin.instances (roles.go): procID names this process's
-	// instance, made at Start; role and applied are replaced whole by
-	// whoever changes them, and read by the answer.
+	// instance, made at Start. role is replaced whole by Start and by
+	// addService (at a takeover, on the standby's goroutine); applied by
+	// Start and then the standby's goroutine alone. The answer reads them.
 	procID       string
 	role         atomic.Pointer[role]
 	applied      atomic.Pointer[applied] // a standby's progress in the state stream
