@@ -320,6 +320,7 @@ func (s *Service) standBy(st *loaded) {
 			mu.Lock()
 			cancel = stop
 			from := st
+			s.noteApplied(from.lastSeq)
 			mu.Unlock()
 			go func() {
 				select {
@@ -336,6 +337,7 @@ func (s *Service) standBy(st *loaded) {
 				if err := st.apply(r); err != nil {
 					return err
 				}
+				s.noteApplied(st.lastSeq)
 				if st.active.Stopped {
 					s.log.Info("the active instance stopped: taking over")
 					stop()

@@ -48,8 +48,12 @@ func (s *Service) stepDown(err error) {
 	})
 }
 
-// stopMicro stops answering: micro drains the subscriptions.
+// stopMicro stops answering: micro drains the subscriptions, and the
+// instance no longer answers PREFIX.admin.instances.
 func (s *Service) stopMicro() {
+	if s.instancesSub != nil {
+		_ = s.instancesSub.Unsubscribe() // a second call's error: already done
+	}
 	if s.micro != nil {
 		if err := s.micro.Stop(); err != nil {
 			s.log.Warn("stopping micro service", "err", err)

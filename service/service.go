@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -180,6 +181,15 @@ type Service struct {
 	rec      *recorder // writes the state in JetStream mode; nil in memory mode
 	opStats  opStats
 
+	// For PREFIX.admin.instances (roles.go): procID names this process's
+	// instance, made at Start. role is replaced whole by Start and by
+	// addService (at a takeover, on the standby's goroutine); applied by
+	// Start and then the standby's goroutine alone. The answer reads them.
+	procID       string
+	role         atomic.Pointer[role]
+	applied      atomic.Pointer[applied] // a standby's progress in the state stream
+	instancesSub *nats.Subscription      // set before any goroutine that calls stopMicro starts
+
 	failOnce sync.Once
 	failed   chan struct{} // Done: closed when the service stopped
 	failErr  error         // why; written before failed is closed
@@ -234,6 +244,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		stop:    make(chan struct{}),
 		failed:  make(chan struct{}),
 		started: time.Now(),
+		procID:  newInstanceID(),
 		opStats: opStats{subjects.OpLock: {}, subjects.OpTryLock: {}, subjects.OpUnlock: {}, subjects.OpRenew: {}, subjects.OpAttach: {}},
 	}
 	// Fencing tokens start from the clock, so that they keep growing
@@ -278,6 +289,9 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		// The stream decides who is active: wait as a standby (another
 		// instance answers, or took over the stream first).
 		s.standbyDone = make(chan struct{})
+		s.setRole(subjects.RoleStandby)
+		s.noteApplied(st.lastSeq)
+		s.subscribeInstances()
 		s.standBy(st)
 		log.Info("standby: another instance is active; following the lock state", "prefix", cfg.Prefix,
 			"instance", s.instance, "last_sequence", st.lastSeq)
@@ -287,6 +301,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		s.Stop()
 		return nil, err
 	}
+	s.subscribeInstances()
 	s.watch() // after register, which sets the fields that watch reads
 	s.announce(subjects.InstanceStarted)
 	log.Info("lock service ready", "instance", s.instance, "prefix", cfg.Prefix, "state", cfg.State, "liveness", s.live.source(),
@@ -335,6 +350,7 @@ func (s *Service) addService() error {
 	s.micro = svc
 	s.id = svc.Info().ID
 	s.instance = cmp.Or(s.instance, s.id)
+	s.setRole(subjects.RoleActive)
 	// One endpoint, so one subscription, for all four lock operations:
 	// NATS delivers one publisher's messages to one subscription in the
 	// order they were sent, so an unlock is always read after the lock

@@ -9,6 +9,9 @@ const (
 	OpAdminList   = "admin.list"   // the locks with holders and waiters, a page at a time
 	OpAdminUnlock = "admin.unlock" // PREFIX.admin.unlock.NAME: force release
 	OpAdminStatus = "admin.status" // version, uptime, counts, liveness
+	// OpAdminInstances is answered by every instance on the prefix, the
+	// active and each standby: see InstanceInfo.
+	OpAdminInstances = "admin.instances"
 )
 
 // The second tokens of the subjects the service publishes on:
@@ -182,6 +185,45 @@ type StatusResponse struct {
 	// Tenants is true when every account has its own lock namespace.
 	Tenants bool   `json:"tenants"`
 	Error   *Error `json:"error,omitempty"`
+}
+
+// The roles in InstanceInfo.
+const (
+	RoleActive  = "active"  // answers lock requests
+	RoleStandby = "standby" // follows the active's state stream, to take over when it goes
+)
+
+// InstanceInfo is one instance's answer on PREFIX.admin.instances. Every
+// instance of the prefix answers, standbys too (they answer nothing else:
+// they register no micro service, so that `nats micro ping` finds the
+// active alone). There is no knowing how many will answer: a requester
+// gathers answers for a short while, as `nats micro ping` does.
+type InstanceInfo struct {
+	// ID names this process's instance of the service, made when it
+	// started; it stays the same when a standby takes over.
+	ID string `json:"id"`
+	// MicroID is the id `nats micro info ldlm` shows; only the active has
+	// one.
+	MicroID string `json:"micro_id,omitempty"`
+	// Instance is the id in grants and announcements. With JetStream state
+	// it is the state's, so every instance of the prefix has the same one.
+	Instance string `json:"instance"`
+	Role     string `json:"role"`  // RoleActive or RoleStandby
+	State    string `json:"state"` // where the locks live: "memory" or "jetstream"
+	Version  string `json:"version"`
+	// Server is the name of the NATS server the instance is connected to.
+	Server string `json:"server"`
+	// Since is when the instance took its role (by its clock), and
+	// RoleSeconds how long ago that was when it answered.
+	Since       time.Time `json:"since"`
+	RoleSeconds float64   `json:"role_seconds"`
+	// Sequence, with JetStream state, is the sequence in the state stream
+	// of the last record the active wrote (acknowledged by the stream), or
+	// the standby applied. A standby with a lower sequence than the
+	// active's is that many records behind.
+	Sequence uint64 `json:"sequence,omitempty"`
+	// IdleSeconds (a standby) is how long ago it last applied a record.
+	IdleSeconds float64 `json:"idle_seconds,omitempty"`
 }
 
 // InstanceSubject is PREFIX.instance.EVENT, EVENT InstanceStarted or

@@ -458,7 +458,8 @@ func TestCLIListAndStatus(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("ldlm status: exit %d; stderr: %s", code, stderr)
 	}
-	for _, re := range []string{`(?m)^locks: +1$`, `(?m)^holders: +1$`, `(?m)^waiters: +1$`, `(?m)^connections: +2 `, `(?m)^liveness: +advisories\+sweep$`, `(?m)^version: +\S+$`, `(?m)^last sweep: +\S+ ago`} {
+	for _, re := range []string{`(?m)^locks: +1$`, `(?m)^holders: +1$`, `(?m)^waiters: +1$`, `(?m)^connections: +2 `, `(?m)^liveness: +advisories\+sweep$`, `(?m)^version: +\S+$`, `(?m)^last sweep: +\S+ ago`,
+		`(?m)^instances: +1 active, 0 standbys \(locks in memory`, `(?m)^active +[0-9a-f]{16} +\S+ +\S+ +- +-$`} {
 		if !regexp.MustCompile(re).MatchString(out) {
 			t.Errorf("ldlm status: no line matching %s:\n%s", re, out)
 		}
@@ -467,10 +468,16 @@ func TestCLIListAndStatus(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("ldlm status --json: exit %d; stderr: %s", code, stderr)
 	}
-	var st subjects.StatusResponse
+	var st struct {
+		subjects.StatusResponse
+		Instances []subjects.InstanceInfo `json:"instances"`
+	}
 	strictJSON(t, out, &st)
 	if st.Locks != 1 || st.Holders != 1 || st.Waiters != 1 || st.Owners != 2 || st.Version == "" || st.Prefix != "ldlm" {
 		t.Errorf("ldlm status --json: %+v; want 1 lock, 1 holder, 1 waiter, 2 connections", st)
+	}
+	if len(st.Instances) != 1 || st.Instances[0].Role != subjects.RoleActive || st.Instances[0].State != "memory" {
+		t.Errorf("ldlm status --json: instances %+v; want the one active, in memory", st.Instances)
 	}
 
 	holder.finish(t)
@@ -610,6 +617,7 @@ func TestCLIServiceErrors(t *testing.T) {
 		{[]string{"status", "--server", nowhere}, "connecting to NATS"},
 		{[]string{"lock", "--server", nowhere, "job", "--", "true"}, "connecting to NATS"},
 		{[]string{"list", "--prefix", "other"}, "no lock service answers"},
+		{[]string{"status", "--prefix", "other"}, "no lock service answers"},
 		{[]string{"unlock", "--force", "--prefix", "other", "job"}, "no lock service answers"},
 		{[]string{"trylock", "--prefix", "other", "job", "--", "true"}, "no lock service answers"},
 	}

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -48,6 +49,17 @@ const statusUsage = `Usage:
 Prints the lock service's version, uptime, counts of locks, holders,
 waiters and connections, how it learns of closed connections (liveness)
 and when it last compared lock owners with the live connections.
+
+Then every instance of the service on this prefix, one row each: the
+active, which answers the lock requests, and the standbys, which follow
+its state (LDLM_STATE=jetstream, LDLM_DATA_DIR or an embedded cluster) to
+take over when it goes. STREAM SEQ is the sequence number of the last
+record of the lock state stream that the active wrote or the standby
+applied; BEHIND THE ACTIVE is how many records a standby has yet to apply,
+and how long it has applied nothing. ldlm waits for the instances' answers
+until none comes for 0.3 s.
+
+--json prints one JSON object: the status fields and "instances".
 `
 
 func runList(args []string, stdout, stderr io.Writer) int {
@@ -88,21 +100,53 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	const command = "ldlm status"
 	fs := flag.NewFlagSet(command, flag.ContinueOnError)
 	conn := addClientFlags(fs)
-	asJSON := fs.Bool("json", false, "print the service's JSON reply")
+	asJSON := fs.Bool("json", false, "print the status and the instances as one JSON object")
 	nc, code := adminConnect(fs, conn, args, statusUsage, stdout, stderr, nil)
 	if nc == nil {
 		return code
 	}
 	defer nc.Close()
+	// Both questions at once: gathering the instances' answers ends with a
+	// quiet time.
+	type gathered struct {
+		infos []subjects.InstanceInfo
+		err   error
+	}
+	instances := make(chan gathered, 1)
+	go func() {
+		infos, err := gatherInstances(nc, conn.prefix)
+		instances <- gathered{infos, err}
+	}()
 	var st subjects.StatusResponse
-	raw, err := adminRequest(nc, conn.prefix, subjects.OpAdminStatus, "", nil, &st)
+	_, statusErr := adminRequest(nc, conn.prefix, subjects.OpAdminStatus, "", nil, &st)
+	g := <-instances
+	if statusErr != nil && len(g.infos) == 0 {
+		return failed(stderr, command, statusErr)
+	}
+	report := statusReport{Instances: reportInstances(g.infos)}
+	if statusErr == nil {
+		report.StatusResponse = &st
+	}
+	if *asJSON {
+		if err := json.NewEncoder(stdout).Encode(report); err != nil {
+			return failed(stderr, command, err)
+		}
+	} else {
+		if statusErr == nil {
+			printStatus(stdout, st)
+		}
+		if len(report.Instances) > 0 {
+			printInstances(stdout, report.Instances)
+		}
+	}
 	switch {
-	case err != nil:
-		return failed(stderr, command, err)
-	case *asJSON:
-		fmt.Fprintln(stdout, strings.TrimSpace(string(raw)))
-	default:
-		printStatus(stdout, st)
+	case statusErr != nil && !slices.ContainsFunc(g.infos, func(i subjects.InstanceInfo) bool { return i.Role == subjects.RoleActive }):
+		return failed(stderr, command, fmt.Errorf("no active instance answers on %s, only standbys: one of them takes over by itself within seconds "+
+			"once it finds no active (if none does, see the standbys' logs); ask again", subjects.AdminSubject(conn.prefix, subjects.OpAdminStatus, "")))
+	case statusErr != nil:
+		return failed(stderr, command, statusErr)
+	case g.err != nil:
+		return failed(stderr, command, g.err)
 	}
 	return 0
 }

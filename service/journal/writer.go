@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,7 +31,8 @@ const maxInFlight = 1024
 type Writer struct {
 	js     jetstream.JetStream // the Journal's publisher
 	prefix string
-	seq    uint64 // sequence of the last takeover write
+	seq    uint64        // sequence of the last takeover write
+	acked  atomic.Uint64 // sequence of the latest acknowledged write: see Acked
 
 	mu     sync.Mutex
 	last   uint64 // sequence of this writer's latest write
@@ -82,6 +84,7 @@ func (j *Journal) TakeOver(ctx context.Context, expectLast uint64, data []byte) 
 		dead:    make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
+	w.acked.Store(ack.Sequence)
 	go w.run()
 	fenced := make(chan struct{})
 	for i := range maxInFlight {
@@ -107,6 +110,11 @@ func (j *Journal) TakeOver(ctx context.Context, expectLast uint64, data []byte) 
 // Seq is the stream sequence of the last takeover write. Every later
 // write of this writer, and of any later writer, gets a greater one.
 func (w *Writer) Seq() uint64 { return w.seq }
+
+// Acked is the stream sequence of this writer's latest acknowledged
+// write: the stream holds every write of it up to there. Any goroutine
+// may call it, for status reports.
+func (w *Writer) Acked() uint64 { return w.acked.Load() }
 
 // Dead is closed when the writer has failed (deposed, or a write's
 // outcome is unknown) or was closed: stop acting as the active at once.
@@ -187,6 +195,8 @@ func (w *Writer) run() {
 		if err != nil {
 			w.die(err)
 			seq, err = 0, w.cause
+		} else {
+			w.acked.Store(seq)
 		}
 		wr.done(seq, err)
 		<-w.slots // after die: a Write that gets this slot sees the writer dead
