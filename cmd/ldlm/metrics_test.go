@@ -180,13 +180,18 @@ func TestServiceDeathIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.close(slog.New(slog.DiscardHandler))
-	m.serve(srv.Service.Engine().Stats, srv.Service.Err, slog.New(slog.DiscardHandler))
+	m.setService(srv.Service)
+	m.serve(slog.New(slog.DiscardHandler))
 	healthURL := "http://" + m.ln.Addr().String() + "/healthz"
 	if code, _ := getHealth(t, healthURL); code != http.StatusOK {
 		t.Fatalf("GET /healthz of a running service: %d; want 200", code)
 	}
 	returned := make(chan error, 1)
-	go func() { returned <- runService(context.Background(), srv.Service, slog.New(slog.DiscardHandler)) }()
+	restart := func() (*service.Service, error) {
+		t.Error("runService started a new service after its connection closed")
+		return nil, service.ErrConnectionClosed
+	}
+	go func() { returned <- runService(context.Background(), srv.Service, restart, m, slog.New(slog.DiscardHandler)) }()
 
 	app, _ := srv.ServiceConns()
 	app.Close()
