@@ -316,8 +316,8 @@ func (s *Service) standBy(st *loaded) {
 			subs = append(subs, sub)
 			// $SYS.SERVER.<id>.SHUTDOWN: the token is the server's id.
 			sub, err = s.sys.Subscribe(serverShutdowns, func(m *nats.Msg) {
-				id, ok := strings.CutPrefix(m.Subject, "$SYS.SERVER.")
-				if id, ok = strings.CutSuffix(id, ".SHUTDOWN"); ok && id != "" {
+				rest, _ := strings.CutPrefix(m.Subject, "$SYS.SERVER.") // as subscribed
+				if id, ok := strings.CutSuffix(rest, ".SHUTDOWN"); ok && id != "" {
 					activeGone(id, 0, "the active instance's NATS server shut down", "server_id", id)
 				}
 			})

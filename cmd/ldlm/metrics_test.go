@@ -192,7 +192,9 @@ func TestServiceDeathIsReported(t *testing.T) {
 		t.Error("runService started a new service after its connection closed")
 		return nil, service.ErrConnectionClosed
 	}
-	go func() { returned <- runService(context.Background(), srv.Service, restart, m, slog.New(slog.DiscardHandler)) }()
+	go func() {
+		returned <- runService(context.Background(), srv.Service, restart, m, slog.New(slog.DiscardHandler))
+	}()
 
 	app, _ := srv.ServiceConns()
 	app.Close()
