@@ -281,40 +281,60 @@ func (s *Service) takeOver(st *loaded) error {
 
 // standBy follows the state while another instance is active, and takes
 // over when the active's connection closes (the server's DISCONNECT
-// advisory, as for any client) or it writes that it stopped. Before taking
+// advisory, as for any client), the active's NATS server announces its
+// shutdown (which takes the connection with it, and sends no DISCONNECT
+// advisory for it), or the active writes that it stopped. Before taking
 // over it reads the stream again, whole, so that it takes over from the
 // latest record: if anyone wrote meanwhile (another standby won, or the
 // active lives on), the takeover is refused and it follows again. Any other
-// failure stops the service (Done), for its supervisor to start it again.
+// failure stops the service with ErrDeposed (Done), for its owner to start
+// it again.
 func (s *Service) standBy(st *loaded) {
 	// mu guards st and cancel, shared by the follower and the advisories.
 	var mu sync.Mutex
 	var written atomic.Uint64 // records followed: a takeover in progress writes
 	var cancel context.CancelFunc
-	var sub *nats.Subscription
+	// activeGone cancels the follower (so that it takes over) when serverID
+	// and, unless 0, clientID are those of the active's connection.
+	activeGone := func(serverID string, clientID uint64, why string, attrs ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		if serverID == st.active.ServerID && (clientID == 0 || clientID == st.active.ClientID) && cancel != nil {
+			s.log.Info(why+": taking over", attrs...)
+			cancel()
+		}
+	}
+	var subs []*nats.Subscription
 	if s.sys != nil {
-		var err error
-		sub, err = s.sys.Subscribe(disconnectAdvisories, func(m *nats.Msg) {
+		sub, err := s.sys.Subscribe(disconnectAdvisories, func(m *nats.Msg) {
 			var ev disconnectEvent
-			if json.Unmarshal(m.Data, &ev) != nil {
-				return
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if ev.Server.ID == st.active.ServerID && ev.Client.ID == st.active.ClientID && cancel != nil {
-				s.log.Info("the active instance's connection closed: taking over", "reason", ev.Reason)
-				cancel()
+			if json.Unmarshal(m.Data, &ev) == nil && ev.Client.ID != 0 {
+				activeGone(ev.Server.ID, ev.Client.ID, "the active instance's connection closed", "reason", ev.Reason)
 			}
 		})
-		if err != nil {
-			s.log.Warn("standby without disconnect advisories: it takes over only when the active stops", "err", err)
+		if err == nil {
+			subs = append(subs, sub)
+			// $SYS.SERVER.<id>.SHUTDOWN: the token is the server's id.
+			sub, err = s.sys.Subscribe(serverShutdowns, func(m *nats.Msg) {
+				rest, _ := strings.CutPrefix(m.Subject, "$SYS.SERVER.") // as subscribed
+				if id, ok := strings.CutSuffix(rest, ".SHUTDOWN"); ok && id != "" {
+					activeGone(id, 0, "the active instance's NATS server shut down", "server_id", id)
+				}
+			})
+		}
+		if err == nil {
+			subs = append(subs, sub)
+		} else {
+			s.log.Warn("standby without disconnect advisories: it takes over when the active stops, or when no instance answers", "err", err)
 		}
 	}
 	go func() {
 		defer close(s.standbyDone)
-		if sub != nil {
-			defer func() { _ = sub.Unsubscribe() }()
-		}
+		defer func() {
+			for _, sub := range subs {
+				_ = sub.Unsubscribe()
+			}
+		}()
 		for {
 			ctx, stop := context.WithCancel(context.Background())
 			mu.Lock()
@@ -351,7 +371,7 @@ func (s *Service) standBy(st *loaded) {
 			default:
 			}
 			if !errors.Is(err, context.Canceled) {
-				s.stepDown(fmt.Errorf("standby: following the lock state: %w", err))
+				s.deposed(fmt.Errorf("standby: following the lock state: %w", err))
 				return
 			}
 			lctx, lcancel := context.WithTimeout(context.Background(), openAttemptTimeout)
@@ -376,7 +396,7 @@ func (s *Service) standBy(st *loaded) {
 				err = s.addService()
 			}
 			if err != nil {
-				s.stepDown(fmt.Errorf("standby: taking over: %w", err))
+				s.deposed(fmt.Errorf("standby: taking over: %w", err))
 				return
 			}
 			s.watch()

@@ -164,7 +164,8 @@ func TestDurableRestartKeepsLocks(t *testing.T) {
 }
 
 // A write the stream refuses deposes the service: the change it records is
-// never reported, and the service stops answering.
+// never reported, and the service stops answering with ErrDeposed (its
+// owner starts a new one).
 func TestDurableRefusedWriteIsNotAnswered(t *testing.T) {
 	t.Parallel()
 	s := startDurable(t, t.TempDir())
@@ -194,8 +195,8 @@ func TestDurableRefusedWriteIsNotAnswered(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatal("the deposed service did not stop")
 	}
-	if err := s.Service.Err(); !errors.Is(err, journal.ErrNotActive) {
-		t.Fatalf("Err = %v, want ErrNotActive", err)
+	if err := s.Service.Err(); !errors.Is(err, journal.ErrNotActive) || !errors.Is(err, service.ErrDeposed) {
+		t.Fatalf("Err = %v, want ErrDeposed and ErrNotActive", err)
 	}
 	if _, err := nc.Request(subjects.Subject(subjects.DefaultPrefix, subjects.OpTryLock, "later"), nil, testTimeout); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("a request to the stopped service: %v, want no responders", err)

@@ -4,23 +4,37 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
 )
 
 // A service that can no longer do its job stops answering, loudly, rather
-// than living on silently dead: Done and Err tell its owner (ldlm exits 1,
-// for a supervisor to restart it), and micro discovery no longer lists it.
+// than living on silently dead: Done and Err tell its owner (ldlm starts a
+// new service when it was deposed, and otherwise exits 1, for a supervisor
+// to restart it), and micro discovery no longer lists it.
 
 // Done is closed when the service has stopped answering, for any reason:
 // Stop returned, or it stopped by itself because one of its NATS
 // connections was closed for good (nats.go gave up reconnecting, or the
-// server closed it for a protocol error) or it found an older instance
-// serving the same prefix. Err says which. A service that stopped by
-// itself is of no use: call Stop and exit with an error, so that a
-// supervisor starts a fresh one.
+// server closed it for a protocol error), it found an older instance
+// serving the same prefix, or (JetStream state) it was deposed. Err says
+// which. A service that stopped by itself is of no use: call Stop. If Err
+// matches ErrDeposed, start a new service on the same connections (it
+// stands by, or takes over if no instance answers); otherwise exit with an
+// error, so that a supervisor starts a fresh process.
 func (s *Service) Done() <-chan struct{} { return s.failed }
+
+// ErrDeposed is why a service with JetStream state stops by itself when it
+// can no longer act on the state stream while its connections live on: as
+// the active, a write was refused (another instance took over) or not
+// acknowledged in time; as a standby, following the stream or taking over
+// failed. The process has nothing to repair: a new service on the same
+// connections loads the stream again and stands by. Exiting instead would
+// take down an embedded NATS server that may be a member of the stream's
+// quorum.
+var ErrDeposed = errors.New("no longer acting on the lock state (deposed, or the standby lost the stream): start the service again on the same connections")
 
 // ErrStopped is Err after Stop, when the service had not stopped by itself
 // before.
@@ -41,11 +55,31 @@ func (s *Service) Err() error {
 // service's own goroutines, which Stop waits for, so it does not call Stop.
 func (s *Service) stepDown(err error) {
 	s.failOnce.Do(func() {
-		s.log.Error("lock service stopped answering", "err", err)
+		level := slog.LevelError
+		if errors.Is(err, ErrDeposed) {
+			level = slog.LevelWarn // its owner starts it again
+		}
+		s.log.Log(context.Background(), level, "lock service stopped answering", "err", err)
 		s.failErr = err
 		s.stopMicro()
 		close(s.failed)
 	})
+}
+
+// deposed steps the service down with ErrDeposed, unless one of its
+// connections is closed for good: then a new service on them could not
+// work either, and the reason is ErrConnectionClosed.
+func (s *Service) deposed(err error) {
+	for _, c := range []struct {
+		which string
+		nc    *nats.Conn
+	}{{"service", s.nc}, {"system account", s.sys}} {
+		if c.nc != nil && c.nc.IsClosed() {
+			s.stepDown(fmt.Errorf("%w: the %s connection (%w)", ErrConnectionClosed, c.which, err))
+			return
+		}
+	}
+	s.stepDown(fmt.Errorf("%w: %w", ErrDeposed, err))
 }
 
 // stopMicro stops answering: micro drains the subscriptions, and the

@@ -273,7 +273,7 @@ func Start(cfg Config, nc, sys *nats.Conn, log *slog.Logger) (*Service, error) {
 		engine.WithGoneOwnerMemory(goneOwnerWindow, goneOwnerMemory),
 	)
 	if st != nil {
-		s.rec = newRecorder(s.engine, log, s.stepDown)
+		s.rec = newRecorder(s.engine, log, s.deposed)
 		s.instance = st.active.Instance
 	}
 	s.live = newLiveness(s.engine, nc, sys, log, cfg.SweepInterval, cfg.ReconnectGrace, cfg.NoClearOnDisconnect)

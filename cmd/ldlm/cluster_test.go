@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,7 +77,11 @@ func TestClusterMemberNamedAfterHost(t *testing.T) {
 // JetStream and one lock service: one active, two standbys. A lock made
 // with the nats CLI through one member outlives kill -9 of the active: a
 // standby takes over and answers, through any surviving member, with the
-// same key and token.
+// same key and token. No member exits by itself meanwhile (of two standbys
+// that take over at once, the one the stream refuses stands by again in
+// its process, keeping its NATS server in the quorum). The killed member,
+// started again on its folder as deploy/cluster.yml's restart policy does,
+// stands by.
 func TestE2EEmbeddedClusterKeepsLocks(t *testing.T) {
 	t.Parallel()
 	natsCLI(t)
@@ -89,8 +94,8 @@ func TestE2EEmbeddedClusterKeepsLocks(t *testing.T) {
 	}
 	members := make([]*ldlmServer, 3)
 	envs, ports := make([][]string, 3), make([]int, 3)
-	// start runs member i, again with the same folder and ports after it
-	// exited: what deploy/cluster.yml's restart policy does.
+	// start runs member i, again with the same folder and ports after the
+	// test killed it.
 	start := func(i int) {
 		s := spawnLDLM(t, ldlmBinary(t), ports[i], envs[i], nil)
 		t.Cleanup(func() {
@@ -113,43 +118,54 @@ func TestE2EEmbeddedClusterKeepsLocks(t *testing.T) {
 			t.Fatalf("member %d did not start: %v", i, err)
 		}
 	}
-	held := wantGrant(t, members[2].req(t, subject(subjects.OpTryLock, "clustered"), `{"lock_timeout_seconds":600}`), "clustered")
-
+	// A member's client port opens before its lock service runs (a
+	// cluster member's port cannot wait): wait until each has a role.
 	active := -1
-	for i, s := range members {
-		if !strings.Contains(s.stderr.String(), "standby: another instance is active") {
-			active = i
+	for deadline := time.Now().Add(startTimeout); ; {
+		var roles []string
+		for _, s := range members {
+			roles = append(roles, memberRole(s.stderr.String()))
+		}
+		if !slices.Contains(roles, "") && strings.Count(strings.Join(roles, " "), "active") == 1 {
+			active = slices.Index(roles, "active")
+		}
+		if active >= 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the members' roles after %s: %q; want one active, the others standbys", startTimeout, roles)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	held := wantGrant(t, members[2].req(t, subject(subjects.OpTryLock, "clustered"), `{"lock_timeout_seconds":600}`), "clustered")
+	// noneExited fails the test if a member that the test did not kill
+	// exited.
+	killed := members[active]
+	noneExited := func() {
+		t.Helper()
+		for i, m := range members {
+			select {
+			case <-m.exited:
+				if m != killed {
+					t.Fatalf("member %d exited by itself (%v)", i, m.err)
+				}
+			default:
+			}
 		}
 	}
-	if active < 0 {
-		t.Fatal("no member is the active instance")
-	}
-	members[active].kill()
-	killed := time.Now()
+	killed.kill()
+	killedAt := time.Now()
 	other := (active + 1) % 3
 
 	// Until a standby took over, a request may find no responders (the
 	// nats CLI then fails, or prints no reply).
 	deadline := time.Now().Add(startTimeout)
 	var renewed subjects.LockResponse
-	restarts := 0
 	for {
-		// Of two standbys that take over at once, the one whose takeover
-		// the stream refused exits (ldlm exits when deposed) and takes its
-		// NATS server, a member of the quorum, with it: restart it, as a
-		// supervisor would.
-		for i, m := range members {
-			select {
-			case <-m.exited:
-				if i != active {
-					t.Logf("member %d exited (%v); restarting it", i, m.err)
-					restarts++
-					start(i)
-				}
-			default:
-			}
-		}
-		r, err := members[other].runNats(reqArgs(subject(subjects.OpRenew, "clustered"), renewBody(t, held.Key, 600))...)
+		noneExited()
+		// A short timeout: a request that reached an instance deposed
+		// meanwhile is never answered.
+		r, err := members[other].runNats("req", "--timeout", "5s", subject(subjects.OpRenew, "clustered"), renewBody(t, held.Key, 600))
 		if err == nil {
 			err = subjects.DecodeLockResponse([]byte(r.stdout), &renewed)
 		}
@@ -161,9 +177,47 @@ func TestE2EEmbeddedClusterKeepsLocks(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("a standby answered %v after kill -9 of the active member (members restarted meanwhile: %d)", time.Since(killed).Round(time.Millisecond), restarts)
+	t.Logf("a standby answered %v after kill -9 of the active member", time.Since(killedAt).Round(time.Millisecond))
 	if !renewed.Locked || renewed.Token != held.Token {
 		t.Fatalf("renew after the takeover: %+v; the grant before: %+v", renewed, held)
 	}
 	wantBusy(t, members[other].req(t, subject(subjects.OpTryLock, "clustered"), ""), "clustered")
+
+	start(active)
+	deadline = time.Now().Add(startTimeout)
+	for !strings.Contains(members[active].stderr.String(), "standby: another instance is active") {
+		select {
+		case <-members[active].exited:
+			t.Fatalf("the killed member, started again, exited: %v", members[active].err)
+		default:
+		}
+		noneExited()
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed member, started again, did not stand by within %s", startTimeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	noneExited()
+	for i, m := range members {
+		if n := strings.Count(m.stderr.String(), "no longer the active instance; standing by again"); n > 0 {
+			t.Logf("member %d was deposed %d times and stood by again", i, n)
+		}
+	}
+}
+
+// memberRole is what a member's log says its lock service is now: "active",
+// "standby", or "" before either.
+func memberRole(log string) string {
+	last, role := -1, ""
+	for marker, r := range map[string]string{
+		"lock service ready":                               "active",
+		"took over: this instance is the active now":       "active",
+		"standby: another instance is active":              "standby",
+		"no longer the active instance; standing by again": "standby",
+	} {
+		if i := strings.LastIndex(log, marker); i > last {
+			last, role = i, r
+		}
+	}
+	return role
 }

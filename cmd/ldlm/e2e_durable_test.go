@@ -1,11 +1,17 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"net/url"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ldlm-io/ldlm/subjects"
 )
@@ -50,14 +56,12 @@ func TestE2EDataDirSurvivesKill9(t *testing.T) {
 	wantUnlocked(t, s2.req(t, subject(subjects.OpUnlock, "durable"), unlockBody(t, held.Key)), "durable")
 }
 
-// TestE2EStandbyTakesOverAfterKill9: two `ldlm server` processes with
-// LDLM_STATE=jetstream on one nats-server: the second waits as a standby,
-// which `ldlm status` shows, up to date with the active; after kill -9 of
-// the first it answers, with the lock made with the nats CLI before (same
-// key, token and instance), `ldlm status` shows it as the active, and it
-// stops cleanly.
-func TestE2EStandbyTakesOverAfterKill9(t *testing.T) {
-	t.Parallel()
+// jetStreamNATS starts a nats-server with JetStream for the account APP.
+// It returns the environment of an `ldlm server` with LDLM_STATE=jetstream
+// on it, the URL of its clients (the app user), and that of the service's
+// own user, who may write the state stream (as an intruder of a test).
+func jetStreamNATS(t *testing.T) (env []string, clientURL, serviceURL string) {
+	t.Helper()
 	opts, pw := extUserOptions(t, false)
 	opts.JetStream, opts.StoreDir = true, t.TempDir()
 	ns := extStartNATS(t, opts)
@@ -73,24 +77,42 @@ func TestE2EStandbyTakesOverAfterKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.User = url.UserPassword("app", pw.app)
-	env := []string{"LDLM_NATS_URL=" + ns.ClientURL(), "LDLM_NATS_USER=ldlm", "LDLM_NATS_PASSWORD=" + pw.service,
+	clientURL = u.String()
+	u.User = url.UserPassword("ldlm", pw.service)
+	env = []string{"LDLM_NATS_URL=" + ns.ClientURL(), "LDLM_NATS_USER=ldlm", "LDLM_NATS_PASSWORD=" + pw.service,
 		"LDLM_SYSTEM_USER=ldlm-system", "LDLM_SYSTEM_PASSWORD=" + pw.system, "LDLM_STATE=jetstream", "LDLM_STATE_REPLICAS=1"}
-	start := func() *ldlmServer {
-		s := spawnLDLM(t, ldlmBinary(t), freePort(t), env, nil)
-		s.url = u.String() // the clients' way in, with the app user
-		t.Cleanup(func() {
-			s.stop(t)
-			if t.Failed() {
-				t.Logf("ldlm output:\n%s", s.stderr)
-			}
-		})
-		return s
-	}
-	active := start()
+	return env, clientURL, u.String()
+}
+
+// spawnJetStreamLDLM starts an `ldlm server` with env, whose clients use
+// clientURL; it is stopped (exit status 0 wanted) when the test ends.
+func spawnJetStreamLDLM(t *testing.T, env []string, clientURL string) *ldlmServer {
+	t.Helper()
+	s := spawnLDLM(t, ldlmBinary(t), freePort(t), env, nil)
+	s.url = clientURL
+	t.Cleanup(func() {
+		s.stop(t)
+		if t.Failed() {
+			t.Logf("ldlm output:\n%s", s.stderr)
+		}
+	})
+	return s
+}
+
+// TestE2EStandbyTakesOverAfterKill9: two `ldlm server` processes with
+// LDLM_STATE=jetstream on one nats-server: the second waits as a standby,
+// which `ldlm status` shows, up to date with the active; after kill -9 of
+// the first it answers, with the lock made with the nats CLI before (same
+// key, token and instance), `ldlm status` shows it as the active, and it
+// stops cleanly.
+func TestE2EStandbyTakesOverAfterKill9(t *testing.T) {
+	t.Parallel()
+	env, clientURL, _ := jetStreamNATS(t)
+	active := spawnJetStreamLDLM(t, env, clientURL)
 	if err := active.waitReady(); err != nil {
 		t.Fatalf("the first instance did not start: %v", err)
 	}
-	standby := start()
+	standby := spawnJetStreamLDLM(t, env, clientURL)
 	extWaitLog(t, standby.stderr, "standby: another instance is active")
 	held := wantGrant(t, active.req(t, subject(subjects.OpTryLock, "durable"), `{"lock_timeout_seconds":600}`), "durable")
 	before := waitStatus(t, active, "one active and one standby up to date", func(st statusJSON) bool {
@@ -114,6 +136,101 @@ func TestE2EStandbyTakesOverAfterKill9(t *testing.T) {
 	renewed := wantGrant(t, standby.req(t, subject(subjects.OpRenew, "durable"), renewBody(t, held.Key, 600)), "durable")
 	if renewed.Token != held.Token || renewed.Instance != held.Instance {
 		t.Fatalf("renew after the takeover: %+v; the grant before: %+v", renewed, held)
+	}
+}
+
+// TestE2EDeposedActiveStandsByAgain: an `ldlm server` whose write the state
+// stream refuses (another writer moved it on) does not exit: it starts a
+// new lock service in the same process, which loads the stream again and,
+// since no instance answers, takes over. The lock held before keeps its
+// key, token and instance; the change whose write was refused was never
+// answered nor kept; the process stops cleanly at the end.
+func TestE2EDeposedActiveStandsByAgain(t *testing.T) {
+	t.Parallel()
+	env, clientURL, serviceURL := jetStreamNATS(t)
+	s := spawnJetStreamLDLM(t, env, clientURL)
+	if err := s.waitReady(); err != nil {
+		t.Fatalf("ldlm did not start: %v", err)
+	}
+	held := wantGrant(t, s.req(t, subject(subjects.OpTryLock, "durable"), `{"lock_timeout_seconds":600}`), "durable")
+
+	// Another writer rewrites the active record, naming a connection of
+	// its own: the active's next write expects a sequence the stream has
+	// passed.
+	intruder, err := nats.Connect(serviceURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer intruder.Close()
+	js, err := jetstream.New(intruder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), extWaitTimeout)
+	defer cancel()
+	stream, err := js.Stream(ctx, "LDLM_ldlm")
+	if err != nil {
+		t.Fatalf("the state stream: %v", err)
+	}
+	const activeSubject = "$LDLM.ldlm.state.active"
+	last, err := stream.GetLastMsgForSubject(ctx, activeSubject)
+	if err != nil {
+		t.Fatalf("the active record: %v", err)
+	}
+	var record map[string]any
+	if err := json.Unmarshal(last.Data, &record); err != nil {
+		t.Fatalf("the active record %q: %v", last.Data, err)
+	}
+	record["server_id"], record["client_id"] = "INTRUDER", 1
+	data, err := json.Marshal(record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, activeSubject, data); err != nil {
+		t.Fatalf("writing the active record: %v", err)
+	}
+
+	// A grant makes the active write: refused, so never answered.
+	client, err := nats.Connect(clientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if m, err := client.Request(subject(subjects.OpTryLock, "refused"), nil, 2*time.Second); err == nil {
+		t.Fatalf("the deposed active answered a change it could not write: %s", m.Data)
+	}
+	extWaitLog(t, s.stderr, "no longer the active instance; standing by again")
+
+	// The new service takes over (nobody else answers) and answers.
+	deadline := time.Now().Add(extWaitTimeout)
+	for {
+		_, err := client.Request(subject(subjects.OpTryLock, "probe"), nil, 2*time.Second)
+		if err == nil {
+			break
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("ldlm exited after it was deposed: %v", s.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ldlm did not answer again within %s of being deposed: %v", extWaitTimeout, err)
+		}
+		time.Sleep(extPoll)
+	}
+	if n := strings.Count(s.stderr.String(), "lock service ready"); n != 2 {
+		t.Errorf("the log says %d times that the lock service is ready; want 2 (at start, and after it was deposed)", n)
+	}
+	wantBusy(t, s.req(t, subject(subjects.OpTryLock, "durable"), ""), "durable")
+	renewed := wantGrant(t, s.req(t, subject(subjects.OpRenew, "durable"), renewBody(t, held.Key, 600)), "durable")
+	if renewed.Token != held.Token || renewed.Key != held.Key || renewed.Instance != held.Instance {
+		t.Fatalf("renew after standing by again: %+v; the grant before: %+v", renewed, held)
+	}
+	wantGrant(t, s.req(t, subject(subjects.OpTryLock, "refused"), ""), "refused")
+	select {
+	case <-s.exited:
+		t.Fatalf("ldlm exited: %v", s.err)
+	default:
 	}
 }
 

@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
+	"github.com/ldlm-io/ldlm/service"
 	"github.com/ldlm-io/ldlm/service/engine"
 	"github.com/ldlm-io/ldlm/service/metrics"
 )
@@ -25,7 +27,9 @@ type metricsServer struct {
 	ln      net.Listener
 	http    *http.Server
 	served  chan struct{} // closed when Serve has returned; nil until serve
-	health  func() error  // nil while the service is healthy; set by serve
+	// svc is the lock service that /healthz reports on: nil while none
+	// runs (between a deposed service and the next, see runService).
+	svc atomic.Pointer[service.Service]
 }
 
 // listenMetrics listens on addr at once, so that a port in use fails
@@ -50,11 +54,19 @@ func listenMetrics(addr string) (*metricsServer, error) {
 	return s, nil
 }
 
-// healthz answers 200 "ok" while the lock service answers requests, and
-// 503 with the reason once it has stopped by itself (see service.Done).
+// errNoService is the health while no lock service runs.
+var errNoService = errors.New("no lock service runs: starting one again")
+
+// healthz answers 200 "ok" while the lock service runs (answering, or
+// standing by), and 503 with the reason once it has stopped by itself
+// (see service.Done) or while none runs.
 func (s *metricsServer) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if err := s.health(); err != nil {
+	err := errNoService
+	if svc := s.svc.Load(); svc != nil {
+		err = svc.Err()
+	}
+	if err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, "unavailable: %v\n", err)
 		return
@@ -70,14 +82,25 @@ func (s *metricsServer) observer() func(engine.Event) {
 	return s.metrics.Observe
 }
 
-// serve reads the gauges from stats and the health from health, and starts
-// answering scrapes.
-func (s *metricsServer) serve(stats func() engine.Stats, health func() error, log *slog.Logger) {
+// setService points the gauges and /healthz at svc; nil: no service runs
+// (the gauges are absent, /healthz says 503).
+func (s *metricsServer) setService(svc *service.Service) {
 	if s == nil {
 		return
 	}
-	s.metrics.SetStats(stats)
-	s.health = health
+	s.svc.Store(svc)
+	if svc == nil {
+		s.metrics.SetStats(nil)
+		return
+	}
+	s.metrics.SetStats(svc.Engine().Stats)
+}
+
+// serve starts answering scrapes, about the service of setService.
+func (s *metricsServer) serve(log *slog.Logger) {
+	if s == nil {
+		return
+	}
 	s.served = make(chan struct{})
 	go func() {
 		defer close(s.served)

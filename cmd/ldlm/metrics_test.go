@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
@@ -180,13 +181,20 @@ func TestServiceDeathIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.close(slog.New(slog.DiscardHandler))
-	m.serve(srv.Service.Engine().Stats, srv.Service.Err, slog.New(slog.DiscardHandler))
+	m.setService(srv.Service)
+	m.serve(slog.New(slog.DiscardHandler))
 	healthURL := "http://" + m.ln.Addr().String() + "/healthz"
 	if code, _ := getHealth(t, healthURL); code != http.StatusOK {
 		t.Fatalf("GET /healthz of a running service: %d; want 200", code)
 	}
 	returned := make(chan error, 1)
-	go func() { returned <- runService(context.Background(), srv.Service, slog.New(slog.DiscardHandler)) }()
+	restart := func() (*service.Service, error) {
+		t.Error("runService started a new service after its connection closed")
+		return nil, service.ErrConnectionClosed
+	}
+	go func() {
+		returned <- runService(context.Background(), srv.Service, restart, m, slog.New(slog.DiscardHandler))
+	}()
 
 	app, _ := srv.ServiceConns()
 	app.Close()
@@ -252,4 +260,103 @@ func metricValue(families map[string]*dto.MetricFamily, series string) (float64,
 		}
 	}
 	return 0, false
+}
+
+// A deposed service (service.ErrDeposed) is replaced by runService with a
+// new one on the same connections, and the metrics server follows: /healthz
+// says 503 while none runs, 200 and the new service's gauges after.
+func TestDeposedServiceIsReplaced(t *testing.T) {
+	t.Parallel()
+	srv := ldlmtest.Start(t, ldlmtest.WithDataDir(t.TempDir()))
+	m, err := listenMetrics("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	defer m.close(log)
+	m.setService(srv.Service)
+	m.serve(log)
+	base := "http://" + m.ln.Addr().String()
+
+	app, sys := srv.ServiceConns()
+	restarting, proceed := make(chan struct{}), make(chan struct{})
+	restart := func() (*service.Service, error) {
+		close(restarting)
+		<-proceed
+		return service.Start(service.Config{State: service.StateJetStream}, app, sys, log)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	returned := make(chan error, 1)
+	go func() { returned <- runService(ctx, srv.Service, restart, m, log) }()
+	t.Cleanup(func() { // before srv's cleanup closes the connections
+		cancel()
+		select {
+		case err := <-returned:
+			if err != nil {
+				t.Errorf("runService after its context ended: %v", err)
+			}
+		case <-time.After(metricsTestTimeout):
+			t.Error("runService did not return after its context ended")
+		}
+	})
+
+	nc := srv.Connect(t)
+	trylock := func(name string) (subjects.LockResponse, error) {
+		var r subjects.LockResponse
+		msg, err := nc.Request(subjects.Subject(subjects.DefaultPrefix, subjects.OpTryLock, name), nil, 2*time.Second)
+		if err == nil {
+			err = json.Unmarshal(msg.Data, &r)
+		}
+		return r, err
+	}
+	if r, err := trylock("held"); err != nil || !r.Locked {
+		t.Fatalf("trylock: %+v, %v", r, err)
+	}
+	// Another writer moves the state stream on; the next grant's write is
+	// refused.
+	js, err := jetstream.New(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "$LDLM.ldlm.state.intruder", []byte("x")); err != nil {
+		t.Fatalf("publishing on the state stream: %v", err)
+	}
+	if r, err := trylock("refused"); err == nil {
+		t.Fatalf("the deposed service answered: %+v", r)
+	}
+	select {
+	case <-restarting:
+	case <-time.After(metricsTestTimeout):
+		t.Fatal("runService did not start a new service after the old one was deposed")
+	}
+	if code, body := getHealth(t, base+"/healthz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no lock service runs") {
+		t.Errorf("GET /healthz between two services: %d %q; want 503 saying no service runs", code, body)
+	}
+	close(proceed)
+
+	deadline := time.Now().Add(metricsTestTimeout)
+	for {
+		r, err := trylock("held")
+		if err == nil {
+			if r.Locked || r.Error != nil {
+				t.Fatalf("the lock held before the new service: %+v; want it still held", r)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new service did not answer: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := getHealth(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("GET /healthz of the new service: %d %q; want 200", code, body)
+	}
+	if got, ok := metricValue(metricstest.Scrape(t, base+"/metrics"), "ldlm_holders"); !ok || got != 1 {
+		t.Errorf("ldlm_holders of the new service = %v (present %t), want 1", got, ok)
+	}
+	select {
+	case err := <-returned:
+		t.Fatalf("runService returned %v while the new service runs", err)
+	default:
+	}
 }

@@ -371,7 +371,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	}
 	defer conns.close()
 
-	svc, err := service.Start(service.Config{
+	svcCfg := service.Config{
 		Prefix:                cfg.Prefix,
 		MaxNameLength:         cfg.MaxNameLength,
 		MaxBodyBytes:          cfg.MaxBodyBytes,
@@ -391,7 +391,8 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		// Nobody but this process reaches the embedded server before its
 		// client port opens, below.
 		Alone: conns.embedded != nil && conns.embedded.Unreachable(),
-	}, conns.app, conns.system, log)
+	}
+	svc, err := service.Start(svcCfg, conns.app, conns.system, log)
 	if err != nil {
 		return err
 	}
@@ -406,22 +407,80 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		}
 		log.Info("embedded NATS server ready", "url", conns.embedded.ClientURL(), "server_name", conns.embedded.Name())
 	}
-	metricsSrv.serve(svc.Engine().Stats, svc.Err, log)
-	return runService(ctx, svc, log)
+	metricsSrv.setService(svc)
+	metricsSrv.serve(log)
+	svcCfg.Alone = false // the port is open now: others may be there
+	restart := func() (*service.Service, error) {
+		if err := conns.closed(); err != nil {
+			return nil, err
+		}
+		return service.Start(svcCfg, conns.app, conns.system, log)
+	}
+	return runService(ctx, svc, restart, metricsSrv, log)
 }
 
+// Waits between two failed starts of a new lock service after one was
+// deposed: doubling from the first to the last.
+const (
+	restartWaitFirst = 500 * time.Millisecond
+	restartWaitMax   = 15 * time.Second
+)
+
 // runService waits until ctx ends (a signal: stop, return nil) or the
-// service stops by itself (its connection closed for good, or a rival
-// instance: return why, so that ldlm exits 1 and a supervisor restarts it).
-func runService(ctx context.Context, svc *service.Service, log *slog.Logger) error {
-	select {
-	case <-ctx.Done():
-		log.Info("stopping: announcing the stop (memory state) or writing the last changes (jetstream state), then draining requests")
+// service stops by itself. A service deposed from the state stream
+// (service.ErrDeposed: another instance took over, or a write was not
+// acknowledged) is replaced with a new one from restart, on the same
+// connections, which stands by or takes over: the process, and with it an
+// embedded NATS server that may hold part of the stream's quorum, lives
+// on. Failed starts are tried again after a wait that doubles up to
+// restartWaitMax. Any other reason (a connection closed for good, a rival
+// instance in memory mode) is returned, so that ldlm exits 1 and a
+// supervisor restarts it. metricsSrv follows the service that runs.
+func runService(ctx context.Context, svc *service.Service, restart func() (*service.Service, error), metricsSrv *metricsServer, log *slog.Logger) error {
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping: announcing the stop (memory state) or writing the last changes (jetstream state), then draining requests")
+			svc.Stop()
+			return nil
+		case <-svc.Done():
+		}
 		svc.Stop()
-		return nil
-	case <-svc.Done():
-		svc.Stop()
-		return svc.Err()
+		err := svc.Err()
+		if !errors.Is(err, service.ErrDeposed) {
+			return err
+		}
+		metricsSrv.setService(nil)
+		log.Warn("no longer the active instance; standing by again", "err", err)
+		if svc, err = startAgain(ctx, restart, log); svc == nil {
+			return err // nil when ctx ended
+		}
+		metricsSrv.setService(svc)
+	}
+}
+
+// startAgain calls restart until it gives a service, waiting between
+// failed tries, or ctx ends (nil, nil), or the connections are closed for
+// good (their error).
+func startAgain(ctx context.Context, restart func() (*service.Service, error), log *slog.Logger) (*service.Service, error) {
+	for wait := restartWaitFirst; ; wait = min(2*wait, restartWaitMax) {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		svc, err := restart()
+		switch {
+		case err == nil:
+			return svc, nil
+		case errors.Is(err, service.ErrConnectionClosed):
+			return nil, err
+		}
+		log.Warn("starting the lock service again failed; trying again", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			log.Info("stopped while starting the lock service again")
+			return nil, nil
+		case <-time.After(wait):
+		}
 	}
 }
 
@@ -431,6 +490,20 @@ type connections struct {
 	embedded *embeddednats.Server
 	app      *nats.Conn
 	system   *nats.Conn
+}
+
+// closed says whether a connection is closed for good (nats.go gave up
+// on it): a service started on it could not work.
+func (c *connections) closed() error {
+	for _, nc := range []struct {
+		which string
+		conn  *nats.Conn
+	}{{"service", c.app}, {"system account", c.system}} {
+		if nc.conn != nil && nc.conn.IsClosed() {
+			return fmt.Errorf("%w: the %s connection", service.ErrConnectionClosed, nc.which)
+		}
+	}
+	return nil
 }
 
 func (c *connections) close() {
