@@ -125,13 +125,16 @@ func runChaos(args []string, stdout, stderr io.Writer) int {
 func parseConfig(args []string, stderr io.Writer) (cfg Config, keep bool, err error) {
 	fs := flag.NewFlagSet("ldlm-chaos run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.State, "state", modeMemory, "how the lock service keeps its state and runs: "+strings.Join(modes, ", ")+" (see the package doc)")
+	fs.IntVar(&cfg.Standbys, "standbys", 2, "-state jetstream: instances besides the active")
+	fs.DurationVar(&cfg.Grace, "reconnect-grace", 5*time.Second, "the lock service's LDLM_RECONNECT_GRACE")
 	fs.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to inject faults")
 	fs.IntVar(&cfg.Workers, "workers", 6, "worker processes at once")
 	fs.IntVar(&cfg.Sessions, "sessions", 2, "goroutines taking locks in each worker")
 	fs.IntVar(&cfg.Locks, "locks", 8, "lock names; every third is a semaphore of size -size-k, the others have size 1")
 	fs.IntVar(&cfg.SizeK, "size-k", 3, "size of the semaphore locks")
 	fs.DurationVar(&cfg.FaultEvery, "fault-every", 2*time.Second, "mean time between faults (the fault rate)")
-	faults := fs.String("faults", strings.Join(faultKinds, ","), "kinds of faults to inject, comma separated")
+	faults := fs.String("faults", "", "kinds of faults to inject, comma separated; default: every kind the state allows ("+faultsHelp()+")")
 	fs.DurationVar(&cfg.Sweep, "sweep-interval", 5*time.Second, "the lock service's LDLM_SWEEP_INTERVAL")
 	fs.Uint64Var(&cfg.Seed, "seed", uint64(time.Now().UnixNano()), "seed of the random choices (fault kinds and gaps, what workers lock); timing still makes every run different")
 	fs.StringVar(&cfg.Dir, "dir", "", "directory for records and logs; default: a new temporary directory")
@@ -143,17 +146,26 @@ func parseConfig(args []string, stderr io.Writer) (cfg Config, keep bool, err er
 	if fs.NArg() > 0 {
 		return cfg, keep, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	allowed, ok := modeFaults[cfg.State]
+	if !ok {
+		return cfg, keep, fmt.Errorf("unknown -state %q (want one of %s)", cfg.State, strings.Join(modes, ", "))
+	}
+	if *faults == "" {
+		*faults = strings.Join(allowed, ",")
+	}
 	for _, k := range strings.Split(*faults, ",") {
 		k = strings.TrimSpace(k)
 		if k == "" {
 			continue
 		}
-		if !contains(faultKinds, k) {
-			return cfg, keep, fmt.Errorf("unknown fault kind %q (kinds: %s)", k, strings.Join(faultKinds, ", "))
+		if !contains(allowed, k) {
+			return cfg, keep, fmt.Errorf("fault kind %q is not one of -state %s (%s)", k, cfg.State, strings.Join(allowed, ", "))
 		}
 		cfg.Faults = append(cfg.Faults, k)
 	}
 	switch {
+	case cfg.Standbys < 1 || cfg.Grace <= 0:
+		return cfg, keep, errors.New("-standbys must be at least 1 and -reconnect-grace positive")
 	case cfg.Duration <= 0 || cfg.FaultEvery <= 0 || cfg.Sweep <= 0:
 		return cfg, keep, errors.New("-duration, -fault-every and -sweep-interval must be positive")
 	case cfg.Workers < 1 || cfg.Sessions < 1 || cfg.Locks < 1 || cfg.SizeK < 1:
@@ -162,6 +174,15 @@ func parseConfig(args []string, stderr io.Writer) (cfg Config, keep bool, err er
 		return cfg, keep, errors.New("-faults names no fault kind")
 	}
 	return cfg, keep, nil
+}
+
+// faultsHelp lists the fault kinds of each state, for -help.
+func faultsHelp() string {
+	var parts []string
+	for _, m := range modes {
+		parts = append(parts, m+": "+strings.Join(modeFaults[m], ","))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func contains(list []string, s string) bool {
