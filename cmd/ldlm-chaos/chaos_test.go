@@ -87,7 +87,7 @@ func TestChaos(t *testing.T) {
 		{modeMemory, 30 * time.Second, 100},
 		{modeJetStream, 20 * time.Second, 50},
 		{modeDataDir, 20 * time.Second, 50},
-		{modeCluster, 20 * time.Second, 50},
+		{modeCluster, 20 * time.Second, 30}, // a takeover in the cluster pauses it for seconds
 	} {
 		t.Run(tc.state, func(t *testing.T) {
 			t.Parallel()

@@ -4,29 +4,50 @@
 //	ldlm-chaos [run] [flags]   run a chaos test and report (exit 1 on any violation or leak)
 //	ldlm-chaos worker [flags]  a worker process (started by run, not by hand)
 //
-// A run starts a real NATS server inside this process (accounts APP and
-// SYS, on a fixed port so that it can be restarted at the same address),
-// the lock service as a child process (the ldlm binary in external mode,
-// with system account credentials so it follows disconnect advisories), and
-// worker processes that take locks of size 1 and size k with the Go client
-// (clientlib), some with lock timeouts renewed in the background, some with
-// wait timeouts. A worker records every critical section in its own file as
-// it goes: lock, size, fencing token, when the grant arrived and when it
-// stopped treating itself as the holder (before Unlock, or when Lock.Done
-// fired).
+// A run starts the lock service and worker processes that take locks of
+// size 1 and size k with the Go client (clientlib, with sessions), some
+// with lock timeouts renewed in the background, some with wait timeouts. A
+// worker records every critical section in its own file as it goes: lock,
+// size, fencing token, when the grant arrived and when it stopped treating
+// itself as the holder (before Unlock, or when Lock.Done fired, with the
+// cause).
 //
-// Meanwhile the run injects faults at random: kill -9 of a worker (and a new
-// one started), a kick of a worker's connection by the NATS server
-// ($SYS.REQ.SERVER.<id>.KICK), a restart of the NATS server, and a restart
-// of the lock service by SIGTERM or kill -9. At the end it stops the
-// workers, checks that the service holds no lock any more, and checks the
-// records: at no instant may a lock have more live holders than its size
-// (see Check for when a holder stops being live), and a grant requested
-// after another grant of the lock must have a larger token.
+// How the service runs depends on -state:
 //
-// Short run (what `go test ./cmd/ldlm-chaos` does, about 30 s):
+//   - memory (default): a real NATS server inside this process (accounts
+//     APP and SYS, on a fixed port so that it can be restarted at the same
+//     address) and the ldlm binary in external mode, with system account
+//     credentials so it follows disconnect advisories;
+//   - jetstream: the same NATS server with JetStream (file storage in the
+//     run's folder) and 1 + -standbys ldlm instances with
+//     LDLM_STATE=jetstream: one active, the others standbys;
+//   - datadir: the single binary, ldlm with its embedded NATS server and
+//     LDLM_DATA_DIR; the workers connect to that embedded server;
+//   - cluster: three ldlm binaries whose embedded servers form one NATS
+//     cluster with JetStream (as deploy/cluster.yml); the workers list the
+//     three members.
+//
+// Meanwhile the run injects faults at random, the kinds its state allows:
+// kill -9 of a worker (and a new one started), a kick of a worker's
+// connection by the NATS server ($SYS.REQ.SERVER.<id>.KICK), a restart of
+// the NATS server, SIGTERM or kill -9 of the lock service (memory), of the
+// active instance (jetstream: a standby takes over, the stopped one starts
+// again as a standby), of the single binary (datadir: started again on the
+// same folder), or of one cluster member (cluster: started again, as a
+// supervisor would). After each service fault it waits until the service
+// answers again. At the end it stops the workers, checks that the service
+// holds no lock any more, and checks the records: at no instant may a
+// lock have more live holders than its size (see Check for when a holder
+// stops being live: a fault that keeps the state ends no grant), and a
+// grant requested after another grant of the lock must have a larger
+// token. It counts the holders that lost their lock through a fault that
+// keeps the state (the goal is none).
+//
+// Short runs (what `go test ./cmd/ldlm-chaos` does: 30 s in memory, 20 s
+// in each durable mode):
 //
 //	go run ./cmd/ldlm-chaos -duration 30s
+//	go run ./cmd/ldlm-chaos -state cluster -duration 30s
 //
 // Long run:
 //
