@@ -203,8 +203,8 @@ func (o *orchestrator) waitHealthy() error {
 			active := 0
 			known := true
 			for _, n := range o.nodes {
-				if n.p == nil {
-					continue // not started yet (setUp)
+				if n.p == nil || !n.p.running() {
+					continue // not started yet (setUp), or started again at the next poll
 				}
 				switch o.role(n) {
 				case roleActive:
@@ -308,14 +308,12 @@ var (
 	standbyMarks = []string{`msg="standby: `, "standing by again"}
 )
 
-// role returns what node n's log says it is now: the role of the last
-// marking line. A node of a single-instance mode is always the active.
+// role returns what node n's log says it is (or was, when it exited): the
+// role of the last marking line. A node of a single-instance mode is always
+// the active.
 func (o *orchestrator) role(n *node) string {
 	if len(o.nodes) == 1 {
 		return roleActive
-	}
-	if !n.p.running() {
-		return roleUnknown
 	}
 	b, err := os.ReadFile(n.p.logPath)
 	if err != nil {
@@ -338,11 +336,11 @@ func (o *orchestrator) role(n *node) string {
 	return roleUnknown
 }
 
-// activeNode returns the index of the node that is the active; -1 if none
-// says so (a takeover under way).
+// activeNode returns the index of the running node that is the active; -1
+// if none says so (a takeover under way).
 func (o *orchestrator) activeNode() int {
 	for i, n := range o.nodes {
-		if o.role(n) == roleActive {
+		if n.p.running() && o.role(n) == roleActive {
 			return i
 		}
 	}
