@@ -64,45 +64,81 @@ func (l *testLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestChaos is the short form of ldlm-chaos: about 30 s of every kind of
-// fault against a real NATS server, the ldlm binary and worker processes
-// (this test binary in worker mode). It fails on any violation (a lock with
+// TestChaos is the short form of ldlm-chaos, once per state mode: about
+// 30 s of every kind of fault against a real NATS server, the ldlm binary
+// and worker processes (this test binary in worker mode) with the state in
+// memory, and about 20 s for each durable mode (jetstream with two
+// standbys, the single binary with a data folder, a three-member embedded
+// cluster), the four in parallel. Each fails on any violation (a lock with
 // more live holders than slots, tokens out of order), any lock still held
-// when everyone is gone, or any unexpected exit. LDLM_CHAOS_DURATION and
-// LDLM_CHAOS_FAULTS (comma separated kinds) change the run.
+// when everyone is gone, or any unexpected exit. LDLM_CHAOS_DURATION sets
+// every mode's duration, LDLM_CHAOS_FAULTS (comma separated kinds) keeps
+// only those kinds (a mode left with none is skipped).
 func TestChaos(t *testing.T) {
 	if testing.Short() {
-		t.Skip("the chaos run takes about 30 s")
+		t.Skip("the chaos runs take about 30 s")
 	}
 	t.Parallel()
-	duration := 30 * time.Second
-	if d, err := time.ParseDuration(os.Getenv("LDLM_CHAOS_DURATION")); err == nil {
-		duration = d
+	for _, tc := range []struct {
+		state       string
+		duration    time.Duration
+		minSections int
+	}{
+		{modeMemory, 30 * time.Second, 100},
+		{modeJetStream, 20 * time.Second, 50},
+		{modeDataDir, 20 * time.Second, 50},
+		{modeCluster, 20 * time.Second, 30}, // a takeover in the cluster pauses it for seconds
+	} {
+		t.Run(tc.state, func(t *testing.T) {
+			t.Parallel()
+			duration := tc.duration
+			if d, err := time.ParseDuration(os.Getenv("LDLM_CHAOS_DURATION")); err == nil {
+				duration = d
+			}
+			faults := modeFaults[tc.state]
+			if f := os.Getenv("LDLM_CHAOS_FAULTS"); f != "" {
+				var kept []string
+				for _, k := range strings.Split(f, ",") {
+					if contains(faults, k) {
+						kept = append(kept, k)
+					}
+				}
+				if len(kept) == 0 {
+					t.Skipf("none of LDLM_CHAOS_FAULTS=%s applies to state %s", f, tc.state)
+				}
+				faults = kept
+			}
+			runChaosTest(t, Config{
+				State:      tc.state,
+				Standbys:   2,
+				Grace:      5 * time.Second,
+				Duration:   duration,
+				Workers:    5,
+				Sessions:   2,
+				Locks:      6,
+				SizeK:      3,
+				FaultEvery: 2 * time.Second,
+				Faults:     faults,
+				Sweep:      5 * time.Second,
+			}, tc.minSections)
+		})
 	}
-	faults := faultKinds
-	if f := os.Getenv("LDLM_CHAOS_FAULTS"); f != "" {
-		faults = strings.Split(f, ",")
-	}
+}
+
+// runChaosTest runs cfg (with this test's seed, folder, binaries and log)
+// and fails on anything it found, on fewer than minSections sections, and
+// on a fault kind of cfg that was never injected.
+func runChaosTest(t *testing.T, cfg Config, minSections int) {
 	dir, err := os.MkdirTemp("", "ldlm-chaos-test-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{
-		Duration:   duration,
-		Workers:    5,
-		Sessions:   2,
-		Locks:      6,
-		SizeK:      3,
-		FaultEvery: 2 * time.Second,
-		Faults:     faults,
-		Sweep:      5 * time.Second,
-		Seed:       uint64(time.Now().UnixNano()),
-		Dir:        dir,
-		LDLM:       ldlmBinary(t),
-		WorkerCmd:  []string{os.Args[0]},
-		WorkerEnv:  cleanEnv(helperEnv + "=worker"),
-		Progress:   &testLog{t: t},
-	}
+	cfg.Seed = uint64(time.Now().UnixNano())
+	cfg.Dir = dir
+	cfg.LDLM = ldlmBinary(t)
+	cfg.WorkerCmd = []string{os.Args[0]}
+	cfg.WorkerEnv = cleanEnv(helperEnv + "=worker")
+	cfg.Progress = &testLog{t: t}
 	sum, err := Run(cfg)
 	var report bytes.Buffer
 	sum.Report(&report)
@@ -115,10 +151,10 @@ func TestChaos(t *testing.T) {
 			len(sum.Violations), len(sum.Leaks), len(sum.Problems), dir)
 	}
 	// A run that did nothing proves nothing.
-	if sum.Sections < 100 {
-		t.Errorf("only %d critical sections in %s", sum.Sections, duration)
+	if sum.Sections < minSections {
+		t.Errorf("only %d critical sections in %s", sum.Sections, cfg.Duration)
 	}
-	for _, k := range faults {
+	for _, k := range cfg.Faults {
 		if sum.Faults[k] == 0 && !(k == faultKick && sum.Skipped > 0) {
 			t.Errorf("no fault of kind %s was injected", k)
 		}
@@ -131,12 +167,23 @@ func TestChaos(t *testing.T) {
 // TestRunFlags: the flags of a run, and the errors for bad ones.
 func TestRunFlags(t *testing.T) {
 	cfg, keep, err := parseConfig([]string{"-duration", "10m", "-workers", "8", "-faults", "kick,nats-restart", "-keep"}, os.Stderr)
-	if err != nil || cfg.Duration != 10*time.Minute || cfg.Workers != 8 || !keep ||
+	if err != nil || cfg.Duration != 10*time.Minute || cfg.Workers != 8 || !keep || cfg.State != modeMemory ||
 		fmt.Sprint(cfg.Faults) != "[kick nats-restart]" {
 		t.Errorf("got %+v, keep %v, err %v", cfg, keep, err)
 	}
+	// Each state has its own default kinds.
+	for state, want := range modeFaults {
+		cfg, _, err := parseConfig([]string{"-state", state}, os.Stderr)
+		if err != nil || fmt.Sprint(cfg.Faults) != fmt.Sprint(want) {
+			t.Errorf("-state %s: faults %v (want %v), err %v", state, cfg.Faults, want, err)
+		}
+	}
 	for _, args := range [][]string{
 		{"-faults", "meteor"},
+		{"-state", "floppy"},
+		{"-state", "cluster", "-faults", "kick"}, // no NATS server of ours to kick through
+		{"-state", "memory", "-faults", "node-kill"},
+		{"-standbys", "0"},
 		{"-workers", "0"},
 		{"-duration", "-1s"},
 		{"-faults", ","},

@@ -20,6 +20,7 @@ type Interval struct {
 	Enter  time.Time
 	Leave  time.Time
 	Why    string // how it ended: leaveUnlock, leaveLost, leaveStop or leaveKilled
+	Cause  string // leaveLost: why Lock.Done fired (errClass of Lock.Err)
 }
 
 // How an interval ended.
@@ -37,19 +38,36 @@ const (
 	faultNATSRestart = "nats-restart" // the NATS server stops and starts again
 	faultServiceTerm = "service-term" // SIGTERM to the lock service, then a new one
 	faultServiceKill = "service-kill" // kill -9 of the lock service, then a new one
+	faultActiveKill  = "active-kill"  // -state jetstream: kill -9 of the active instance; a standby takes over, the killed one starts again as a standby
+	faultDataDirKill = "datadir-kill" // -state datadir: kill -9 of the single binary (its embedded NATS server dies with it), started again on the same folder
+	faultNodeKill    = "node-kill"    // -state cluster: kill -9 of one member of the embedded cluster, started again as a supervisor would
+	faultSelfExit    = "self-exit"    // durable modes, not injected: an ldlm process exited by itself and was started again
 )
 
-var faultKinds = []string{faultKillWorker, faultKick, faultNATSRestart, faultServiceTerm, faultServiceKill}
+var faultKinds = []string{faultKillWorker, faultKick, faultNATSRestart, faultServiceTerm, faultServiceKill,
+	faultActiveKill, faultDataDirKill, faultNodeKill, faultSelfExit}
 
 // Fault is one injected fault. The cut it makes happened between At and
 // Done: the orchestrator takes At just before it acts, and Done once the
 // cut is certain (the process reaped, the kick answered, the server shut
 // down).
+//
+// A fault that Keeps the state (a takeover or restart with durable state,
+// a NATS restart under a service that lives on) ends no grant by itself:
+// the holders of before stay live holders until they leave. If it cut the
+// clients' connections too, the service keeps their sessions' locks for
+// Grace after the cut (LDLM_RECONNECT_GRACE): a holder cut off for longer
+// may lose its lock before it can learn it, so it is live until At+Grace at
+// most. The service cannot release before then: it learns of the cut at
+// At or later, and a restored session's grace starts when it is restored.
 type Fault struct {
 	Kind     string
 	At, Done time.Time
-	Worker   int // kill-worker, kick: the worker hit
-	Instance int // service faults: index of the stopped instance in the instance list
+	Worker   int           // kill-worker, kick: the worker hit
+	Instance int           // memory service faults: index of the stopped instance in the instance list
+	Node     int           // service faults: the node (ldlm process slot) hit
+	Keeps    bool          // the state survives the fault
+	Grace    time.Duration // Keeps and the clients' connections were cut: how long their sessions stay
 }
 
 // Instance is one run of the lock service process. Its fencing tokens start
@@ -106,20 +124,31 @@ func (d Delays) Max() time.Duration {
 	return d.Notified[len(d.Notified)-1]
 }
 
+// Takeover summarises the holders that were in their section when a fault
+// that keeps the state began (see Fault.Keeps): they should keep their lock.
+type Takeover struct {
+	Holders int            // holders in their section when a fault of this kind began
+	Kept    int            // of them: left by themselves (unlock, or asked to stop)
+	Lost    int            // of them: Lock.Done fired; the goal is 0
+	Causes  map[string]int // Lost by the cause Lock.Err gave
+}
+
 // Result is what Check finds.
 type Result struct {
-	Sections   int                // intervals checked
-	Unchecked  int                // intervals whose lock request spanned a cut of their connection (see liveEnd)
-	Violations []Violation        // must be empty
-	Delays     map[string]*Delays // by fault kind
+	Sections   int                  // intervals checked
+	Unchecked  int                  // intervals whose lock request spanned a cut of their connection (see liveEnd)
+	Violations []Violation          // must be empty
+	Delays     map[string]*Delays   // by fault kind, for the faults that end grants
+	Takeovers  map[string]*Takeover // by fault kind, for the faults that keep the state
 }
 
 // liveEnd returns when interval iv stopped being a live holder as the
 // service sees it, and the fault that ended it early (nil if none): the
-// earliest of its Leave; the kill of its process or the cut of its
-// connection (NATS restart, kick); and the stop of the service instance
-// that granted it, whose state died with it (the client learning that
-// later is a notification delay, not a second grant).
+// earliest of its Leave; the kill of its process or the kick of its
+// connection; the stop of the service instance that granted it, whose
+// state died with it (the client learning that later is a notification
+// delay, not a second grant); and the end of the grace of a cut that
+// kept the state (Fault.Keeps).
 //
 // A lock request sent before a cut finished may have been granted over the
 // connection that was cut, even if the grant reply arrived after the cut
@@ -134,8 +163,8 @@ func liveEnd(iv Interval, faults []Fault, instances []Instance) (time.Time, *Fau
 		if !applies(*f, iv, instances) {
 			continue
 		}
-		at := f.At
-		if f.Kind == faultServiceTerm || f.Kind == faultServiceKill {
+		at := f.At.Add(f.Grace)
+		if !f.Keeps && (f.Kind == faultServiceTerm || f.Kind == faultServiceKill) {
 			at = instances[f.Instance].Stopped
 		}
 		if at.Before(end) {
@@ -146,31 +175,52 @@ func liveEnd(iv Interval, faults []Fault, instances []Instance) (time.Time, *Fau
 }
 
 // applies reports whether fault f cuts iv off: it killed iv's process, cut
-// its connection (kick, NATS restart) while the grant may have been on it,
-// or stopped the service instance that granted it.
+// its connection (kick; or any cut of a fault that keeps the state, for its
+// grace) while the grant may have been on it, or stopped the service
+// instance that granted it, whose state died with it.
 func applies(f Fault, iv Interval, instances []Instance) bool {
-	switch f.Kind {
-	case faultKillWorker, faultKick:
+	switch {
+	case f.Kind == faultKillWorker || f.Kind == faultKick:
 		return f.Worker == iv.Worker && iv.Sent.Before(f.Done)
-	case faultNATSRestart:
+	case f.Keeps:
+		return f.Grace > 0 && iv.Sent.Before(f.Done)
+	case f.Kind == faultNATSRestart: // without sessions
 		return iv.Sent.Before(f.Done)
-	case faultServiceTerm, faultServiceKill:
+	case f.Kind == faultServiceTerm || f.Kind == faultServiceKill:
 		return f.Instance == instanceOf(iv.Token, instances)
 	}
 	return false
 }
 
 // firstHit returns the earliest fault that began while iv was in its
-// section and that cuts it off; nil if none. The holder may learn of it
-// before the cut is complete (a service stopping on SIGTERM announces it).
+// section and that ends its grant (not one that keeps the state); nil if
+// none. The holder may learn of it before the cut is complete (a service
+// stopping on SIGTERM announces it).
 func firstHit(iv Interval, faults []Fault, instances []Instance) *Fault {
 	var first *Fault
 	for i := range faults {
 		f := &faults[i]
-		if iv.Enter.Before(f.At) && f.At.Before(iv.Leave) && applies(*f, iv, instances) &&
+		if !f.Keeps && iv.Enter.Before(f.At) && f.At.Before(iv.Leave) && applies(*f, iv, instances) &&
 			(first == nil || f.At.Before(first.At)) {
 			first = &faults[i]
 		}
+	}
+	return first
+}
+
+// firstKept returns the earliest fault that keeps the state and began while
+// iv was in its section, unless a fault that ends grants hit iv before it;
+// nil if none.
+func firstKept(iv Interval, faults []Fault, hit *Fault) *Fault {
+	var first *Fault
+	for i := range faults {
+		f := &faults[i]
+		if f.Keeps && iv.Enter.Before(f.At) && f.At.Before(iv.Leave) && (first == nil || f.At.Before(first.At)) {
+			first = f
+		}
+	}
+	if first != nil && hit != nil && !first.At.Before(hit.At) {
+		return nil
 	}
 	return first
 }
@@ -193,9 +243,10 @@ func instanceOf(token uint64, instances []Instance) int {
 // It also measures the notification delays of the faults. It is a pure
 // function of its arguments.
 func Check(intervals []Interval, faults []Fault, instances []Instance) Result {
-	res := Result{Sections: len(intervals), Delays: map[string]*Delays{}}
+	res := Result{Sections: len(intervals), Delays: map[string]*Delays{}, Takeovers: map[string]*Takeover{}}
 	for _, k := range faultKinds {
 		res.Delays[k] = &Delays{}
+		res.Takeovers[k] = &Takeover{Causes: map[string]int{}}
 	}
 
 	type live struct {
@@ -210,13 +261,24 @@ func Check(intervals []Interval, faults []Fault, instances []Instance) Result {
 				res.Unchecked++
 			}
 		}
-		if f := firstHit(iv, faults, instances); f != nil && iv.Why != leaveKilled && iv.Why != leaveStop {
-			d := res.Delays[f.Kind]
+		hit := firstHit(iv, faults, instances)
+		if hit != nil && iv.Why != leaveKilled && iv.Why != leaveStop {
+			d := res.Delays[hit.Kind]
 			d.Affected++
 			if iv.Why == leaveLost {
-				d.Notified = append(d.Notified, iv.Leave.Sub(f.At))
+				d.Notified = append(d.Notified, iv.Leave.Sub(hit.At))
 			} else {
 				d.Finished++
+			}
+		}
+		if f := firstKept(iv, faults, hit); f != nil && iv.Why != leaveKilled {
+			t := res.Takeovers[f.Kind]
+			t.Holders++
+			if iv.Why == leaveLost {
+				t.Lost++
+				t.Causes[iv.Cause]++
+			} else {
+				t.Kept++
 			}
 		}
 		byLock[iv.Lock] = append(byLock[iv.Lock], live{iv, iv.Enter, end})

@@ -146,6 +146,35 @@ func TestCheck(t *testing.T) {
 			violations: []string{"2 live holders"},
 		},
 		{
+			desc: "with sessions a NATS restart keeps the holders live for the grace",
+			intervals: []Interval{
+				iv(1, "a", 0, 1, 0, 10, 100, leaveUnlock),
+				iv(2, "a", 0, 2, 25, 30, 40, leaveUnlock),
+			},
+			faults:     []Fault{{Kind: faultNATSRestart, At: ms(20), Done: ms(22), Worker: -1, Instance: -1, Keeps: true, Grace: 50 * time.Millisecond}},
+			instances:  one,
+			violations: []string{"2 live holders"},
+		},
+		{
+			desc: "a holder cut off for longer than the grace may have lost its lock",
+			intervals: []Interval{
+				iv(1, "a", 0, 1, 0, 10, 100, leaveUnlock),
+				iv(2, "a", 0, 2, 25, 80, 90, leaveUnlock),
+			},
+			faults:    []Fault{{Kind: faultDataDirKill, At: ms(20), Done: ms(22), Worker: -1, Instance: -1, Keeps: true, Grace: 50 * time.Millisecond}},
+			instances: one,
+		},
+		{
+			desc: "a takeover that keeps the state ends no grant",
+			intervals: []Interval{
+				iv(1, "a", 0, 1, 0, 10, 900, leaveUnlock),
+				iv(2, "a", 0, 2, 600, 610, 700, leaveUnlock),
+			},
+			faults:     []Fault{{Kind: faultActiveKill, At: ms(499), Done: ms(500), Worker: -1, Instance: -1, Keeps: true}},
+			instances:  one,
+			violations: []string{"2 live holders"},
+		},
+		{
 			desc: "the grants of a stopped service instance end with it",
 			intervals: []Interval{
 				iv(1, "a", 0, 1000, 0, 10, 900, leaveUnlock), // the client never learned
@@ -239,6 +268,32 @@ func TestCheckDelays(t *testing.T) {
 
 // TestReadWorkerLog: records become intervals; a section left open by a
 // kill is reported open; records that make no sense are problems.
+// TestCheckTakeovers: the holders in their section when a fault that keeps
+// the state began are counted as kept or lost (by cause); those that a
+// fault ending grants hit first, and killed ones, are not.
+func TestCheckTakeovers(t *testing.T) {
+	takeover := Fault{Kind: faultActiveKill, At: ms(20), Done: ms(21), Worker: -1, Instance: -1, Keeps: true}
+	kick := Fault{Kind: faultKick, At: ms(15), Done: ms(16), Worker: 3, Instance: -1}
+	lost := iv(2, "b", 0, 2, 0, 10, 60, leaveLost)
+	lost.Cause = "expired"
+	intervals := []Interval{
+		iv(1, "a", 0, 1, 0, 10, 50, leaveUnlock), // kept
+		lost,                                     // lost
+		iv(3, "c", 0, 3, 0, 10, 50, leaveLost),   // kicked before the takeover: not counted
+		iv(4, "d", 0, 4, 0, 10, 50, leaveKilled), // killed: not counted
+		iv(5, "e", 0, 5, 0, 25, 50, leaveUnlock), // entered after the takeover: not counted
+		iv(6, "f", 0, 6, 0, 5, 10, leaveUnlock),  // left before: not counted
+	}
+	res := Check(intervals, []Fault{kick, takeover}, []Instance{{FirstToken: 1}})
+	got := res.Takeovers[faultActiveKill]
+	if got.Holders != 2 || got.Kept != 1 || got.Lost != 1 || got.Causes["expired"] != 1 {
+		t.Errorf("takeovers %+v, want 2 holders, 1 kept, 1 lost by expiry", got)
+	}
+	if d := res.Delays[faultKick]; d.Affected != 1 || len(d.Notified) != 1 {
+		t.Errorf("kick delays %+v, want the kicked holder notified", d)
+	}
+}
+
 func TestReadWorkerLog(t *testing.T) {
 	path := t.TempDir() + "/w.jsonl"
 	lines := `{"k":"enter","s":1,"lock":"a","size":1,"token":5,"sent":100,"at":200}

@@ -4,29 +4,50 @@
 //	ldlm-chaos [run] [flags]   run a chaos test and report (exit 1 on any violation or leak)
 //	ldlm-chaos worker [flags]  a worker process (started by run, not by hand)
 //
-// A run starts a real NATS server inside this process (accounts APP and
-// SYS, on a fixed port so that it can be restarted at the same address),
-// the lock service as a child process (the ldlm binary in external mode,
-// with system account credentials so it follows disconnect advisories), and
-// worker processes that take locks of size 1 and size k with the Go client
-// (clientlib), some with lock timeouts renewed in the background, some with
-// wait timeouts. A worker records every critical section in its own file as
-// it goes: lock, size, fencing token, when the grant arrived and when it
-// stopped treating itself as the holder (before Unlock, or when Lock.Done
-// fired).
+// A run starts the lock service and worker processes that take locks of
+// size 1 and size k with the Go client (clientlib, with sessions), some
+// with lock timeouts renewed in the background, some with wait timeouts. A
+// worker records every critical section in its own file as it goes: lock,
+// size, fencing token, when the grant arrived and when it stopped treating
+// itself as the holder (before Unlock, or when Lock.Done fired, with the
+// cause).
 //
-// Meanwhile the run injects faults at random: kill -9 of a worker (and a new
-// one started), a kick of a worker's connection by the NATS server
-// ($SYS.REQ.SERVER.<id>.KICK), a restart of the NATS server, and a restart
-// of the lock service by SIGTERM or kill -9. At the end it stops the
-// workers, checks that the service holds no lock any more, and checks the
-// records: at no instant may a lock have more live holders than its size
-// (see Check for when a holder stops being live), and a grant requested
-// after another grant of the lock must have a larger token.
+// How the service runs depends on -state:
 //
-// Short run (what `go test ./cmd/ldlm-chaos` does, about 30 s):
+//   - memory (default): a real NATS server inside this process (accounts
+//     APP and SYS, on a fixed port so that it can be restarted at the same
+//     address) and the ldlm binary in external mode, with system account
+//     credentials so it follows disconnect advisories;
+//   - jetstream: the same NATS server with JetStream (file storage in the
+//     run's folder) and 1 + -standbys ldlm instances with
+//     LDLM_STATE=jetstream: one active, the others standbys;
+//   - datadir: the single binary, ldlm with its embedded NATS server and
+//     LDLM_DATA_DIR; the workers connect to that embedded server;
+//   - cluster: three ldlm binaries whose embedded servers form one NATS
+//     cluster with JetStream (as deploy/cluster.yml); the workers list the
+//     three members.
+//
+// Meanwhile the run injects faults at random, the kinds its state allows:
+// kill -9 of a worker (and a new one started), a kick of a worker's
+// connection by the NATS server ($SYS.REQ.SERVER.<id>.KICK), a restart of
+// the NATS server, SIGTERM or kill -9 of the lock service (memory), of the
+// active instance (jetstream: a standby takes over, the stopped one starts
+// again as a standby), of the single binary (datadir: started again on the
+// same folder), or of one cluster member (cluster: started again, as a
+// supervisor would). After each service fault it waits until the service
+// answers again. At the end it stops the workers, checks that the service
+// holds no lock any more, and checks the records: at no instant may a
+// lock have more live holders than its size (see Check for when a holder
+// stops being live: a fault that keeps the state ends no grant), and a
+// grant requested after another grant of the lock must have a larger
+// token. It counts the holders that lost their lock through a fault that
+// keeps the state (the goal is none).
+//
+// Short runs (what `go test ./cmd/ldlm-chaos` does: 30 s in memory, 20 s
+// in each durable mode):
 //
 //	go run ./cmd/ldlm-chaos -duration 30s
+//	go run ./cmd/ldlm-chaos -state cluster -duration 30s
 //
 // Long run:
 //
@@ -125,13 +146,16 @@ func runChaos(args []string, stdout, stderr io.Writer) int {
 func parseConfig(args []string, stderr io.Writer) (cfg Config, keep bool, err error) {
 	fs := flag.NewFlagSet("ldlm-chaos run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.State, "state", modeMemory, "how the lock service keeps its state and runs: "+strings.Join(modes, ", ")+" (see the package doc)")
+	fs.IntVar(&cfg.Standbys, "standbys", 2, "-state jetstream: instances besides the active")
+	fs.DurationVar(&cfg.Grace, "reconnect-grace", 5*time.Second, "the lock service's LDLM_RECONNECT_GRACE")
 	fs.DurationVar(&cfg.Duration, "duration", 30*time.Second, "how long to inject faults")
 	fs.IntVar(&cfg.Workers, "workers", 6, "worker processes at once")
 	fs.IntVar(&cfg.Sessions, "sessions", 2, "goroutines taking locks in each worker")
 	fs.IntVar(&cfg.Locks, "locks", 8, "lock names; every third is a semaphore of size -size-k, the others have size 1")
 	fs.IntVar(&cfg.SizeK, "size-k", 3, "size of the semaphore locks")
 	fs.DurationVar(&cfg.FaultEvery, "fault-every", 2*time.Second, "mean time between faults (the fault rate)")
-	faults := fs.String("faults", strings.Join(faultKinds, ","), "kinds of faults to inject, comma separated")
+	faults := fs.String("faults", "", "kinds of faults to inject, comma separated; default: every kind the state allows ("+faultsHelp()+")")
 	fs.DurationVar(&cfg.Sweep, "sweep-interval", 5*time.Second, "the lock service's LDLM_SWEEP_INTERVAL")
 	fs.Uint64Var(&cfg.Seed, "seed", uint64(time.Now().UnixNano()), "seed of the random choices (fault kinds and gaps, what workers lock); timing still makes every run different")
 	fs.StringVar(&cfg.Dir, "dir", "", "directory for records and logs; default: a new temporary directory")
@@ -143,17 +167,26 @@ func parseConfig(args []string, stderr io.Writer) (cfg Config, keep bool, err er
 	if fs.NArg() > 0 {
 		return cfg, keep, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	allowed, ok := modeFaults[cfg.State]
+	if !ok {
+		return cfg, keep, fmt.Errorf("unknown -state %q (want one of %s)", cfg.State, strings.Join(modes, ", "))
+	}
+	if *faults == "" {
+		*faults = strings.Join(allowed, ",")
+	}
 	for _, k := range strings.Split(*faults, ",") {
 		k = strings.TrimSpace(k)
 		if k == "" {
 			continue
 		}
-		if !contains(faultKinds, k) {
-			return cfg, keep, fmt.Errorf("unknown fault kind %q (kinds: %s)", k, strings.Join(faultKinds, ", "))
+		if !contains(allowed, k) {
+			return cfg, keep, fmt.Errorf("fault kind %q is not one of -state %s (%s)", k, cfg.State, strings.Join(allowed, ", "))
 		}
 		cfg.Faults = append(cfg.Faults, k)
 	}
 	switch {
+	case cfg.Standbys < 1 || cfg.Grace <= 0:
+		return cfg, keep, errors.New("-standbys must be at least 1 and -reconnect-grace positive")
 	case cfg.Duration <= 0 || cfg.FaultEvery <= 0 || cfg.Sweep <= 0:
 		return cfg, keep, errors.New("-duration, -fault-every and -sweep-interval must be positive")
 	case cfg.Workers < 1 || cfg.Sessions < 1 || cfg.Locks < 1 || cfg.SizeK < 1:
@@ -162,6 +195,15 @@ func parseConfig(args []string, stderr io.Writer) (cfg Config, keep bool, err er
 		return cfg, keep, errors.New("-faults names no fault kind")
 	}
 	return cfg, keep, nil
+}
+
+// faultsHelp lists the fault kinds of each state, for -help.
+func faultsHelp() string {
+	var parts []string
+	for _, m := range modes {
+		parts = append(parts, m+": "+strings.Join(modeFaults[m], ","))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func contains(list []string, s string) bool {

@@ -24,12 +24,15 @@ const (
 // natsServer is a NATS server run inside this process on a fixed port, so
 // that it can be stopped and started again at the same address. PingInterval
 // and MaxPingsOut, when set, bound how long a silent client keeps its
-// connection.
+// connection. With StoreDir set it runs JetStream with file storage there,
+// for the APP account: the lock service's state in -state jetstream, which
+// outlives a restart of the server since the folder stays.
 type natsServer struct {
 	Port         int
 	Passwords    map[string]string // by user
 	PingInterval time.Duration
 	MaxPingsOut  int
+	StoreDir     string
 	ns           *server.Server
 }
 
@@ -73,6 +76,8 @@ func (n *natsServer) Start() error {
 		SystemAccount: "SYS",
 		PingInterval:  n.PingInterval,
 		MaxPingsOut:   n.MaxPingsOut,
+		JetStream:     n.StoreDir != "",
+		StoreDir:      n.StoreDir,
 		Users: []*server.User{
 			{Username: userService, Password: n.Passwords[userService], Account: app},
 			{Username: userApp, Password: n.Passwords[userApp], Account: app},
@@ -86,8 +91,22 @@ func (n *natsServer) Start() error {
 		if ns, err = server.NewServer(opts); err == nil {
 			go ns.Start()
 			if ns.ReadyForConnections(10*time.Second) && ns.Addr() != nil {
-				n.ns = ns
-				return nil
+				if n.StoreDir == "" {
+					n.ns = ns
+					return nil
+				}
+				// Accounts of Options get JetStream only when asked; this
+				// also recovers APP's streams from the store.
+				var acc *server.Account
+				if acc, err = ns.LookupAccount("APP"); err == nil {
+					err = acc.EnableJetStream(nil, nil)
+				}
+				if err == nil {
+					n.ns = ns
+					return nil
+				}
+				ns.Shutdown()
+				return fmt.Errorf("starting the NATS server: JetStream for APP: %w", err)
 			}
 			ns.Shutdown()
 			err = fmt.Errorf("not listening on port %d (still taken?)", n.Port)

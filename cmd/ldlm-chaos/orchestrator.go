@@ -20,6 +20,9 @@ import (
 
 // Config says how long and how hard to shake the lock service.
 type Config struct {
+	State      string        // where the service keeps its state, and how it is deployed: modeMemory, …
+	Standbys   int           // modeJetStream: instances besides the active
+	Grace      time.Duration // the service's LDLM_RECONNECT_GRACE
 	Duration   time.Duration // how long faults are injected
 	Workers    int           // worker processes at once
 	Sessions   int           // goroutines taking locks in each worker
@@ -53,9 +56,12 @@ type Summary struct {
 	UnlockErrors map[string]int // failed Unlocks by kind
 	Unlocks      int
 	Delays       map[string]*Delays
-	Instances    int    // lock service processes run
-	WorkersRun   int    // worker processes run
-	RecordsKept  string // the directory of records and logs; "" once removed
+	Takeovers    map[string]*Takeover // holders through faults that keep the state, by kind
+	SelfExits    int                  // durable modes: ldlm processes that exited with status 1 by themselves and were started again
+	ActiveKills  int                  // node-kill: kills of the member whose instance was the active
+	Instances    int                  // lock service processes run
+	WorkersRun   int                  // worker processes run
+	RecordsKept  string               // the directory of records and logs; "" once removed
 }
 
 // OK reports whether the run found nothing wrong.
@@ -68,17 +74,19 @@ func (s Summary) OK() bool {
 type orchestrator struct {
 	cfg       Config
 	rng       *rand.Rand
-	nats      *natsServer
-	app, sys  *nats.Conn // the orchestrator's own connections (admin requests, kicks)
-	service   *proc
-	instances []Instance
-	faults    []Fault
-	workers   map[int]*proc // running workers by id
-	allWork   map[int]*proc // every worker ever started
-	nextID    int
-	killed    map[int]Fault // workers killed by us: their open section ends at the kill
-	faultPlan []string      // kinds still to inject in this round
-	sum       Summary
+	nats      *natsServer // nil when the nodes embed their NATS servers
+	app, sys  *nats.Conn  // the orchestrator's own connections (admin requests; kicks: nil without nats)
+	nodes     []*node     // the ldlm processes (see node)
+	instances []Instance  // memory mode: one per service process, for the tokens it granted
+
+	workerURL, workerUser, workerPassword string // how workers connect
+	faults                                []Fault
+	workers                               map[int]*proc // running workers by id
+	allWork                               map[int]*proc // every worker ever started
+	nextID                                int
+	killed                                map[int]Fault // workers killed by us: their open section ends at the kill
+	faultPlan                             []string      // kinds still to inject in this round
+	sum                                   Summary
 }
 
 func (o *orchestrator) logf(format string, args ...any) {
@@ -104,7 +112,7 @@ func Run(cfg Config) (Summary, error) {
 		allWork: map[int]*proc{},
 		killed:  map[int]Fault{},
 		sum: Summary{Config: cfg, Faults: map[string]int{}, LockErrors: map[string]int{}, Lost: map[string]int{},
-			UnlockErrors: map[string]int{}, RecordsKept: cfg.Dir},
+			UnlockErrors: map[string]int{}, Takeovers: map[string]*Takeover{}, RecordsKept: cfg.Dir},
 	}
 	start := time.Now()
 	err := o.run()
@@ -118,20 +126,7 @@ func Run(cfg Config) (Summary, error) {
 }
 
 func (o *orchestrator) run() error {
-	var err error
-	if o.nats, err = newNATSServer(); err != nil {
-		return err
-	}
-	if err := o.nats.Start(); err != nil {
-		return err
-	}
-	if o.app, err = o.nats.Connect(userApp, "ldlm-chaos-orchestrator"); err != nil {
-		return err
-	}
-	if o.sys, err = o.nats.Connect(userOperator, "ldlm-chaos-operator"); err != nil {
-		return err
-	}
-	if err := o.startService(); err != nil {
+	if err := o.setUp(); err != nil {
 		return err
 	}
 	for range o.cfg.Workers {
@@ -139,8 +134,8 @@ func (o *orchestrator) run() error {
 			return err
 		}
 	}
-	o.logf("running %s: %d workers x %d sessions on %d locks, a fault every ~%s; records in %s",
-		o.cfg.Duration, o.cfg.Workers, o.cfg.Sessions, o.cfg.Locks, o.cfg.FaultEvery, o.cfg.Dir)
+	o.logf("running %s with state %s: %d workers x %d sessions on %d locks, a fault every ~%s; records in %s",
+		o.cfg.Duration, o.cfg.State, o.cfg.Workers, o.cfg.Sessions, o.cfg.Locks, o.cfg.FaultEvery, o.cfg.Dir)
 
 	deadline := time.Now().Add(o.cfg.Duration)
 	for {
@@ -164,7 +159,7 @@ func (o *orchestrator) run() error {
 	}
 	o.stopWorkers()
 	o.checkLeaks()
-	o.stopService()
+	o.stopNodes()
 	return nil
 }
 
@@ -191,9 +186,22 @@ func (o *orchestrator) inject(kind string) error {
 	case faultNATSRestart:
 		return o.restartNATS()
 	case faultServiceTerm:
-		return o.restartService(syscall.SIGTERM, kind)
-	case faultServiceKill:
-		return o.restartService(syscall.SIGKILL, kind)
+		return o.restartNode(o.activeNode(), syscall.SIGTERM, kind)
+	case faultServiceKill, faultActiveKill, faultDataDirKill:
+		return o.restartNode(o.activeNode(), syscall.SIGKILL, kind)
+	case faultNodeKill:
+		// Half the time the active's member (its standbys must take
+		// over while JetStream elects new leaders), else another one:
+		// a random pick would hit the active only a third of the time.
+		active := o.activeNode()
+		i := o.rng.IntN(len(o.nodes))
+		if o.rng.IntN(2) == 0 && active >= 0 {
+			i = active
+		}
+		if i == active {
+			o.sum.ActiveKills++
+		}
+		return o.restartNode(i, syscall.SIGKILL, kind)
 	}
 	return fmt.Errorf("unknown fault kind %q", kind)
 }
@@ -256,59 +264,71 @@ func (o *orchestrator) kickWorker() error {
 func (o *orchestrator) restartNATS() error {
 	at := time.Now()
 	o.nats.Stop()
-	o.record(Fault{Kind: faultNATSRestart, At: at, Done: time.Now(), Worker: -1, Instance: -1})
+	// The service lives on and keeps its state; its clients' sessions
+	// stay for the grace while they reconnect.
+	o.record(Fault{Kind: faultNATSRestart, At: at, Done: time.Now(), Worker: -1, Instance: -1, Node: -1,
+		Keeps: true, Grace: o.cfg.Grace})
 	time.Sleep(time.Duration(100+o.rng.IntN(900)) * time.Millisecond)
 	if err := o.nats.Start(); err != nil {
 		return err
 	}
 	o.logf("restarted NATS")
 	// The next fault waits until the service is back.
-	if _, err := waitServiceReady(o.app, o.service, time.Minute); err != nil {
+	if err := o.waitHealthy(); err != nil {
 		return fmt.Errorf("after a NATS restart: %w", err)
 	}
 	return nil
 }
 
-func (o *orchestrator) startService() error {
-	n := len(o.instances)
-	p, err := startProc([]string{o.cfg.LDLM}, serviceEnv(o.nats, "LDLM_SWEEP_INTERVAL="+o.cfg.Sweep.String()),
-		filepath.Join(o.cfg.Dir, fmt.Sprintf("service-%d.log", n)))
-	if err != nil {
-		return err
+// restartNode stops node i with sig, records when it died (the process was
+// reaped), starts it again and waits until the service answers. In memory
+// mode the state died with the process; in the others it is kept (a
+// standby takes over, or the node's new process loads it).
+func (o *orchestrator) restartNode(i int, sig syscall.Signal, kind string) error {
+	if i < 0 {
+		// A takeover is under way (the last fault's, or a self-exit's):
+		// wait for it rather than hit nobody.
+		if err := o.waitHealthy(); err != nil {
+			return err
+		}
+		if i = o.activeNode(); i < 0 {
+			return fmt.Errorf("%s: no node is the active one although the service answers", kind)
+		}
 	}
-	o.service = p
-	st, err := waitServiceReady(o.app, p, time.Minute)
-	if err != nil {
-		return err
-	}
-	o.instances = append(o.instances, Instance{FirstToken: uint64(st.Started.UnixMicro())})
-	o.sum.Instances++
-	return nil
-}
-
-// restartService stops the service with sig, records when its state died
-// (the process was reaped), and starts a new one.
-func (o *orchestrator) restartService(sig syscall.Signal, kind string) error {
-	p := o.service
+	n := o.nodes[i]
+	p := n.p
+	role := o.role(n)
 	at := time.Now()
 	if !p.signal(sig, 30*time.Second) {
-		o.problem("the lock service did not exit within 30s of %v; killed", sig)
+		o.problem("%s did not exit within 30s of %v; killed", n.name, sig)
 		p.kill()
 	}
-	last := len(o.instances) - 1
-	o.instances[last].Stopped = p.exitAt
-	o.record(Fault{Kind: kind, At: at, Done: p.exitAt, Worker: -1, Instance: last})
-	if sig == syscall.SIGTERM && p.exitCode() != 0 {
-		o.problem("the lock service exited with status %d after SIGTERM (66: a data race):\n%s", p.exitCode(), p.logTail())
+	f := Fault{Kind: kind, At: at, Done: p.exitAt, Worker: -1, Instance: -1, Node: i}
+	if o.durable() {
+		f.Keeps, f.Grace = true, o.cutGrace()
+	} else {
+		f.Instance = len(o.instances) - 1
+		o.instances[f.Instance].Stopped = p.exitAt
 	}
-	o.logf("%s: service instance %d stopped after %s", kind, last, p.exitAt.Sub(at).Round(time.Millisecond))
-	return o.startService()
+	o.record(f)
+	if sig == syscall.SIGTERM && p.exitCode() != 0 {
+		o.problem("%s exited with status %d after SIGTERM (66: a data race):\n%s", n.name, p.exitCode(), p.logTail())
+	}
+	o.logf("%s: %s (%s) stopped after %s", kind, n.name, role, p.exitAt.Sub(at).Round(time.Millisecond))
+	if err := o.startNode(i); err != nil {
+		return err
+	}
+	// The next fault waits until the service is back.
+	if err := o.waitHealthy(); err != nil {
+		return fmt.Errorf("after %s of %s: %w", kind, n.name, err)
+	}
+	return nil
 }
 
 func (o *orchestrator) startWorker() error {
 	id := o.nextID
 	o.nextID++
-	wc := workerConfig{ID: id, URL: o.nats.URL(), User: userApp, Password: o.nats.Passwords[userApp],
+	wc := workerConfig{ID: id, URL: o.workerURL, User: o.workerUser, Password: o.workerPassword,
 		Out: o.recordsPath(id), Locks: o.cfg.Locks,
 		SizeK: o.cfg.SizeK, Sessions: o.cfg.Sessions, Seed: o.rng.Uint64()}
 	argv := append(slices.Clone(o.cfg.WorkerCmd), wc.args()...)
@@ -338,10 +358,10 @@ func (o *orchestrator) checkProcesses() error {
 			return err
 		}
 	}
-	if !o.service.running() {
-		o.problem("the lock service exited by itself (status %d):\n%s", o.service.exitCode(), o.service.logTail())
-		o.instances[len(o.instances)-1].Stopped = o.service.exitAt
-		return o.startService()
+	for _, n := range o.nodes {
+		if !n.p.running() {
+			return o.waitHealthy() // it starts the node again
+		}
 	}
 	return nil
 }
@@ -387,10 +407,12 @@ func (o *orchestrator) recordsPath(id int) string {
 
 // checkLeaks waits until the service holds no lock and no waiter, now that
 // every worker is gone. Locks of killed workers are freed by the disconnect
-// advisory or, failing that, by the next sweep: the wait allows three sweeps.
+// advisory or, failing that, by the next sweep; the sessions of workers cut
+// off by a restart are freed after the grace: the wait allows three sweeps
+// and a grace.
 func (o *orchestrator) checkLeaks() {
 	stopped := time.Now()
-	deadline := stopped.Add(3*o.cfg.Sweep + 15*time.Second)
+	deadline := stopped.Add(3*o.cfg.Sweep + o.cfg.Grace + 15*time.Second)
 	for {
 		locks, err := listLocks(o.app)
 		if err == nil && len(locks) == 0 {
@@ -411,15 +433,28 @@ func (o *orchestrator) checkLeaks() {
 	}
 }
 
-func (o *orchestrator) stopService() {
-	p := o.service
-	if !p.signal(syscall.SIGTERM, 30*time.Second) {
-		o.problem("the lock service did not exit within 30s of SIGTERM at the end")
-		p.kill()
-	} else if code := p.exitCode(); code != 0 {
-		o.problem("the lock service exited with status %d at the end (66: a data race):\n%s", code, p.logTail())
+// stopNodes stops every node with SIGTERM, all at once (a cluster member
+// stopped alone would leave the others waiting for a quorum), and expects
+// each to exit with status 0 within 30 s.
+func (o *orchestrator) stopNodes() {
+	for _, n := range o.nodes {
+		_ = n.p.cmd.Process.Signal(syscall.SIGTERM)
 	}
-	o.instances[len(o.instances)-1].Stopped = p.exitAt
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range o.nodes {
+		select {
+		case <-n.p.exited:
+			if code := n.p.exitCode(); code != 0 {
+				o.problem("%s exited with status %d at the end (66: a data race):\n%s", n.name, code, n.p.logTail())
+			}
+		case <-time.After(time.Until(deadline)):
+			o.problem("%s did not exit within 30s of SIGTERM at the end", n.name)
+			n.p.kill()
+		}
+	}
+	if len(o.instances) > 0 {
+		o.instances[len(o.instances)-1].Stopped = o.nodes[0].p.exitAt
+	}
 }
 
 // cleanup kills whatever still runs (after an error) and closes the
@@ -428,8 +463,10 @@ func (o *orchestrator) cleanup() {
 	for _, p := range o.workers {
 		p.kill()
 	}
-	if o.service != nil && o.service.running() {
-		o.service.kill()
+	for _, n := range o.nodes {
+		if n.p != nil && n.p.running() {
+			n.p.kill()
+		}
 	}
 	if o.app != nil {
 		o.app.Close()
@@ -499,25 +536,32 @@ func (o *orchestrator) check() {
 	o.sum.Unchecked = res.Unchecked
 	o.sum.Violations = res.Violations
 	o.sum.Delays = res.Delays
+	o.sum.Takeovers = res.Takeovers
 }
 
 // Report writes the summary for people.
 func (s Summary) Report(w io.Writer) {
 	c := s.Config
-	fmt.Fprintf(w, "ldlm-chaos: %s of faults (%s in all), %d workers x %d sessions, %d locks (size 1, and %d every third), a fault every ~%s, seed %d\n",
-		c.Duration, s.Elapsed.Round(time.Second), c.Workers, c.Sessions, c.Locks, c.SizeK, c.FaultEvery, c.Seed)
+	fmt.Fprintf(w, "ldlm-chaos: state %s, %s of faults (%s in all), %d workers x %d sessions, %d locks (size 1, and %d every third), a fault every ~%s, seed %d\n",
+		c.State, c.Duration, s.Elapsed.Round(time.Second), c.Workers, c.Sessions, c.Locks, c.SizeK, c.FaultEvery, c.Seed)
 	fmt.Fprintf(w, "operations (critical sections): %d  (%d not checked: their request spanned a cut of their connection)\n", s.Sections, s.Unchecked)
 	fmt.Fprintf(w, "sections ended by Lock.Done: %s\n", countList(s.Lost))
 	fmt.Fprintf(w, "unlocks: %d ok; failed: %s\n", s.Unlocks, countList(s.UnlockErrors))
 	fmt.Fprintf(w, "failed Lock calls: %s\n", countList(s.LockErrors))
 	var faults []string
 	total := 0
-	for _, k := range faultKinds {
+	for _, k := range c.Faults {
 		faults = append(faults, fmt.Sprintf("%s %d", k, s.Faults[k]))
 		total += s.Faults[k]
 	}
 	fmt.Fprintf(w, "faults: %d (%s; %d skipped); service processes %d, worker processes %d\n",
 		total, strings.Join(faults, ", "), s.Skipped, s.Instances, s.WorkersRun)
+	if c.State == modeCluster {
+		fmt.Fprintf(w, "node-kill hit the active's member %d times\n", s.ActiveKills)
+	}
+	if c.State != modeMemory {
+		fmt.Fprintf(w, "ldlm processes that exited by themselves (status 1) and were started again: %d\n", s.SelfExits)
+	}
 	fmt.Fprintf(w, "violations: %d", len(s.Violations))
 	if len(s.Violations) > 0 {
 		after := map[string]int{}
@@ -550,10 +594,21 @@ func (s Summary) Report(w io.Writer) {
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "  %s\n", p)
 	}
+	lost := 0
+	fmt.Fprintln(w, "holders through faults that keep the state (they keep their lock; lost is the number that lost it, goal 0):")
+	for _, k := range faultKinds {
+		t := s.Takeovers[k]
+		if t == nil || t.Holders == 0 && !(contains(c.Faults, k) && keepsState(k, c.State)) {
+			continue
+		}
+		lost += t.Lost
+		fmt.Fprintf(w, "  %-13s holders %d, kept %d, lost %d (%s)\n", k, t.Holders, t.Kept, t.Lost, countList(t.Causes))
+	}
+	fmt.Fprintf(w, "holders that lost a lock because of a takeover or restart: %d\n", lost)
 	fmt.Fprintln(w, "notification delay (fault → Lock.Done of the holders it cut):")
 	for _, k := range faultKinds {
 		d := s.Delays[k]
-		if d == nil || k == faultKillWorker || !contains(c.Faults, k) {
+		if d == nil || d.Affected == 0 || k == faultKillWorker {
 			continue // a killed holder has no one to notify
 		}
 		fmt.Fprintf(w, "  %-13s holders cut %d, notified %d (median %s, max %s), finished and unlocked before notice %d\n",
@@ -567,6 +622,18 @@ func (s Summary) Report(w io.Writer) {
 		verdict += " (records and logs: " + s.RecordsKept + ")"
 	}
 	fmt.Fprintln(w, verdict)
+}
+
+// keepsState reports whether faults of kind keep the service's state in
+// that state mode (see Fault.Keeps).
+func keepsState(kind, state string) bool {
+	switch kind {
+	case faultKillWorker, faultKick:
+		return false
+	case faultServiceTerm, faultServiceKill:
+		return state != modeMemory
+	}
+	return true
 }
 
 func countList(m map[string]int) string {

@@ -102,7 +102,7 @@ func readWorkerLog(path string, worker int) (workerLog, error) {
 				continue
 			}
 			delete(open, r.Seq)
-			iv.Leave, iv.Why = at, r.Why
+			iv.Leave, iv.Why, iv.Cause = at, r.Why, r.Err
 			if iv.Leave.Before(iv.Enter) {
 				log.Problems = append(log.Problems, fmt.Sprintf("line %d: section %d left before it was entered", line, r.Seq))
 			}

@@ -92,9 +92,15 @@ func work(ctx context.Context, cfg workerConfig) error {
 	w := &recordWriter{f: f}
 
 	// Reconnect forever and quickly: a NATS restart is one of the faults.
-	nc, err := nats.Connect(cfg.URL, nats.Name(workerConnName(cfg.ID)), nats.UserInfo(cfg.User, cfg.Password),
-		nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true),
-		nats.ReconnectBufSize(-1)) // no buffering while disconnected: requests fail rather than leave late
+	// Several URLs (a cluster's members, comma separated): nats.go moves to
+	// another when its server goes away.
+	opts := []nats.Option{nats.Name(workerConnName(cfg.ID)),
+		nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond), nats.RetryOnFailedConnect(true),
+		nats.ReconnectBufSize(-1)} // no buffering while disconnected: requests fail rather than leave late
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
 		return err
 	}
@@ -222,6 +228,8 @@ func errClass(err error) string {
 		return string(e.Code)
 	case errors.Is(err, clientlib.ErrNoService):
 		return "no service"
+	case errors.Is(err, clientlib.ErrConnectionLost) && strings.Contains(err.Error(), "while the client was reconnecting"):
+		return "released while reconnecting" // the attach after a reconnect no longer listed the lock
 	case errors.Is(err, clientlib.ErrConnectionLost):
 		return "connection lost"
 	case errors.Is(err, clientlib.ErrExpired):
