@@ -436,7 +436,6 @@ type recorder struct {
 	finished chan struct{} // closed when run returns
 
 	w       *journal.Writer
-	writes  []journal.Entry // one flush's writes, kept for the next
 	ceiling uint64
 	active  activeRecord
 	failed  sync.Once
@@ -514,11 +513,10 @@ func (r *recorder) flush() {
 	r.dirty, r.spare = r.spare, nil
 	r.mu.Unlock()
 	// Every token told in this batch's replies was given before the swap.
-	writes := r.writes[:0]
 	if last := r.eng.LastToken(); last >= r.ceiling {
 		r.ceiling = last + tokenMargin
 		r.active.TokenCeiling = r.ceiling
-		writes = append(writes, journal.Entry{Subject: "active", Data: mustJSON(r.active), Done: r.done(nil)})
+		r.w.Write("active", mustJSON(r.active), 0, r.done(nil))
 	}
 	for name, replies := range batch {
 		var data []byte
@@ -530,11 +528,8 @@ func (r *recorder) flush() {
 			}
 			ttl = 0
 		}
-		writes = append(writes, journal.Entry{Subject: "lock." + subjects.EncodeName(name), Data: data, TTL: ttl, Done: r.done(replies)})
+		r.w.Write("lock."+subjects.EncodeName(name), data, ttl, r.done(replies))
 	}
-	r.w.WriteBatch(writes)
-	clear(writes)
-	r.writes = writes[:0]
 	clear(batch)
 	r.mu.Lock()
 	r.spare = batch

@@ -49,10 +49,6 @@ type Config struct {
 	// AckWait is how long a Writer waits for the acknowledgement of a
 	// write before it counts the outcome as unknown and dies; default 5 s.
 	AckWait time.Duration `json:"ack_wait"`
-
-	// batches makes writers send atomic batches with one replica too
-	// (tests).
-	batches bool
 }
 
 // A Record is one current message of the stream.
@@ -67,11 +63,10 @@ func (r Record) Deleted() bool { return len(r.Data) == 0 }
 
 // Journal is the stream of one lock service's state.
 type Journal struct {
-	js      jetstream.JetStream
-	pub     jetstream.JetStream // for writes: acks time out after AckWait
-	cfg     Config
-	prefix  string // Subjects + "."
-	batches bool   // writers send consecutive writes as atomic batches
+	js     jetstream.JetStream
+	pub    jetstream.JetStream // for writes: acks time out after AckWait
+	cfg    Config
+	prefix string // Subjects + "."
 }
 
 // Open creates the stream, or updates its configuration to cfg's.
@@ -80,16 +75,14 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Journal, er
 	cfg.Subjects = strings.TrimSuffix(cmp.Or(cfg.Subjects, "ldlm.state"), ".")
 	cfg.Replicas = max(cfg.Replicas, 1)
 	cfg.AckWait = cmp.Or(cfg.AckWait, 5*time.Second)
-	batches := cfg.Replicas > 1 || cfg.batches
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:               cfg.Stream,
-		Subjects:           []string{cfg.Subjects + ".>"},
-		Replicas:           cfg.Replicas,
-		Storage:            cfg.Storage,
-		MaxMsgsPerSubject:  1, // a record replaces the one before
-		Discard:            jetstream.DiscardOld,
-		AllowMsgTTL:        true, // deletion records go away by themselves
-		AllowAtomicPublish: batches,
+		Name:              cfg.Stream,
+		Subjects:          []string{cfg.Subjects + ".>"},
+		Replicas:          cfg.Replicas,
+		Storage:           cfg.Storage,
+		MaxMsgsPerSubject: 1, // a record replaces the one before
+		Discard:           jetstream.DiscardOld,
+		AllowMsgTTL:       true, // deletion records go away by themselves
 	})
 	var apiErr *jetstream.APIError
 	switch {
@@ -108,7 +101,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Journal, er
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
-	return &Journal{js: js, pub: pub, cfg: cfg, prefix: cfg.Subjects + ".", batches: batches}, nil
+	return &Journal{js: js, pub: pub, cfg: cfg, prefix: cfg.Subjects + "."}, nil
 }
 
 // Load calls apply for every current record, in stream order, and

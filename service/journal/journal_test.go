@@ -848,18 +848,6 @@ func (p *proxy) waitRelease() {
 // takeover made, and the new active goes on undisturbed.
 func TestDeposedWritesInFlightAreNotStored(t *testing.T) {
 	t.Parallel()
-	for _, batches := range []bool{false, true} {
-		t.Run(fmt.Sprintf("batches=%v", batches), func(t *testing.T) {
-			t.Parallel()
-			testDeposedWritesInFlight(t, batches)
-		})
-	}
-}
-
-// testDeposedWritesInFlight is TestDeposedWritesInFlightAreNotStored, the
-// old writer's writes sent one by one or in one WriteBatch (atomic
-// batches of maxBatch and the rest).
-func testDeposedWritesInFlight(t *testing.T, batches bool) {
 	srv := start(t, embeddednats.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", ConfigFile: tcpUserConfig(t)})
 	p := newProxy(t, srv.ClientURL())
 	nc, err := nats.Connect(p.url, nats.NoReconnect(), nats.UserInfo("journal", "journal"))
@@ -871,7 +859,7 @@ func testDeposedWritesInFlight(t *testing.T, batches bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := Open(ctxFor(t), js, Config{batches: batches})
+	j, err := Open(ctxFor(t), js, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -885,28 +873,20 @@ func testDeposedWritesInFlight(t *testing.T, batches bool) {
 	go func() {
 		var mu sync.Mutex
 		all := make(chan struct{})
-		entries := make([]Entry, len(zombies))
-		for i, s := range zombies {
-			entries[i] = Entry{Subject: s, Data: []byte(s), Done: func(seq uint64, err error) {
+		for _, s := range zombies {
+			old.Write(s, []byte(s), 0, func(seq uint64, err error) {
 				mu.Lock()
 				defer mu.Unlock()
 				if zombieResults = append(zombieResults, result{s, seq, err}); len(zombieResults) == len(zombies) {
 					close(all)
 				}
-			}}
-		}
-		if batches {
-			old.WriteBatch(entries)
-		} else {
-			for _, e := range entries {
-				old.Write(e.Subject, e.Data, 0, e.Done)
-			}
+			})
 		}
 		<-all
 		close(sent)
 	}()
 
-	standby := openOn(t, srv, Config{batches: batches})
+	standby := openOn(t, srv, Config{})
 	_, last := load(t, standby)
 	neu := takeOver(t, standby, last)
 	after := subjects("lock.new", 10)
@@ -930,93 +910,6 @@ func testDeposedWritesInFlight(t *testing.T, batches bool) {
 		if strings.HasPrefix(s, "lock.zombie") {
 			t.Errorf("the old writer's %s was stored at %d, after the takeover from %d", s, r.Seq, last)
 		}
-	}
-}
-
-// writeBatch writes subject=data for each subject with one WriteBatch
-// and returns the results in the order done reported them.
-func writeBatch(t testing.TB, w *Writer, subjects ...string) []result {
-	t.Helper()
-	got := make(chan result, len(subjects))
-	entries := make([]Entry, len(subjects))
-	for i, s := range subjects {
-		entries[i] = Entry{Subject: s, Data: []byte(s), Done: func(seq uint64, err error) { got <- result{s, seq, err} }}
-	}
-	w.WriteBatch(entries)
-	var out []result
-	for range subjects {
-		select {
-		case r := <-got:
-			out = append(out, r)
-		case <-time.After(waitTimeout):
-			t.Fatalf("done was called for %d of %d writes within %s", len(out), len(subjects), waitTimeout)
-		}
-	}
-	return out
-}
-
-// TestBatchWrites: a WriteBatch larger than maxBatch is stored whole, as
-// consecutive sequences reported in order; a follower applies every
-// record of it in order; a deposed writer's batch is refused, none of its
-// records stored, and the writer dies.
-func TestBatchWrites(t *testing.T) {
-	t.Parallel()
-	srv := start(t, embeddednats.Config{DataDir: t.TempDir()})
-	j := openOn(t, srv, Config{batches: true})
-	w := takeOver(t, j, 0)
-	if w.Seq() != 1+maxInFlight {
-		t.Fatalf("takeover (its fence in batches) ends at %d, want %d", w.Seq(), 1+maxInFlight)
-	}
-
-	standby := openOn(t, srv, Config{batches: true})
-	_, from := load(t, standby)
-	ctx, cancel := context.WithCancel(ctxFor(t))
-	defer cancel()
-	names := subjects("lock.b", 2*maxBatch+5)
-	seen := make(chan Record, len(names))
-	followed := make(chan error, 1)
-	go func() { followed <- standby.Follow(ctx, from, func(r Record) error { seen <- r; return nil }) }()
-
-	results := writeBatch(t, w, names...)
-	for i, r := range results {
-		if r.err != nil || r.subject != names[i] || r.seq != from+1+uint64(i) {
-			t.Fatalf("write #%d: done(%d, %v) for %q; want %d for %q", i, r.seq, r.err, r.subject, from+1+uint64(i), names[i])
-		}
-		select {
-		case rec := <-seen:
-			if rec.Seq != r.seq || rec.Subject != r.subject || string(rec.Data) != r.subject {
-				t.Fatalf("record #%d: %s at %d (%q); want %s at %d", i, rec.Subject, rec.Seq, rec.Data, r.subject, r.seq)
-			}
-		case <-time.After(waitTimeout):
-			t.Fatalf("Follow delivered %d of %d records within %s", i, len(results), waitTimeout)
-		}
-	}
-	cancel()
-	if err := <-followed; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Follow after cancel = %v", err)
-	}
-
-	_, last := load(t, standby)
-	neu := takeOver(t, standby, last)
-	zombies := subjects("lock.zombie", 50)
-	for i, r := range writeBatch(t, w, zombies...) {
-		if r.subject != zombies[i] || !errors.Is(r.err, ErrNotActive) || r.seq != 0 {
-			t.Fatalf("deposed writer's write #%d: done(%d, %v) for %s; want ErrNotActive", i, r.seq, r.err, r.subject)
-		}
-	}
-	waitDead(t, w)
-	if !strings.Contains(w.Err().Error(), "deposed") {
-		t.Errorf("Err() = %v, want it to say deposed", w.Err())
-	}
-	checkAcked(t, writeBatch(t, neu, "lock.new1", "lock.new2"), []string{"lock.new1", "lock.new2"}, neu.Seq())
-	got, _ := load(t, j)
-	for s, r := range got {
-		if strings.HasPrefix(s, "lock.zombie") {
-			t.Errorf("deposed writer's %s stored at %d, after the takeover from %d", s, r.Seq, last)
-		}
-	}
-	if len(got) != 1+len(names)+2 {
-		t.Errorf("%d records, want %d", len(got), 1+len(names)+2)
 	}
 }
 
