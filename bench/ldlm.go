@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"time"
 
 	"github.com/ldlm-io/ldlm/internal/bench"
@@ -24,13 +25,18 @@ func startLDLM(timeout time.Duration) (*ldlmSystem, error) {
 }
 
 // connectLDLM measures the ldlm server at url, running in its own process
-// as Redis does.
-func connectLDLM(url string, timeout time.Duration) (*ldlmSystem, error) {
+// as Redis does; named labels its rows with the server's address, to tell
+// several such servers apart.
+func connectLDLM(url string, named bool, timeout time.Duration) (*ldlmSystem, error) {
 	t, err := bench.NewExternalTarget(url, subjects.DefaultPrefix)
 	if err != nil {
 		return nil, err
 	}
-	return &ldlmSystem{label: "ldlm-process", t: t, timeout: timeout}, nil
+	label := "ldlm-process"
+	if named {
+		label += "@" + strings.TrimPrefix(url, "nats://")
+	}
+	return &ldlmSystem{label: label, t: t, timeout: timeout}, nil
 }
 
 func (s *ldlmSystem) workloads(n int, contended bool) ([]namedWorkload, func(), error) {

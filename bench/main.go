@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,7 @@ type config struct {
 	kvNodes   int
 	ldlmURL   string
 	systems   []string
+	medians   bool
 }
 
 // system is one way to lock, opened for n workers.
@@ -80,7 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.etcdNodes, "etcd-nodes", 1, "etcd servers in the etcd cluster")
 	fs.StringVar(&cfg.kvStorage, "kv-storage", "memory", "storage of the JetStream KV bucket: memory or file")
 	fs.IntVar(&cfg.kvNodes, "kv-replicas", 1, "replicas of the JetStream KV bucket; above 1, a cluster of that many embedded NATS servers")
-	fs.StringVar(&cfg.ldlmURL, "ldlm-server", "", "also measure the ldlm server at this NATS URL, running in its own process (row ldlm-process)")
+	fs.StringVar(&cfg.ldlmURL, "ldlm-server", "", "also measure the ldlm server at this NATS URL, running in its own process (row ldlm-process); several URLs, comma-separated, measure several servers side by side (rows ldlm-process@host:port)")
+	fs.BoolVar(&cfg.medians, "medians", false, "also print each row's round rates and their median")
 	systems := fs.String("systems", "ldlm,redis,jetstream-kv", "systems to measure: ldlm, redis, jetstream-kv, etcd")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -96,7 +99,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 2
 	}
-	cfg.systems = strings.Split(*systems, ",")
+	for _, name := range strings.Split(*systems, ",") {
+		if name != "" { // --systems '' with --ldlm-server: that server alone
+			cfg.systems = append(cfg.systems, name)
+		}
+	}
 	if cfg.ldlmURL != "" {
 		cfg.systems = append(cfg.systems, "ldlm-process")
 	}
@@ -108,6 +115,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func measure(cfg config, out, stderr io.Writer) error {
+	ldlmURLs := strings.Split(cfg.ldlmURL, ",")
 	var systems []system
 	defer func() {
 		for _, s := range systems {
@@ -123,7 +131,14 @@ func measure(cfg config, out, stderr io.Writer) error {
 		case "ldlm":
 			s, err = startLDLM(cfg.timeout)
 		case "ldlm-process":
-			s, err = connectLDLM(cfg.ldlmURL, cfg.timeout)
+			for _, url := range ldlmURLs[:len(ldlmURLs)-1] {
+				s, err = connectLDLM(url, len(ldlmURLs) > 1, cfg.timeout)
+				if err != nil {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+				systems = append(systems, s)
+			}
+			s, err = connectLDLM(ldlmURLs[len(ldlmURLs)-1], len(ldlmURLs) > 1, cfg.timeout)
 		case "redis":
 			s, err = startRedis(cfg.redisPath, cfg.timeout)
 			if err == errNoRedis {
@@ -154,6 +169,7 @@ func measure(cfg config, out, stderr io.Writer) error {
 	fmt.Fprintf(out, "redis-server, etcd and ldlm-process (--ldlm-server) in processes of their own, as users run them\n")
 	fmt.Fprintf(out, "CPU/cycle is this process's CPU only: it includes the embedded servers (ldlm, jetstream-kv) but not redis-server, etcd or an ldlm-process server\n\n")
 	table := bench.NewTable(out)
+	var medians []bench.Row
 	var failed error
 	groups := []struct {
 		contended bool
@@ -194,7 +210,25 @@ func measure(cfg config, out, stderr io.Writer) error {
 			setRatios(rows)
 			for _, r := range rows {
 				table.Add(r)
+				medians = append(medians, r)
 			}
+		}
+	}
+	if cfg.medians {
+		// The round rates in order, and their median: on a machine that
+		// other work loads unevenly, the median says more than the mean.
+		fmt.Fprintf(out, "\nround rates (cycles/s), in order, and their median:\n")
+		for _, r := range medians {
+			rates := slices.Clone(r.Stats.RoundRates)
+			fmt.Fprintf(out, "%s %s %d %s:", r.System, r.Conns, r.Workers, r.Workload)
+			for _, x := range rates {
+				fmt.Fprintf(out, " %.0f", x)
+			}
+			slices.Sort(rates)
+			if n := len(rates); n > 0 {
+				fmt.Fprintf(out, "  median %.0f", (rates[(n-1)/2]+rates[n/2])/2)
+			}
+			fmt.Fprintln(out)
 		}
 	}
 	return failed
