@@ -168,6 +168,24 @@ func load(ctx context.Context, j *journal.Journal) (*loaded, error) {
 		return nil, fmt.Errorf("loading the lock state: %w", err)
 	}
 	st.lastSeq = last
+	if st.active.Instance == "" && last > 0 {
+		// The active record was rewritten while the stream was read (a
+		// takeover's fence writes it over and over): its current version
+		// is past last. Take who is active and the token ceiling from it,
+		// but not its sequence: the lock records before it were not read,
+		// so a takeover from last is refused and loads again. Without
+		// this, the instance id would be made anew, and clients would
+		// count every lock of the kept state as lost.
+		r, err := j.Last(ctx, "active")
+		if err != nil {
+			return nil, fmt.Errorf("loading the lock state: %w", err)
+		}
+		if r.Seq != 0 && !r.Deleted() {
+			if err := json.Unmarshal(r.Data, &st.active); err != nil {
+				return nil, fmt.Errorf("loading the lock state: the active record: %w", err)
+			}
+		}
+	}
 	if st.active.Instance == "" {
 		var id [11]byte
 		crand.Read(id[:])
@@ -234,9 +252,13 @@ func (s *Service) restore(st *loaded) {
 			owners = append(owners, w.Owner)
 		}
 		if err == nil {
+			// A restored wait counts its wait from now: when it arrived,
+			// by another instance's clock, is not comparable.
+			restored := time.Now()
 			err = s.engine.Restore(lr, func(w engine.WaiterRecord) func(engine.Grant, error) {
 				return func(g engine.Grant, err error) {
-					s.rec.after(name, func() { s.answerParked(w.Reply, wire, g, err) })
+					waited := time.Since(restored)
+					s.rec.after(name, func() { s.answerParked(w.Reply, wire, g, waited, err) })
 				}
 			})
 		}

@@ -212,3 +212,22 @@ func noneBetween(ctx context.Context, s jetstream.Stream, from, to uint64, subje
 	}
 	return err == nil && m.Sequence > to, err
 }
+
+// Last returns the current record of subject ("active", "lock.NAME"),
+// whatever its sequence; a zero Record (Seq 0) if the stream has none.
+// Load may miss a record that was replaced while it read (the new one
+// comes after the sequence Load reads up to): Last finds it.
+func (j *Journal) Last(ctx context.Context, subject string) (Record, error) {
+	s, err := j.js.Stream(ctx, j.cfg.Stream)
+	if err != nil {
+		return Record{}, fmt.Errorf("journal: %w", err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, j.prefix+subject)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return Record{}, nil
+	case err != nil:
+		return Record{}, fmt.Errorf("journal: reading the last %s record of stream %s: %w", subject, j.cfg.Stream, err)
+	}
+	return Record{Subject: subject, Data: m.Data, Seq: m.Sequence}, nil
+}

@@ -945,3 +945,28 @@ func BenchmarkLoad(b *testing.B) {
 	}
 	b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "records/s")
 }
+
+// TestLastFindsTheCurrentRecord: Last returns a subject's current record,
+// however often it was replaced, and a zero Record for a subject never
+// written.
+func TestLastFindsTheCurrentRecord(t *testing.T) {
+	t.Parallel()
+	srv := start(t, embeddednats.Config{DataDir: t.TempDir()})
+	j := openOn(t, srv, Config{})
+	if r, err := j.Last(ctxFor(t), "active"); err != nil || r.Seq != 0 {
+		t.Fatalf("Last of an empty stream: %+v, %v; want a zero Record", r, err)
+	}
+	w := takeOver(t, j, 0) // writes "active" 1+maxInFlight times
+	results := writeAll(t, w, "lock.a", "lock.a", "lock.b")
+	r, err := j.Last(ctxFor(t), "active")
+	if err != nil || r.Seq != w.Seq() || r.Subject != "active" {
+		t.Fatalf("Last(active) = %+v, %v; want the takeover's last write, sequence %d", r, err, w.Seq())
+	}
+	r, err = j.Last(ctxFor(t), "lock.a")
+	if err != nil || r.Seq != results[1].seq {
+		t.Fatalf("Last(lock.a) = %+v, %v; want its second write, sequence %d", r, err, results[1].seq)
+	}
+	if r, err := j.Last(ctxFor(t), "lock.none"); err != nil || r.Seq != 0 {
+		t.Fatalf("Last of a subject never written: %+v, %v; want a zero Record", r, err)
+	}
+}
