@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -106,11 +107,14 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 	if r.Op == subjects.OpTryLock {
 		g, ok, err = s.engine.TryLock(er)
 	} else {
-		reply, ename := er.Reply, er.Name
-		done := func(g engine.Grant, err error) { s.answerParked(reply, r.Name, g, err) }
+		// The engine calls done at the grant: the time since parked is
+		// the wait the reply reports (waited_ms).
+		reply, ename, parked := er.Reply, er.Name, time.Now()
+		done := func(g engine.Grant, err error) { s.answerParked(reply, r.Name, g, time.Since(parked), err) }
 		if s.rec != nil {
 			done = func(g engine.Grant, err error) {
-				s.rec.after(ename, func() { s.answerParked(reply, r.Name, g, err) })
+				waited := time.Since(parked)
+				s.rec.after(ename, func() { s.answerParked(reply, r.Name, g, waited, err) })
 			}
 		}
 		g, ok, err = s.engine.Lock(er, r.WaitTimeout(), done)
@@ -137,7 +141,7 @@ func (s *Service) lock(req micro.Request, r subjects.Request) {
 // check and the reply one step, which the announcement cannot split.
 func (s *Service) respondGrant(req micro.Request, r subjects.Request, g engine.Grant) {
 	if s.rec != nil {
-		s.respondAfterWrite(req, g.Name, s.grantResponse(r.Name, g))
+		s.respondAfterWrite(req, g.Name, s.grantResponse(r.Name, g, 0))
 		return
 	}
 	s.replyMu.Lock()
@@ -146,13 +150,14 @@ func (s *Service) respondGrant(req micro.Request, r subjects.Request, g engine.G
 		s.fail(req, r, engine.ErrEngineClosed)
 		return
 	}
-	s.respond(req, s.grantResponse(r.Name, g))
+	s.respond(req, s.grantResponse(r.Name, g, 0))
 }
 
-// answerParked replies to a lock request that waited. The requester may
-// have stopped listening: then the reply is lost, which is why a client that
-// gives up unlocks with its own key (see docs/protocol.md).
-func (s *Service) answerParked(reply, name string, g engine.Grant, err error) {
+// answerParked replies to a lock request that waited, for waited since
+// it was parked. The requester may have stopped listening: then the reply
+// is lost, which is why a client that gives up unlocks with its own key
+// (see docs/protocol.md).
+func (s *Service) answerParked(reply, name string, g engine.Grant, waited time.Duration, err error) {
 	if reply == "" {
 		return
 	}
@@ -172,15 +177,18 @@ func (s *Service) answerParked(reply, name string, g engine.Grant, err error) {
 	} else {
 		// A grant has no headers: a plain publish, as micro's Respond
 		// does underneath, without building a message.
-		perr = s.nc.Publish(reply, mustJSON(s.grantResponse(name, g)))
+		perr = s.nc.Publish(reply, mustJSON(s.grantResponse(name, g, waited)))
 	}
 	if perr != nil {
 		s.log.Warn("replying to a parked lock request", "lock", name, "err", perr)
 	}
 }
 
-func (s *Service) grantResponse(name string, g engine.Grant) subjects.LockResponse {
+// grantResponse is the reply of grant g, made after a wait of waited
+// (rounded down to whole milliseconds, so never more than the wait).
+func (s *Service) grantResponse(name string, g engine.Grant, waited time.Duration) subjects.LockResponse {
 	return subjects.LockResponse{
+		WaitedMS:  uint64(max(waited, 0) / time.Millisecond),
 		Locked:    true,
 		Name:      name,
 		Key:       g.Key,

@@ -524,3 +524,37 @@ func TestMicroDiscovery(t *testing.T) {
 		t.Fatalf("stats of %s: %+v", e.Name, e.Data)
 	}
 }
+
+// A grant after a wait says how long the request waited (waited_ms), so
+// that the client counts the lock timeout from the grant: never more than
+// the time since the request was sent, at least the time it was parked.
+func TestGrantSaysHowLongItWaited(t *testing.T) {
+	t.Parallel()
+	srv := ldlmtest.Start(t)
+	nc := srv.Connect(t)
+	holder := send(t, nc, subjects.OpTryLock, "queue", "", "")
+	if !holder.Locked || holder.WaitedMS != 0 {
+		t.Fatalf("trylock of a free lock: %+v (want locked, no waited_ms)", holder)
+	}
+
+	waiter := make(chan reply, 1)
+	sent := time.Now()
+	go func() { waiter <- send(t, nc, subjects.OpLock, "queue", `{"lock_timeout_seconds":60}`, "") }()
+	eventually(t, "the waiter is parked", func() bool { return srv.Service.Engine().Stats().Waiters == 1 })
+	parked := time.Now()
+	const held = 50 * time.Millisecond
+	for time.Since(parked) < held {
+		time.Sleep(5 * time.Millisecond)
+	}
+	send(t, nc, subjects.OpUnlock, "queue", `{"key":"`+holder.Key+`"}`, "")
+	select {
+	case got := <-waiter:
+		waited := time.Duration(got.WaitedMS) * time.Millisecond
+		if !got.Locked || waited < held || waited > time.Since(sent) {
+			t.Fatalf("grant after a wait: %+v; waited_ms must be at least %s (parked that long) and at most %s (since sent)",
+				got, held, time.Since(sent))
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the waiter was not granted after the unlock")
+	}
+}

@@ -62,6 +62,8 @@ func scanReply(data []byte, v *LockResponse, unlocked *bool) bool {
 			}
 		case "instance":
 			v.Instance, ok = s.text()
+		case "waited_ms":
+			v.WaitedMS, ok = s.uint64()
 		case "error":
 			v.Error, ok = s.errorObject(v.Error)
 		}

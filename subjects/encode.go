@@ -37,6 +37,9 @@ func AppendLockResponse(dst []byte, r LockResponse) ([]byte, error) {
 	if r.Instance != "" {
 		dst = appendJSONString(append(dst, `,"instance":`...), r.Instance)
 	}
+	if r.WaitedMS != 0 {
+		dst = strconv.AppendUint(append(dst, `,"waited_ms":`...), r.WaitedMS, 10)
+	}
 	if r.Error != nil {
 		dst = appendJSONError(append(dst, `,"error":`...), r.Error)
 	}

@@ -60,6 +60,7 @@ func TestAppendResponses(t *testing.T) {
 		}
 		for _, exp := range expires {
 			checkLockResponse(t, LockResponse{Locked: true, Name: "n", Key: s, Token: 1 << 63, Size: 8, ExpiresAt: exp, Instance: s})
+			checkLockResponse(t, LockResponse{Locked: true, Name: "n", Key: s, Token: 1, ExpiresAt: exp, Instance: s, WaitedMS: 90061})
 		}
 	}
 	checkLockResponse(t, LockResponse{Locked: true, Name: "n", Size: -3})
@@ -83,7 +84,7 @@ func FuzzAppendResponses(f *testing.F) {
 		if sec != 0 || nsec != 0 {
 			exp = time.Unix(sec, nsec).In(time.FixedZone("", offset%(48*3600)))
 		}
-		checkLockResponse(t, LockResponse{Locked: ok, Name: name, Key: key, Token: token, Size: size, ExpiresAt: exp, Instance: instance, Error: e})
+		checkLockResponse(t, LockResponse{Locked: ok, Name: name, Key: key, Token: token, Size: size, ExpiresAt: exp, Instance: instance, WaitedMS: token >> 1, Error: e})
 		checkUnlockResponse(t, UnlockResponse{Unlocked: ok, Name: name, Error: e})
 	})
 }

@@ -229,6 +229,11 @@ type LockResponse struct {
 	// When another instance starts, or this one stops, the grant is gone
 	// (see InstanceNotice).
 	Instance string `json:"instance,omitempty"`
+	// WaitedMS is how long, in milliseconds, the request waited in the
+	// service's queue before this grant (absent: it did not wait). A
+	// client counts the lock timeout from when it sent the request plus
+	// this, which is never later than the grant.
+	WaitedMS uint64 `json:"waited_ms,omitempty"`
 	Error    *Error `json:"error,omitempty"`
 }
 
