@@ -179,6 +179,7 @@ type Cluster struct {
 	Service *service.Service
 	app     *nats.Conn
 	sys     *nats.Conn
+	routes  []string // the members' route URLs, for a process member (see StartProcessMember)
 }
 
 // StartCluster starts n (at least 2) clustered servers and the service,
@@ -211,7 +212,7 @@ no_auth_user: "app"
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{}
+	c := &Cluster{routes: routes}
 	t.Cleanup(c.close)
 	log := logger()
 	for i := range n {
@@ -224,9 +225,9 @@ no_auth_user: "app"
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for _, m := range c.Members {
-		for m.NATSServer().NumRoutes() < n-1 {
+		for m.NATSServer().NumRemotes() < n-1 {
 			if time.Now().After(deadline) {
-				t.Fatalf("the cluster did not form: %s has %d routes", m.Name(), m.NATSServer().NumRoutes())
+				t.Fatalf("the cluster did not form: %s has %d routes", m.Name(), m.NATSServer().NumRemotes())
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
