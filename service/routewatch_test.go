@@ -19,16 +19,35 @@ import (
 // their waiters after the grace (a session's) or at once (a connection's),
 // and a holder that reconnects to another member keeps its lock past the
 // grace. Without the holder, nothing but the route check itself brings
-// the news.
+// the news. When the killed server is the service's own, the service
+// reconnects to another member, and the same happens.
 func TestServerKilled(t *testing.T) {
 	t.Parallel()
 	const grace = time.Second
-	for _, holderComesBack := range []bool{true, false} {
-		name := map[bool]string{true: "holder comes back", false: "nobody comes back"}[holderComesBack]
-		t.Run(name, func(t *testing.T) {
+	cfg := service.Config{ReconnectGrace: grace, SweepInterval: 10 * time.Minute}
+	tests := []struct {
+		name            string
+		holderComesBack bool
+		serviceOnKilled bool // the service is connected to the killed member
+	}{
+		{name: "holder comes back", holderComesBack: true},
+		{name: "nobody comes back"},
+		{name: "the service's own server", holderComesBack: true, serviceOnKilled: true},
+	}
+	for _, tt := range tests {
+		holderComesBack := tt.holderComesBack
+		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c := ldlmtest.StartCluster(t, 2, ldlmtest.WithConfig(service.Config{ReconnectGrace: grace, SweepInterval: 10 * time.Minute}))
-			p := c.StartProcessMember(t, "m2")
+			var c *ldlmtest.Cluster
+			var p *ldlmtest.Process
+			if tt.serviceOnKilled {
+				c = ldlmtest.StartCluster(t, 2, ldlmtest.WithoutService())
+				p = c.StartProcessMember(t, "m2")
+				c.StartServiceOver(t, cfg, p.URL+","+c.URLs(0))
+			} else {
+				c = ldlmtest.StartCluster(t, 2, ldlmtest.WithConfig(cfg))
+				p = c.StartProcessMember(t, "m2")
+			}
 			connect := func(urls string, opts ...nats.Option) *nats.Conn {
 				nc, err := nats.Connect(urls, opts...)
 				if err != nil {
@@ -83,7 +102,12 @@ func TestServerKilled(t *testing.T) {
 			p.Kill()
 			if holderComesBack {
 				reconnected(t, holder, before)
-				a := attach(t, holder, sessionA)
+				// The service may be reconnecting too: try until it answers.
+				var a subjects.AttachResponse
+				eventually(t, "the service answers the attach", func() bool {
+					res, err := holder.RequestMsg(sessionMsg(t, holder, subjects.OpAttach, "", "", sessionA), time.Second)
+					return err == nil && subjects.DecodeAttachResponse(res.Data, &a) == nil
+				})
 				if !a.Resumed || len(a.Held) != 1 || a.Held[0] != (subjects.AttachedLock{Name: "job", Key: "holder-key", Token: got.Token}) {
 					t.Fatalf("attach after the kill: %+v; want job held with token %d", a, got.Token)
 				}
