@@ -23,21 +23,23 @@ import (
 // reconnects to another member, and the same happens.
 func TestServerKilled(t *testing.T) {
 	t.Parallel()
-	const grace = time.Second
-	cfg := service.Config{ReconnectGrace: grace, SweepInterval: 10 * time.Minute}
 	tests := []struct {
 		name            string
 		holderComesBack bool
 		serviceOnKilled bool // the service is connected to the killed member
+		grace           time.Duration
 	}{
-		{name: "holder comes back", holderComesBack: true},
-		{name: "nobody comes back"},
-		{name: "the service's own server", holderComesBack: true, serviceOnKilled: true},
+		{name: "holder comes back", holderComesBack: true, grace: time.Second},
+		{name: "nobody comes back", grace: time.Second},
+		// The holder's attach waits for the service to be back too: the
+		// default grace, as the two reconnects must fit in it.
+		{name: "the service's own server", holderComesBack: true, serviceOnKilled: true, grace: service.DefaultReconnectGrace},
 	}
 	for _, tt := range tests {
-		holderComesBack := tt.holderComesBack
+		holderComesBack, grace := tt.holderComesBack, tt.grace
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
+			cfg := service.Config{ReconnectGrace: grace, SweepInterval: 10 * time.Minute}
 			var c *ldlmtest.Cluster
 			var p *ldlmtest.Process
 			if tt.serviceOnKilled {
