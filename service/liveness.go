@@ -41,8 +41,9 @@ type ownerTable interface {
 // liveness releases the locks of connections that closed: at once on the
 // server's DISCONNECT advisory, and by a sweep that compares lock owners with
 // the servers' connection lists, for advisories that were missed (while the
-// service reconnected, or without system account access). It knows nothing
-// of the service but the owner table.
+// service reconnected, or without system account access). A server that
+// dies without a word is noticed from the routes (routewatch.go). It knows
+// nothing of the service but the owner table.
 //
 // Owners are server id and client id (subjects.Owner). A restarted server
 // has a new id, so an owner never names two connections; what liveness must

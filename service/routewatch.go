@@ -257,7 +257,7 @@ func (l *liveness) checkRoutes(w *routeWatch) {
 	}
 	for _, id := range suspects {
 		gone := judgeGone(id, witnesses, answers)
-		l.log.Debug("a NATS server has no route to the service's any more", "server", l.nameOf(id), "id", id,
+		l.log.Debug("a NATS server lost its routes to the service's server", "server", l.nameOf(id), "id", id,
 			"witnesses", len(witnesses), "answers", len(answers), "gone", gone)
 		if gone {
 			w.gone(id)
