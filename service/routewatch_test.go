@@ -12,13 +12,16 @@ import (
 	"github.com/ldlm-io/ldlm/subjects"
 )
 
+const sessionC = "cccccccccccccccccccccccccccccccc"
+
 // A NATS server killed with SIGKILL sends nothing: no shutdown
 // announcement, no disconnect advisories. The service notices it from its
 // routes, long before the sweep (10 minutes here, so that only that can
 // free anything): the locks of its clients that do not come back go to
 // their waiters after the grace (a session's) or at once (a connection's),
 // and a holder that reconnects to another member keeps its lock past the
-// grace. Without the holder, nothing but the route check itself brings
+// grace; a quiet holder on a member that lives on keeps its lock. Without
+// the holder, nothing but the route check itself brings
 // the news. When the killed server is the service's own, the service
 // reconnects to another member, and the same happens.
 func TestServerKilled(t *testing.T) {
@@ -75,6 +78,12 @@ func TestServerKilled(t *testing.T) {
 			if r := sendSession(t, canary, subjects.OpTryLock, "connection-lock", "", ""); !r.Locked {
 				t.Fatalf("trylock connection-lock: %+v", r)
 			}
+			// A quiet holder on a member that lives on: it must not lose
+			// its lock though it sends nothing after the kill.
+			bystander := connect(c.Members[1].ClientURL())
+			if r := sendSession(t, bystander, subjects.OpTryLock, "bystander-lock", `{"key":"bystander-key"}`, sessionC); !r.Locked {
+				t.Fatalf("trylock bystander-lock: %+v", r)
+			}
 			var holder *nats.Conn
 			var got reply
 			if holderComesBack {
@@ -127,12 +136,15 @@ func TestServerKilled(t *testing.T) {
 					t.Fatalf("%s was not freed within 20 s of its server's death", name)
 				}
 			}
-			if !holderComesBack {
-				return
-			}
 			eventually(t, "the grace has passed", func() bool {
 				return time.Since(killedAt) > grace+100*time.Millisecond && c.Service.SessionsInGrace() == 0
 			})
+			if held, _ := holders(c.Service, "bystander-lock"); len(held) != 1 || held[0] != "bystander-key" {
+				t.Fatalf("the quiet holder on a live member lost its lock: held by %v", held)
+			}
+			if !holderComesBack {
+				return
+			}
 			if r := sendSession(t, holder, subjects.OpRenew, "job", `{"key":"holder-key","lock_timeout_seconds":30}`, sessionA); !r.Locked || r.Token != got.Token {
 				t.Fatalf("renew past the grace: %+v", r)
 			}
