@@ -41,8 +41,9 @@ type ownerTable interface {
 // liveness releases the locks of connections that closed: at once on the
 // server's DISCONNECT advisory, and by a sweep that compares lock owners with
 // the servers' connection lists, for advisories that were missed (while the
-// service reconnected, or without system account access). It knows nothing
-// of the service but the owner table.
+// service reconnected, or without system account access). A server that
+// dies without a word is noticed from the routes (routewatch.go). It knows
+// nothing of the service but the owner table.
 //
 // Owners are server id and client id (subjects.Owner). A restarted server
 // has a new id, so an owner never names two connections; what liveness must
@@ -64,7 +65,9 @@ type liveness struct {
 	status  chan nats.Status     // disconnects and reconnects of the service's connection
 	sysStat chan nats.Status     // reconnects of the system connection
 	stop    chan struct{}        // closed by close
-	wg      sync.WaitGroup       // the sweeper goroutine
+	moved   chan struct{}        // a session moved to another server: check the routes now (routewatch.go)
+	wg      sync.WaitGroup       // the sweeper and route watcher goroutines
+	routes  *routeWatch          // owned by the route watcher goroutine (routewatch.go)
 
 	mu        sync.Mutex     // guards the fields below and serializes sweeps
 	missing   map[string]int // server id → sweeps in a row it did not answer
@@ -90,9 +93,10 @@ type liveness struct {
 
 func newLiveness(owners ownerTable, nc, sys *nats.Conn, log *slog.Logger, sweepInterval, reconnectGrace time.Duration, keepOnDisconnect bool) *liveness {
 	l := &liveness{owners: owners, nc: nc, sys: sys, log: log, sweepInterval: sweepInterval, keepOnDisconnect: keepOnDisconnect,
-		stop: make(chan struct{}), missing: map[string]int{},
+		stop: make(chan struct{}), moved: make(chan struct{}, 1), routes: newRouteWatch(), missing: map[string]int{},
 		ids: map[string]string{}, names: map[string]string{}, replaced: map[string]bool{}, issued: map[string]uint64{}}
 	l.sessions = newSessionTable(reconnectGrace, l.releaseSession)
+	l.sessions.moved = l.sessionMoved // without the route watcher, moved is never read: a no-op
 	return l
 }
 
@@ -179,6 +183,12 @@ func (l *liveness) start(oneServer bool) error {
 	}
 	l.wg.Add(1)
 	go l.run()
+	// A single server's death is the service's own connection's loss, and
+	// without the system account there are no route lists.
+	if l.sys != nil && !oneServer && !l.keepOnDisconnect {
+		l.wg.Add(1)
+		go l.watchRoutes()
+	}
 	return nil
 }
 
@@ -315,6 +325,14 @@ func (l *liveness) onServerLeaving(msg *nats.Msg) {
 	if l.keepOnDisconnect {
 		return
 	}
+	l.serverGone(id, "NATS server shut down; released the locks of its connections, and its sessions keep theirs for the reconnect grace")
+}
+
+// serverGone handles the end of server id, which took its connections
+// with it and sent no disconnect advisories for them: it shut down, or
+// died (routewatch.go). Its sessions enter grace; its connections'
+// owners are released at once. msg is the log line.
+func (l *liveness) serverGone(id, msg string) {
 	gone := func(c subjects.Owner) bool { return l.resolve(c.ServerID) == id }
 	// Connections are their owners when no session names them: they are
 	// gone for good (a client that reconnects gets a new connection).
@@ -325,8 +343,7 @@ func (l *liveness) onServerLeaving(msg *nats.Msg) {
 		return engine.OwnerLive
 	})
 	n := l.sessions.connsGone(math.MaxUint64, gone)
-	l.log.Info("NATS server shut down; released the locks of its connections, and its sessions keep theirs for the reconnect grace",
-		"server", l.nameOf(id), "id", id, "owners", len(released), "sessions", n, "grace", l.sessions.grace)
+	l.log.Info(msg, "server", l.nameOf(id), "id", id, "owners", len(released), "sessions", n, "grace", l.sessions.grace)
 }
 
 // sweep releases the locks of every owner that registered before the sweep

@@ -402,6 +402,13 @@ func (s *Service) ExpectSessions(owners []subjects.Owner) int { return s.live.ex
 // now, for tests and operators.
 func (s *Service) SessionsInGrace() int { return s.live.sessions.inGrace() }
 
+// WatchedServers returns the ids of the NATS servers that the route
+// watcher saw at its last check, once a second: the service's own server
+// and those it has routes to. A server that dies is noticed only if it
+// was seen. Nil without a route watcher (no system account connection, a
+// single server, or NoClearOnDisconnect).
+func (s *Service) WatchedServers() []string { return s.live.routes.watched() }
+
 // Sweep compares the locks' owners with the live connections now, and
 // releases those of closed connections. It runs by itself at start, after
 // reconnects and every SweepInterval; calling it is for tests and operators.

@@ -42,6 +42,11 @@ type sessionTable struct {
 	now     func() time.Time
 	after   func(time.Duration, func()) (stop func() bool) // time.AfterFunc; a fake in tests
 	release func(session, why string)                      // ends the session's grants and waits; called without mu
+	// moved, if set, is called (with mu held: it must not block) when a
+	// session bound to a live connection makes a request over a
+	// connection on another server: its client may have left a server
+	// that died without a word, which liveness then checks at once.
+	moved func()
 
 	mu sync.Mutex
 	// conn is the connection each known session is bound to: the one of
@@ -101,6 +106,9 @@ func (t *sessionTable) bind(session string, c subjects.Owner) (known bool) {
 	known = bound || inGrace
 	if _, late := t.closed[c]; late {
 		return known
+	}
+	if bound && !inGrace && cur.ServerID != c.ServerID && t.moved != nil {
+		t.moved()
 	}
 	delete(t.graced, session)
 	t.binds++

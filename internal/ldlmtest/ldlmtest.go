@@ -30,6 +30,7 @@ type Server struct {
 type options struct {
 	cfg        service.Config
 	noSystem   bool
+	noService  bool
 	natsConfig embeddednats.Config
 }
 
@@ -49,6 +50,10 @@ func WithTenants(tenants ...embeddednats.Tenant) Option {
 // WithoutSystemAccount runs the service without a system account
 // connection, as with an external NATS server and no system credentials.
 func WithoutSystemAccount() Option { return func(o *options) { o.noSystem = true } }
+
+// WithoutService makes StartCluster start no service: the test starts one
+// with Cluster.StartServiceOver.
+func WithoutService() Option { return func(o *options) { o.noService = true } }
 
 // WithDataDir runs the NATS server with JetStream file storage in dir and
 // the service with its state there (service.StateJetStream), as `ldlm`
@@ -179,10 +184,13 @@ type Cluster struct {
 	Service *service.Service
 	app     *nats.Conn
 	sys     *nats.Conn
+	routes  []string // the members' route URLs, for a process member (see StartProcessMember)
 }
 
 // StartCluster starts n (at least 2) clustered servers and the service,
-// and stops them when the test ends. Only WithConfig applies of opts.
+// and stops them when the test ends. Only WithConfig and WithoutService
+// apply of opts. Every member has the system account user sys (password
+// sys), for a service connected over TCP (see StartServiceOver).
 func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	var o options
@@ -206,12 +214,16 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	conf := filepath.Join(t.TempDir(), "cluster.conf")
 	if err := os.WriteFile(conf, []byte(`lame_duck_grace_period: "200ms"
 lame_duck_duration: "30s"
-accounts { APP { users [{user: "app", password: "app"}] } }
+accounts {
+  APP { users [{user: "app", password: "app"}] }
+  SYS { users [{user: "sys", password: "sys"}] }
+}
+system_account: "SYS"
 no_auth_user: "app"
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{}
+	c := &Cluster{routes: routes}
 	t.Cleanup(c.close)
 	log := logger()
 	for i := range n {
@@ -224,12 +236,15 @@ no_auth_user: "app"
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for _, m := range c.Members {
-		for m.NATSServer().NumRoutes() < n-1 {
+		for m.NATSServer().NumRemotes() < n-1 {
 			if time.Now().After(deadline) {
-				t.Fatalf("the cluster did not form: %s has %d routes", m.Name(), m.NATSServer().NumRoutes())
+				t.Fatalf("the cluster did not form: %s has %d routes", m.Name(), m.NATSServer().NumRemotes())
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+	if o.noService {
+		return c
 	}
 	var err error
 	if c.app, err = c.Members[0].ConnectApp(); err != nil {
@@ -242,6 +257,29 @@ no_auth_user: "app"
 		t.Fatalf("starting the lock service: %v", err)
 	}
 	return c
+}
+
+// StartServiceOver starts the service with cfg over TCP connections to
+// urls (comma-separated), which reconnect to any of them: unlike the
+// in-process service of StartCluster, it survives the death of its NATS
+// server. The cluster must have been started WithoutService.
+func (c *Cluster) StartServiceOver(t testing.TB, cfg service.Config, urls string) *service.Service {
+	t.Helper()
+	if c.Service != nil {
+		t.Fatal("the cluster has a service already: start it WithoutService")
+	}
+	reconnect := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(20 * time.Millisecond), nats.DontRandomize()}
+	var err error
+	if c.app, err = nats.Connect(urls, append(reconnect, nats.NoEcho(), nats.UserInfo("app", "app"))...); err != nil {
+		t.Fatal(err)
+	}
+	if c.sys, err = nats.Connect(urls, append(reconnect, nats.UserInfo("sys", "sys"))...); err != nil {
+		t.Fatal(err)
+	}
+	if c.Service, err = service.Start(cfg, c.app, c.sys, logger()); err != nil {
+		t.Fatalf("starting the lock service: %v", err)
+	}
+	return c.Service
 }
 
 // URLs is the client URLs of the members from..n-1, joined by commas, as
