@@ -288,6 +288,11 @@ func (s *Service) takeOver(st *loaded) error {
 	if err := s.rec.start(ctx, st, s.nc.ConnectedServerId(), cid); err != nil {
 		return err
 	}
+	// The state's instance id, as loaded now: a standby that loaded an
+	// empty stream at start made one up, and the active wrote its own
+	// since. Clients take a grant of another instance id for a lost one.
+	// No handler runs yet (addService comes after).
+	s.instance = st.active.Instance
 	s.restore(st)
 	s.wg.Add(1)
 	go func() {
@@ -305,7 +310,8 @@ func (s *Service) takeOver(st *loaded) error {
 // over when the active's connection closes (the server's DISCONNECT
 // advisory, as for any client), the active's NATS server announces its
 // shutdown (which takes the connection with it, and sends no DISCONNECT
-// advisory for it), or the active writes that it stopped. Before taking
+// advisory for it) or is judged dead by the route watcher (killed: it
+// sends nothing), or the active writes that it stopped. Before taking
 // over it reads the stream again, whole, so that it takes over from the
 // latest record: if anyone wrote meanwhile (another standby won, or the
 // active lives on), the takeover is refused and it follows again. Any other
@@ -350,8 +356,13 @@ func (s *Service) standBy(st *loaded) {
 			s.log.Warn("standby without disconnect advisories: it takes over when the active stops, or when no instance answers", "err", err)
 		}
 	}
+	// A NATS server killed with the active on it sends nothing; the route
+	// watcher judges it dead within about a second (routewatch.go).
+	serverDead := func(id string) { activeGone(id, 0, "the active instance's NATS server is gone", "server_id", id) }
+	s.live.onServerGone.Store(&serverDead)
 	go func() {
 		defer close(s.standbyDone)
+		defer s.live.onServerGone.Store(nil)
 		defer func() {
 			for _, sub := range subs {
 				_ = sub.Unsubscribe()

@@ -8,6 +8,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,6 +69,9 @@ type liveness struct {
 	moved   chan struct{}        // a session moved to another server: check the routes now (routewatch.go)
 	wg      sync.WaitGroup       // the sweeper and route watcher goroutines
 	routes  *routeWatch          // owned by the route watcher goroutine (routewatch.go)
+	// onServerGone, when set, is told of every server that the route
+	// watcher judged dead: a standby takes over when it is its active's.
+	onServerGone atomic.Pointer[func(id string)]
 
 	mu        sync.Mutex     // guards the fields below and serializes sweeps
 	missing   map[string]int // server id → sweeps in a row it did not answer

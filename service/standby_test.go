@@ -1,9 +1,12 @@
 package service_test
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ldlm-io/ldlm/internal/ldlmtest"
 	"github.com/ldlm-io/ldlm/service"
@@ -50,19 +53,40 @@ func TestStandbyTakesOver(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name string
-		end  func(t *testing.T, active *ldlmtest.Server)
+		// noActiveRecord: the standby loads a stream without the active
+		// record (as when it reads while a takeover rewrites it, or
+		// before the first active wrote it) and makes up an instance id;
+		// the takeover must use the state's id all the same.
+		noActiveRecord bool
+		end            func(t *testing.T, active *ldlmtest.Server)
 	}{
-		{"active stops", func(t *testing.T, active *ldlmtest.Server) { active.Service.Stop() }},
-		{"active's connection dies", func(t *testing.T, active *ldlmtest.Server) {
+		{"active stops", false, func(t *testing.T, active *ldlmtest.Server) { active.Service.Stop() }},
+		{"active's connection dies", false, func(t *testing.T, active *ldlmtest.Server) {
 			app, _ := active.ServiceConns()
 			app.Close()
 		}},
+		{"standby loaded no active record", true, func(t *testing.T, active *ldlmtest.Server) { active.Service.Stop() }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			active := startDurable(t, t.TempDir())
 			t.Cleanup(active.Close) // after the standby's stop
+			if tt.noActiveRecord {
+				js, err := jetstream.New(appConn(t, active))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+				defer cancel()
+				stream, err := js.Stream(ctx, "LDLM_ldlm")
+				if err == nil {
+					err = stream.Purge(ctx, jetstream.WithPurgeSubject("$LDLM.ldlm.state.active"))
+				}
+				if err != nil {
+					t.Fatalf("purging the active record: %v", err)
+				}
+			}
 			standby := startStandby(t, active)
 			if st := standby.Engine().Stats(); st.Locks != 0 {
 				t.Fatalf("a standby's engine holds %d locks", st.Locks)
