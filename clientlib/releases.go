@@ -36,11 +36,13 @@ type unconfirmedRelease struct{ name, key string }
 
 // releaseUnconfirmed reports whether err, the result of an unlock, means
 // that no service answered it: nobody listened, the one that did was
-// stopping, or no reply came within the budget (the client's or the
-// caller's). Any other reply, an error or not, settles the key.
+// stopping, no reply came within the budget (the client's or the
+// caller's), or the request could not even be buffered while nats.go
+// reconnects. Any other reply, an error or not, settles the key.
 func releaseUnconfirmed(err error) bool {
 	return err != nil && (unanswered(err) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, errNoReply) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled))
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, nats.ErrReconnectBufExceeded))
 }
 
 // addReleaseLocked remembers key, of the lock called name, for releaser to

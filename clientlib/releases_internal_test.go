@@ -3,6 +3,7 @@ package clientlib
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -279,5 +280,52 @@ func TestGrantExpiredOnArrival(t *testing.T) {
 				t.Fatalf("%d unlocks sent, want 1 to give the grant back", n)
 			}
 		})
+	}
+}
+
+// TestReleaseUnconfirmed: which results of an unlock leave the key to the
+// releaser: those where no service answered, not the service's verdicts.
+func TestReleaseUnconfirmed(t *testing.T) {
+	deadline, cancel := context.WithTimeout(context.Background(), 0)
+	defer cancel()
+	<-deadline.Done()
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"unlocked", nil, false},
+		{"no responders", wrap(subjects.OpUnlock, "job", fmt.Errorf("%w (%w)", ErrNoService, nats.ErrNoResponders)), true},
+		{"stopping", &Error{Op: subjects.OpUnlock, Name: "job", Code: subjects.CodeUnavailable}, true},
+		{"request timeout", fmt.Errorf("%w (%w)", errNoReply, nats.ErrTimeout), true},
+		{"caller's deadline", deadline.Err(), true},
+		{"reconnect buffer full", nats.ErrReconnectBufExceeded, true},
+		{"unknown key", &Error{Op: subjects.OpUnlock, Name: "job", Code: subjects.CodeInvalidLockKey}, false},
+		{"unreadable reply", unreadable([]byte("x"), errors.New("bad")), false},
+		{"connection closed", nats.ErrConnectionClosed, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := releaseUnconfirmed(tc.err); got != tc.want {
+				t.Errorf("releaseUnconfirmed(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestReleasesBounded: the releases pending keep the newest maxReleases
+// keys, each once.
+func TestReleasesBounded(t *testing.T) {
+	c := &Client{releaseWake: make(chan struct{}, 1)}
+	c.addReleaseLocked("job", "k0")
+	c.addReleaseLocked("job", "k0")
+	if len(c.releases) != 1 {
+		t.Fatalf("a key added twice is pending %d times", len(c.releases))
+	}
+	for i := 1; i <= maxReleases; i++ {
+		c.addReleaseLocked("job", fmt.Sprint("k", i))
+	}
+	if len(c.releases) != maxReleases || c.releases[0].key != "k1" || c.releases[maxReleases-1].key != fmt.Sprint("k", maxReleases) {
+		t.Fatalf("%d pending, first %q, last %q; want %d, k1 .. k%d",
+			len(c.releases), c.releases[0].key, c.releases[len(c.releases)-1].key, maxReleases, maxReleases)
 	}
 }
