@@ -23,8 +23,11 @@ import (
 // Concurrency lives in one place: Client.mu guards all mutable state of
 // the client and of its locks, and one goroutine, run, follows the
 // connection's status and fires the timers (it starts a goroutine for each
-// automatic renewal, which is a request). Callers and NATS callbacks take
-// mu for short sections that never wait on the network.
+// automatic renewal, which is a request). Two more goroutines send what
+// must be asked until answered: reattach after a reconnect (sessions.go),
+// and releaser, the unlocks that got no answer (releases.go). Callers and
+// NATS callbacks take mu for short sections that never wait on the
+// network.
 type Client struct {
 	nc               *nats.Conn
 	prefix           string
@@ -37,6 +40,12 @@ type Client struct {
 	poke        chan struct{}      // wakes run when a timer moved earlier (buffer 1)
 	runDone     chan struct{}      // closed when run returns
 	instanceSub *nats.Subscription // PREFIX.instance.*, from New to Close (notices.go)
+	// ctx is cancelled when Close starts: it ends the attach tries and
+	// the releaser, whose end closes releaserDone.
+	ctx          context.Context
+	stop         context.CancelFunc
+	releaseWake  chan struct{} // wakes releaser when a key was added (buffer 1)
+	releaserDone chan struct{}
 
 	mu       sync.Mutex                    // guards everything below, and the fields of every Lock marked so
 	closed   bool                          // Close was called
@@ -53,6 +62,9 @@ type Client struct {
 	// held and waited for is neither kept nor lost.
 	session  string
 	attached *epoch
+	// releases are the unlocks that got no answer, oldest first, which
+	// releaser sends again (releases.go).
+	releases []unconfirmedRelease
 
 	// What the service's notices said (notices.go).
 	instance      string                // the instance that serves now, as last heard; "" not known
@@ -139,6 +151,8 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 		cleanupTimeout: 5 * time.Second,
 		poke:           make(chan struct{}, 1),
 		runDone:        make(chan struct{}),
+		releaseWake:    make(chan struct{}, 1),
+		releaserDone:   make(chan struct{}),
 		changed:        make(chan struct{}),
 		held:           make(map[*Lock]struct{}),
 		pending:        make(map[*pending]struct{}),
@@ -169,17 +183,21 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	// replace handlers the application set on its connection.
 	c.status = nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING,
 		nats.CONNECTING, nats.CLOSED, nats.DRAINING_SUBS, nats.DRAINING_PUBS)
+	c.ctx, c.stop = context.WithCancel(context.Background())
 	c.mu.Lock()
 	c.refreshLocked()
 	c.mu.Unlock()
 	go c.run()
+	go c.releaser()
 	return c, nil
 }
 
 // Close stops the client: it unlocks every lock still held (all within the
-// cleanup timeout), stops listening to the service's notices, and later
-// calls fail with ErrClientClosed. Close does not close the NATS
-// connection.
+// cleanup timeout), stops listening to the service's notices and asking
+// again the unlocks that got no answer, and later calls fail with
+// ErrClientClosed. Close does not close the NATS connection: what an
+// unanswered unlock left with the service goes when the connection
+// closes.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -189,7 +207,9 @@ func (c *Client) Close() error {
 	c.closed = true         // from now on no lock is registered: late grants are cleaned up
 	c.setEpochLocked(c.cur) // wakes Lock calls waiting for a connection
 	held := slices.Collect(maps.Keys(c.held))
+	c.releases = nil
 	c.mu.Unlock()
+	c.stop() // ends the attach tries and the releaser
 
 	// One budget for all: a service that went away without a word (its
 	// locks look held) must not cost a request timeout per lock.
@@ -204,6 +224,10 @@ func (c *Client) Close() error {
 
 	c.nc.RemoveStatusListener(c.status) // closes c.status: run returns
 	<-c.runDone
+	select { // cancelled, its request returns at once
+	case <-c.releaserDone:
+	case <-time.After(c.cleanupTimeout):
+	}
 	// End the epoch (waiting Lock calls give up and clean up) and the
 	// subscriptions. Unsubscribe fails only on a closed connection, which
 	// has no subscriptions left.
@@ -600,17 +624,30 @@ func (c *Client) unlockKey(ctx context.Context, header nats.Header, name, key st
 // (docs/protocol.md, "Waiting and giving up"), on a context detached from
 // ctx's cancellation and bounded by the cleanup timeout. The service
 // handles a connection's requests in order, so "unknown key" means that
-// nothing is left.
+// nothing is left. An unlock that got no answer is asked again in the
+// background (releases.go).
 func (c *Client) release(ctx context.Context, name, key string) error {
 	if c.nc.IsClosed() {
 		return nil // the service releases what a closed connection held
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cleanupTimeout)
 	defer cancel()
-	if err := c.unlockKey(ctx, c.header(), name, key); !unknownKey(err) {
-		return err
+	err := c.unlockKey(ctx, c.header(), name, key)
+	if unknownKey(err) {
+		return nil
 	}
-	return nil
+	c.unconfirmed(name, key, err)
+	return err
+}
+
+// unconfirmed hands key to the releaser if err, the result of its unlock,
+// says that no service answered.
+func (c *Client) unconfirmed(name, key string, err error) {
+	if releaseUnconfirmed(err) {
+		c.mu.Lock()
+		c.addReleaseLocked(name, key)
+		c.mu.Unlock()
+	}
 }
 
 // unknownKey reports whether err is the service saying that the key holds

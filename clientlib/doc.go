@@ -15,7 +15,10 @@
 // number of holders it admits at once (WithSize; 1 by default), and may have
 // a lock timeout (WithLockTimeout): unless renewed within that time, the
 // service releases it. The client renews such a lock in the background, a
-// third of the way into each timeout, unless WithAutoRenew(false).
+// third of the way into each timeout, unless WithAutoRenew(false). The
+// timeout counts from the grant: a Lock that waited in the queue longer
+// than its timeout still gets (about) the whole of it, as the service says
+// how long the request waited.
 //
 // A lock belongs to the client's session (a random id the client makes in
 // New and sends on every request), which the service binds to the NATS
@@ -27,10 +30,13 @@
 // service's LDLM_RECONNECT_GRACE, the client re-attaches its session: its
 // locks stay held, with the same key and token, and its waiting Lock calls
 // keep their place in the queue. Only what the service released meanwhile
-// ends, with a LostError whose cause matches ErrConnectionLost. Against a
-// service that does not answer the attach (older than sessions), or with
-// WithSessions(false), a lock belongs to the connection and a reconnect
-// loses it (unless WithKeepOnDisconnect, for a service run with
+// ends, with a LostError whose cause matches ErrConnectionLost. While no
+// service answers the attach (a takeover in progress), the client asks
+// again for up to a minute (or the request timeout, if longer), and its
+// locks stay held meanwhile. Against a service that never answers the
+// attach (older than sessions), or with WithSessions(false), a lock
+// belongs to the connection and a reconnect loses it (unless
+// WithKeepOnDisconnect, for a service run with
 // LDLM_NO_CLEAR_ON_DISCONNECT=true).
 //
 // # Acquiring and holding
@@ -43,7 +49,11 @@
 // unlock with it. While no service answers, or the one that answers is
 // stopping, calls ask again with growing pauses (10 ms doubling to 1 s)
 // within their budget, so a waiting Lock rides out a restart of the
-// service.
+// service. An unlock that got no answer within its budget, sent by Unlock
+// or by the client itself, returns its error, and the client sends it
+// again in the background (one goroutine, pauses doubling up to 5 s, at
+// most 10,000 keys) until a service answers or the client is closed: a
+// grant is never left with a service that comes back.
 //
 // Lock.Done is closed when the lock is no longer held, and Lock.Err says
 // why. Lock.Token is the grant's fencing token: pass it to the resource you

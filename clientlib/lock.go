@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,7 +32,7 @@ type Lock struct {
 	err       error         // nil while held; why it ended otherwise
 	timeout   time.Duration // the lock timeout; 0: none
 	expiresAt time.Time     // when the service releases it, as estimated by us; zero: never
-	sentAt    time.Time     // when the request that set expiresAt was sent
+	sentAt    time.Time     // when the count of expiresAt started: the request that set it was sent (plus a lock's wait)
 	renewing  bool          // an automatic renewal is in flight
 	retryAt   time.Time     // after a failed automatic renewal: not before then
 	timer     timer         // its next renewal or its expiry, while it has a lock timeout
@@ -67,7 +68,12 @@ var closedDone = func() chan struct{} {
 // ErrNoService or ErrUnavailable, and says for how long it asked.
 //
 // With a lock timeout (WithLockTimeout) the lock is renewed in the
-// background unless WithAutoRenew(false); Lock.Done tells of its loss.
+// background unless WithAutoRenew(false); Lock.Done tells of its loss. The
+// timeout counts from the grant (the service says how long the request
+// waited), so a grant after a long wait is usable for its whole timeout.
+// A grant whose timeout passed nonetheless before it arrived is given
+// back: the Lock returned then is not Locked, and its Err is a *LostError
+// matching ErrExpired, as for a lock that expired while held.
 func (c *Client) Lock(ctx context.Context, name string, opts ...LockOption) (*Lock, error) {
 	return c.acquire(ctx, subjects.OpLock, name, newLockOptions(opts))
 }
@@ -240,6 +246,16 @@ func (c *Client) attempt(ctx context.Context, op, name string, req subjects.Requ
 // granted registers l, the grant that the reply to request p brought, or
 // cleans up after it.
 func (c *Client) granted(ctx context.Context, op string, l *Lock, p *pending) (*Lock, bool, error) {
+	if l.timeout > 0 && !time.Now().Before(l.expiresAt) {
+		// Expired on arrival, by our count (docs/protocol.md, "Replies"):
+		// the service still holds it, for nobody. Report the expiry.
+		c.mu.Lock()
+		c.endLocked(p)
+		c.finishLocked(l, &LostError{Name: l.name, Cause: ErrExpired})
+		c.mu.Unlock()
+		_ = c.release(ctx, l.name, l.key)
+		return l, false, nil
+	}
 	refused := c.register(l, p)
 	if refused == nil {
 		return l, false, nil
@@ -302,11 +318,21 @@ func newLock(c *Client, ep *epoch, name, key string, resp subjects.LockResponse,
 		timeout:   o.lockTimeout,
 		sentAt:    sentAt,
 	}
+	if resp.WaitedMS != 0 {
+		// The request waited that long in the service's queue, which
+		// started its wait after we sent it: counting from sentAt plus the
+		// wait is never later than the grant. Never past the reply's
+		// arrival, whatever the service says.
+		l.sentAt = sentAt.Add(time.Duration(min(resp.WaitedMS, uint64(math.MaxInt64/time.Millisecond))) * time.Millisecond)
+		if now := time.Now(); l.sentAt.After(now) {
+			l.sentAt = now
+		}
+	}
 	l.timer.lock = l
 	if o.lockTimeout > 0 {
-		// Counted from before the request left, so that it errs on the
+		// Counted from before the grant was made, so that it errs on the
 		// early side whatever the clocks of the two machines say.
-		l.expiresAt = sentAt.Add(o.lockTimeout)
+		l.expiresAt = l.sentAt.Add(o.lockTimeout)
 	}
 	return l
 }
@@ -377,9 +403,11 @@ func (l *Lock) Err() error {
 // The unlock is sent even when ctx is already done (then Unlock waits for
 // the reply at most the client's cleanup timeout), so that `defer
 // l.Unlock(ctx)` releases the lock even after ctx was cancelled. While no
-// service answers, Unlock asks again within the request timeout. If the
-// reply does not come, the lock stays held until its lock timeout passes
-// or its connection closes.
+// service answers, Unlock asks again within the request timeout. If no
+// reply comes (the error then matches ErrNoService, ErrUnavailable or
+// nats.ErrTimeout, or is ctx's), the release is not confirmed: the client
+// sends the unlock again in the background, with pauses doubling up to
+// 5 s, until a service answers or the client is closed.
 //
 // Unlock of a lock that was lost returns the loss (a *LostError): the work
 // done under it may not have been protected. Unlock of a lock that was not
@@ -407,7 +435,11 @@ func (l *Lock) Unlock(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), c.cleanupTimeout)
 		defer cancel()
 	}
-	return c.unlockKey(ctx, header, l.name, l.key)
+	err := c.unlockKey(ctx, header, l.name, l.key)
+	if err != nil {
+		c.unconfirmed(l.name, l.key, err)
+	}
+	return err
 }
 
 // Renew sets the lock timeout to timeout from now, and keeps it so for

@@ -493,6 +493,55 @@ func TestExpiryWithoutAutoRenew(t *testing.T) {
 	}
 }
 
+// TestLockTimeoutCountsFromGrant: a Lock that waited in the queue longer
+// than its lock timeout gets a lock it can use, since the timeout counts
+// from the grant (waited_ms), not from the request.
+func TestLockTimeoutCountsFromGrant(t *testing.T) {
+	srv := ldlmtest.Start(t)
+	holder, _ := newClient(t, srv)
+	waiter, _ := newClient(t, srv)
+	h := mustLock(t, holder, "job")
+	got := make(chan *clientlib.Lock, 1)
+	go func() {
+		l, err := waiter.Lock(testContext(t), "job", clientlib.WithLockTimeout(time.Second))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- l
+	}()
+	eventually(t, "the waiter is queued", func() bool { return srv.Service.Engine().Stats().Waiters == 1 })
+	time.Sleep(1500 * time.Millisecond) // the scenario: a wait longer than the lock timeout
+	if err := h.Unlock(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	var l *clientlib.Lock
+	select {
+	case l = <-got:
+	case <-time.After(testTimeout):
+		t.Fatal("the waiter was not granted")
+	}
+	if l == nil || !l.Locked() {
+		t.Fatalf("the grant after the wait is not held: %v", l.Err())
+	}
+	if !l.ExpiresAt().After(time.Now()) {
+		t.Fatalf("the grant arrived expired: ExpiresAt %v", l.ExpiresAt())
+	}
+	if err := l.Renew(testContext(t), time.Second); err != nil {
+		t.Fatalf("Renew of the grant after the wait: %v", err)
+	}
+	select {
+	case <-l.Done():
+		t.Fatalf("the lock ended: %v", l.Err())
+	default:
+	}
+	if isFree(t, holder, "job") {
+		t.Fatal("another client got the lock")
+	}
+	if err := l.Unlock(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestAutoRenew(t *testing.T) {
 	srv := ldlmtest.Start(t)
 	c, _ := newClient(t, srv)

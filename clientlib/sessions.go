@@ -1,6 +1,7 @@
 package clientlib
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -71,12 +72,24 @@ func (c *Client) reattach(ep *epoch) {
 	c.settleLocked(ep, resp)
 }
 
-// askAttach sends PREFIX.attach over ep until it is answered, within the
-// request timeout, asking again while no service answers (a restarted
-// service may not be subscribed yet). It returns nil when no usable answer
-// came: a service older than sessions does not answer attach at all.
+// attachBudget is how long, at least, the client asks for the attach
+// after a reconnect while no service answers: the service keeps a
+// session's locks until the reconnect grace after a new active restored
+// its state, and a takeover can take seconds. The request timeout, if
+// longer, is the budget.
+const attachBudget = 60 * time.Second
+
+// askAttach sends PREFIX.attach over ep until it is answered, each try
+// bounded by the request timeout, asking again with growing pauses while
+// no service answers, the one that answers is stopping, or a try times out
+// (a new active may not be up yet), for max(request timeout, attachBudget)
+// since the reconnect. Meanwhile what the session held stays held. It
+// returns nil when no usable answer came: the budget passed (a service
+// older than sessions does not answer attach at all), the reply was an
+// error or unreadable, ep is no longer the connection, or the client
+// closes.
 func (c *Client) askAttach(ep *epoch) *subjects.AttachResponse {
-	deadline := time.Now().Add(c.requestTimeout)
+	deadline := time.Now().Add(max(c.requestTimeout, attachBudget))
 	for pause := retryPause; ; pause = min(2*pause, maxRetryPause) {
 		c.mu.Lock()
 		header, current := ep.header, c.cur == ep && !c.closed
@@ -88,8 +101,10 @@ func (c *Client) askAttach(ep *epoch) *subjects.AttachResponse {
 		if left <= 0 {
 			return nil
 		}
+		ctx, cancel := context.WithTimeout(c.ctx, min(c.requestTimeout, left))
 		msg := nats.Msg{Subject: c.prefix + "." + subjects.OpAttach, Header: header}
-		reply, err := c.nc.RequestMsg(&msg, left)
+		reply, err := c.nc.RequestMsgWithContext(ctx, &msg)
+		cancel()
 		if err == nil {
 			var resp subjects.AttachResponse
 			if derr := subjects.DecodeAttachResponse(reply.Data, &resp); derr != nil {
@@ -103,16 +118,20 @@ func (c *Client) askAttach(ep *epoch) *subjects.AttachResponse {
 			}
 			err = ErrUnavailable // stopping: another instance may take over
 		}
-		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, ErrUnavailable) {
+		if c.ctx.Err() != nil {
+			return nil // closing
+		}
+		if !unanswered(err) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 			return nil
 		}
-		if time.Until(deadline) < pause {
+		left = time.Until(deadline)
+		if left <= 0 {
 			return nil
 		}
 		select {
-		case <-c.runDone:
+		case <-c.ctx.Done():
 			return nil
-		case <-time.After(pause):
+		case <-time.After(min(pause, left)):
 		}
 	}
 }
@@ -163,8 +182,42 @@ func (c *Client) settleLocked(ep *epoch, resp *subjects.AttachResponse) {
 			p.stopLocked(errEpochEnded)
 		}
 	}
-	if resp != nil && !resp.Resumed {
-		c.newSessionLocked()
+	if resp != nil {
+		c.releaseStrangersLocked(resp)
+		if !resp.Resumed {
+			c.newSessionLocked()
+		}
 	}
 	c.followOwnersLocked()
+}
+
+// releaseStrangersLocked hands to the releaser (releases.go) every grant
+// and wait that the attach reply resp lists and the client knows nothing
+// of: an unlock of it went unanswered over the old connection, or its
+// request was given up while disconnected. Nobody would ever use or
+// release them otherwise. A listed grant whose request still waits for
+// its reply is not a stranger: the reply is on the way. c.mu must be held.
+func (c *Client) releaseStrangersLocked(resp *subjects.AttachResponse) {
+	if len(resp.Held) == 0 && len(resp.Waiting) == 0 {
+		return
+	}
+	known := make(map[string]bool, len(c.held)+len(c.pending))
+	for l := range c.held {
+		known[l.key] = true
+	}
+	for p := range c.pending {
+		if p.key != "" {
+			known[p.key] = true
+		}
+	}
+	for _, h := range resp.Held {
+		if !known[h.Key] {
+			c.addReleaseLocked(h.Name, h.Key)
+		}
+	}
+	for _, w := range resp.Waiting {
+		if !known[w.Key] {
+			c.addReleaseLocked(w.Name, w.Key)
+		}
+	}
 }
