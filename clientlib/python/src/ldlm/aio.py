@@ -21,9 +21,15 @@ the shared wire vectors (subjects/testdata/wire-vectors.json) check both:
   made once per client, so that the service keeps the client's locks and
   queue places across a reconnect its NATS server caused (a shutdown, a
   restart), within its reconnect grace. After a reconnect the client sends
-  ``PREFIX.attach`` and keeps what the reply lists: held locks stay held,
-  listed waits keep waiting for their reply; the rest is lost or asked
-  again as above (docs/protocol.md, "Sessions");
+  ``PREFIX.attach``, asking again until answered for max(request timeout,
+  60 s), and keeps what the reply lists: held locks stay held, listed waits
+  keep waiting for their reply; the rest is lost or asked again as above;
+  what the reply lists that the client does not know is released
+  (docs/protocol.md, "Sessions");
+- an unlock that no service answered (the user's, or one the client sends
+  itself to withdraw a wait or give back a grant) still fails, and the
+  client re-sends it in the background, one task for all of them, until
+  any answer comes or the client closes;
 - it listens to the lost-lock notices for its connection
   (``PREFIX.lost.OWNER``), which end a held lock of the same name *and*
   fencing token (a notice that comes before the grant's reply is kept for a
@@ -34,7 +40,10 @@ the shared wire vectors (subjects/testdata/wire-vectors.json) check both:
   request timeout of silence), and trylock, unlock and renew within the
   request timeout. Each retry waits longer (10 ms doubling to 1 s);
 - a lock with a lock timeout is renewed in the background (unless auto-renew
-  is off) and counted lost once its timeout passes without a renewal.
+  is off) and counted lost once its timeout passes without a renewal; the
+  timeout counts from the grant: the time the request was sent plus the
+  ``waited_ms`` of the grant (a grant already expired by that count is
+  given back, and the call raises LockLostError "expired").
 """
 
 from __future__ import annotations
@@ -782,7 +791,10 @@ class AsyncLock:
         """Release the lock. Returns True when released, False when this Lock
         was not held (never granted, or already unlocked). Raises
         :class:`~ldlm.LockLostError` when the lock had been lost meanwhile:
-        the work done under it may not have been protected."""
+        the work done under it may not have been protected. When no service
+        answers it raises :class:`~ldlm.NoServiceError` (or a timeout) as
+        other calls do, the Lock is ended all the same, and the client
+        re-sends the unlock in the background until a service answers."""
         if self._state in (_NOT_OBTAINED, _UNLOCKED):
             return False
         self._check_expiry()
@@ -1071,7 +1083,9 @@ class AsyncClient:
     - ``subject_prefix`` (default "ldlm");
     - ``request_timeout_seconds`` (default 5): bounds trylock, unlock and
       renew requests, including their retries while no service answers, and
-      how long a lock without a wait timeout keeps asking while none does;
+      how long a lock without a wait timeout keeps asking while none does
+      (an unlock left unanswered is then retried in the background); each
+      try of the attach after a reconnect (asked for at least 60 s);
     - ``retries`` and ``retry_delay_seconds`` (py-ldlm's): instead of the
       request timeout, keep retrying while no service answers for
       ``retries * retry_delay_seconds`` seconds (``retries=-1``: for ever);
@@ -1724,7 +1738,10 @@ class AsyncClient:
         wait race-free. While the service is stopping or nobody answers, it
         asks again within the wait timeout (for ever without one); then it
         raises :class:`~ldlm.NoServiceError` or
-        :class:`~ldlm.UnavailableError`."""
+        :class:`~ldlm.UnavailableError`. The lock timeout counts from the
+        grant (the service says how long the request waited); a grant whose
+        lock timeout passed before it arrived is given back and raises
+        :class:`~ldlm.LockLostError` with reason ``"expired"``."""
         return await self._acquire(OP_LOCK, name, wait_timeout_seconds, lock_timeout_seconds, size, auto_renew)
 
     async def try_lock(
@@ -1769,7 +1786,10 @@ class AsyncClient:
         ``Client.unlock(name, key)``); a held lock of this client with that
         key stops renewing. Returns True; raises the service's error when the
         key holds nothing (:class:`~ldlm.InvalidLockKeyError`,
-        :class:`~ldlm.LockDoesNotExistError`, :class:`~ldlm.NotLockedError`)."""
+        :class:`~ldlm.LockDoesNotExistError`, :class:`~ldlm.NotLockedError`),
+        and :class:`~ldlm.NoServiceError` (or a timeout) when no service
+        answered: the client then re-sends it in the background until one
+        does."""
         for lock in list(self._held):
             if lock.name == name and lock.key == key:
                 lock._end(_UNLOCKED)
