@@ -237,6 +237,9 @@ def check_fields(lock: ldlm.AsyncLock, fields: dict) -> None:
     if "expires_at" in fields:
         want = datetime.fromisoformat(fields["expires_at"].replace("Z", "+00:00"))
         assert lock.expires_at == want
+    if "locked" in fields and "unlocked" not in fields:
+        # absent means 0 (a grant without a wait, or a renew's reply)
+        assert lock.waited_ms == fields.get("waited_ms", 0), "waited_ms"
 
 
 def error_class(name: str) -> type:

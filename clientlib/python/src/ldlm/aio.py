@@ -21,9 +21,15 @@ the shared wire vectors (subjects/testdata/wire-vectors.json) check both:
   made once per client, so that the service keeps the client's locks and
   queue places across a reconnect its NATS server caused (a shutdown, a
   restart), within its reconnect grace. After a reconnect the client sends
-  ``PREFIX.attach`` and keeps what the reply lists: held locks stay held,
-  listed waits keep waiting for their reply; the rest is lost or asked
-  again as above (docs/protocol.md, "Sessions");
+  ``PREFIX.attach``, asking again until answered for max(request timeout,
+  60 s), and keeps what the reply lists: held locks stay held, listed waits
+  keep waiting for their reply; the rest is lost or asked again as above;
+  what the reply lists that the client does not know is released
+  (docs/protocol.md, "Sessions");
+- an unlock that no service answered (the user's, or one the client sends
+  itself to withdraw a wait or give back a grant) still fails, and the
+  client re-sends it in the background, one task for all of them, until
+  any answer comes or the client closes;
 - it listens to the lost-lock notices for its connection
   (``PREFIX.lost.OWNER``), which end a held lock of the same name *and*
   fencing token (a notice that comes before the grant's reply is kept for a
@@ -34,7 +40,10 @@ the shared wire vectors (subjects/testdata/wire-vectors.json) check both:
   request timeout of silence), and trylock, unlock and renew within the
   request timeout. Each retry waits longer (10 ms doubling to 1 s);
 - a lock with a lock timeout is renewed in the background (unless auto-renew
-  is off) and counted lost once its timeout passes without a renewal.
+  is off) and counted lost once its timeout passes without a renewal; the
+  timeout counts from the grant: the time the request was sent plus the
+  ``waited_ms`` of the grant (a grant already expired by that count is
+  given back, and the call raises LockLostError "expired").
 """
 
 from __future__ import annotations
@@ -96,6 +105,17 @@ _MIN_TIMEOUT = 0.001
 #: pauses between retries: from _RETRY_PAUSE, doubling, up to _MAX_RETRY_PAUSE
 _RETRY_PAUSE = 0.01
 _MAX_RETRY_PAUSE = 1.0
+#: the least time the client keeps asking attach after a reconnect (the
+#: budget is max(request timeout, this)): a takeover of the lock service
+#: can take seconds, and the session's locks wait for the attach
+_ATTACH_BUDGET = 60.0
+#: pauses between re-sends of a release the service did not confirm: from
+#: _RETRY_PAUSE, doubling, up to this
+_MAX_RELEASE_PAUSE = 5.0
+#: at most this many unconfirmed releases are remembered (the oldest is dropped)
+_MAX_PENDING_RELEASES = 10_000
+#: at most this many of them are re-sent at once
+_RELEASE_BATCH = 100
 #: how many unmatched lost notices and gone instances are remembered: they
 #: only need to cover the replies in flight when the news comes
 _REMEMBERED = 64
@@ -382,6 +402,14 @@ def _time_out(fut: asyncio.Future) -> None:
 
 def _pause(retries: int) -> float:
     return min(_RETRY_PAUSE * (2 ** min(retries, 10)), _MAX_RETRY_PAUSE)
+
+
+def _unanswered(e: BaseException) -> bool:
+    """Whether a release (unlock) ended without the service's answer: nobody
+    answered, it kept saying it is stopping, or it timed out. Such a release
+    is not confirmed: the client re-sends it in the background (see
+    AsyncClient._pend_release)."""
+    return isinstance(e, (nats.errors.TimeoutError, TimeoutError, nats.errors.NoRespondersError, UnavailableError))
 
 
 def _check_responders(msg: Any) -> None:
@@ -682,8 +710,10 @@ class AsyncLock:
     Attributes: ``name``; and when it was granted ``key`` (the holder's
     secret), ``token`` (the fencing token), ``size``, ``expires_at`` (the
     service's expiry, a datetime, or None without a lock timeout),
-    ``lock_timeout_seconds`` and ``instance`` (the service instance that
-    granted it). ``lost_error`` is a :class:`~ldlm.LockLostError` once the
+    ``lock_timeout_seconds``, ``instance`` (the service instance that
+    granted it) and ``waited_ms`` (how long the request waited in the
+    service's queue, as the service says; the client counts the lock
+    timeout from the grant: the time it sent the request plus that). ``lost_error`` is a :class:`~ldlm.LockLostError` once the
     lock was lost (it expired, was released by the service, or its connection
     went away); the lock is then falsy.
     """
@@ -703,6 +733,7 @@ class AsyncLock:
         epoch: Optional[_Epoch] = None,
         instance: Optional[str] = None,
         sent_at: float = 0.0,
+        waited_ms: Union[int, float] = 0,
     ):
         self._client = client
         self.name = name
@@ -713,6 +744,7 @@ class AsyncLock:
         self._expires_at_text = expires_at
         self.lock_timeout_seconds = lock_timeout_seconds
         self.instance = instance
+        self.waited_ms = waited_ms
         self.lost_error: Optional[LockLostError] = None
         self._state = _HELD if granted else _NOT_OBTAINED
         # taken once, by whoever ends the hold: the loop, or a synchronous
@@ -721,9 +753,11 @@ class AsyncLock:
         self._auto_renew = auto_renew
         self._epoch = epoch
         # Our estimate of the expiry, on the monotonic clock: counted from
-        # before the request left, so it errs on the early side.
+        # before the request left plus the time the service says it waited
+        # in the queue (the timeout starts at the grant), so it errs on the
+        # early side.
         self._expires_mono: Optional[float] = (
-            sent_at + lock_timeout_seconds if granted and lock_timeout_seconds else None
+            sent_at + waited_ms / 1000 + lock_timeout_seconds if granted and lock_timeout_seconds else None
         )
         self._watch_task: Optional[asyncio.Task] = None
         self._poke: Optional[asyncio.Event] = None
@@ -757,7 +791,10 @@ class AsyncLock:
         """Release the lock. Returns True when released, False when this Lock
         was not held (never granted, or already unlocked). Raises
         :class:`~ldlm.LockLostError` when the lock had been lost meanwhile:
-        the work done under it may not have been protected."""
+        the work done under it may not have been protected. When no service
+        answers it raises :class:`~ldlm.NoServiceError` (or a timeout) as
+        other calls do, the Lock is ended all the same, and the client
+        re-sends the unlock in the background until a service answers."""
         if self._state in (_NOT_OBTAINED, _UNLOCKED):
             return False
         self._check_expiry()
@@ -775,9 +812,14 @@ class AsyncLock:
     async def _send_unlock(self, first_try: Optional[tuple[float, bool]] = None) -> bool:
         """The part of unlock() after the hold ended: ask the service (see
         _call for first_try)."""
-        reply = await self._client._call(
-            OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name, first_try=first_try
-        )
+        try:
+            reply = await self._client._call(
+                OP_UNLOCK, self.name, '{"key":%s}' % _key_json(self.key), encoded=self._subject_name, first_try=first_try
+            )
+        except Exception as e:
+            if _unanswered(e):
+                self._client._pend_release(self.name, self.key)
+            raise
         return self._unlocked(reply)
 
     def _unlocked(self, reply: dict) -> bool:
@@ -836,6 +878,8 @@ class AsyncLock:
     def _settle_unlock(self, d: _Direct) -> None:
         """On the loop: the outcome of a direct unlock request."""
         if d.error is not None:
+            if _unanswered(d.error):
+                self._client._pend_release(self.name, self.key)
             d.on_done(None, d.error)
             return
         msg = d.msg
@@ -873,6 +917,11 @@ class AsyncLock:
         await release_on_exit(self, exc_type)
 
     # -- internals --------------------------------------------------------
+
+    def _expired_on_arrival(self) -> bool:
+        """Whether a fresh grant's lock timeout already passed by our count
+        (a lock timeout shorter than the transit)."""
+        return self._expires_mono is not None and time.monotonic() >= self._expires_mono
 
     def _check_expiry(self) -> None:
         if self._state == _HELD and self._expires_mono is not None and time.monotonic() >= self._expires_mono:
@@ -1034,7 +1083,9 @@ class AsyncClient:
     - ``subject_prefix`` (default "ldlm");
     - ``request_timeout_seconds`` (default 5): bounds trylock, unlock and
       renew requests, including their retries while no service answers, and
-      how long a lock without a wait timeout keeps asking while none does;
+      how long a lock without a wait timeout keeps asking while none does
+      (an unlock left unanswered is then retried in the background); each
+      try of the attach after a reconnect (asked for at least 60 s);
     - ``retries`` and ``retry_delay_seconds`` (py-ldlm's): instead of the
       request timeout, keep retrying while no service answers for
       ``retries * retry_delay_seconds`` seconds (``retries=-1``: for ever);
@@ -1137,6 +1188,17 @@ class AsyncClient:
         self._replies: Optional[_Replies] = None  # None: nc.request()
         self._lost_subs: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()  # background withdrawals
+        # Releases the service did not confirm (docs/protocol.md,
+        # "Unconfirmed releases"): key -> [name, when to send next
+        # (monotonic), the pause after that], oldest first. Changed on the
+        # event loop only; one task, _release_task, re-sends them.
+        self._pending: dict[str, list] = {}
+        self._release_task: Optional[asyncio.Task] = None
+        self._pending_added: Optional[asyncio.Event] = None
+        # keys of the lock and trylock requests sent whose outcome is not
+        # known yet: an attach reply that lists one is not ours to release
+        # (added by callers' threads too: set.add is atomic)
+        self._asking: set[str] = set()
 
     # -- connection -------------------------------------------------------
 
@@ -1285,6 +1347,13 @@ class AsyncClient:
         self._held.clear()
         for task in list(self._tasks):
             task.cancel()
+        # Closing the connection ends the session: the service frees all of
+        # it, unconfirmed releases included.
+        self._pending.clear()
+        task = self._release_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=self._cleanup_timeout)
         if nc is not None and not nc.is_closed:
             if self._owns_nc:
                 try:
@@ -1397,28 +1466,32 @@ class AsyncClient:
         await self._drop_lost_subs()
 
     async def _ask_attach(self, ep: _Epoch) -> Optional[dict]:
-        """Send PREFIX.attach over ep until it is answered, within the
-        request timeout, asking again while no service answers or it is
-        stopping (a restarted service may not be subscribed yet). None when
-        no usable answer came: a service older than sessions does not
-        answer attach at all."""
+        """Send PREFIX.attach over ep until it is answered, asking again
+        while no service answers, it is stopping or a try times out (each
+        try bounded by the request timeout, pauses from 10 ms doubling to
+        1 s), for the attach budget: max(request timeout, 60 s) from now.
+        A new active may not be up yet, and the service keeps the session's
+        locks until the reconnect grace after it restored them, so waiting
+        for an answer loses nothing (docs/protocol.md, "What a client does
+        on a reconnect"). None when no usable answer came within the budget
+        (a service older than sessions does not answer attach at all), when
+        the service refused, or when the client closed or the connection
+        changed again (the next one attaches for itself)."""
         nc = self._nc
         assert nc is not None
         subj = f"{self._prefix}.{OP_ATTACH}"
-        end = time.monotonic() + self._request_timeout
+        end = time.monotonic() + max(self._request_timeout, _ATTACH_BUDGET)
         tries = 0
         while True:
             if self._closed or self._current() is not ep:
-                return None  # another connection attaches for itself
+                return None
             left = end - time.monotonic()
             if left <= 0:
-                return None
+                break
             try:
-                msg = await self._request(nc, subj, b"", left, ep.headers)
-            except nats.errors.NoRespondersError:
+                msg = await self._request(nc, subj, b"", min(self._request_timeout, left), ep.headers)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 pass
-            except nats.errors.TimeoutError:
-                return None
             else:
                 reply = parse_attach_reply(msg.data)
                 err = reply["error"]
@@ -1430,8 +1503,13 @@ class AsyncClient:
             pause = _pause(tries)
             tries += 1
             if time.monotonic() + pause >= end:
-                return None
+                break
             await asyncio.sleep(pause)
+        log.warning(
+            "ldlm: no lock service answered the attach of the session for %.0fs: the locks of the old connection are lost",
+            max(self._request_timeout, _ATTACH_BUDGET),
+        )
+        return None
 
     def _settle(self, ep: Optional[_Epoch], reply: Optional[dict]) -> None:
         """Decide, for the current epoch ep, about the locks and lock
@@ -1471,6 +1549,14 @@ class AsyncClient:
                 w.epoch = ep
             else:
                 w.interrupt()
+        if reply is not None and ep is not None:
+            # What the session holds or waits for that nobody here knows of
+            # (given up while the service did not answer, say) would stay
+            # the session's for ever: release it in the background.
+            known = {lock.key for lock in self._held} | {w.key for w in self._waits} | frozenset(self._asking)
+            for entry in [*reply["held"], *reply["waiting"]]:
+                if entry["key"] not in known:
+                    self._pend_release(entry["name"], entry["key"])
         if reply is not None and not reply["resumed"]:
             self._new_session()
 
@@ -1652,7 +1738,10 @@ class AsyncClient:
         wait race-free. While the service is stopping or nobody answers, it
         asks again within the wait timeout (for ever without one); then it
         raises :class:`~ldlm.NoServiceError` or
-        :class:`~ldlm.UnavailableError`."""
+        :class:`~ldlm.UnavailableError`. The lock timeout counts from the
+        grant (the service says how long the request waited); a grant whose
+        lock timeout passed before it arrived is given back and raises
+        :class:`~ldlm.LockLostError` with reason ``"expired"``."""
         return await self._acquire(OP_LOCK, name, wait_timeout_seconds, lock_timeout_seconds, size, auto_renew)
 
     async def try_lock(
@@ -1697,12 +1786,20 @@ class AsyncClient:
         ``Client.unlock(name, key)``); a held lock of this client with that
         key stops renewing. Returns True; raises the service's error when the
         key holds nothing (:class:`~ldlm.InvalidLockKeyError`,
-        :class:`~ldlm.LockDoesNotExistError`, :class:`~ldlm.NotLockedError`)."""
+        :class:`~ldlm.LockDoesNotExistError`, :class:`~ldlm.NotLockedError`),
+        and :class:`~ldlm.NoServiceError` (or a timeout) when no service
+        answered: the client then re-sends it in the background until one
+        does."""
         for lock in list(self._held):
             if lock.name == name and lock.key == key:
                 lock._end(_UNLOCKED)
                 await lock._stop_watch()
-        reply = await self._call(OP_UNLOCK, name, json.dumps({"key": key}))
+        try:
+            reply = await self._call(OP_UNLOCK, name, json.dumps({"key": key}))
+        except Exception as e:
+            if _unanswered(e):
+                self._pend_release(name, key)
+            raise
         err = reply.get("error")
         if err:
             raise error_from_reply(err, name)
@@ -1742,6 +1839,9 @@ class AsyncClient:
         ep: Optional[_Epoch],
         sent_at: float,
     ) -> AsyncLock:
+        waited = reply.get("waited_ms")
+        if type(waited) not in (int, float) or not waited > 0:
+            waited = 0
         return AsyncLock(
             self,
             reply.get("name") or name,
@@ -1755,6 +1855,7 @@ class AsyncClient:
             epoch=ep,
             instance=reply.get("instance"),
             sent_at=sent_at,
+            waited_ms=waited,
         )
 
     def _no_service(self, name: str, since: float, unavailable: bool) -> Exception:
@@ -1904,6 +2005,7 @@ class AsyncClient:
                     if no_service_since is not None:
                         timeout = min(timeout, max(no_service_since + self._no_service_budget - time.monotonic(), _MIN_TIMEOUT))
                 sent_at = time.monotonic()
+                self._asking.add(key)
                 wait: Optional[_Wait] = None
                 if is_lock:
                     task = asyncio.current_task()
@@ -1983,6 +2085,16 @@ class AsyncClient:
                             raise UnexpectedReplyError(f"lock reply without locked=true: {reply!r}", lock_name=name)
                         return AsyncLock(self, name)
                     lock = self._lock_from(reply, name, key, size, lock_timeout_seconds, renew, ep, sent_at)
+                    if lock._expired_on_arrival():
+                        # Of no use: give it back (retried in the background
+                        # if unanswered), and say so as for any expiry.
+                        await _finish(self._release(name, key))
+                        raise LockLostError(
+                            f"lock {name!r} was lost: its lock timeout ({lock_timeout_seconds}s) passed before the"
+                            " grant arrived; use a longer lock timeout",
+                            reason="expired",
+                            lock_name=name,
+                        )
                     refused = self._register(lock, ep)
                     if refused is None:
                         lock._start_watch()
@@ -2024,6 +2136,7 @@ class AsyncClient:
                             continue
                     raise error_from_reply(err, name)
             finally:
+                self._asking.discard(key)
                 if wait is not None:
                     self._waits.discard(wait)
             # Nobody answered, or the service is stopping: ask again within
@@ -2059,7 +2172,7 @@ class AsyncClient:
             if not reply.get("locked"):
                 return None if op == OP_LOCK else AsyncLock(self, name)
             lock = self._lock_from(reply, name, key, size, lock_timeout_seconds, renew, ep, sent_at)
-            if self._register(lock, ep) is not None:
+            if lock._expired_on_arrival() or self._register(lock, ep) is not None:
                 return None
             lock._start_watch()
             return lock
@@ -2123,8 +2236,13 @@ class AsyncClient:
                 self._waits.discard(d.wait)
             if d.error is None:
                 assert d.ep is not None
-                lock = self._granted(op, name, key, d.ep, d.sent_at, size, lock_timeout_seconds, renew, d.msg, d.headers)
+                try:
+                    lock = self._granted(op, name, key, d.ep, d.sent_at, size, lock_timeout_seconds, renew, d.msg, d.headers)
+                except BaseException:
+                    self._asking.discard(key)
+                    raise
                 if lock is not None:
+                    self._asking.discard(key)
                     d.on_done(lock, None)
                     return
             d.proceed(self._acquire(op, name, wait_timeout_seconds, lock_timeout_seconds, size, renew, resume=d))
@@ -2148,6 +2266,7 @@ class AsyncClient:
             # it) or another instance takes over, like the loop's own waits
             d.wait = _Wait(None, ep, key, d)
             self._waits.add(d.wait)
+        self._asking.add(key)
         d.sent_at = time.monotonic()
         if timeout is not None:
             d.deadline = d.sent_at + timeout
@@ -2157,6 +2276,7 @@ class AsyncClient:
         # asked again).
         if not (self._current() is ep and ep.writer.send(nc, cmd)) and d.claim():
             replies.waiting.pop(d.token, None)
+            self._asking.discard(key)
             if d.wait is not None:
                 self._waits.discard(d.wait)
             return None
@@ -2181,11 +2301,15 @@ class AsyncClient:
         nc = self._nc
         if nc is None or nc.is_closed:
             return  # nothing buffered survives a closed connection
+        self._asking.discard(key)
         if self._current() is not None:
             try:
                 err = await self._unlock_key(name, key, min(self._request_timeout, self._cleanup_timeout))
             except Exception as e:  # noqa: BLE001
                 log.debug("ldlm: withdrawing the request for %r failed: %r", name, e)
+                if _unanswered(e):
+                    self._pend_release(name, key)
+                    return
             else:
                 if not _unknown_key(err):
                     return
@@ -2194,7 +2318,10 @@ class AsyncClient:
     async def _keep_withdrawing(self, name: str, key: str) -> None:
         reconnect_until = time.monotonic() + _WITHDRAW_RECONNECT_WAIT
         while self._current() is None:
-            if self._nc is None or self._nc.is_closed or time.monotonic() > reconnect_until:
+            if self._nc is None or self._nc.is_closed:
+                return
+            if time.monotonic() > reconnect_until:
+                self._pend_release(name, key)  # it waits for the connection
                 return
             await self._epoch_change(1.0)  # told by the connection callbacks
             await self._sync_connection()
@@ -2209,6 +2336,9 @@ class AsyncClient:
                     return
             except Exception as e:  # noqa: BLE001 - e.g. the service is not back yet
                 log.debug("ldlm: withdrawing the request for %r failed: %r", name, e)
+                if _unanswered(e) and time.monotonic() >= end:
+                    self._pend_release(name, key)
+                    return
             if time.monotonic() >= end:
                 return
             await asyncio.sleep(pause)
@@ -2230,6 +2360,92 @@ class AsyncClient:
             await self._unlock_key(name, key, min(self._request_timeout, self._cleanup_timeout))
         except Exception as e:  # noqa: BLE001
             log.debug("ldlm: releasing %r failed: %r", name, e)
+            if _unanswered(e):
+                self._pend_release(name, key)
+
+    # -- releases the service did not confirm -----------------------------
+
+    def _pend_release(self, name: str, key: Optional[str]) -> None:
+        """On the loop: an unlock of key got no answer (nobody answered, the
+        service kept saying it is stopping, or it timed out), so the service
+        may still hold or queue it for our session, for ever without a lock
+        timeout. Remember it; _release_pending re-sends it until answered.
+        Nothing while closing: closing the connection frees everything."""
+        if self._closed or not key or key in self._pending:
+            return
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        if len(self._pending) >= _MAX_PENDING_RELEASES:
+            oldest = next(iter(self._pending))
+            dropped = self._pending.pop(oldest)
+            log.warning(
+                "ldlm: more than %d releases unconfirmed: no longer retrying the oldest (lock %r)",
+                _MAX_PENDING_RELEASES,
+                dropped[0],
+            )
+        self._pending[key] = [name, time.monotonic() + _RETRY_PAUSE, _RETRY_PAUSE]
+        log.info("ldlm: the release of lock %r is not confirmed: retrying in the background", name)
+        task = self._release_task
+        if task is None or task.done():
+            self._release_task = asyncio.get_running_loop().create_task(self._release_pending(), name="ldlm-releases")
+        elif self._pending_added is not None:
+            self._pending_added.set()
+
+    async def _release_pending(self) -> None:
+        """The one task that re-sends the unconfirmed releases, each until
+        any answer comes (an error other than Unavailable too), with pauses
+        doubling from 10 ms up to 5 s; it ends when none is left or the
+        client closes."""
+        if self._pending_added is None:
+            self._pending_added = asyncio.Event()
+        while self._pending and not self._closed:
+            nc = self._nc
+            if nc is None or nc.is_closed:
+                self._pending.clear()  # a closed connection ended the session
+                return
+            if self._current() is None:
+                await self._epoch_change(1.0)  # told by the connection callbacks
+                await self._sync_connection()
+                continue
+            now = time.monotonic()
+            due = [k for k, entry in self._pending.items() if entry[1] <= now][:_RELEASE_BATCH]
+            if not due:
+                self._pending_added.clear()
+                wake = min(entry[1] for entry in self._pending.values())
+                await _wait_event(self._pending_added, max(wake - now, 0.0))
+                continue
+            await asyncio.gather(*(self._resend_release(nc, key) for key in due))
+
+    async def _resend_release(self, nc: NATS, key: str) -> None:
+        """One try of a pending release: forgotten once answered, else
+        asked again after a longer pause."""
+        entry = self._pending.get(key)
+        if entry is None:
+            return
+        name = entry[0]
+        ep = self._current()
+        headers = ep.headers if ep is not None else None
+        subj = f"{self._prefix}.{OP_UNLOCK}.{encode_name(name)}"
+        answered = False
+        try:
+            msg = await self._request(nc, subj, ('{"key":%s}' % _key_json(key)).encode(), self._request_timeout, headers)
+            try:
+                err = _decode_reply(msg, name).get("error")
+            except UnexpectedReplyError:
+                err = None  # an answer all the same
+            answered = not (err and err.get("code") == "Unavailable")
+        except Exception as e:  # noqa: BLE001 - not answered: ask again later
+            log.debug("ldlm: re-sending the release of %r: %r", name, e)
+        entry = self._pending.get(key)
+        if entry is None:
+            return
+        if answered:
+            del self._pending[key]
+            log.info("ldlm: the release of lock %r is confirmed", name)
+            return
+        entry[1] = time.monotonic() + entry[2]
+        entry[2] = min(2 * entry[2], _MAX_RELEASE_PAUSE)
 
 
 _json_decode = json.JSONDecoder().decode
