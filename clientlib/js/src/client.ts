@@ -41,7 +41,8 @@ export interface ClientOptions {
   /**
    * Budget of tryLock, unlock and renew, retries included (no responders,
    * Unavailable); also how long lock() without a wait timeout keeps asking
-   * while no service answers. Default 5.
+   * while no service answers, and the bound of each try of the attach
+   * after a reconnect (asked again for max(this, 60 s)). Default 5.
    */
   requestTimeoutSeconds?: number;
   /** Bound of the unlock the client sends on its own to withdraw a request given up on. Default 5. */
@@ -253,7 +254,9 @@ export class Client implements LockHost, AsyncDisposable {
   /**
    * Unlocks every lock still held, stops listening to the service, and
    * closes the connection if the client owns it. Waiting lock() calls
-   * reject with ClientClosedError, after withdrawing their requests.
+   * reject with ClientClosedError, after withdrawing their requests. The
+   * background retries of unanswered unlocks stop: closing the connection
+   * ends the session, and the service frees all of it at once.
    */
   async close(): Promise<void> {
     if (this.#closed) {
