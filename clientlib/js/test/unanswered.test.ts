@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { Client, LockLostError, NoServiceError } from "@ldlm/client";
-import { freePort, poll, sleep, startNats, startServer, startService, uniqueName, within, type Server } from "./helpers.js";
+import { Cluster, freePort, knownServers, poll, sleep, startNats, startServer, startService, uniqueName, within, type Server } from "./helpers.js";
 
 const WAIT = 30_000; // bound of every wait: only turns a hang into a failure
 
@@ -180,5 +180,66 @@ test("lock timeout: a grant expired on arrival is given back and reported expire
     await client.close();
     await svc.close();
     await server.stop();
+  }
+});
+
+test("attach: what the reply lists and the client does not know is released in the background", async () => {
+  // A stand-in service on prefix "att" (on member 0 of a cluster) answers
+  // the attach after the client's reconnect with its own lock, a grant and
+  // a wait the client never had; the first unlock of each unknown key is
+  // answered Unavailable, so the background task asks again.
+  const cluster = await Cluster.start({ service: false });
+  let svc: NatsConnection | undefined;
+  let client: Client | undefined;
+  try {
+    const ghost = "a".repeat(32);
+    const gone = "b".repeat(32);
+    const unlocks: string[] = [];
+    let mine = "";
+    svc = await connect({ servers: cluster.members[0].url });
+    svc.subscribe("att.>", {
+      callback: (_e, m) => {
+        const [, op, name] = m.subject.split(".");
+        const body = m.data.length ? m.json<{ key: string }>() : { key: "" };
+        if (op === "trylock") {
+          m.respond(JSON.stringify({ locked: true, name, key: body.key, token: 1 }));
+        } else if (op === "attach") {
+          m.respond(
+            JSON.stringify({
+              attached: true,
+              resumed: true,
+              held: [
+                { name: "job", key: mine, token: 1 },
+                { name: "ghost", key: ghost, token: 2 },
+              ],
+              waiting: [{ name: "gone", key: gone }],
+            }),
+          );
+        } else if (op === "unlock") {
+          const first = !unlocks.includes(body.key);
+          unlocks.push(body.key);
+          m.respond(first ? '{"unlocked":false,"error":{"code":"Unavailable","message":"stopping"}}' : JSON.stringify({ unlocked: true, name }));
+        }
+      },
+    });
+    await svc.flush();
+    client = await Client.connect({ servers: cluster.members[1].url, maxReconnectAttempts: -1 }, { prefix: "att" });
+    const c = client;
+    await poll(() => knownServers(c.nc) > 1, WAIT, "the client learnt member 0");
+    const held = await client.tryLock("job");
+    assert.ok(held.locked);
+    mine = held.key;
+    const before = client.nc.info?.server_id;
+    await cluster.stopMember(1);
+    await poll(() => c.attachSettled && c.nc.info?.server_id !== before, WAIT, "the client reconnected and attached");
+    const count = (k: string) => unlocks.filter((u) => u === k).length;
+    await poll(() => count(ghost) >= 2 && count(gone) >= 2, WAIT, "the unknown grant and wait released, asked again after Unavailable");
+    await poll(() => c.unconfirmedReleases === 0, WAIT, "the releases confirmed");
+    assert.ok(held.locked, String(held.lostError));
+    assert.equal(count(mine), 0, "the client's own lock was released");
+  } finally {
+    await client?.close();
+    await svc?.close();
+    await cluster.close();
   }
 });
