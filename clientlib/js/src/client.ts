@@ -41,7 +41,8 @@ export interface ClientOptions {
   /**
    * Budget of tryLock, unlock and renew, retries included (no responders,
    * Unavailable); also how long lock() without a wait timeout keeps asking
-   * while no service answers. Default 5.
+   * while no service answers, and the bound of each try of the attach
+   * after a reconnect (asked again for max(this, 60 s)). Default 5.
    */
   requestTimeoutSeconds?: number;
   /** Bound of the unlock the client sends on its own to withdraw a request given up on. Default 5. */
@@ -85,6 +86,17 @@ export type TryLockOptions = Omit<LockOptions, "waitTimeoutSeconds">;
 
 const RETRY_FIRST_MS = 10;
 const RETRY_MAX_MS = 1000;
+// The attach after a reconnect is asked until answered for at least this
+// long (docs/protocol.md, "What a client does on a reconnect"): a takeover
+// of the service took up to 12 s in tests, and the service keeps a
+// session's locks until the reconnect grace after it restored its state.
+const ATTACH_BUDGET_MIN_MS = 60_000;
+// Releases that got no answer are asked again with pauses doubling up to
+// this, until answered (docs/protocol.md, "Unconfirmed releases").
+const RELEASE_RETRY_MAX_MS = 5000;
+// At most this many unconfirmed releases are remembered; beyond, the oldest is dropped.
+const PENDING_RELEASES_MAX = 10_000;
+const RELEASE_BATCH = 256; // unlocks of one round of retries out at a time
 const REMEMBERED = 64; // early lost notices and gone instances kept
 
 interface LockReply {
@@ -95,6 +107,7 @@ interface LockReply {
   token?: number;
   size?: number;
   instance?: string;
+  waited_ms?: number;
   error?: { code?: string; message?: string };
 }
 
@@ -176,6 +189,16 @@ export class Client implements LockHost, AsyncDisposable {
   readonly #held = new Set<Lock>();
   readonly #cleanups = new Set<Promise<unknown>>();
 
+  // Releases that got no answer (an unlock of ours ran out of budget
+  // without a reply, or an attach listed a grant or wait we do not know):
+  // key → lock name, oldest first. One background loop (#releaseLoop)
+  // asks them again until answered; it runs while the map is not empty.
+  // Everything here runs on the event loop's one thread.
+  readonly #unconfirmed = new Map<string, string>();
+  #releaseRunning = false;
+  #releaseDone: Promise<void> = Promise.resolve();
+  readonly #stop = new AbortController(); // aborted by close(): ends the background loop's waits
+
   // What the service's notices said.
   #instance = ""; // the instance that serves now, as last heard
   #unsure = false; // #instance came from a reply when none was known
@@ -231,7 +254,9 @@ export class Client implements LockHost, AsyncDisposable {
   /**
    * Unlocks every lock still held, stops listening to the service, and
    * closes the connection if the client owns it. Waiting lock() calls
-   * reject with ClientClosedError, after withdrawing their requests.
+   * reject with ClientClosedError, after withdrawing their requests. The
+   * background retries of unanswered unlocks stop: closing the connection
+   * ends the session, and the service frees all of it at once.
    */
   async close(): Promise<void> {
     if (this.#closed) {
@@ -240,10 +265,15 @@ export class Client implements LockHost, AsyncDisposable {
     this.#closed = true;
     const held = [...this.#held];
     await Promise.allSettled(held.map((l) => l.unlock()));
+    // Closing ends the session deliberately: the service frees all of it,
+    // unconfirmed releases included, so their retries stop here.
+    this.#stop.abort();
+    this.#unconfirmed.clear();
     this.#refresh(); // ends the epoch: waiting calls give up and withdraw
     while (this.#cleanups.size > 0) {
       await Promise.allSettled([...this.#cleanups]);
     }
+    await this.#releaseDone;
     this.#status.stop?.();
     for (const sub of [this.#instanceSub, this.#replySub, ...this.#lostSubs.values()]) {
       safely(() => sub.unsubscribe());
@@ -430,6 +460,10 @@ export class Client implements LockHost, AsyncDisposable {
         throw new UnexpectedReplyError(`ldlm: lock ${JSON.stringify(name)}: the service replied locked=false without an error`, { lockName: name });
       }
 
+      // The lock timeout runs from the grant: sent + waited_ms is never
+      // later than it (docs/protocol.md, "Replies").
+      const waited = reply.waited_ms;
+      const waitedMs = typeof waited === "number" && Number.isFinite(waited) && waited > 0 ? waited : 0;
       const lock = new Lock(this, {
         name,
         key,
@@ -440,7 +474,18 @@ export class Client implements LockHost, AsyncDisposable {
         lockTimeoutSeconds: lockTimeout,
         autoRenew: o.autoRenew ?? true,
         sentAt,
+        waitedMs,
       });
+      if (lockTimeout > 0 && sentAt + waitedMs + lockTimeout * 1000 <= performance.now()) {
+        // Expired on arrival by our count (a lock timeout shorter than the
+        // transit): of no use. Give it back now rather than leave it held
+        // for its whole timeout; the caller gets it lost, as when its
+        // timeout passes while held.
+        this.#release(name, key);
+        if (signal?.aborted) throw signal.reason;
+        lock.lose("expired", "its lock timeout passed before the grant reached the client (given back)");
+        return lock;
+      }
       const refused = this.#register(lock);
       if (refused === undefined) {
         if (signal?.aborted) {
@@ -489,7 +534,16 @@ export class Client implements LockHost, AsyncDisposable {
     if (this.nc.isClosed()) {
       return; // the service releases what a closed connection held
     }
-    const reply = await this.#simple("unlock", lock.name, { key: lock.key }, this.#requestMs);
+    let reply: LockReply;
+    try {
+      reply = await this.#simple("unlock", lock.name, { key: lock.key }, this.#requestMs);
+    } catch (e) {
+      // No answer: the grant may still be held. The caller learns that the
+      // release is not confirmed; the client keeps asking in the background.
+      if (unanswered(e)) this.#retryRelease(lock.name, lock.key);
+      throw e;
+    }
+    if (reply.error?.code === "Unavailable") this.#retryRelease(lock.name, lock.key);
     // InvalidLockKey, LockDoesNotExist or NotLocked here say the grant was
     // gone before the unlock (the work under it may not have been
     // protected): the caller gets that error (wire vectors, "replies").
@@ -571,13 +625,22 @@ export class Client implements LockHost, AsyncDisposable {
    * grant that raced in, or cancels the queued wait (docs/protocol.md,
    * "Waiting and giving up"). The service handles a connection's requests
    * in order, so the unlock is read after the lock request. Runs in the
-   * background, bounded by the cleanup timeout; close() waits for it.
+   * background, bounded by the cleanup timeout; close() waits for it. If
+   * no answer came within it, the release is asked again later
+   * (#retryRelease).
    */
   #withdraw(name: string, key: string): void {
     if (this.nc.isClosed()) {
       return; // the service releases what a closed connection held or waited for
     }
-    const p = this.#simple("unlock", name, { key }, this.#cleanupMs).catch(() => undefined);
+    const p = this.#simple("unlock", name, { key }, this.#cleanupMs).then(
+      (reply) => {
+        if (reply.error?.code === "Unavailable") this.#retryRelease(name, key);
+      },
+      (e: unknown) => {
+        if (unanswered(e)) this.#retryRelease(name, key);
+      },
+    );
     this.#cleanups.add(p);
     void p.finally(() => this.#cleanups.delete(p));
   }
@@ -585,6 +648,82 @@ export class Client implements LockHost, AsyncDisposable {
   /** Unlocks a grant whose reply we received but will not hand out. */
   #release(name: string, key: string): void {
     this.#withdraw(name, key);
+  }
+
+  // --- releases that got no answer (docs/protocol.md, "Unconfirmed releases") ---
+
+  /**
+   * Remembers an unlock of key that got no answer, to be asked again in
+   * the background until the service answers it (or the client closes):
+   * otherwise the grant would stay with the session for as long as the
+   * client lives. At most PENDING_RELEASES_MAX are kept, the oldest
+   * dropped.
+   */
+  #retryRelease(name: string, key: string): void {
+    if (this.#closed || this.nc.isClosed()) return; // the service frees what a closed connection had
+    this.#unconfirmed.delete(key); // re-added as the newest
+    if (this.#unconfirmed.size >= PENDING_RELEASES_MAX) {
+      const [oldKey, oldName] = this.#unconfirmed.entries().next().value!;
+      this.#unconfirmed.delete(oldKey);
+      console.warn(
+        `ldlm: more than ${PENDING_RELEASES_MAX} unlocks are unanswered: no longer retrying the release of ${JSON.stringify(oldName)}; ` +
+          "it stays held until its lock timeout, an operator's release, or the client closes",
+      );
+    }
+    this.#unconfirmed.set(key, name);
+    if (!this.#releaseRunning) {
+      this.#releaseRunning = true;
+      this.#releaseDone = this.#releaseLoop();
+    }
+  }
+
+  /**
+   * The one background task of #unconfirmed: sends every remembered
+   * unlock, forgets those answered (any reply but Unavailable), and waits
+   * 10 ms doubling to 5 s before the next round. It waits for a
+   * connection while there is none, and ends when nothing is left, the
+   * connection closed for good, or close() stopped it.
+   */
+  async #releaseLoop(): Promise<void> {
+    let pause = RETRY_FIRST_MS;
+    while (this.#unconfirmed.size > 0 && !this.#closed) {
+      if (this.nc.isClosed()) {
+        this.#unconfirmed.clear(); // the service frees what a closed connection had
+        break;
+      }
+      if (this.#cur === undefined) {
+        await until(this.#changed.promise, Infinity, this.#stop.signal);
+        continue;
+      }
+      const round = [...this.#unconfirmed];
+      for (let i = 0; i < round.length && !this.#closed; i += RELEASE_BATCH) {
+        await Promise.all(round.slice(i, i + RELEASE_BATCH).map(([key, name]) => this.#releaseOnce(name, key)));
+      }
+      if (this.#unconfirmed.size === 0) break;
+      await sleep(pause, this.#stop.signal);
+      pause = Math.min(pause * 2, RELEASE_RETRY_MAX_MS);
+    }
+    this.#releaseRunning = false;
+  }
+
+  /** One try of an unconfirmed release, bounded by the request timeout. */
+  async #releaseOnce(name: string, key: string): Promise<void> {
+    let msg: Msg;
+    try {
+      msg = await this.#call(lockSubject(this.prefix, "unlock", name), { key }, this.#cur?.headers, this.#requestMs, this.#stop.signal);
+    } catch {
+      return; // no reply in time, closing, or the connection closed: the next round (if any) asks again
+    }
+    if (isNoResponders(msg)) return;
+    const reply = parseJSON(msg.data) as LockReply | undefined;
+    if (reply?.error?.code === "Unavailable") return;
+    // Any other reply ends it: unlocked, or the key holds nothing (anymore).
+    this.#unconfirmed.delete(key);
+  }
+
+  /** @internal for tests: how many releases wait for an answer. */
+  get unconfirmedReleases(): number {
+    return this.#unconfirmed.size;
   }
 
   // --- requests ---
@@ -751,15 +890,25 @@ export class Client implements LockHost, AsyncDisposable {
   }
 
   /**
-   * Sends PREFIX.attach over ep until it is answered, within the request
-   * timeout, asking again while no service answers or it is stopping (a
-   * restarted service may not be subscribed yet). Undefined when no usable
-   * answer came: a service older than sessions does not answer attach.
+   * Sends PREFIX.attach over ep until it is answered: each try bounded by
+   * the request timeout, asked again while no service answers (no
+   * responders, Unavailable, or a try that timed out: a restarting or
+   * taking-over service) with pauses doubling from 10 ms to 1 s, for the
+   * attach budget, max(request timeout, 60 s), from the reconnect.
+   * Meanwhile the locks stay held and waits keep waiting. Undefined when no
+   * usable answer came (then as without sessions): the budget passed (a
+   * service older than sessions does not answer attach), an error other
+   * than Unavailable, or ep ended (another reconnect, close()).
    */
   async #askAttach(ep: Epoch): Promise<AttachReply | undefined> {
     const subject = `${this.prefix}.attach`;
-    const end = performance.now() + this.#requestMs;
+    const end = performance.now() + Math.max(this.#requestMs, ATTACH_BUDGET_MIN_MS);
     for (let tries = 0; ; tries++) {
+      if (tries > 0) {
+        const pause = Math.min(RETRY_FIRST_MS * 2 ** Math.min(tries - 1, 10), RETRY_MAX_MS);
+        if (performance.now() + pause >= end) return undefined;
+        await sleep(pause, ep.ac.signal);
+      }
       if (this.#closed || this.#cur !== ep) return undefined; // another connection attaches for itself
       const left = end - performance.now();
       if (left <= 0) return undefined;
@@ -767,18 +916,15 @@ export class Client implements LockHost, AsyncDisposable {
       try {
         // ep's signal aborts when ep ends (another reconnect, close()): the
         // attach is then moot, and leaves no timer behind.
-        msg = await this.#call(subject, undefined, ep.headers, Math.max(1, left), ep.ac.signal);
-      } catch {
-        return undefined; // no reply in time, ep ended, or the connection closed
+        msg = await this.#call(subject, undefined, ep.headers, Math.max(1, Math.min(left, this.#requestMs)), ep.ac.signal);
+      } catch (e) {
+        if (e instanceof Interrupted && e.why.kind === "timeout") continue; // unanswered: ask again
+        return undefined; // ep ended, or the connection closed
       }
-      if (!isNoResponders(msg)) {
-        const reply = parseAttachReply(msg.data);
-        if (reply.error === undefined && reply.attached) return reply;
-        if (reply.error?.code !== "Unavailable") return undefined;
-      }
-      const pause = Math.min(RETRY_FIRST_MS * 2 ** Math.min(tries, 10), RETRY_MAX_MS);
-      if (performance.now() + pause >= end) return undefined;
-      await sleep(pause);
+      if (isNoResponders(msg)) continue;
+      const reply = parseAttachReply(msg.data); // an unreadable reply throws: as if none came
+      if (reply.error?.code === "Unavailable") continue;
+      return reply.error === undefined && reply.attached ? reply : undefined;
     }
   }
 
@@ -821,6 +967,12 @@ export class Client implements LockHost, AsyncDisposable {
       }
     }
     if (reply !== undefined && !reply.resumed) this.#newSession();
+    if (reply !== undefined && ep !== undefined && reply.held.length + reply.waiting.length > 0) {
+      // Decided once the replies delivered with this one are handled (a
+      // grant's reply may be on its way to its lock() call, which then
+      // holds or gives it back itself).
+      setImmediate(() => this.#releaseUnknown(reply));
+    }
     for (const l of released) {
       l.lose("connection-lost", "released while disconnected: the lock service released it while the client was reconnecting");
     }
@@ -828,6 +980,23 @@ export class Client implements LockHost, AsyncDisposable {
       l.lose("connection-lost", "the NATS connection it was granted over dropped or reconnected");
     }
     this.#dropLostSubs();
+  }
+
+  /**
+   * Releases in the background (#retryRelease) what the attach reply
+   * lists and the client does not know: a grant no live Lock has, a wait
+   * no lock() call waits for (e.g. an unlock of ours that the cut
+   * connection lost, or a request given up on). Left alone, the session
+   * would keep them for as long as the client lives.
+   */
+  #releaseUnknown(reply: AttachReply): void {
+    if (this.#closed) return;
+    const known = new Set<string>();
+    for (const l of this.#held) known.add(l.key);
+    for (const e of this.#interruptible) if (e.key !== undefined) known.add(e.key);
+    for (const x of [...reply.held, ...reply.waiting]) {
+      if (!known.has(x.key)) this.#retryRelease(x.name, x.key);
+    }
   }
 
   /**
@@ -1064,6 +1233,11 @@ function newKey(): string {
   }
   keyPos += 16;
   return keyPool.toString("hex", keyPos - 16, keyPos);
+}
+
+/** Whether an unlock's error says that no answer came (the release is not confirmed). */
+function unanswered(e: unknown): boolean {
+  return e instanceof NoServiceError || e instanceof RequestTimeoutError || e instanceof UnavailableError;
 }
 
 /** The no-responders status message nats sends in place of a reply. */

@@ -42,6 +42,8 @@ export interface Grant {
   lockTimeoutSeconds: number;
   autoRenew: boolean;
   sentAt: number;
+  /** How long the request waited in the service's queue (the reply's waited_ms; 0 when absent). */
+  waitedMs: number;
 }
 
 type State = "held" | "unlocked" | "lost" | "not-obtained";
@@ -117,9 +119,12 @@ export class Lock implements AsyncDisposable {
     this.#timeoutSeconds = grant.lockTimeoutSeconds;
     this.#state = "held";
     if (grant.lockTimeoutSeconds > 0) {
-      // Counted from before the request left: the service counts from its
-      // grant, later, so this errs early whatever the clocks say.
-      this.#expiresAt = grant.sentAt + grant.lockTimeoutSeconds * 1000;
+      // Counted from the grant as seen from here: the time the request was
+      // sent plus how long the service says it waited in the queue. The
+      // service counts from its grant, no earlier, so this errs early
+      // whatever the clocks say, yet a grant after a long wait keeps
+      // (about) its whole timeout.
+      this.#expiresAt = grant.sentAt + grant.waitedMs + grant.lockTimeoutSeconds * 1000;
     }
   }
 
@@ -162,8 +167,10 @@ export class Lock implements AsyncDisposable {
    * Releases the lock. It does nothing when the lock was not obtained or is
    * already unlocked. It throws LockLostError when the lock was lost (the
    * work done under it may not have been protected), and a transport error
-   * when the unlock got no answer (the lock then stays until its timeout or
-   * until the connection closes).
+   * (NoServiceError, RequestTimeoutError, UnavailableError) when the unlock
+   * got no answer: the release is not confirmed. The lock is unlocked here
+   * all the same, and the client keeps sending the unlock in the
+   * background until the service answers it, or the client closes.
    */
   async unlock(): Promise<void> {
     if (this.#state === "lost") {

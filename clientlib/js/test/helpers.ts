@@ -333,3 +333,59 @@ export function knownServers(nc: NatsConnection): number {
   const servers = (nc as unknown as { protocol?: { servers?: { getServers?: () => unknown[] } } }).protocol?.servers?.getServers?.();
   return servers?.length ?? 0;
 }
+
+// --- one nats-server, and the lock service on it (durable-state tests) ---
+
+/**
+ * Starts one nats-server on port (a free one if not given), with the
+ * cluster tests' accounts; with storeDir, JetStream keeps its file storage
+ * there (for LDLM_STATE=jetstream). Without a lock service.
+ */
+export async function startNats(port?: number, storeDir?: string): Promise<Server> {
+  const p = port ?? (await freePort());
+  const dir = mkdtempSync(join(tmpdir(), "ldlm-js-nats-"));
+  const conf = join(dir, "nats.conf");
+  writeFileSync(
+    conf,
+    `listen: 127.0.0.1:${p}
+${storeDir ? `jetstream { store_dir: ${JSON.stringify(storeDir)} }` : ""}
+accounts {
+  SYS { users [{user: sys, password: sys}] }
+  APP { ${storeDir ? "jetstream: enabled, " : ""}users [{user: app, password: app}] }
+}
+system_account: SYS
+no_auth_user: app
+`,
+  );
+  const logPath = join(dir, "nats.log");
+  const fd = openSync(logPath, "w");
+  const proc = spawn(natsServerBinary(), ["-c", conf], { stdio: ["ignore", fd, fd] });
+  const server = new Server(`nats://127.0.0.1:${p}`, p, proc, logPath);
+  const end = performance.now() + START_DEADLINE_MS;
+  while (!(await portOpen(p))) {
+    if (performance.now() > end || proc.exitCode !== null) throw new Error(`nats-server did not start:\n${server.log()}`);
+    await sleep(50);
+  }
+  return server;
+}
+
+/**
+ * Starts the lock service in external mode on the NATS server at url
+ * (with the system account of startNats) and waits until it answers and
+ * has announced its start.
+ */
+export async function startService(url: string, env: Record<string, string> = {}): Promise<Server> {
+  const childEnv: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith("LDLM_") && v !== undefined) childEnv[k] = v;
+  }
+  Object.assign(childEnv, { LDLM_NATS_URL: url, LDLM_SYSTEM_USER: "sys", LDLM_SYSTEM_PASSWORD: "sys", LDLM_LOG_LEVEL: "debug" }, env);
+  const logPath = join(mkdtempSync(join(tmpdir(), "ldlm-js-log-")), "ldlm.log");
+  const fd = openSync(logPath, "w");
+  const proc = spawn(ldlmBinary(), [], { env: childEnv, stdio: ["ignore", fd, fd] });
+  const server = new Server(url, Number(new URL(url).port), proc, logPath);
+  const end = performance.now() + START_DEADLINE_MS;
+  await waitService(server, end);
+  await poll(() => readFileSync(logPath, "utf8").includes("lock service ready"), Math.max(1, end - performance.now()), "the service's start");
+  return server;
+}

@@ -331,9 +331,11 @@ if (vectors === undefined) {
           };
           try {
             const want = rc.expect.client;
+            // A lock timeout, to see waited_ms counted in the lock's expiry.
+            const timed = { lockTimeoutSeconds: 60, autoRenew: false };
             const act = async (): Promise<Lock | void> => {
-              if (rc.op === "lock") return c.lock("job", { waitTimeoutSeconds: 0.5 });
-              if (rc.op === "trylock") return c.tryLock("job");
+              if (rc.op === "lock") return c.lock("job", { waitTimeoutSeconds: 0.5, ...timed });
+              if (rc.op === "trylock") return c.tryLock("job", timed);
               const held = await c.tryLock("job");
               assert.ok(held.locked);
               if (rc.op === "renew") {
@@ -350,6 +352,13 @@ if (vectors === undefined) {
                 assert.equal(l.token, rc.expect.fields.token);
                 assert.equal(l.size, rc.expect.fields.size);
                 assert.equal(l.instance, rc.expect.fields.instance ?? "");
+                // The lock timeout counts from sent + waited_ms (absent: 0):
+                // never later than that; after a long wait, well past the
+                // 60 s counted from the request alone.
+                const waited = Number(rc.expect.fields.waited_ms ?? 0);
+                const left = l.expiresAt!.getTime() - Date.now();
+                assert.ok(left <= waited + 60_000 + 1000, `expires in ${left} ms, waited_ms ${waited}`);
+                if (waited > 0) assert.ok(left > 60_000 + waited / 2, `expires in ${left} ms: waited_ms ${waited} not counted`);
                 break;
               }
               case "not_obtained": {
