@@ -86,6 +86,7 @@ type orchestrator struct {
 	nextID                                int
 	killed                                map[int]Fault // workers killed by us: their open section ends at the kill
 	faultPlan                             []string      // kinds still to inject in this round
+	picked                                int           // faults picked so far (nextFault)
 	sum                                   Summary
 }
 
@@ -142,7 +143,9 @@ func (o *orchestrator) run() error {
 		// Exponential gaps: faults sometimes come in quick succession.
 		gap := time.Duration(o.rng.ExpFloat64() * float64(o.cfg.FaultEvery))
 		gap = min(max(gap, 100*time.Millisecond), 4*o.cfg.FaultEvery)
-		if time.Now().Add(gap).After(deadline) {
+		// Every kind at least once (a first round), even past the
+		// duration: a short run with long gaps would miss some.
+		if time.Now().Add(gap).After(deadline) && o.picked >= len(o.cfg.Faults) {
 			time.Sleep(time.Until(deadline))
 			break
 		}
@@ -166,6 +169,7 @@ func (o *orchestrator) run() error {
 // nextFault picks the next kind: every kind once per round, in random
 // order, so that a short run still sees every kind.
 func (o *orchestrator) nextFault() string {
+	o.picked++
 	if len(o.faultPlan) == 0 {
 		o.faultPlan = slices.Clone(o.cfg.Faults)
 		o.rng.Shuffle(len(o.faultPlan), func(i, j int) {

@@ -186,8 +186,18 @@ func TestE2EDeposedActiveStandsByAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.Publish(ctx, activeSubject, data); err != nil {
-		t.Fatalf("writing the active record: %v", err)
+	// As a real takeover does, write it more times than the active may
+	// have writes in flight: a write it sent after its first refused one
+	// would otherwise find the sequence it expects, and be stored.
+	for range 1 + 1024 {
+		if _, err := js.PublishAsync(activeSubject, data); err != nil {
+			t.Fatalf("writing the active record: %v", err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatalf("writing the active record: %v", ctx.Err())
 	}
 
 	// A grant makes the active write: refused, so never answered.
