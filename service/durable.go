@@ -342,24 +342,17 @@ func (s *Service) standBy(st *loaded) {
 		})
 		if err == nil {
 			subs = append(subs, sub)
-			// $SYS.SERVER.<id>.SHUTDOWN: the token is the server's id.
-			sub, err = s.sys.Subscribe(serverShutdowns, func(m *nats.Msg) {
-				rest, _ := strings.CutPrefix(m.Subject, "$SYS.SERVER.") // as subscribed
-				if id, ok := strings.CutSuffix(rest, ".SHUTDOWN"); ok && id != "" {
-					activeGone(id, 0, "the active instance's NATS server shut down", "server_id", id)
-				}
-			})
-		}
-		if err == nil {
-			subs = append(subs, sub)
 		} else {
 			s.log.Warn("standby without disconnect advisories: it takes over when the active stops, or when no instance answers", "err", err)
 		}
 	}
-	// A NATS server killed with the active on it sends nothing; the route
-	// watcher judges it dead within about a second (routewatch.go).
-	serverDead := func(id string) { activeGone(id, 0, "the active instance's NATS server is gone", "server_id", id) }
-	s.live.onServerGone.Store(&serverDead)
+	// Liveness hears of servers that end: a shutdown announcement, or a
+	// server killed with the active on it, which sends nothing and which
+	// the route watcher judges dead within about a second (routewatch.go).
+	serverGone := func(id, why string) {
+		activeGone(id, 0, "the active instance's NATS server "+why, "server_id", id)
+	}
+	s.live.onServerGone.Store(&serverGone)
 	go func() {
 		defer close(s.standbyDone)
 		defer s.live.onServerGone.Store(nil)

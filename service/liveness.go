@@ -69,9 +69,10 @@ type liveness struct {
 	moved   chan struct{}        // a session moved to another server: check the routes now (routewatch.go)
 	wg      sync.WaitGroup       // the sweeper and route watcher goroutines
 	routes  *routeWatch          // owned by the route watcher goroutine (routewatch.go)
-	// onServerGone, when set, is told of every server that the route
-	// watcher judged dead: a standby takes over when it is its active's.
-	onServerGone atomic.Pointer[func(id string)]
+	// onServerGone, when set, is told of every server that announced its
+	// shutdown or that the route watcher judged dead, with why: a standby
+	// takes over when it is its active's (see tellServerGone).
+	onServerGone atomic.Pointer[func(id, why string)]
 
 	mu        sync.Mutex     // guards the fields below and serializes sweeps
 	missing   map[string]int // server id → sweeps in a row it did not answer
@@ -326,10 +327,19 @@ func (l *liveness) onServerLeaving(msg *nats.Msg) {
 	if json.Unmarshal(msg.Data, &info) == nil && info.ID == id {
 		l.noteServer(info.Name, id)
 	}
+	l.tellServerGone(id, "shut down")
 	if l.keepOnDisconnect {
 		return
 	}
 	l.serverGone(id, "NATS server shut down; released the locks of its connections, and its sessions keep theirs for the reconnect grace")
+}
+
+// tellServerGone tells onServerGone, if set, that server id is gone, and
+// why ("shut down", "is gone").
+func (l *liveness) tellServerGone(id, why string) {
+	if f := l.onServerGone.Load(); f != nil {
+		(*f)(id, why)
+	}
 }
 
 // serverGone handles the end of server id, which took its connections

@@ -262,9 +262,7 @@ func (l *liveness) checkRoutes(w *routeWatch) {
 		if gone {
 			w.gone(id)
 			l.serverGone(id, "NATS server gone: its routes closed and no member has one to it; released the locks of its connections, and its sessions keep theirs for the reconnect grace")
-			if f := l.onServerGone.Load(); f != nil {
-				(*f)(id)
-			}
+			l.tellServerGone(id, "is gone")
 		}
 	}
 }
